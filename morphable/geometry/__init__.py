@@ -1,0 +1,1 @@
+"""Pure tensor maths: rotations, cameras, meshes, alignment, UV flattening."""

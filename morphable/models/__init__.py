@@ -1,0 +1,1 @@
+"""The statistical face space: :class:`MorphableModel`, its loaders and the model registry."""

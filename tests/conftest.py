@@ -1,0 +1,40 @@
+"""Shared test fixtures: the real corpus (``MORPHABLE_TEST_DATA``) and a per-test model cache."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+torch.set_num_threads(min(2, torch.get_num_threads()))
+
+ROOT = Path(__file__).resolve().parent.parent
+DATA = Path(os.environ.get("MORPHABLE_TEST_DATA", ROOT.parent / "shared" / "data"))
+REQUIRE_DATA = os.environ.get("MORPHABLE_REQUIRE_DATA") == "1"
+
+
+def data_file(relative: str) -> Path:
+    """Path of a corpus file; skips the test when it is absent (fails instead when CI requires data)."""
+    path = DATA / relative
+    if not path.exists():
+        message = f"test data {relative} not found under {DATA} (set MORPHABLE_TEST_DATA)"
+        if REQUIRE_DATA:
+            pytest.fail(message)
+        pytest.skip(message)
+    return path
+
+
+@pytest.fixture
+def data():
+    """The :func:`data_file` lookup as a fixture: ``data("eos/share/sfm_shape_3448.bin")``."""
+    return data_file
+
+
+@pytest.fixture(autouse=True)
+def _isolated_home(tmp_path_factory, monkeypatch):
+    """Converted models go to a session-wide temporary MORPHABLE_HOME, never the user's cache."""
+    home = os.environ.get("MORPHABLE_HOME") or str(tmp_path_factory.getbasetemp() / "morphable-home")
+    monkeypatch.setenv("MORPHABLE_HOME", home)
+    if "MORPHABLE_MIRROR" not in os.environ and DATA.exists():
+        monkeypatch.setenv("MORPHABLE_MIRROR", str(DATA))
