@@ -1,0 +1,4 @@
+"""Visualisation: fit overlays."""
+from morphable.viz.overlay import draw_overlay
+
+__all__ = ["draw_overlay"]
