@@ -117,9 +117,16 @@ def _square_path(t: np.ndarray, corners: np.ndarray) -> np.ndarray:
 
 
 def _arc_param(points: np.ndarray) -> np.ndarray:
-    """Normalised cumulative arc length of an open polyline ``(N, 3)`` (0 at the first point, 1 at the last)."""
+    """Normalised arc length of an open polyline ``(N, 3)`` from the top of the face to its chin, 0 → 1,
+    bent piecewise-linearly so that the vertices nearest 1/4 and 3/4 land exactly there: they become the
+    square's corners, and the boundary polygon then covers the whole square."""
     s = np.concatenate([[0], np.cumsum(np.linalg.norm(np.diff(points, axis=0), axis=1))])
-    return s / max(s[-1], 1e-12)
+    t = s / max(s[-1], 1e-12)
+    if len(t) < 5:
+        return t
+    k1 = int(np.argmin(np.abs(t[1:-1] - 0.25))) + 1
+    k2 = int(np.argmin(np.abs(t[k1 + 1:-1] - 0.75))) + k1 + 1
+    return np.interp(t, [0, t[k1], t[k2], 1], [0, 0.25, 0.75, 1])
 
 
 @dataclass(frozen=True)

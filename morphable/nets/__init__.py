@@ -1,0 +1,1 @@
+"""Networks and differentiable layers (regressors, the 3DMM spatial transformer)."""

@@ -1,0 +1,163 @@
+"""The geometric layers of a 3DMM spatial transformer (Bas et al., "3D Morphable Models as Spatial
+Transformer Networks", ICCV-W 2017, Sec. 3 and Fig. 2).
+
+A localiser predicts θ = (r, t, log s, α); the chain below turns θ into a sampling grid and resamples the
+photo into a flattened, pose-normalised texture space:
+
+    α ─► MorphableLayer ─► X (B,N,3) ─► Rotate3D(R(r)) ─► OrthographicProjection ─► LogScale(log s)
+      ─► Translate2D(t) ─► GridLayer ─► BilinearSampler(image) ─► Masking(VisibilityLayer(R, α))
+
+Each layer is a thin ``nn.Module`` over a differentiable tensor function. Image coordinates follow
+``DESIGN.md`` (pixel centres at integers, y down): the orthographic projection returns ``(x, −y)`` so that
+model +y (up) maps to image up, matching :class:`~morphable.geometry.camera.ScaledOrthographic`.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from morphable.geometry.rotation import axis_angle_to_matrix
+from morphable.models.base import MorphableModel
+from morphable.models.resample import UVGrid
+
+
+class MorphableLayer(nn.Module):
+    """3DMM layer: shape parameters α → points ``X = mean + B α`` on the UV grid (or the mesh vertices).
+
+    Args:
+        model: the morphable model (standardised identity basis).
+        grid: a :class:`UVGrid`; with it the output has ``N = H'·W'`` points, else the model's V vertices.
+    """
+
+    def __init__(self, model: MorphableModel, grid: UVGrid | None = None):
+        super().__init__()
+        self.model = model
+        self.grid = grid
+
+    def forward(self, alpha: Tensor, expression: Tensor | None = None) -> Tensor:
+        """``(B, K)`` → ``(B, N, 3)`` millimetres."""
+        verts = self.model(identity=alpha, expression=expression).vertices
+        return verts if self.grid is None else self.grid.points(verts)
+
+
+class AxisAngleToRotation(nn.Module):
+    """Axis-angle ``r (B, 3)`` → rotation matrix ``R (B, 3, 3)`` (Rodrigues)."""
+
+    def forward(self, r: Tensor) -> Tensor:
+        return axis_angle_to_matrix(r)
+
+
+class Rotate3D(nn.Module):
+    """``X' = R X`` for row-stored points: ``(B, 3, 3), (B, N, 3) → (B, N, 3)``."""
+
+    def forward(self, R: Tensor, X: Tensor) -> Tensor:
+        return X @ R.transpose(-1, -2)
+
+
+class OrthographicProjection(nn.Module):
+    """Projection along z, flipped to image orientation: ``(B, N, 3) → (B, N, 2)`` = ``(x, −y)``."""
+
+    def forward(self, X: Tensor) -> Tensor:
+        return torch.stack([X[..., 0], -X[..., 1]], -1)
+
+
+class LogScale(nn.Module):
+    """``Y · exp(log s)``: ``(B, N, 2), (B,) → (B, N, 2)`` (the log keeps the scale positive)."""
+
+    def forward(self, Y: Tensor, log_s: Tensor) -> Tensor:
+        return Y * log_s.exp()[:, None, None]
+
+
+class Translate2D(nn.Module):
+    """``Y + t``: ``(B, N, 2), (B, 2) → (B, N, 2)`` pixels."""
+
+    def forward(self, Y: Tensor, t: Tensor) -> Tensor:
+        return Y + t[:, None, :]
+
+
+class GridLayer(nn.Module):
+    """``2 × N`` sample points → a ``H' × W'`` sampling grid: ``(B, N, 2) → (B, H', W', 2)`` pixels."""
+
+    def __init__(self, size: tuple[int, int]):
+        super().__init__()
+        self.size = tuple(size)
+
+    def forward(self, points: Tensor) -> Tensor:
+        return points.reshape(points.shape[0], *self.size, 2)
+
+
+def bilinear_sample(image: Tensor, grid: Tensor) -> Tensor:
+    """Bilinear sampler of the original STN (Jaderberg et al. 2015, Eq. 5), zero outside the image.
+
+    Args:
+        image: ``(B, H, W, C)``.
+        grid: ``(B, H', W', 2)`` sample positions in pixels (x right, y down, pixel centres at integers).
+    Returns:
+        ``(B, H', W', C)``, differentiable w.r.t. both the image and the positions.
+    """
+    H, W = image.shape[1:3]
+    # align_corners=True maps −1/+1 to the centres of the first/last pixels: our integer pixel centres
+    norm = torch.stack([grid[..., 0] * (2 / (W - 1)) - 1, grid[..., 1] * (2 / (H - 1)) - 1], -1)
+    out = F.grid_sample(image.permute(0, 3, 1, 2), norm.to(image.dtype), mode="bilinear",
+                        padding_mode="zeros", align_corners=True)
+    return out.permute(0, 2, 3, 1)
+
+
+def bilinear_sample_reference(image: Tensor, grid: Tensor) -> Tensor:
+    """Slow, obvious loop version of :func:`bilinear_sample` (for tests)."""
+    B, H, W, C = image.shape
+    out = torch.zeros(*grid.shape[:3], C, dtype=image.dtype)
+    for b in range(B):
+        for i in range(grid.shape[1]):
+            for j in range(grid.shape[2]):
+                x, y = grid[b, i, j].tolist()
+                x0, y0 = int(torch.floor(torch.tensor(x))), int(torch.floor(torch.tensor(y)))
+                for yy, wy in ((y0, 1 - (y - y0)), (y0 + 1, y - y0)):
+                    for xx, wx in ((x0, 1 - (x - x0)), (x0 + 1, x - x0)):
+                        if 0 <= xx < W and 0 <= yy < H:
+                            out[b, i, j] += wx * wy * image[b, yy, xx]
+    return out
+
+
+class BilinearSampler(nn.Module):
+    """Module form of :func:`bilinear_sample`."""
+
+    def forward(self, image: Tensor, grid: Tensor) -> Tensor:
+        return bilinear_sample(image, grid)
+
+
+class VisibilityLayer(nn.Module):
+    """Self-occlusion layer: ``(R, α) → (B, H', W')`` binary mask of the grid points visible in the view.
+
+    A vertex is visible when it faces the camera and wins the z-buffer of an orthographic view of the mesh
+    rendered at ``resolution`` pixels across (``render/visibility.py``); a grid point is visible when the
+    three vertices of its triangle are. Not differentiable (a mask), as in the paper.
+    """
+
+    def __init__(self, model: MorphableModel, grid: UVGrid, resolution: int = 256):
+        super().__init__()
+        self.model = model
+        self.grid = grid
+        self.resolution = resolution
+
+    @torch.no_grad()
+    def forward(self, R: Tensor, alpha: Tensor, expression: Tensor | None = None) -> Tensor:
+        from morphable.render.visibility import vertex_visibility
+
+        X = self.model(identity=alpha, expression=expression).vertices @ R.transpose(-1, -2)
+        lo, hi = X[..., :2].amin(1, keepdim=True), X[..., :2].amax(1, keepdim=True)
+        scale = (self.resolution - 3) / (hi - lo).amax(-1, keepdim=True)
+        u = (X[..., 0:1] - lo[..., 0:1]) * scale + 1
+        v = (hi[..., 1:2] - X[..., 1:2]) * scale + 1
+        screen = torch.cat([u, v, -X[..., 2:3]], -1)
+        vis = vertex_visibility(screen, self.model.triangles, (self.resolution, self.resolution))
+        grid_vis = vis[:, self.grid.indices].all(-1) & self.grid.valid
+        return grid_vis.reshape(-1, *self.grid.size)
+
+
+class Masking(nn.Module):
+    """``texture ⊙ mask``: ``(B, H', W', C), (B, H', W') → (B, H', W', C)``."""
+
+    def forward(self, texture: Tensor, mask: Tensor) -> Tensor:
+        return texture * mask[..., None].to(texture.dtype)
