@@ -15,6 +15,8 @@ import click
 COMMANDS: dict[str, str] = {
     "models": "morphable.cli.models:models",
     "demo": "morphable.cli.demo:demo",
+    "fit": "morphable.cli.fit:fit",
+    "stn-fit": "morphable.cli.stn:stn_fit",
 }
 
 
