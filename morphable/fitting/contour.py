@@ -1,0 +1,185 @@
+"""Pose-dependent contour (jawline) correspondences for iBUG-68 landmarks 0–7 and 9–16.
+
+The jawline landmarks a detector finds lie on the face's *outline in the image*, which moves over the
+surface as the head turns, so their model vertices are chosen per pose (eos's
+``get_contour_correspondences`` and ``find_occluding_edge_correspondences``; Huber et al., VISAPP 2016):
+
+* **front-facing side** (both sides when the face is within ±``yaw_threshold`` of frontal): each 2D
+  contour landmark takes the nearest projected vertex of the model's contour list (``contour_right`` for
+  iBUG 0–7, the subject's right, ``contour_left`` for 9–16): SFM/BFM contour files, ICT jawline
+  alternatives.
+* **away-facing side**: the outline is an occluding edge — a mesh edge between a triangle that faces the
+  camera and one that faces away. Each landmark takes the nearest projected vertex of such an edge,
+  among the vertices on that side of the face at jaw height (eos additionally ray-casts these vertices
+  for self-occlusion; the nearest-outline rule makes that unnecessary for the jaw region).
+
+Which side faces away is read from the rotation: the view-frame depth of the model's +x axis (the
+subject's left) is ``R[2, 0]``; ``R[2, 0] < −sin(threshold)`` turns the left side away.
+
+FLAME-style dynamic embeddings (a table of contour points per yaw bin) are the other common scheme;
+:func:`dynamic_contour_rows` picks a table's row per face from the yaw angle.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+RIGHT_IDS = tuple(range(0, 8))  # iBUG 1–8 (1-based): the subject's right jaw, image left when frontal
+LEFT_IDS = tuple(range(9, 17))  # iBUG 10–17
+CONTOUR_IDS = RIGHT_IDS + LEFT_IDS
+
+
+@dataclass(frozen=True)
+class ContourTerms:
+    """Per-model index tables for the contour search (built once by :func:`contour_terms`).
+
+    Attributes:
+        region: ``(R,)`` model vertex ids whose positions each iteration needs (candidates + the
+            vertices of the triangles next to candidate edges).
+        right / left: ``(Cr,)`` / ``(Cl,)`` positions *in region* of the contour-list candidates.
+        normals: ``(R, 3)`` area-weighted vertex normals of the mean shape (unnormalised).
+        edge_vertices: ``(E, 2)`` positions in region of the end points of the edges that can be
+            occluding edges.
+        side_right / side_left: ``(R,)`` bool, silhouette candidates for each side.
+    """
+
+    region: Tensor
+    right: Tensor
+    left: Tensor
+    normals: Tensor
+    edge_vertices: Tensor
+    side_right: Tensor
+    side_left: Tensor
+
+
+def interior_edges(triangles: Tensor) -> tuple[Tensor, Tensor]:
+    """Edges shared by exactly two triangles. ``(F, 3) -> vertices (E, 2), faces (E, 2)``."""
+    F = triangles.shape[0]
+    e = torch.cat([triangles[:, [0, 1]], triangles[:, [1, 2]], triangles[:, [2, 0]]]).sort(dim=1)[0]  # (3F, 2)
+    face = torch.arange(F, device=triangles.device).repeat(3)
+    key = e[:, 0] * (int(triangles.max()) + 1) + e[:, 1]
+    order = key.argsort(stable=True)
+    key, face, e = key[order], face[order], e[order]
+    counts = torch.unique_consecutive(key, return_counts=True)[1]
+    start = (torch.cumsum(counts, 0) - counts)[counts == 2]  # edges met exactly twice
+    return e[start], torch.stack([face[start], face[start + 1]], 1)
+
+
+def _pose_grid(dtype: torch.dtype, device: torch.device) -> Tensor:
+    """Rotations ``(G, 3, 3)`` for yaw ±(10°…85°) × pitch −30°…30° (the poses contour fitting meets)."""
+    from morphable.geometry.rotation import euler_to_matrix
+
+    yaw = torch.cat([torch.arange(-85.0, -9.0, 5.0), torch.arange(10.0, 86.0, 5.0)])
+    pitch = torch.arange(-30.0, 31.0, 10.0)
+    ypr = torch.stack(torch.meshgrid(yaw, pitch, indexing="ij"), -1).reshape(-1, 2)
+    ypr = torch.cat([ypr, torch.zeros(ypr.shape[0], 1)], 1).deg2rad()
+    return euler_to_matrix(ypr.to(dtype=dtype, device=device))
+
+
+def contour_terms(mean: Tensor, triangles: Tensor, contour_right: Tensor, contour_left: Tensor,
+                  face_region: Tensor | None = None) -> ContourTerms:
+    """Index tables for :func:`contour_correspondences`.
+
+    Silhouette candidates are the vertices between the lowest and highest contour-list vertex in y, on
+    the list's side of the face (sign of x), restricted to ``face_region`` when the model has one. Of
+    their edges only those that are occluding edges of the mean shape for some pose of a grid (yaw
+    10°–85° either way, pitch ±30°) are kept, which makes the per-iteration test small.
+    """
+    V = mean.shape[0]
+    lo = torch.minimum(mean[contour_right, 1].min(), mean[contour_left, 1].min())
+    hi = torch.maximum(mean[contour_right, 1].max(), mean[contour_left, 1].max())
+    in_band = (mean[:, 1] >= lo) & (mean[:, 1] <= hi)
+    if face_region is not None:
+        keep = torch.zeros(V, dtype=torch.bool, device=mean.device)
+        keep[face_region] = True
+        in_band &= keep
+    x_right = mean[contour_right, 0].mean()
+    cand_right = in_band & (mean[:, 0] * torch.sign(x_right) > 0)
+    cand_left = in_band & (mean[:, 0] * -torch.sign(x_right) > 0)
+    m = mean.to(torch.float64)
+    fn = torch.cross(m[triangles[:, 1]] - m[triangles[:, 0]], m[triangles[:, 2]] - m[triangles[:, 0]], dim=-1)
+    normals = torch.zeros_like(m).index_add_(0, triangles.reshape(-1), fn.repeat_interleave(3, dim=0))
+    ev, _ = interior_edges(triangles)
+    ev = ev[(cand_right | cand_left)[ev].all(1)]
+    if ev.numel():
+        nz = normals[ev] @ _pose_grid(m.dtype, m.device)[:, 2].T  # (E, 2, G) view z per pose
+        ev = ev[((nz[:, 0] > 0) != (nz[:, 1] > 0)).any(1)]
+    needed = torch.zeros(V, dtype=torch.bool, device=mean.device)
+    needed[contour_right] = True
+    needed[contour_left] = True
+    needed[ev.reshape(-1)] = True
+    region = torch.nonzero(needed).squeeze(1)
+    pos = torch.full((V,), -1, dtype=torch.int64, device=mean.device)
+    pos[region] = torch.arange(region.numel(), device=mean.device)
+    on_edge = torch.zeros(V, dtype=torch.bool, device=mean.device)
+    on_edge[ev.reshape(-1)] = True
+    return ContourTerms(region=region, right=pos[contour_right], left=pos[contour_left],
+                        normals=normals[region], edge_vertices=pos[ev],
+                        side_right=(cand_right & on_edge)[region], side_left=(cand_left & on_edge)[region])
+
+
+def silhouette_mask(R: Tensor, terms: ContourTerms) -> Tensor:
+    """Region vertices on an occluding edge under rotation ``R``. ``(B, 3, 3) -> (B, R)`` bool.
+
+    An edge is occluding when the view-frame z of its end points' normals differ in sign; the normals
+    are those of the mean shape (identity and expression barely turn them), so the test is one product.
+    """
+    nz = R[:, 2] @ terms.normals.T.to(R.dtype)  # (B, R)
+    e = terms.edge_vertices
+    occluding = (nz[:, e[:, 0]] > 0) != (nz[:, e[:, 1]] > 0)  # (B, E)
+    mask = torch.zeros_like(nz, dtype=torch.bool)
+    return mask.scatter(1, e.T.reshape(1, -1).expand(R.shape[0], -1), occluding.repeat(1, 2))
+
+
+def _nearest(landmarks: Tensor, projected: Tensor, allowed: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """Nearest allowed projected point to each landmark. ``(B, L, 2), (B, C, 2), (B, C) -> ids (B, L), ok (B, L)``."""
+    d = (landmarks[:, :, None] - projected[:, None]).square().sum(-1)  # (B, L, C)
+    if allowed is not None:
+        d = d.masked_fill(~allowed[:, None], float("inf"))
+    best, ids = d.min(-1)
+    return ids, torch.isfinite(best)
+
+
+def contour_correspondences(projected: Tensor, R: Tensor, landmarks: Tensor, terms: ContourTerms,
+                            yaw_threshold_deg: float = 7.5) -> Tensor:
+    """Model vertex for each of the 16 contour landmarks (iBUG 0–7, 9–16, in that order).
+
+    Args:
+        projected: ``(B, R, 2)`` current positions of ``terms.region`` in the image (px).
+        R: ``(B, 3, 3)`` camera rotation.
+        landmarks: ``(B, 68, 2)`` image landmarks (px; nan for missing: such rows get any vertex).
+        terms: :func:`contour_terms` tables.
+        yaw_threshold_deg: within this yaw of frontal both sides use the contour lists.
+    Returns:
+        ``(B, 16)`` int64 model vertex ids.
+    """
+    lm = torch.nan_to_num(landmarks[:, list(CONTOUR_IDS)], nan=0.0)
+    lm_r, lm_l = lm[:, :8], lm[:, 8:]
+    B = R.shape[0]
+    ids_r = terms.right[_nearest(lm_r, projected[:, terms.right])[0]]
+    ids_l = terms.left[_nearest(lm_l, projected[:, terms.left])[0]]
+    s = math.sin(math.radians(yaw_threshold_deg))
+    left_away = R[:, 2, 0] < -s
+    right_away = R[:, 2, 0] > s
+    if (left_away | right_away).any() and terms.edge_vertices.numel():
+        sil = silhouette_mask(R, terms)
+        sil_r_ids, ok_r = _nearest(lm_r, projected, sil & terms.side_right)
+        sil_l_ids, ok_l = _nearest(lm_l, projected, sil & terms.side_left)
+        ids_r = torch.where(right_away[:, None] & ok_r, sil_r_ids, ids_r)
+        ids_l = torch.where(left_away[:, None] & ok_l, sil_l_ids, ids_l)
+    return terms.region[torch.cat([ids_r, ids_l], dim=1).reshape(B, 16)]
+
+
+def dynamic_contour_rows(yaw: Tensor, n_bins: int, max_yaw_deg: float) -> Tensor:
+    """Row of a FLAME-style dynamic contour table for each face.
+
+    FLAME's ``dynamic_lmk_embedding`` holds ``n_bins`` rows of contour points for yaw angles evenly
+    spaced over ``[−max_yaw, +max_yaw]`` (79 rows over ±39° in RingNet/TF_FLAME); the row is the rounded
+    bin of the clamped yaw. ``(B,)`` yaw radians -> ``(B,)`` int64 rows.
+    """
+    half = (n_bins - 1) / 2
+    deg = torch.rad2deg(yaw).clamp(-max_yaw_deg, max_yaw_deg)
+    return torch.round(deg / max_yaw_deg * half + half).to(torch.int64)

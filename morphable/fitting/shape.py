@@ -1,0 +1,61 @@
+"""Closed-form regularised shape (and expression) fit to landmarks under a known affine camera.
+
+Aldrian & Smith, "Inverse Rendering of Faces with a 3D Morphable Model", PAMI 2013, Sec. 3 (eos's
+``fit_shape_to_landmarks_linear``): with the camera fixed, projected model points are linear in the
+coefficients, ``p_i = s F Π R (m_i + B_i x) + t`` (``F = diag(1, −1)`` flips y into the image, ``Π`` drops
+z), so the MAP estimate under a Gaussian landmark noise and the N(0, I) prior of standardised
+coefficients is a linear least-squares problem:
+
+    min_x  Σ_i w_i ‖(y_i − b_i)/s − A_i x‖² / σ²  +  Σ_k λ_k x_k²,   A_i = F Π R B_i  (2×P),
+                                                                     b_i = s F Π R m_i + t.
+
+Residuals are divided by the scale ``s`` (px/mm), so ``σ`` is the landmark noise in **millimetres on
+the face** and the result does not depend on the image resolution (eos uses a fixed σ² = 3 px²).
+Blendshape weights add box constraints (solved by :func:`~morphable.fitting.expression.box_qp`).
+The Hessian ``H = Σ w AᵀA/σ² + diag(λ)`` is the posterior precision (Gaussian, unconstrained).
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from morphable.fitting.expression import box_qp
+
+
+def normal_equations(points_mean: Tensor, points_basis: Tensor, landmarks: Tensor, weights: Tensor, scale: Tensor,
+                     R: Tensor, t: Tensor, sigma_mm: float, prior_precision: Tensor) -> tuple[Tensor, Tensor]:
+    """``H (B, P, P)`` and ``c (B, P)`` of the fit above.
+
+    Args:
+        points_mean: ``(B, N, 3)`` model points with coefficients zero (mm).
+        points_basis: ``(B, N, 3, P)`` or ``(N, 3, P)`` basis rows of the same points.
+        landmarks: ``(B, N, 2)`` px (finite; missing rows have weight 0).
+        weights: ``(B, N)``.
+        scale, R, t: camera ``(B,)``, ``(B, 3, 3)``, ``(B, 2)``.
+        sigma_mm: landmark noise σ (mm).
+        prior_precision: ``(P,)`` λ_k.
+    """
+    FR = R[:, :2] * R.new_tensor([1.0, -1.0])[None, :, None]  # (B, 2, 3) = F Π R
+    eq = "bij,bnjp->bnip" if points_basis.dim() == 4 else "bij,njp->bnip"
+    A = torch.einsum(eq, FR, points_basis).flatten(1, 2)  # (B, 2N, P): A[b, 2n+i] = Σ_j FR[b,i,j] B[n,j,:]
+    b = scale[:, None, None] * (points_mean @ FR.transpose(1, 2)) + t[:, None]
+    r = ((landmarks - b) / scale[:, None, None]).flatten(1)  # (B, 2N) mm
+    wA = A * (weights.repeat_interleave(2, dim=1) / sigma_mm**2)[..., None]
+    H = wA.transpose(1, 2) @ A + torch.diag_embed(prior_precision.expand(A.shape[0], -1))
+    c = (wA.transpose(1, 2) @ r[..., None])[..., 0]
+    return H, c
+
+
+def solve_coefficients(H: Tensor, c: Tensor, lower: Tensor, upper: Tensor) -> Tensor:
+    """MAP coefficients ``(B, P)``: ``H⁻¹ c`` when unbounded, else the box-constrained minimiser."""
+    return box_qp(H, c, lower, upper)
+
+
+def posterior_covariance(H: Tensor, k: int) -> Tensor:
+    """Marginal posterior covariance of the first ``k`` coefficients, ``(H⁻¹)[:k, :k]``. ``(B, P, P) -> (B, k, k)``.
+
+    Exact for the unconstrained Gaussian model at the fitted camera and correspondences (bounds on
+    blendshape weights are ignored).
+    """
+    L = torch.linalg.cholesky(H)
+    return torch.cholesky_inverse(L)[:, :k, :k]
