@@ -54,4 +54,4 @@ def to_torch_sparse(M: sp.spmatrix, dtype: torch.dtype = torch.float32) -> Tenso
     """A scipy sparse matrix as a torch sparse COO tensor (for ``torch.sparse.mm`` in losses)."""
     c = M.tocoo()
     idx = torch.as_tensor(np.vstack([c.row, c.col]), dtype=torch.int64)
-    return torch.sparse_coo_tensor(idx, torch.as_tensor(c.data, dtype=dtype), c.shape).coalesce()
+    return torch.sparse_coo_tensor(idx, torch.as_tensor(c.data, dtype=dtype), c.shape, check_invariants=True).coalesce()
