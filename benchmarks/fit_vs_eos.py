@@ -20,6 +20,7 @@ The last line is ``RESULT n=<faces> ours_ms=<median> eos_ms=<median> ours_nme=<m
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import time
@@ -124,18 +125,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data", type=Path, required=True, help="folder of images with iBUG .pts files")
     parser.add_argument("--model", default="sfm", help="our model (the eos side always uses the SFM files)")
     parser.add_argument("--iterations", type=int, default=5)
-    parser.add_argument("--eos-share", type=Path,
-                        default=Path(__file__).resolve().parents[2] / "shared" / "data" / "eos" / "share")
+    parser.add_argument("--eos-share", type=Path, default=None,
+                        help="eos's share folder (default: eos/share in the corpus mirror)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (eos is single-threaded)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
+    corpus = Path(__file__).resolve().parents[2] / "shared" / "data"
+    if corpus.exists():  # fetch the open models from the local corpus mirror (see DESIGN.md)
+        os.environ.setdefault("MORPHABLE_MIRROR", str(corpus))
 
     pairs = find_pairs(args.data)
     if not pairs:
         print(f"no image + .pts pairs in {args.data}", file=sys.stderr)
         return 1
     model = morphable.load_model(args.model)
-    eos_fitter = EosFitter(args.eos_share, args.iterations)
+    eos_fitter = EosFitter(args.eos_share or Path(os.environ["MORPHABLE_MIRROR"]) / "eos" / "share", args.iterations)
     faces = []
     for image, pts in pairs:
         with Image.open(image) as im:

@@ -21,7 +21,7 @@ import torch
 from torch import Tensor
 
 from morphable.geometry.camera import ScaledOrthographic
-from morphable.geometry.rotation import axis_angle_to_matrix, matrix_to_axis_angle, skew
+from morphable.geometry.rotation import axis_angle_to_matrix, matrix_to_axis_angle
 
 _FLIP = (1.0, -1.0)  # image v = −(view y)
 
@@ -81,20 +81,19 @@ def refine_scaled_orthographic(points3d: Tensor, points2d: Tensor, weights: Tens
     Returns:
         refined ``scale (B,)``, ``R (B, 3, 3)``, ``t (B, 2)``.
     """
-    flip = points3d.new_tensor(_FLIP)
-    eye6 = torch.eye(6, dtype=points3d.dtype, device=points3d.device)
+    eye6 = 1e-9 * torch.eye(6, dtype=points3d.dtype, device=points3d.device)
+    w = weights.repeat_interleave(2, dim=1)[..., None]  # (B, 2N, 1)
     for _ in range(steps):
         X = points3d @ R.transpose(1, 2)  # (B, N, 3) view frame
-        p = flip * (scale[:, None, None] * X[..., :2]) + t[:, None]
-        r = points2d - p  # (B, N, 2)
-        J_rot = -scale[:, None, None, None] * (flip[:, None] * skew(X)[..., :2, :])  # (B, N, 2, 3)
-        J_s = (p - t[:, None])[..., None]  # (B, N, 2, 1)
-        J_t = torch.eye(2, dtype=X.dtype, device=X.device).expand(*p.shape[:2], 2, 2)
-        J = torch.cat([J_rot, J_s, J_t], dim=-1).flatten(1, 2)  # (B, 2N, 6)
-        w = weights.repeat_interleave(2, dim=1)  # (B, 2N)
-        H = (J * w[..., None]).transpose(1, 2) @ J + 1e-9 * eye6
-        g = (J * w[..., None]).transpose(1, 2) @ r.flatten(1)[..., None]
-        delta = torch.linalg.solve(H, g)[..., 0]  # (B, 6)
+        sX = scale[:, None, None] * X
+        x, y, z = sX.unbind(-1)
+        one, zero = torch.ones_like(x), torch.zeros_like(x)
+        # rows of ∂(u, v)/∂(ω, log s, t): u = sX_x + t_x, v = −sX_y + t_y, ∂(RX)/∂ω = −[RX]_×
+        J = torch.stack([zero, z, -y, x, one, zero, z, zero, -x, -y, zero, one], -1).reshape(*x.shape, 2, 6)
+        J = J.flatten(1, 2)  # (B, 2N, 6)
+        r = (points2d - torch.stack([x + t[:, None, 0], -y + t[:, None, 1]], -1)).flatten(1)[..., None]
+        wJ = J * w
+        delta = torch.linalg.solve(wJ.transpose(1, 2) @ J + eye6, wJ.transpose(1, 2) @ r)[..., 0]  # (B, 6)
         R = axis_angle_to_matrix(delta[:, :3]) @ R
         scale = scale * torch.exp(delta[:, 3])
         t = t + delta[:, 4:]

@@ -136,7 +136,7 @@ def silhouette_mask(R: Tensor, terms: ContourTerms) -> Tensor:
 
 def _nearest(landmarks: Tensor, projected: Tensor, allowed: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """Nearest allowed projected point to each landmark. ``(B, L, 2), (B, C, 2), (B, C) -> ids (B, L), ok (B, L)``."""
-    d = (landmarks[:, :, None] - projected[:, None]).square().sum(-1)  # (B, L, C)
+    d = torch.cdist(landmarks, projected)  # (B, L, C)
     if allowed is not None:
         d = d.masked_fill(~allowed[:, None], float("inf"))
     best, ids = d.min(-1)

@@ -173,9 +173,11 @@ class _Problem:
         self.sigma = sigma_mm
         self.lm_mean = terms.landmark_mean.to(y.device)
         self.lm_basis = terms.landmark_basis.to(y.device)[..., self.cols]
+        all_cols = K == terms.n_identity and Ke == terms.n_expression
         if self.use_contour:
             self.region_mean = terms.region_mean
-            self.region_basis = terms.region_basis[..., self.cols]
+            self.region_basis = terms.region_basis if all_cols else terms.region_basis[..., self.cols]
+            self.region_matrix = self.region_basis.flatten(0, 1)  # (3R, P)
         n_ok = self.w_fixed.sum(1)
         if (n_ok < 4).any():
             bad = int(torch.nonzero(n_ok < 4)[0])
@@ -195,13 +197,14 @@ class _Problem:
         return mean, basis
 
     def update_contour(self, state: _State) -> None:
-        pts = self.region_mean + torch.einsum("rcp,bp->brc", self.region_basis, state.coeffs)
+        B = state.coeffs.shape[0]
+        pts = self.region_mean + (state.coeffs @ self.region_matrix.T).reshape(B, -1, 3)
         proj = project_scaled_orthographic(pts, state.scale, state.R, state.t)
         state.contour_ids = contour_correspondences(proj, state.R, self.y, self.terms.contour)
 
     def model_points(self, state: _State) -> Tensor:
         mean, basis = self.points(state)
-        return mean + torch.einsum("bncp,bp->bnc", basis, state.coeffs)
+        return mean + (basis @ state.coeffs[:, None, :, None])[..., 0]
 
     def weights(self, state: _State) -> Tensor:
         return self.w_all if state.contour_ids is not None else self.w_fixed

@@ -36,8 +36,7 @@ def normal_equations(points_mean: Tensor, points_basis: Tensor, landmarks: Tenso
         prior_precision: ``(P,)`` λ_k.
     """
     FR = R[:, :2] * R.new_tensor([1.0, -1.0])[None, :, None]  # (B, 2, 3) = F Π R
-    eq = "bij,bnjp->bnip" if points_basis.dim() == 4 else "bij,njp->bnip"
-    A = torch.einsum(eq, FR, points_basis).flatten(1, 2)  # (B, 2N, P): A[b, 2n+i] = Σ_j FR[b,i,j] B[n,j,:]
+    A = (FR[:, None] @ points_basis).flatten(1, 2)  # (B, 2N, P): A[b, 2n+i] = Σ_j FR[b,i,j] B[n,j,:]
     b = scale[:, None, None] * (points_mean @ FR.transpose(1, 2)) + t[:, None]
     r = ((landmarks - b) / scale[:, None, None]).flatten(1)  # (B, 2N) mm
     wA = A * (weights.repeat_interleave(2, dim=1) / sigma_mm**2)[..., None]
@@ -47,8 +46,29 @@ def normal_equations(points_mean: Tensor, points_basis: Tensor, landmarks: Tenso
 
 
 def solve_coefficients(H: Tensor, c: Tensor, lower: Tensor, upper: Tensor) -> Tensor:
-    """MAP coefficients ``(B, P)``: ``H⁻¹ c`` when unbounded, else the box-constrained minimiser."""
-    return box_qp(H, c, lower, upper)
+    """MAP coefficients ``(B, P)``: ``H⁻¹ c`` when unbounded, else the box-constrained minimiser.
+
+    The unbounded coordinates (identity) are eliminated first (Schur complement), so the bounded
+    problem handed to :func:`~morphable.fitting.expression.box_qp` has only the expression's size.
+    """
+    bounded = torch.isfinite(lower) | torch.isfinite(upper)  # (P,)
+    if not bool(bounded.any()):
+        return torch.cholesky_solve(c[..., None], torch.linalg.cholesky(H))[..., 0]
+    a, b = torch.nonzero(~bounded).squeeze(1), torch.nonzero(bounded).squeeze(1)
+    Hab = H[:, a][:, :, b]
+    if a.numel():
+        L = torch.linalg.cholesky(H[:, a][:, :, a])
+        X = torch.cholesky_solve(torch.cat([Hab, c[:, a, None]], dim=2), L)  # Haa⁻¹ [Hab, c_a]
+        Hr = H[:, b][:, :, b] - Hab.transpose(1, 2) @ X[..., :-1]
+        cr = c[:, b] - (Hab.transpose(1, 2) @ X[..., -1:])[..., 0]
+    else:
+        Hr, cr = H, c
+    xb = box_qp(Hr, cr, lower[b], upper[b])
+    x = torch.empty_like(c)
+    x[:, b] = xb
+    if a.numel():
+        x[:, a] = X[..., -1] - (X[..., :-1] @ xb[..., None])[..., 0]
+    return x
 
 
 def posterior_covariance(H: Tensor, k: int) -> Tensor:
