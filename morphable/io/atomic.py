@@ -34,7 +34,8 @@ def atomic_write(path: str | PathLike, mode: str = "wb") -> Iterator[IO]:
     Yields:
         the open temporary file.
     Raises:
-        InputError: the folder does not exist or is not writable (naming ``path``).
+        InputError: naming ``path``, when the folder does not exist or is not writable, the disk is
+            full, or ``path`` is a folder (any ``OSError`` while writing or renaming).
     """
     if mode not in ("wb", "w"):
         raise ValueError(f"atomic_write: mode must be 'wb' or 'w', got {mode!r}")
@@ -49,9 +50,11 @@ def atomic_write(path: str | PathLike, mode: str = "wb") -> Iterator[IO]:
             yield f
         os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         try:
             os.unlink(tmp)
         except FileNotFoundError:
             pass
+        if isinstance(e, OSError):  # full disk, destination is a folder, ...: one line naming the file
+            raise InputError(path, f"cannot write: {e.strerror or e}") from None
         raise

@@ -39,3 +39,8 @@ def test_bad_folder_and_mode(tmp_path):
     with pytest.raises(ValueError):
         with atomic_write(tmp_path / "x.bin", "a"):
             pass
+    (tmp_path / "folder").mkdir()
+    with pytest.raises(InputError, match="folder: cannot write"):
+        with atomic_write(tmp_path / "folder") as f:
+            f.write(b"x")
+    assert sorted(os.listdir(tmp_path)) == ["folder"]

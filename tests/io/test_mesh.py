@@ -268,7 +268,7 @@ def test_failed_write_keeps_old_file_and_leaves_no_partial(tmp_path, monkeypatch
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(ply.struct, "pack", full_disk)
-    with pytest.raises(OSError):
+    with pytest.raises(InputError, match="m.ply: cannot write: No space left on device"):
         write_ply(tmp_path / "m.ply", Mesh(vertices=np.zeros((3, 3)), faces=np.array([[0, 1, 2]])))
     assert (tmp_path / "m.ply").read_bytes() == before
     assert sorted(os.listdir(tmp_path)) == ["m.ply"]

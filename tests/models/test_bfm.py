@@ -27,7 +27,9 @@ import scipy.io
 import torch
 
 from morphable.errors import ModelFileError
+from morphable.models.formats import load_any
 from morphable.models.formats.bfm import load_bfm2009, load_bfm2017, outward_winding
+from morphable.models.formats.npz import load_npz, save_npz
 
 RNG = np.random.default_rng(2009)
 
@@ -304,6 +306,23 @@ def test_bfm2017_shape_only_and_inward_cells(tmp_path):
     model = load_bfm2017(tmp_path / "m.h5")
     assert model.n_expression == 0 and not model.has_albedo and model.metadata["winding_flipped"]
     assert np.all(_normals_z(model.mean.double().numpy(), model.triangles.numpy()) > 0)
+
+
+def test_dispatch_and_native_round_trip(tmp_path):
+    """``load_any`` picks these loaders by suffix; the models survive the native npz format exactly."""
+    verts, tris = _grid_face()
+    _write_bfm2009(tmp_path / "01_MorphableModel.mat", verts, tris)
+    keep = _trim(len(verts))
+    _write_exp_pca(tmp_path, len(keep), 3, index=keep)
+    _write_bfm2017(tmp_path / "model2017.h5", verts, tris)
+    for name in ("01_MorphableModel.mat", "model2017.h5"):
+        model = load_any(tmp_path / name)
+        save_npz(model, tmp_path / "native.npz")
+        back = load_npz(tmp_path / "native.npz")
+        for key, value in model.state_dict().items():
+            assert torch.equal(value, back.state_dict()[key]), key
+    assert model.name == "bfm2017"
+    assert load_npz(tmp_path / "native.npz").metadata["files"]["model"] == "model2017.h5"
 
 
 # --- bad files: only ModelFileError, naming the file ------------------------------------------------------

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from morphable.errors import ModelFileError
+from morphable.models.formats import load_any
 from morphable.models.formats.mediapipe import load_mediapipe, read_procrustes_basis
 
 DATA = "mediapipe/mediapipe/modules/face_geometry/data/"
@@ -52,6 +53,11 @@ def test_winding_symmetry_and_procrustes(data):
     assert np.array_equal(sym[sym], np.arange(468))
     ids, weights = model.metadata["procrustes_landmark_ids"], model.metadata["procrustes_landmark_weights"]
     assert len(ids) == len(weights) == 33 and ids[0] == 4 and weights[0] == pytest.approx(0.070909939706326)
+
+
+def test_load_any_dispatches_obj_here(data):
+    model = load_any(data(DATA + "canonical_face_model.obj"))
+    assert model.name == "mediapipe" and model.n_vertices == 468
 
 
 def test_iris_variant(data):

@@ -289,7 +289,7 @@ def load_bfm2009(path: PathLike, *, expression: PathLike | None = None, expressi
     if np.any(ev < 0):
         _fail(path, "shapeEV: negative standard deviations")
     mean = mu.reshape(N, 3) / MICROMETRES_PER_MM
-    identity_basis = (pc * ev).reshape(N, 3, -1) / MICROMETRES_PER_MM
+    identity_basis = (pc * (ev / MICROMETRES_PER_MM)).reshape(N, 3, -1)  # one 3N×K temporary, not two
     albedo_mean = albedo_basis = None
     if all(k in d for k in ("texMU", "texPC", "texEV")):
         tex_pc = _float(d["texPC"], path, "texPC", (3 * N, None))
