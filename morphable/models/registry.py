@@ -26,13 +26,12 @@ import hashlib
 import json
 import os
 import re
-import shutil
 import sys
 import tempfile
 import urllib.error
 import urllib.request
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 

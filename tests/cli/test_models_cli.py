@@ -29,8 +29,9 @@ def test_list_fetch_info(runner):
     assert "6 (blendshapes)" in result.output
 
 
-def test_info_ict(runner):
-    result = runner.invoke(cli, ["models", "info", "ict"])
+def test_info_ict():
+    data_file("ICT-FaceKit/FaceXModel_vertices_float32.npz")
+    result = CliRunner().invoke(cli, ["models", "info", "ict"])  # the session's home: converted once
     assert result.exit_code == 0, result.output
     assert "26719 vertices, 52220 triangles" in result.output and "100 components" in result.output
     assert "53 (blendshapes)" in result.output and "68/68" in result.output

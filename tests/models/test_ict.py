@@ -144,6 +144,7 @@ def test_regions_match_material_groups(ict):
     assert used("M_Teeth") == set(ict.regions["teeth"].tolist())
     assert used("M_GumsTongue") == set(ict.regions["gums_tongue"].tolist())
     assert used("M_ScleraLeft", "M_IrisLeft") == set(ict.regions["eyeball_left"].tolist())
+    assert used("M_ScleraLeft", "M_IrisLeft", "M_ScleraRight", "M_IrisRight") == set(ict.regions["eyes"].tolist())
     back = set(range(ICT_REGIONS["head_neck"][0], ICT_REGIONS["eye_socket_right"][1] + 1))
     assert used("M_BackHead") - set(ict.regions["face"].tolist()) == back  # shares the seam with the face
 

@@ -138,7 +138,7 @@ def _header(good, **changes):
     "no_mean", "no_header", "header_garbage", "wrong_format", "mean_shape", "basis_shape", "triangle_range",
     "landmark_range", "landmark_shape", "region_missing", "region_range", "symmetry_range", "uv_tri_range",
     "polygon_sizes", "polygon_range", "float_ids", "nan", "dtype", "object_array", "expression_kind",
-    "metadata_ref", "header_list",
+    "metadata_ref", "header_list", "scalar_mean", "regions_type",
 ])
 def test_wrong_keys_and_shapes(good, tmp_path, label):
     a = _arrays(good)
@@ -165,6 +165,8 @@ def test_wrong_keys_and_shapes(good, tmp_path, label):
         "expression_kind": dict(header=_header(good, expression_kind="linear")),
         "metadata_ref": dict(header=_header(good, metadata_arrays={"x": "meta_999"})),
         "header_list": dict(header=np.array("[1, 2]")),
+        "scalar_mean": dict(mean=np.float32(1.0)),
+        "regions_type": dict(header=_header(good, regions=5)),
     }[label]
     if label == "object_array":  # np.savez pickles object arrays; load_npz must refuse them
         arrays = {**a, **changes}

@@ -56,6 +56,7 @@ ICT_REGIONS: dict[str, tuple[int, int]] = {
     "teeth": (17039, 21450),
     "eyeball_left": (21451, 23020),
     "eyeball_right": (23021, 24590),
+    "eyes": (21451, 24590),
     "sclera_left": (21451, 22220),
     "iris_left": (22221, 23020),
     "sclera_right": (23021, 23790),
@@ -123,7 +124,7 @@ def read_neutral_obj(path: str | Path) -> dict[str, Any]:
         v = np.array(" ".join(vertices).split(), dtype=np.float64)
         t = np.array(" ".join(uvs).split(), dtype=np.float64)
     except ValueError:
-        raise ModelFileError(path, f"malformed number in the OBJ data") from None
+        raise ModelFileError(path, "malformed number in the OBJ data") from None
     if not vertices or v.size != 3 * len(vertices) or t.size != 2 * len(uvs) or not polygons:
         raise ModelFileError(path, "expected 'v x y z', 'vt u v' and 'f' lines")
     if not (np.all(np.isfinite(v)) and np.all(np.isfinite(t))):
@@ -165,13 +166,21 @@ def read_vertex_indices(path: str | Path) -> dict[str, Any]:
     return d
 
 
+_TOPOLOGY_MEMO: dict[tuple, tuple[dict[str, Any], dict[str, Any]]] = {}
+
+
 def _topology(folder: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The parsed neutral OBJ and vertex_indices.json, memoised per process (keyed by path, mtime, size;
+    the polygon lists are then shared between models and must be treated as read-only)."""
     neutral = folder / f"{NEUTRAL}.obj"
     index = folder / "vertex_indices.json"
     for p in (neutral, index):
         if not p.is_file():
             raise ModelFileError(p, "ICT side file not found")
-    return read_neutral_obj(neutral), read_vertex_indices(index)
+    key = tuple((str(p.resolve()), p.stat().st_mtime_ns, p.stat().st_size) for p in (neutral, index))
+    if key not in _TOPOLOGY_MEMO:
+        _TOPOLOGY_MEMO[key] = (read_neutral_obj(neutral), read_vertex_indices(index))
+    return _TOPOLOGY_MEMO[key]
 
 
 def read_packed(path: str | Path) -> dict[str, np.ndarray]:

@@ -124,7 +124,7 @@ def load_npz(path: str | Path) -> MorphableModel:
         raise ModelFileError(path, f"not a {FORMAT} version {VERSION} file")
     try:
         return _build(header, arrays, path)
-    except (KeyError, TypeError, AttributeError) as err:
+    except (KeyError, TypeError, AttributeError, IndexError) as err:
         raise ModelFileError(path, f"missing or malformed entry ({type(err).__name__}: {err})") from None
     except ValueError as err:
         raise ModelFileError(path, str(err)) from None

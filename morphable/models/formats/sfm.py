@@ -315,6 +315,8 @@ def load_sfm(path: str | Path, *, blendshapes: str | Path | None = None, landmar
             looked up next to ``path`` under eos's names (``expression_blendshapes_<N>.bin``,
             ``ibug_to_sfm.txt``, ``sfm_model_contours.json``, ``sfm_<N>_edge_topology.json``,
             ``sfm_reference_symmetry.txt``) for files named ``sfm_shape_<N>.bin``, and skipped if absent.
+            An expression model stored inside the file (eos version ≥ 2) takes precedence over
+            ``blendshapes``.
     Returns:
         the model: ``identity_basis = U·√λ`` (``model(identity=c) == eos draw_sample(c)``), expression
         blendshape offsets (``expression_kind="blendshapes"``, weights in [0, 1]) or a standardised
