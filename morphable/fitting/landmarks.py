@@ -5,11 +5,13 @@ VISAPP 2016), batched over faces and solved in float64:
 
 1. pose from the fixed (non-contour) landmarks of the mean face
    (:mod:`~morphable.fitting.camera_estimation`: Gold Standard affine camera, then Gauss–Newton on the
-   scaled-orthographic reprojection error);
+   scaled-orthographic reprojection error) and the closed-form identity/expression fit for that camera (:mod:`~morphable.fitting.shape`);
 2. ``iterations`` times: pose-dependent jawline correspondences (:mod:`~morphable.fitting.contour`),
-   pose refit to all correspondences, then identity and expression coefficients *jointly* by one
-   regularised linear solve (:mod:`~morphable.fitting.shape`; bounded for blendshapes,
-   :mod:`~morphable.fitting.expression`) — eos alternates shape and blendshape fits instead.
+   then one Gauss–Newton step in camera, identity and expression *jointly*
+   (:func:`~morphable.fitting.shape.joint_normal_equations`; expression weights bounded for
+   blendshapes, :mod:`~morphable.fitting.expression`). eos instead alternates a linear camera fit, a
+   shape fit and a blendshape fit, which converges slowly where a rotation and a shape change explain
+   the landmarks equally well.
 
 The returned :class:`LandmarkFit` also carries the posterior covariance of the identity coefficients and,
 computed on first access, a per-vertex uncertainty map (:mod:`~morphable.fitting.uncertainty`).
@@ -26,7 +28,8 @@ from torch import Tensor
 from morphable.fitting.camera_estimation import (estimate_scaled_orthographic, project_scaled_orthographic,
                                                  refine_scaled_orthographic, to_camera)
 from morphable.fitting.contour import CONTOUR_IDS, ContourTerms, contour_correspondences, contour_terms
-from morphable.fitting.shape import normal_equations, posterior_covariance, solve_coefficients
+from morphable.fitting.shape import joint_normal_equations, normal_equations, posterior_covariance, solve_coefficients
+from morphable.geometry.rotation import axis_angle_to_matrix
 from morphable.fitting.uncertainty import vertex_std
 from morphable.geometry.camera import ScaledOrthographic
 from morphable.models.base import N_LANDMARKS, MorphableModel
@@ -125,6 +128,17 @@ def fit_terms(model: MorphableModel) -> FitTerms:
     return terms
 
 
+def point_terms(model: MorphableModel, vertex_ids: Tensor) -> FitTerms:
+    """Tables for fitting arbitrary model vertices (no contour): ``vertex_ids (N,)`` int64."""
+    f64 = torch.float64
+    ids = vertex_ids.to(device=model.mean.device, dtype=torch.int64)
+    return FitTerms(n_identity=model.n_identity, n_expression=model.n_expression,
+                    expression_bounded=model.expression_kind == "blendshapes",
+                    landmark_mask=torch.ones(ids.shape[0], dtype=torch.bool, device=ids.device),
+                    landmark_mean=model.mean[ids].to(f64), landmark_basis=_full_basis(model)[ids].to(f64),
+                    landmark_ids=ids, contour=None, region_mean=None, region_basis=None, region_position=None)
+
+
 def check_landmarks(landmarks: Tensor, name: str = "landmarks") -> None:
     """Raise ``ValueError`` unless ``landmarks`` is ``(B, 68, 2)``."""
     if landmarks.dim() != 3 or landmarks.shape[1:] != (N_LANDMARKS, 2):
@@ -153,10 +167,11 @@ class _Problem:
         self.valid = torch.isfinite(y).all(-1)  # (B, 68)
         self.y = torch.nan_to_num(y, nan=0.0)
         self.use_contour = contour and terms.contour is not None
-        contour_rows = torch.zeros(N_LANDMARKS, dtype=torch.bool, device=y.device)
-        contour_rows[list(CONTOUR_IDS)] = True
+        contour_rows = torch.zeros(y.shape[1], dtype=torch.bool, device=y.device)
+        if self.use_contour:
+            contour_rows[list(CONTOUR_IDS)] = True
         self.contour_rows = contour_rows
-        fixed = terms.landmark_mask.to(y.device) & ~(contour_rows if self.use_contour else torch.zeros_like(contour_rows))
+        fixed = terms.landmark_mask.to(y.device) & ~contour_rows
         self.fixed = fixed
         self.w_fixed = (self.valid & fixed).to(f64)
         self.w_all = (self.valid & (fixed | contour_rows)).to(f64) if self.use_contour else self.w_fixed
@@ -209,9 +224,20 @@ class _Problem:
     def weights(self, state: _State) -> Tensor:
         return self.w_all if state.contour_ids is not None else self.w_fixed
 
-    def solve_pose(self, state: _State, steps: int) -> None:
-        state.scale, state.R, state.t = refine_scaled_orthographic(
-            self.model_points(state), self.y, self.weights(state), state.scale, state.R, state.t, steps)
+    def joint_step(self, state: _State) -> Tensor:
+        """One Gauss–Newton step in camera and coefficients; returns the system matrix ``(B, 6+P, 6+P)``."""
+        mean, basis = self.points(state)
+        H, g = joint_normal_equations(mean, basis, state.coeffs, self.y, self.weights(state), state.scale, state.R,
+                                      state.t, self.sigma, self.prior)
+        inf = self.lower.new_full((6,), float("inf"))
+        lo = torch.cat([-inf.expand(g.shape[0], -1), self.lower - state.coeffs], 1)
+        hi = torch.cat([inf.expand(g.shape[0], -1), self.upper - state.coeffs], 1)
+        delta = solve_coefficients(H, g, lo, hi)
+        state.R = axis_angle_to_matrix(delta[:, :3]) @ state.R
+        state.scale = state.scale * torch.exp(delta[:, 3])
+        state.t = state.t + delta[:, 4:6]
+        state.coeffs = torch.maximum(torch.minimum(state.coeffs + delta[:, 6:], self.upper), self.lower)
+        return H
 
     def solve_shape(self, state: _State) -> Tensor:
         mean, basis = self.points(state)
@@ -241,7 +267,7 @@ def _finish(model: MorphableModel, problem: _Problem, state: _State, H: Tensor, 
     cov[:, :K, :K] = posterior_covariance(H, K)
     X = problem.model_points(state)
     proj = project_scaled_orthographic(X, state.scale, state.R, state.t)
-    used = problem.fixed | (problem.contour_rows if state.contour_ids is not None else torch.zeros_like(problem.fixed))
+    used = problem.fixed | problem.contour_rows
     fitted = torch.where(used[None, :, None], proj, proj.new_tensor(float("nan")))
     ids = problem.terms.landmark_ids.to(dev).expand(B, -1).clone()
     if state.contour_ids is not None:
@@ -258,9 +284,32 @@ def _finish(model: MorphableModel, problem: _Problem, state: _State, H: Tensor, 
                        identity_basis=model.identity_basis)
 
 
+def _fit(model: MorphableModel, terms: FitTerms, points: Tensor, *, iterations: int, contour: bool,
+         identity_components: int | None, expression: bool, lambda_identity: float, lambda_expression: float,
+         sigma_mm: float) -> LandmarkFit:
+    out_dtype = points.dtype if points.is_floating_point() else torch.float32
+    problem = _Problem(terms, points.to(model.mean.device), contour=contour,
+                       identity_components=identity_components, expression=expression,
+                       lambda_identity=lambda_identity, lambda_expression=lambda_expression, sigma_mm=sigma_mm)
+    state = _initial_state(problem)
+    problem.solve_shape(state)
+    H = None
+    for _ in range(iterations):
+        if problem.use_contour:
+            problem.update_contour(state)
+        H = problem.joint_step(state)
+    if H is None:
+        H = problem.solve_shape(state)
+    else:
+        H = H[:, 6:, 6:] - H[:, 6:, :6] @ torch.linalg.solve(H[:, :6, :6], H[:, :6, 6:])  # marginalise the camera
+    if problem.use_contour:
+        problem.update_contour(state)
+    return _finish(model, problem, state, H, out_dtype)
+
+
 def fit_landmarks(model: MorphableModel, landmarks: Tensor, *, iterations: int = 5, contour: bool = True,
                   identity_components: int | None = None, expression: bool = True, lambda_identity: float = 1.0,
-                  lambda_expression: float = 1.0, sigma_mm: float = SIGMA_MM, pose_steps: int = 2) -> LandmarkFit:
+                  lambda_expression: float = 1.0, sigma_mm: float = SIGMA_MM) -> LandmarkFit:
     """Fit pose, identity and expression to iBUG-68 landmarks, for a batch of faces at once.
 
     Args:
@@ -274,25 +323,30 @@ def fit_landmarks(model: MorphableModel, landmarks: Tensor, *, iterations: int =
         expression: fit expression coefficients (PCA) or blendshape weights (bounded to [0, 1]).
         lambda_identity / lambda_expression: prior precision multipliers (1 = the model's N(0, 1) prior).
         sigma_mm: landmark noise σ in mm on the face; smaller fits the landmarks more closely.
-        pose_steps: Gauss–Newton steps of the camera per iteration.
     Returns:
         :class:`LandmarkFit`.
     Raises:
         ValueError: wrong shape, or a face with fewer than 4 usable fixed landmarks.
     """
     check_landmarks(landmarks)
-    out_dtype = landmarks.dtype if landmarks.is_floating_point() else torch.float32
-    terms = fit_terms(model)
-    problem = _Problem(terms, landmarks.to(model.mean.device), contour=contour,
-                       identity_components=identity_components, expression=expression,
-                       lambda_identity=lambda_identity, lambda_expression=lambda_expression, sigma_mm=sigma_mm)
-    state = _initial_state(problem)
-    H = problem.solve_shape(state)
-    for _ in range(iterations):
-        if problem.use_contour:
-            problem.update_contour(state)
-        problem.solve_pose(state, pose_steps)
-        H = problem.solve_shape(state)
-    if problem.use_contour:
-        problem.update_contour(state)
-    return _finish(model, problem, state, H, out_dtype)
+    return _fit(model, fit_terms(model), landmarks, iterations=iterations, contour=contour,
+                identity_components=identity_components, expression=expression, lambda_identity=lambda_identity,
+                lambda_expression=lambda_expression, sigma_mm=sigma_mm)
+
+
+def fit_points(model: MorphableModel, points: Tensor, vertex_ids: Tensor, *, iterations: int = 5,
+               identity_components: int | None = None, expression: bool = True, lambda_identity: float = 1.0,
+               lambda_expression: float = 1.0, sigma_mm: float = SIGMA_MM) -> LandmarkFit:
+    """:func:`fit_landmarks` for any set of model vertices seen in the image (no contour search).
+
+    Args:
+        points: ``(B, N, 2)`` pixels (nan = missing), the images of the vertices ``vertex_ids (N,)``.
+    Returns:
+        :class:`LandmarkFit` whose ``landmarks_fitted``/``landmark_ids`` have ``N`` rows.
+    """
+    if points.dim() != 3 or points.shape[-1] != 2 or vertex_ids.shape != (points.shape[1],):
+        raise ValueError(f"fit_points: expected points (B, N, 2) and vertex_ids (N,), got {tuple(points.shape)} "
+                         f"and {tuple(vertex_ids.shape)}")
+    return _fit(model, point_terms(model, vertex_ids), points, iterations=iterations, contour=False,
+                identity_components=identity_components, expression=expression, lambda_identity=lambda_identity,
+                lambda_expression=lambda_expression, sigma_mm=sigma_mm)
