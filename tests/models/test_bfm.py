@@ -300,6 +300,21 @@ def test_bfm2017_standardisation_and_sample(tmp_path):
     assert model.metadata["shape_noise_variance"] == pytest.approx(0.01)
 
 
+def test_bfm2017_with_real_eos_mapping(tmp_path, data):
+    """eos's BFM 2017 (bfm_nomouth, 53 149 vertices) mapping and contours on a synthetic model of that
+    size; values checked against lines of the files (iBUG 9 = 47846 chin, 31 = 8156 nose tip, 37 = 2602;
+    26 points: the chin and 31-68)."""
+    lm = data("eos/share/ibug_to_bfm2017-1_bfm_nomouth.txt")
+    ct = data("eos/share/bfm2017-1_bfm_nomouth_model_contours.json")
+    verts = RNG.normal(size=(53149, 3)) * 50
+    _write_bfm2017(tmp_path / "m.h5", verts, np.array([[0, 1, 2]]), K=1, parts=("shape",))
+    model = load_bfm2017(tmp_path / "m.h5", landmarks=lm, contours=ct)
+    assert model.landmark_indices[30, 0] == 8156 and model.landmark_indices[36, 0] == 2602
+    assert model.landmark_indices[8, 0] == 47846
+    assert int(model.landmark_mask.sum()) == 26 and model.landmark_mask[8] and not model.landmark_mask[9:30].any()
+    assert len(model.contour_right) == len(model.contour_left) == 11 and model.contour_right[0] == 22451
+
+
 def test_bfm2017_shape_only_and_inward_cells(tmp_path):
     verts, tris = _grid_face()
     _write_bfm2017(tmp_path / "m.h5", verts, tris[:, [0, 2, 1]], parts=("shape",))
