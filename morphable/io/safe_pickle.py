@@ -14,7 +14,8 @@ What is allowed, and why:
   loading, a recorder whose state holds the array under ``'x'`` (``chumpy.ch.Ch`` stores its value there,
   see ``Ch.compute_r``/``__getstate__`` in mattloper/chumpy ``chumpy/ch.py``) becomes that plain
   ``np.ndarray``; a chumpy *expression* without a stored value is refused.
-* **scipy sparse** ``csc_matrix``/``csr_matrix`` (``scipy.sparse.csc``, ``scipy.sparse._csc``, ...):
+* **scipy sparse** ``csc_matrix``/``csr_matrix`` (``scipy.sparse.csc``, ``scipy.sparse._csc``, ...) and
+  the ``csc_array``/``csr_array`` forms (returned as ``csc_matrix``/``csr_matrix``):
   also recorded inertly; the matrix is then built with the public constructor from the state's
   ``data``/``indices``/``indptr``/``_shape`` arrays, so no scipy ``__setstate__`` runs.
 * **containers**: ``set``, ``frozenset``, ``object`` (for ``copy_reg._reconstructor``, replaced here by
@@ -48,10 +49,9 @@ except ImportError:  # numpy 1.x
 
 _NUMPY_MODULES = ("numpy.core.multiarray", "numpy._core.multiarray")
 _NUMERIC_MODULES = ("numpy.core.numeric", "numpy._core.numeric")
-_SPARSE_MODULES = {
-    "csc_matrix": ("scipy.sparse.csc", "scipy.sparse._csc"),
-    "csr_matrix": ("scipy.sparse.csr", "scipy.sparse._csr"),
-}
+_SPARSE_NAMES = ("csc_matrix", "csr_matrix", "csc_array", "csr_array")
+_SPARSE_MODULES = ("scipy.sparse", "scipy.sparse.csc", "scipy.sparse.csr",  # Python 2 era and public names
+                   "scipy.sparse._csc", "scipy.sparse._csr", "scipy.sparse._arrays")  # scipy >= 1.8
 
 
 class _Recorded:
@@ -123,7 +123,7 @@ class RestrictedUnpickler(pickle._Unpickler):
             return _ALLOWED[(module, name)]
         if (module == "chumpy" or module.startswith("chumpy.")) and name.isidentifier():
             return _recorder(module, name)
-        if module in _SPARSE_MODULES.get(name, ()):
+        if module in _SPARSE_MODULES and name in _SPARSE_NAMES:
             return _recorder(module, name)
         raise ModelFileError(self.path, f"refusing to load {module}.{name}: a model file may only contain "
                                         "numpy arrays, scipy sparse matrices and chumpy arrays")
@@ -154,7 +154,7 @@ def _resolve(obj: Any, path: str | os.PathLike, depth: int = 0) -> Any:
         try:
             parts = [np.asarray(state[k]) for k in ("data", "indices", "indptr")]
             shape = tuple(int(s) for s in state.get("_shape", state.get("shape")))
-            make = scipy.sparse.csc_matrix if name == "csc_matrix" else scipy.sparse.csr_matrix
+            make = scipy.sparse.csc_matrix if name.startswith("csc") else scipy.sparse.csr_matrix
             return make(tuple(parts), shape=shape)
         except (KeyError, TypeError, ValueError) as e:
             raise ModelFileError(path, f"{obj.source} with an unreadable state ({e})") from None

@@ -103,6 +103,12 @@ class Flame(MorphableModel):
     def n_joints(self) -> int:
         return self.parents.shape[0]
 
+    def describe(self) -> str:
+        """:meth:`MorphableModel.describe` plus the joints and the dynamic contour."""
+        names = ", ".join(JOINT_NAMES) if self.n_joints == len(JOINT_NAMES) else f"{self.n_joints} joints"
+        bins = "none" if self.contour_indices is None else f"{self.contour_indices.shape[0]} yaw bins"
+        return super().describe() + f"\n  pose: LBS with {self.n_joints} joints ({names}); dynamic contour: {bins}"
+
     def full_pose(self, pose: Tensor | None = None, *, global_rotation: Tensor | None = None,
                   neck: Tensor | None = None, jaw: Tensor | None = None,
                   eyes: Tensor | None = None) -> Tensor | None:

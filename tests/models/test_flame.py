@@ -16,6 +16,7 @@ from morphable.models.base import MorphableModel
 from morphable.models.flame import Flame, contour_bin, head_yaw
 from morphable.models.formats.flame import (embedding_to_vertices, load_dynamic_embedding, load_flame,
                                             load_static_embedding)
+from morphable.models.formats.npz import load_npz, save_npz
 from morphable.models.lbs import lbs
 from tests.conftest import data_file
 from tests.models.test_safe_pickle import FakeCh, py2_dumps
@@ -104,7 +105,7 @@ def test_loader_reads_python2_chumpy_pickle(synthetic):
     np.testing.assert_allclose(model.identity_std.numpy(),
                                np.linalg.norm(d["shapedirs"].x[..., :300].reshape(-1, 300), axis=0) * 1000)
     assert not model.landmark_mask.any() and model.contour_indices is None  # no embeddings beside it
-    assert "FLAME" in model.describe() or "generic_model" in model.describe()
+    assert "5 joints (global, neck, jaw, left_eye, right_eye)" in model.describe()
 
 
 def test_lbs_matches_loop_reference(synthetic):
@@ -289,7 +290,7 @@ def test_flame_with_real_topology_and_embeddings(template, tmp_path):
     d = synthetic_flame(rng, K=12, template=vertices / 1000, faces=faces)
     path = tmp_path / "generic_model.pkl"
     path.write_bytes(py2_dumps(d))
-    for rel in (STATIC_51, DYNAMIC):  # beside the model, as the FLAME download is usually laid out
+    for rel in (STATIC_51, STATIC_68, DYNAMIC):  # beside the model, as RingNet/TF_FLAME lay them out
         (tmp_path / rel.rsplit("/", 1)[1]).symlink_to(data_file(rel))
     model = load_flame(path, n_shape=8, dtype=torch.float64)
     assert (model.n_identity, model.n_expression) == (8, 4) and model.landmark_mask.all()
@@ -305,8 +306,23 @@ def test_flame_with_real_topology_and_embeddings(template, tmp_path):
     np.testing.assert_allclose(posed[0, :17], dyn[25], atol=1e-9)
     np.testing.assert_allclose(posed[1, :17], dyn[46], atol=1e-9)
     np.testing.assert_allclose(posed[:, 17:], np.stack([static] * 2), atol=1e-9)
-    # an explicit 68-point embedding replaces the static contour
+    assert "79 yaw bins" in model.describe()
+    # the native npz keeps the linear part only (a plain MorphableModel): zero-pose shapes and landmarks
+    save_npz(model, tmp_path / "flame.npz")
+    linear = load_npz(tmp_path / "flame.npz")
+    assert type(linear) is MorphableModel
+    beta, psi = torch.randn(2, 8, dtype=torch.float64), torch.randn(2, 4, dtype=torch.float64)
+    torch.testing.assert_close(linear.double()(beta, psi).vertices, model(beta, psi).vertices, rtol=0, atol=1e-9)
+    torch.testing.assert_close(linear.landmarks(mesh), model.landmarks(mesh), rtol=0, atol=1e-9)
+    # an explicit 68-point embedding replaces the static contour; so does the 68 file beside a model
+    # that has no dynamic embedding
     model68 = load_flame(path, n_shape=8, static_embedding=data_file(STATIC_68), dtype=torch.float64)
+    (tmp_path / "no_dynamic").mkdir()
+    (tmp_path / "no_dynamic" / "m.pkl").symlink_to(path)
+    (tmp_path / "no_dynamic" / "flame_static_embedding_68.pkl").symlink_to(data_file(STATIC_68))
+    (tmp_path / "no_dynamic" / "flame_static_embedding.pkl").symlink_to(data_file(STATIC_51))
+    beside = load_flame(tmp_path / "no_dynamic" / "m.pkl", n_shape=8, dtype=torch.float64)
+    assert beside.contour_indices is None and torch.equal(beside.landmark_indices, model68.landmark_indices)
     f68, b68 = load_static_embedding(data_file(STATIC_68))
     np.testing.assert_allclose(model68.landmarks(mesh)[0].numpy(), _points(vertices, faces, f68, b68), atol=1e-9)
     # an embedding that does not fit the mesh is refused

@@ -78,7 +78,7 @@ def test_python2_pickle_of_chumpy_and_sparse_loads_as_arrays(tmp_path):
     rng = np.random.default_rng(0)
     value = rng.normal(size=(4, 3, 2))
     sparse = scipy.sparse.random(5, 7, density=0.4, format="csc", random_state=1)
-    payload = {"shapedirs": FakeCh(value), "J_regressor": sparse, "f": np.arange(6, dtype=np.uint32).reshape(2, 3),
+    payload = {"shapedirs": FakeCh(value), "J_regressor": sparse, "csr": scipy.sparse.csr_array(sparse), "f": np.arange(6, dtype=np.uint32).reshape(2, 3),
                "bs_style": "lbs", "nested": [FakeCh(np.float64(2.5))]}
     data = py2_dumps(payload)
     assert b"cchumpy.ch\nCh\n" in data and b"cscipy.sparse.csc\ncsc_matrix\n" in data
@@ -89,6 +89,7 @@ def test_python2_pickle_of_chumpy_and_sparse_loads_as_arrays(tmp_path):
     assert type(out["shapedirs"]) is np.ndarray and np.array_equal(out["shapedirs"], value)
     assert scipy.sparse.issparse(out["J_regressor"]) and out["J_regressor"].format == "csc"
     assert np.array_equal(out["J_regressor"].toarray(), sparse.toarray())
+    assert out["csr"].format == "csr" and np.array_equal(out["csr"].toarray(), sparse.toarray())
     assert out["f"].dtype == np.uint32 and out["f"][1, 2] == 5
     assert out["bs_style"] == "lbs" and float(out["nested"][0]) == 2.5
 

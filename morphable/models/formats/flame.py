@@ -151,8 +151,10 @@ def load_flame(path: str | os.PathLike, *, static_embedding: str | os.PathLike |
 
     Args:
         path: the model pickle (read with the restricted unpickler; never runs code from the file).
-        static_embedding: iBUG landmark embedding (51 or 68 points); default: the first of
-            :data:`STATIC_NAMES` found beside the model file, else no static landmarks.
+        static_embedding: iBUG landmark embedding (51 or 68 points). Default: found beside the model
+            file (:data:`STATIC_NAMES`): the 51-point one when there is a dynamic embedding (iBUG 0–16
+            then come from its yaw-0 bin, so static and dynamic landmarks agree at yaw 0), else the
+            68-point one; neither: no static landmarks.
         dynamic_embedding: the contour embedding; default :data:`DYNAMIC_NAME` beside the model, if any.
         n_shape: how many leading ``shapedirs`` columns are shape (FLAME: 300); the rest are expression.
         dtype: floating dtype of the buffers.
@@ -183,10 +185,11 @@ def load_flame(path: str | os.PathLike, *, static_embedding: str | os.PathLike |
         raise ModelFileError(path, f"'f' must be (F, 3) vertex ids below {V}")
 
     folder = path.parent
-    if static_embedding is None:
-        static_embedding = next((folder / n for n in STATIC_NAMES if (folder / n).exists()), None)
     if dynamic_embedding is None and (folder / DYNAMIC_NAME).exists():
         dynamic_embedding = folder / DYNAMIC_NAME
+    if static_embedding is None:  # with a dynamic contour, prefer the 51 inner points (consistent at yaw 0)
+        names = STATIC_NAMES[::-1] if dynamic_embedding is not None else STATIC_NAMES
+        static_embedding = next((folder / n for n in names if (folder / n).exists()), None)
     dynamic = None
     if dynamic_embedding is not None:
         faces, bary = load_dynamic_embedding(dynamic_embedding)
