@@ -13,7 +13,12 @@ from morphable.errors import ModelFileError
 from morphable.models.formats.sfm import load_sfm, read_eos_model
 from morphable.models.landmarks import nearest_mirror, nearest_mirror_reference
 
-eos = pytest.importorskip("eos")
+
+
+@pytest.fixture(scope="module")
+def eos():
+    """eos-py, the reference implementation (test-only dependency)."""
+    return pytest.importorskip("eos")
 
 SHAPE = "eos/share/sfm_shape_3448.bin"
 
@@ -31,7 +36,7 @@ def sfm(sfm_path):
 
 
 @pytest.fixture(scope="module")
-def eos_sfm(sfm_path):
+def eos_sfm(eos, sfm_path):
     return eos.morphablemodel.load_model(str(sfm_path))
 
 
@@ -55,7 +60,7 @@ def test_load_model_sfm_equals_eos_draw_sample(eos_sfm):
         assert np.abs(ours[b] - ref).max() <= 1e-4
 
 
-def test_blendshapes_match_eos_draw_sample(sfm, eos_sfm, sfm_path):
+def test_blendshapes_match_eos_draw_sample(eos, sfm, eos_sfm, sfm_path):
     blendshapes = eos.morphablemodel.load_blendshapes(str(sfm_path.parent / "expression_blendshapes_3448.bin"))
     full = eos.morphablemodel.MorphableModel(eos_sfm.get_shape_model(), blendshapes, eos_sfm.get_color_model(),
                                              None, eos_sfm.get_texture_coordinates())
@@ -75,7 +80,7 @@ def test_uv_is_eos_texcoords_flipped_to_v_up(sfm, eos_sfm):
     assert np.allclose(sfm.uv.numpy(), np.stack([tc[:, 0], 1 - tc[:, 1]], 1), atol=1e-7)
 
 
-def test_landmarks_match_eos_landmark_mapper(sfm, sfm_path):
+def test_landmarks_match_eos_landmark_mapper(eos, sfm, sfm_path):
     mapper = eos.core.LandmarkMapper(str(sfm_path.parent / "ibug_to_sfm.txt"))
     mappings = mapper.get_mappings()
     assert int(sfm.landmark_mask.sum()) == len(mappings)
@@ -87,7 +92,7 @@ def test_landmarks_match_eos_landmark_mapper(sfm, sfm_path):
     assert torch.equal(lm[30], sfm.mean[int(mappings["31"])])
 
 
-def test_contours_and_edge_topology(sfm, sfm_path):
+def test_contours_and_edge_topology(eos, sfm, sfm_path):
     contours = json.loads((sfm_path.parent / "sfm_model_contours.json").read_text())["model_contour"]
     assert sfm.contour_right.tolist() == contours["right_contour"]
     assert sfm.contour_left.tolist() == contours["left_contour"]
@@ -117,7 +122,7 @@ def test_symmetry_file_and_nearest_mirror(sfm, sfm_path):
     assert (fast[: len(listed)] == listed).mean() > 0.95  # the file agrees with the geometric mirror
 
 
-def _synthetic_eos_file(tmp_path, expression: str):
+def _synthetic_eos_file(eos, tmp_path, expression: str):
     """A small version-4 eos model written by eos-py itself (colour, expression, landmarks, uv triangles)."""
     rng = np.random.default_rng(2)
     V, K = 6, 3
@@ -141,8 +146,8 @@ def _synthetic_eos_file(tmp_path, expression: str):
 
 
 @pytest.mark.parametrize("expression", ["pca", "blendshapes"])
-def test_version4_file_written_by_eos(tmp_path, expression):
-    path, ref = _synthetic_eos_file(tmp_path, expression)
+def test_version4_file_written_by_eos(eos, tmp_path, expression):
+    path, ref = _synthetic_eos_file(eos, tmp_path, expression)
     model = load_sfm(path)
     assert read_eos_model(path)["version"] == 4
     assert model.expression_kind == expression and model.metadata["landmark_definitions"] == {"nose": 3}
