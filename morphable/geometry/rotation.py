@@ -159,12 +159,15 @@ def matrix_to_euler(R: Tensor) -> Tensor:
     """Inverse of :func:`euler_to_matrix`, pitch in [−π/2, π/2]. ``(..., 3, 3) -> (..., 3)``.
 
     From ``R = R_y R_x R_z``: ``R[1,2] = −sin(pitch)``, ``R[0,2]/R[2,2] = tan(yaw)``,
-    ``R[1,0]/R[1,1] = tan(roll)``. At gimbal lock (pitch = ±90°) roll is set to 0.
+    ``R[1,0]/R[1,1] = tan(roll)``. At gimbal lock (pitch = ±90°, where only yaw ∓ roll is defined) roll
+    is set to 0 and yaw read from ``R[0,0] = cos(yaw)``, ``R[2,0] = −sin(yaw)``.
     """
     _check_matrix(R, "matrix_to_euler")
     pitch = torch.asin((-R[..., 1, 2]).clamp(-1.0, 1.0))
-    yaw = torch.atan2(R[..., 0, 2], R[..., 2, 2])
-    roll = torch.atan2(R[..., 1, 0], R[..., 1, 1])
+    # cos(pitch) from the row that does not involve yaw; at gimbal lock both atan2 below see only noise
+    locked = torch.hypot(R[..., 1, 0], R[..., 1, 1]) < 1e-9
+    yaw = torch.where(locked, torch.atan2(-R[..., 2, 0], R[..., 0, 0]), torch.atan2(R[..., 0, 2], R[..., 2, 2]))
+    roll = torch.where(locked, torch.zeros_like(pitch), torch.atan2(R[..., 1, 0], R[..., 1, 1]))
     return torch.stack([yaw, pitch, roll], dim=-1)
 
 
