@@ -131,6 +131,17 @@ class RestrictedUnpickler(pickle._Unpickler):
     def persistent_load(self, pid: Any) -> Any:
         raise ModelFileError(self.path, "refusing to load a persistent id (not a plain model pickle)")
 
+    def _load_build(self) -> None:
+        """BUILD (set an object's state) only on recorders, arrays and dtypes: never on the allowed
+        functions or classes themselves, whose attributes a crafted state could otherwise rewrite."""
+        target = self.stack[-2]
+        if isinstance(target, type) or not isinstance(target, (_Recorded, np.ndarray, np.dtype)):
+            raise pickle.UnpicklingError(f"BUILD on {type(target).__name__}")
+        pickle._Unpickler.load_build(self)
+
+    dispatch = dict(pickle._Unpickler.dispatch)
+    dispatch[pickle.BUILD[0]] = _load_build
+
 
 def _state_dict(obj: _Recorded) -> dict:
     state = getattr(obj, "state", None)

@@ -134,6 +134,8 @@ def test_fewer_coefficients_named_parts_and_zero_pose(synthetic):
                   neck=torch.from_numpy(pose[:, 1]), jaw=torch.from_numpy(pose[:, 2]),
                   eyes=torch.from_numpy(pose[:, 3:]))
     torch.testing.assert_close(parts.vertices, full.vertices, rtol=0, atol=1e-12)
+    flat = model(torch.from_numpy(beta), torch.from_numpy(psi), torch.from_numpy(pose.reshape(2, 15)))
+    torch.testing.assert_close(flat.vertices, full.vertices, rtol=0, atol=0)
     ref, _ = reference_flame(d, np.pad(beta[1], (0, 280)), np.pad(psi[1], (0, 95)), pose[1])
     assert np.abs(full.vertices[1].numpy() - ref).max() < 1e-6
     # zero pose is the linear model exactly (up to rounding)
@@ -149,6 +151,31 @@ def test_fewer_coefficients_named_parts_and_zero_pose(synthetic):
         model(torch.zeros(3, 4, dtype=torch.float64), pose=torch.from_numpy(pose))
     with pytest.raises(ValueError, match="eyes"):
         model(eyes=torch.zeros(2, 3, dtype=torch.float64))
+
+
+def test_flame_module_checks_its_inputs(synthetic):
+    d, path = synthetic
+    model = load_flame(path, dtype=torch.float64)
+    with pytest.raises(ValueError, match="dynamic contour"):
+        model.dynamic_contour(torch.zeros(1))
+    with pytest.raises(ValueError, match="pose"):
+        model(pose=torch.zeros(1, 4, 3, dtype=torch.float64))
+    # a 3-joint chain: pose works, FLAME's named parts do not
+    V = 10
+    three = Flame(name="chain", mean=np.zeros((V, 3)), triangles=np.zeros((0, 3)), identity_basis=np.zeros((V, 3, 1)),
+                  posedirs=np.zeros((18, V * 3)), joint_regressor=np.full((3, V), 1 / V), parents=[-1, 0, 1],
+                  skinning_weights=np.full((V, 3), 1 / 3), dtype=torch.float64)
+    assert three(pose=torch.zeros(2, 3, 3, dtype=torch.float64)).joints.shape == (2, 3, 3)
+    with pytest.raises(ValueError, match="named pose parts"):
+        three(jaw=torch.zeros(1, 3, dtype=torch.float64))
+    with pytest.raises(ValueError, match="parents"):
+        Flame(name="bad", mean=np.zeros((V, 3)), triangles=np.zeros((0, 3)), identity_basis=np.zeros((V, 3, 1)),
+              posedirs=np.zeros((18, V * 3)), joint_regressor=np.zeros((3, V)), parents=[-1, 2, 0],
+              skinning_weights=np.zeros((V, 3)))
+    with pytest.raises(ValueError, match="go together"):
+        Flame(name="bad", mean=np.zeros((V, 3)), triangles=np.zeros((0, 3)), identity_basis=np.zeros((V, 3, 1)),
+              posedirs=np.zeros((18, V * 3)), joint_regressor=np.zeros((3, V)), parents=[-1, 0, 1],
+              skinning_weights=np.zeros((V, 3)), contour_indices=np.zeros((1, 17, 3)))
 
 
 def test_lbs_gradcheck_pose_float64():
@@ -325,8 +352,21 @@ def test_flame_with_real_topology_and_embeddings(template, tmp_path):
     assert beside.contour_indices is None and torch.equal(beside.landmark_indices, model68.landmark_indices)
     f68, b68 = load_static_embedding(data_file(STATIC_68))
     np.testing.assert_allclose(model68.landmarks(mesh)[0].numpy(), _points(vertices, faces, f68, b68), atol=1e-9)
-    # an embedding that does not fit the mesh is refused
+    # embeddings that do not fit the mesh, or are malformed, are refused naming the embedding file
     bad = tmp_path / "bad_embedding.pkl"
-    bad.write_bytes(py2_dumps({"lmk_face_idx": np.array([99999] * 51, np.uint32), "lmk_b_coords": b68[17:]}))
-    with pytest.raises(ModelFileError, match="bad_embedding.pkl"):
-        load_flame(path, n_shape=8, static_embedding=bad)
+    for payload, message in [
+        ({"lmk_face_idx": np.array([99999] * 51, np.uint32), "lmk_b_coords": b68[17:]}, "triangle ids"),
+        ({"lmk_face_idx": f68[:10], "lmk_b_coords": b68[:10]}, "expected 51 or 68"),
+        ({"lmk_face_idx": f68, "lmk_b_coords": b68[:, :2]}, "lmk_b_coords"),
+        ({"lmk_face_idx": f68, "lmk_b_coords": b68 * 2}, "sum to 1"),
+        ({"lmk_b_coords": b68}, "missing key"),
+    ]:
+        bad.write_bytes(py2_dumps(payload))
+        with pytest.raises(ModelFileError, match=message) as e:
+            load_flame(path, n_shape=8, static_embedding=bad)
+        assert "bad_embedding.pkl" in str(e.value)
+    bad_dynamic = tmp_path / "bad_dynamic.npy"
+    np.save(bad_dynamic, {"lmk_face_idx": np.zeros((79, 16), np.uint32), "lmk_b_coords": np.ones((79, 16, 3)) / 3},
+            allow_pickle=True)
+    with pytest.raises(ModelFileError, match="bad_dynamic.npy"):
+        load_flame(path, n_shape=8, dynamic_embedding=bad_dynamic)

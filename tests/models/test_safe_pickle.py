@@ -143,6 +143,13 @@ def test_reduce_on_allowed_names_cannot_escape():
         loads(b"c_codecs\nencode\n(Vabc\nVrot13\ntR.")  # only latin-1 encoding is allowed
     with pytest.raises(ModelFileError, match="persistent id"):
         loads(b"P1\n.")
+    # a crafted state may not rewrite the allowed functions/classes (here: a recorder's 'source')
+    recorder = b"cchumpy.ch\nCh\n"
+    with pytest.raises(ModelFileError, match="BUILD on type"):
+        loads(recorder + b"(N}Vsource\nVscipy.sparse.csc.csc_matrix\nstb.")
+    with pytest.raises(ModelFileError, match="BUILD on function"):
+        loads(b"ccopy_reg\n_reconstructor\n(N}V__defaults__\n(I1\nttb.")
+    assert loads(py2_dumps({"x": FakeCh(np.ones(2))}))["x"].shape == (2,)
 
 
 def test_chumpy_expression_without_value_is_refused():
