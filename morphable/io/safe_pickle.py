@@ -87,12 +87,18 @@ def _latin1_encode(text: str, encoding: str = "latin1") -> bytes:
     return text.encode("latin1")
 
 
+def _dtype(spec: Any, align: Any = False, copy: Any = True) -> np.dtype:
+    """``numpy.dtype`` as pickles call it, always returning a copy: the pickle's BUILD then sets the state
+    of that copy, never of numpy's shared built-in descriptors. (Python 2 files pass 0/1 as flags.)"""
+    return np.dtype(spec, bool(align), True)
+
+
 _ALLOWED: dict[tuple[str, str], Any] = {
     **{(m, "_reconstruct"): _multiarray._reconstruct for m in _NUMPY_MODULES},
     **{(m, "scalar"): _multiarray.scalar for m in _NUMPY_MODULES},
     **{(m, "_frombuffer"): _numeric._frombuffer for m in _NUMERIC_MODULES},
     ("numpy", "ndarray"): np.ndarray,
-    ("numpy", "dtype"): np.dtype,
+    ("numpy", "dtype"): _dtype,
     **{(m, "set"): set for m in ("__builtin__", "builtins")},
     **{(m, "frozenset"): frozenset for m in ("__builtin__", "builtins")},
     **{(m, "object"): object for m in ("__builtin__", "builtins")},

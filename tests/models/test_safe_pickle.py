@@ -150,6 +150,9 @@ def test_reduce_on_allowed_names_cannot_escape():
     with pytest.raises(ModelFileError, match="BUILD on function"):
         loads(b"ccopy_reg\n_reconstructor\n(N}V__defaults__\n(I1\nttb.")
     assert loads(py2_dumps({"x": FakeCh(np.ones(2))}))["x"].shape == (2,)
+    # dtype(..., copy=0) would hand back numpy's shared float64 descriptor; its state must stay untouched
+    shared = b"cnumpy\ndtype\n(Vf8\nI0\nI0\ntR(I3\nV>\nNNNI-1\nI-1\nI0\ntb."
+    assert loads(shared).byteorder == ">" and np.dtype("f8").isnative and np.dtype("f8").byteorder == "="
 
 
 def test_chumpy_expression_without_value_is_refused():
