@@ -130,8 +130,8 @@ def silhouette_mask(R: Tensor, terms: ContourTerms) -> Tensor:
     nz = R[:, 2] @ terms.normals.T.to(R.dtype)  # (B, R)
     e = terms.edge_vertices
     occluding = (nz[:, e[:, 0]] > 0) != (nz[:, e[:, 1]] > 0)  # (B, E)
-    mask = torch.zeros_like(nz, dtype=torch.bool)
-    return mask.scatter(1, e.T.reshape(1, -1).expand(R.shape[0], -1), occluding.repeat(1, 2))
+    hits = torch.zeros_like(nz).scatter_add_(1, e.T.reshape(1, -1).expand(R.shape[0], -1), occluding.repeat(1, 2).to(nz.dtype))
+    return hits > 0  # a vertex is on the silhouette when any of its edges is occluding
 
 
 def _nearest(landmarks: Tensor, projected: Tensor, allowed: Tensor | None = None) -> tuple[Tensor, Tensor]:
