@@ -1,0 +1,163 @@
+"""Renderer speed on CPU: 224×224 SH-shaded render of (a) the ICT model's mean mesh and (b) a 35k-vertex /
+70k-triangle sphere; median forward and forward+backward times with 2 threads, against moderngl's offscreen
+EGL forward render of the same mesh measured in the same run (upload vertices, draw with depth test and
+per-vertex SH shading, read the image back). ``nan`` when no EGL context can be created.
+
+    .venv/bin/python benchmarks/render_bench.py [--repeats 20] [--threads 2]
+
+Last line: ``RESULT fwd_ms=<35k forward> fwd_bwd_ms=<35k forward+backward> gl_fwd_ms=<moderngl forward or nan>``.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import statistics
+import time
+
+import numpy as np
+import torch
+
+from morphable.geometry.camera import ScaledOrthographic
+from morphable.render import Renderer, sh_directional
+
+SIZE = 224
+
+
+def sphere(count: int = 188) -> tuple[torch.Tensor, torch.Tensor]:
+    """UV sphere of radius 100 mm: ``count²``-ish vertices, twice as many triangles."""
+    import trimesh
+
+    m = trimesh.creation.uv_sphere(radius=100.0, count=[count, count])
+    return torch.tensor(m.vertices, dtype=torch.float32), torch.tensor(m.faces, dtype=torch.int64)
+
+
+def ict_mean() -> tuple[torch.Tensor, torch.Tensor] | None:
+    try:
+        import morphable
+
+        model = morphable.load_model("ict")
+    except Exception as err:  # the benchmark still runs the sphere without the model
+        print(f"ICT model unavailable ({err}); skipping (a)")
+        return None
+    return model.mean.float(), model.triangles
+
+
+def _median_ms(fn, repeats: int) -> float:
+    for _ in range(3):
+        fn()
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return 1000.0 * statistics.median(times)
+
+
+def torch_times(vertices: torch.Tensor, triangles: torch.Tensor, repeats: int) -> tuple[float, float]:
+    extent = (vertices.amax(0) - vertices.amin(0))[:2].max()
+    center = (vertices.amax(0) + vertices.amin(0)) / 2
+    cam = ScaledOrthographic(torch.tensor([0.85 * SIZE / float(extent)]), torch.tensor([[0.1, 0.3, 0.0]]),
+                             torch.tensor([[SIZE / 2, SIZE / 2]]))
+    verts = (vertices - center)[None].clone().requires_grad_(True)
+    colors = torch.full_like(verts, 0.7).requires_grad_(True)
+    sh = sh_directional(torch.tensor([[0.3, 0.4, 1.0]]), torch.full((1, 3), 2.0), ambient=0.4).requires_grad_(True)
+    renderer = Renderer(triangles, (SIZE, SIZE))
+
+    def forward():
+        with torch.no_grad():
+            return renderer(verts, cam, colors=colors, sh=sh)
+
+    def forward_backward():
+        out = renderer(verts, cam, colors=colors, sh=sh)
+        out.image.sum().backward()
+
+    return _median_ms(forward, repeats), _median_ms(forward_backward, repeats)
+
+
+# the same φ(n) constants as morphable.render.shading.sh_basis
+_VERTEX = """
+#version 330
+in vec3 in_pos; in vec3 in_normal;
+uniform vec3 sh[9];
+out vec3 color;
+void main() {
+    vec3 n = normalize(in_normal);
+    float b[9] = float[9](0.282095, 0.325735 * n.y, 0.325735 * n.z, 0.325735 * n.x, 0.273137 * n.x * n.y,
+        0.273137 * n.y * n.z, 0.078848 * (3.0 * n.z * n.z - 1.0), 0.273137 * n.x * n.z, 0.136569 * (n.x * n.x - n.y * n.y));
+    vec3 c = vec3(0.0);
+    for (int k = 0; k < 9; k++) c += b[k] * sh[k];
+    color = 0.7 * c;
+    gl_Position = vec4(in_pos, 1.0);
+}
+"""
+_FRAGMENT = """
+#version 330
+in vec3 color; out vec4 frag;
+void main() { frag = vec4(color, 1.0); }
+"""
+
+
+def gl_time(vertices: torch.Tensor, triangles: torch.Tensor, repeats: int) -> float:
+    """moderngl (EGL, offscreen) forward: upload positions, draw with z-test, read back. nan if unavailable."""
+    try:
+        import moderngl
+
+        ctx = moderngl.create_standalone_context(backend="egl")
+    except Exception as err:
+        print(f"moderngl/EGL unavailable: {err}")
+        return math.nan
+    print(f"GL renderer: {ctx.info.get('GL_RENDERER')}")
+    extent = float((vertices.amax(0) - vertices.amin(0))[:2].max())
+    center = (vertices.amax(0) + vertices.amin(0)) / 2
+    pos = ((vertices - center) / (extent / 1.7)).numpy().astype("f4")  # NDC, fits like the torch render
+    pos[:, 2] *= -0.5
+    from morphable.geometry.mesh import vertex_normals
+
+    normals = vertex_normals(vertices[None], triangles)[0].numpy().astype("f4")
+    prog = ctx.program(vertex_shader=_VERTEX, fragment_shader=_FRAGMENT)
+    sh = sh_directional(torch.tensor([[0.3, 0.4, 1.0]]), torch.full((1, 3), 2.0), ambient=0.4)[0]
+    prog["sh"].write(sh.numpy().astype("f4").tobytes())
+    vbo = ctx.buffer(pos.tobytes())
+    nbo = ctx.buffer(normals.tobytes())
+    ibo = ctx.buffer(triangles.numpy().astype("i4").tobytes())
+    vao = ctx.vertex_array(prog, [(vbo, "3f", "in_pos"), (nbo, "3f", "in_normal")], index_buffer=ibo)
+    fbo = ctx.simple_framebuffer((SIZE, SIZE), components=4)
+    fbo.use()
+    ctx.enable(moderngl.DEPTH_TEST)
+
+    def render():
+        vbo.write(pos.tobytes())
+        fbo.clear(0.0, 0.0, 0.0, 0.0, depth=1.0)
+        vao.render(moderngl.TRIANGLES)
+        return np.frombuffer(fbo.read(components=4), dtype=np.uint8)
+
+    ms = _median_ms(render, repeats)
+    ctx.release()
+    return ms
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {SIZE}x{SIZE}")
+
+    ict = ict_mean()
+    if ict is not None:
+        v, f = ict
+        fwd, fb = torch_times(v, f, args.repeats)
+        gl = gl_time(v, f, args.repeats)
+        print(f"(a) ICT mean mesh V={v.shape[0]} F={f.shape[0]}: fwd {fwd:.1f} ms, fwd+bwd {fb:.1f} ms, "
+              f"moderngl fwd {gl:.1f} ms, fwd_bwd/gl = {fb / gl:.2f}")
+    v, f = sphere()
+    fwd, fb = torch_times(v, f, args.repeats)
+    gl = gl_time(v, f, args.repeats)
+    print(f"(b) sphere V={v.shape[0]} F={f.shape[0]}: fwd {fwd:.1f} ms, fwd+bwd {fb:.1f} ms, "
+          f"moderngl fwd {gl:.1f} ms, fwd_bwd/gl = {fb / gl:.2f}")
+    print(f"RESULT fwd_ms={fwd:.2f} fwd_bwd_ms={fb:.2f} gl_fwd_ms={gl:.2f}")
+
+
+if __name__ == "__main__":
+    main()
