@@ -14,9 +14,11 @@ import click
 # subcommand name -> "module:function" inside morphable.cli
 COMMANDS: dict[str, str] = {
     "models": "morphable.cli.models:models",
+    "evaluate": "morphable.cli.evaluate:evaluate",
     "demo": "morphable.cli.demo:demo",
     "fit": "morphable.cli.fit:fit",
     "stn-fit": "morphable.cli.stn:stn_fit",
+    "render": "morphable.cli.render:render",
 }
 
 
