@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from morphable.geometry.camera import ScaledOrthographic
-from morphable.viz.overlay import FITTED_COLOR, INPUT_COLOR, MESH_COLOR, draw_overlay, front_facing, unique_edges
+from morphable.viz.overlay import (FITTED_COLOR, INPUT_COLOR, MESH_COLOR, draw_overlay, front_facing, shade_mesh,
+                                   unique_edges, vertex_normals)
 
 
 def _project(points3d, yaw=0.0):
@@ -55,3 +56,45 @@ def test_markers_and_mesh_pixels():
 def test_rejects_float_image():
     with pytest.raises(ValueError, match="uint8"):
         draw_overlay(np.zeros((4, 4, 3)))
+
+
+def test_vertex_normals_of_a_tent():
+    vertices = np.array([[-1, 0, 0], [0, 0, 1], [1, 0, 0], [-1, 1, 0], [0, 1, 1], [1, 1, 0]], float)
+    tris = np.array([[0, 1, 4], [0, 4, 3], [1, 2, 5], [1, 5, 4]])
+    n = vertex_normals(vertices, tris)
+    np.testing.assert_allclose(n[0], [-1, 0, 1] / np.sqrt(2), atol=1e-12)
+    # ridge vertex 1 touches one left and two right triangles of equal area: weights 1 and 2
+    np.testing.assert_allclose(n[1], np.array([1, 0, 3]) / np.sqrt(10), atol=1e-12)
+
+
+def test_shade_mesh_follows_the_facing_angle():
+    # a 40 x 40 mm square tilted by 60° about y, seen by a scaled-orthographic camera (2 px/mm)
+    square = torch.tensor([[-20, -20, 0], [20, -20, 0], [20, 20, 0], [-20, 20, 0]], dtype=torch.float64)
+    tris = np.array([[0, 1, 2], [0, 2, 3]])
+    cam = ScaledOrthographic(torch.tensor([2.0], dtype=torch.float64),
+                             torch.tensor([[0.0, np.radians(60), 0.0]], dtype=torch.float64),
+                             torch.tensor([[50.0, 50.0]], dtype=torch.float64))
+    screen = cam.project_with_depth(square[None])[0].numpy()
+    shade, mask = shade_mesh(screen, cam.transform(square[None])[0].numpy(), tris, (100, 120))
+    # the square projects to x in 50 ± 20 (cos 60° · 40 mm · 2 px/mm / 2), y in 50 ± 40
+    assert mask[50, 50] and mask[15, 35] and not mask[50, 75] and not mask[5, 50]
+    np.testing.assert_allclose(shade[mask], 0.25 + 0.75 * 0.5, atol=1e-5)
+    assert (shade[~mask] == 0).all()
+    # seen from behind: culled
+    back = ScaledOrthographic(cam.scale, torch.tensor([[0.0, np.pi, 0.0]], dtype=torch.float64), cam.translation)
+    screen = back.project_with_depth(square[None])[0].numpy()
+    assert not shade_mesh(screen, back.transform(square[None])[0].numpy(), tris, (100, 120))[1].any()
+    # a downscaled raster gives the same picture up to the edges
+    small_shade, small_mask = shade_mesh(cam.project_with_depth(square[None])[0].numpy(),
+                                         cam.transform(square[None])[0].numpy(), tris, (100, 120), max_side=20)
+    assert (small_mask != mask).mean() < 0.03
+
+
+def test_shading_is_blended_where_the_mesh_is():
+    image = np.full((10, 10, 3), 100, np.uint8)
+    shade = np.full((10, 10), 0.8, np.float32)
+    mask = np.zeros((10, 10), bool)
+    mask[2:5, 2:5] = True
+    out = draw_overlay(image, shading=(shade, mask), mesh_opacity=0.5)
+    np.testing.assert_array_equal(out[3, 3], [152, 152, 152])  # 0.5 · 100 + 0.5 · 0.8 · 255
+    np.testing.assert_array_equal(out[7, 7], [100, 100, 100])

@@ -1,0 +1,278 @@
+"""``morphable fit``: photos in, per face ``mesh.obj`` + ``texture.png`` + ``params.json`` + ``overlay.png``.
+
+Per photo: read it, take the 68 landmarks from ``--landmarks`` files or detect them with dlib (best
+face, or every face with ``--all-faces``), fit the model to them (:func:`~morphable.fitting.landmarks.
+fit_landmarks`; with ``--multi-view`` all photos are one person and share one identity,
+:func:`~morphable.fitting.multi.fit_landmarks_multi`), extract the texture into the model's UV layout
+and write the outputs under ``DIR/<photo stem>/`` (``DIR/<photo stem>/face<i>/`` with ``--all-faces``).
+
+A photo that cannot be read or has no face is reported at the end; the others are still written and
+the command exits with status 1.
+
+``params.json`` keys: ``model``, ``image``, ``image_size`` (``{"width", "height"}`` px), ``face``
+(index), ``landmarks_source``, ``detection_score``, ``identity``, ``expression``, ``expression_kind``,
+``rotation`` (axis-angle, rad, model → view), ``euler_degrees`` (``yaw``, ``pitch``, ``roll``),
+``translation`` (px), ``scale`` (px per mm), ``camera`` (``camera_from_dict`` reads it back),
+``landmarks`` (the 68 input points) and ``landmarks_fitted`` (the model's 68 landmarks projected),
+both 0-based pixels, NaN where missing; ``rms_px``; ``texture_coverage`` (fractions of the UV layout
+seen directly and filled from the mirror side).
+"""
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import click
+import numpy as np
+
+from morphable.errors import InputError, MorphableError
+
+
+@dataclass
+class FaceInput:
+    """One face to reconstruct: its photo, 68 landmarks and where its outputs go."""
+
+    image: np.ndarray          # (H, W, 3) uint8
+    image_name: str            # shown in params.json and messages
+    landmarks: np.ndarray      # (68, 2) 0-based px, NaN = missing
+    source: str                # "dlib" or the landmark file
+    score: float | None        # detection score (dlib) or None
+    index: int                 # face number within its photo
+    out_dir: Path
+
+
+def faces_in_photo(image: np.ndarray, image_name: str, out_dir: Path, *, landmark_file: Path | None = None,
+                   all_faces: bool = False) -> list[FaceInput]:
+    """The faces of one photo: from a landmark file, or every/the best dlib detection.
+
+    Raises:
+        InputError: bad landmark file, or no face found (naming the photo).
+    """
+    if landmark_file is not None:
+        from morphable.detect.formats import read_landmarks
+
+        points = read_landmarks(landmark_file)
+        return [FaceInput(image, image_name, points, str(landmark_file), None, 0,
+                          out_dir / "face0" if all_faces else out_dir)]
+    from morphable.detect.dlib68 import detect_landmarks
+
+    found = detect_landmarks(image, all_faces=all_faces)
+    if not found:
+        raise InputError(image_name, "no face found")
+    return [FaceInput(image, image_name, d.landmarks, "dlib", d.score, i,
+                      out_dir / f"face{i}" if all_faces else out_dir)
+            for i, d in enumerate(found)]
+
+
+def _camera_slice(camera, b: int):
+    """Camera ``b`` of a batched :class:`ScaledOrthographic`, as a batch of one."""
+    from morphable.geometry.camera import ScaledOrthographic
+
+    return ScaledOrthographic(camera.scale[b:b + 1], camera.rotation[b:b + 1], camera.translation[b:b + 1])
+
+
+def _face_triangles(model) -> "np.ndarray":
+    """Triangles drawn in the overlay: those of the ``face`` region when the model names one."""
+    tris = model.triangles.cpu().numpy()
+    face = model.regions.get("face")
+    if face is None:
+        return tris
+    inside = np.zeros(model.n_vertices, bool)
+    inside[face.cpu().numpy()] = True
+    return tris[inside[tris].all(1)]
+
+
+def write_face(face: FaceInput, model, model_label: str, fit, b: int, texel_map) -> Path:
+    """Write ``mesh.obj`` (+ ``mesh.mtl``), ``texture.png``, ``params.json`` and ``overlay.png`` of fit ``b``."""
+    import torch
+
+    from morphable.fitting.texture import extract_texture
+    from morphable.geometry.rotation import matrix_to_euler
+    from morphable.io import write_image, write_params
+    from morphable.viz.overlay import draw_overlay, shade_mesh
+
+    H, W = face.image.shape[:2]
+    camera = _camera_slice(fit.camera, b)
+    vertices = fit.vertices[b:b + 1].detach()
+    screen = camera.project_with_depth(vertices).detach()
+    overlay_tris = _face_triangles(model)
+    shading = shade_mesh(screen[0].cpu().numpy(), camera.transform(vertices)[0].cpu().numpy(), overlay_tris, (H, W))
+    texture = extract_texture(model, vertices, camera, face.image, texel_map=texel_map)
+
+    face.out_dir.mkdir(parents=True, exist_ok=True)
+    write_image(face.out_dir / "overlay.png",
+                draw_overlay(face.image, landmarks=face.landmarks,
+                             landmarks_fitted=fit.landmarks_fitted[b].cpu().numpy(), shading=shading, mesh_opacity=0.5))
+    _write_mesh(face.out_dir, model, vertices[0], texture.texture)
+    ypr = torch.rad2deg(matrix_to_euler(camera.rotation_matrix))[0].tolist()
+    covered = max(1, int(texture.covered.sum()))
+    write_params(face.out_dir / "params.json", {
+        "model": model_label,
+        "image": face.image_name,
+        "image_size": {"width": W, "height": H},
+        "face": face.index,
+        "landmarks_source": face.source,
+        "detection_score": face.score,
+        "identity": fit.identity[b if fit.identity.shape[0] > 1 else 0],
+        "expression": fit.expression[b],
+        "expression_kind": model.expression_kind,
+        "rotation": camera.rotation[0],
+        "euler_degrees": {"yaw": ypr[0], "pitch": ypr[1], "roll": ypr[2]},
+        "translation": camera.translation[0],
+        "scale": float(camera.scale[0]),
+        "camera": camera.to_dict(),
+        "landmarks": face.landmarks,
+        "landmarks_fitted": fit.landmarks_fitted[b],
+        "rms_px": float(fit.rms_px[b]),
+        "texture_coverage": {"visible": float(texture.visible.sum()) / covered,
+                             "mirrored": float(texture.mirrored.sum()) / covered},
+    })
+    return face.out_dir
+
+
+def _write_mesh(folder: Path, model, vertices, texture: np.ndarray) -> None:
+    """``mesh.obj`` + ``mesh.mtl`` referencing ``texture.png``; the model's polygons (quads) and UVs kept.
+
+    Faces outside the extracted texture (ICT's eyes, teeth and the back of the head live in other UV
+    tiles) are given one flat colour, the mean of the seen skin, kept in the texture's top-left texel.
+    """
+    from morphable.fitting.texture import textured_faces
+    from morphable.io import Mesh, write_image, write_obj
+    from morphable.io.atomic import atomic_write
+
+    if model.uv is None:
+        faces = model.polygons if model.polygons is not None else model.triangles
+        write_obj(folder / "mesh.obj", Mesh(vertices=vertices, faces=faces))
+        write_image(folder / "texture.png", texture)
+        return
+    if model.polygons is not None:
+        faces, uv_faces = model.polygons, model.polygon_uvs
+    else:
+        faces, uv_faces = model.triangles.tolist(), None if model.uv_triangles is None else model.uv_triangles.tolist()
+    uv = model.uv.detach().cpu().numpy()
+    keep = textured_faces(model, faces, uv_faces).cpu().numpy()
+    if not keep.all():
+        texture = texture.copy()
+        texture[0, 0] = texture.reshape(-1, 3).mean(0).round()
+        flat = len(uv)
+        S = texture.shape[0]
+        uv = np.concatenate([uv, [[0.5 / S, 1 - 0.5 / S]]])
+        corner_uvs = uv_faces if uv_faces is not None else faces
+        uv_faces = [list(t) if k else [flat] * len(t) for t, k in zip(corner_uvs, keep)]
+    write_obj(folder / "mesh.obj", Mesh(vertices=vertices, faces=faces, uv=uv, uv_faces=uv_faces, texture=texture))
+    # write_obj names the texture after the OBJ (mesh.png); our output layout calls it texture.png
+    (folder / "mesh.png").replace(folder / "texture.png")
+    mtl = (folder / "mesh.mtl").read_text().replace("map_Kd mesh.png", "map_Kd texture.png")
+    with atomic_write(folder / "mesh.mtl", "w") as f:
+        f.write(mtl)
+
+
+def reconstruct(faces: Sequence[FaceInput], model, model_label: str, *, iterations: int = 5,
+                multi_view: bool = False, texture_size: int = 512,
+                progress: bool = False) -> tuple[list[Path], list[str]]:
+    """Fit and write every face. Single-view fits are batched per photo; multi-view fits all faces at once.
+
+    Returns the output folders (in the order of ``faces``) and one message per photo whose fit failed
+    (e.g. too few usable landmarks in a landmark file).
+    """
+    import torch
+    from tqdm import tqdm
+
+    from morphable.fitting.landmarks import fit_landmarks
+    from morphable.fitting.texture import model_texel_map
+
+    texel_map = model_texel_map(model, texture_size) if model.uv is not None else None
+    dtype = model.mean.dtype
+    groups: list[list[FaceInput]] = []
+    if multi_view:
+        groups = [list(faces)]
+    else:
+        for face in faces:  # faces of one photo are consecutive
+            if groups and groups[-1][0].image is face.image:
+                groups[-1].append(face)
+            else:
+                groups.append([face])
+    written, failures = [], []
+    bar = tqdm(total=len(faces), desc="fitting", unit="face", disable=not progress, file=sys.stderr)
+    for group in groups:
+        landmarks = torch.as_tensor(np.stack([f.landmarks for f in group]), dtype=dtype)
+        try:
+            if multi_view:
+                from morphable.fitting.multi import fit_landmarks_multi
+
+                fit = fit_landmarks_multi(model, landmarks, iterations=iterations)
+            else:
+                fit = fit_landmarks(model, landmarks, iterations=iterations)
+        except ValueError as err:  # e.g. fewer than 4 usable landmarks
+            failures.append(f"{', '.join(dict.fromkeys(f.image_name for f in group))}: cannot fit ({err})")
+            bar.update(len(group))
+            continue
+        for b, face in enumerate(group):
+            written.append(write_face(face, model, model_label, fit, b, texel_map))
+            bar.update(1)
+    bar.close()
+    return written, failures
+
+
+def _output_names(paths: Iterable[Path]) -> list[str]:
+    """Folder name per photo: its stem, made unique (``a``, ``a-2``...) when two photos share one."""
+    seen: dict[str, int] = {}
+    names = []
+    for p in paths:
+        n = seen.get(p.stem, 0) + 1
+        seen[p.stem] = n
+        names.append(p.stem if n == 1 else f"{p.stem}-{n}")
+    return names
+
+
+@click.command("fit")
+@click.argument("images", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--model", "model_name", default="ict", show_default=True,
+              help="Registry name (ict, sfm) or a model file.")
+@click.option("-o", "--output", type=click.Path(path_type=Path), default=Path("out/fit"), show_default=True,
+              help="Output folder; each photo gets DIR/<stem>/.")
+@click.option("--landmarks", "landmark_files", multiple=True, type=click.Path(path_type=Path),
+              help="68-point landmark file (.pts or .json) per photo, in the photos' order; skips detection.")
+@click.option("--multi-view", is_flag=True, help="All photos show one person: fit one shared identity.")
+@click.option("--all-faces", is_flag=True, help="Reconstruct every detected face (DIR/<stem>/face<i>/).")
+@click.option("--iterations", default=5, show_default=True, type=click.IntRange(0, 100),
+              help="Contour / pose / shape alternations.")
+@click.option("--texture-size", default=512, show_default=True, type=click.IntRange(16, 8192),
+              help="Width and height of texture.png in texels.")
+def fit(images: tuple[Path, ...], model_name: str, output: Path, landmark_files: tuple[Path, ...],
+        multi_view: bool, all_faces: bool, iterations: int, texture_size: int) -> None:
+    """Reconstruct the faces in IMAGES: mesh.obj, texture.png, params.json and overlay.png per face."""
+    from tqdm import tqdm
+
+    from morphable import load_model
+    from morphable.io import read_image
+
+    if landmark_files and len(landmark_files) != len(images):
+        raise click.UsageError(f"--landmarks: got {len(landmark_files)} files for {len(images)} images "
+                               "(give one per image, in the same order)")
+    if multi_view and all_faces:
+        raise click.UsageError("--multi-view fits one person: it cannot be combined with --all-faces")
+    model = load_model(model_name)
+    failures: list[str] = []
+    faces: list[FaceInput] = []
+    names = _output_names(images)
+    stage = "reading" if landmark_files else "detecting"
+    for i, path in enumerate(tqdm(images, desc=stage, unit="image", file=sys.stderr, disable=len(images) < 2)):
+        try:
+            image = read_image(path)
+            faces += faces_in_photo(image, str(path), output / names[i],
+                                    landmark_file=landmark_files[i] if landmark_files else None,
+                                    all_faces=all_faces)
+        except MorphableError as err:
+            failures.append(str(err))
+    written, fit_failures = reconstruct(faces, model, model_name, iterations=iterations, multi_view=multi_view,
+                                        texture_size=texture_size, progress=len(faces) > 1)
+    failures += fit_failures
+    for folder in written:
+        click.echo(f"wrote {folder}/")
+    if failures:
+        for line in failures:
+            click.echo(f"failed: {line}", err=True)
+        raise click.ClickException(f"{len(failures)} of {len(images)} images failed")

@@ -1,0 +1,130 @@
+"""``morphable fit``: outputs per face, landmark files, multi-face, multi-view, and bad inputs."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from morphable.cli import cli
+from morphable.detect.formats import read_landmarks
+from morphable.io import read_image, read_obj, write_image
+from tests.conftest import data_file
+
+LFPW = "superviseddescent/examples/data/ibug_lfpw_trainset"
+FAST = ["--model", "sfm", "--texture-size", "64", "--iterations", "3"]
+
+
+@pytest.fixture
+def runner():
+    data_file("eos/share/sfm_shape_3448.bin")
+    return CliRunner()
+
+
+def _params(folder):
+    return json.loads((folder / "params.json").read_text())
+
+
+def _nme(a, b):
+    """Mean distance over the landmarks both define, divided by the outer-eye-corner distance."""
+    ok = np.isfinite(a).all(1) & np.isfinite(b).all(1)
+    return np.linalg.norm(a[ok] - b[ok], axis=1).mean() / np.linalg.norm(b[36] - b[45])
+
+
+def test_fit_one_photo_with_detection(runner, tmp_path):
+    photo = data_file(f"{LFPW}/image_0002.png")
+    result = runner.invoke(cli, ["fit", str(photo), "-o", str(tmp_path), *FAST])
+    assert result.exit_code == 0, result.output
+    folder = tmp_path / "image_0002"
+    assert f"wrote {folder}/" in result.output
+    for name in ("mesh.obj", "mesh.mtl", "texture.png", "params.json", "overlay.png"):
+        assert (folder / name).is_file(), name
+    p = _params(folder)
+    image = read_image(photo)
+    assert p["model"] == "sfm" and p["image_size"] == {"width": image.shape[1], "height": image.shape[0]}
+    assert p["landmarks_source"] == "dlib" and p["detection_score"] > 0
+    assert len(p["identity"]) == 63 and len(p["expression"]) == 6
+    assert len(p["rotation"]) == 3 and len(p["translation"]) == 2 and p["scale"] > 0
+    assert p["camera"]["type"] == "scaled_orthographic" and p["camera"]["scale"] == p["scale"]
+    detected, fitted = np.array(p["landmarks"], float), np.array(p["landmarks_fitted"], float)
+    assert detected.shape == fitted.shape == (68, 2)
+    # the fit follows the detected landmarks, and those follow the ground truth
+    assert _nme(fitted, detected) < 0.08
+    assert _nme(detected, read_landmarks(photo.with_suffix(".pts"))) < 0.06
+    assert abs(p["euler_degrees"]["yaw"]) < 45
+    mesh = read_obj(folder / "mesh.obj")
+    assert mesh.vertices.shape == (3448, 3) and mesh.texture.shape == (64, 64, 3)
+    assert "map_Kd texture.png" in (folder / "mesh.mtl").read_text()
+    assert not (folder / "mesh.png").exists()
+    overlay = read_image(folder / "overlay.png")
+    assert overlay.shape == image.shape
+    x, y = np.round(detected[30]).astype(int)  # nose tip: marked (changed) in the overlay
+    assert np.abs(overlay[y - 1:y + 2, x - 1:x + 2].astype(int) - image[y - 1:y + 2, x - 1:x + 2]).max() > 40
+    assert 0.3 < p["texture_coverage"]["visible"] <= 1
+
+
+def test_landmark_file_skips_detection(runner, tmp_path):
+    photo, pts = data_file(f"{LFPW}/image_0001.png"), data_file(f"{LFPW}/image_0001.pts")
+    result = runner.invoke(cli, ["fit", str(photo), "--landmarks", str(pts), "-o", str(tmp_path), *FAST])
+    assert result.exit_code == 0, result.output
+    p = _params(tmp_path / "image_0001")
+    assert p["landmarks_source"] == str(pts) and p["detection_score"] is None
+    np.testing.assert_allclose(p["landmarks"], read_landmarks(pts))  # 0-based, as read
+    assert _nme(np.array(p["landmarks_fitted"]), read_landmarks(pts)) < 0.08
+
+
+def test_multi_view_shares_one_identity(runner, tmp_path):
+    photos = [data_file(f"{LFPW}/image_000{i}.png") for i in (1, 2)]
+    marks = [str(p.with_suffix(".pts")) for p in photos]
+    args = ["fit", *map(str, photos), "--multi-view", "-o", str(tmp_path), *FAST]
+    result = runner.invoke(cli, args + [a for m in marks for a in ("--landmarks", m)])
+    assert result.exit_code == 0, result.output
+    a, b = (_params(tmp_path / f"image_000{i}") for i in (1, 2))
+    np.testing.assert_allclose(a["identity"], b["identity"])
+    assert a["rotation"] != b["rotation"]
+
+
+def test_all_faces_writes_one_folder_per_face(runner, tmp_path):
+    photo = data_file("3DDFA/samples/test1.jpg")
+    result = runner.invoke(cli, ["fit", str(photo), "--all-faces", "-o", str(tmp_path), *FAST])
+    assert result.exit_code == 0, result.output
+    faces = [_params(tmp_path / "test1" / f"face{i}") for i in (0, 1)]
+    assert not (tmp_path / "test1" / "face2").exists()
+    centres = sorted(np.mean(np.array(f["landmarks"])[:, 0]) for f in faces)
+    assert centres[1] - centres[0] > 300
+    assert faces[0]["detection_score"] >= faces[1]["detection_score"]
+
+
+def test_bad_photos_are_reported_and_the_rest_is_written(runner, tmp_path):
+    blank = tmp_path / "blank.png"
+    write_image(blank, np.full((200, 200, 3), 90, np.uint8))
+    corrupt = tmp_path / "corrupt.jpg"
+    corrupt.write_bytes(b"\xff\xd8\xff\xe0 this is not a jpeg")
+    good = data_file(f"{LFPW}/image_0002.png")
+    out = tmp_path / "out"
+    result = runner.invoke(cli, ["fit", str(blank), str(corrupt), str(good), str(tmp_path / "missing.jpg"),
+                                 "-o", str(out), *FAST])
+    assert result.exit_code == 1
+    assert (out / "image_0002" / "params.json").is_file()
+    assert not (out / "blank").exists() and not (out / "corrupt").exists()
+    err = result.stderr
+    assert f"failed: {blank}: no face found" in err
+    assert f"failed: {corrupt}: cannot read image" in err
+    assert "missing.jpg: no such image file" in err
+    assert "Error: 3 of 4 images failed" in err
+    assert "Traceback" not in result.output
+
+
+def test_usage_errors(runner, tmp_path):
+    photo = str(data_file(f"{LFPW}/image_0002.png"))
+    result = runner.invoke(cli, ["fit", photo, photo, "--landmarks", photo.replace(".png", ".pts")])
+    assert result.exit_code == 2 and "got 1 files for 2 images" in result.output
+    result = runner.invoke(cli, ["fit", photo, "--multi-view", "--all-faces"])
+    assert result.exit_code == 2 and "--multi-view" in result.output
+    bad = tmp_path / "bad.pts"
+    bad.write_text("1 2\n")
+    result = runner.invoke(cli, ["fit", photo, "--landmarks", str(bad), "-o", str(tmp_path), *FAST])
+    assert result.exit_code == 1 and f"{bad}: expected 68 landmarks" in result.stderr
+    result = runner.invoke(cli, ["fit", photo, "--model", str(tmp_path / "nomodel.npz"), "-o", str(tmp_path)])
+    assert result.exit_code == 1 and result.stderr.startswith("Error: ") and "Traceback" not in result.output
