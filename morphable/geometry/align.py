@@ -184,7 +184,7 @@ def icp(fixed_points: np.ndarray, moving_vertices: np.ndarray, moving_triangles:
         moving_normals: np.ndarray | None = None, exclude_boundary: bool = False) -> IcpResult:
     """Align a moving surface onto fixed points by ICP.
 
-    Minimises ``E(T) = Σ_i min(dist(p_i, T(M)), max_distance)²`` (left-out points count ``max_distance²``) over similarities (``scale=True``) or
+    Minimises ``E(T) = Σ_{i ∈ inliers} dist(p_i, T(M))²`` over similarities (``scale=True``) or
     rigid transforms, where ``dist`` is the exact point-to-surface distance
     (:mod:`morphable.geometry.closest_point`) for a mesh, or the nearest-vertex distance for a point cloud.
 
@@ -196,12 +196,12 @@ def icp(fixed_points: np.ndarray, moving_vertices: np.ndarray, moving_triangles:
         init: starting transform (default identity).
         max_iterations, tolerance: stop after that many steps, or when ``E`` decreases by less than
             ``tolerance · E`` (or E reaches 0).
-        max_distance: points farther than this from the surface are left out of the step (trimmed ICP:
-            for crops that do not overlap fully). None uses every point.
+        max_distance: points farther than this from the surface are left out (trimmed ICP: for crops
+            that do not overlap fully). None uses every point. Inliers are re-selected after each step;
+            a step is taken only if it lowers E over the inliers it was computed from.
         moving_normals: (V, 3) unit vertex normals; needed for point-to-plane on a point cloud.
         exclude_boundary: leave out points whose closest point is on the moving mesh's rim (Turk & Levoy
-            1994): they lie beyond the surface, outside the overlap (needs ``moving_triangles`` and
-            ``max_distance``, the cost of a left-out point).
+            1994): they lie beyond the surface, outside the overlap (needs ``moving_triangles``).
 
     Returns:
         :class:`IcpResult`.
@@ -211,9 +211,8 @@ def icp(fixed_points: np.ndarray, moving_vertices: np.ndarray, moving_triangles:
     fixed = _as_points(fixed_points, "fixed_points")
     if method == "point_to_plane" and moving_triangles is None and moving_normals is None:
         raise ValueError("icp: point_to_plane on a point cloud needs moving_normals")
-    if exclude_boundary and (moving_triangles is None or max_distance is None):
-        # without a cost for left-out points, shrinking the surface would leave every point out for free
-        raise ValueError("icp: exclude_boundary needs moving_triangles and a max_distance")
+    if exclude_boundary and moving_triangles is None:
+        raise ValueError("icp: exclude_boundary needs moving_triangles")
     surface = _Surface(moving_vertices, moving_triangles, moving_normals)
     cap = np.inf if max_distance is None else float(max_distance)
 
@@ -224,17 +223,19 @@ def icp(fixed_points: np.ndarray, moving_vertices: np.ndarray, moving_triangles:
         used = dist <= cap
         if exclude_boundary:
             used &= ~rim
-        # a left-out point costs cap² (0 when there is no cap): E is a truncated quadratic
-        energy = float((dist[used] ** 2).sum()) + (0.0 if np.isinf(cap) else cap ** 2 * float((~used).sum()))
-        return energy, c0, dist, n0, used
+        return c0, dist, n0, used
+
+    def energy(dist: np.ndarray, used: np.ndarray) -> float:
+        return float((np.minimum(dist[used], cap) ** 2).sum())
 
     transform = init or Similarity.identity()
-    energy, c0, dist, n0, inl = evaluate(transform)
-    converged, iterations = energy == 0.0, 0
-    while not converged and iterations < max_iterations:
+    c0, dist, n0, inl = evaluate(transform)
+    converged, iterations = energy(dist, inl) == 0.0, 0
+    while not converged and iterations < max_iterations and inl.sum() >= 3:
         iterations += 1
-        if inl.sum() < 3:
-            break
+        # each step must lower E over the current inlier set (whose distances are then measured
+        # exactly, wherever the step moves their closest points); the set is updated afterwards
+        current = energy(dist, inl)
         candidates = []
         if method == "point_to_plane":
             closest, normals = transform.apply(c0[inl]), n0[inl] @ transform.rotation.T
@@ -242,14 +243,13 @@ def icp(fixed_points: np.ndarray, moving_vertices: np.ndarray, moving_triangles:
             candidates = [_small_similarity(delta * h, centre).compose(transform) for h in (1, .5, .25)]
         candidates.append(umeyama(c0[inl], fixed[inl], scale=scale))
         for trial in candidates:
-            trial_energy, trial_c0, trial_dist, trial_n0, trial_inl = evaluate(trial)
-            if trial_energy <= energy:
+            trial_c0, trial_dist, trial_n0, trial_inl = evaluate(trial)
+            trial_energy = energy(trial_dist, inl)
+            if trial_energy <= current:
                 break
         else:
             converged = True                                  # no step lowers E: at a (local) optimum
             break
-        decrease = energy - trial_energy
         transform, c0, dist, n0, inl = trial, trial_c0, trial_dist, trial_n0, trial_inl
-        converged = decrease <= tolerance * energy or trial_energy == 0.0
-        energy = trial_energy
+        converged = current - trial_energy <= tolerance * current or trial_energy == 0.0
     return IcpResult(transform, dist, inl, iterations, bool(converged))
