@@ -54,6 +54,8 @@ class LandmarkFit:
         identity_covariance: ``(B, K, K)`` posterior covariance of ``identity`` (Gaussian, at the fitted
             camera; rows/columns of unfitted components are 0).
         rms_px: ``(B,)`` root-mean-square reprojection error over the used landmarks (px).
+        contour_fitted: whether the jawline rows of ``landmark_ids`` are pose-dependent contour
+            correspondences (else they are the model's fixed landmarks, or unused).
     """
 
     identity: Tensor
@@ -64,6 +66,7 @@ class LandmarkFit:
     landmark_ids: Tensor
     identity_covariance: Tensor
     rms_px: Tensor
+    contour_fitted: bool
     identity_basis: Tensor = field(repr=False)
 
     @cached_property
@@ -281,7 +284,7 @@ def _finish(model: MorphableModel, problem: _Problem, state: _State, H: Tensor, 
     return LandmarkFit(identity=identity.to(out_dtype), expression=expression.to(out_dtype), camera=cam,
                        vertices=vertices, landmarks_fitted=fitted.to(out_dtype), landmark_ids=ids,
                        identity_covariance=cov.to(out_dtype), rms_px=rms.to(out_dtype),
-                       identity_basis=model.identity_basis)
+                       contour_fitted=state.contour_ids is not None, identity_basis=model.identity_basis)
 
 
 def _fit(model: MorphableModel, terms: FitTerms, points: Tensor, *, iterations: int, contour: bool,
