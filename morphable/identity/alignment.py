@@ -14,7 +14,9 @@ chip is a differentiable function of both the image and the landmarks:
    around it and builds a 2x pyramid (5-tap [1 4 6 4 1]/16 filter each way, every other pixel; point
    mapping ``p/2 - (1.25, 0.75)``) and samples the coarsest level whose rectangle still exceeds the
    chip. The level choice and the crop are discrete (no gradient); the filtering is linear.
-3. **Bilinear sampling** of the chip's pixel grid, mapped to the rectangle's rotated corners. As in
+3. **Bilinear sampling** of the chip's pixel grid, mapped to the rectangle's rotated corners: chip
+   pixel (c, r) shows T(size/2, size/2) + k R (c - (size-1)/2, r - (size-1)/2) with
+   k = (size * scale - 1) / (size - 1), slightly off the fitted similarity itself, as in dlib. As in
    dlib, a sample whose 2 x 2 neighbourhood leaves the image is black.
 
 Differences to dlib's uint8 chip: dlib truncates each pyramid level to integers, we keep real values
