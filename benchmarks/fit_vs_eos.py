@@ -139,6 +139,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"no image + .pts pairs in {args.data}", file=sys.stderr)
         return 1
     model = morphable.load_model(args.model)
+    sfm = model if args.model == "sfm" else morphable.load_model("sfm")  # eos's fits are measured on the SFM
     eos_fitter = EosFitter(args.eos_share or Path(os.environ["MORPHABLE_MIRROR"]) / "eos" / "share", args.iterations)
     faces = []
     for image, pts in pairs:
@@ -160,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
         eos_ms.append((time.perf_counter() - t0) * 1e3)
         ours_err.append(nme(model_landmarks(model, fit.vertices, fit.camera, gt), gt))
         cam, verts = eos_fitter.camera_and_vertices(result, width, height)
-        eos_err.append(nme(model_landmarks(model, verts, cam, gt), gt))
+        eos_err.append(nme(model_landmarks(sfm, verts, cam, gt), gt))
 
     batch = torch.tensor(np.stack([f[0] for f in faces]))
     t0 = time.perf_counter()

@@ -46,7 +46,8 @@ class LandmarkFit:
         identity: ``(B, K)`` standardised identity coefficients (components not fitted are 0).
         expression: ``(B, Ke)`` expression coefficients (PCA) or blendshape weights in [0, 1].
         camera: :class:`ScaledOrthographic` with batch ``B``.
-        vertices: ``(B, V, 3)`` fitted mesh, mm, model space (``camera.project(vertices)`` gives pixels).
+        vertices: ``(B, V, 3)`` fitted mesh, mm, model space, in the landmarks' dtype
+            (``camera.project(vertices)`` gives pixels).
         landmarks_fitted: ``(B, 68, 2)`` px, the model's landmarks projected into the image with the final
             correspondences (nan where the model defines no point for that landmark).
         landmark_ids: ``(B, 68)`` int64 model vertex each landmark was fitted to (the first vertex of a
@@ -279,7 +280,7 @@ def _finish(model: MorphableModel, problem: _Problem, state: _State, H: Tensor, 
     ids = torch.where(w > 0, ids, torch.full_like(ids, -1))
     rms = (((proj - problem.y) ** 2).sum(-1) * w).sum(1).div(w.sum(1)).sqrt()
     vertices = model(identity=identity.to(model.mean.dtype),
-                     expression=expression.to(model.mean.dtype) if model.n_expression else None).vertices
+                     expression=expression.to(model.mean.dtype) if model.n_expression else None).vertices.to(out_dtype)
     cam = to_camera(state.scale.to(out_dtype), state.R.to(out_dtype), state.t.to(out_dtype))
     return LandmarkFit(identity=identity.to(out_dtype), expression=expression.to(out_dtype), camera=cam,
                        vertices=vertices, landmarks_fitted=fitted.to(out_dtype), landmark_ids=ids,

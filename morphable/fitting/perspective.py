@@ -170,6 +170,6 @@ def refine_perspective(model: MorphableModel, fit: LandmarkFit, landmarks: Tenso
     rms = (((proj - problem.y) ** 2).sum(-1) * w).sum(1).div(w.sum(1)).sqrt()
     identity, expression = coeffs[:, :K], coeffs[:, K:]
     vertices = model(identity=identity.to(model.mean.dtype),
-                     expression=expression.to(model.mean.dtype) if model.n_expression else None).vertices
+                     expression=expression.to(model.mean.dtype) if model.n_expression else None).vertices.to(out_dtype)
     return PerspectiveFit(identity=identity.to(out_dtype), expression=expression.to(out_dtype), camera=camera,
                           vertices=vertices, landmarks_fitted=fitted.to(out_dtype), rms_px=rms.to(out_dtype))

@@ -107,7 +107,8 @@ class TestSynthetic:
         fit = fit_landmarks(model, lm.float())
         assert fit.identity.dtype == torch.float32 and fit.landmarks_fitted.dtype == torch.float32
         assert fit.camera.scale.dtype == torch.float32
-        assert fit.vertices.dtype == model.mean.dtype
+        assert fit.vertices.dtype == torch.float32  # so that fit.camera.project(fit.vertices) works
+        fit.camera.project(fit.vertices)
 
     def test_options(self):
         model = face_model()
