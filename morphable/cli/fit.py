@@ -10,7 +10,8 @@ A photo that cannot be read or has no face is reported at the end; the others ar
 the command exits with status 1.
 
 ``params.json`` keys: ``model``, ``image``, ``image_size`` (``{"width", "height"}`` px), ``face``
-(index), ``landmarks_source``, ``detection_score``, ``identity``, ``expression``, ``expression_kind``,
+(index), ``landmarks_source`` (``dlib-hog``, ``dlib-cnn`` or the landmark file), ``detection_score``,
+``identity``, ``expression``, ``expression_kind``,
 ``rotation`` (axis-angle, rad, model → view), ``euler_degrees`` (``yaw``, ``pitch``, ``roll``),
 ``translation`` (px), ``scale`` (px per mm), ``camera`` (``camera_from_dict`` reads it back),
 ``landmarks`` (the 68 input points) and ``landmarks_fitted`` (the model's 68 landmarks projected),
@@ -37,14 +38,14 @@ class FaceInput:
     image: np.ndarray          # (H, W, 3) uint8
     image_name: str            # shown in params.json and messages
     landmarks: np.ndarray      # (68, 2) 0-based px, NaN = missing
-    source: str                # "dlib" or the landmark file
+    source: str                # "dlib-hog", "dlib-cnn" or the landmark file
     score: float | None        # detection score (dlib) or None
     index: int                 # face number within its photo
     out_dir: Path
 
 
 def faces_in_photo(image: np.ndarray, image_name: str, out_dir: Path, *, landmark_file: Path | None = None,
-                   all_faces: bool = False) -> list[FaceInput]:
+                   all_faces: bool = False, detector: str = "auto") -> list[FaceInput]:
     """The faces of one photo: from a landmark file, or every/the best dlib detection.
 
     Raises:
@@ -58,10 +59,10 @@ def faces_in_photo(image: np.ndarray, image_name: str, out_dir: Path, *, landmar
                           out_dir / "face0" if all_faces else out_dir)]
     from morphable.detect.dlib68 import detect_landmarks
 
-    found = detect_landmarks(image, all_faces=all_faces)
+    found = detect_landmarks(image, all_faces=all_faces, detector=detector)
     if not found:
         raise InputError(image_name, "no face found")
-    return [FaceInput(image, image_name, d.landmarks, "dlib", d.score, i,
+    return [FaceInput(image, image_name, d.landmarks, f"dlib-{d.detector}", d.score, i,
                       out_dir / f"face{i}" if all_faces else out_dir)
             for i, d in enumerate(found)]
 
@@ -237,12 +238,14 @@ def _output_names(paths: Iterable[Path]) -> list[str]:
               help="68-point landmark file (.pts or .json) per photo, in the photos' order; skips detection.")
 @click.option("--multi-view", is_flag=True, help="All photos show one person: fit one shared identity.")
 @click.option("--all-faces", is_flag=True, help="Reconstruct every detected face (DIR/<stem>/face<i>/).")
+@click.option("--detector", type=click.Choice(["auto", "hog", "cnn"]), default="auto", show_default=True,
+              help="dlib face detector; auto = HOG, then the CNN when HOG finds no face.")
 @click.option("--iterations", default=5, show_default=True, type=click.IntRange(0, 100),
               help="Contour / pose / shape alternations.")
 @click.option("--texture-size", default=512, show_default=True, type=click.IntRange(16, 8192),
               help="Width and height of texture.png in texels.")
 def fit(images: tuple[Path, ...], model_name: str, output: Path, landmark_files: tuple[Path, ...],
-        multi_view: bool, all_faces: bool, iterations: int, texture_size: int) -> None:
+        multi_view: bool, all_faces: bool, detector: str, iterations: int, texture_size: int) -> None:
     """Reconstruct the faces in IMAGES: mesh.obj, texture.png, params.json and overlay.png per face."""
     from tqdm import tqdm
 
@@ -264,7 +267,7 @@ def fit(images: tuple[Path, ...], model_name: str, output: Path, landmark_files:
             image = read_image(path)
             faces += faces_in_photo(image, str(path), output / names[i],
                                     landmark_file=landmark_files[i] if landmark_files else None,
-                                    all_faces=all_faces)
+                                    all_faces=all_faces, detector=detector)
         except MorphableError as err:
             failures.append(str(err))
     written, fit_failures = reconstruct(faces, model, model_name, iterations=iterations, multi_view=multi_view,

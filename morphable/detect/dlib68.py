@@ -1,7 +1,11 @@
-"""Face detection and iBUG-68 landmarks with dlib (HOG detector + ERT shape predictor).
+"""Face detection and iBUG-68 landmarks with dlib (HOG or CNN detector + ERT shape predictor).
 
 * Detector: dlib's frontal HOG + linear SVM detector (``get_frontal_face_detector``), run through
-  ``detector.run(image, upsample, adjust_threshold)`` so every box comes with its SVM score.
+  ``detector.run(image, upsample, adjust_threshold)`` so every box comes with its SVM score. It misses
+  strongly rotated, profile, partly covered (sunglasses) and drawn faces; for those, dlib's CNN detector
+  (King, "Max-Margin Object Detection", 2015; ``mmod_human_face_detector.dat`` from the same wheel) is
+  the fallback of ``detector="auto"``: run only when HOG finds nothing, because it costs ~1 s per
+  0.2 megapixels on a CPU core. It runs on a copy of at most ``CNN_MAX_SIZE`` pixels per side.
 * Landmarks: Kazemi & Sullivan, "One millisecond face alignment with an ensemble of regression trees"
   (CVPR 2014), the 68-point model trained on iBUG 300-W that ships in the ``face_recognition_models``
   wheel. That package is never imported (its ``__init__`` needs ``pkg_resources``); we only locate its
@@ -29,6 +33,9 @@ import numpy as np
 from morphable.errors import MorphableError
 
 PREDICTOR_FILE = "shape_predictor_68_face_landmarks.dat"
+CNN_FILE = "mmod_human_face_detector.dat"
+CNN_MAX_SIZE = 640
+DETECTORS = ("auto", "hog", "cnn")
 
 
 @dataclass(frozen=True)
@@ -37,24 +44,32 @@ class Detection:
 
     Attributes:
         box: ``(4,)`` float64 ``(left, top, right, bottom)`` in 0-based pixels of the input image.
-        score: the HOG-SVM detection score (higher = more face-like; 0 is dlib's default threshold).
+        score: the detector's score (higher = more face-like): the HOG-SVM margin (0 is dlib's default
+            threshold) or the CNN's confidence; only scores of the same detector compare.
         landmarks: ``(68, 2)`` float64 iBUG-68 points, 0-based pixels (x right, y down).
+        detector: ``"hog"`` or ``"cnn"``.
     """
 
     box: np.ndarray
     score: float
     landmarks: np.ndarray
+    detector: str = "hog"
+
+
+def weights_path(name: str = PREDICTOR_FILE) -> Path:
+    """Path of a dlib weight file inside the ``face_recognition_models`` wheel (never imported)."""
+    spec = importlib.util.find_spec("face_recognition_models")
+    if spec is None or not spec.submodule_search_locations:
+        raise MorphableError("the dlib face models are missing: pip install face_recognition_models")
+    path = Path(list(spec.submodule_search_locations)[0]) / "models" / name
+    if not path.is_file():
+        raise MorphableError(f"{path}: dlib weight file not found (reinstall face_recognition_models)")
+    return path
 
 
 def predictor_path() -> Path:
-    """Path of ``shape_predictor_68_face_landmarks.dat`` inside the ``face_recognition_models`` wheel."""
-    spec = importlib.util.find_spec("face_recognition_models")
-    if spec is None or not spec.submodule_search_locations:
-        raise MorphableError("the dlib 68-point landmark model is missing: pip install face_recognition_models")
-    path = Path(list(spec.submodule_search_locations)[0]) / "models" / PREDICTOR_FILE
-    if not path.is_file():
-        raise MorphableError(f"{path}: dlib 68-point landmark model not found (reinstall face_recognition_models)")
-    return path
+    """Path of ``shape_predictor_68_face_landmarks.dat``."""
+    return weights_path(PREDICTOR_FILE)
 
 
 @lru_cache(maxsize=1)
@@ -62,6 +77,14 @@ def _detector():
     import dlib
 
     return dlib.get_frontal_face_detector()
+
+
+@lru_cache(maxsize=1)
+def _cnn_detector():
+    """The MMOD CNN face detector, loaded once per process."""
+    import dlib
+
+    return dlib.cnn_face_detection_model_v1(str(weights_path(CNN_FILE)))
 
 
 @lru_cache(maxsize=1)
@@ -96,38 +119,61 @@ def _downscaled(image: np.ndarray, max_size: int | None) -> tuple[np.ndarray, fl
     return small, factor
 
 
+def _run_hog(image: np.ndarray, upsample: int, adjust_threshold: float,
+             max_size: int | None) -> list[tuple[np.ndarray, float]]:
+    """HOG boxes ``(left, top, right, bottom)`` in the image's pixels, with their scores."""
+    small, factor = _downscaled(image, max_size)
+    rects, scores, _ = _detector().run(small, upsample, adjust_threshold)
+    return [(_box(r, factor), float(sc)) for r, sc in zip(rects, scores)]
+
+
+def _run_cnn(image: np.ndarray, upsample: int, max_size: int | None) -> list[tuple[np.ndarray, float]]:
+    """CNN (MMOD) boxes in the image's pixels, with their confidences."""
+    small, factor = _downscaled(image, CNN_MAX_SIZE if max_size is None else min(max_size, CNN_MAX_SIZE))
+    return [(_box(d.rect, factor), float(d.confidence)) for d in _cnn_detector()(small, upsample)]
+
+
+def _box(rect, factor: float) -> np.ndarray:
+    """A dlib rectangle of the shrunk copy -> ``(left, top, right, bottom)`` in original pixels."""
+    # pixel centre i of the small copy sits at (i + 0.5) * factor - 0.5 in the original
+    return (np.array([rect.left(), rect.top(), rect.right(), rect.bottom()], dtype=np.float64) + 0.5) * factor - 0.5
+
+
 def detect_landmarks(image: np.ndarray, *, all_faces: bool = False, upsample: int = 1,
-                     adjust_threshold: float = 0.0, max_size: int | None = 1024) -> list[Detection]:
+                     adjust_threshold: float = 0.0, max_size: int | None = 1024,
+                     detector: str = "auto") -> list[Detection]:
     """Detect faces and their 68 iBUG landmarks.
 
     Args:
         image: ``(H, W, 3)`` (or ``(H, W)``, ``(H, W, 4)``) uint8 RGB photo.
         all_faces: return every face; by default only the best-scoring one (upsampling also fires on
             small faces printed on clothes or in the background).
-        upsample: how many times dlib doubles the image before detecting (finds faces down to ~40 px
-            at 1, ~80 px at 0).
-        adjust_threshold: added to the detector's threshold (negative finds more, weaker faces).
+        upsample: how many times dlib doubles the image before HOG detection (finds faces down to
+            ~40 px at 1, ~80 px at 0); the CNN fallback runs without upsampling.
+        adjust_threshold: added to the HOG detector's threshold (negative finds more, weaker faces).
         max_size: detect on a copy whose longer side is at most this many pixels (``None``: never shrink).
+        detector: ``"hog"``, ``"cnn"``, or ``"auto"`` (HOG, then CNN when HOG finds nothing).
     Returns:
         Detections sorted by score, best first (empty when no face is found; at most one unless
         ``all_faces``).
     """
     import dlib
 
+    if detector not in DETECTORS:
+        raise ValueError(f"detect_landmarks: detector must be one of {DETECTORS}, got {detector!r}")
     image = _as_rgb_uint8(image)
-    small, factor = _downscaled(image, max_size)
-    rects, scores, _ = _detector().run(small, upsample, adjust_threshold)
-    order = np.argsort(-np.asarray(scores, dtype=np.float64), kind="stable")
+    kind = "hog"
+    found = _run_hog(image, upsample, adjust_threshold, max_size) if detector != "cnn" else []
+    if not found and detector != "hog":
+        kind, found = "cnn", _run_cnn(image, 0, max_size)
+    found.sort(key=lambda f: -f[1])
     if not all_faces:
-        order = order[:1]
+        found = found[:1]
     predictor = _predictor()
     out = []
-    for i in order:
-        r = rects[int(i)]
-        # pixel centre i of the small copy sits at (i + 0.5) * factor - 0.5 in the original
-        box = (np.array([r.left(), r.top(), r.right(), r.bottom()], dtype=np.float64) + 0.5) * factor - 0.5
+    for box, score in found:
         rect = dlib.rectangle(*(int(round(c)) for c in box))
         shape = predictor(image, rect)
         points = np.array([(shape.part(k).x, shape.part(k).y) for k in range(shape.num_parts)], dtype=np.float64)
-        out.append(Detection(box=box, score=float(scores[int(i)]), landmarks=points))
+        out.append(Detection(box=box, score=score, landmarks=points, detector=kind))
     return out

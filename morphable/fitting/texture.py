@@ -194,7 +194,7 @@ class DepthBuffer:
 
 def depth_buffer(screen: Tensor, triangles: Tensor, image_size: tuple[int, int], *, perspective: bool = False,
                  max_side: int = 512) -> DepthBuffer:
-    """Rasterise the depth of a posed mesh over its projected bounding box (clipped to the image).
+    """Rasterise the depth of a posed mesh's front faces over its projected bounding box (in the image).
 
     The box is downscaled so its longer side has at most ``max_side`` cells: a z-buffer for visibility
     needs no more, and a face filling a 4000-pixel photo would otherwise cost seconds.
@@ -224,7 +224,9 @@ def depth_buffer(screen: Tensor, triangles: Tensor, image_size: tuple[int, int],
     # to ≥ 1 keeps the depth order
     shift = 0.0 if perspective else 1.0 - float(finite[:, 2].min())
     cells = cells + cells.new_tensor([0.0, 0.0, shift])
-    frags = rasterize(cells[None], triangles, size, perspective=perspective)
+    # back faces are culled: on a closed surface the front faces hide them, and visibility is only
+    # ever asked of front-facing points (halves the work)
+    frags = rasterize(cells[None], triangles, size, perspective=perspective, cull_backfaces=True)
     return DepthBuffer(frags.depth[0].detach() - shift, (x0, y0), k)
 
 

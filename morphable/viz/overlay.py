@@ -51,7 +51,7 @@ def vertex_normals(vertices: np.ndarray, triangles: np.ndarray) -> np.ndarray:
 
 
 def shade_mesh(screen: np.ndarray, view_vertices: np.ndarray, triangles: np.ndarray,
-               image_size: tuple[int, int], *, max_side: int = 1024) -> tuple[np.ndarray, np.ndarray]:
+               image_size: tuple[int, int], *, max_side: int = 640) -> tuple[np.ndarray, np.ndarray]:
     """Lambert-shade a posed mesh lit from the camera: its picture in the photo's frame.
 
     Args:

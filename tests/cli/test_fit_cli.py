@@ -43,7 +43,7 @@ def test_fit_one_photo_with_detection(runner, tmp_path):
     p = _params(folder)
     image = read_image(photo)
     assert p["model"] == "sfm" and p["image_size"] == {"width": image.shape[1], "height": image.shape[0]}
-    assert p["landmarks_source"] == "dlib" and p["detection_score"] > 0
+    assert p["landmarks_source"] == "dlib-hog" and p["detection_score"] > 0
     assert len(p["identity"]) == 63 and len(p["expression"]) == 6
     assert len(p["rotation"]) == 3 and len(p["translation"]) == 2 and p["scale"] > 0
     assert p["camera"]["type"] == "scaled_orthographic" and p["camera"]["scale"] == p["scale"]

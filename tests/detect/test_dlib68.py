@@ -71,3 +71,22 @@ def test_no_face_and_bad_input():
         detect_landmarks(blank.astype(np.float32))
     grey = read_image(data_file("eos/examples/data/image_0010.png"))[..., 0]
     assert len(detect_landmarks(grey)) == 1
+
+
+def test_cnn_fallback_finds_what_hog_misses():
+    image = read_image(data_file("PRNet/TestImages/2.jpg"))  # sunglasses, rolled head: HOG finds nothing
+    assert detect_landmarks(image, detector="hog") == []
+    (det,) = detect_landmarks(image)
+    assert det.detector == "cnn" and det.score > 0.5
+    left, top, right, bottom = det.box
+    inside = (det.landmarks[:, 0] > left - 20) & (det.landmarks[:, 0] < right + 20)
+    assert inside.all() and (det.landmarks[:, 1] > top - 20).all() and (det.landmarks[:, 1] < bottom + 40).all()
+
+
+def test_cnn_detector_against_ground_truth():
+    path = data_file("superviseddescent/examples/data/ibug_lfpw_trainset/image_0002.png")
+    (det,) = detect_landmarks(read_image(path), detector="cnn")
+    assert det.detector == "cnn"
+    assert _nme(det.landmarks, read_landmarks(path.with_suffix(".pts"))) < 0.08
+    with pytest.raises(ValueError, match="detector"):
+        detect_landmarks(read_image(path), detector="mtcnn")
