@@ -26,7 +26,8 @@ deterministic and independent of thread count.
 
 Fast path (:func:`rasterize`): triangles are grouped by the size of their pixel bounding box (powers of
 two per axis); each group evaluates its edge functions on a fixed ``kx × ky`` window of pixel centres
-per triangle as one broadcast tensor op, in chunks of at most ``max_candidates`` (triangle, pixel)
+per triangle as one broadcast tensor op (edges evaluated in a canonical direction, so shared edges leave
+no holes: watertight), in chunks of at most ``max_candidates`` (triangle, pixel)
 pairs, so memory stays bounded for large or close-up triangles. The z-test is one ``scatter_reduce``
 (``amin``) of int64 keys holding the float32 depth bits (made order-preserving) in the high bits and
 the triangle id in the low 24 bits. :func:`rasterize_reference` is the slow, obvious version (a Python
@@ -159,7 +160,14 @@ def _sortable_key(depth: Tensor) -> Tensor:
 
 @dataclass(frozen=True)
 class _Setup:
-    """Per-triangle data for the scan (flattened over the batch): anchors, edge-function planes."""
+    """Per-triangle data for the scan (flattened over the batch): bounding box and edge functions.
+
+    Edge ``i`` (opposite corner ``i``) is evaluated in a canonical direction, from its lower vertex id
+    to its higher one: ``w_i(p) = ux_i (p_y − oy_i) − uy_i (p_x − ox_i)``, so the two triangles sharing an
+    edge compute the very same float and a pixel centre on it can never fall between them
+    (watertight). ``q_i`` turns it into the barycentric plane ``e_i = q_i w_i`` (``b_i``, or ``b_i / d_i``
+    for perspective), inside ⇔ all ``e_i >= 0``.
+    """
 
     batch: Tensor  # (T,) batch index
     tri: Tensor  # (T,) triangle id
@@ -167,12 +175,12 @@ class _Setup:
     y0: Tensor
     nx: Tensor  # (T,) int64 box width/height in pixels (>= 1)
     ny: Tensor
-    e0: Tensor  # (T, 3) barycentric-plane values at (x0, y0) (b_i, or b_i / d_i for perspective)
-    ex: Tensor  # (T, 3) their change per pixel in x
-    ey: Tensor  # (T, 3) ... in y
-    z0: Tensor  # (T,) depth plane (orthographic) at (x0, y0); unused for perspective
-    zx: Tensor
-    zy: Tensor
+    ox: Tensor  # (T, 3) canonical start point of each edge
+    oy: Tensor
+    ux: Tensor  # (T, 3) canonical edge vector
+    uy: Tensor
+    q: Tensor  # (T, 3) ± 1 / area2 (/ d_i for perspective)
+    d: Tensor  # (T, 3) corner depths (orthographic depth interpolation)
 
 
 def _setup(screen: Tensor, triangles: Tensor, H: int, W: int, cull_backfaces: bool, perspective: bool,
@@ -186,8 +194,8 @@ def _setup(screen: Tensor, triangles: Tensor, H: int, W: int, cull_backfaces: bo
     corner = [(triangles[:, i] + offset).reshape(-1) for i in range(3)]
     x, y, d = ([cols[c].index_select(0, corner[i]) for i in range(3)] for c in range(3))
     area2 = (x[2] - x[1]) * (y[0] - y[1]) - (y[2] - y[1]) * (x[0] - x[1])
-    mag = (area2 * (d[0] + d[1] + d[2])).abs()  # nan or inf when any coordinate is
-    ok = (mag > 0) & (mag < math.inf)
+    total = area2 + (d[0] + d[1] + d[2])  # nan or inf when any coordinate is
+    ok = (area2 != 0) & ((total - total) == 0)
     xmin, xmax = torch.minimum(torch.minimum(x[0], x[1]), x[2]), torch.maximum(torch.maximum(x[0], x[1]), x[2])
     ymin, ymax = torch.minimum(torch.minimum(y[0], y[1]), y[2]), torch.maximum(torch.maximum(y[0], y[1]), y[2])
     if perspective:
@@ -206,28 +214,28 @@ def _setup(screen: Tensor, triangles: Tensor, H: int, W: int, cull_backfaces: bo
     ok &= (x1 >= x0) & (y1 >= y0)
     keep = ok.nonzero(as_tuple=True)[0]
     sel = lambda t: t.index_select(0, keep)  # noqa: E731
-    x, y, d = [sel(t) for t in x], [sel(t) for t in y], [sel(t) for t in d]
+    x, y, d, ids = [sel(t) for t in x], [sel(t) for t in y], [sel(t) for t in d], [sel(t) for t in corner]
     area2, ax, ay = sel(area2), sel(x0), sel(y0)
     nx, ny = sel(x1) - ax + 1, sel(y1) - ay + 1
-    # b_i(p) = w_i(p) / area2, w_i = (xk − xj)(py − yj) − (yk − yj)(px − xj), (j, k) = (i + 1, i + 2),
-    # evaluated at the anchor (small differences: precise) and as slopes per pixel step
     inv = 1.0 / area2
-    e0, ex, ey = [], [], []
+    ox, oy, ux, uy, q = [], [], [], [], []
     for i in range(3):
         j, k = (i + 1) % 3, (i + 2) % 3
+        # b_i = w_i / area2 with w_i = (xk − xj)(py − yj) − (yk − yj)(px − xj); canonical direction:
+        # start at the lower vertex id (swapping the end points negates w exactly)
+        swap = ids[j] > ids[k]
+        sx, sy = torch.where(swap, x[k], x[j]), torch.where(swap, y[k], y[j])
+        ex, ey = torch.where(swap, x[j], x[k]), torch.where(swap, y[j], y[k])
+        ox.append(sx)
+        oy.append(sy)
+        ux.append(ex - sx)
+        uy.append(ey - sy)
         scale = inv / d[i] if perspective else inv
-        dxk, dyk = (x[k] - x[j]) * scale, (y[k] - y[j]) * scale
-        e0.append(dxk * (ay - y[j]) - dyk * (ax - x[j]))
-        ex.append(-dyk)
-        ey.append(dxk)
-    if perspective:
-        z0 = zx = zy = area2.new_zeros(0)
-    else:  # orthographic depth is affine too: z = Σ b_i d_i
-        z0, zx, zy = ((p[0] * d[0] + p[1] * d[1] + p[2] * d[2]) for p in (e0, ex, ey))
-    e0, ex, ey = torch.stack(e0, 1), torch.stack(ex, 1), torch.stack(ey, 1)  # (T, 3)
+        q.append(torch.where(swap, -scale, scale))
+    st = lambda t: torch.stack(t, 1)  # noqa: E731  (T, 3)
     batch, tri = (keep // F, keep % F) if B > 1 else (torch.zeros_like(keep), keep)
     return _Setup(batch, tri, ax.to(torch.int64), ay.to(torch.int64), nx.to(torch.int64), ny.to(torch.int64),
-                  e0, ex, ey, z0, zx, zy)
+                  st(ox), st(oy), st(ux), st(uy), st(q), st(d))
 
 
 def _scan(s: _Setup, sel: Tensor, kx: int, ky: int, H: int, W: int, perspective: bool,
@@ -236,23 +244,28 @@ def _scan(s: _Setup, sel: Tensor, kx: int, ky: int, H: int, W: int, perspective:
     dev = s.x0.device
     dx = torch.arange(kx, device=dev).repeat(ky)  # window offsets, row-major
     dy = torch.arange(ky, device=dev).repeat_interleave(kx)
-    fx, fy = dx.to(s.e0.dtype), dy.to(s.e0.dtype)
-    e0, ex, ey = s.e0.index_select(0, sel), s.ex.index_select(0, sel), s.ey.index_select(0, sel)
+    x0, y0 = s.x0.index_select(0, sel), s.y0.index_select(0, sel)
     inside = (dx[None] < s.nx.index_select(0, sel)[:, None]) & (dy[None] < s.ny.index_select(0, sel)[:, None])
-    e = [e0[:, i, None] + ex[:, i, None] * fx + ey[:, i, None] * fy for i in range(3)]
-    inside &= (e[0] >= 0) & (e[1] >= 0) & (e[2] >= 0)
+    dtype = s.q.dtype
+    px = (x0[:, None] + dx).to(dtype)  # (M, K) pixel centres, exact integers
+    py = (y0[:, None] + dy).to(dtype)
+    ox, oy, ux, uy, q = (t.index_select(0, sel) for t in (s.ox, s.oy, s.ux, s.uy, s.q))
+    e = []
+    for i in range(3):
+        w = ux[:, i, None] * (py - oy[:, i, None]) - uy[:, i, None] * (px - ox[:, i, None])
+        e.append(w * q[:, i, None])
+        inside &= e[i] >= 0
     if perspective:
         inv = e[0] + e[1] + e[2]  # Σ b_i / d_i = 1 / depth
         inside &= (inv > 0) & (inv * near <= 1)  # in front of the camera and beyond the near plane
-        hit_t, hit_w = inside.nonzero(as_tuple=True)
-        depth = 1.0 / inv[hit_t, hit_w]
+        depth = 1.0 / inv[inside]
     else:
-        hit_t, hit_w = inside.nonzero(as_tuple=True)
-        idx = sel[hit_t]
-        depth = s.z0[idx] + s.zx[idx] * fx[hit_w] + s.zy[idx] * fy[hit_w]
-    idx = sel[hit_t]
-    pix = (s.batch[idx] * H + s.y0[idx] + dy[hit_w]) * W + s.x0[idx] + dx[hit_w]
-    key = (_sortable_key(depth) << TRIANGLE_BITS) | s.tri[idx]
+        d = s.d.index_select(0, sel)
+        depth = (e[0] * d[:, 0, None] + e[1] * d[:, 1, None] + e[2] * d[:, 2, None])[inside]
+    base = (s.batch.index_select(0, sel) * H + y0) * W + x0
+    pix = (base[:, None] + (dy * W + dx))[inside]
+    tri = s.tri.index_select(0, sel)[:, None].expand_as(inside)[inside]
+    key = (_sortable_key(depth) << TRIANGLE_BITS) | tri
     return pix, key
 
 

@@ -256,3 +256,29 @@ def test_fragments_detach_and_input_checks():
         rasterize(screen[0], torch.tensor([[0, 1, 2]]), (10, 10))
     with pytest.raises(ValueError, match="int64"):
         rasterize(screen, torch.tensor([[0, 1, 2]], dtype=torch.int32), (10, 10))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, f64])
+def test_watertight_on_edges_through_pixel_centres(dtype):
+    """Shared edges through pixel centres leave no holes (edges are evaluated in one canonical direction)."""
+    n = 9  # a UV-square grid as a texture layout produces it: cell diagonals pass through pixel centres
+    t = (torch.linspace(-1, 1, n, dtype=f64) + 1) / 2 * 47
+    gy, gx = torch.meshgrid(47 - t, t, indexing="ij")
+    pts = torch.stack([gx, gy], -1).reshape(-1, 2)
+    idx = torch.arange(n * n).reshape(n, n)
+    a, b, c, d = idx[:-1, :-1], idx[:-1, 1:], idx[1:, 1:], idx[1:, :-1]
+    tris = torch.cat([torch.stack([a, b, c], -1).reshape(-1, 3), torch.stack([a, c, d], -1).reshape(-1, 3)])
+    # a fan of triangles around a vertex exactly on a pixel centre, with edges through pixel centres
+    centre = torch.tensor([[46.0, 10.0]], dtype=f64)
+    ring = centre + torch.tensor([[4.0, 0], [4, 4], [0, 4], [-4, 4], [-4, 0], [-4, -4], [0, -4], [4, -4]], dtype=f64)
+    fan_pts = torch.cat([centre, ring])
+    fan = torch.tensor([[0, 1 + i, 1 + (i + 1) % 8] for i in range(8)]) + pts.shape[0]
+    xy = torch.cat([pts, fan_pts])
+    screen = torch.cat([xy, torch.full((xy.shape[0], 1), 7.0, dtype=f64)], -1)[None].to(dtype)
+    frag = rasterize(screen, torch.cat([tris, fan]), (50, 52))
+    mask = frag.mask[0]
+    lo, hi = 0.0, 47.0
+    ys, xs = torch.meshgrid(torch.arange(50.0), torch.arange(52.0), indexing="ij")
+    in_grid = (xs >= lo) & (xs <= hi) & (ys >= lo) & (ys <= hi)
+    in_fan = ((xs - 46).abs() <= 4) & ((ys - 10).abs() <= 4)
+    assert torch.equal(mask, in_grid | in_fan)
