@@ -107,8 +107,8 @@ def model_landmarks(model, vertices: torch.Tensor, camera: ScaledOrthographic, g
     vertices = vertices.to(torch.float64)
     proj = camera.project(model.landmarks(vertices))
     proj[:, ~model.landmark_mask] = float("nan")
-    region = camera.project(vertices[:, terms.contour.region])
-    ids = contour_correspondences(region, camera.rotation_matrix.to(torch.float64), gt, terms.contour)
+    ids = contour_correspondences(lambda pos: camera.project(vertices[:, terms.contour.region[pos]]),
+                                  camera.rotation_matrix.to(torch.float64), gt, terms.contour)
     proj[:, list(CONTOUR_IDS)] = camera.project(vertices[:, ids[0]])
     return proj
 

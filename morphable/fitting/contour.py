@@ -22,6 +22,7 @@ FLAME-style dynamic embeddings (a table of contour points per yaw bin) are the o
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -143,12 +144,13 @@ def _nearest(landmarks: Tensor, projected: Tensor, allowed: Tensor | None = None
     return ids, torch.isfinite(best)
 
 
-def contour_correspondences(projected: Tensor, R: Tensor, landmarks: Tensor, terms: ContourTerms,
+def contour_correspondences(project: Callable[[Tensor], Tensor], R: Tensor, landmarks: Tensor, terms: ContourTerms,
                             yaw_threshold_deg: float = 7.5) -> Tensor:
     """Model vertex for each of the 16 contour landmarks (iBUG 0–7, 9–16, in that order).
 
     Args:
-        projected: ``(B, R, 2)`` current positions of ``terms.region`` in the image (px).
+        project: maps positions in ``terms.region`` ``(S,)`` to their current image points ``(B, S, 2)``
+            (px); only the contour lists and the current silhouette vertices are ever asked for.
         R: ``(B, 3, 3)`` camera rotation.
         landmarks: ``(B, 68, 2)`` image landmarks (px; nan for missing: such rows get any vertex).
         terms: :func:`contour_terms` tables.
@@ -158,18 +160,24 @@ def contour_correspondences(projected: Tensor, R: Tensor, landmarks: Tensor, ter
     """
     lm = torch.nan_to_num(landmarks[:, list(CONTOUR_IDS)], nan=0.0)
     lm_r, lm_l = lm[:, :8], lm[:, 8:]
-    B = R.shape[0]
-    ids_r = terms.right[_nearest(lm_r, projected[:, terms.right])[0]]
-    ids_l = terms.left[_nearest(lm_l, projected[:, terms.left])[0]]
+    B, n_r = R.shape[0], terms.right.numel()
+    listed = project(torch.cat([terms.right, terms.left]))
+    ids_r = terms.right[_nearest(lm_r, listed[:, :n_r])[0]]
+    ids_l = terms.left[_nearest(lm_l, listed[:, n_r:])[0]]
     s = math.sin(math.radians(yaw_threshold_deg))
     left_away = R[:, 2, 0] < -s
     right_away = R[:, 2, 0] > s
     if (left_away | right_away).any() and terms.edge_vertices.numel():
         sil = silhouette_mask(R, terms)
-        sil_r_ids, ok_r = _nearest(lm_r, projected, sil & terms.side_right)
-        sil_l_ids, ok_l = _nearest(lm_l, projected, sil & terms.side_left)
-        ids_r = torch.where(right_away[:, None] & ok_r, sil_r_ids, ids_r)
-        ids_l = torch.where(left_away[:, None] & ok_l, sil_l_ids, ids_l)
+        on_r = sil & terms.side_right & right_away[:, None]
+        on_l = sil & terms.side_left & left_away[:, None]
+        union = torch.nonzero((on_r | on_l).any(0)).squeeze(1)  # silhouette vertices any face needs
+        if union.numel():
+            proj = project(union)
+            sil_r, ok_r = _nearest(lm_r, proj, on_r[:, union])
+            sil_l, ok_l = _nearest(lm_l, proj, on_l[:, union])
+            ids_r = torch.where(ok_r, union[sil_r], ids_r)
+            ids_l = torch.where(ok_l, union[sil_l], ids_l)
     return terms.region[torch.cat([ids_r, ids_l], dim=1).reshape(B, 16)]
 
 

@@ -51,6 +51,8 @@ def box_qp(H: Tensor, c: Tensor, lower: Tensor, upper: Tensor, max_iter: int = 3
         g = (H @ x[..., None])[..., 0] - c
         held = ((x <= lower) & (g > 0)) | ((x >= upper) & (g < 0))
         d = _masked_solve(H, g, ~held)
+        if bool((d.abs() <= 1e-12 * (1 + x.abs())).all()):
+            break  # KKT point: the free coordinates are optimal and the held ones push outwards
         cand = x[:, None] + steps * d[:, None]  # (B, S, P)
         cand = torch.maximum(torch.minimum(cand, upper[:, None]), lower[:, None])
         f = objective(cand)

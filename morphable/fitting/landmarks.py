@@ -196,7 +196,6 @@ class _Problem:
         if self.use_contour:
             self.region_mean = terms.region_mean
             self.region_basis = terms.region_basis if all_cols else terms.region_basis[..., self.cols]
-            self.region_matrix = self.region_basis.flatten(0, 1)  # (3R, P)
         n_ok = self.w_fixed.sum(1)
         if (n_ok < 4).any():
             bad = int(torch.nonzero(n_ok < 4)[0])
@@ -216,10 +215,14 @@ class _Problem:
         return mean, basis
 
     def update_contour(self, state: _State) -> None:
-        B = state.coeffs.shape[0]
-        pts = self.region_mean + (state.coeffs @ self.region_matrix.T).reshape(B, -1, 3)
-        proj = project_scaled_orthographic(pts, state.scale, state.R, state.t)
-        state.contour_ids = contour_correspondences(proj, state.R, self.y, self.terms.contour)
+        P = state.coeffs.shape[1]
+
+        def project(positions: Tensor) -> Tensor:  # current image points of region vertices (B, S, 2)
+            rows = self.region_basis[positions].reshape(-1, P)  # (3S, P)
+            pts = self.region_mean[positions] + (state.coeffs @ rows.T).reshape(state.coeffs.shape[0], -1, 3)
+            return project_scaled_orthographic(pts, state.scale, state.R, state.t)
+
+        state.contour_ids = contour_correspondences(project, state.R, self.y, self.terms.contour)
 
     def model_points(self, state: _State) -> Tensor:
         mean, basis = self.points(state)

@@ -54,7 +54,7 @@ def test_frontal_pose_uses_contour_lists():
     lm = torch.full((2, 68, 2), float("nan"), dtype=D)
     full = cam.project(m.mean.expand(2, -1, -1))
     lm[:, list(CONTOUR_IDS)] = full[:, torch.cat([pick_r, pick_l])]
-    ids = contour_correspondences(proj, R, lm, t)
+    ids = contour_correspondences(lambda pos: proj[:, pos], R, lm, t)
     assert ids.tolist() == [torch.cat([pick_r, pick_l]).tolist()] * 2
 
 
@@ -69,7 +69,7 @@ def test_turned_away_side_uses_the_silhouette():
     lm = torch.full((1, 68, 2), float("nan"), dtype=D)
     lm[0, list(CONTOUR_IDS[8:])] = full[outline[:8]] + 0.3  # near 8 outline vertices of the left side
     lm[0, list(CONTOUR_IDS[:8])] = full[m.contour_right[:8]]
-    ids = contour_correspondences(proj, R, lm, t)[0]
+    ids = contour_correspondences(lambda pos: proj[:, pos], R, lm, t)[0]
     assert ids[8:].tolist() == outline[:8].tolist()
     assert ids[:8].tolist() == m.contour_right[:8].tolist()  # the front side still uses its list
     # the left list vertices themselves are hidden at this yaw: none of them was picked
