@@ -1,10 +1,12 @@
 """Per-vertex visibility: front-facing and not self-occluded (z-buffer test)."""
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 
-from morphable.render.rasterize import fragments_from_ids, rasterize_ids
+from morphable.render.rasterize import barycentric_at, rasterize_ids
 
 
 @torch.no_grad()
@@ -14,8 +16,9 @@ def vertex_visibility(screen: Tensor, triangles: Tensor, image_size: tuple[int, 
 
     A vertex is visible when (1) it is front-facing: the signed screen areas of its triangles sum to a
     front-facing orientation (counter-clockwise in model space; see ``rasterize.py``), (2) it projects
-    inside the image, and (3) the z-buffer (back faces culled) at its nearest pixel is not nearer than
-    the vertex by more than ``tolerance_mm`` (mm, the depth unit) — the surface there is the vertex's own.
+    inside the image, and (3) the visible surface there is not nearer than the vertex by more than
+    ``tolerance_mm`` (mm, the depth unit): the triangle the z-buffer (back faces culled) keeps at the
+    vertex's nearest pixel, its plane evaluated at the vertex's exact projection.
 
     Args:
         screen: ``(B, V, 3)`` ``(u px, v px, depth mm)``.
@@ -37,11 +40,15 @@ def vertex_visibility(screen: Tensor, triangles: Tensor, image_size: tuple[int, 
     front = orient < 0
 
     ids = rasterize_ids(screen, triangles, (H, W), cull_backfaces=True, perspective=perspective, near=near)
-    zbuf = fragments_from_ids(screen, triangles, ids, perspective).depth  # (B, H, W), inf background
-    px = torch.round(screen[..., 0]).to(torch.int64)
-    py = torch.round(screen[..., 1]).to(torch.int64)
+    px = torch.round(screen[..., 0].nan_to_num(-1.0)).clamp(-1, W).to(torch.int64)
+    py = torch.round(screen[..., 1].nan_to_num(-1.0)).clamp(-1, H).to(torch.int64)
     inside = (px >= 0) & (px < W) & (py >= 0) & (py < H) & torch.isfinite(screen).all(-1)
     flat = (py.clamp(0, H - 1) * W + px.clamp(0, W - 1))
-    z = zbuf.reshape(B, -1).gather(1, flat)
+    tri = ids.reshape(B, -1).gather(1, flat)  # (B, V) triangle seen at each vertex's pixel
+    z = torch.full_like(screen[..., 2], math.inf)
+    b_idx, v_idx = (inside & (tri >= 0)).nonzero(as_tuple=True)
+    if b_idx.numel():
+        _, depth = barycentric_at(screen, triangles, b_idx, tri[b_idx, v_idx], screen[b_idx, v_idx, :2], perspective)
+        z[b_idx, v_idx] = depth
     unoccluded = screen[..., 2] <= z + tolerance_mm
     return front & inside & unoccluded
