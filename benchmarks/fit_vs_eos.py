@@ -143,8 +143,15 @@ def main(argv: list[str] | None = None) -> int:
     eos_fitter = EosFitter(args.eos_share or Path(os.environ["MORPHABLE_MIRROR"]) / "eos" / "share", args.iterations)
     faces = []
     for image, pts in pairs:
-        with Image.open(image) as im:
-            faces.append((read_pts(pts), im.size))
+        try:
+            points = read_pts(pts)
+            with Image.open(image) as im:
+                faces.append((points, im.size))
+        except (ValueError, OSError) as err:  # not a 68-point file, unreadable image: skip it, say so
+            print(f"skipped {pts.name}: {err}", file=sys.stderr)
+    if not faces:
+        print(f"no usable image + 68-point .pts pairs in {args.data}", file=sys.stderr)
+        return 1
 
     warm = torch.tensor(faces[0][0])[None]
     fit_landmarks(model, warm, iterations=args.iterations)
