@@ -131,7 +131,9 @@ class IcpResult:
 class _Surface:
     """The moving surface in its own frame: closest points (+ normals) for query points."""
 
-    def __init__(self, vertices: np.ndarray, triangles: np.ndarray | None, normals: np.ndarray | None):
+    def __init__(self, vertices: np.ndarray, triangles: np.ndarray | None, normals: np.ndarray | None,
+                 with_rim: bool):
+        self.with_rim = with_rim
         self.vertices = _as_points(vertices, "moving vertices")
         if triangles is not None:
             self.index = TriangleIndex(self.vertices, triangles)
@@ -148,8 +150,8 @@ class _Surface:
         """Closest points (N,3), distances (N,), unit normals (N,3) or None, on-rim flags (N,) bool or None."""
         if self.index is not None:
             found = self.index.query(points)
-            return (found.point, found.distance, self.face_normals[found.triangle],
-                    on_boundary(found, self.index.triangles))
+            rim = on_boundary(found, self.index.triangles) if self.with_rim else None
+            return found.point, found.distance, self.face_normals[found.triangle], rim
         dist, ids = self.tree.query(points)
         return self.vertices[ids], dist, None if self.normals is None else self.normals[ids], None
 
@@ -213,7 +215,7 @@ def icp(fixed_points: np.ndarray, moving_vertices: np.ndarray, moving_triangles:
         raise ValueError("icp: point_to_plane on a point cloud needs moving_normals")
     if exclude_boundary and moving_triangles is None:
         raise ValueError("icp: exclude_boundary needs moving_triangles")
-    surface = _Surface(moving_vertices, moving_triangles, moving_normals)
+    surface = _Surface(moving_vertices, moving_triangles, moving_normals, exclude_boundary)
     cap = np.inf if max_distance is None else float(max_distance)
 
     def evaluate(t: Similarity):

@@ -210,16 +210,26 @@ class TriangleIndex:
             return ClosestPoints(np.zeros(0), np.zeros((0, 3)), np.zeros(0, np.int64), np.zeros((0, 3)))
         rows = np.arange(n)
         best, kth = None, []
-        for tree, ids, _, k in self.groups:                          # 1. k candidates per group
-            centre_dist, local_tid = tree.query(points, k=k)
-            centre_dist, local_tid = centre_dist.reshape(n, k), local_tid.reshape(n, k)
-            tid = ids[local_tid]                                     # (n, k)
-            dist, closest, bary = _pair_distances(points, self.vertices, self.triangles,
-                                                  np.repeat(rows, k), tid.ravel())
-            pick = dist.reshape(n, k).argmin(axis=1) + k * rows      # dense: best of each row
-            found = ClosestPoints(dist[pick], closest[pick], tid.ravel()[pick], bary[pick])
-            best = self._merge(best, found, rows)
-            kth.append(np.inf if k == len(ids) else centre_dist[:, -1])
+        for tree, ids, radius, k in self.groups:                     # 1. k candidates per group
+            far = np.full(n, np.inf)
+            todo = rows
+            if best is not None:
+                # a group whose nearest centroid is farther than best + radius cannot win: skip those rows
+                nearest, _ = tree.query(points, k=1)
+                todo = np.flatnonzero(best.distance > nearest - radius)
+            if len(todo):
+                m = len(todo)
+                centre_dist, local_tid = tree.query(points[todo], k=k)
+                centre_dist, local_tid = centre_dist.reshape(m, k), local_tid.reshape(m, k)
+                tid = ids[local_tid]                                 # (m, k)
+                dist, closest, bary = _pair_distances(points, self.vertices, self.triangles,
+                                                      np.repeat(todo, k), tid.ravel())
+                pick = dist.reshape(m, k).argmin(axis=1) + k * np.arange(m)   # dense: best of each row
+                found = ClosestPoints(dist[pick], closest[pick], tid.ravel()[pick], bary[pick])
+                best = self._merge(best, found, todo)
+                if k < len(ids):
+                    far[todo] = centre_dist[:, -1]
+            kth.append(far)
         for (tree, ids, radius, _), far in zip(self.groups, kth):    # 2. certify, else search the ball
             unsure = np.flatnonzero(best.distance > far - radius)
             if len(unsure) == 0:

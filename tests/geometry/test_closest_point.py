@@ -48,7 +48,7 @@ def _random_mesh(rng, n_vertices, n_faces):
 
 
 @pytest.mark.parametrize("seed, n_vertices, n_faces, n_points", [
-    (0, 30, 40, 400), (1, 200, 300, 1500), (2, 3, 1, 50), (3, 400, 1500, 2000)])
+    (0, 30, 40, 400), (1, 200, 300, 800), (2, 3, 1, 50), (3, 400, 1500, 400)])
 def test_index_equals_brute_force_on_random_meshes(seed, n_vertices, n_faces, n_points):
     rng = np.random.default_rng(seed)
     vertices, triangles = _random_mesh(rng, n_vertices, n_faces)
@@ -73,11 +73,11 @@ def test_index_with_mixed_triangle_sizes_and_points_on_the_surface():
     triangles = np.concatenate([small, [[1600, 1601, 1602], [1603, 1604, 1605]]])
     index = TriangleIndex(vertices, triangles, candidates=4)
     assert len(index.groups) >= 2
-    points = np.concatenate([rng.uniform(-20, 70, size=(1500, 3)), grid[::7]])
+    points = np.concatenate([rng.uniform(-20, 70, size=(400, 3)), grid[::13]])
     fast = index.query(points)
     slow = closest_points_brute_force(points, vertices, triangles)
     np.testing.assert_allclose(fast.distance, slow.distance, rtol=0, atol=1e-12)
-    assert fast.distance[-len(grid[::7]):].max() < 1e-12       # vertices lie on the surface
+    assert fast.distance[-len(grid[::13]):].max() < 1e-12       # vertices lie on the surface
 
 
 def test_on_boundary_of_a_flat_patch():
