@@ -68,10 +68,13 @@ def evaluate() -> None:
 @click.option("--json", "json_out", type=click.Path(dir_okay=False, path_type=Path), help="Write the figures here.")
 @click.option("--heatmap", type=click.Path(dir_okay=False, path_type=Path),
               help="Render the cropped scan coloured by its error (.png).")
+@click.option("--distances", type=click.Path(dir_okay=False, path_type=Path),
+              help="Save every cropped scan vertex's distance (mm, .npy) to pool over a dataset as NoW does.")
 def now(scan: Path, scan_landmarks: Path, mesh: Path, mesh_landmarks: Path, scan_unit: str, mesh_unit: str,
-        metrical: bool, no_align: bool, json_out: Path | None, heatmap: Path | None) -> None:
+        metrical: bool, no_align: bool, json_out: Path | None, heatmap: Path | None, distances: Path | None) -> None:
     """NoW scan-to-mesh error (RingNet, CVPR 2019): crop, 7-landmark alignment, refinement, distances."""
     from morphable.eval.now import now_errors, read_landmarks_3d
+    from morphable.io.atomic import atomic_write
     from morphable.io.params import write_params
     from morphable.viz.heatmap import view_frame
 
@@ -87,6 +90,10 @@ def now(scan: Path, scan_landmarks: Path, mesh: Path, mesh_landmarks: Path, scan
         write_params(json_out, {"protocol": "now", "variant": variant, **summary,
                                 "transform": result.transform.to_dict()})
         click.echo(f"wrote {json_out}")
+    if distances is not None:
+        with atomic_write(distances) as f:
+            np.save(f, result.distances)
+        click.echo(f"wrote {distances}")
     if heatmap is not None:
         frame = view_frame(scan_lm[3] - scan_lm[0], scan_lm[:4].mean(axis=0) - scan_lm[5:].mean(axis=0))
         tri = _crop_triangles(scan_tri, result.scan_ids, len(scan_v))

@@ -120,9 +120,12 @@ def test_now_real_scan_no_align_measures_a_normal_offset(real_scan, offset):
     _write_points(folder / "lm_mm.txt", lm)
     out = folder / "offset.json"
     _run("evaluate", "now", "--scan", folder / "displaced.obj", "--scan-landmarks", folder / "lm_mm.txt",
-         "--mesh", folder / "original.obj", "--mesh-landmarks", folder / "lm_mm.txt", "--no-align", "--json", out)
+         "--mesh", folder / "original.obj", "--mesh-landmarks", folder / "lm_mm.txt", "--no-align", "--json", out,
+         "--distances", folder / "d.npy")
     figures = json.loads(out.read_text())
     assert figures["median_mm"] == pytest.approx(offset, rel=0.02)
+    distances = np.load(folder / "d.npy")
+    assert len(distances) == figures["n_points"] and np.median(distances) == pytest.approx(figures["median_mm"])
 
 
 def test_now_bad_landmark_file_is_one_line_error(real_scan, tmp_path):
