@@ -5,12 +5,14 @@ The per-pair kernel is the region test of Ericson, *Real-Time Collision Detectio
 one of the triangle's seven Voronoi regions (3 vertices, 3 edges, interior) and the closest point is
 returned with its barycentric coordinates.
 
-The fast search (:class:`TriangleIndex`) is exact, not approximate. A ``scipy.spatial.cKDTree`` over the
-triangle centroids proposes ``k`` candidate triangles per point; every triangle lies inside a ball of
-radius ``R_max`` around its centroid, so a triangle whose centroid is at distance ``D`` from the point is
-at least ``D - R_max`` away. When the best candidate distance is ``<= D_k - R_max`` (``D_k``: distance of
-the k-th nearest centroid) no unseen triangle can be closer; the remaining points are resolved with a
-ball query of radius ``best + R_max``, which by the same bound contains every triangle that could win.
+The fast search (:class:`TriangleIndex`) is exact, not approximate. Triangles are grouped by size; in each
+group a ``scipy.spatial.cKDTree`` over the triangle centroids proposes ``k`` candidate triangles per point.
+Every triangle of a group lies inside a ball of radius ``R`` (the group's largest) around its centroid, so
+a triangle whose centroid is at distance ``D`` from the point is at least ``D - R`` away. When the best
+distance found is ``<= D_k - R`` (``D_k``: distance of the k-th nearest centroid) no unseen triangle of
+the group can be closer (and a group whose nearest centroid is beyond ``best + R`` is skipped); the
+remaining points are resolved with a ball query of radius ``best + R``, which by the same bound contains
+every triangle of the group that could win.
 
 All arrays are numpy; float64 is used internally. Units are those of the inputs (mm in this project).
 :func:`closest_points_brute_force` is the slow obvious reference (every point against every triangle).
@@ -164,7 +166,7 @@ class TriangleIndex:
         candidates: k, the number of nearest-centroid triangles tried first per point and group
             (exactness does not depend on it, only speed).
 
-    Triangles are grouped by their bounding radius (powers of two times the median radius), one
+    Triangles are grouped by their bounding radius (powers of two times its 90th percentile), one
     ``cKDTree`` per group, so that a few large triangles (common in scans) do not loosen the bound for
     all the small ones. Build once and query many times (ICP keeps the mesh fixed and moves the points).
     """
@@ -193,8 +195,8 @@ class TriangleIndex:
     def _merge(best: ClosestPoints | None, new: ClosestPoints, rows: np.ndarray) -> ClosestPoints:
         if best is None:
             return new
-        better = rows[new.distance < best.distance[rows]]
         take = new.distance < best.distance[rows]
+        better = rows[take]
         fields = []
         for name in ("distance", "point", "triangle", "barycentric"):
             value = getattr(best, name).copy()
