@@ -13,7 +13,8 @@ z-buffer instead of per-triangle affine warps):
    mesh at that pixel.
 4. **Sampling**: bilinear, at the projected position.
 5. **Mirror fill** (models with a ``symmetry`` map): a texel that is hidden takes the colour of its
-   mirror point (the same barycentrics on the mirrored vertices) when that point is visible.
+   mirror point (the same barycentrics on the mirrored vertices) when that point is visible; so does
+   a texel seen only at a grazing angle when its mirror point faces the camera squarely.
 6. **Hole fill** (optional): every remaining texel copies its nearest seen texel, so the texture has no
    black seams or holes when rendered with mip-mapping.
 
@@ -58,7 +59,7 @@ class ExtractedTexture:
     Attributes:
         texture: ``(S, S, 3)`` uint8 RGB, row 0 = top of the image file (v = 1).
         visible: ``(S, S)`` bool, texels sampled directly from the photo.
-        mirrored: ``(S, S)`` bool, hidden texels filled from their visible mirror point.
+        mirrored: ``(S, S)`` bool, texels filled from their mirror point (hidden or grazing ones).
         covered: ``(S, S)`` bool, texels inside the UV layout.
     """
 
@@ -231,21 +232,21 @@ def depth_buffer(screen: Tensor, triangles: Tensor, image_size: tuple[int, int],
 
 
 def _visible(camera: Camera, points: Tensor, normals: Tensor, zbuf: DepthBuffer, image_size: tuple[int, int],
-             tolerance_mm: float, min_cosine: float) -> tuple[Tensor, Tensor]:
-    """Project surface points; visible = in the image, facing the camera and passing the depth test.
+             tolerance_mm: float) -> tuple[Tensor, Tensor, Tensor]:
+    """Project surface points: in the image and passing the depth test; how squarely they face the camera.
 
-    Returns ``(N,)`` bool visibility and the ``(N, 2)`` pixel positions.
+    Returns ``(N,)`` bool visibility (facing not tested), ``(N,)`` cosines and ``(N, 2)`` pixel positions.
     """
     screen = camera.project_with_depth(points[None])[0]
     R = camera.rotation_matrix[0]
     view_points = camera.transform(points[None])[0]
     cosine = _facing_cosine(camera, view_points, normals @ R.T)
-    return zbuf.unoccluded(screen, image_size, tolerance_mm) & (cosine >= min_cosine), screen[:, :2]
+    return zbuf.unoccluded(screen, image_size, tolerance_mm), cosine, screen[:, :2]
 
 
 def extract_texture(model: MorphableModel, vertices: Tensor, camera: Camera, image: np.ndarray, *,
                     size: int = 512, texel_map: TexelMap | None = None, tolerance_mm: float = 3.0,
-                    min_cosine: float = 0.1, mirror: bool = True, fill: bool = True,
+                    min_cosine: float = 0.1, good_cosine: float = 0.35, mirror: bool = True, fill: bool = True,
                     zbuffer_size: int = 512) -> ExtractedTexture:
     """Sample a photo into the model's UV layout, masking back-facing and occluded surface.
 
@@ -259,7 +260,11 @@ def extract_texture(model: MorphableModel, vertices: Tensor, camera: Camera, ima
         tolerance_mm: depth slack of the z-buffer test, mm.
         zbuffer_size: longest side of the (downscaled) z-buffer, cells (:func:`depth_buffer`).
         min_cosine: minimum cosine between a triangle's normal and the direction to the camera.
-        mirror: fill hidden texels from their mirror point where the model has ``symmetry``.
+        good_cosine: a texel seen at a cosine below this (smeared, near a silhouette where a small fit
+            error samples the background) takes its mirror point's colour when that one is seen at
+            ``good_cosine`` or more.
+        mirror: fill hidden (and grazing, see ``good_cosine``) texels from their mirror point where the
+            model has ``symmetry``.
         fill: give every remaining texel the colour of its nearest seen texel.
     Returns:
         :class:`ExtractedTexture`.
@@ -288,26 +293,29 @@ def extract_texture(model: MorphableModel, vertices: Tensor, camera: Camera, ima
     zbuf = depth_buffer(screen, triangles, (H, W), perspective=isinstance(camera, Perspective), max_side=zbuffer_size)
     photo = torch.from_numpy(np.array(image)).to(dtype=dtype, device=vertices.device)[None] / 255.0
 
-    colors = torch.zeros(S * S, 3, dtype=dtype, device=vertices.device)
     points, normals = _surface(vertices, tri, bary)
-    seen, pixels = _visible(camera, points, normals, zbuf, (H, W), tolerance_mm, min_cosine)
-    if seen.any():
-        colors[texel_ids[seen]] = sample_image(photo, pixels[seen][None])[0]
-    visible = torch.zeros(S * S, dtype=torch.bool, device=vertices.device)
-    visible[texel_ids[seen]] = True
-
-    mirrored = torch.zeros_like(visible)
-    if mirror and model.symmetry is not None and (~seen).any():
-        hidden = ~seen
-        mirror_tri = model.symmetry.to(vertices.device)[tri[hidden]]
-        m_points, m_normals = _surface(vertices, mirror_tri, bary[hidden])
+    unoccluded, cosine, pixels = _visible(camera, points, normals, zbuf, (H, W), tolerance_mm)
+    direct = unoccluded & (cosine >= min_cosine)
+    use_mirror = torch.zeros_like(direct)
+    if mirror and model.symmetry is not None:
+        mirror_tri = model.symmetry.to(vertices.device)[tri]
+        m_points, m_normals = _surface(vertices, mirror_tri, bary)
         # mirroring reverses a triangle's winding, so its outward normal is minus the cross product
-        m_seen, m_pixels = _visible(camera, m_points, -m_normals, zbuf, (H, W), tolerance_mm,
-                                      min_cosine)
-        if m_seen.any():
-            ids = texel_ids[hidden][m_seen]
-            colors[ids] = sample_image(photo, m_pixels[m_seen][None])[0]
-            mirrored[ids] = True
+        m_unoccluded, m_cosine, m_pixels = _visible(camera, m_points, -m_normals, zbuf, (H, W), tolerance_mm)
+        m_ok = m_unoccluded & (m_cosine >= min_cosine)
+        # the mirror point replaces a hidden texel, and a grazing one when it faces the camera squarely
+        grazing = direct & (cosine < good_cosine) & m_ok & (m_cosine >= good_cosine)
+        use_mirror = (m_ok & ~direct) | grazing
+        direct &= ~grazing
+        pixels = torch.where(use_mirror[:, None], m_pixels, pixels)
+    used = direct | use_mirror
+    colors = torch.zeros(S * S, 3, dtype=dtype, device=vertices.device)
+    if used.any():
+        colors[texel_ids[used]] = sample_image(photo, pixels[used][None])[0]
+    visible = torch.zeros(S * S, dtype=torch.bool, device=vertices.device)
+    visible[texel_ids[direct]] = True
+    mirrored = torch.zeros_like(visible)
+    mirrored[texel_ids[use_mirror]] = True
 
     texture = (colors.clamp(0, 1) * 255).round().to(torch.uint8).reshape(S, S, 3).cpu().numpy()
     visible = visible.reshape(S, S).cpu().numpy()

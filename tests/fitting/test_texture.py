@@ -196,3 +196,21 @@ def test_downscaled_depth_buffer_agrees_with_full_resolution():
     assert full.unoccluded(roof, (300, 360))[seen].all()
     hidden = full.unoccluded(screen + screen.new_tensor([0, 0, 50.0]), (300, 360))  # pushed behind
     assert not hidden.any()
+
+
+def test_grazing_texels_prefer_a_square_mirror_view():
+    model = _model()
+    camera = _ortho(40.0)  # right half at 71° (cosine 0.33: grazing), left half at 9°
+    photo = _photo(model, camera)
+    uv = _texel_uv()
+    roof = _interior(model_texel_map(model, SIZE).triangle_id.numpy() >= 0) & (uv[..., 0] < ROOF_U)
+    right = roof & (uv[..., 0] > ROOF_U / 2 + 2 / SIZE)
+    out = extract_texture(model, model.mean, camera, photo, size=SIZE, fill=False)
+    assert out.mirrored[right].mean() > 0.95 and not out.visible[right].any()
+    kept = extract_texture(model, model.mean, camera, photo, size=SIZE, fill=False, good_cosine=0.0)
+    # without the preference the grazing half is sampled directly (except where the flap hides it)
+    assert kept.visible[right].mean() > 0.7 and (kept.visible | kept.mirrored)[right].mean() > 0.95
+    truth = _truth(uv)
+    for result, mask in ((out, out.mirrored), (kept, kept.visible)):
+        good = _interior(mask) & right
+        assert np.abs(result.texture[good] / 255.0 - truth[good]).mean() < 0.02
