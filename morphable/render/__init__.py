@@ -1,9 +1,10 @@
 """Differentiable rendering in pure PyTorch (CPU-first): rasterise, shade, sample textures, visibility.
 
-``Renderer`` composes camera → :func:`rasterize` → soft silhouette → deferred shading; the pieces are
-usable on their own.
+``Renderer`` composes camera → ``rasterize`` → soft silhouette → deferred shading; the pieces are
+usable on their own. The rasteriser function is imported from its module
+(``from morphable.render.rasterize import rasterize``): re-exporting it here would shadow the module.
 """
-from morphable.render.rasterize import Fragments, interpolate, rasterize, rasterize_reference
+from morphable.render.rasterize import Fragments, interpolate, rasterize_reference
 from morphable.render.renderer import PointLights, Renderer, RenderOutput
 from morphable.render.shading import color_temperature_rgb, phong_shade, sh_basis, sh_directional, sh_shade
 from morphable.render.silhouette import EdgeTopology, soft_silhouette
@@ -21,7 +22,6 @@ __all__ = [
     "image_to_uv",
     "interpolate",
     "phong_shade",
-    "rasterize",
     "rasterize_reference",
     "sample_image",
     "sh_basis",

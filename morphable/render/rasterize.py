@@ -162,11 +162,12 @@ def _sortable_key(depth: Tensor) -> Tensor:
 class _Setup:
     """Per-triangle data for the scan (flattened over the batch): bounding box and edge functions.
 
-    Edge ``i`` (opposite corner ``i``) is evaluated in a canonical direction, from its lower vertex id
-    to its higher one: ``w_i(p) = ux_i (p_y − oy_i) − uy_i (p_x − ox_i)``, so the two triangles sharing an
-    edge compute the very same float and a pixel centre on it can never fall between them
-    (watertight). ``q_i`` turns it into the barycentric plane ``e_i = q_i w_i`` (``b_i``, or ``b_i / d_i``
-    for perspective), inside ⇔ all ``e_i >= 0``.
+    Each triangle's corners are taken in increasing vertex-id order ``A < B < C`` and its three edges
+    evaluated in that canonical direction, ``w_PQ(p) = (x_Q − x_P)(p_y − y_P) − (y_Q − y_P)(p_x − x_P)``, so
+    two triangles sharing an edge compute the very same float for it and a pixel centre on it can never
+    fall between them (watertight). ``q`` turns them into barycentric planes ``e = q · w`` (``b``, or
+    ``b / d`` for perspective) of the corners opposite: ``b_C ∝ w_AB``, ``b_B ∝ −w_AC``, ``b_A ∝ w_BC``;
+    inside ⇔ all ``e >= 0``.
     """
 
     batch: Tensor  # (T,) batch index
@@ -175,67 +176,86 @@ class _Setup:
     y0: Tensor
     nx: Tensor  # (T,) int64 box width/height in pixels (>= 1)
     ny: Tensor
-    ox: Tensor  # (T, 3) canonical start point of each edge
+    ox: Tensor  # (T, 3) start points of the edges AB, AC, BC
     oy: Tensor
-    ux: Tensor  # (T, 3) canonical edge vector
+    ux: Tensor  # (T, 3) edge vectors
     uy: Tensor
-    q: Tensor  # (T, 3) ± 1 / area2 (/ d_i for perspective)
-    d: Tensor  # (T, 3) corner depths (orthographic depth interpolation)
+    q: Tensor  # (T, 3) scale of each edge function into the opposite corner's barycentric plane
+    d: Tensor  # (T, 3) depths of the opposite corners C, B, A (orthographic depth interpolation)
+
+
+def _sorted_corners(triangles: Tensor) -> tuple[Tensor, Tensor]:
+    """Corner ids in increasing order ``(F, 3)`` and ``±1`` (``(F,)``, +1 when that order is a rotation of
+    the triangle's own, i.e. keeps its orientation)."""
+    t0, t1, t2 = triangles.unbind(1)
+    lo = torch.minimum(torch.minimum(t0, t1), t2)
+    hi = torch.maximum(torch.maximum(t0, t1), t2)
+    mid = t0 + t1 + t2 - lo - hi
+    # a rotation of (lo, mid, hi) has exactly two cyclic ascents (distinct ids; repeated ids make no area)
+    ascents = (t0 < t1).to(torch.int8) + (t1 < t2).to(torch.int8) + (t2 < t0).to(torch.int8)
+    return torch.stack([lo, mid, hi], 1), torch.where(ascents == 2, 1.0, -1.0)
 
 
 def _setup(screen: Tensor, triangles: Tensor, H: int, W: int, cull_backfaces: bool, perspective: bool,
            near: float) -> _Setup:
     B, V = screen.shape[:2]
     F = triangles.shape[0]
-    # corner coordinates as contiguous (B·F,) vectors x[i], y[i], d[i] (corner i = 0, 1, 2): index_select
-    # on 1-D tensors and elementwise ops only (much faster on CPU than strided views and reductions)
+    sorted_ids, parity = _sorted_corners(triangles)
+    # corner coordinates as contiguous (B·F,) vectors (corners A, B, C): index_select on 1-D tensors and
+    # elementwise ops only (much faster on CPU than strided views and reductions)
     cols = screen.reshape(B * V, 3).t().contiguous()  # (3, B·V)
-    offset = (torch.arange(B, device=screen.device) * V)[:, None]
-    corner = [(triangles[:, i] + offset).reshape(-1) for i in range(3)]
-    x, y, d = ([cols[c].index_select(0, corner[i]) for i in range(3)] for c in range(3))
-    area2 = (x[2] - x[1]) * (y[0] - y[1]) - (y[2] - y[1]) * (x[0] - x[1])
-    total = area2 + (d[0] + d[1] + d[2])  # nan or inf when any coordinate is
-    ok = (area2 != 0) & ((total - total) == 0)
-    xmin, xmax = torch.minimum(torch.minimum(x[0], x[1]), x[2]), torch.maximum(torch.maximum(x[0], x[1]), x[2])
-    ymin, ymax = torch.minimum(torch.minimum(y[0], y[1]), y[2]), torch.maximum(torch.maximum(y[0], y[1]), y[2])
+    corner = sorted_ids.t().contiguous()
+    if B > 1:
+        corner = (corner[:, None, :] + (torch.arange(B, device=screen.device) * V)[None, :, None]).reshape(3, -1)
+        parity = parity.repeat(B)
+    xa, xb, xc = (cols[0].index_select(0, corner[i]) for i in range(3))
+    ya, yb, yc = (cols[1].index_select(0, corner[i]) for i in range(3))
+    area2 = (xc - xb) * (ya - yb) - (yc - yb) * (xa - xb)  # of (A, B, C); the triangle's own: × parity
+    ok = area2 != 0
+    bad = ~torch.isfinite(screen).all(-1).reshape(-1)  # (B·V,) vertices with nan/inf coordinates
+    if bool(bad.any()):
+        ok &= ~(bad.index_select(0, corner[0]) | bad.index_select(0, corner[1]) | bad.index_select(0, corner[2]))
+    xmin, xmax = torch.minimum(torch.minimum(xa, xb), xc), torch.maximum(torch.maximum(xa, xb), xc)
+    ymin, ymax = torch.minimum(torch.minimum(ya, yb), yc), torch.maximum(torch.maximum(ya, yb), yc)
     if perspective:
-        dmin = torch.minimum(torch.minimum(d[0], d[1]), d[2])
-        ok &= (d[0] != 0) & (d[1] != 0) & (d[2] != 0) & (torch.maximum(torch.maximum(d[0], d[1]), d[2]) >= near)
-        behind = dmin <= 0  # such a triangle's image is unbounded: scan the whole image
+        da, db, dc = (cols[2].index_select(0, corner[i]) for i in range(3))
+        ok &= (da != 0) & (db != 0) & (dc != 0) & (torch.maximum(torch.maximum(da, db), dc) >= near)
+        behind = torch.minimum(torch.minimum(da, db), dc) <= 0  # unbounded image: scan the whole image
         xmin, ymin = xmin.masked_fill(behind, 0.0), ymin.masked_fill(behind, 0.0)
         xmax, ymax = xmax.masked_fill(behind, W - 1.0), ymax.masked_fill(behind, H - 1.0)
     if cull_backfaces:
         # front-facing = counter-clockwise in model space = negative signed area in y-down pixels;
         # a perspective triangle's orientation flips once per vertex behind the camera
-        ok &= (area2 * d[0] * d[1] * d[2] if perspective else area2) < 0
+        ok &= (area2 * parity * (da * db * dc if perspective else 1.0)) < 0
     # pixel-centre bounding box, still in floating point (nan/inf fail the comparisons)
     x0, y0 = torch.ceil(xmin).clamp_min_(0), torch.ceil(ymin).clamp_min_(0)
     x1, y1 = torch.floor(xmax).clamp_max_(W - 1), torch.floor(ymax).clamp_max_(H - 1)
     ok &= (x1 >= x0) & (y1 >= y0)
     keep = ok.nonzero(as_tuple=True)[0]
     sel = lambda t: t.index_select(0, keep)  # noqa: E731
-    x, y, d, ids = [sel(t) for t in x], [sel(t) for t in y], [sel(t) for t in d], [sel(t) for t in corner]
-    area2, ax, ay = sel(area2), sel(x0), sel(y0)
+    xa, xb, xc, ya, yb, yc, area2, ax, ay = (sel(t) for t in (xa, xb, xc, ya, yb, yc, area2, x0, y0))
     nx, ny = sel(x1) - ax + 1, sel(y1) - ay + 1
-    inv = 1.0 / area2
-    ox, oy, ux, uy, q = [], [], [], [], []
-    for i in range(3):
-        j, k = (i + 1) % 3, (i + 2) % 3
-        # b_i = w_i / area2 with w_i = (xk − xj)(py − yj) − (yk − yj)(px − xj); canonical direction:
-        # start at the lower vertex id (swapping the end points negates w exactly)
-        swap = ids[j] > ids[k]
-        sx, sy = torch.where(swap, x[k], x[j]), torch.where(swap, y[k], y[j])
-        ex, ey = torch.where(swap, x[j], x[k]), torch.where(swap, y[j], y[k])
-        ox.append(sx)
-        oy.append(sy)
-        ux.append(ex - sx)
-        uy.append(ey - sy)
-        scale = inv / d[i] if perspective else inv
-        q.append(torch.where(swap, -scale, scale))
-    st = lambda t: torch.stack(t, 1)  # noqa: E731  (T, 3)
+    if perspective:
+        da, db, dc = sel(da), sel(db), sel(dc)
+    else:
+        da, db, dc = (cols[2].index_select(0, corner[i].index_select(0, keep)) for i in range(3))
+    return _make_setup(keep, F, B, ax, ay, nx, ny, xa, xb, xc, ya, yb, yc, da, db, dc, 1.0 / area2, perspective)
+
+
+def _make_setup(keep: Tensor, F: int, B: int, ax, ay, nx, ny, xa, xb, xc, ya, yb, yc, da, db, dc, inv,
+                perspective: bool) -> _Setup:
+    # edges AB, AC, BC (start, vector) and the corners opposite them: C, B, A
+    ox = torch.stack([xa, xa, xb], 1)
+    oy = torch.stack([ya, ya, yb], 1)
+    ux = torch.stack([xb - xa, xc - xa, xc - xb], 1)
+    uy = torch.stack([yb - ya, yc - ya, yc - yb], 1)
+    d = torch.stack([dc, db, da], 1)
+    q = torch.stack([inv, -inv, inv], 1)  # b_C = w_AB / area2, b_B = −w_AC / area2, b_A = w_BC / area2
+    if perspective:
+        q = q / d
     batch, tri = (keep // F, keep % F) if B > 1 else (torch.zeros_like(keep), keep)
     return _Setup(batch, tri, ax.to(torch.int64), ay.to(torch.int64), nx.to(torch.int64), ny.to(torch.int64),
-                  st(ox), st(oy), st(ux), st(uy), st(q), st(d))
+                  ox, oy, ux, uy, q, d)
 
 
 def _scan(s: _Setup, sel: Tensor, kx: int, ky: int, H: int, W: int, perspective: bool,

@@ -282,3 +282,11 @@ def test_watertight_on_edges_through_pixel_centres(dtype):
     in_grid = (xs >= lo) & (xs <= hi) & (ys >= lo) & (ys <= hi)
     in_fan = ((xs - 46).abs() <= 4) & ((ys - 10).abs() <= 4)
     assert torch.equal(mask, in_grid | in_fan)
+
+
+def test_non_finite_vertices_drop_only_their_triangles():
+    screen = torch.tensor([[[1.0, 1, 5], [8, 1, 5], [1, 8, 5], [math.nan, 3, 5], [9, 9, 5], [math.inf, 2, 5]]])
+    tris = torch.tensor([[0, 2, 1], [0, 3, 4], [1, 2, 4], [5, 1, 4]])
+    ids = rasterize(screen, tris, (10, 10)).triangle_id
+    assert torch.equal(ids, rasterize_reference(screen, tris, (10, 10))[0])
+    assert set(ids.unique().tolist()) == {-1, 0, 2}
