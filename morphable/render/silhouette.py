@@ -73,7 +73,8 @@ def _boundary(covered: Tensor) -> Tensor:
 
 
 def silhouette_edges(screen: Tensor, triangles: Tensor, topology: EdgeTopology, perspective: bool) -> tuple[Tensor, Tensor]:
-    """Silhouette half-edges of each mesh in the batch.
+    """Silhouette half-edges of each mesh in the batch: edges of a valid triangle whose other triangles
+    all face the other way (or that have no other triangle).
 
     Returns:
         batch ``(S,)`` and half-edge id ``(S,)`` (``3 f + i``) of every silhouette half-edge.
@@ -83,23 +84,23 @@ def silhouette_edges(screen: Tensor, triangles: Tensor, topology: EdgeTopology, 
     E = topology.face_count.shape[0]
     cols = screen.detach().reshape(B * V, 3).t()
     corner = (triangles.t()[:, None, :] + (torch.arange(B, device=screen.device) * V)[None, :, None]).reshape(3, -1)
-    x, y, d = ([cols[c].index_select(0, corner[i]) for i in range(3)] for c in range(3))  # (B·F,) each
+    x, y = ([cols[c].index_select(0, corner[i]) for i in range(3)] for c in range(2))  # (B·F,) each
     area2 = (x[2] - x[1]) * (y[0] - y[1]) - (y[2] - y[1]) * (x[0] - x[1])
     valid = torch.isfinite(area2) & (area2 != 0)
     if perspective:
+        d = [cols[2].index_select(0, corner[i]) for i in range(3)]
         valid &= (d[0] > 0) & (d[1] > 0) & (d[2] > 0)  # triangles reaching behind the camera: no usable edges
-    front = (area2 < 0) & valid  # counter-clockwise in model space (see rasterize.py)
-    back = (area2 > 0) & valid
-    # per (batch, edge): how many front / back faces use it
-    edge_of = (topology.half_edge_to_edge.view(F, 3)[None] + (torch.arange(B, device=screen.device) * E)[:, None, None])
-    edge_of = edge_of.reshape(B * F, 3)
-    n_front = torch.bincount(edge_of[front].reshape(-1), minlength=B * E)
-    n_back = torch.bincount(edge_of[back].reshape(-1), minlength=B * E)
-    count = topology.face_count.repeat(B)
-    has_both = (n_front > 0) & (n_back > 0)
-    sil_edge = (count == 1) | has_both
-    sil = sil_edge[edge_of] & valid[:, None]  # (B·F, 3) per half-edge
-    flat = sil.reshape(-1).nonzero(as_tuple=True)[0]
+    # facing: −1 front (counter-clockwise in model space, see rasterize.py), +1 back, 0 unusable
+    facing = torch.sign(area2) * valid
+    edge_of = topology.half_edge_to_edge
+    if B > 1:
+        edge_of = (edge_of[None] + (torch.arange(B, device=screen.device) * E)[:, None]).reshape(-1)
+    count = topology.face_count.repeat(B).to(facing.dtype)
+    net = torch.bincount(edge_of, weights=facing.repeat_interleave(3), minlength=B * E).to(facing.dtype)
+    # boundary edge (one face), or faces of both orientations (|Σ facing| < number of faces)
+    sil_edge = (count == 1) | (net.abs() < count)
+    sil = sil_edge.index_select(0, edge_of) & valid.repeat_interleave(3)
+    flat = sil.nonzero(as_tuple=True)[0]
     return flat // (3 * F), flat % (3 * F)
 
 
