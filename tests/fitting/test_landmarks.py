@@ -16,6 +16,7 @@ import torch
 from morphable.fitting.landmarks import LandmarkFit, fit_landmarks, fit_points
 from morphable.fitting.uncertainty import vertex_std_reference
 from morphable.geometry.rotation import matrix_to_euler
+from morphable.models.base import MorphableModel
 from tests.conftest import data_file
 from tests.fitting._synthetic import angle_error_deg, camera, correlation, face_model, random_instances, real_model
 
@@ -130,6 +131,19 @@ class TestSynthetic:
         lm = cam.project(model.landmarks(model(alpha, beta).vertices))
         fit = fit_landmarks(model, lm, contour=False, sigma_mm=0.01)
         torch.testing.assert_close(fit.expression, beta, atol=0.02, rtol=0)
+
+    def test_model_without_expressions_or_contours(self):
+        full = face_model()
+        model = MorphableModel(name="plain", mean=full.mean, triangles=full.triangles,
+                               identity_basis=full.identity_basis, landmark_indices=full.landmark_indices,
+                               landmark_weights=full.landmark_weights, dtype=D)
+        alpha, _, ypr = random_instances(model, 2, 7)
+        cam = camera(ypr)
+        lm = cam.project(model.landmarks(model(alpha).vertices))
+        fit = fit_landmarks(model, lm, sigma_mm=0.01)  # contour=True is ignored without contour lists
+        assert fit.expression.shape == (2, 0) and not fit.contour_fitted
+        assert angle_error_deg(fit.camera.rotation_matrix, cam.rotation_matrix).max() < 0.01
+        assert correlation(fit.identity, alpha).min() > 0.99
 
     def test_contour_fitting_on_a_turned_face(self):
         """With contour on, the jawline landmarks take pose-dependent vertices and are fitted."""
