@@ -13,7 +13,8 @@ the command exits with status 1.
 (index), ``landmarks_source`` (``dlib-hog``, ``dlib-cnn`` or the landmark file), ``detection_score``,
 ``identity``, ``expression``, ``expression_kind``,
 ``rotation`` (axis-angle, rad, model → view), ``euler_degrees`` (``yaw``, ``pitch``, ``roll``),
-``translation`` (px), ``scale`` (px per mm), ``camera`` (``camera_from_dict`` reads it back),
+``translation`` and ``scale`` (px, px per mm; scaled orthographic) or ``translation`` (mm) and ``focal``
+(px; ``--perspective``), ``camera`` (the full camera; ``camera_from_dict`` reads it back),
 ``landmarks`` (the 68 input points) and ``landmarks_fitted`` (the model's 68 landmarks projected),
 both 0-based pixels, NaN where missing; ``rms_px``; ``texture_coverage`` (fractions of the UV layout
 seen directly and filled from the mirror side).
@@ -68,10 +69,10 @@ def faces_in_photo(image: np.ndarray, image_name: str, out_dir: Path, *, landmar
 
 
 def _camera_slice(camera, b: int):
-    """Camera ``b`` of a batched :class:`ScaledOrthographic`, as a batch of one."""
-    from morphable.geometry.camera import ScaledOrthographic
+    """Camera ``b`` of a batched :class:`ScaledOrthographic` or :class:`Perspective`, as a batch of one."""
+    from dataclasses import fields, replace
 
-    return ScaledOrthographic(camera.scale[b:b + 1], camera.rotation[b:b + 1], camera.translation[b:b + 1])
+    return replace(camera, **{f.name: getattr(camera, f.name)[b:b + 1] for f in fields(camera)})
 
 
 def _face_triangles(model) -> "np.ndarray":
@@ -86,10 +87,15 @@ def _face_triangles(model) -> "np.ndarray":
 
 
 def write_face(face: FaceInput, model, model_label: str, fit, b: int, texel_map) -> Path:
-    """Write ``mesh.obj`` (+ ``mesh.mtl``), ``texture.png``, ``params.json`` and ``overlay.png`` of fit ``b``."""
+    """Write ``mesh.obj`` (+ ``mesh.mtl``), ``texture.png``, ``params.json`` and ``overlay.png`` of fit ``b``.
+
+    ``fit`` is a :class:`LandmarkFit` or :class:`PerspectiveFit`; ``texel_map`` is ``None`` for a model
+    without UVs (then no texture is written and ``texture_coverage`` is ``null``).
+    """
     import torch
 
     from morphable.fitting.texture import extract_texture
+    from morphable.geometry.camera import Perspective
     from morphable.geometry.rotation import matrix_to_euler
     from morphable.io import write_image, write_params
     from morphable.viz.overlay import draw_overlay, shade_mesh
@@ -100,15 +106,19 @@ def write_face(face: FaceInput, model, model_label: str, fit, b: int, texel_map)
     screen = camera.project_with_depth(vertices).detach()
     overlay_tris = _face_triangles(model)
     shading = shade_mesh(screen[0].cpu().numpy(), camera.transform(vertices)[0].cpu().numpy(), overlay_tris, (H, W))
-    texture = extract_texture(model, vertices, camera, face.image, texel_map=texel_map)
+    texture = None if texel_map is None else extract_texture(model, vertices, camera, face.image, texel_map=texel_map)
 
     face.out_dir.mkdir(parents=True, exist_ok=True)
     write_image(face.out_dir / "overlay.png",
                 draw_overlay(face.image, landmarks=face.landmarks,
                              landmarks_fitted=fit.landmarks_fitted[b].cpu().numpy(), shading=shading, mesh_opacity=0.5))
-    _write_mesh(face.out_dir, model, vertices[0], texture.texture)
+    _write_mesh(face.out_dir, model, vertices[0], None if texture is None else texture.texture)
     ypr = torch.rad2deg(matrix_to_euler(camera.rotation_matrix))[0].tolist()
-    covered = max(1, int(texture.covered.sum()))
+    coverage = None
+    if texture is not None:
+        covered = max(1, int(texture.covered.sum()))
+        coverage = {"visible": float(texture.visible.sum()) / covered,
+                    "mirrored": float(texture.mirrored.sum()) / covered}
     write_params(face.out_dir / "params.json", {
         "model": model_label,
         "image": face.image_name,
@@ -122,31 +132,30 @@ def write_face(face: FaceInput, model, model_label: str, fit, b: int, texel_map)
         "rotation": camera.rotation[0],
         "euler_degrees": {"yaw": ypr[0], "pitch": ypr[1], "roll": ypr[2]},
         "translation": camera.translation[0],
-        "scale": float(camera.scale[0]),
+        **({"focal": float(camera.focal[0])} if isinstance(camera, Perspective) else {"scale": float(camera.scale[0])}),
         "camera": camera.to_dict(),
         "landmarks": face.landmarks,
         "landmarks_fitted": fit.landmarks_fitted[b],
         "rms_px": float(fit.rms_px[b]),
-        "texture_coverage": {"visible": float(texture.visible.sum()) / covered,
-                             "mirrored": float(texture.mirrored.sum()) / covered},
+        "texture_coverage": coverage,
     })
     return face.out_dir
 
 
-def _write_mesh(folder: Path, model, vertices, texture: np.ndarray) -> None:
+def _write_mesh(folder: Path, model, vertices, texture: np.ndarray | None) -> None:
     """``mesh.obj`` + ``mesh.mtl`` referencing ``texture.png``; the model's polygons (quads) and UVs kept.
 
     Faces outside the extracted texture (ICT's eyes, teeth and the back of the head live in other UV
-    tiles) are given one flat colour, the mean of the seen skin, kept in the texture's top-left texel.
+    tiles) are given one flat colour, the texture's mean, kept in its top-left texel. Without a texture
+    (a model without UVs) only the geometry is written.
     """
     from morphable.fitting.texture import textured_faces
-    from morphable.io import Mesh, write_image, write_obj
+    from morphable.io import Mesh, write_obj
     from morphable.io.atomic import atomic_write
 
-    if model.uv is None:
+    if texture is None:
         faces = model.polygons if model.polygons is not None else model.triangles
         write_obj(folder / "mesh.obj", Mesh(vertices=vertices, faces=faces))
-        write_image(folder / "texture.png", texture)
         return
     if model.polygons is not None:
         faces, uv_faces = model.polygons, model.polygon_uvs
@@ -171,7 +180,7 @@ def _write_mesh(folder: Path, model, vertices, texture: np.ndarray) -> None:
 
 
 def reconstruct(faces: Sequence[FaceInput], model, model_label: str, *, iterations: int = 5,
-                multi_view: bool = False, texture_size: int = 512,
+                multi_view: bool = False, perspective: bool = False, texture_size: int = 512,
                 progress: bool = False) -> tuple[list[Path], list[str]]:
     """Fit and write every face. Single-view fits are batched per photo; multi-view fits all faces at once.
 
@@ -206,6 +215,10 @@ def reconstruct(faces: Sequence[FaceInput], model, model_label: str, *, iteratio
                 fit = fit_landmarks_multi(model, landmarks, iterations=iterations)
             else:
                 fit = fit_landmarks(model, landmarks, iterations=iterations)
+                if perspective:
+                    from morphable.fitting.perspective import refine_perspective
+
+                    fit = refine_perspective(model, fit, landmarks, group[0].image.shape[:2])
         except ValueError as err:  # e.g. fewer than 4 usable landmarks
             failures.append(f"{', '.join(dict.fromkeys(f.image_name for f in group))}: cannot fit ({err})")
             bar.update(len(group))
@@ -237,6 +250,8 @@ def _output_names(paths: Iterable[Path]) -> list[str]:
 @click.option("--landmarks", "landmark_files", multiple=True, type=click.Path(path_type=Path),
               help="68-point landmark file (.pts or .json) per photo, in the photos' order; skips detection.")
 @click.option("--multi-view", is_flag=True, help="All photos show one person: fit one shared identity.")
+@click.option("--perspective", is_flag=True,
+              help="Refine each fit with a perspective camera (focal = the photo's longer side).")
 @click.option("--all-faces", is_flag=True, help="Reconstruct every detected face (DIR/<stem>/face<i>/).")
 @click.option("--detector", type=click.Choice(["auto", "hog", "cnn"]), default="auto", show_default=True,
               help="dlib face detector; auto = HOG, then the CNN when HOG finds no face.")
@@ -245,7 +260,8 @@ def _output_names(paths: Iterable[Path]) -> list[str]:
 @click.option("--texture-size", default=512, show_default=True, type=click.IntRange(16, 8192),
               help="Width and height of texture.png in texels.")
 def fit(images: tuple[Path, ...], model_name: str, output: Path, landmark_files: tuple[Path, ...],
-        multi_view: bool, all_faces: bool, detector: str, iterations: int, texture_size: int) -> None:
+        multi_view: bool, perspective: bool, all_faces: bool, detector: str, iterations: int,
+        texture_size: int) -> None:
     """Reconstruct the faces in IMAGES: mesh.obj, texture.png, params.json and overlay.png per face."""
     from tqdm import tqdm
 
@@ -257,6 +273,8 @@ def fit(images: tuple[Path, ...], model_name: str, output: Path, landmark_files:
                                "(give one per image, in the same order)")
     if multi_view and all_faces:
         raise click.UsageError("--multi-view fits one person: it cannot be combined with --all-faces")
+    if multi_view and perspective:
+        raise click.UsageError("--perspective refines single-view fits: it cannot be combined with --multi-view")
     model = load_model(model_name)
     failures: list[str] = []
     faces: list[FaceInput] = []
@@ -271,6 +289,7 @@ def fit(images: tuple[Path, ...], model_name: str, output: Path, landmark_files:
         except MorphableError as err:
             failures.append(str(err))
     written, fit_failures = reconstruct(faces, model, model_name, iterations=iterations, multi_view=multi_view,
+                                        perspective=perspective,
                                         texture_size=texture_size, progress=len(faces) > 1)
     failures += fit_failures
     for folder in written:

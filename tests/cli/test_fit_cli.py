@@ -13,7 +13,7 @@ from morphable.io import read_image, read_obj, write_image
 from tests.conftest import data_file
 
 LFPW = "superviseddescent/examples/data/ibug_lfpw_trainset"
-FAST = ["--model", "sfm", "--texture-size", "64", "--iterations", "3"]
+FAST = ["--texture-size", "64", "--iterations", "3", "--model", "sfm"]
 
 
 @pytest.fixture
@@ -128,3 +128,40 @@ def test_usage_errors(runner, tmp_path):
     assert result.exit_code == 1 and f"{bad}: expected 68 landmarks" in result.stderr
     result = runner.invoke(cli, ["fit", photo, "--model", str(tmp_path / "nomodel.npz"), "-o", str(tmp_path)])
     assert result.exit_code == 1 and result.stderr.startswith("Error: ") and "Traceback" not in result.output
+
+
+def test_perspective_camera(runner, tmp_path):
+    photo, pts = data_file(f"{LFPW}/image_0001.png"), data_file(f"{LFPW}/image_0001.pts")
+    result = runner.invoke(cli, ["fit", str(photo), "--landmarks", str(pts), "--perspective", "-o", str(tmp_path),
+                                 *FAST])
+    assert result.exit_code == 0, result.output
+    p = _params(tmp_path / "image_0001")
+    assert p["camera"]["type"] == "perspective" and "scale" not in p
+    H, W = read_image(photo).shape[:2]
+    assert p["focal"] == max(H, W) and len(p["translation"]) == 3 and p["translation"][2] < 0  # in front
+    assert _nme(np.array(p["landmarks_fitted"]), read_landmarks(pts)) < 0.08
+    assert p["texture_coverage"]["visible"] > 0.3
+    result = runner.invoke(cli, ["fit", str(photo), "--perspective", "--multi-view"])
+    assert result.exit_code == 2 and "--perspective" in result.output
+
+
+def test_model_file_without_uvs_and_an_unfittable_face(runner, tmp_path):
+    from morphable import load_model
+    from morphable.models.formats.npz import save_npz
+
+    model = load_model("sfm")
+    model.uv = None
+    path = tmp_path / "sfm_no_uv.npz"
+    save_npz(model, path)
+    photo, pts = data_file(f"{LFPW}/image_0001.png"), data_file(f"{LFPW}/image_0001.pts")
+    sparse = np.full((68, 2), np.nan)
+    sparse[[36, 45, 30]] = read_landmarks(pts)[[36, 45, 30]]  # three points: a pose needs four
+    marks = tmp_path / "three.json"
+    marks.write_text(json.dumps([None if np.isnan(p[0]) else p.tolist() for p in sparse]))
+    result = runner.invoke(cli, ["fit", str(photo), str(photo), "--landmarks", str(pts), "--landmarks", str(marks),
+                                 "-o", str(tmp_path / "out"), *FAST[:-2], "--model", str(path)])
+    assert result.exit_code == 1
+    assert f"failed: {photo}: cannot fit" in result.stderr and "Error: 1 of 2 images failed" in result.stderr
+    folder = tmp_path / "out" / "image_0001"
+    assert _params(folder)["texture_coverage"] is None and _params(folder)["model"] == str(path)
+    assert not (folder / "texture.png").exists() and read_obj(folder / "mesh.obj").uv is None
