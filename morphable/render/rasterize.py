@@ -176,44 +176,46 @@ class _Setup:
     y0: Tensor
     nx: Tensor  # (T,) int64 box width/height in pixels (>= 1)
     ny: Tensor
-    ox: Tensor  # (T, 3) start points of the edges AB, AC, BC
+    ox: Tensor  # (3, T) start points of the edges AB, AC, BC
     oy: Tensor
-    ux: Tensor  # (T, 3) edge vectors
+    ux: Tensor  # (3, T) edge vectors
     uy: Tensor
-    q: Tensor  # (T, 3) scale of each edge function into the opposite corner's barycentric plane
-    d: Tensor  # (T, 3) depths of the opposite corners C, B, A (orthographic depth interpolation)
+    q: Tensor  # (3, T) scale of each edge function into the opposite corner's barycentric plane
+    d: Tensor  # (3, T) depths of the opposite corners C, B, A (orthographic depth interpolation)
 
 
-def _sorted_corners(triangles: Tensor) -> tuple[Tensor, Tensor]:
-    """Corner ids in increasing order ``(F, 3)`` and ``±1`` (``(F,)``, +1 when that order is a rotation of
-    the triangle's own, i.e. keeps its orientation)."""
-    t0, t1, t2 = triangles.unbind(1)
+def _sorted_corners(triangles: Tensor) -> tuple[list[Tensor], Tensor]:
+    """Corner ids in increasing order (three ``(F,)`` int32 vectors) and ``±1`` (``(F,)``, +1 when that order
+    is a rotation of the triangle's own, i.e. keeps its orientation). int32: vectorised min/max on CPU."""
+    t0, t1, t2 = triangles.to(torch.int32).t().unbind(0)
     lo = torch.minimum(torch.minimum(t0, t1), t2)
     hi = torch.maximum(torch.maximum(t0, t1), t2)
     mid = t0 + t1 + t2 - lo - hi
     # a rotation of (lo, mid, hi) has exactly two cyclic ascents (distinct ids; repeated ids make no area)
     ascents = (t0 < t1).to(torch.int8) + (t1 < t2).to(torch.int8) + (t2 < t0).to(torch.int8)
-    return torch.stack([lo, mid, hi], 1), torch.where(ascents == 2, 1.0, -1.0)
+    return [lo, mid, hi], torch.where(ascents == 2, 1.0, -1.0)
 
 
 def _setup(screen: Tensor, triangles: Tensor, H: int, W: int, cull_backfaces: bool, perspective: bool,
            near: float) -> _Setup:
     B, V = screen.shape[:2]
     F = triangles.shape[0]
-    sorted_ids, parity = _sorted_corners(triangles)
+    if B * V >= 2**31:
+        raise ValueError(f"rasterize: at most 2**31 vertices in a batch, got {B * V}")
+    corner, parity = _sorted_corners(triangles)
     # corner coordinates as contiguous (B·F,) vectors (corners A, B, C): index_select on 1-D tensors and
     # elementwise ops only (much faster on CPU than strided views and reductions)
     cols = screen.reshape(B * V, 3).t().contiguous()  # (3, B·V)
-    corner = sorted_ids.t().contiguous()
     if B > 1:
-        corner = (corner[:, None, :] + (torch.arange(B, device=screen.device) * V)[None, :, None]).reshape(3, -1)
+        offset = (torch.arange(B, device=screen.device, dtype=torch.int32) * V)[:, None]
+        corner = [(c[None] + offset).reshape(-1) for c in corner]
         parity = parity.repeat(B)
     xa, xb, xc = (cols[0].index_select(0, corner[i]) for i in range(3))
     ya, yb, yc = (cols[1].index_select(0, corner[i]) for i in range(3))
     area2 = (xc - xb) * (ya - yb) - (yc - yb) * (xa - xb)  # of (A, B, C); the triangle's own: × parity
     ok = area2 != 0
-    bad = ~torch.isfinite(screen).all(-1).reshape(-1)  # (B·V,) vertices with nan/inf coordinates
-    if bool(bad.any()):
+    if not bool(torch.isfinite(cols).all()):  # vertices with nan/inf coordinates drop their triangles
+        bad = ~torch.isfinite(cols).all(0)
         ok &= ~(bad.index_select(0, corner[0]) | bad.index_select(0, corner[1]) | bad.index_select(0, corner[2]))
     xmin, xmax = torch.minimum(torch.minimum(xa, xb), xc), torch.maximum(torch.maximum(xa, xb), xc)
     ymin, ymax = torch.minimum(torch.minimum(ya, yb), yc), torch.maximum(torch.maximum(ya, yb), yc)
@@ -245,12 +247,12 @@ def _setup(screen: Tensor, triangles: Tensor, H: int, W: int, cull_backfaces: bo
 def _make_setup(keep: Tensor, F: int, B: int, ax, ay, nx, ny, xa, xb, xc, ya, yb, yc, da, db, dc, inv,
                 perspective: bool) -> _Setup:
     # edges AB, AC, BC (start, vector) and the corners opposite them: C, B, A
-    ox = torch.stack([xa, xa, xb], 1)
-    oy = torch.stack([ya, ya, yb], 1)
-    ux = torch.stack([xb - xa, xc - xa, xc - xb], 1)
-    uy = torch.stack([yb - ya, yc - ya, yc - yb], 1)
-    d = torch.stack([dc, db, da], 1)
-    q = torch.stack([inv, -inv, inv], 1)  # b_C = w_AB / area2, b_B = −w_AC / area2, b_A = w_BC / area2
+    ox = torch.stack([xa, xa, xb])
+    oy = torch.stack([ya, ya, yb])
+    ux = torch.stack([xb - xa, xc - xa, xc - xb])
+    uy = torch.stack([yb - ya, yc - ya, yc - yb])
+    d = torch.stack([dc, db, da])
+    q = torch.stack([inv, -inv, inv])  # b_C = w_AB / area2, b_B = −w_AC / area2, b_A = w_BC / area2
     if perspective:
         q = q / d
     batch, tri = (keep // F, keep % F) if B > 1 else (torch.zeros_like(keep), keep)
@@ -260,31 +262,34 @@ def _make_setup(keep: Tensor, F: int, B: int, ax, ay, nx, ny, xa, xb, xc, ya, yb
 
 def _scan(s: _Setup, sel: Tensor, kx: int, ky: int, H: int, W: int, perspective: bool,
           near: float) -> tuple[Tensor, Tensor]:
-    """Test a ``kx × ky`` window of pixel centres for each selected triangle; return (pixel, key) of hits."""
+    """Test a ``kx × ky`` window of pixel centres for each selected triangle; return (pixel, key) of hits.
+
+    Work arrays are ``(K, M)``: window offset outermost, triangles innermost (contiguous, vectorised).
+    """
     dev = s.x0.device
-    dx = torch.arange(kx, device=dev).repeat(ky)  # window offsets, row-major
-    dy = torch.arange(ky, device=dev).repeat_interleave(kx)
-    x0, y0 = s.x0.index_select(0, sel), s.y0.index_select(0, sel)
-    inside = (dx[None] < s.nx.index_select(0, sel)[:, None]) & (dy[None] < s.ny.index_select(0, sel)[:, None])
     dtype = s.q.dtype
-    px = (x0[:, None] + dx).to(dtype)  # (M, K) pixel centres, exact integers
-    py = (y0[:, None] + dy).to(dtype)
-    ox, oy, ux, uy, q = (t.index_select(0, sel) for t in (s.ox, s.oy, s.ux, s.uy, s.q))
+    dx = torch.arange(kx, device=dev).repeat(ky)[:, None]  # (K, 1) window offsets, row-major
+    dy = torch.arange(ky, device=dev).repeat_interleave(kx)[:, None]
+    x0, y0 = s.x0.index_select(0, sel), s.y0.index_select(0, sel)  # (M,)
+    inside = (dx < s.nx.index_select(0, sel)) & (dy < s.ny.index_select(0, sel))  # (K, M)
+    px = x0.to(dtype) + dx.to(dtype)  # pixel centres, exact integers
+    py = y0.to(dtype) + dy.to(dtype)
+    ox, oy, ux, uy, q = (t.index_select(1, sel) for t in (s.ox, s.oy, s.ux, s.uy, s.q))  # (3, M)
     e = []
     for i in range(3):
-        w = ux[:, i, None] * (py - oy[:, i, None]) - uy[:, i, None] * (px - ox[:, i, None])
-        e.append(w * q[:, i, None])
+        w = ux[i] * (py - oy[i]) - uy[i] * (px - ox[i])  # canonical edge function (see _Setup)
+        e.append(w * q[i])
         inside &= e[i] >= 0
     if perspective:
         inv = e[0] + e[1] + e[2]  # Σ b_i / d_i = 1 / depth
         inside &= (inv > 0) & (inv * near <= 1)  # in front of the camera and beyond the near plane
         depth = 1.0 / inv[inside]
     else:
-        d = s.d.index_select(0, sel)
-        depth = (e[0] * d[:, 0, None] + e[1] * d[:, 1, None] + e[2] * d[:, 2, None])[inside]
-    base = (s.batch.index_select(0, sel) * H + y0) * W + x0
-    pix = (base[:, None] + (dy * W + dx))[inside]
-    tri = s.tri.index_select(0, sel)[:, None].expand_as(inside)[inside]
+        d = s.d.index_select(1, sel)
+        depth = (e[0] * d[0] + e[1] * d[1] + e[2] * d[2])[inside]
+    base = (s.batch.index_select(0, sel) * H + y0) * W + x0  # (M,)
+    pix = (base + (dy * W + dx))[inside]
+    tri = s.tri.index_select(0, sel).expand_as(inside)[inside]
     key = (_sortable_key(depth) << TRIANGLE_BITS) | tri
     return pix, key
 
