@@ -216,7 +216,7 @@ def extract_face_chips(images: torch.Tensor, landmarks: torch.Tensor, size: int 
         depth, grow, down = 0, 2.0, _rect_down(rect.detach())
         while _area(down) > size * size:
             down, depth, grow = _rect_down(down), depth + 1, grow * 2 + 2
-        left, top, right, bottom = _crop_box(rect.detach(), float(angle), grow, height, width)
+        left, top, right, bottom = _crop_box(rect.detach(), float(angle.detach()), grow, height, width)
         level_image = image[top:bottom + 1, left:right + 1]
         # Coarsest pyramid level whose rectangle is still larger than the chip.
         level_rect = rect - rect.new_tensor([left, top, left, top])

@@ -13,9 +13,9 @@ network, 29 convolutions; weights public domain, read by :mod:`morphable.identit
   them by Euclidean distance (same person below about 0.6).
 
 Two implementations of the same maths: :func:`face_descriptor_reference` runs every layer as dlib does
-(conv + bias, then the affine); :func:`face_descriptor` folds each affine into its conv (weights scaled
-by gamma, bias gamma*b + beta) and runs channels-last, which is what :class:`DlibFaceNet` uses. Both
-follow the input's device and dtype.
+(normalise, conv + bias, then the affine); :func:`face_descriptor` folds the input normalisation and each
+affine into the convs (:func:`fold_affines`) and runs channels-last, which is what :class:`DlibFaceNet`
+uses. Both follow the input's device and dtype.
 """
 from __future__ import annotations
 
@@ -49,8 +49,6 @@ def _normalise(images: torch.Tensor, mean: torch.Tensor) -> torch.Tensor:
 
 def _add_padded(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """dlib's add_prev: the sum over the larger shape, each input zero-padded at the end of C, H, W."""
-    if a.shape == b.shape:
-        return a.add_(b)  # a is a fresh conv output that nothing else uses
     size = [max(p, q) for p, q in zip(a.shape[1:], b.shape[1:])]
 
     def grow(t: torch.Tensor) -> torch.Tensor:  # F.pad takes (W, H, C) amounts, last dim first
@@ -64,23 +62,65 @@ def _conv_specs() -> list[tuple[int, int]]:
     return [(stride, 0 if stride != 1 else kernel // 2) for _, _, kernel, stride in conv_shapes()]
 
 
-def _run(x: torch.Tensor, conv, fc_weight: torch.Tensor) -> torch.Tensor:
-    """The network body given ``conv(i, x)`` = the i-th conv followed by its affine. (B,3,H,W) -> (B,128)."""
-    # In-place relu / add on fresh conv outputs: autograd-safe, and it avoids allocating (and page
-    # faulting) a new activation tensor per op, which costs as much as the convolutions on CPU.
-    x = F.max_pool2d(F.relu_(conv(0, x)), kernel_size=3, stride=2)
+class _Layers:
+    """The three conv shapes the network uses, given ``conv(i, x)`` = i-th conv followed by its affine.
+
+    In-place relu / add on fresh conv outputs: autograd-safe, and it avoids allocating a new activation
+    tensor per op.
+    """
+
+    def __init__(self, conv):
+        self.conv = conv
+
+    def conv_relu(self, i: int, x: torch.Tensor) -> torch.Tensor:
+        return F.relu_(self.conv(i, x))
+
+    def conv_add_relu(self, i: int, x: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
+        return F.relu_(self.conv(i, x).add_(other))
+
+
+class _FusedLayers:
+    """oneDNN convolutions with the relu (and the residual sum) fused in: inference on CPU in float32.
+
+    Each separate elementwise op is a parallel region of its own, and on a busy CPU every region waits
+    for all threads to be scheduled; fusing removes two of the three per block.
+    """
+
+    def __init__(self, weight: list[torch.Tensor], bias: list[torch.Tensor]):
+        self.weight, self.bias, self.specs = weight, bias, _conv_specs()
+        self.op = torch.ops.mkldnn._convolution_pointwise
+
+    def _geometry(self, i: int) -> tuple[list[int], list[int], list[int], int]:
+        stride, padding = self.specs[i]
+        return [padding, padding], [stride, stride], [1, 1], 1
+
+    def conv(self, i: int, x: torch.Tensor) -> torch.Tensor:
+        return self.op(x, self.weight[i], self.bias[i], *self._geometry(i), "none", [], "")
+
+    def conv_relu(self, i: int, x: torch.Tensor) -> torch.Tensor:
+        return self.op(x, self.weight[i], self.bias[i], *self._geometry(i), "relu", [], "")
+
+    def conv_add_relu(self, i: int, x: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
+        return self.op.binary(x, other, self.weight[i], self.bias[i], *self._geometry(i), "add", 1.0, "relu", [], "")
+
+
+def _run(x: torch.Tensor, layers, fc_weight: torch.Tensor) -> torch.Tensor:
+    """The network body on normalised (B, 3, H, W) input -> (B, 128)."""
+    x = F.max_pool2d(layers.conv_relu(0, x), kernel_size=3, stride=2)
     index = 1
     for _, stride in BLOCKS:
-        y = conv(index + 1, F.relu_(conv(index, x)))
-        shortcut = x if stride == 1 else F.avg_pool2d(x, kernel_size=2, stride=2)
-        x = F.relu_(_add_padded(y, shortcut))
+        y = layers.conv_relu(index, x)
+        if stride == 1:
+            x = layers.conv_add_relu(index + 1, y, x)
+        else:  # the shortcut is pooled, and smaller than the block's output: dlib zero-pads it
+            x = F.relu_(_add_padded(layers.conv(index + 1, y), F.avg_pool2d(x, kernel_size=2, stride=2)))
         index += 2
     x = x.mean(dim=(2, 3))  # avg_pool_everything
     return x @ fc_weight.to(x).T
 
 
 def face_descriptor_reference(images: torch.Tensor, weights: DlibFaceResNetWeights) -> torch.Tensor:
-    """Slow, literal forward pass (conv + bias, then affine; contiguous NCHW), for comparison.
+    """Slow, literal forward pass (normalise; conv + bias, then affine; contiguous NCHW), for comparison.
 
     Args:
         images: (B, 150, 150, 3) RGB face chips in [0, 1] (float dtype and device of your choice).
@@ -103,41 +143,57 @@ def face_descriptor_reference(images: torch.Tensor, weights: DlibFaceResNetWeigh
 
     mean = torch.as_tensor(weights.input_mean, **like)
     x = _normalise(images, mean).contiguous()
-    return _run(x, conv, torch.as_tensor(weights.fc_weight, **like))
+    return _run(x, _Layers(conv), torch.as_tensor(weights.fc_weight, **like))
 
 
 def face_descriptor(images: torch.Tensor, conv_weight: list[torch.Tensor], conv_bias: list[torch.Tensor],
-                    fc_weight: torch.Tensor, mean: torch.Tensor) -> torch.Tensor:
+                    fc_weight: torch.Tensor) -> torch.Tensor:
     """Fast forward pass with the affines folded into the convs (see :func:`fold_affines`).
+
+    Without gradients, on CPU in float32, the relus and residual sums run fused into oneDNN's
+    convolutions (``torch.ops.mkldnn._convolution_pointwise``); otherwise each op is a plain autograd op.
 
     Args:
         images: (B, 150, 150, 3) RGB face chips in [0, 1].
-        conv_weight, conv_bias: 29 folded kernels (F, C, k, k) and biases (F,).
-        fc_weight: (128, 256). mean: (3,) RGB input means (0-255 scale).
+        conv_weight, conv_bias: 29 folded kernels (F, C, k, k) and biases (F,); the first also holds the
+            input normalisation.
+        fc_weight: (128, 256).
     Returns:
         (B, 128) descriptors in the input's dtype and device.
     """
     _check_chips(images, CHIP_SIZE)
     specs = _conv_specs()
+    x = images.permute(0, 3, 1, 2).contiguous(memory_format=torch.channels_last)  # a view for NHWC input
+    if x.device.type == "cpu" and x.dtype == torch.float32 and not (torch.is_grad_enabled() and x.requires_grad):
+        weight = [w.to(x).contiguous(memory_format=torch.channels_last) for w in conv_weight]
+        return _run(x, _FusedLayers(weight, [b.to(x) for b in conv_bias]), fc_weight)
 
     def conv(i: int, x: torch.Tensor) -> torch.Tensor:
         stride, padding = specs[i]
         w = conv_weight[i].to(x).contiguous(memory_format=torch.channels_last)
         return F.conv2d(x, w, conv_bias[i].to(x), stride=stride, padding=padding)
 
-    x = _normalise(images, mean).contiguous(memory_format=torch.channels_last)
-    return _run(x, conv, fc_weight)
+    return _run(x, _Layers(conv), fc_weight)
 
 
 def fold_affines(weights: DlibFaceResNetWeights) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-    """Fold each per-channel affine into its conv: w' = gamma * w, b' = gamma * b + beta (float64 maths,
-    rounded once to float32)."""
+    """Fold each per-channel affine into its conv, w' = gamma * w and b' = gamma * b + beta, and the input
+    normalisation (255 x - mean) / 256 into the first conv (exact: that conv has no zero padding).
+    Float64 maths, rounded once to float32.
+
+    Returns:
+        29 kernels (F, C, k, k) and 29 biases (F,) that take RGB chips in [0, 1] directly.
+    """
     kernels, biases = [], []
     for i in range(NUM_CONVS):
         gamma = torch.as_tensor(weights.affine_gamma[i], dtype=torch.float64)
         w = torch.as_tensor(weights.conv_weight[i], dtype=torch.float64) * gamma[:, None, None, None]
         b = torch.as_tensor(weights.conv_bias[i], dtype=torch.float64) * gamma
         b = b + torch.as_tensor(weights.affine_beta[i], dtype=torch.float64)
+        if i == 0:
+            mean = torch.as_tensor(weights.input_mean, dtype=torch.float64)
+            b = b - (w * mean[None, :, None, None]).sum(dim=(1, 2, 3)) / 256
+            w = w * (255 / 256)
         kernels.append(w.float())
         biases.append(b.float())
     return kernels, biases
@@ -163,10 +219,9 @@ class DlibFaceNet(nn.Module):
             self.register_buffer(f"conv{i}_weight", kernels[i].contiguous(memory_format=torch.channels_last))
             self.register_buffer(f"conv{i}_bias", biases[i])
         self.register_buffer("fc_weight", torch.as_tensor(weights.fc_weight))
-        self.register_buffer("input_mean", torch.as_tensor(weights.input_mean, dtype=torch.float32))
         self.requires_grad_(False)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         kernels = [getattr(self, f"conv{i}_weight") for i in range(NUM_CONVS)]
         biases = [getattr(self, f"conv{i}_bias") for i in range(NUM_CONVS)]
-        return face_descriptor(images, kernels, biases, self.fc_weight, self.input_mean)
+        return face_descriptor(images, kernels, biases, self.fc_weight)

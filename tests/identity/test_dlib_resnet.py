@@ -54,6 +54,9 @@ def test_literal_reference_and_float64(net, chips, dlib_descriptors):
     # folding the affines changes only rounding (the folded kernels are stored as float32)
     assert (fast64 - reference).abs().max() <= 1e-6
     assert (fast32.double() - reference).abs().max() <= 1e-5
+    # float32 with gradient runs the plain autograd ops instead of the fused oneDNN kernels: same numbers
+    with_grad = net(x.float().requires_grad_(True))
+    assert with_grad.requires_grad and (with_grad.detach() - fast32).abs().max() <= 1e-6
 
 
 def test_batch_is_independent_of_its_neighbours(net, chips):
