@@ -48,13 +48,16 @@ def _normalise(images: torch.Tensor, mean: torch.Tensor) -> torch.Tensor:
 
 
 def _add_padded(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """dlib's add_prev: the sum over the larger shape, each input zero-padded at the end of C, H, W."""
+    """dlib's add_prev: the sum over the larger shape, each input zero-padded at the end of C, H, W.
+
+    ``a`` is a fresh conv output that nothing else uses: it is reused (in place) when it already has the
+    larger shape. Returns (B, max C, max H, max W).
+    """
     size = [max(p, q) for p, q in zip(a.shape[1:], b.shape[1:])]
-
-    def grow(t: torch.Tensor) -> torch.Tensor:  # F.pad takes (W, H, C) amounts, last dim first
-        return F.pad(t, (0, size[2] - t.shape[3], 0, size[1] - t.shape[2], 0, size[0] - t.shape[1]))
-
-    return grow(a) + grow(b)
+    if list(a.shape[1:]) != size:  # F.pad takes (W, H, C) amounts, last dim first
+        a = F.pad(a, (0, size[2] - a.shape[3], 0, size[1] - a.shape[2], 0, size[0] - a.shape[1]))
+    a[:, :b.shape[1], :b.shape[2], :b.shape[3]] += b
+    return a
 
 
 def _conv_specs() -> list[tuple[int, int]]:

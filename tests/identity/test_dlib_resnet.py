@@ -73,6 +73,11 @@ def test_add_prev_zero_pads_the_smaller_input():
     out = _add_padded(a, b)
     assert out.shape == (1, 4, 4, 4)
     assert (out[:, :2, :3, :3] == 3).all() and out[:, 2:].eq(2).all() and out[:, :, 3].eq(2).all()
+    # larger in channels, smaller in rows and columns (dlib's level-1 down block: 256x3x3 + 128x4x4)
+    mixed = _add_padded(torch.ones(1, 4, 2, 2), torch.full((1, 2, 3, 3), 5.0))
+    assert mixed.shape == (1, 4, 3, 3)
+    assert mixed[0, :2, :2, :2].eq(6).all() and mixed[0, :2, 2].eq(5).all() and mixed[0, 2:, :2, :2].eq(1).all()
+    assert mixed[0, 2:, 2].eq(0).all()
 
 
 def test_input_shape_is_checked(net):
