@@ -25,7 +25,7 @@ from torch import Tensor, nn
 from morphable.geometry.camera import Camera, Perspective
 from morphable.geometry.mesh import VertexFaceIncidence, vertex_normals
 from morphable.render.rasterize import barycentric_at, rasterize_ids
-from morphable.render.shading import phong_shade, sh_shade
+from morphable.render.shading import phong_shade, sh_basis
 from morphable.render.silhouette import EdgeTopology, soft_silhouette
 from morphable.render.texture import sample_image
 
@@ -237,12 +237,13 @@ class Renderer(nn.Module):
 
 
 def _sh_packed(normals: Tensor, albedo: Tensor, sh: Tensor, batch: Tensor) -> Tensor:
-    """SH shading of packed pixels with per-pixel batch index."""
+    """SH shading ``ρ ⊙ (Lᵀ φ(n))`` of packed pixels (unit normals ``(P, 3)``, batch index ``(P,)``)."""
     if sh.dim() != 3 or sh.shape[1:] != (9, 3):
         raise ValueError(f"Renderer: expected sh of shape (B, 9, 3), got {tuple(sh.shape)}")
+    phi = sh_basis(normals)  # (P, 9); the normals are unit already
     if int(sh.shape[0]) == 1:
-        return sh_shade(normals[None], albedo[None], sh)[0]
-    return sh_shade(normals[:, None], albedo[:, None], sh.index_select(0, batch))[:, 0]
+        return albedo * (phi @ sh[0])
+    return albedo * torch.einsum("pk,pkc->pc", phi, sh.index_select(0, batch))  # Σ_k φ[p,k] L[b(p),k,c]
 
 
 def _phong_packed(normals: Tensor, positions: Tensor, albedo: Tensor, lights: PointLights, batch: Tensor,
