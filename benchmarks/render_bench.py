@@ -5,6 +5,9 @@ per-vertex SH shading, read the image back). ``nan`` when no EGL context can be 
 
     .venv/bin/python benchmarks/render_bench.py [--repeats 20] [--threads 2]
 
+Wall-clock medians are the figures; the process CPU-time medians printed beside them (all threads,
+llvmpipe's included) are steadier on a shared, loaded machine.
+
 Last line: ``RESULT fwd_ms=<35k forward> fwd_bwd_ms=<35k forward+backward> gl_fwd_ms=<moderngl forward or nan>``.
 """
 from __future__ import annotations
@@ -42,15 +45,21 @@ def ict_mean() -> tuple[torch.Tensor, torch.Tensor] | None:
     return model.mean.float(), model.triangles
 
 
-def _median_ms(fn, repeats: int) -> float:
+CPU_MS: dict[str, float] = {}  # median process CPU time per measurement (all threads), for loaded machines
+
+
+def _median_ms(fn, repeats: int, label: str) -> float:
+    """Median wall-clock milliseconds of ``fn`` (3 warm-up calls); the CPU-time median goes to CPU_MS."""
     for _ in range(3):
         fn()
-    times = []
+    wall, cpu = [], []
     for _ in range(repeats):
-        t = time.perf_counter()
+        t, c = time.perf_counter(), time.process_time()
         fn()
-        times.append(time.perf_counter() - t)
-    return 1000.0 * statistics.median(times)
+        wall.append(time.perf_counter() - t)
+        cpu.append(time.process_time() - c)
+    CPU_MS[label] = 1000.0 * statistics.median(cpu)
+    return 1000.0 * statistics.median(wall)
 
 
 def torch_times(vertices: torch.Tensor, triangles: torch.Tensor, repeats: int) -> tuple[float, float]:
@@ -71,7 +80,7 @@ def torch_times(vertices: torch.Tensor, triangles: torch.Tensor, repeats: int) -
         out = renderer(verts, cam, colors=colors, sh=sh)
         out.image.sum().backward()
 
-    return _median_ms(forward, repeats), _median_ms(forward_backward, repeats)
+    return _median_ms(forward, repeats, "fwd"), _median_ms(forward_backward, repeats, "fwd_bwd")
 
 
 # the same φ(n) constants as morphable.render.shading.sh_basis
@@ -131,9 +140,19 @@ def gl_time(vertices: torch.Tensor, triangles: torch.Tensor, repeats: int) -> fl
         vao.render(moderngl.TRIANGLES)
         return np.frombuffer(fbo.read(components=4), dtype=np.uint8)
 
-    ms = _median_ms(render, repeats)
+    ms = _median_ms(render, repeats, "gl")
     ctx.release()
     return ms
+
+
+def _report(name: str, v: torch.Tensor, f: torch.Tensor, repeats: int) -> tuple[float, float, float]:
+    fwd, fb = torch_times(v, f, repeats)
+    gl = gl_time(v, f, repeats)
+    cpu = dict(CPU_MS)
+    print(f"{name} V={v.shape[0]} F={f.shape[0]}: fwd {fwd:.1f} ms, fwd+bwd {fb:.1f} ms, moderngl fwd {gl:.1f} ms, "
+          f"fwd_bwd/gl = {fb / gl:.2f}  (CPU time: fwd {cpu['fwd']:.1f}, fwd+bwd {cpu['fwd_bwd']:.1f}, "
+          f"gl {cpu.get('gl', math.nan):.1f} ms)")
+    return fwd, fb, gl
 
 
 def main() -> None:
@@ -146,16 +165,8 @@ def main() -> None:
 
     ict = ict_mean()
     if ict is not None:
-        v, f = ict
-        fwd, fb = torch_times(v, f, args.repeats)
-        gl = gl_time(v, f, args.repeats)
-        print(f"(a) ICT mean mesh V={v.shape[0]} F={f.shape[0]}: fwd {fwd:.1f} ms, fwd+bwd {fb:.1f} ms, "
-              f"moderngl fwd {gl:.1f} ms, fwd_bwd/gl = {fb / gl:.2f}")
-    v, f = sphere()
-    fwd, fb = torch_times(v, f, args.repeats)
-    gl = gl_time(v, f, args.repeats)
-    print(f"(b) sphere V={v.shape[0]} F={f.shape[0]}: fwd {fwd:.1f} ms, fwd+bwd {fb:.1f} ms, "
-          f"moderngl fwd {gl:.1f} ms, fwd_bwd/gl = {fb / gl:.2f}")
+        _report("(a) ICT mean mesh", *ict, args.repeats)
+    fwd, fb, gl = _report("(b) sphere", *sphere(), args.repeats)
     print(f"RESULT fwd_ms={fwd:.2f} fwd_bwd_ms={fb:.2f} gl_fwd_ms={gl:.2f}")
 
 
