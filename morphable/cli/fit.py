@@ -179,6 +179,40 @@ def _write_mesh(folder: Path, model, vertices, texture: np.ndarray | None) -> No
         f.write(mtl)
 
 
+def cached_texel_map(model, size: int):
+    """The model's :func:`~morphable.fitting.texture.model_texel_map`, kept in ``MORPHABLE_HOME/texel_maps``.
+
+    Rasterising a UV layout costs seconds (ICT: 18 k triangles) and depends only on the layout, so it
+    is stored once per layout and size, under the sha256 of the UVs, UV triangles, textured-triangle
+    mask and size. A cache file that cannot be read is rebuilt.
+    """
+    import hashlib
+
+    import torch
+
+    from morphable.fitting.texture import TexelMap, model_texel_map, textured_triangles
+    from morphable.io.atomic import atomic_write
+    from morphable.models.registry import home
+
+    uv_tris = model.uv_triangles if model.uv_triangles is not None else model.triangles
+    digest = hashlib.sha256()
+    for part in (model.uv.detach().cpu().double(), uv_tris.cpu(), textured_triangles(model).cpu()):
+        digest.update(np.ascontiguousarray(part.numpy()).tobytes())
+    digest.update(str(size).encode())
+    path = home() / "texel_maps" / f"{digest.hexdigest()[:32]}.npz"
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            return TexelMap(torch.from_numpy(f["triangle_id"]).long(), torch.from_numpy(f["barycentric"]))
+    except (OSError, KeyError, ValueError):
+        pass
+    texel_map = model_texel_map(model, size)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_write(path, "wb") as f:
+        np.savez(f, triangle_id=texel_map.triangle_id.numpy().astype(np.int32),
+                 barycentric=texel_map.barycentric.numpy())
+    return texel_map
+
+
 def reconstruct(faces: Sequence[FaceInput], model, model_label: str, *, iterations: int = 5,
                 multi_view: bool = False, perspective: bool = False, texture_size: int = 512,
                 progress: bool = False) -> tuple[list[Path], list[str]]:
@@ -191,9 +225,8 @@ def reconstruct(faces: Sequence[FaceInput], model, model_label: str, *, iteratio
     from tqdm import tqdm
 
     from morphable.fitting.landmarks import fit_landmarks
-    from morphable.fitting.texture import model_texel_map
 
-    texel_map = model_texel_map(model, texture_size) if model.uv is not None else None
+    texel_map = cached_texel_map(model, texture_size) if model.uv is not None else None
     dtype = model.mean.dtype
     groups: list[list[FaceInput]] = []
     if multi_view:

@@ -165,3 +165,26 @@ def test_model_file_without_uvs_and_an_unfittable_face(runner, tmp_path):
     folder = tmp_path / "out" / "image_0001"
     assert _params(folder)["texture_coverage"] is None and _params(folder)["model"] == str(path)
     assert not (folder / "texture.png").exists() and read_obj(folder / "mesh.obj").uv is None
+
+
+def test_texel_map_cache(runner, tmp_path, monkeypatch):
+    import torch
+
+    from morphable import load_model
+    from morphable.cli.fit import cached_texel_map
+    from morphable.fitting.texture import model_texel_map
+
+    monkeypatch.setenv("MORPHABLE_HOME", str(tmp_path))
+    model = load_model("sfm")
+    fresh = cached_texel_map(model, 48)
+    (path,) = (tmp_path / "texel_maps").glob("*.npz")
+    cached = cached_texel_map(model, 48)
+    reference = model_texel_map(model, 48)
+    for t in (fresh, cached):
+        assert torch.equal(t.triangle_id, reference.triangle_id)
+        torch.testing.assert_close(t.barycentric, reference.barycentric)
+    path.write_bytes(b"garbage")  # a damaged cache file is rebuilt
+    assert torch.equal(cached_texel_map(model, 48).triangle_id, reference.triangle_id)
+    assert len(list((tmp_path / "texel_maps").glob("*.npz"))) == 1 and path.stat().st_size > 1000
+    cached_texel_map(model, 32)
+    assert len(list((tmp_path / "texel_maps").glob("*.npz"))) == 2
