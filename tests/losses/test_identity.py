@@ -112,6 +112,8 @@ def test_pair_scores_metrics():
     assert verification_auc(d, ["a", "a", "b"]) == 1.0
     with pytest.raises(ValueError, match="metric"):
         pair_scores(d, ["a", "a", "b"], metric="manhattan")
+    with pytest.raises(ValueError, match="one identity label"):
+        pair_scores(d, ["a", "b"])
 
 
 def test_dlib_net_separates_the_deepface_identities():
