@@ -92,7 +92,8 @@ out vec3 color;
 void main() {
     vec3 n = normalize(in_normal);
     float b[9] = float[9](0.282095, 0.325735 * n.y, 0.325735 * n.z, 0.325735 * n.x, 0.273137 * n.x * n.y,
-        0.273137 * n.y * n.z, 0.078848 * (3.0 * n.z * n.z - 1.0), 0.273137 * n.x * n.z, 0.136569 * (n.x * n.x - n.y * n.y));
+        0.273137 * n.y * n.z, 0.078848 * (3.0 * n.z * n.z - 1.0), 0.273137 * n.x * n.z,
+        0.136569 * (n.x * n.x - n.y * n.y));
     vec3 c = vec3(0.0);
     for (int k = 0; k < 9; k++) c += b[k] * sh[k];
     color = 0.7 * c;

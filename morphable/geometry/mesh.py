@@ -20,7 +20,10 @@ def _check(vertices: Tensor, triangles: Tensor) -> None:
 
 
 def face_areas_normals(vertices: Tensor, triangles: Tensor) -> Tensor:
-    """Unnormalised face normals ``(v1 − v0) × (v2 − v0)`` (length = twice the area). ``(B, V, 3) -> (B, F, 3)``."""
+    """Unnormalised face normals ``(v1 − v0) × (v2 − v0)`` (length = twice the area).
+
+    ``(B, V, 3), (F, 3) -> (B, F, 3)``.
+    """
     _check(vertices, triangles)
     v0, v1, v2 = (vertices.index_select(1, triangles[:, i]) for i in range(3))
     return torch.linalg.cross(v1 - v0, v2 - v0, dim=-1)
@@ -44,7 +47,8 @@ class _VertexNormals(torch.autograd.Function):
     autograd graph of the intermediate face quantities: several times cheaper on CPU)."""
 
     @staticmethod
-    def forward(ctx, vertices: Tensor, triangles: Tensor, inc: "VertexFaceIncidence", eps: float) -> Tensor:  # type: ignore[override]
+    def forward(ctx, vertices: Tensor, triangles: Tensor, inc: "VertexFaceIncidence",  # type: ignore[override]
+                eps: float) -> Tensor:
         v0, v1, v2 = (vertices.index_select(1, triangles[:, i]) for i in range(3))
         a, b = v1 - v0, v2 - v0
         s = _csr_apply(inc.matrix, _cross(a, b))  # (B, V, 3): Σ over incident faces

@@ -131,8 +131,7 @@ class Renderer(nn.Module):
         self.soft_silhouette = soft_silhouette
         self.near = near
         self._topology = EdgeTopology.build(triangles) if soft_silhouette else None
-        n_vertices = int(triangles.max()) + 1 if reference is None else reference.shape[0]
-        self._incidence = VertexFaceIncidence(triangles, n_vertices)
+        self._incidence: VertexFaceIncidence | None = None
 
     @classmethod
     def from_model(cls, model, image_size: tuple[int, int], **kwargs) -> "Renderer":
@@ -182,7 +181,9 @@ class Renderer(nn.Module):
         centres = torch.stack([rem % W, rem // W], dim=-1)
         bary, depth_p = barycentric_at(screen, tri, batch, face, centres, perspective)
 
-        normals_v = vertex_normals(view, tri, incidence=self._incidence if self._incidence.num_vertices == view.shape[1] else None)
+        if self._incidence is None or self._incidence.num_vertices != view.shape[1]:
+            self._incidence = VertexFaceIncidence(tri, view.shape[1])  # built once per vertex count
+        normals_v = vertex_normals(view, tri, incidence=self._incidence)
         attrs = [normals_v]
         if colors is not None:
             attrs.append(colors)

@@ -72,7 +72,8 @@ def _boundary(covered: Tensor) -> Tensor:
     return diff
 
 
-def silhouette_edges(screen: Tensor, triangles: Tensor, topology: EdgeTopology, perspective: bool) -> tuple[Tensor, Tensor]:
+def silhouette_edges(screen: Tensor, triangles: Tensor, topology: EdgeTopology,
+                     perspective: bool) -> tuple[Tensor, Tensor]:
     """Silhouette half-edges of each mesh in the batch: edges of a valid triangle whose other triangles
     all face the other way (or that have no other triangle).
 
@@ -104,7 +105,8 @@ def silhouette_edges(screen: Tensor, triangles: Tensor, topology: EdgeTopology, 
     return flat // (3 * F), flat % (3 * F)
 
 
-def _edge_geometry(screen: Tensor, triangles: Tensor, batch: Tensor, half_edge: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+def _edge_geometry(screen: Tensor, triangles: Tensor, batch: Tensor,
+                   half_edge: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """End points ``a, b`` ``(S, 2)`` and the opposite corner ``c`` ``(S, 2)`` of half-edges (differentiable)."""
     f, i = half_edge // 3, half_edge % 3
     tri = triangles[f]  # (S, 3)

@@ -40,7 +40,8 @@ class TestHandScenes:
         ]
         # barycentrics of pixel (x=3, y=2): b1 = (x-1)/7, b2 = (y-1)/7, b0 = rest
         assert torch.allclose(frag.barycentric[0, 2, 3], torch.tensor([4 / 7, 2 / 7, 1 / 7], dtype=f64))
-        assert torch.allclose(frag.depth[frag.mask], torch.tensor(5.0, dtype=f64)) and torch.isinf(frag.depth[~frag.mask]).all()
+        assert torch.allclose(frag.depth[frag.mask], torch.tensor(5.0, dtype=f64))
+        assert torch.isinf(frag.depth[~frag.mask]).all()
 
     def test_back_face_culling_follows_the_model_winding(self):
         # clockwise on screen (y down) = counter-clockwise in model space (y up): front-facing
@@ -179,7 +180,8 @@ def test_near_plane_clipping_matches_ray_casting():
                 p = t * ray
                 # barycentrics in 3-D
                 area = normal @ normal
-                lam = torch.stack([normal @ torch.linalg.cross(cc - b, p - b), normal @ torch.linalg.cross(a - cc, p - cc),
+                lam = torch.stack([normal @ torch.linalg.cross(cc - b, p - b),
+                                   normal @ torch.linalg.cross(a - cc, p - cc),
                                    normal @ torch.linalg.cross(b - a, p - a)]) / area
                 expected[y, x] = bool(t >= near and (lam >= 0).all())
                 margin[y, x] = min(lam.abs().min().item(), abs(t.item() - near))

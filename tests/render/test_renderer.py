@@ -178,11 +178,13 @@ def test_rendered_vertices_land_where_camera_project_puts_them(ict_mesh, perspec
 def test_batched_render_equals_single_renders():
     v, f, colors, sh = _scene(2)
     v2 = torch.cat([v, v * 0.8])
-    cams = ScaledOrthographic(torch.tensor([6.0, 7.0], dtype=f64), torch.tensor([[0.1, 0.2, 0.0], [0.0, -0.5, 0.2]], dtype=f64),
+    cams = ScaledOrthographic(torch.tensor([6.0, 7.0], dtype=f64),
+                              torch.tensor([[0.1, 0.2, 0.0], [0.0, -0.5, 0.2]], dtype=f64),
                               torch.tensor([[9.0, 10.0], [10.5, 9.5]], dtype=f64))
     sh2 = torch.cat([sh, sh.flip(-1)])
     r = Renderer(f, (20, 20))
-    both = r(v2, cams, colors=torch.cat([colors, colors]), sh=sh2, background=torch.tensor([[0.0, 0, 1], [1, 0, 0]], dtype=f64))
+    backgrounds = torch.tensor([[0.0, 0, 1], [1, 0, 0]], dtype=f64)
+    both = r(v2, cams, colors=torch.cat([colors, colors]), sh=sh2, background=backgrounds)
     for i in range(2):
         cam = ScaledOrthographic(cams.scale[i:i + 1], cams.rotation[i:i + 1], cams.translation[i:i + 1])
         bg = torch.tensor([[0.0, 0, 1], [1, 0, 0]], dtype=f64)[i:i + 1]

@@ -45,9 +45,12 @@ def test_image_to_uv_and_back_reproduces_a_smooth_image():
     assert mask.float().mean() > 0.9
     # a texel holds the image at the point its surface point projects to
     sy, sx = 10, 30
-    p = torch.tensor([sx / 47 * 2 - 1, (1 - sy / 47) * 2 - 1], dtype=f64) * 15 + 19.5 * torch.tensor([1.0, 1.0], dtype=f64)
-    px, py = p[0], 39.0 - p[1]
-    assert torch.allclose(uv_map[0, sy, sx], torch.stack([torch.sin(px / 7), torch.cos(py / 9), (px + py) / 80]), atol=2e-3)
+    # texel (sx, sy) is the model point (x, y) = (2 sx / 47 − 1, 2 (1 − sy / 47) − 1), seen at u = 15 x + 19.5,
+    # v = −15 y + 19.5
+    px = torch.tensor(15 * (sx / 47 * 2 - 1) + 19.5, dtype=f64)
+    py = torch.tensor(-15 * ((1 - sy / 47) * 2 - 1) + 19.5, dtype=f64)
+    expected = torch.stack([torch.sin(px / 7), torch.cos(py / 9), (px + py) / 80])
+    assert torch.allclose(uv_map[0, sy, sx], expected, atol=2e-3)
     out = Renderer(f, (H, W), uv=uv)(v[None], cam)
     back = uv_to_image(uv_map, out.uv, out.triangle_id >= 0)
     inner = torch.zeros(H, W, dtype=torch.bool)
