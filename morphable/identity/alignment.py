@@ -212,10 +212,11 @@ def extract_face_chips(images: torch.Tensor, landmarks: torch.Tensor, size: int 
     chips = []
     for image, rect, angle in zip(images, rects, angles):
         height, width = image.shape[:2]
-        # How deep a pyramid is needed, and the crop that holds the rotated chip plus a filter border.
-        depth, grow, down = 0, 2.0, _rect_down(rect.detach())
+        # The crop that holds the rotated chip plus a border for the pyramid filters: 2 px, and per
+        # pyramid level needed the border doubles plus 2 (dlib's rule).
+        grow, down = 2.0, _rect_down(rect.detach())
         while _area(down) > size * size:
-            down, depth, grow = _rect_down(down), depth + 1, grow * 2 + 2
+            down, grow = _rect_down(down), grow * 2 + 2
         left, top, right, bottom = _crop_box(rect.detach(), float(angle.detach()), grow, height, width)
         level_image = image[top:bottom + 1, left:right + 1]
         # Coarsest pyramid level whose rectangle is still larger than the chip.
