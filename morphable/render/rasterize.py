@@ -205,7 +205,7 @@ def _setup(screen: Tensor, triangles: Tensor, H: int, W: int, cull_backfaces: bo
     corner, parity = _sorted_corners(triangles)
     # corner coordinates as contiguous (B·F,) vectors (corners A, B, C): index_select on 1-D tensors and
     # elementwise ops only (much faster on CPU than strided views and reductions)
-    cols = screen.reshape(B * V, 3).t().contiguous()  # (3, B·V)
+    cols = screen.reshape(B * V, 3).t()  # (3, B·V) strided views: index_select reads them as fast
     if B > 1:
         offset = (torch.arange(B, device=screen.device, dtype=torch.int32) * V)[:, None]
         corner = [(c[None] + offset).reshape(-1) for c in corner]
@@ -214,7 +214,7 @@ def _setup(screen: Tensor, triangles: Tensor, H: int, W: int, cull_backfaces: bo
     ya, yb, yc = (cols[1].index_select(0, corner[i]) for i in range(3))
     area2 = (xc - xb) * (ya - yb) - (yc - yb) * (xa - xb)  # of (A, B, C); the triangle's own: × parity
     ok = area2 != 0
-    if not bool(torch.isfinite(cols).all()):  # vertices with nan/inf coordinates drop their triangles
+    if not bool(torch.isfinite(screen.sum())):  # vertices with nan/inf coordinates drop their triangles
         bad = ~torch.isfinite(cols).all(0)
         ok &= ~(bad.index_select(0, corner[0]) | bad.index_select(0, corner[1]) | bad.index_select(0, corner[2]))
     xmin, xmax = torch.minimum(torch.minimum(xa, xb), xc), torch.maximum(torch.maximum(xa, xb), xc)

@@ -88,8 +88,11 @@ def _gather_interpolate(attributes: Tensor, table: Tensor, batch: Tensor, face: 
         ids = ids + (batch * N)[:, None]
     else:
         flat = attributes
-    rows = flat.index_select(0, ids.reshape(-1)).view(ids.shape[0], 3, -1)
-    return (bary.unsqueeze(-1).to(rows.dtype) * rows).sum(1)
+    bary = bary.to(flat.dtype)
+    # three row gathers and a weighted sum (a reduction over a middle axis of size 3 is slow on CPU)
+    out = flat.index_select(0, ids[:, 0]) * bary[:, 0:1]
+    out = out + flat.index_select(0, ids[:, 1]) * bary[:, 1:2]
+    return out + flat.index_select(0, ids[:, 2]) * bary[:, 2:3]
 
 
 def _scatter(values: Tensor, pix: Tensor, total: int, fill: float = 0.0) -> Tensor:
@@ -223,16 +226,18 @@ class Renderer(nn.Module):
             bg = torch.as_tensor(float(background), dtype=vertices.dtype, device=vertices.device)
         image = alpha.unsqueeze(-1) * color + (1 - alpha.unsqueeze(-1)) * bg
 
-        keep = covered.reshape(-1).index_select(0, pix)  # packed entries that are really covered
-        pix_c = pix[keep]
-        depth = _scatter(depth_p[keep], pix_c, total, math.inf).view(B, H, W)
-        normals = _scatter(n_p[keep], pix_c, total).view(B, H, W, 3)
-        barycentric = _scatter(bary[keep], pix_c, total).view(B, H, W, 3)
-        albedo = None if albedo_p is None else _scatter(albedo_p[keep], pix_c, total).view(B, H, W, 3)
-        uv = None if uv_p is None else _scatter(uv_p[keep], pix_c, total).view(B, H, W, 2)
+        # the other buffers hold covered pixels only (no extrapolation beyond the silhouette)
+        keep = covered.reshape(-1).index_select(0, pix).nonzero(as_tuple=True)[0]
+        pix_c = pix.index_select(0, keep)
+        sel = lambda t: t.index_select(0, keep)  # noqa: E731
+        depth = _scatter(sel(depth_p), pix_c, total, math.inf).view(B, H, W)
+        normals = _scatter(sel(n_p), pix_c, total).view(B, H, W, 3)
+        barycentric = _scatter(sel(bary), pix_c, total).view(B, H, W, 3)
+        albedo = None if albedo_p is None else _scatter(sel(albedo_p), pix_c, total).view(B, H, W, 3)
+        uv = None if uv_p is None else _scatter(sel(uv_p), pix_c, total).view(B, H, W, 2)
         pncc = None
         if self.ncc is not None:
-            ncc_p = _gather_interpolate(self.ncc.to(vertices.dtype), tri, batch[keep], face[keep], bary[keep])
+            ncc_p = _gather_interpolate(self.ncc.to(vertices.dtype), tri, sel(batch), sel(face), sel(bary))
             pncc = _scatter(ncc_p, pix_c, total).view(B, H, W, 3)
         return RenderOutput(image, alpha, depth, normals, ids, barycentric, albedo, uv, pncc, screen)
 
