@@ -99,3 +99,22 @@ def test_gradient_wrt_image_matches_finite_differences(net, chips):
         return net(torch.cat([image[:, :70], top, image[:, 74:]], dim=1))
 
     assert torch.autograd.gradcheck(descriptor, (patch,), eps=1e-6, atol=1e-8, rtol=1e-5, fast_mode=True)
+
+
+def test_differentiable_pipeline_close_to_dlibs(net):
+    """Photo + landmarks -> our chip -> our descriptor, against dlib's compute_face_descriptor(img, shape):
+    the chips differ only by dlib's integer truncation, so the descriptors stay far inside dlib's
+    same-person distance (0.6)."""
+    from morphable.identity import extract_face_chips
+
+    recogniser = dlib.face_recognition_model_v1(str(default_weights_path()))
+    folder = data_file("deepface/tests/unit/dataset")
+    for name in ("img10.jpg", "img1.jpg"):  # without and with the anti-aliasing pyramid
+        face = largest_face(folder / name)
+        parts = dlib.points([dlib.point(int(x), int(y)) for x, y in face.landmarks68])
+        shape = dlib.full_object_detection(dlib.rectangle(0, 0, 1, 1), parts)
+        theirs = np.array(recogniser.compute_face_descriptor(face.image, shape, 0, 0.25))
+        image = torch.from_numpy(np.array(face.image)).float()[None] / 255
+        with torch.no_grad():
+            ours = net(extract_face_chips(image, torch.from_numpy(face.landmarks68)[None]))[0].double().numpy()
+        assert np.linalg.norm(ours - theirs) < 0.02  # measured 0.005
