@@ -38,7 +38,7 @@ def _crop_triangles(triangles: np.ndarray, ids: np.ndarray, count: int) -> np.nd
 def _table(title: str, summary: dict) -> None:
     click.echo(title)
     click.echo(f"  {'median':>9} {'mean':>9} {'std':>9}   (mm, {summary['n_points']} points)")
-    click.echo(f"  {summary['median_mm']:9.4f} {summary['mean_mm']:9.4f} {summary['std_mm']:9.4f}")
+    click.echo(f"  {summary['median_mm']:9.4g} {summary['mean_mm']:9.4g} {summary['std_mm']:9.4g}")
 
 
 def _write_heatmap(path: Path, vertices: np.ndarray, triangles: np.ndarray, errors: np.ndarray,

@@ -8,8 +8,10 @@
   measured in the fixed points' frame (so an isotropic scale cannot shrink the error away). Two steps:
   point-to-point (Umeyama on the closest points; the objective never increases) and point-to-plane
   (Chen & Medioni, 1992: Gauss-Newton on the distances along the surface normals, linearised in a
-  small rotation, translation and scale; faster near the optimum and guarded by a backtracking line
-  search with a point-to-point fallback, so it never increases the objective either).
+  small rotation, translation and scale; on a mesh, points whose closest point is on an edge or vertex
+  use the direction to that point instead of a face normal, so the step is Gauss-Newton on the exact
+  point-to-surface distances; guarded by a backtracking line search with a point-to-point fallback,
+  so it never increases the objective either).
 
 Arrays are numpy (float64 inside); rotations act on column vectors, points are rows: ``s · P @ R.T + t``.
 """
@@ -147,11 +149,17 @@ class _Surface:
         self.normals = None if normals is None else _as_points(normals, "moving normals")
 
     def closest(self, points: np.ndarray):
-        """Closest points (N,3), distances (N,), unit normals (N,3) or None, on-rim flags (N,) bool or None."""
+        """Closest points (N,3), distances (N,), unit step normals (N,3) or None, on-rim flags (N,) or None."""
         if self.index is not None:
             found = self.index.query(points)
             rim = on_boundary(found, self.index.triangles) if self.with_rim else None
-            return found.point, found.distance, self.face_normals[found.triangle], rim
+            # the distance's gradient direction: the face normal inside a triangle, the direction from
+            # the closest point to the query point on an edge or a vertex (e.g. beyond the rim), which
+            # makes the point-to-plane step Gauss-Newton on the true point-to-surface distances
+            normals = self.face_normals[found.triangle]
+            off_face = (found.barycentric == 0.0).any(axis=1) & (found.distance > 0)
+            normals[off_face] = (points[off_face] - found.point[off_face]) / found.distance[off_face, None]
+            return found.point, found.distance, normals, rim
         dist, ids = self.tree.query(points)
         return self.vertices[ids], dist, None if self.normals is None else self.normals[ids], None
 

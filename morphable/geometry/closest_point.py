@@ -62,6 +62,10 @@ def _check_points(points: np.ndarray) -> np.ndarray:
     return points
 
 
+def _dot(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    return x[..., 0] * y[..., 0] + x[..., 1] * y[..., 1] + x[..., 2] * y[..., 2]
+
+
 def closest_points_on_triangles(points: np.ndarray, a: np.ndarray, b: np.ndarray,
                                 c: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Closest point of triangle ``(a[i], b[i], c[i])`` to ``points[i]``, for every i (Ericson §5.1.5).
@@ -70,19 +74,17 @@ def closest_points_on_triangles(points: np.ndarray, a: np.ndarray, b: np.ndarray
         points, a, b, c: (..., 3) arrays of equal shape (one point and one triangle per row).
 
     Returns:
-        closest (..., 3) and barycentric (..., 3) with ``closest = u a + v b + w c``.
-        Degenerate (zero-area) triangles are handled by their vertex and edge regions.
+        closest (..., 3) and barycentric (..., 3) with ``closest = u a + v b + w c``. Edge and vertex
+        regions have exact zeros (and ones) in the barycentrics. Degenerate (zero-area) triangles are
+        handled by their vertex and edge regions.
     """
     p, a, b, c = (np.asarray(x, dtype=np.float64) for x in (points, a, b, c))
-    ab, ac = b - a, c - a
-    ap, bp, cp = p - a, p - b, p - c
-    d1 = np.einsum("...i,...i->...", ab, ap)
-    d2 = np.einsum("...i,...i->...", ac, ap)
-    d3 = np.einsum("...i,...i->...", ab, bp)
-    d4 = np.einsum("...i,...i->...", ac, bp)
-    d5 = np.einsum("...i,...i->...", ab, cp)
-    d6 = np.einsum("...i,...i->...", ac, cp)
-    vc = d1 * d4 - d3 * d2          # signed areas of the sub-triangles (times 2|n|), Ericson's va, vb, vc
+    ab, ac, ap = b - a, c - a, p - a
+    ab_ab, ac_ac, ab_ac = _dot(ab, ab), _dot(ac, ac), _dot(ab, ac)
+    d1, d2 = _dot(ab, ap), _dot(ac, ap)
+    d3, d4 = d1 - ab_ab, d2 - ab_ac            # ab·(p − b), ac·(p − b)
+    d5, d6 = d1 - ab_ac, d2 - ac_ac            # ab·(p − c), ac·(p − c)
+    vc = d1 * d4 - d3 * d2                     # Ericson's va, vb, vc: signed sub-triangle areas (× 2|n|)
     vb = d5 * d2 - d1 * d6
     va = d3 * d6 - d5 * d4
 
@@ -92,27 +94,27 @@ def closest_points_on_triangles(points: np.ndarray, a: np.ndarray, b: np.ndarray
 
     # interior (the default), then the six boundary regions in reverse priority: the last write wins
     total = va + vb + vc
-    v = safe_div(vb, total)
-    w = safe_div(vc, total)
-    bary = np.stack([1.0 - v - w, v, w], axis=-1)
+    v, w = safe_div(vb, total), safe_div(vc, total)
+    u = 1.0 - v - w
+    zero = np.zeros_like(d1)
+    one = np.ones_like(d1)
 
-    def put(mask: np.ndarray, value: np.ndarray) -> None:
-        bary[mask] = value[mask]
+    def put(mask, uu, vv, ww):
+        nonlocal u, v, w
+        u, v, w = np.where(mask, uu, u), np.where(mask, vv, v), np.where(mask, ww, w)
 
-    zeros = np.zeros_like(d1)
-    ones = np.ones_like(d1)
     w_bc = safe_div(d4 - d3, (d4 - d3) + (d5 - d6))
-    put((va <= 0) & (d4 - d3 >= 0) & (d5 - d6 >= 0), np.stack([zeros, 1 - w_bc, w_bc], -1))
+    put((va <= 0) & (d4 - d3 >= 0) & (d5 - d6 >= 0), zero, 1 - w_bc, w_bc)
     w_ac = safe_div(d2, d2 - d6)
-    put((vb <= 0) & (d2 >= 0) & (d6 <= 0), np.stack([1 - w_ac, zeros, w_ac], -1))
-    put((d6 >= 0) & (d5 <= d6), np.stack([zeros, zeros, ones], -1))
+    put((vb <= 0) & (d2 >= 0) & (d6 <= 0), 1 - w_ac, zero, w_ac)
+    put((d6 >= 0) & (d5 <= d6), zero, zero, one)
     v_ab = safe_div(d1, d1 - d3)
-    put((vc <= 0) & (d1 >= 0) & (d3 <= 0), np.stack([1 - v_ab, v_ab, zeros], -1))
-    put((d3 >= 0) & (d4 <= d3), np.stack([zeros, ones, zeros], -1))
-    put((d1 <= 0) & (d2 <= 0), np.stack([ones, zeros, zeros], -1))
+    put((vc <= 0) & (d1 >= 0) & (d3 <= 0), 1 - v_ab, v_ab, zero)
+    put((d3 >= 0) & (d4 <= d3), zero, one, zero)
+    put((d1 <= 0) & (d2 <= 0), one, zero, zero)
 
-    closest = bary[..., :1] * a + bary[..., 1:2] * b + bary[..., 2:] * c
-    return closest, bary
+    closest = u[..., None] * a + v[..., None] * b + w[..., None] * c
+    return closest, np.stack([u, v, w], axis=-1)
 
 
 def _pair_distances(points: np.ndarray, vertices: np.ndarray, triangles: np.ndarray,
@@ -120,8 +122,8 @@ def _pair_distances(points: np.ndarray, vertices: np.ndarray, triangles: np.ndar
     tri = triangles[triangle_ids]
     closest, bary = closest_points_on_triangles(points[point_ids], vertices[tri[:, 0]],
                                                 vertices[tri[:, 1]], vertices[tri[:, 2]])
-    dist = np.linalg.norm(closest - points[point_ids], axis=1)
-    return dist, closest, bary
+    diff = closest - points[point_ids]
+    return np.sqrt(_dot(diff, diff)), closest, bary
 
 
 def _best_per_point(n: int, point_ids: np.ndarray, triangle_ids: np.ndarray, dist: np.ndarray,
