@@ -294,6 +294,18 @@ def _scan(s: _Setup, sel: Tensor, kx: int, ky: int, H: int, W: int, perspective:
     return pix, key
 
 
+def pixel_coordinates(pix: Tensor, H: int, W: int) -> tuple[Tensor, Tensor]:
+    """Flat pixel indices ``b·H·W + y·W + x`` -> batch index ``(P,)`` and centres ``(P, 2)`` ``(x, y)`` int64.
+
+    Divides in float64 (exact below 2**52; integer division is not vectorised on CPU)."""
+    f = pix.to(torch.float64)
+    batch = torch.floor(f / (H * W))
+    row = torch.floor(f / W)  # b·H + y
+    x = f - row * W
+    y = row - batch * H
+    return batch.to(torch.int64), torch.stack([x, y], dim=-1).to(torch.int64)
+
+
 def _pow2_class(n: Tensor) -> Tensor:
     """Smallest power-of-two exponent ``c`` with ``2**c >= n`` (n >= 1)."""
     return torch.ceil(torch.log2(n.to(torch.float32))).to(torch.int64).clamp_min(0)
@@ -329,9 +341,7 @@ def fragments_from_ids(screen: Tensor, triangles: Tensor, triangle_id: Tensor, p
     B, H, W = triangle_id.shape
     flat = triangle_id.reshape(-1)
     pix = (flat >= 0).nonzero(as_tuple=True)[0]
-    batch = pix // (H * W)
-    rem = pix % (H * W)
-    pixels = torch.stack([rem % W, rem // W], dim=-1)
+    batch, pixels = pixel_coordinates(pix, H, W)
     bary_p, depth_p = barycentric_at(screen, triangles, batch, flat[pix], pixels, perspective)
     bary = screen.new_zeros(B * H * W, 3).index_put((pix,), bary_p)
     depth = screen.new_full((B * H * W,), math.inf).index_put((pix,), depth_p)

@@ -24,7 +24,7 @@ from torch import Tensor, nn
 
 from morphable.geometry.camera import Camera, Perspective
 from morphable.geometry.mesh import VertexFaceIncidence, vertex_normals
-from morphable.render.rasterize import barycentric_at, rasterize_ids
+from morphable.render.rasterize import barycentric_at, pixel_coordinates, rasterize_ids
 from morphable.render.shading import phong_shade, sh_basis
 from morphable.render.silhouette import EdgeTopology, soft_silhouette
 from morphable.render.texture import sample_image
@@ -179,9 +179,7 @@ class Renderer(nn.Module):
         flat = shade_ids.reshape(-1)
         pix = (flat >= 0).nonzero(as_tuple=True)[0]
         face = flat.index_select(0, pix)
-        batch = pix // (H * W)
-        rem = pix % (H * W)
-        centres = torch.stack([rem % W, rem // W], dim=-1)
+        batch, centres = pixel_coordinates(pix, H, W)
         bary, depth_p = barycentric_at(screen, tri, batch, face, centres, perspective)
 
         if self._incidence is None or self._incidence.num_vertices != view.shape[1]:

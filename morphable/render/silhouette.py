@@ -27,27 +27,38 @@ import torch.nn.functional as nnf
 from torch import Tensor
 
 from morphable.geometry.mesh import edge_topology
-from morphable.render.rasterize import TRIANGLE_BITS, _EMPTY, _pow2_class, _sortable_key
+from morphable.render.rasterize import TRIANGLE_BITS, _EMPTY, _pow2_class, _sortable_key, pixel_coordinates
 
 REACH = 1.0  # px: boundary pixels lie within one pixel of the silhouette they border
 
 
 @dataclass(frozen=True)
 class EdgeTopology:
-    """Half-edge → edge map of a triangle list (compute once per mesh with :meth:`build`).
+    """The two half-edges of every edge of a triangle list (compute once per mesh with :meth:`build`).
+
+    Half-edge ``3 f + i`` is the edge of triangle ``f`` joining its corners ``i + 1`` and ``i + 2``.
 
     Attributes:
-        half_edge_to_edge: ``(3F,)`` int64; half-edge ``3 f + i`` joins corners ``i + 1`` and ``i + 2`` of ``f``.
-        face_count: ``(E,)`` int64 triangles per edge.
+        first, second: ``(E,)`` int64 half-edges of each edge; ``second`` is −1 on the mesh boundary.
+            Non-manifold edges (three or more triangles) keep their two lowest half-edges.
+        first_face, second_face: ``(E,)`` their triangles (``second_face`` 0 where ``second`` is −1).
+        has_second: ``(E,)`` bool.
     """
 
-    half_edge_to_edge: Tensor
-    face_count: Tensor
+    first: Tensor
+    second: Tensor
+    first_face: Tensor
+    second_face: Tensor
+    has_second: Tensor
 
     @staticmethod
     def build(triangles: Tensor) -> "EdgeTopology":
         _, h2e, count = edge_topology(triangles)
-        return EdgeTopology(h2e, count)
+        order = torch.argsort(h2e, stable=True)  # half-edges grouped by edge, increasing ids
+        start = torch.cumsum(count, 0) - count
+        first = order[start]
+        second = torch.where(count > 1, order[(start + 1).clamp_max(order.numel() - 1)], -1)
+        return EdgeTopology(first, second, first // 3, second.clamp_min(0) // 3, count > 1)
 
 
 @dataclass(frozen=True)
@@ -74,17 +85,18 @@ def _boundary(covered: Tensor) -> Tensor:
 
 def silhouette_edges(screen: Tensor, triangles: Tensor, topology: EdgeTopology,
                      perspective: bool) -> tuple[Tensor, Tensor]:
-    """Silhouette half-edges of each mesh in the batch: edges of a valid triangle whose other triangles
-    all face the other way (or that have no other triangle).
+    """Silhouette half-edges of each mesh in the batch: boundary edges of usable triangles, and both
+    half-edges of edges whose two triangles face opposite ways (or only one of which is usable).
 
     Returns:
         batch ``(S,)`` and half-edge id ``(S,)`` (``3 f + i``) of every silhouette half-edge.
     """
     B, V = screen.shape[:2]
     F = triangles.shape[0]
-    E = topology.face_count.shape[0]
     cols = screen.detach().reshape(B * V, 3).t()
-    corner = (triangles.t()[:, None, :] + (torch.arange(B, device=screen.device) * V)[None, :, None]).reshape(3, -1)
+    corner = [triangles[:, i] for i in range(3)]
+    if B > 1:
+        corner = [(c[None] + (torch.arange(B, device=screen.device) * V)[:, None]).reshape(-1) for c in corner]
     x, y = ([cols[c].index_select(0, corner[i]) for i in range(3)] for c in range(2))  # (B·F,) each
     area2 = (x[2] - x[1]) * (y[0] - y[1]) - (y[2] - y[1]) * (x[0] - x[1])
     valid = torch.isfinite(area2) & (area2 != 0)
@@ -92,17 +104,16 @@ def silhouette_edges(screen: Tensor, triangles: Tensor, topology: EdgeTopology,
         d = [cols[2].index_select(0, corner[i]) for i in range(3)]
         valid &= (d[0] > 0) & (d[1] > 0) & (d[2] > 0)  # triangles reaching behind the camera: no usable edges
     # facing: −1 front (counter-clockwise in model space, see rasterize.py), +1 back, 0 unusable
-    facing = torch.sign(area2) * valid
-    edge_of = topology.half_edge_to_edge
-    if B > 1:
-        edge_of = (edge_of[None] + (torch.arange(B, device=screen.device) * E)[:, None]).reshape(-1)
-    count = topology.face_count.repeat(B).to(facing.dtype)
-    net = torch.bincount(edge_of, weights=facing.repeat_interleave(3), minlength=B * E).to(facing.dtype)
-    # boundary edge (one face), or faces of both orientations (|Σ facing| < number of faces)
-    sil_edge = (count == 1) | (net.abs() < count)
-    sil = sil_edge.index_select(0, edge_of) & valid.repeat_interleave(3)
-    flat = sil.nonzero(as_tuple=True)[0]
-    return flat // (3 * F), flat % (3 * F)
+    facing = (torch.sign(area2) * valid).to(torch.int8)
+    t = topology
+    f1 = torch.stack([facing.index_select(0, t.first_face + b * F) for b in range(B)])  # (B, E)
+    f2 = torch.stack([facing.index_select(0, t.second_face + b * F) for b in range(B)]) * t.has_second
+    batch, edge = (f1 != f2).nonzero(as_tuple=True)  # boundary (f2 = 0) or a fold between front and back
+    face1, face2 = t.first_face.index_select(0, edge), t.second_face.index_select(0, edge)
+    keep1 = facing.index_select(0, face1 + batch * F) != 0
+    keep2 = t.has_second.index_select(0, edge) & (facing.index_select(0, face2 + batch * F) != 0)
+    half = torch.cat([t.first.index_select(0, edge)[keep1], t.second.index_select(0, edge)[keep2]])
+    return torch.cat([batch[keep1], batch[keep2]]), half
 
 
 def _edge_geometry(screen: Tensor, triangles: Tensor, batch: Tensor,
@@ -191,8 +202,7 @@ def soft_silhouette(screen: Tensor, triangles: Tensor, triangle_id: Tensor, topo
     nearest = _nearest_edge(a.detach(), b.detach(), sb, boundary)
     pix = (nearest >= 0).nonzero(as_tuple=True)[0]
     e = nearest[pix]
-    rem = pix % (H * W)
-    p = torch.stack([rem % W, rem // W], -1).to(screen.dtype)
+    p = pixel_coordinates(pix, H, W)[1].to(screen.dtype)
     sd = _signed_distance(a[e], b[e], c[e], p)
     inside = covered.reshape(-1)[pix]
     soft = torch.where(inside, (0.5 + sd).clamp(0.5, 1.0), (0.5 + sd).clamp(0.0, 0.5))
