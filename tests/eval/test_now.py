@@ -82,3 +82,39 @@ def test_bad_landmarks_raise(patch):
     vertices, triangles, ids = patch
     with pytest.raises(ValueError, match=r"\(7, 3\)"):
         now_errors(vertices, vertices[ids[:5]], vertices, triangles, vertices[ids])
+
+
+@pytest.mark.parametrize("metrical", [False, True])
+def test_refinement_reaches_a_minimum_with_a_different_partial_mesh(patch, metrical):
+    """A different face that covers only part of the crop (scan points beyond its rim): the refined
+    transform is a local minimum of the summed squared scan-to-mesh distances."""
+    from morphable.geometry.closest_point import closest_points
+
+    vertices, triangles, ids = patch
+    other = vertices.copy()
+    other[:, 2] += 4 * np.exp(-((vertices[:, 0] - 20) ** 2 + (vertices[:, 1] - 30) ** 2) / 200)  # a new bump
+    keep = np.abs(vertices[:, 0]) < 40                                   # narrower than the crop
+    remap = np.full(len(vertices), -1)
+    remap[keep] = np.arange(keep.sum())
+    tri = remap[triangles]
+    tri = tri[(tri >= 0).all(axis=1)]
+    mesh_lm = other[ids] + np.random.default_rng(3).normal(size=(7, 3))
+    result = now_errors(vertices, vertices[ids], other[keep], tri, mesh_lm, metrical=metrical)
+    points = vertices[result.scan_ids]
+
+    def energy(t):
+        return float((closest_points(points, t.apply(other[keep]), tri).distance ** 2).sum())
+
+    best = energy(result.transform)
+    assert best == pytest.approx(float((result.distances ** 2).sum()), rel=1e-9)
+    t = result.transform
+    for axis in np.eye(3):
+        for sign in (-1, 1):
+            turn = axis_angle_to_matrix(torch.as_tensor(sign * 2e-3 * axis)).numpy()
+            shifted = [Similarity(t.scale, t.rotation, t.translation + sign * 0.05 * axis),
+                       Similarity(t.scale, turn @ t.rotation, turn @ t.translation)]
+            for other_t in shifted:
+                assert energy(other_t) >= best * (1 - 1e-9)
+    if not metrical:
+        for factor in (0.995, 1.005):
+            assert energy(Similarity(t.scale * factor, t.rotation, t.translation * factor)) >= best * (1 - 1e-9)
