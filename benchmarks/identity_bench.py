@@ -26,7 +26,7 @@ import torch
 from morphable.identity import DlibFaceNet
 from morphable.identity.dlib_serialization import default_weights_path
 from morphable.io.image import read_image
-from morphable.losses.identity import roc_auc_pairs, pair_scores, verification_auc
+from morphable.losses.identity import pair_scores, roc_auc_pairs, verification_auc
 
 # The 13 identities of deepface/tests/unit/dataset (../shared/data/MANIFEST.md).
 DEEPFACE_IDENTITIES = (
