@@ -153,26 +153,34 @@ def _nearest_edge(a: Tensor, b: Tensor, batch: Tensor, boundary: Tensor, max_can
     ab = b[ok] - a[ok]
     ab2 = (ab * ab).sum(-1).clamp_min(1e-12)
     rel = torch.stack([x0[ok] - a[ok, 0], y0[ok] - a[ok, 1]], -1)  # anchor pixel − a
-    cls = _pow2_class(nx) * 64 + _pow2_class(ny)
+    cx, cy = _pow2_class(nx), _pow2_class(ny)
     flat_boundary = boundary.reshape(-1)
     nearest = torch.full((B * H * W,), _EMPTY, dtype=torch.int64, device=dev)
-    for c in torch.bincount(cls).nonzero(as_tuple=True)[0].tolist():
-        kx, ky = 2 ** (c // 64), 2 ** (c % 64)
-        members = (cls == c).nonzero(as_tuple=True)[0]
-        dx = torch.arange(kx, device=dev).repeat(ky)
-        dy = torch.arange(ky, device=dev).repeat_interleave(kx)
+    if ok.numel() == 0:
+        return nearest.fill_(-1)
+    wx, wy = int(cx.max()), int(cy.max())
+    if ok.numel() << (wx + wy) <= max_candidates:  # few edges (the usual case): one window size for all
+        groups = [(torch.arange(ok.numel(), device=dev), 2**wx, 2**wy)]
+    else:  # grouped by window size like the rasteriser
+        cls = cx * 64 + cy
+        groups = [((cls == c).nonzero(as_tuple=True)[0], 2 ** (c // 64), 2 ** (c % 64))
+                  for c in torch.bincount(cls).nonzero(as_tuple=True)[0].tolist()]
+    for members, kx, ky in groups:
+        dx = torch.arange(kx, device=dev).repeat(ky)[:, None]  # (K, 1); work arrays are (K, M)
+        dy = torch.arange(ky, device=dev).repeat_interleave(kx)[:, None]
         step = max(1, max_candidates // (kx * ky))
         for start in range(0, members.numel(), step):
             m = members[start:start + step]
-            px = rel[m, 0, None] + dx  # pixel − a, (M, K)
-            py = rel[m, 1, None] + dy
-            t = ((px * ab[m, 0, None] + py * ab[m, 1, None]) / ab2[m, None]).clamp(0, 1)
-            ex, ey = px - t * ab[m, 0, None], py - t * ab[m, 1, None]
+            abx, aby, l2 = ab[m, 0], ab[m, 1], ab2[m]
+            px = rel[m, 0] + dx.to(rel.dtype)  # pixel − a
+            py = rel[m, 1] + dy.to(rel.dtype)
+            t = ((px * abx + py * aby) / l2).clamp(0, 1)
+            ex, ey = px - t * abx, py - t * aby
             dist = (ex * ex + ey * ey).sqrt()
-            pix = base[m, None] + dy * W + dx
-            hit = (dx < nx[m, None]) & (dy < ny[m, None]) & (dist <= REACH)
+            pix = base[m] + (dy * W + dx)
+            hit = (dx < nx[m]) & (dy < ny[m]) & (dist <= REACH)
             hit &= flat_boundary[pix.clamp_max(B * H * W - 1)]
-            key = (_sortable_key(dist[hit]) << TRIANGLE_BITS) | ok[m][:, None].expand_as(hit)[hit]
+            key = (_sortable_key(dist[hit]) << TRIANGLE_BITS) | ok[m].expand_as(hit)[hit]
             nearest.scatter_reduce_(0, pix[hit], key, reduce="amin")
     return torch.where(nearest == _EMPTY, -1, nearest & (2**TRIANGLE_BITS - 1))
 

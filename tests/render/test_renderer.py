@@ -205,3 +205,19 @@ def test_unlit_render_and_errors():
         r(v, _ortho(), texture=torch.zeros(1, 4, 4, 3, dtype=f64))
     with pytest.raises(ValueError, match=r"\(B, V, 3\)"):
         r(v[0], _ortho())
+
+
+def test_nearest_silhouette_edge_search_in_small_chunks_is_the_same():
+    from morphable.render.rasterize import rasterize_ids
+    from morphable.render.silhouette import EdgeTopology, _edge_geometry, _nearest_edge, silhouette_edges
+
+    v, f, _, _ = _scene(2)
+    screen = _ortho(9.0, translation=(11.3, 12.1)).project_with_depth(v)
+    ids = rasterize_ids(screen, f, (24, 24), cull_backfaces=True)
+    sb, sh = silhouette_edges(screen, f, EdgeTopology.build(f), False)
+    a, b, _ = _edge_geometry(screen, f, sb, sh)
+    boundary = _boundary(ids >= 0)
+    one_pass = _nearest_edge(a, b, sb, boundary)
+    chunked = _nearest_edge(a, b, sb, boundary, max_candidates=16)
+    assert torch.equal(one_pass, chunked)
+    assert (one_pass[boundary.reshape(-1)] >= 0).float().mean() > 0.9  # boundary pixels find their edge
