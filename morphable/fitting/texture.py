@@ -182,10 +182,11 @@ class DepthBuffer:
         row = torch.round((pixels[:, 1] - self.origin[1]) * self.factor).long().clamp(0, h - 1)
         return self.depth[row, col]
 
-    def unoccluded(self, screen: Tensor, image_size: tuple[int, int], tolerance_mm: float = 3.0) -> Tensor:
+    def unoccluded(self, screen: Tensor, image_size: tuple[int, int], tolerance_mm: float | Tensor = 3.0) -> Tensor:
         """``(N, 3)`` ``(u, v, depth)`` points -> ``(N,)`` bool: inside the photo and not behind the surface.
 
-        Back-facing is not tested here (a vertex on a back face passes if nothing else is in front).
+        ``tolerance_mm`` is a scalar or ``(N,)``. Back-facing is not tested here (a vertex on a back face
+        passes if nothing else is in front).
         """
         H, W = image_size
         u, v, depth = screen.unbind(-1)
@@ -235,19 +236,29 @@ def _visible(camera: Camera, points: Tensor, normals: Tensor, zbuf: DepthBuffer,
              tolerance_mm: float) -> tuple[Tensor, Tensor, Tensor]:
     """Project surface points: in the image and passing the depth test; how squarely they face the camera.
 
+    The depth test compares a point with the buffer at the nearest cell centre, up to ``√½`` cell away
+    on the surface; on a surface inclined at θ the depth there differs by up to ``√½ · cell · tan θ``,
+    which is added to ``tolerance_mm`` (cell size in mm: ``1 / (k · pixels per mm)``).
+
     Returns ``(N,)`` bool visibility (facing not tested), ``(N,)`` cosines and ``(N, 2)`` pixel positions.
     """
     screen = camera.project_with_depth(points[None])[0]
     R = camera.rotation_matrix[0]
     view_points = camera.transform(points[None])[0]
     cosine = _facing_cosine(camera, view_points, normals @ R.T)
-    return zbuf.unoccluded(screen, image_size, tolerance_mm), cosine, screen[:, :2]
+    if isinstance(camera, Perspective):
+        px_per_mm = camera.focal[0] / screen[:, 2].clamp_min(1e-6)
+    else:
+        px_per_mm = camera.scale[0].expand(screen.shape[0])
+    cos = cosine.abs().clamp(0.1, 1.0)  # grazing points are rejected by the cosine test anyway
+    slack = tolerance_mm + 0.71 / (zbuf.factor * px_per_mm) * torch.sqrt(1 - cos**2) / cos
+    return zbuf.unoccluded(screen, image_size, slack), cosine, screen[:, :2]
 
 
 def extract_texture(model: MorphableModel, vertices: Tensor, camera: Camera, image: np.ndarray, *,
                     size: int = 512, texel_map: TexelMap | None = None, tolerance_mm: float = 3.0,
                     min_cosine: float = 0.1, good_cosine: float = 0.35, mirror: bool = True, fill: bool = True,
-                    zbuffer_size: int = 512) -> ExtractedTexture:
+                    zbuffer_size: int = 320) -> ExtractedTexture:
     """Sample a photo into the model's UV layout, masking back-facing and occluded surface.
 
     Args:
@@ -257,7 +268,7 @@ def extract_texture(model: MorphableModel, vertices: Tensor, camera: Camera, ima
         image: ``(H, W, 3)`` uint8 RGB photo.
         size: texture width = height in texels (ignored when ``texel_map`` is given).
         texel_map: a precomputed :func:`model_texel_map` (pose independent; reuse it across photos).
-        tolerance_mm: depth slack of the z-buffer test, mm.
+        tolerance_mm: depth slack of the z-buffer test, mm (plus the slope term of the coarse buffer).
         zbuffer_size: longest side of the (downscaled) z-buffer, cells (:func:`depth_buffer`).
         min_cosine: minimum cosine between a triangle's normal and the direction to the camera.
         good_cosine: a texel seen at a cosine below this (smeared, near a silhouette where a small fit

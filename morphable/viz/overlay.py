@@ -51,7 +51,7 @@ def vertex_normals(vertices: np.ndarray, triangles: np.ndarray) -> np.ndarray:
 
 
 def shade_mesh(screen: np.ndarray, view_vertices: np.ndarray, triangles: np.ndarray,
-               image_size: tuple[int, int], *, max_side: int = 640) -> tuple[np.ndarray, np.ndarray]:
+               image_size: tuple[int, int], *, max_side: int = 400) -> tuple[np.ndarray, np.ndarray]:
     """Lambert-shade a posed mesh lit from the camera: its picture in the photo's frame.
 
     Args:
@@ -92,9 +92,16 @@ def shade_mesh(screen: np.ndarray, view_vertices: np.ndarray, triangles: np.ndar
     n_z = n[..., 2] / np.maximum(np.linalg.norm(n, axis=-1), 1e-12)
     small_shade = (0.25 + 0.75 * np.clip(n_z, 0, 1)).astype(np.float32)
     small_mask = frags.triangle_id[0].numpy() >= 0
-    shade[y0:y1 + 1, x0:x1 + 1] = np.asarray(Image.fromarray(np.where(small_mask, small_shade, 0))
-                                             .resize((w, h), Image.BILINEAR))
-    mask[y0:y1 + 1, x0:x1 + 1] = np.asarray(Image.fromarray(small_mask).resize((w, h), Image.NEAREST))
+    # shading at the outline is extended outwards by one cell so the resize does not darken the rim
+    from scipy.ndimage import grey_dilation
+
+    padded = np.where(small_mask, small_shade, grey_dilation(np.where(small_mask, small_shade, 0), size=3))
+    shade[y0:y1 + 1, x0:x1 + 1] = np.asarray(Image.fromarray(padded.astype(np.float32)).resize((w, h),
+                                                                                                Image.BILINEAR))
+    # the coverage is resized as a grey image and thresholded: smooth outlines, not upscaled steps
+    coverage = Image.fromarray(small_mask.astype(np.float32)).resize((w, h), Image.BILINEAR)
+    mask[y0:y1 + 1, x0:x1 + 1] = np.asarray(coverage) >= 0.5
+    shade[~mask] = 0
     return shade, mask
 
 

@@ -117,6 +117,11 @@ def test_visible_texels_reproduce_the_texture_and_the_flap_hides_what_is_behind_
     error = np.abs(out.texture[good] / 255.0 - truth[good])
     assert error.mean() < 0.01 and np.quantile(error, 0.99) < 0.04
 
+    # a z-buffer 5x coarser (with its slope-aware slack) decides the same
+    coarse = extract_texture(model, model.mean, camera, photo, texel_map=texel_map, fill=False, zbuffer_size=50)
+    assert (coarse.visible != out.visible)[out.covered].mean() < 0.03
+    assert not coarse.visible[under].any() and coarse.visible[clear].mean() > 0.97
+
 
 def test_far_side_is_masked_and_mirror_filled():
     model = _model()
