@@ -28,6 +28,7 @@ from morphable.render.rasterize import barycentric_at, pixel_coordinates, raster
 from morphable.render.shading import phong_shade, sh_basis
 from morphable.render.silhouette import EdgeTopology, soft_silhouette
 from morphable.render.texture import sample_image
+from morphable.render.visibility import visibility_from_ids
 
 
 @dataclass(frozen=True)
@@ -58,6 +59,8 @@ class RenderOutput:
         pncc: ``(B, H, W, 3)`` projected normalised coordinate code (Zhu et al. 2016, 3DDFA): the
             reference shape's coordinates normalised to [0, 1]³, or ``None`` without a reference.
         screen: ``(B, V, 3)`` the screen-space vertices ``(u, v, depth)``.
+        visibility: ``(B, V)`` bool per-vertex visibility (front-facing, not self-occluded per the
+            z-buffer; :func:`~morphable.render.visibility.vertex_visibility`), when requested.
     """
 
     image: Tensor
@@ -70,6 +73,7 @@ class RenderOutput:
     uv: Tensor | None
     pncc: Tensor | None
     screen: Tensor
+    visibility: Tensor | None = None
 
 
 def _gather_interpolate(attributes: Tensor, table: Tensor, batch: Tensor, face: Tensor, bary: Tensor) -> Tensor:
@@ -144,7 +148,8 @@ class Renderer(nn.Module):
 
     def forward(self, vertices: Tensor, camera: Camera, *, colors: Tensor | None = None,
                 texture: Tensor | None = None, sh: Tensor | None = None, lights: PointLights | None = None,
-                background: Tensor | float = 0.0) -> RenderOutput:
+                background: Tensor | float = 0.0, visibility: bool = False,
+                visibility_tolerance_mm: float = 1.0) -> RenderOutput:
         """Render.
 
         Args:
@@ -156,6 +161,8 @@ class Renderer(nn.Module):
             sh: ``(B, 9, 3)`` SH lighting (:mod:`~morphable.render.shading`); or ``lights`` for Phong;
                 neither: unlit albedo (white when no albedo is given).
             background: RGB ``(B, 3)``, ``(B, H, W, 3)`` or a scalar.
+            visibility: also return per-vertex visibility (from this render's z-buffer).
+            visibility_tolerance_mm: its depth slack (see ``vertex_visibility``).
         """
         if vertices.dim() != 3 or vertices.shape[-1] != 3:
             raise ValueError(f"Renderer: expected vertices (B, V, 3), got {tuple(vertices.shape)}")
@@ -211,7 +218,7 @@ class Renderer(nn.Module):
         elif lights is not None:
             pos_p = packed[:, -3:]
             eye = torch.zeros(B, 3, dtype=vertices.dtype, device=vertices.device) if perspective else None
-            color_p = _phong_packed(n_p, pos_p, base, lights, batch, B, eye)
+            color_p = _phong_packed(n_p, pos_p, base, lights, batch, eye)
         else:
             color_p = base
 
@@ -237,7 +244,10 @@ class Renderer(nn.Module):
         if self.ncc is not None:
             ncc_p = _gather_interpolate(self.ncc.to(vertices.dtype), tri, sel(batch), sel(face), sel(bary))
             pncc = _scatter(ncc_p, pix_c, total).view(B, H, W, 3)
-        return RenderOutput(image, alpha, depth, normals, ids, barycentric, albedo, uv, pncc, screen)
+        vis = None
+        if visibility:
+            vis = visibility_from_ids(screen, tri, ids, tolerance_mm=visibility_tolerance_mm, perspective=perspective)
+        return RenderOutput(image, alpha, depth, normals, ids, barycentric, albedo, uv, pncc, screen, vis)
 
 
 def _sh_packed(normals: Tensor, albedo: Tensor, sh: Tensor, batch: Tensor) -> Tensor:
@@ -251,7 +261,7 @@ def _sh_packed(normals: Tensor, albedo: Tensor, sh: Tensor, batch: Tensor) -> Te
 
 
 def _phong_packed(normals: Tensor, positions: Tensor, albedo: Tensor, lights: PointLights, batch: Tensor,
-                  B: int, eye: Tensor | None) -> Tensor:
+                  eye: Tensor | None) -> Tensor:
     """Phong shading of packed pixels (lights indexed per pixel's batch element)."""
     sel = lambda t: t.index_select(0, batch) if isinstance(t, Tensor) and t.dim() == 3 else t  # noqa: E731
     return phong_shade(normals[:, None], positions[:, None], albedo[:, None], sel(lights.positions),

@@ -28,8 +28,16 @@ def vertex_visibility(screen: Tensor, triangles: Tensor, image_size: tuple[int, 
     Returns:
         ``(B, V)`` bool.
     """
-    H, W = int(image_size[0]), int(image_size[1])
-    B, V = screen.shape[:2]
+    ids = rasterize_ids(screen, triangles, image_size, cull_backfaces=True, perspective=perspective, near=near)
+    return visibility_from_ids(screen, triangles, ids, tolerance_mm=tolerance_mm, perspective=perspective)
+
+
+@torch.no_grad()
+def visibility_from_ids(screen: Tensor, triangles: Tensor, triangle_id: Tensor, *, tolerance_mm: float = 1.0,
+                        perspective: bool = False) -> Tensor:
+    """:func:`vertex_visibility` given an already rasterised triangle-id image ``(B, H, W)``."""
+    B, H, W = triangle_id.shape
+    V = screen.shape[1]
     x, y, d = screen[..., 0][:, triangles], screen[..., 1][:, triangles], screen[..., 2][:, triangles]
     area2 = (x[..., 2] - x[..., 1]) * (y[..., 0] - y[..., 1]) - (y[..., 2] - y[..., 1]) * (x[..., 0] - x[..., 1])
     if perspective:
@@ -39,12 +47,11 @@ def vertex_visibility(screen: Tensor, triangles: Tensor, image_size: tuple[int, 
         orient.index_add_(1, triangles[:, corner], area2)
     front = orient < 0
 
-    ids = rasterize_ids(screen, triangles, (H, W), cull_backfaces=True, perspective=perspective, near=near)
     px = torch.round(screen[..., 0].nan_to_num(-1.0)).clamp(-1, W).to(torch.int64)
     py = torch.round(screen[..., 1].nan_to_num(-1.0)).clamp(-1, H).to(torch.int64)
     inside = (px >= 0) & (px < W) & (py >= 0) & (py < H) & torch.isfinite(screen).all(-1)
     flat = (py.clamp(0, H - 1) * W + px.clamp(0, W - 1))
-    tri = ids.reshape(B, -1).gather(1, flat)  # (B, V) triangle seen at each vertex's pixel
+    tri = triangle_id.reshape(B, -1).gather(1, flat)  # (B, V) triangle seen at each vertex's pixel
     z = torch.full_like(screen[..., 2], math.inf)
     b_idx, v_idx = (inside & (tri >= 0)).nonzero(as_tuple=True)
     if b_idx.numel():

@@ -46,3 +46,17 @@ def test_outside_the_image_is_invisible():
     vis = vertex_visibility(screen, f, (16, 16))[0]
     assert not vis[screen[0, :, 0] < -0.5].any()
     assert vis[(screen[0, :, 0] > 0.5) & (v[:, 2] > 0.3)].all()
+
+
+def test_renderer_visibility_buffer_equals_vertex_visibility():
+    from morphable.render import Renderer
+
+    v, f = icosphere(2)
+    v = v * torch.tensor([1.0, 1.3, 0.8], dtype=f64)
+    cam = ScaledOrthographic(torch.tensor([12.0], dtype=f64), torch.tensor([[0.3, -0.6, 0.1]], dtype=f64),
+                             torch.tensor([[16.0, 17.0]], dtype=f64))
+    out = Renderer(f, (32, 32))(v[None], cam, visibility=True, visibility_tolerance_mm=0.05)
+    expected = vertex_visibility(cam.project_with_depth(v[None]), f, (32, 32), tolerance_mm=0.05)
+    assert torch.equal(out.visibility, expected)
+    assert 0.3 < expected.float().mean() < 0.7
+    assert Renderer(f, (32, 32))(v[None], cam).visibility is None
