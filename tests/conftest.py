@@ -31,10 +31,12 @@ def data():
     return data_file
 
 
-@pytest.fixture(autouse=True)
-def _isolated_home(tmp_path_factory, monkeypatch):
-    """Converted models go to a session-wide temporary MORPHABLE_HOME, never the user's cache."""
-    home = os.environ.get("MORPHABLE_HOME") or str(tmp_path_factory.getbasetemp() / "morphable-home")
-    monkeypatch.setenv("MORPHABLE_HOME", home)
+def pytest_configure(config):
+    """Before any fixture or test module runs: converted models go to a temporary MORPHABLE_HOME (never the
+    user's cache, unless one is set, as CI does), and open models come from the corpus as a mirror."""
+    if "MORPHABLE_HOME" not in os.environ:
+        import tempfile
+
+        os.environ["MORPHABLE_HOME"] = tempfile.mkdtemp(prefix="morphable-home-")
     if "MORPHABLE_MIRROR" not in os.environ and DATA.exists():
-        monkeypatch.setenv("MORPHABLE_MIRROR", str(DATA))
+        os.environ["MORPHABLE_MIRROR"] = str(DATA)
