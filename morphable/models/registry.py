@@ -42,7 +42,8 @@ from morphable.io.atomic import atomic_write
 from morphable.models.base import MorphableModel
 
 DEFAULT_MODEL = "ict"
-CONVERTER_VERSION = 1  # bump when a loader's output changes, so old converted caches are not reused
+CONVERTER_VERSION = 2  # bump when a loader's output changes, so old converted caches are not reused
+# (2: the native npz keeps a FLAME model whole: LBS pose and dynamic contour)
 
 
 @dataclass(frozen=True)

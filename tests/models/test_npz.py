@@ -77,6 +77,21 @@ def test_sfm_round_trip_keeps_edge_topology(tmp_path):
         assert np.array_equal(model.metadata["edge_topology"][key], back.metadata["edge_topology"][key])
 
 
+def test_plain_models_stay_plain_and_version_1_files_load(tmp_path):
+    model = synthetic(torch.float64)
+    save_npz(model, tmp_path / "m.npz")
+    assert type(load_npz(tmp_path / "m.npz")) is MorphableModel
+    arrays = _arrays(tmp_path / "m.npz")
+    header = json.loads(str(arrays["header"]))
+    assert (header["version"], header["model"]) == (2, "morphable")
+    del header["model"]  # a file written before models were tagged (version 1)
+    arrays["header"] = np.array(json.dumps({**header, "version": 1}))
+    np.savez(tmp_path / "v1.npz", **arrays)
+    old = load_npz(tmp_path / "v1.npz")
+    assert type(old) is MorphableModel
+    assert_same(model, old)
+
+
 def test_unserialisable_metadata_is_refused(tmp_path):
     model = synthetic()
     model.metadata["bad"] = object()
@@ -138,7 +153,7 @@ def _header(good, **changes):
     "no_mean", "no_header", "header_garbage", "wrong_format", "mean_shape", "basis_shape", "triangle_range",
     "landmark_range", "landmark_shape", "region_missing", "region_range", "symmetry_range", "uv_tri_range",
     "polygon_sizes", "polygon_range", "float_ids", "nan", "dtype", "object_array", "expression_kind",
-    "metadata_ref", "header_list", "scalar_mean", "regions_type",
+    "metadata_ref", "header_list", "scalar_mean", "regions_type", "future_version", "model_type",
 ])
 def test_wrong_keys_and_shapes(good, tmp_path, label):
     a = _arrays(good)
@@ -167,6 +182,8 @@ def test_wrong_keys_and_shapes(good, tmp_path, label):
         "header_list": dict(header=np.array("[1, 2]")),
         "scalar_mean": dict(mean=np.float32(1.0)),
         "regions_type": dict(header=_header(good, regions=5)),
+        "future_version": dict(header=_header(good, version=3)),
+        "model_type": dict(header=_header(good, model="smplx")),
     }[label]
     if label == "object_array":  # np.savez pickles object arrays; load_npz must refuse them
         arrays = {**a, **changes}

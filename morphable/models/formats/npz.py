@@ -1,8 +1,10 @@
 """The native model format: one ``.npz`` holding every :class:`MorphableModel` buffer, loadable without pickle.
 
-Layout (format ``morphable-npz``, version 1):
+Layout (format ``morphable-npz``, version 2; version 1 files, which have no ``model`` tag, still load):
 
-* ``header``: a 0-d unicode array holding JSON: ``format``, ``version``, ``name``, ``dtype``,
+* ``header``: a 0-d unicode array holding JSON: ``format``, ``version``, ``model`` (the model type:
+  ``"morphable"`` for a plain :class:`MorphableModel`, ``"flame"`` for a
+  :class:`~morphable.models.flame.Flame`), ``name``, ``dtype``,
   ``expression_kind``, ``expression_names``, ``regions`` (names, in order), ``metadata`` and
   ``metadata_arrays`` (metadata entries that are numpy arrays, as ``{"key": "array name"}`` or
   ``{"key": {"sub": "array name"}}``).
@@ -11,6 +13,10 @@ Layout (format ``morphable-npz``, version 1):
   ``landmark_weights``, ``landmark_mask``, ``contour_right``, ``contour_left``, ``symmetry``,
   ``region_<i>`` (i-th region in ``regions``), ``meta_<i>``; polygons (and polygon UVs) as ``polygons_ids``
   (all ids concatenated) + ``polygons_sizes`` (corners per polygon).
+* FLAME (``model == "flame"``) adds its pose and contour buffers, exactly as :class:`Flame` holds them:
+  ``flame_posedirs (P, V·3)``, ``flame_joint_regressor (J, V)``, ``flame_parents (J,)`` int64,
+  ``flame_skinning_weights (V, J)`` and, with a dynamic contour, ``flame_contour_indices (N, 17, 3)``
+  int64 + ``flame_contour_weights (N, 17, 3)``; so a FLAME model round-trips with its LBS and contour.
 
 ``load_npz`` opens the file with ``np.load(allow_pickle=False)``, so a file cannot run code; every key,
 shape and id range is checked and any problem is a :class:`ModelFileError`.
@@ -28,13 +34,17 @@ import torch
 from morphable.errors import ModelFileError
 from morphable.io.atomic import atomic_write
 from morphable.models.base import N_LANDMARKS, MorphableModel
+from morphable.models.flame import N_CONTOUR, Flame
 
 FORMAT = "morphable-npz"
-VERSION = 1
+VERSION = 2
+READABLE_VERSIONS = (1, 2)
 _OPTIONAL = ("identity_std", "expression_basis", "albedo_mean", "albedo_basis", "uv", "uv_triangles",
              "contour_right", "contour_left", "symmetry")
 _ALWAYS = ("mean", "triangles", "identity_basis", "landmark_indices", "landmark_weights", "landmark_mask")
 _DTYPES = {"float32": torch.float32, "float64": torch.float64}
+_FLAME = ("posedirs", "joint_regressor", "parents", "skinning_weights")
+_FLAME_OPTIONAL = ("contour_indices", "contour_weights")
 
 
 def _np(t: torch.Tensor) -> np.ndarray:
@@ -48,12 +58,19 @@ def _pack_polygons(polys: list[list[int]]) -> tuple[np.ndarray, np.ndarray]:
 
 
 def save_npz(model: MorphableModel, path: str | Path) -> None:
-    """Write ``model`` to ``path`` in the native format (atomically)."""
+    """Write ``model`` (a :class:`MorphableModel` or a :class:`Flame`) to ``path`` in the native format
+    (atomically)."""
     arrays: dict[str, np.ndarray] = {}
     for key in _ALWAYS + _OPTIONAL:
         value = getattr(model, key)
         if value is not None:
             arrays[key] = _np(value)
+    kind = "flame" if isinstance(model, Flame) else "morphable"
+    if kind == "flame":
+        for key in _FLAME + _FLAME_OPTIONAL:
+            value = getattr(model, key)
+            if value is not None:
+                arrays[f"flame_{key}"] = _np(value)
     regions = list(model.regions)
     for i, key in enumerate(regions):
         arrays[f"region_{i}"] = _np(model.regions[key])
@@ -73,7 +90,7 @@ def save_npz(model: MorphableModel, path: str | Path) -> None:
                 arrays[name] = v
         else:
             metadata[key] = value
-    header = {"format": FORMAT, "version": VERSION, "name": model.name,
+    header = {"format": FORMAT, "version": VERSION, "model": kind, "name": model.name,
               "dtype": str(model.mean.dtype).removeprefix("torch."),
               "expression_kind": model.expression_kind, "expression_names": model.expression_names,
               "regions": regions, "metadata": metadata, "metadata_arrays": metadata_arrays}
@@ -105,14 +122,15 @@ def _ids(a: np.ndarray | None, bound: int, path: Path, what: str) -> None:
 
 
 def load_npz(path: str | Path) -> MorphableModel:
-    """Read a model written by :func:`save_npz`. Raises :class:`ModelFileError` on any problem."""
+    """Read a model written by :func:`save_npz`: a :class:`Flame` when the file holds one, else a
+    :class:`MorphableModel`. Raises :class:`ModelFileError` on any problem."""
     path = Path(path)
     try:
         with np.load(path, allow_pickle=False) as z:
             arrays = {k: z[k] for k in z.files}
     except FileNotFoundError:
         raise ModelFileError(path, "file not found") from None
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile, KeyError) as err:
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, KeyError, NotImplementedError) as err:
         raise ModelFileError(path, f"not a readable npz file ({type(err).__name__}: {err})") from None
     try:
         header = json.loads(str(arrays.pop("header")))
@@ -120,8 +138,8 @@ def load_npz(path: str | Path) -> MorphableModel:
         raise ModelFileError(path, "no 'header': not a morphable model file") from None
     except json.JSONDecodeError as err:
         raise ModelFileError(path, f"corrupted header ({err})") from None
-    if not isinstance(header, dict) or header.get("format") != FORMAT or header.get("version") != VERSION:
-        raise ModelFileError(path, f"not a {FORMAT} version {VERSION} file")
+    if not isinstance(header, dict) or header.get("format") != FORMAT or header.get("version") not in READABLE_VERSIONS:
+        raise ModelFileError(path, f"not a {FORMAT} file of version {' or '.join(map(str, READABLE_VERSIONS))}")
     try:
         return _build(header, arrays, path)
     except (KeyError, TypeError, AttributeError, IndexError) as err:
@@ -164,7 +182,7 @@ def _build(header: dict[str, Any], arrays: dict[str, np.ndarray], path: Path) ->
     for key, ref in header["metadata_arrays"].items():
         metadata[key] = arrays[ref] if isinstance(ref, str) else {s: arrays[r] for s, r in ref.items()}
     names_e = header["expression_names"]
-    return MorphableModel(
+    kwargs = dict(
         name=str(header["name"]), mean=arrays["mean"], triangles=arrays["triangles"],
         identity_basis=arrays["identity_basis"], identity_std=arrays.get("identity_std"),
         expression_basis=arrays.get("expression_basis"), expression_kind=header["expression_kind"],
@@ -176,3 +194,33 @@ def _build(header: dict[str, Any], arrays: dict[str, np.ndarray], path: Path) ->
         landmark_mask=arrays["landmark_mask"], contour_right=arrays.get("contour_right"),
         contour_left=arrays.get("contour_left"), regions=regions, symmetry=arrays.get("symmetry"),
         metadata=metadata, dtype=dtype)
+    kind = header.get("model", "morphable")
+    if kind == "morphable":
+        return MorphableModel(**kwargs)
+    if kind == "flame":
+        return Flame(**_flame_arrays(arrays, V, path), **kwargs)
+    raise ModelFileError(path, f"unknown model type {kind!r} (expected 'morphable' or 'flame')")
+
+
+def _flame_arrays(arrays: dict[str, np.ndarray], V: int, path: Path) -> dict[str, np.ndarray | None]:
+    """The :class:`Flame` buffers of a ``model == "flame"`` file, shapes and ids checked."""
+    missing = [f"flame_{k}" for k in _FLAME if f"flame_{k}" not in arrays]
+    if missing:
+        raise ModelFileError(path, f"FLAME model without {', '.join(missing)}")
+    out: dict[str, np.ndarray | None] = {k: arrays.get(f"flame_{k}") for k in _FLAME + _FLAME_OPTIONAL}
+    parents = out["parents"]
+    if parents.ndim != 1 or parents.size == 0 or parents.dtype.kind not in "iu":
+        raise ModelFileError(path, f"flame_parents: expected (J,) integers, got {parents.shape} {parents.dtype}")
+    J = parents.size
+    ids, weights = out["contour_indices"], out["contour_weights"]
+    if (ids is None) != (weights is None):
+        raise ModelFileError(path, "flame_contour_indices and flame_contour_weights go together")
+    N = 0 if ids is None else ids.shape[0]
+    expected = {"posedirs": ((J - 1) * 9, V * 3), "joint_regressor": (J, V), "skinning_weights": (V, J),
+                "contour_indices": (N, N_CONTOUR, 3), "contour_weights": (N, N_CONTOUR, 3)}
+    for key, shape in expected.items():
+        a = out[key]
+        if a is not None and a.shape != shape:
+            raise ModelFileError(path, f"flame_{key}: expected shape {shape}, got {a.shape}")
+    _ids(ids, V, path, "flame_contour_indices")
+    return out
