@@ -16,8 +16,11 @@ surface as the head turns, so their model vertices are chosen per pose (eos's
 Which side faces away is read from the rotation: the view-frame depth of the model's +x axis (the
 subject's left) is ``R[2, 0]``; ``R[2, 0] < −sin(threshold)`` turns the left side away.
 
-FLAME-style dynamic embeddings (a table of contour points per yaw bin) are the other common scheme;
-:func:`dynamic_contour_rows` picks a table's row per face from the yaw angle.
+FLAME's dynamic embedding (RingNet, Sanyal et al. CVPR 2019: a table of the 17 contour points per
+1° yaw bin) is the other common scheme: :func:`flame_dynamic_contour` gives a FLAME model's contour for
+a camera rotation (and model pose) through the model's own lookup (:func:`morphable.models.flame.head_yaw`,
+:func:`~morphable.models.flame.contour_bin`, :meth:`~morphable.models.flame.Flame.dynamic_contour`), the
+single implementation of the table's bin layout (bin 0 frontal, 1–39 = +1…+39°, 40–78 = −1…−39°).
 """
 from __future__ import annotations
 
@@ -27,6 +30,9 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor
+
+from morphable.geometry.rotation import axis_angle_to_matrix, matrix_to_axis_angle
+from morphable.models.flame import Flame, head_yaw
 
 RIGHT_IDS = tuple(range(0, 8))  # iBUG 1–8 (1-based): the subject's right jaw, image left when frontal
 LEFT_IDS = tuple(range(9, 17))  # iBUG 10–17
@@ -181,13 +187,25 @@ def contour_correspondences(project: Callable[[Tensor], Tensor], R: Tensor, land
     return terms.region[torch.cat([ids_r, ids_l], dim=1).reshape(B, 16)]
 
 
-def dynamic_contour_rows(yaw: Tensor, n_bins: int, max_yaw_deg: float) -> Tensor:
-    """Row of a FLAME-style dynamic contour table for each face.
+def flame_dynamic_contour(model: Flame, rotation: Tensor, pose: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """FLAME's dynamic contour (iBUG 0–16) for faces seen by a camera with rotation ``rotation``.
 
-    FLAME's ``dynamic_lmk_embedding`` holds ``n_bins`` rows of contour points for yaw angles evenly
-    spaced over ``[−max_yaw, +max_yaw]`` (79 rows over ±39° in RingNet/TF_FLAME); the row is the rounded
-    bin of the clamped yaw. ``(B,)`` yaw radians -> ``(B,)`` int64 rows.
+    The head's rotation relative to the view is ``R = rotation · R_global · R_neck`` (camera, then the
+    model's global and neck joints when ``pose`` is given); its yaw, measured as RingNet does
+    (:func:`~morphable.models.flame.head_yaw`), selects the embedding's row through
+    :meth:`Flame.dynamic_contour`. Positive yaw turns the subject's left (+x, iBUG 9–16) away.
+
+    Args:
+        model: a :class:`Flame` with a dynamic contour embedding.
+        rotation: ``(B, 3, 3)`` camera rotation (model to view frame).
+        pose: ``(B, J, 3)`` FLAME pose (axis-angle, radians), or ``None`` (zero pose).
+    Returns:
+        vertex ids ``(B, 17, 3)`` int64 and barycentric weights ``(B, 17, 3)``: contour point ``i`` is
+        ``sum_k weights[b, i, k] · vertices[b, ids[b, i, k]]``.
     """
-    half = (n_bins - 1) / 2
-    deg = torch.rad2deg(yaw).clamp(-max_yaw_deg, max_yaw_deg)
-    return torch.round(deg / max_yaw_deg * half + half).to(torch.int64)
+    head = rotation if pose is None else rotation @ axis_angle_to_matrix(pose[:, 0].to(rotation.dtype))
+    full = rotation.new_zeros(rotation.shape[0], model.n_joints, 3)
+    full[:, 0] = matrix_to_axis_angle(head)
+    if pose is not None:
+        full[:, 1] = pose[:, 1]
+    return model.dynamic_contour(head_yaw(full))
