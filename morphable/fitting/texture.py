@@ -85,8 +85,7 @@ def uv_texel_map(uv: Tensor, uv_triangles: Tensor, size: int = 512, selected: Te
     ids = torch.arange(uv_triangles.shape[0], device=uv_triangles.device)
     if selected is not None:
         ids = ids[selected]
-    # constant depth 1 (the rasteriser drops triangles whose depths sum to 0)
-    screen = torch.stack([uv[:, 0] * size - 0.5, (1.0 - uv[:, 1]) * size - 0.5, torch.ones_like(uv[:, 0])], -1)
+    screen = torch.stack([uv[:, 0] * size - 0.5, (1.0 - uv[:, 1]) * size - 0.5, torch.zeros_like(uv[:, 0])], -1)
     frags = rasterize(screen[None], uv_triangles[ids], (size, size))
     tid = frags.triangle_id[0]
     tid = torch.where(tid >= 0, ids[tid.clamp_min(0)], tid)
@@ -222,14 +221,10 @@ def depth_buffer(screen: Tensor, triangles: Tensor, image_size: tuple[int, int],
     cells = screen.detach() - screen.new_tensor([x0, y0, 0.0])
     cells = cells * cells.new_tensor([k, k, 1.0])
     size = (int(np.ceil((y1 - y0) * k)) + 1, int(np.ceil((x1 - x0) * k)) + 1)
-    # orthographic depth may be ≤ 0 (the rasteriser drops triangles whose depths sum to 0): a shift
-    # to ≥ 1 keeps the depth order
-    shift = 0.0 if perspective else 1.0 - float(finite[:, 2].min())
-    cells = cells + cells.new_tensor([0.0, 0.0, shift])
     # back faces are culled: on a closed surface the front faces hide them, and visibility is only
     # ever asked of front-facing points (halves the work)
     frags = rasterize(cells[None], triangles, size, perspective=perspective, cull_backfaces=True)
-    return DepthBuffer(frags.depth[0].detach() - shift, (x0, y0), k)
+    return DepthBuffer(frags.depth[0].detach(), (x0, y0), k)
 
 
 def _visible(camera: Camera, points: Tensor, normals: Tensor, zbuf: DepthBuffer, image_size: tuple[int, int],

@@ -84,7 +84,6 @@ def shade_mesh(screen: np.ndarray, view_vertices: np.ndarray, triangles: np.ndar
     k = min(1.0, max_side / max(w, h))
     size = (max(1, round(h * k)), max(1, round(w * k)))
     cells = (screen - [x0, y0, 0]) * [k, k, 1]
-    cells[:, 2] += 1.0 - finite[:, 2].min()  # depths ≥ 1 (the rasteriser needs non-zero depth sums)
     tris = torch.as_tensor(np.asarray(triangles, dtype=np.int64))
     frags = rasterize(torch.as_tensor(cells)[None], tris, size, cull_backfaces=True)
     normals = torch.as_tensor(vertex_normals(np.asarray(view_vertices, dtype=np.float64), tris.numpy()))
