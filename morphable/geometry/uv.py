@@ -86,13 +86,30 @@ def mirror_pairs(vertices, faces=None, *, axis: int = 0, tolerance: float | None
     d, j = cKDTree(v).query(m)
     if tolerance is None:
         tolerance = 0.02 * float(np.linalg.norm(v.max(0) - v.min(0)))
-    i = np.arange(len(v))
-    keep = (d <= tolerance) & (j[j] == i)
+    return symmetry_pairs(np.where(d <= tolerance, j, -1), faces)
+
+
+def symmetry_pairs(mirror, faces=None) -> Tensor:
+    """Pairs usable by :func:`flatten` from a per-vertex mirror index (e.g. a model's shipped symmetry list).
+
+    Keeps only mutual matches (``mirror[mirror[i]] == i``: a list that maps two vertices to one mirror is
+    not a reflection there) and, when ``faces`` is given, drops pairs joining a boundary vertex to an
+    interior one (a mesh whose topology is not exactly symmetric cannot mirror them in a flattening).
+
+    Args:
+        mirror: ``(V,)`` int mirror index of each vertex (−1 = none; ``i`` = on the symmetry line).
+        faces: optional ``(F, 3)``.
+    Returns:
+        ``(P, 2)`` int64 pairs ``(vertex, mirror)``, both orders listed, self-pairs for the midline.
+    """
+    j = _np(mirror).astype(np.int64)
+    i = np.arange(len(j))
+    keep = (j >= 0) & (j[np.maximum(j, 0)] == i)
     if faces is not None:
-        on_border = np.zeros(len(v), bool)
+        on_border = np.zeros(len(j), bool)
         for lp in boundary_loops(_np(faces)):
             on_border[lp] = True
-        keep &= on_border == on_border[j]
+        keep &= on_border == on_border[np.maximum(j, 0)]
     return torch.as_tensor(np.stack([i[keep], j[keep]], 1), dtype=torch.int64)
 
 

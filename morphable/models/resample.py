@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from morphable.geometry.uv import flatten, locate, mirror_pairs
+from morphable.geometry.uv import flatten, locate, mirror_pairs, symmetry_pairs
 from morphable.models.base import MorphableModel
 from morphable.models.functional import barycentric_points
 
@@ -58,8 +58,7 @@ def model_uv(model: MorphableModel, region: str | None = "face", symmetric: bool
     pairs = None
     if symmetric:
         if model.symmetry is not None:
-            s = model.symmetry.cpu().numpy()
-            pairs = np.stack([np.arange(len(s)), s], 1)[s >= 0]
+            pairs = symmetry_pairs(model.symmetry.cpu().numpy(), tris).numpy()
         else:
             pairs = mirror_pairs(mean, tris).numpy()
     return flatten(mean, tris, pairs)
