@@ -107,3 +107,17 @@ def test_ict_face_region_symmetric_flattening():
     tris = model.triangles.numpy()
     tris = tris[inside[tris].all(1)]
     _check_model_flattening(model.mean.numpy(), tris, "ict face")
+
+
+def test_symmetry_pairs_drop_non_mutual_and_border_mismatched_entries():
+    v, f = grid_mesh(5)
+    pairs = U.mirror_pairs(v, f).numpy()
+    mirror = np.full(len(v), -1)
+    mirror[pairs[:, 0]] = pairs[:, 1]
+    mirror[7] = 2      # vertex 7 (interior) claims vertex 2 (border), whose mirror is vertex 2 itself
+    mirror[6], mirror[8] = 8, 6  # two interior vertices on one row: a valid mutual pair, kept
+    kept = U.symmetry_pairs(mirror, f).numpy()
+    as_map = dict(map(tuple, kept.tolist()))
+    assert 7 not in as_map and as_map[6] == 8 and as_map[8] == 6 and as_map[2] == 2
+    assert len(kept) == len(pairs) - 1
+    assert 7 not in dict(map(tuple, U.symmetry_pairs(mirror).numpy().tolist()))  # non-mutual, even without faces
