@@ -51,7 +51,7 @@ def stn_fit(images: tuple[Path, ...], model_name: str, landmark_files: tuple[Pat
                 if not faces:
                     raise InputError(path, "no face found")
                 lmk = faces[0].landmarks
-            image = torch.as_tensor(photo, dtype=torch.float32)[None] / 255
+            image = torch.tensor(photo, dtype=torch.float32)[None] / 255  # a copy: the decoded array is read-only
             fit = fit_stn(stn, image, torch.as_tensor(lmk, dtype=torch.float32)[None], n_shape=shape_components,
                           iterations=iterations)
         except MorphableError as err:

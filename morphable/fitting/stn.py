@@ -29,7 +29,7 @@ class STNWeights:
     """Energy weights: landmark (per px of mean distance), prior (per unit ‖α‖²), symmetry (per intensity²)."""
 
     landmark: float = 1.0
-    prior: float = 0.05
+    prior: float = 0.01
     symmetry: float = 20.0
 
 

@@ -1,0 +1,54 @@
+"""``morphable stn-fit``: outputs for a small corpus photo, ``--mean``, and a batch going on past a bad image."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from morphable.cli import cli
+from morphable.io import read_image
+from tests.conftest import data_file
+
+LFPW = "superviseddescent/examples/data/ibug_lfpw_trainset"
+FAST = ["--model", "sfm", "--size", "32", "--iterations", "5", "--shape-components", "4"]
+
+
+@pytest.fixture
+def photo():
+    data_file("eos/share/sfm_shape_3448.bin")
+    return data_file(f"{LFPW}/image_0002.png"), data_file(f"{LFPW}/image_0002.pts")
+
+
+def test_stn_fit_writes_outputs_and_mean(photo, tmp_path):
+    image, pts = photo
+    result = CliRunner().invoke(cli, ["stn-fit", str(image), "--landmarks", str(pts), "-o", str(tmp_path), "--mean",
+                                      *FAST])
+    assert result.exit_code == 0, result.output
+    folder = tmp_path / "image_0002"
+    for name in ("flattened.png", "mask.png", "overlay.png", "params.json"):
+        assert (folder / name).is_file(), name
+    flat, mask = read_image(folder / "flattened.png"), read_image(folder / "mask.png")
+    assert flat.shape == (32, 32, 3) and mask.shape == (32, 32, 3)
+    seen = mask[..., 0] > 127
+    assert 0.3 < seen.mean() < 1.0 and flat[seen].mean() > 20  # the face was sampled, not the background
+    params = json.loads((folder / "params.json").read_text())
+    assert params["model"] == "sfm" and len(params["identity"]) == 4
+    assert params["energy"]["landmark_px"] < 0.05 * max(params["image_size"])
+    assert read_image(folder / "overlay.png").shape[:2] == tuple(params["image_size"])
+    np.testing.assert_array_equal(read_image(tmp_path / "mean_flattened.png"), flat)  # one photo: mean = it
+
+
+def test_stn_fit_goes_on_past_bad_images(photo, tmp_path):
+    image, _ = photo
+    corrupt = tmp_path / "corrupt.png"
+    corrupt.write_bytes(b"not a png")
+    missing = tmp_path / "missing.jpg"
+    result = CliRunner().invoke(cli, ["stn-fit", str(corrupt), str(image), str(missing), "-o", str(tmp_path / "out"),
+                                      *FAST])
+    assert result.exit_code != 0
+    assert (tmp_path / "out" / "image_0002" / "flattened.png").is_file()
+    assert not (tmp_path / "out" / "corrupt").exists()
+    errors = [line for line in result.output.splitlines() if "corrupt.png" in line or "missing.jpg" in line]
+    assert len(errors) == 2 and all("Traceback" not in line for line in errors), result.output
