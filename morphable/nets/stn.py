@@ -35,7 +35,8 @@ class Theta:
 
 @dataclass(frozen=True)
 class STNOutput:
-    """Attributes: ``texture (B, H', W', C)`` masked flattened texture; ``mask (B, H', W')`` visibility;
+    """Attributes: ``texture (B, H', W', C)`` masked flattened texture; ``mask (B, H', W')`` visibility (not
+    self-occluded and inside the photo);
     ``grid (B, H', W', 2)`` sample positions (px); ``landmarks (B, 68, 2)`` projected model landmarks (px)."""
 
     texture: Tensor
@@ -79,7 +80,9 @@ class SpatialTransformer3DMM(nn.Module):
         grid_points = self.image_points(theta, self.grid_def.points(verts), R)
         grid = self.to_grid(grid_points)
         sampled = self.sampler(image, grid)
-        mask = self.visibility(R, theta.alpha)
+        H, W = image.shape[1:3]
+        inside = ((grid >= 0) & (grid <= grid.new_tensor([W - 1, H - 1]))).all(-1)
+        mask = self.visibility(R, theta.alpha) & inside  # points sampled off the photo are not seen either
         landmarks = self.image_points(
             theta, barycentric_points(verts, self.model.landmark_indices, self.model.landmark_weights), R)
         return STNOutput(self.masking(sampled, mask), mask, grid, landmarks)

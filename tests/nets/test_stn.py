@@ -53,9 +53,19 @@ def test_transformer_landmarks_equal_camera_projection(sfm):
     assert out.texture.shape == (2, SIZE, SIZE, 3) and out.mask.shape == (2, SIZE, SIZE)
 
 
+def test_points_sampled_off_the_photo_are_masked(sfm):
+    """A frontal face whose left half (+x, u > 0.5) hangs off the photo's right edge: those texels are masked."""
+    _, _, stn = sfm
+    theta = Theta(pose(0), torch.tensor([[99.0, 50.0]]), torch.tensor([math.log(0.5)]), torch.zeros(1, 4))
+    out = stn(torch.ones(1, 100, 100, 3), theta)
+    inside = (out.grid[0, ..., 0] <= 99) & stn.grid_def.valid.reshape(SIZE, SIZE)
+    assert inside[:, : SIZE // 2 - 1].float().mean() > 0.95 and not inside[:, SIZE // 2 + 1:].any()
+    assert not out.mask[0][~inside].any() and out.mask[0][inside].float().mean() > 0.8
+    assert (out.texture[0][out.mask[0]] > 1 - 1e-5).all()  # every unmasked texel sampled the (all-white) photo
+
+
 def _visible_halves(stn, yaw: float) -> tuple[torch.Tensor, torch.Tensor]:
-    theta = Theta(pose(yaw), torch.zeros(1, 2), torch.zeros(1), torch.zeros(1, 4))
-    mask = stn(torch.zeros(1, 8, 8, 3), theta).mask[0]
+    mask = stn.visibility(stn.to_rotation(pose(yaw)), torch.zeros(1, 4))[0]
     return mask, stn.grid_def.valid.reshape(SIZE, SIZE)
 
 
