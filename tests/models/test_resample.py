@@ -37,3 +37,21 @@ def test_grid_rows_run_from_top_of_face_to_bottom_and_columns_along_x():
     assert (pts[:, :-1, 0] < pts[:, 1:, 0]).all()  # x increases along the columns
     # symmetric flattening: column j and column W-1-j are mirror images (x -> -x)
     torch.testing.assert_close(pts[:, :, 0], -pts.flip(1)[:, :, 0], atol=1e-9, rtol=0)
+
+
+def test_sfm_flattening_with_its_shipped_symmetry_list():
+    """``model_uv`` on the SFM uses ``sfm_reference_symmetry.txt`` (which maps a few vertices two-to-one: only
+    mutual pairs are kept): those pairs mirror exactly, no triangle flips, and a 64² grid covers the square."""
+    import morphable
+    from morphable.geometry.uv import count_flips, symmetry_pairs
+    from tests.conftest import data_file
+
+    data_file("eos/share/sfm_shape_3448.bin")
+    model = morphable.load_model("sfm")
+    uv = model_uv(model).numpy()
+    pairs = symmetry_pairs(model.symmetry, model.triangles).numpy()
+    assert len(pairs) > 0.95 * model.n_vertices and np.isfinite(uv).all()
+    assert np.abs(uv[pairs[:, 0], 0] + uv[pairs[:, 1], 0] - 1).max() < 1e-6
+    assert np.abs(uv[pairs[:, 0], 1] - uv[pairs[:, 1], 1]).max() < 1e-6
+    assert count_flips(uv, model.triangles) == 0 and uv.min() >= 0 and uv.max() <= 1
+    assert uv_grid(torch.as_tensor(uv), model.triangles, (64, 64)).valid.float().mean() > 0.99
