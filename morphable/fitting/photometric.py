@@ -1,0 +1,516 @@
+"""Photometric inverse rendering: analysis-by-synthesis fitting of identity, expression, albedo, pose and
+spherical-harmonics lighting to one photo or several photos of one person.
+
+Zhang et al.'s coarse stage (seed ``zhang-deep-3d-face-modeling.txt``; Guo, Zhang et al., "CNN-based
+Real-time Dense Face Reconstruction with Inverse-rendered Photo-realistic Face Images", TPAMI 2018, Sec. 3):
+
+    E(χ) = E_con + w_lan · E_lan + w_reg · E_reg,     C_S(p) = ρ_p · Lᵀ φ(n_p)
+
+* ``E_con``: robust colour difference between the rendering and the photo over the rendered face pixels,
+  weighted by a chromaticity skin mask (``losses/photometric.py``). The rendering is composited over the
+  photo itself, so pixels off the face cost nothing and the soft silhouette moves the face outline.
+* ``E_lan``: squared landmark distance in pixels of a 224-px image (the correspondences of the sparse fit,
+  jawline included), as in Deep3DFaceRecon's weighting.
+* ``E_reg``: ‖α_id‖² + ‖α_exp‖² (+ ‖α_alb‖²) on standardised coefficients (the seed's σ-scaled prior);
+  blendshape weights get a small L2 penalty and stay in [0, 1].
+* Models without an albedo basis (ICT, SFM) fit per-vertex albedo with Laplacian smoothness, bilateral
+  symmetry (mirror vertices) and a prior towards the mean skin colour.
+* Several photos (``shared_identity=True``): one identity and one albedo, per-photo pose, expression and
+  light — Zhang et al.'s E_same taken to its limit (the shared variables are equal).
+
+Schedule: the sparse landmark fit gives pose/identity/expression; light is solved linearly and albedo
+initialised from the photo (Zhang's ρ = β ρ_c + (1 − β) C_I / (Lᵀφ(n)), β = 0.65); then Adam over all
+variables at coarse-to-fine image sizes with early stopping. An optional fine stage fits per-vertex
+displacements along the normals, ``E(d) = E_con + μ₁‖d‖² + μ₂‖L d‖₁``.
+"""
+from __future__ import annotations
+
+import weakref
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from morphable.fitting.landmarks import LandmarkFit, fit_landmarks
+from morphable.geometry.camera import ScaledOrthographic
+from morphable.geometry.laplacian import to_torch_sparse, uniform_laplacian
+from morphable.geometry.mesh import vertex_normals
+from morphable.geometry.uv import mirror_pairs
+from morphable.losses.photometric import photometric_loss, skin_mask
+from morphable.losses.prior import prior_loss
+from morphable.losses.smoothness import laplacian_loss
+from morphable.losses.symmetry import vertex_symmetry_loss
+from morphable.models.base import MorphableModel
+from morphable.models.region import restrict
+from morphable.render.renderer import Renderer
+from morphable.render.shading import SH_AMBIENT, sh_basis
+from morphable.render.texture import sample_image
+
+REFERENCE_SIZE = 224.0
+"""Landmark distances are measured in pixels of an image whose longer side is this many pixels."""
+ALBEDO_BETA = 0.65
+"""Zhang et al.'s blend between the current albedo and the photo-derived one when albedo is first fitted."""
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One stage of the schedule: render size (longer image side, px), Adam steps (an upper bound: early
+    stopping may end it sooner) and which variable groups move: ``pose``, ``shape`` (identity and
+    expression), ``light``, ``albedo_lowfreq`` (the smooth part of the albedo: the model's albedo
+    coefficients, or the symmetric low-frequency modes below) and ``albedo`` (per-vertex albedo)."""
+
+    size: int
+    iterations: int
+    variables: tuple[str, ...]
+
+
+DEFAULT_SCHEDULE = (
+    Stage(64, 20, ("pose", "light")),                                   # rigid
+    Stage(96, 20, ("albedo_lowfreq", "light")),                         # smooth albedo / light
+    Stage(96, 50, ("pose", "shape", "light", "albedo_lowfreq")),        # identity / expression
+    Stage(160, 20, ("pose", "shape", "light", "albedo_lowfreq")),       # joint refinement, finer
+    Stage(160, 10, ("albedo", "light")),                                # per-vertex albedo, geometry held
+)
+
+
+@dataclass(frozen=True)
+class PhotometricConfig:
+    """Weights and schedule of :func:`fit_photometric`.
+
+    Attributes:
+        schedule: the coarse-to-fine stages (the issue's rigid → identity/expression → albedo/light).
+        w_photo, w_landmark: E_con weight; E_lan weight per px² (at ``REFERENCE_SIZE``).
+        w_identity, w_expression, w_albedo_coeffs: prior weights on standardised coefficients.
+        w_blendshape: L2 weight on blendshape weights.
+        w_albedo_smooth, w_albedo_symmetry, w_albedo_mean: per-vertex albedo priors (models without an
+            albedo basis): Laplacian smoothness, mirror symmetry, closeness of the per-vertex factor to
+            the mean skin colour.
+        albedo_modes: models without an albedo basis get a smooth albedo ``ρ = ρ_v ⊙ (1 + U c)``: ``U`` the
+            first this-many left-right symmetric eigenvectors of the face's cotangent Laplacian (manifold
+            harmonics, the constant excluded) and ``c`` ``(K, 3)`` coefficients. Fitting geometry with this
+            low-dimensional albedo keeps per-vertex albedo from absorbing the shading that geometry must
+            explain (Zhang et al. fit geometry with the model albedo, per-pixel albedo last).
+        robust: photometric norm (``"l21"``, ``"l2"``, ``"huber"``).
+        use_skin_mask: weight pixels by the chromaticity skin mask.
+        tolerance, patience: a stage stops when the energy has not dropped by ``tolerance`` (relative)
+            over ``patience`` steps.
+        detail_iterations: steps of the displacement stage (0 = off); ``mu1``, ``mu2`` its weights.
+    """
+
+    schedule: tuple[Stage, ...] = DEFAULT_SCHEDULE
+    w_photo: float = 1.0
+    w_landmark: float = 3e-3
+    w_identity: float = 1e-5
+    w_expression: float = 1e-5
+    w_albedo_coeffs: float = 1e-4
+    w_blendshape: float = 1e-4
+    w_albedo_smooth: float = 1.0
+    w_albedo_symmetry: float = 10.0
+    w_albedo_mean: float = 0.01
+    albedo_modes: int = 32
+    robust: str = "l21"
+    use_skin_mask: bool = True
+    tolerance: float = 5e-4
+    patience: int = 20
+    lr_rotation: float = 2e-3
+    lr_translation: float = 0.2
+    lr_log_scale: float = 2e-3
+    lr_identity: float = 0.1
+    lr_expression: float = 0.03
+    lr_albedo: float = 0.01
+    lr_light: float = 0.01
+    detail_iterations: int = 0
+    mu1: float = 1e-3
+    mu2: float = 1e-3
+    region: str | None = "face"
+
+
+@dataclass(frozen=True)
+class PhotometricFit:
+    """Result of :func:`fit_photometric`.
+
+    Attributes:
+        identity: ``(B, K)`` standardised identity coefficients (rows equal with a shared identity).
+        expression: ``(B, Ke)``.
+        albedo: ``(B, V_r, 3)`` per-vertex linear-RGB albedo on the fitted region's vertices.
+        albedo_coefficients: ``(B, K_alb)`` for models with an albedo basis, else ``None``.
+        light: ``(B, 9, 3)`` SH radiance coefficients (``render/shading.py``; view frame).
+        camera: :class:`ScaledOrthographic` in the photo's pixels.
+        vertices: ``(B, V, 3)`` the full model's fitted vertices, mm.
+        region_vertices: ``(V_r,)`` ids of the fitted region's vertices in the full model.
+        region_triangles: ``(F_r, 3)`` the region's triangles (region vertex ids).
+        displacement: ``(B, V_r)`` mm along the normals (fine stage), or ``None``.
+        render: ``(B, H, W, 3)`` the final rendering composited over the photo, at the photo's size.
+        alpha: ``(B, H, W)`` its coverage.
+        energies: final named energy terms (sparse-fit start: ``initial``).
+        history: per-step named energy terms.
+    """
+
+    identity: Tensor
+    expression: Tensor
+    albedo: Tensor
+    albedo_coefficients: Tensor | None
+    light: Tensor
+    camera: ScaledOrthographic
+    vertices: Tensor
+    region_vertices: Tensor
+    region_triangles: Tensor
+    displacement: Tensor | None
+    render: Tensor
+    alpha: Tensor
+    energies: dict[str, float]
+    history: list[dict[str, float]] = field(repr=False)
+
+
+def _resize(images: Tensor, size: tuple[int, int]) -> Tensor:
+    """``(B, H, W, C)`` → ``(B, h, w, C)`` with antialiased bilinear filtering (pixel-area aligned)."""
+    if images.shape[1:3] == size:
+        return images
+    out = F.interpolate(images.permute(0, 3, 1, 2), size=size, mode="bilinear", antialias=True, align_corners=False)
+    return out.permute(0, 2, 3, 1)
+
+
+def _scaled(points: Tensor, f: float) -> Tensor:
+    """Pixel coordinates in an image resized by ``f`` (pixel centres: ``x ↦ (x + ½) f − ½``)."""
+    return (points + 0.5) * f - 0.5
+
+
+def solve_light(normals: Tensor, albedo: Tensor, colors: Tensor, weights: Tensor, ridge: float = 1e-3) -> Tensor:
+    """Least-squares SH light given normals, albedo and observed colours (linear in L, per channel).
+
+    ``min_L Σ_p w_p (ρ_p Lᵀφ(n_p) − C_p)² + ridge ‖L − L_ambient‖²``, with ``L_ambient`` the light giving
+    ``C = ρ``.
+
+    Args:
+        normals, albedo, colors: ``(B, P, 3)``; weights: ``(B, P)``.
+    Returns:
+        ``(B, 9, 3)``.
+    """
+    phi = sh_basis(normals)  # (B, P, 9)
+    prior = torch.zeros(9, dtype=phi.dtype, device=phi.device)
+    prior[0] = SH_AMBIENT
+    out = []
+    for c in range(3):
+        A = phi * albedo[..., c:c + 1]  # (B, P, 9)
+        Aw = A * weights[..., None]
+        lhs = Aw.transpose(1, 2) @ A + ridge * torch.eye(9, dtype=phi.dtype, device=phi.device)
+        rhs = Aw.transpose(1, 2) @ colors[..., c:c + 1] + ridge * prior[:, None]
+        out.append(torch.linalg.solve(lhs, rhs)[..., 0])
+    return torch.stack(out, -1)
+
+
+def symmetric_harmonics(vertices: Tensor, triangles: Tensor, mirror: Tensor, k: int) -> Tensor:
+    """The first ``k`` non-constant, left-right symmetric eigenvectors of the cotangent Laplacian
+    ("manifold harmonics": the smoothest functions on the surface), each scaled to unit RMS. ``(V, k)``.
+
+    Eigenvectors of a mirror-symmetric mesh are symmetric or antisymmetric; they are symmetrised through
+    ``mirror`` ``(V,)`` (−1 = unpaired) and the ones that mostly vanish (antisymmetric) are dropped.
+    """
+    import scipy.sparse.linalg as spla
+
+    from morphable.geometry.laplacian import cotangent_laplacian
+
+    if k == 0:
+        return vertices.new_zeros(len(vertices), 0)
+    L = cotangent_laplacian(vertices.detach().double().cpu().numpy(), triangles.cpu().numpy())
+    n = min(2 * k + 8, len(vertices) - 2)  # about half the eigenvectors are symmetric
+    _, U = spla.eigsh(L, k=n, sigma=-1e-6, which="LM")  # smallest eigenvalues first
+    U = torch.as_tensor(U[:, 1:])  # drop the constant
+    paired = mirror >= 0
+    sym = U.clone()
+    sym[paired] = 0.5 * (U[paired] + U[mirror[paired]])
+    keep = sym.norm(dim=0) > 0.7 * U.norm(dim=0)
+    sym = sym[:, keep][:, :k]
+    return (sym / sym.pow(2).mean(0, keepdim=True).sqrt()).to(vertices.dtype)
+
+
+@dataclass(frozen=True)
+class RegionTerms:
+    """Per-model tables of the fit, built once per (model, region, albedo modes) and cached.
+
+    Attributes:
+        model: the model restricted to the region (``models/region.py``).
+        vertex_ids: ``(V_r,)`` the region's vertices in the full model.
+        laplacian: ``(V_r, V_r)`` uniform mesh Laplacian (torch sparse) for albedo smoothness and details.
+        mirror: ``(V_r,)`` mirror vertex of each vertex (−1 = none): the model's symmetry or nearest mirror.
+        harmonics: ``(V_r, K)`` symmetric manifold harmonics (:func:`symmetric_harmonics`); ``K = 0`` for
+            models with an albedo basis.
+    """
+
+    model: MorphableModel
+    vertex_ids: Tensor
+    laplacian: Tensor
+    mirror: Tensor
+    harmonics: Tensor
+
+
+_REGION_CACHE: "weakref.WeakKeyDictionary[MorphableModel, dict]" = weakref.WeakKeyDictionary()
+
+
+def region_terms(model: MorphableModel, region: str | None, albedo_modes: int) -> RegionTerms:
+    """:class:`RegionTerms` of ``model`` on ``region`` (all vertices when ``None`` or absent), cached."""
+    key = (region, albedo_modes, model.mean.data_ptr(), model.identity_basis.data_ptr())
+    cache = _REGION_CACHE.setdefault(model, {})
+    if key in cache:
+        return cache[key]
+    ids = model.regions[region] if region is not None and region in model.regions else torch.arange(model.n_vertices)
+    sub = restrict(model, ids)
+    tri = sub.triangles
+    if sub.symmetry is not None:
+        mirror = sub.symmetry
+    else:
+        pairs = mirror_pairs(sub.mean, tri)
+        mirror = torch.full((sub.n_vertices,), -1, dtype=torch.int64)
+        mirror[pairs[:, 0]] = pairs[:, 1]
+    k = 0 if sub.albedo_basis is not None else albedo_modes
+    terms = RegionTerms(sub, ids, to_torch_sparse(uniform_laplacian(tri.numpy(), sub.n_vertices), sub.mean.dtype),
+                        mirror, symmetric_harmonics(sub.mean, tri, mirror, k))
+    cache[key] = terms
+    return terms
+
+
+class _Variables:
+    """The optimised tensors and how they expand to the batch (shared identity/albedo or per image)."""
+
+    def __init__(self, init: LandmarkFit, albedo: Tensor, light: Tensor, albedo_coeffs: Tensor | None,
+                 shared: bool, n_modes: int):
+        B = init.identity.shape[0]
+        self.B, self.shared = B, shared
+        ident = init.identity.mean(0, keepdim=True) if shared else init.identity
+        self.rotation = init.camera.rotation.detach().clone().requires_grad_(True)
+        self.translation = init.camera.translation.detach().clone().requires_grad_(True)
+        self.log_scale = init.camera.scale.log().detach().clone().requires_grad_(True)
+        self.identity = ident.detach().clone().requires_grad_(True)
+        self.expression = init.expression.detach().clone().requires_grad_(True)
+        self.albedo = (albedo[:1] if shared else albedo).detach().clone().requires_grad_(True)
+        self.albedo_coeffs = None if albedo_coeffs is None else albedo_coeffs.detach().clone().requires_grad_(True)
+        self.albedo_modes = albedo.new_zeros(1 if shared else B, n_modes, 3).requires_grad_(True)
+        self.light = light.detach().clone().requires_grad_(True)
+
+    def expand(self, x: Tensor) -> Tensor:
+        return x.expand(self.B, *x.shape[1:]) if self.shared else x
+
+    def camera(self, f: float = 1.0) -> ScaledOrthographic:
+        return ScaledOrthographic(self.log_scale.exp() * f, self.rotation, _scaled(self.translation, f))
+
+
+def fit_photometric(model: MorphableModel, images: Tensor, landmarks: Tensor, *, init: LandmarkFit | None = None,
+                    config: PhotometricConfig = PhotometricConfig(), shared_identity: bool = False,
+                    albedo: Tensor | None = None, light: Tensor | None = None) -> PhotometricFit:
+    """Fit a model to photos by inverse rendering (see the module docstring).
+
+    Args:
+        model: the morphable model (the fit runs on ``config.region``'s vertices when the model has it).
+        images: ``(B, H, W, 3)`` photos, RGB in [0, 1] (treated as linear).
+        landmarks: ``(B, 68, 2)`` iBUG landmarks (px, nan = missing).
+        init: a sparse fit to start from (default: :func:`fit_landmarks` on ``landmarks``).
+        config: weights and schedule.
+        shared_identity: the photos show one person: one identity and albedo for all.
+        albedo: optional starting per-vertex albedo ``(B, V_r, 3)`` on the region's vertices (models without
+            an albedo basis); default: the photo's mean skin colour, refined from the photo when the
+            schedule first fits albedo.
+        light: optional starting SH light ``(B, 9, 3)``; default: solved linearly from the photo.
+    Returns:
+        :class:`PhotometricFit`.
+    """
+    if images.dim() != 4 or images.shape[-1] != 3 or landmarks.shape != (images.shape[0], 68, 2):
+        raise ValueError(f"fit_photometric: expected images (B, H, W, 3) and landmarks (B, 68, 2), got "
+                         f"{tuple(images.shape)} and {tuple(landmarks.shape)}")
+    dtype = model.mean.dtype
+    images = images.to(dtype)
+    landmarks = landmarks.to(dtype)
+    B, H, W = images.shape[:3]
+    if init is None:
+        init = fit_landmarks(model, landmarks)
+
+    terms = region_terms(model, config.region, config.albedo_modes)
+    sub, tri, region_ids, laplacian, mirror, harmonics = (terms.model, terms.model.triangles, terms.vertex_ids,
+                                                          terms.laplacian.to(dtype), terms.mirror, terms.harmonics)
+    new_id = torch.full((model.n_vertices,), -1, dtype=torch.int64)
+    new_id[region_ids] = torch.arange(len(region_ids))
+    # landmark correspondences of the sparse fit (jawline included), as region vertex ids
+    lmk_vertex = torch.where(init.landmark_ids >= 0, new_id[init.landmark_ids.clamp_min(0)], -1)
+    lmk_target = torch.where((lmk_vertex >= 0)[..., None], landmarks, torch.nan)
+    lmk_index = lmk_vertex.clamp_min(0)
+
+    # --- initial light (albedo: the model's mean, or the photo's mean skin colour) ------------------
+    has_basis = sub.albedo_basis is not None
+
+    def observe(identity: Tensor, expression: Tensor, camera: ScaledOrthographic) -> tuple[Tensor, Tensor, Tensor]:
+        """Photo colours at the vertices, their weights (visible × skin) and view-frame normals."""
+        verts = sub(identity=identity, expression=expression if sub.n_expression else None).vertices
+        proj = camera.project(verts)
+        ids = Renderer(tri, (H, W), soft_silhouette=False)(verts, camera, colors=torch.ones_like(verts)).triangle_id
+        seen = torch.zeros(B, sub.n_vertices, dtype=torch.bool)
+        for b in range(B):
+            seen[b, tri[ids[b][ids[b] >= 0]].reshape(-1)] = True
+        weight = seen.to(dtype)
+        if config.use_skin_mask:
+            weight = weight * sample_image(skin_mask(images, ids >= 0)[..., None], proj)[..., 0]
+        return sample_image(images, proj), weight, vertex_normals(camera.transform(verts), tri)
+
+    with torch.no_grad():
+        observed, weight_v, normals_v = observe(init.identity, init.expression, init.camera)
+        w = weight_v / weight_v.sum(1, keepdim=True).clamp_min(1e-12)
+        mean_skin_colour = (observed * w[..., None]).sum(1, keepdim=True)  # (B, 1, 3)
+        if has_basis:
+            albedo_coeffs = torch.zeros(B, sub.n_albedo, dtype=dtype)
+            albedo0 = sub(identity=init.identity, albedo=albedo_coeffs).colors
+        else:
+            albedo_coeffs = None
+            albedo0 = mean_skin_colour.expand(B, sub.n_vertices, 3) if albedo is None else albedo.to(dtype)
+        light0 = solve_light(normals_v, albedo0, observed, weight_v) if light is None else light.to(dtype)
+
+    var = _Variables(init, albedo0, light0, albedo_coeffs, shared_identity, 0 if has_basis else harmonics.shape[1])
+
+    def vertex_albedo() -> Tensor:
+        """``(1|B, V_r, 3)`` per-vertex factor ⊙ (1 + smooth symmetric modes)."""
+        return var.albedo * (1 + harmonics @ var.albedo_modes)
+
+    groups = {
+        "pose": [{"params": [var.rotation], "lr": config.lr_rotation},
+                 {"params": [var.translation], "lr": config.lr_translation},
+                 {"params": [var.log_scale], "lr": config.lr_log_scale}],
+        "shape": [{"params": [var.identity], "lr": config.lr_identity}]
+        + ([{"params": [var.expression], "lr": config.lr_expression}] if sub.n_expression else []),
+        "light": [{"params": [var.light], "lr": config.lr_light}],
+        "albedo": [{"params": [var.albedo_coeffs if has_basis else var.albedo], "lr": config.lr_albedo}],
+        "albedo_lowfreq": [{"params": [var.albedo_coeffs if has_basis else var.albedo_modes], "lr": config.lr_albedo}],
+    }
+    blendshapes = sub.expression_kind == "blendshapes"
+
+    def energy(size: int, target: Tensor, renderer: Renderer, skin_w: Tensor | None,
+               displacement: Tensor | None = None) -> tuple[Tensor, dict[str, float], object, Tensor]:
+        f = size / max(H, W)
+        ident = var.expand(var.identity)
+        out = sub(identity=ident, expression=var.expression if sub.n_expression else None,
+                  albedo=var.expand(var.albedo_coeffs) if has_basis else None)
+        verts = out.vertices
+        if displacement is not None:
+            verts = verts + displacement[..., None] * vertex_normals(verts, tri)
+        albedo = out.colors if has_basis else var.expand(vertex_albedo())
+        cam = var.camera(f)
+        rend = renderer(verts, cam, colors=albedo, sh=var.light, background=target)
+        m = (rend.alpha > 0).to(dtype)
+        if skin_w is not None:
+            m = m * skin_w
+        e_con = photometric_loss(rend.image, target, m, kind=config.robust)
+        lmk2d = cam.project(verts.gather(1, lmk_index[..., None].expand(-1, -1, 3)))
+        d2 = ((lmk2d - _scaled(lmk_target, f)) ** 2).sum(-1) * (REFERENCE_SIZE / size) ** 2
+        e_lan = torch.nanmean(d2)
+        e_id = prior_loss(ident)
+        e_exp = (var.expression ** 2).sum(-1).mean() if sub.n_expression else ident.new_zeros(())
+        total = config.w_photo * e_con + config.w_landmark * e_lan + config.w_identity * e_id
+        total = total + (config.w_blendshape if blendshapes else config.w_expression) * e_exp
+        terms = {"photometric": e_con.item(), "landmark_px2": e_lan.item(), "identity_prior": e_id.item(),
+                 "expression_prior": e_exp.item()}
+        if has_basis:
+            e_alb = prior_loss(var.albedo_coeffs)
+            total = total + config.w_albedo_coeffs * e_alb
+            terms["albedo_prior"] = e_alb.item()
+        else:
+            rho = vertex_albedo()
+            e_smooth = laplacian_loss(rho, laplacian) / sub.n_vertices
+            e_sym = vertex_symmetry_loss(rho, mirror)
+            e_mean = ((var.albedo - mean_skin_colour[:1] if var.shared else var.albedo - mean_skin_colour) ** 2).sum(-1).mean()
+            total = total + config.w_albedo_smooth * e_smooth + config.w_albedo_symmetry * e_sym \
+                + config.w_albedo_mean * e_mean
+            terms.update(albedo_smooth=e_smooth.item(), albedo_symmetry=e_sym.item(), albedo_mean=e_mean.item())
+        terms["total"] = total.item()
+        return total, terms, rend, verts
+
+    history: list[dict[str, float]] = []
+    initial_terms = None
+    albedo_from_photo = False
+    for stage in config.schedule:
+        size, n_iter = stage.size, stage.iterations
+        f = size / max(H, W)
+        h, w = max(1, round(H * f)), max(1, round(W * f))
+        target = _resize(images, (h, w))
+        renderer = Renderer(tri, (h, w))
+        skin_w = None
+        if config.use_skin_mask:
+            with torch.no_grad():
+                verts = sub(identity=var.expand(var.identity),
+                            expression=var.expression if sub.n_expression else None).vertices
+                rend0 = renderer(verts, var.camera(f), colors=torch.ones_like(verts))
+                skin_w = skin_mask(target, rend0.triangle_id >= 0)
+        unknown = set(stage.variables) - set(groups)
+        if unknown:
+            raise ValueError(f"fit_photometric: unknown variable group(s) {sorted(unknown)} in the schedule")
+        if "albedo" in stage.variables and not has_basis and not albedo_from_photo and albedo is None:
+            with torch.no_grad():  # Zhang et al.: ρ = β ρ_c + (1 − β) C_I / (Lᵀφ(n)) once geometry is fitted
+                observed, weight_v, normals_v = observe(var.expand(var.identity), var.expression, var.camera())
+                shading = (sh_basis(normals_v) @ var.light).clamp_min(0.05)  # (B, V_r, 3)
+                ratio = (observed / shading).clamp(0, 1.5)
+                current = var.expand(vertex_albedo())
+                blend = torch.where(weight_v[..., None] > 0, ALBEDO_BETA * current + (1 - ALBEDO_BETA) * ratio, current)
+                factor = blend / (1 + harmonics @ var.expand(var.albedo_modes)).clamp_min(0.1)
+                var.albedo.copy_(factor.mean(0, keepdim=True) if var.shared else factor)
+            albedo_from_photo = True
+        opt = torch.optim.Adam([g for name in stage.variables for g in groups[name]])
+        best = float("inf")
+        since = 0
+        for step in range(n_iter):
+            opt.zero_grad()
+            total, terms, _, _ = energy(size, target, renderer, skin_w)
+            if initial_terms is None:
+                initial_terms = dict(terms)
+            total.backward()
+            opt.step()
+            with torch.no_grad():
+                if blendshapes:
+                    var.expression.clamp_(0, 1)
+                var.albedo.clamp_(0, 1.5)
+            terms["size"] = size
+            history.append(terms)
+            if terms["total"] < best * (1 - config.tolerance):
+                best, since = terms["total"], 0
+            else:
+                since += 1
+                if since >= config.patience:
+                    break
+
+    displacement = None
+    if config.detail_iterations > 0:
+        target = _resize(images, (H, W))
+        renderer = Renderer(tri, (H, W))
+        d = torch.zeros(B, sub.n_vertices, dtype=dtype, requires_grad=True)
+        opt = torch.optim.Adam([d], lr=0.05)
+        for _ in range(config.detail_iterations):
+            opt.zero_grad()
+            _, terms, rend, _ = energy(max(H, W), target, renderer, None, displacement=d)
+            m = (rend.alpha > 0).to(dtype)
+            e = photometric_loss(rend.image, target, m, kind=config.robust) + config.mu1 * (d ** 2).mean() \
+                + config.mu2 * laplacian_loss(d, laplacian, p=1) / sub.n_vertices
+            e.backward()
+            opt.step()
+            history.append({**terms, "detail_total": e.item(), "size": max(H, W)})
+        displacement = d.detach()
+
+    with torch.no_grad():
+        renderer = Renderer(tri, (H, W))
+        _, final_terms, rend, _ = energy(max(H, W), images, renderer, None, displacement=displacement)
+        ident = var.expand(var.identity).detach()
+        full = model(identity=ident, expression=var.expression.detach() if model.n_expression else None).vertices
+        albedo = (sub(identity=ident, albedo=var.expand(var.albedo_coeffs)).colors if has_basis
+                  else var.expand(vertex_albedo())).detach()
+    final_terms["initial"] = initial_terms or {}
+    return PhotometricFit(
+        identity=ident, expression=var.expression.detach(), albedo=albedo,
+        albedo_coefficients=None if not has_basis else var.expand(var.albedo_coeffs).detach(),
+        light=var.light.detach(),
+        camera=ScaledOrthographic(var.log_scale.exp().detach(), var.rotation.detach(), var.translation.detach()),
+        vertices=full, region_vertices=region_ids, region_triangles=tri, displacement=displacement,
+        render=rend.image.detach(), alpha=rend.alpha.detach(), energies=final_terms, history=history,
+    )
+
+
+def photometric_error(fit_render: Tensor, images: Tensor, alpha: Tensor) -> float:
+    """Mean per-pixel colour distance (L2 norm, RGB) over the rendered face pixels — the figure compared
+    between the sparse and the photometric fit on real photos."""
+    m = alpha > 0.5
+    return float(((fit_render - images) ** 2).sum(-1).sqrt()[m].mean())
+
+
