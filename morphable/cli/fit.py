@@ -18,6 +18,13 @@ the command exits with status 1.
 ``landmarks`` (the 68 input points) and ``landmarks_fitted`` (the model's 68 landmarks projected),
 both 0-based pixels, NaN where missing; ``rms_px``; ``texture_coverage`` (fractions of the UV layout
 seen directly and filled from the mirror side).
+
+With ``--photometric`` the landmark fit is refined by inverse rendering
+(:func:`~morphable.fitting.photometric.fit_photometric`): the mesh then carries the fitted albedo as its
+texture (``albedo.png``; ``texture.png`` is still the photo's texture), ``comparison.png`` shows photo |
+render | difference, ``energy.png`` the energy curve, and ``params.json`` gains ``albedo`` (per-vertex
+values on the fitted region, or the model's albedo coefficients), ``light`` (27 SH numbers, 9 × RGB) and
+``energies`` (final terms, and the starting ones under ``initial``).
 """
 from __future__ import annotations
 
@@ -86,12 +93,69 @@ def _face_triangles(model) -> "np.ndarray":
     return tris[inside[tris].all(1)]
 
 
-def write_face(face: FaceInput, model, model_label: str, fit, b: int, texel_map) -> Path:
+def _with_photometric(fit, pfit, model):
+    """The landmark fit with geometry and camera replaced by a photometric fit's (landmarks re-projected
+    through the landmark fit's vertex correspondences)."""
+    import dataclasses
+
+    import torch
+
+    ids = fit.landmark_ids
+    points = pfit.camera.project(pfit.vertices.gather(1, ids.clamp_min(0)[..., None].expand(-1, -1, 3)))
+    fitted = torch.where((ids >= 0)[..., None], points, torch.nan)
+    return dataclasses.replace(fit, identity=pfit.identity, expression=pfit.expression, camera=pfit.camera,
+                               vertices=pfit.vertices, landmarks_fitted=fitted)
+
+
+def _albedo_texture(model, pfit, b: int, texel_map) -> np.ndarray:
+    """The fitted per-vertex albedo rasterised into the model's UV layout, ``(S, S, 3)`` uint8; texels
+    off the fitted region get the region's mean albedo."""
+    import torch
+
+    albedo = pfit.albedo[b]
+    full = albedo.mean(0).expand(model.n_vertices, 3).clone()
+    full[pfit.region_vertices] = albedo
+    tid = texel_map.triangle_id
+    corners = model.triangles[tid.clamp_min(0)]  # (S, S, 3)
+    colours = (texel_map.barycentric[..., None].to(full.dtype) * full[corners]).sum(-2)
+    colours = torch.where((tid >= 0)[..., None], colours, albedo.mean(0))
+    return (colours.clamp(0, 1) * 255).round().to(torch.uint8).cpu().numpy()
+
+
+def _write_photometric(face: FaceInput, model, pfit, b: int, texel_map, params: dict) -> None:
+    """``comparison.png``, ``energy.png``, ``albedo.png`` (as the mesh's texture) and the params extras."""
+    from morphable.fitting.photometric import photometric_error
+    from morphable.io import write_image
+    from morphable.viz.comparison import energy_curve, side_by_side
+
+    photo = face.image.astype(np.float64) / 255
+    H, W = photo.shape[:2]
+    render = pfit.render[b, :H, :W].cpu().double().numpy()
+    alpha = pfit.alpha[b, :H, :W].cpu().double().numpy()
+    write_image(face.out_dir / "comparison.png", side_by_side(photo, render, alpha))
+    write_image(face.out_dir / "energy.png", energy_curve([h["total"] for h in pfit.history]))
+    if texel_map is not None:
+        _write_mesh(face.out_dir, model, pfit.vertices[b], _albedo_texture(model, pfit, b, texel_map),
+                    texture_name="albedo.png")
+    params["albedo"] = ({"kind": "coefficients", "values": pfit.albedo_coefficients[b]}
+                        if pfit.albedo_coefficients is not None else
+                        {"kind": "per_vertex", "vertex_ids": pfit.region_vertices, "values": pfit.albedo[b]})
+    params["light"] = pfit.light[b].T.reshape(-1)  # R's 9, then G's, then B's
+    params["light_layout"] = "sh9 per channel (R, G, B); see morphable/render/shading.py"
+    params["energies"] = pfit.energies
+    params["photometric_error"] = photometric_error(pfit.render[b:b + 1, :H, :W],
+                                                    pfit.render.new_tensor(photo)[None], pfit.alpha[b:b + 1, :H, :W])
+
+
+def write_face(face: FaceInput, model, model_label: str, fit, b: int, texel_map, photometric=None) -> Path:
     """Write ``mesh.obj`` (+ ``mesh.mtl``), ``texture.png``, ``params.json`` and ``overlay.png`` of fit ``b``.
 
     ``fit`` is a :class:`LandmarkFit` or :class:`PerspectiveFit`; ``texel_map`` is ``None`` for a model
-    without UVs (then no texture is written and ``texture_coverage`` is ``null``).
+    without UVs (then no texture is written and ``texture_coverage`` is ``null``). With a
+    :class:`~morphable.fitting.photometric.PhotometricFit` the outputs show its geometry, plus its extras.
     """
+    if photometric is not None:
+        fit = _with_photometric(fit, photometric, model)
     import torch
 
     from morphable.fitting.texture import extract_texture
@@ -119,7 +183,7 @@ def write_face(face: FaceInput, model, model_label: str, fit, b: int, texel_map)
         covered = max(1, int(texture.covered.sum()))
         coverage = {"visible": float(texture.visible.sum()) / covered,
                     "mirrored": float(texture.mirrored.sum()) / covered}
-    write_params(face.out_dir / "params.json", {
+    params = {
         "model": model_label,
         "image": face.image_name,
         "image_size": {"width": W, "height": H},
@@ -138,12 +202,15 @@ def write_face(face: FaceInput, model, model_label: str, fit, b: int, texel_map)
         "landmarks_fitted": fit.landmarks_fitted[b],
         "rms_px": float(fit.rms_px[b]),
         "texture_coverage": coverage,
-    })
+    }
+    if photometric is not None:
+        _write_photometric(face, model, photometric, b, texel_map, params)
+    write_params(face.out_dir / "params.json", params)
     return face.out_dir
 
 
-def _write_mesh(folder: Path, model, vertices, texture: np.ndarray | None) -> None:
-    """``mesh.obj`` + ``mesh.mtl`` referencing ``texture.png``; the model's polygons (quads) and UVs kept.
+def _write_mesh(folder: Path, model, vertices, texture: np.ndarray | None, texture_name: str = "texture.png") -> None:
+    """``mesh.obj`` + ``mesh.mtl`` referencing ``texture_name``; the model's polygons (quads) and UVs kept.
 
     Faces outside the extracted texture (ICT's eyes, teeth and the back of the head live in other UV
     tiles) are given one flat colour, the texture's mean, kept in its top-left texel. Without a texture
@@ -172,9 +239,9 @@ def _write_mesh(folder: Path, model, vertices, texture: np.ndarray | None) -> No
         corner_uvs = uv_faces if uv_faces is not None else faces
         uv_faces = [list(t) if k else [flat] * len(t) for t, k in zip(corner_uvs, keep)]
     write_obj(folder / "mesh.obj", Mesh(vertices=vertices, faces=faces, uv=uv, uv_faces=uv_faces, texture=texture))
-    # write_obj names the texture after the OBJ (mesh.png); our output layout calls it texture.png
-    (folder / "mesh.png").replace(folder / "texture.png")
-    mtl = (folder / "mesh.mtl").read_text().replace("map_Kd mesh.png", "map_Kd texture.png")
+    # write_obj names the texture after the OBJ (mesh.png); our output layout names it texture_name
+    (folder / "mesh.png").replace(folder / texture_name)
+    mtl = (folder / "mesh.mtl").read_text().replace("map_Kd mesh.png", f"map_Kd {texture_name}")
     with atomic_write(folder / "mesh.mtl", "w") as f:
         f.write(mtl)
 
@@ -213,10 +280,25 @@ def cached_texel_map(model, size: int):
     return texel_map
 
 
+def _stacked_photos(group: Sequence[FaceInput], dtype) -> "torch.Tensor":
+    """The group's photos as one ``(B, H, W, 3)`` batch in [0, 1], zero-padded right/bottom to the largest
+    size (padding keeps every photo's pixel coordinates)."""
+    import torch
+
+    H = max(f.image.shape[0] for f in group)
+    W = max(f.image.shape[1] for f in group)
+    out = torch.zeros(len(group), H, W, 3, dtype=dtype)
+    for i, f in enumerate(group):
+        out[i, :f.image.shape[0], :f.image.shape[1]] = torch.from_numpy(np.array(f.image)).to(dtype) / 255
+    return out
+
+
 def reconstruct(faces: Sequence[FaceInput], model, model_label: str, *, iterations: int = 5,
-                multi_view: bool = False, perspective: bool = False, texture_size: int = 512,
-                progress: bool = False) -> tuple[list[Path], list[str]]:
+                multi_view: bool = False, perspective: bool = False, photometric: bool = False,
+                texture_size: int = 512, progress: bool = False) -> tuple[list[Path], list[str]]:
     """Fit and write every face. Single-view fits are batched per photo; multi-view fits all faces at once.
+    With ``photometric`` the landmark fits are refined by inverse rendering (one shared identity and
+    albedo with ``multi_view``).
 
     Returns the output folders (in the order of ``faces``) and one message per photo whose fit failed
     (e.g. too few usable landmarks in a landmark file).
@@ -256,8 +338,14 @@ def reconstruct(faces: Sequence[FaceInput], model, model_label: str, *, iteratio
             failures.append(f"{', '.join(dict.fromkeys(f.image_name for f in group))}: cannot fit ({err})")
             bar.update(len(group))
             continue
+        pfit = None
+        if photometric:
+            from morphable.fitting.photometric import fit_photometric
+
+            pfit = fit_photometric(model, _stacked_photos(group, dtype), landmarks, init=fit,
+                                   shared_identity=multi_view)
         for b, face in enumerate(group):
-            written.append(write_face(face, model, model_label, fit, b, texel_map))
+            written.append(write_face(face, model, model_label, fit, b, texel_map, photometric=pfit))
             bar.update(1)
     bar.close()
     return written, failures
@@ -285,6 +373,8 @@ def _output_names(paths: Iterable[Path]) -> list[str]:
 @click.option("--multi-view", is_flag=True, help="All photos show one person: fit one shared identity.")
 @click.option("--perspective", is_flag=True,
               help="Refine each fit with a perspective camera (focal = the photo's longer side).")
+@click.option("--photometric", is_flag=True,
+              help="Refine by inverse rendering (SH light, albedo): adds albedo.png, comparison.png, energy.png.")
 @click.option("--all-faces", is_flag=True, help="Reconstruct every detected face (DIR/<stem>/face<i>/).")
 @click.option("--detector", type=click.Choice(["auto", "hog", "cnn"]), default="auto", show_default=True,
               help="dlib face detector; auto = HOG, then the CNN when HOG finds no face.")
@@ -293,7 +383,7 @@ def _output_names(paths: Iterable[Path]) -> list[str]:
 @click.option("--texture-size", default=512, show_default=True, type=click.IntRange(16, 8192),
               help="Width and height of texture.png in texels.")
 def fit(images: tuple[Path, ...], model_name: str, output: Path, landmark_files: tuple[Path, ...],
-        multi_view: bool, perspective: bool, all_faces: bool, detector: str, iterations: int,
+        multi_view: bool, perspective: bool, photometric: bool, all_faces: bool, detector: str, iterations: int,
         texture_size: int) -> None:
     """Reconstruct the faces in IMAGES: mesh.obj, texture.png, params.json and overlay.png per face."""
     from tqdm import tqdm
@@ -306,6 +396,8 @@ def fit(images: tuple[Path, ...], model_name: str, output: Path, landmark_files:
                                "(give one per image, in the same order)")
     if multi_view and all_faces:
         raise click.UsageError("--multi-view fits one person: it cannot be combined with --all-faces")
+    if photometric and perspective:
+        raise click.UsageError("--photometric fits a scaled-orthographic camera: it cannot be combined with --perspective")
     if multi_view and perspective:
         raise click.UsageError("--perspective refines single-view fits: it cannot be combined with --multi-view")
     model = load_model(model_name)
@@ -322,7 +414,7 @@ def fit(images: tuple[Path, ...], model_name: str, output: Path, landmark_files:
         except MorphableError as err:
             failures.append(str(err))
     written, fit_failures = reconstruct(faces, model, model_name, iterations=iterations, multi_view=multi_view,
-                                        perspective=perspective,
+                                        perspective=perspective, photometric=photometric,
                                         texture_size=texture_size, progress=len(faces) > 1)
     failures += fit_failures
     for folder in written:

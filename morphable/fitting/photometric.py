@@ -36,7 +36,7 @@ from morphable.fitting.landmarks import LandmarkFit, fit_landmarks
 from morphable.geometry.camera import ScaledOrthographic
 from morphable.geometry.laplacian import to_torch_sparse, uniform_laplacian
 from morphable.geometry.mesh import vertex_normals
-from morphable.geometry.uv import mirror_pairs
+from morphable.geometry.uv import mirror_pairs, symmetry_pairs
 from morphable.losses.photometric import photometric_loss, skin_mask
 from morphable.losses.prior import prior_loss
 from morphable.losses.smoothness import laplacian_loss
@@ -233,7 +233,8 @@ class RegionTerms:
         model: the model restricted to the region (``models/region.py``).
         vertex_ids: ``(V_r,)`` the region's vertices in the full model.
         laplacian: ``(V_r, V_r)`` uniform mesh Laplacian (torch sparse) for albedo smoothness and details.
-        mirror: ``(V_r,)`` mirror vertex of each vertex (−1 = none): the model's symmetry or nearest mirror.
+        mirror: ``(V_r,)`` mirror vertex of each vertex (−1 = none), an involution: the model's symmetry
+            list where it is mutual, else nearest mirrored vertices.
         harmonics: ``(V_r, K)`` symmetric manifold harmonics (:func:`symmetric_harmonics`); ``K = 0`` for
             models with an albedo basis.
     """
@@ -257,12 +258,10 @@ def region_terms(model: MorphableModel, region: str | None, albedo_modes: int) -
     ids = model.regions[region] if region is not None and region in model.regions else torch.arange(model.n_vertices)
     sub = restrict(model, ids)
     tri = sub.triangles
-    if sub.symmetry is not None:
-        mirror = sub.symmetry
-    else:
-        pairs = mirror_pairs(sub.mean, tri)
-        mirror = torch.full((sub.n_vertices,), -1, dtype=torch.int64)
-        mirror[pairs[:, 0]] = pairs[:, 1]
+    # an involution: the model's symmetry list where it is mutual, else nearest mirrored vertices
+    pairs = symmetry_pairs(sub.symmetry) if sub.symmetry is not None else mirror_pairs(sub.mean, tri)
+    mirror = torch.full((sub.n_vertices,), -1, dtype=torch.int64)
+    mirror[pairs[:, 0]] = pairs[:, 1]
     k = 0 if sub.albedo_basis is not None else albedo_modes
     terms = RegionTerms(sub, ids, to_torch_sparse(uniform_laplacian(tri.numpy(), sub.n_vertices), sub.mean.dtype),
                         mirror, symmetric_harmonics(sub.mean, tri, mirror, k))
