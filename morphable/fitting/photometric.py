@@ -34,7 +34,7 @@ from torch import Tensor
 
 from morphable.fitting.landmarks import LandmarkFit, fit_landmarks
 from morphable.geometry.camera import ScaledOrthographic
-from morphable.geometry.laplacian import to_torch_sparse, uniform_laplacian
+from morphable.geometry.laplacian import SparseOperator, uniform_laplacian
 from morphable.geometry.mesh import vertex_normals
 from morphable.geometry.uv import mirror_pairs, symmetry_pairs
 from morphable.losses.photometric import photometric_loss, skin_mask
@@ -66,11 +66,11 @@ class Stage:
 
 
 DEFAULT_SCHEDULE = (
-    Stage(64, 20, ("pose", "light")),                                   # rigid
-    Stage(96, 20, ("albedo_lowfreq", "light")),                         # smooth albedo / light
-    Stage(96, 50, ("pose", "shape", "light", "albedo_lowfreq")),        # identity / expression
-    Stage(160, 20, ("pose", "shape", "light", "albedo_lowfreq")),       # joint refinement, finer
-    Stage(160, 10, ("albedo", "light")),                                # per-vertex albedo, geometry held
+    Stage(64, 15, ("pose", "light")),                                   # rigid
+    Stage(96, 15, ("albedo_lowfreq", "light")),                         # smooth albedo / light
+    Stage(96, 40, ("pose", "shape", "light", "albedo_lowfreq")),        # identity / expression
+    Stage(160, 15, ("pose", "shape", "light", "albedo_lowfreq")),       # joint refinement, finer
+    Stage(160, 8, ("albedo", "light")),                                 # per-vertex albedo, geometry held
 )
 
 
@@ -232,7 +232,7 @@ class RegionTerms:
     Attributes:
         model: the model restricted to the region (``models/region.py``).
         vertex_ids: ``(V_r,)`` the region's vertices in the full model.
-        laplacian: ``(V_r, V_r)`` uniform mesh Laplacian (torch sparse) for albedo smoothness and details.
+        laplacian: ``(V_r, V_r)`` uniform mesh Laplacian (a ``SparseOperator``) for albedo smoothness and details.
         mirror: ``(V_r,)`` mirror vertex of each vertex (−1 = none), an involution: the model's symmetry
             list where it is mutual, else nearest mirrored vertices.
         harmonics: ``(V_r, K)`` symmetric manifold harmonics (:func:`symmetric_harmonics`); ``K = 0`` for
@@ -241,7 +241,7 @@ class RegionTerms:
 
     model: MorphableModel
     vertex_ids: Tensor
-    laplacian: Tensor
+    laplacian: SparseOperator
     mirror: Tensor
     harmonics: Tensor
 
@@ -263,7 +263,7 @@ def region_terms(model: MorphableModel, region: str | None, albedo_modes: int) -
     mirror = torch.full((sub.n_vertices,), -1, dtype=torch.int64)
     mirror[pairs[:, 0]] = pairs[:, 1]
     k = 0 if sub.albedo_basis is not None else albedo_modes
-    terms = RegionTerms(sub, ids, to_torch_sparse(uniform_laplacian(tri.numpy(), sub.n_vertices), sub.mean.dtype),
+    terms = RegionTerms(sub, ids, SparseOperator(uniform_laplacian(tri.numpy(), sub.n_vertices), sub.mean.dtype),
                         mirror, symmetric_harmonics(sub.mean, tri, mirror, k))
     cache[key] = terms
     return terms

@@ -50,8 +50,49 @@ def uniform_laplacian(faces: np.ndarray, n_vertices: int) -> sp.csr_matrix:
     return (sp.eye(n_vertices) - sp.diags(1.0 / np.maximum(deg, 1)) @ A).tocsr()
 
 
-def to_torch_sparse(M: sp.spmatrix, dtype: torch.dtype = torch.float32) -> Tensor:
-    """A scipy sparse matrix as a torch sparse COO tensor (for ``torch.sparse.mm`` in losses)."""
-    c = M.tocoo()
-    idx = torch.as_tensor(np.vstack([c.row, c.col]), dtype=torch.int64)
-    return torch.sparse_coo_tensor(idx, torch.as_tensor(c.data, dtype=dtype), c.shape, check_invariants=True).coalesce()
+class _SparseMatmul(torch.autograd.Function):
+    """``A @ x`` for a fixed CSR matrix, with the backward ``Aᵀ @ g`` from a stored CSR transpose (torch's own
+    sparse backward converts layouts on every call)."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, A: Tensor, At: Tensor) -> Tensor:
+        ctx.save_for_backward(At)
+        return A @ x
+
+    @staticmethod
+    def backward(ctx, g: Tensor):
+        (At,) = ctx.saved_tensors
+        return At @ g, None, None
+
+
+class SparseOperator:
+    """A fixed sparse matrix ``(N, M)`` applied to dense ``(M, K)`` tensors, differentiable in the dense side.
+
+    Built once from a scipy matrix; ``op @ x`` and ``op.to(dtype)`` like a tensor.
+    """
+
+    def __init__(self, M: sp.spmatrix, dtype: torch.dtype = torch.float32):
+        self.scipy = M.tocsr()
+        self.dtype = dtype
+        self._A = self._csr(self.scipy, dtype)
+        self._At = self._csr(self.scipy.T.tocsr(), dtype)
+
+    @staticmethod
+    def _csr(M: sp.csr_matrix, dtype: torch.dtype) -> Tensor:
+        M.sort_indices()
+        return torch.sparse_csr_tensor(torch.as_tensor(M.indptr, dtype=torch.int64),
+                                       torch.as_tensor(M.indices, dtype=torch.int64),
+                                       torch.as_tensor(M.data, dtype=dtype), M.shape)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.scipy.shape
+
+    def to(self, dtype: torch.dtype) -> "SparseOperator":
+        return self if dtype == self.dtype else SparseOperator(self.scipy, dtype)
+
+    def __matmul__(self, x: Tensor) -> Tensor:
+        return _SparseMatmul.apply(x, self._A, self._At)
+
+    def dense(self) -> Tensor:
+        return torch.as_tensor(self.scipy.toarray(), dtype=self.dtype)

@@ -6,23 +6,24 @@
 """
 from __future__ import annotations
 
-import torch
 from torch import Tensor
 
+from morphable.geometry.laplacian import SparseOperator
 
-def laplacian_loss(values: Tensor, laplacian: Tensor, p: int = 2) -> Tensor:
+
+def laplacian_loss(values: Tensor, laplacian: SparseOperator, p: int = 2) -> Tensor:
     """``mean_b Σ_v ‖(L x_b)_v‖_p^p``.
 
     Args:
         values: ``(B, V, C)`` or ``(B, V)`` per-vertex values.
-        laplacian: ``(V, V)`` torch sparse (``geometry.laplacian.to_torch_sparse``).
+        laplacian: ``(V, V)`` :class:`~morphable.geometry.laplacian.SparseOperator`.
         p: 1 or 2.
     Returns:
         scalar.
     """
     x = values if values.dim() == 3 else values[..., None]
     B, V, C = x.shape
-    Lx = torch.sparse.mm(laplacian.to(x.dtype), x.permute(1, 0, 2).reshape(V, B * C)).reshape(V, B, C)
+    Lx = (laplacian.to(x.dtype) @ x.permute(1, 0, 2).reshape(V, B * C)).reshape(V, B, C)
     if p == 2:
         return (Lx * Lx).sum() / B
     if p == 1:
