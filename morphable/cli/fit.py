@@ -32,11 +32,15 @@ import sys
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 import numpy as np
 
 from morphable.errors import InputError, MorphableError
+
+if TYPE_CHECKING:
+    import torch
 
 
 @dataclass

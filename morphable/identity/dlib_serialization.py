@@ -26,10 +26,8 @@ the converted arrays in ``MORPHABLE_HOME`` as an ``.npz`` (read back with ``allo
 """
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import math
-import os
 from dataclasses import dataclass
 from os import PathLike
 from pathlib import Path
@@ -38,6 +36,7 @@ import numpy as np
 
 from morphable.errors import ModelFileError
 from morphable.io.atomic import atomic_write
+from morphable.models.registry import home, sha256_file
 
 WEIGHTS_NAME = "dlib_face_recognition_resnet_model_v1.dat"
 WEIGHTS_SIZE = 22_466_066
@@ -328,17 +327,8 @@ def default_weights_path() -> Path:
     return Path(list(spec.submodule_search_locations)[0]) / "models" / WEIGHTS_NAME
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def _cache_path() -> Path:
-    home = Path(os.environ.get("MORPHABLE_HOME", Path.home() / ".cache" / "morphable"))
-    return home / "identity" / f"dlib_face_resnet_{WEIGHTS_SHA256[:16]}.npz"
+    return home() / "identity" / f"dlib_face_resnet_{WEIGHTS_SHA256[:16]}.npz"
 
 
 def _save_npz(weights: DlibFaceResNetWeights, path: Path) -> None:
@@ -376,7 +366,7 @@ def load_dlib_face_resnet(path: str | PathLike | None = None) -> DlibFaceResNetW
     path = Path(path) if path is not None else default_weights_path()
     if not path.is_file():
         raise ModelFileError(path, "file not found")
-    if path.stat().st_size != WEIGHTS_SIZE or _sha256(path) != WEIGHTS_SHA256:
+    if path.stat().st_size != WEIGHTS_SIZE or sha256_file(path) != WEIGHTS_SHA256:
         raise ModelFileError(path, f"not dlib's {WEIGHTS_NAME} (size or sha256 differs)")
     cache = _cache_path()
     if cache.is_file():

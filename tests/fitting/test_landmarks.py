@@ -7,7 +7,6 @@ from ~50–68 points), so identity recovery is measured with 300 random face ver
 "landmarks" (:func:`fit_points`); there yaw, pitch and roll are within 1°, the RMSE below 1 px and the
 identity coefficients correlate > 0.9 with the truth.
 """
-import math
 
 import numpy as np
 import pytest
