@@ -96,6 +96,9 @@ class PhotometricConfig:
         tolerance, patience: a stage stops when the energy has not dropped by ``tolerance`` (relative)
             over ``patience`` steps.
         detail_iterations: steps of the displacement stage (0 = off); ``mu1``, ``mu2`` its weights.
+        w_identity_feature: weight of Genova et al.'s identity loss, 1 − cos between the face-recognition
+            descriptors (``identity/``, dlib's ResNet) of the photo's and the rendering's aligned face chips
+            at each stage's size (0 = off; it costs a network forward/backward per step).
     """
 
     schedule: tuple[Stage, ...] = DEFAULT_SCHEDULE
@@ -123,6 +126,7 @@ class PhotometricConfig:
     detail_iterations: int = 0
     mu1: float = 1e-3
     mu2: float = 1e-3
+    w_identity_feature: float = 0.0
     region: str | None = "face"
 
 
@@ -296,7 +300,8 @@ class _Variables:
 
 def fit_photometric(model: MorphableModel, images: Tensor, landmarks: Tensor, *, init: LandmarkFit | None = None,
                     config: PhotometricConfig = PhotometricConfig(), shared_identity: bool = False,
-                    albedo: Tensor | None = None, light: Tensor | None = None) -> PhotometricFit:
+                    albedo: Tensor | None = None, light: Tensor | None = None,
+                    identity_net: torch.nn.Module | None = None) -> PhotometricFit:
     """Fit a model to photos by inverse rendering (see the module docstring).
 
     Args:
@@ -310,6 +315,8 @@ def fit_photometric(model: MorphableModel, images: Tensor, landmarks: Tensor, *,
             an albedo basis); default: the photo's mean skin colour, refined from the photo when the
             schedule first fits albedo.
         light: optional starting SH light ``(B, 9, 3)``; default: solved linearly from the photo.
+        identity_net: the face-recognition network for ``config.w_identity_feature`` (default: a
+            :class:`~morphable.identity.DlibFaceNet` built on first use).
     Returns:
         :class:`PhotometricFit`.
     """
@@ -379,8 +386,25 @@ def fit_photometric(model: MorphableModel, images: Tensor, landmarks: Tensor, *,
     }
     blendshapes = sub.expression_kind == "blendshapes"
 
+    use_idf = config.w_identity_feature > 0
+    if use_idf:
+        from morphable.identity import DlibFaceNet, extract_face_chips
+        from morphable.losses.identity import identity_loss
+
+        net = (identity_net or DlibFaceNet()).to(dtype)
+        # chips need all 68 points: missing ones are taken from the sparse fit's projection
+        chip_landmarks = torch.where(torch.isfinite(landmarks), landmarks, init.landmarks_fitted.to(dtype))
+
+    def descriptor_target(target: Tensor, f: float) -> Tensor | None:
+        """Descriptors of the photo's face chips at a stage's size (no gradient), or None when off."""
+        if not use_idf:
+            return None
+        with torch.no_grad():
+            return net(extract_face_chips(target, _scaled(chip_landmarks, f)))
+
     def energy(size: int, target: Tensor, renderer: Renderer, skin_w: Tensor | None,
-               displacement: Tensor | None = None) -> tuple[Tensor, dict[str, float], object, Tensor]:
+               displacement: Tensor | None = None,
+               target_descriptor: Tensor | None = None) -> tuple[Tensor, dict[str, float], object, Tensor]:
         f = size / max(H, W)
         ident = var.expand(var.identity)
         out = sub(identity=ident, expression=var.expression if sub.n_expression else None,
@@ -416,6 +440,10 @@ def fit_photometric(model: MorphableModel, images: Tensor, landmarks: Tensor, *,
             total = total + config.w_albedo_smooth * e_smooth + config.w_albedo_symmetry * e_sym \
                 + config.w_albedo_mean * e_mean
             terms.update(albedo_smooth=e_smooth.item(), albedo_symmetry=e_sym.item(), albedo_mean=e_mean.item())
+        if target_descriptor is not None:
+            e_idf = identity_loss(target_descriptor, net(extract_face_chips(rend.image, _scaled(chip_landmarks, f))))
+            total = total + config.w_identity_feature * e_idf
+            terms["identity_feature"] = e_idf.item()
         terms["total"] = total.item()
         return total, terms, rend, verts
 
@@ -435,6 +463,7 @@ def fit_photometric(model: MorphableModel, images: Tensor, landmarks: Tensor, *,
                             expression=var.expression if sub.n_expression else None).vertices
                 rend0 = renderer(verts, var.camera(f), colors=torch.ones_like(verts))
                 skin_w = skin_mask(target, rend0.triangle_id >= 0)
+        target_descriptor = descriptor_target(target, f)
         unknown = set(stage.variables) - set(groups)
         if unknown:
             raise ValueError(f"fit_photometric: unknown variable group(s) {sorted(unknown)} in the schedule")
@@ -453,7 +482,7 @@ def fit_photometric(model: MorphableModel, images: Tensor, landmarks: Tensor, *,
         since = 0
         for step in range(n_iter):
             opt.zero_grad()
-            total, terms, _, _ = energy(size, target, renderer, skin_w)
+            total, terms, _, _ = energy(size, target, renderer, skin_w, target_descriptor=target_descriptor)
             if initial_terms is None:
                 initial_terms = dict(terms)
             total.backward()
