@@ -49,6 +49,8 @@ from morphable.render.texture import sample_image
 
 REFERENCE_SIZE = 224.0
 """Landmark distances are measured in pixels of an image whose longer side is this many pixels."""
+OBSERVE_SIZE = 512
+"""Longer side (px) of the copy of the photo that initial light and albedo are read from."""
 ALBEDO_BETA = 0.65
 """Zhang et al.'s blend between the current albedo and the photo-derived one when albedo is first fitted."""
 
@@ -343,18 +345,23 @@ def fit_photometric(model: MorphableModel, images: Tensor, landmarks: Tensor, *,
     # --- initial light (albedo: the model's mean, or the photo's mean skin colour) ------------------
     has_basis = sub.albedo_basis is not None
 
+    f_obs = min(1.0, OBSERVE_SIZE / max(H, W))
+    photo_obs = _resize(images, (max(1, round(H * f_obs)), max(1, round(W * f_obs))))
+
     def observe(identity: Tensor, expression: Tensor, camera: ScaledOrthographic) -> tuple[Tensor, Tensor, Tensor]:
-        """Photo colours at the vertices, their weights (visible × skin) and view-frame normals."""
+        """Photo colours at the vertices, their weights (visible × skin) and view-frame normals, read from
+        the photo shrunk to at most ``OBSERVE_SIZE`` px."""
         verts = sub(identity=identity, expression=expression if sub.n_expression else None).vertices
-        proj = camera.project(verts)
-        ids = Renderer(tri, (H, W), soft_silhouette=False)(verts, camera, colors=torch.ones_like(verts)).triangle_id
+        cam = ScaledOrthographic(camera.scale * f_obs, camera.rotation, _scaled(camera.translation, f_obs))
+        proj = cam.project(verts)
+        ids = Renderer(tri, photo_obs.shape[1:3], soft_silhouette=False)(verts, cam, colors=torch.ones_like(verts)).triangle_id
         seen = torch.zeros(B, sub.n_vertices, dtype=torch.bool)
         for b in range(B):
             seen[b, tri[ids[b][ids[b] >= 0]].reshape(-1)] = True
         weight = seen.to(dtype)
         if config.use_skin_mask:
-            weight = weight * sample_image(skin_mask(images, ids >= 0)[..., None], proj)[..., 0]
-        return sample_image(images, proj), weight, vertex_normals(camera.transform(verts), tri)
+            weight = weight * sample_image(skin_mask(photo_obs, ids >= 0)[..., None], proj)[..., 0]
+        return sample_image(photo_obs, proj), weight, vertex_normals(cam.transform(verts), tri)
 
     with torch.no_grad():
         observed, weight_v, normals_v = observe(init.identity, init.expression, init.camera)
