@@ -149,7 +149,8 @@ class PhotometricFit:
         displacement: ``(B, V_r)`` mm along the normals (fine stage), or ``None``.
         render: ``(B, H, W, 3)`` the final rendering composited over the photo, at the photo's size.
         alpha: ``(B, H, W)`` its coverage.
-        energies: final named energy terms (sparse-fit start: ``initial``).
+        energies: final named energy terms, scored at the photo's size without the skin mask; the same
+            terms at the start (the sparse fit, initial light and albedo) under ``initial``.
         history: per-step named energy terms.
     """
 
@@ -455,7 +456,8 @@ def fit_photometric(model: MorphableModel, images: Tensor, landmarks: Tensor, *,
         return total, terms, rend, verts
 
     history: list[dict[str, float]] = []
-    initial_terms = None
+    with torch.no_grad():  # the starting point, scored like the result below (full size, no skin mask)
+        _, initial_terms, _, _ = energy(max(H, W), images, Renderer(tri, (H, W)), None)
     albedo_from_photo = False
     for stage in config.schedule:
         size, n_iter = stage.size, stage.iterations
@@ -490,8 +492,6 @@ def fit_photometric(model: MorphableModel, images: Tensor, landmarks: Tensor, *,
         for step in range(n_iter):
             opt.zero_grad()
             total, terms, _, _ = energy(size, target, renderer, skin_w, target_descriptor=target_descriptor)
-            if initial_terms is None:
-                initial_terms = dict(terms)
             total.backward()
             opt.step()
             with torch.no_grad():
@@ -531,7 +531,7 @@ def fit_photometric(model: MorphableModel, images: Tensor, landmarks: Tensor, *,
         full = model(identity=ident, expression=var.expression.detach() if model.n_expression else None).vertices
         albedo = (sub(identity=ident, albedo=var.expand(var.albedo_coeffs)).colors if has_basis
                   else var.expand(vertex_albedo())).detach()
-    final_terms["initial"] = initial_terms or {}
+    final_terms["initial"] = initial_terms
     return PhotometricFit(
         identity=ident, expression=var.expression.detach(), albedo=albedo,
         albedo_coefficients=None if not has_basis else var.expand(var.albedo_coeffs).detach(),

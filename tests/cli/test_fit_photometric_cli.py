@@ -1,0 +1,37 @@
+"""``morphable fit --photometric``: the extra outputs and params, and the option conflicts."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+from click.testing import CliRunner
+
+from morphable.cli import cli
+from morphable.io import read_image, read_obj
+from tests.conftest import data_file
+
+
+def test_photometric_outputs(tmp_path):
+    image = data_file("superviseddescent/examples/data/ibug_lfpw_trainset/image_0001.png")
+    pts = data_file("superviseddescent/examples/data/ibug_lfpw_trainset/image_0001.pts")
+    result = CliRunner().invoke(cli, ["fit", str(image), "--landmarks", str(pts), "--photometric", "-o", str(tmp_path),
+                                      "--texture-size", "128"])
+    assert result.exit_code == 0, result.output
+    out = tmp_path / "image_0001"
+    for name in ("mesh.obj", "albedo.png", "texture.png", "comparison.png", "energy.png", "params.json", "overlay.png"):
+        assert (out / name).exists(), name
+    params = json.loads((out / "params.json").read_text())
+    assert len(params["light"]) == 27 and params["albedo"]["kind"] == "per_vertex"
+    assert params["energies"]["photometric"] < params["energies"]["initial"]["photometric"]
+    assert "map_Kd albedo.png" in (out / "mesh.mtl").read_text()
+    photo = read_image(image)
+    comparison = read_image(out / "comparison.png")
+    assert comparison.shape == (photo.shape[0], 3 * photo.shape[1], 3)
+    mesh = read_obj(out / "mesh.obj")
+    assert mesh.texture is not None and np.isfinite(mesh.vertices).all()
+
+
+def test_photometric_and_perspective_conflict(tmp_path):
+    image = data_file("superviseddescent/examples/data/ibug_lfpw_trainset/image_0001.png")
+    result = CliRunner().invoke(cli, ["fit", str(image), "--photometric", "--perspective", "-o", str(tmp_path)])
+    assert result.exit_code == 2 and "--photometric" in result.output
