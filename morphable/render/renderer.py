@@ -17,13 +17,15 @@ respect to vertices, camera parameters, albedo/texture and lights.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import cached_property
 
 import torch
 from torch import Tensor, nn
 
 from morphable.geometry.camera import Camera, Perspective
 from morphable.geometry.mesh import VertexFaceIncidence, vertex_normals
+from morphable.render.deferred import sh_shade_packed
 from morphable.render.rasterize import barycentric_at, pixel_coordinates, rasterize_ids
 from morphable.render.shading import phong_shade, sh_basis
 from morphable.render.silhouette import EdgeTopology, soft_silhouette
@@ -47,33 +49,120 @@ class PointLights:
 class RenderOutput:
     """Rendered buffers (all ``(B, H, W, ...)``; background pixels hold 0 unless stated).
 
+    ``image``, ``alpha``, ``triangle_id`` and ``screen`` are computed by the render; the other buffers
+    are built (differentiably, from the same render) the first time they are read, so a render whose
+    caller only needs the image does not pay for them.
+
     Attributes:
         image: ``(B, H, W, 3)`` shaded linear RGB composited over the background with ``alpha``.
         alpha: ``(B, H, W)`` soft coverage (``>= 0.5`` exactly on covered pixels).
+        triangle_id: ``(B, H, W)`` int64, −1 on background.
+        screen: ``(B, V, 3)`` the screen-space vertices ``(u, v, depth)``.
+        visibility: ``(B, V)`` bool per-vertex visibility (front-facing, not self-occluded per the
+            z-buffer; :func:`~morphable.render.visibility.vertex_visibility`), when requested.
         depth: ``(B, H, W)`` mm, larger is farther; ``inf`` on background.
         normals: ``(B, H, W, 3)`` unit view-frame normals (+z towards the viewer).
-        triangle_id: ``(B, H, W)`` int64, −1 on background.
         barycentric: ``(B, H, W, 3)`` (perspective-correct for perspective cameras).
         albedo: ``(B, H, W, 3)`` interpolated/sampled albedo (``None`` when none was given).
         uv: ``(B, H, W, 2)`` texture coordinates in [0, 1]² (v up), or ``None`` without UVs.
         pncc: ``(B, H, W, 3)`` projected normalised coordinate code (Zhu et al. 2016, 3DDFA): the
             reference shape's coordinates normalised to [0, 1]³, or ``None`` without a reference.
-        screen: ``(B, V, 3)`` the screen-space vertices ``(u, v, depth)``.
-        visibility: ``(B, V)`` bool per-vertex visibility (front-facing, not self-occluded per the
-            z-buffer; :func:`~morphable.render.visibility.vertex_visibility`), when requested.
     """
 
     image: Tensor
     alpha: Tensor
-    depth: Tensor
-    normals: Tensor
     triangle_id: Tensor
-    barycentric: Tensor
-    albedo: Tensor | None
-    uv: Tensor | None
-    pncc: Tensor | None
     screen: Tensor
-    visibility: Tensor | None = None
+    visibility: Tensor | None
+    _buffers: "_CoveredBuffers" = field(repr=False, compare=False)
+
+    @cached_property
+    def depth(self) -> Tensor:
+        return self._buffers.depth()
+
+    @cached_property
+    def normals(self) -> Tensor:
+        return self._buffers.normals()
+
+    @cached_property
+    def barycentric(self) -> Tensor:
+        return self._buffers.barycentric()
+
+    @cached_property
+    def albedo(self) -> Tensor | None:
+        return self._buffers.albedo()
+
+    @cached_property
+    def uv(self) -> Tensor | None:
+        return self._buffers.uv()
+
+    @cached_property
+    def pncc(self) -> Tensor | None:
+        return self._buffers.pncc()
+
+
+class _CoveredBuffers:
+    """The covered-pixel buffers of one render, built on demand (differentiable; see :class:`RenderOutput`).
+
+    Recomputes the packed barycentrics of the covered pixels (the shading path may have fused them away)
+    and interpolates the requested attribute there."""
+
+    def __init__(self, renderer: "Renderer", screen: Tensor, normals_v: Tensor, colors: Tensor | None,
+                 texture: Tensor | None, ids: Tensor, perspective: bool):
+        self.r, self.screen, self.normals_v, self.colors, self.texture = renderer, screen, normals_v, colors, texture
+        self.ids, self.perspective = ids, perspective
+        self._packed: tuple[Tensor, ...] | None = None
+
+    def packed(self) -> tuple[Tensor, ...]:
+        """Covered pixels: flat ids, batch, triangle, barycentrics ``(P, 3)``, depth ``(P,)``."""
+        if self._packed is None:
+            B, H, W = self.ids.shape
+            flat = self.ids.reshape(-1)
+            pix = (flat >= 0).nonzero(as_tuple=True)[0]
+            face = flat.index_select(0, pix)
+            batch, centres = pixel_coordinates(pix, H, W)
+            bary, depth = barycentric_at(self.screen, self.r.triangles, batch, face, centres, self.perspective)
+            self._packed = (pix, batch, face, bary, depth)
+        return self._packed
+
+    def _scatter(self, values: Tensor, fill: float = 0.0) -> Tensor:
+        B, H, W = self.ids.shape
+        return _scatter(values, self.packed()[0], B * H * W, fill).view(B, H, W, *values.shape[1:])
+
+    def depth(self) -> Tensor:
+        return self._scatter(self.packed()[4], math.inf)
+
+    def barycentric(self) -> Tensor:
+        return self._scatter(self.packed()[3])
+
+    def normals(self) -> Tensor:
+        _, batch, face, bary, _ = self.packed()
+        n = _gather_interpolate(self.normals_v, self.r.triangles, batch, face, bary)
+        return self._scatter(n / n.norm(dim=-1, keepdim=True).clamp_min(1e-12))  # clamp: zero normals stay 0
+
+    def _uv_packed(self) -> Tensor | None:
+        if self.r.uv is None:
+            return None
+        _, batch, face, bary, _ = self.packed()
+        return _gather_interpolate(self.r.uv.to(self.screen.dtype), self.r.uv_triangles, batch, face, bary)
+
+    def uv(self) -> Tensor | None:
+        uv_p = self._uv_packed()
+        return None if uv_p is None else self._scatter(uv_p)
+
+    def albedo(self) -> Tensor | None:
+        _, batch, face, bary, _ = self.packed()
+        if self.colors is not None:
+            return self._scatter(_gather_interpolate(self.colors, self.r.triangles, batch, face, bary))
+        if self.texture is not None:
+            return self._scatter(_texture_lookup(self.texture, self._uv_packed(), batch))
+        return None
+
+    def pncc(self) -> Tensor | None:
+        if self.r.ncc is None:
+            return None
+        _, batch, face, bary, _ = self.packed()
+        return self._scatter(_gather_interpolate(self.r.ncc.to(self.screen.dtype), self.r.triangles, batch, face, bary))
 
 
 def _gather_interpolate(attributes: Tensor, table: Tensor, batch: Tensor, face: Tensor, bary: Tensor) -> Tensor:
@@ -187,40 +276,20 @@ class Renderer(nn.Module):
         pix = (flat >= 0).nonzero(as_tuple=True)[0]
         face = flat.index_select(0, pix)
         batch, centres = pixel_coordinates(pix, H, W)
-        bary, depth_p = barycentric_at(screen, tri, batch, face, centres, perspective)
 
         if self._incidence is None or self._incidence.num_vertices != view.shape[1]:
             self._incidence = VertexFaceIncidence(tri, view.shape[1])  # built once per vertex count
         normals_v = vertex_normals(view, tri, incidence=self._incidence)
-        attrs = [normals_v]
-        if colors is not None:
-            attrs.append(colors)
-        if lights is not None:
-            attrs.append(view)
-        packed = _gather_interpolate(torch.cat(attrs, dim=-1), tri, batch, face, bary)
-        n_p = packed[:, :3]
-        n_p = n_p / n_p.norm(dim=-1, keepdim=True).clamp_min(1e-12)  # clamp: zero normals stay 0, no nan
-        albedo_p = packed[:, 3:6] if colors is not None else None
-        uv_p = None
-        if self.uv is not None:
-            uv_p = _gather_interpolate(self.uv.to(vertices.dtype), self.uv_triangles, batch, face, bary)
-            if albedo_p is None and texture is not None:
-                Ht, Wt = texture.shape[1:3]
-                # texel centres at integer coordinates: u = 0 -> x = 0, u = 1 -> x = Wt − 1; v up
-                pts = torch.stack([uv_p[:, 0] * (Wt - 1), (1 - uv_p[:, 1]) * (Ht - 1)], dim=-1)
-                albedo_p = _sample_packed(texture, batch, pts)
-        elif texture is not None:
+        if texture is not None and self.uv is None:
             raise ValueError("Renderer: a texture needs UV coordinates (give uv to the Renderer)")
-
-        base = albedo_p if albedo_p is not None else torch.ones_like(n_p)
-        if sh is not None:
-            color_p = _sh_packed(n_p, base, sh, batch)
-        elif lights is not None:
-            pos_p = packed[:, -3:]
-            eye = torch.zeros(B, 3, dtype=vertices.dtype, device=vertices.device) if perspective else None
-            color_p = _phong_packed(n_p, pos_p, base, lights, batch, eye)
+        if sh is not None and lights is None and (colors is not None or texture is None):
+            if sh.dim() != 3 or sh.shape[1:] != (9, 3):
+                raise ValueError(f"Renderer: expected sh of shape (B, 9, 3), got {tuple(sh.shape)}")
+            # the common case in one fused autograd node (barycentrics, interpolation, SH shading)
+            color_p = sh_shade_packed(screen, normals_v, colors, sh, tri, batch, face, centres, perspective)
         else:
-            color_p = base
+            color_p = self._shade_unfused(screen, view, normals_v, colors, texture, sh, lights, batch, face, centres,
+                                          perspective)
 
         total = B * H * W
         color = _scatter(color_p, pix, total).view(B, H, W, 3)
@@ -229,25 +298,42 @@ class Renderer(nn.Module):
             bg = bg[:, None, None, :] if bg.dim() == 2 else bg
         else:
             bg = torch.as_tensor(float(background), dtype=vertices.dtype, device=vertices.device)
-        image = alpha.unsqueeze(-1) * color + (1 - alpha.unsqueeze(-1)) * bg
-
-        # the other buffers hold covered pixels only (no extrapolation beyond the silhouette)
-        keep = covered.reshape(-1).index_select(0, pix).nonzero(as_tuple=True)[0]
-        pix_c = pix.index_select(0, keep)
-        sel = lambda t: t.index_select(0, keep)  # noqa: E731
-        depth = _scatter(sel(depth_p), pix_c, total, math.inf).view(B, H, W)
-        normals = _scatter(sel(n_p), pix_c, total).view(B, H, W, 3)
-        barycentric = _scatter(sel(bary), pix_c, total).view(B, H, W, 3)
-        albedo = None if albedo_p is None else _scatter(sel(albedo_p), pix_c, total).view(B, H, W, 3)
-        uv = None if uv_p is None else _scatter(sel(uv_p), pix_c, total).view(B, H, W, 2)
-        pncc = None
-        if self.ncc is not None:
-            ncc_p = _gather_interpolate(self.ncc.to(vertices.dtype), tri, sel(batch), sel(face), sel(bary))
-            pncc = _scatter(ncc_p, pix_c, total).view(B, H, W, 3)
+        a = alpha.unsqueeze(-1)
+        image = a * color + (1 - a) * bg
         vis = None
         if visibility:
             vis = visibility_from_ids(screen, tri, ids, tolerance_mm=visibility_tolerance_mm, perspective=perspective)
-        return RenderOutput(image, alpha, depth, normals, ids, barycentric, albedo, uv, pncc, screen, vis)
+        buffers = _CoveredBuffers(self, screen, normals_v, colors, texture, ids, perspective)
+        return RenderOutput(image, alpha, ids, screen, vis, buffers)
+
+    def _shade_unfused(self, screen: Tensor, view: Tensor, normals_v: Tensor, colors: Tensor | None,
+                       texture: Tensor | None, sh: Tensor | None, lights: PointLights | None, batch: Tensor,
+                       face: Tensor, centres: Tensor, perspective: bool) -> Tensor:
+        """Packed colours ``(P, 3)`` through plain autograd ops (textures, Phong, unlit albedo)."""
+        tri = self.triangles
+        bary, _ = barycentric_at(screen, tri, batch, face, centres, perspective)
+        n_p = _gather_interpolate(normals_v, tri, batch, face, bary)
+        n_p = n_p / n_p.norm(dim=-1, keepdim=True).clamp_min(1e-12)  # clamp: zero normals stay 0, no nan
+        albedo_p = _gather_interpolate(colors, tri, batch, face, bary) if colors is not None else None
+        if albedo_p is None and texture is not None:
+            uv_p = _gather_interpolate(self.uv.to(screen.dtype), self.uv_triangles, batch, face, bary)
+            albedo_p = _texture_lookup(texture, uv_p, batch)
+        base = albedo_p if albedo_p is not None else torch.ones_like(n_p)
+        if sh is not None:
+            return _sh_packed(n_p, base, sh, batch)
+        if lights is not None:
+            pos_p = _gather_interpolate(view, tri, batch, face, bary)
+            eye = torch.zeros(screen.shape[0], 3, dtype=screen.dtype, device=screen.device) if perspective else None
+            return _phong_packed(n_p, pos_p, base, lights, batch, eye)
+        return base
+
+
+def _texture_lookup(texture: Tensor, uv_p: Tensor, batch: Tensor) -> Tensor:
+    """Albedo of packed pixels from a ``(B, Ht, Wt, 3)`` texture at UVs ``(P, 2)`` (texel centres at integer
+    coordinates: u = 0 -> x = 0, u = 1 -> x = Wt − 1; v up)."""
+    Ht, Wt = texture.shape[1:3]
+    pts = torch.stack([uv_p[:, 0] * (Wt - 1), (1 - uv_p[:, 1]) * (Ht - 1)], dim=-1)
+    return _sample_packed(texture, batch, pts)
 
 
 def _sh_packed(normals: Tensor, albedo: Tensor, sh: Tensor, batch: Tensor) -> Tensor:

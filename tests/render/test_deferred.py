@@ -1,0 +1,97 @@
+"""The fused packed-pixel SH shading (hand-written backward) against finite differences and its autograd reference."""
+import pytest
+import torch
+
+from morphable.geometry.camera import Perspective, ScaledOrthographic
+from morphable.geometry.mesh import vertex_normals
+from morphable.render import Renderer, sh_directional
+from morphable.render.deferred import sh_shade_packed, sh_shade_packed_reference
+from morphable.render.rasterize import pixel_coordinates, rasterize_ids
+from morphable.render.silhouette import EdgeTopology, soft_silhouette
+from tests.render.conftest import icosphere
+
+f64 = torch.float64
+
+
+def _packed_scene(perspective: bool, batch: int = 2, size: int = 14):
+    """An ellipsoid rendered in ``batch`` poses: screen vertices, normals, colours, SH and the packed pixels
+    (covered ones and the silhouette-extrapolated ones just outside, as the renderer shades them)."""
+    v, f = icosphere(1)
+    v = (v * torch.tensor([1.0, 1.2, 0.9], dtype=f64))[None].repeat(batch, 1, 1)
+    v = v + 0.03 * torch.randn(v.shape, dtype=f64, generator=torch.Generator().manual_seed(1))
+    rot = torch.tensor([[0.3, -0.4, 0.1], [-0.2, 0.5, 0.3]], dtype=f64)[:batch]
+    if perspective:
+        cam = Perspective(torch.full((batch,), 30.0, dtype=f64), torch.full((batch, 2), size / 2 - 0.5, dtype=f64),
+                          rot, torch.tensor([[0.1, -0.2, -6.0]], dtype=f64).repeat(batch, 1))
+    else:
+        cam = ScaledOrthographic(torch.full((batch,), 5.0, dtype=f64), rot,
+                                 torch.full((batch, 2), size / 2 - 0.3, dtype=f64))
+    screen = cam.project_with_depth(v)
+    normals = vertex_normals(cam.transform(v), f)
+    colors = 0.5 + 0.4 * torch.sin(3 * v)
+    sh = sh_directional(torch.tensor([[0.3, 0.5, 1.0]], dtype=f64).repeat(batch, 1),
+                        torch.full((batch, 3), 2.0, dtype=f64), ambient=0.3)
+    sh = sh + 0.1 * torch.randn(sh.shape, dtype=f64, generator=torch.Generator().manual_seed(2))
+    ids = rasterize_ids(screen, f, (size, size), cull_backfaces=True, perspective=perspective)
+    sil = soft_silhouette(screen, f, ids, EdgeTopology.build(f), perspective=perspective)
+    flat = torch.where(ids >= 0, ids, sil.extended_id).reshape(-1)
+    pix = (flat >= 0).nonzero(as_tuple=True)[0]
+    batch_p, centres = pixel_coordinates(pix, size, size)
+    assert (sil.extended_id >= 0).any()  # the scene exercises extrapolated (negative-barycentric) pixels
+    return (screen.detach(), normals.detach(), colors, sh), f, batch_p, flat[pix], centres
+
+
+@pytest.mark.parametrize("perspective", [False, True])
+def test_fused_equals_autograd_reference_values_and_gradients(perspective):
+    inputs, f, batch, face, centres = _packed_scene(perspective)
+    leaves = [t.clone().requires_grad_(True) for t in inputs]
+    fused = sh_shade_packed(*leaves, f, batch, face, centres, perspective)
+    ref = sh_shade_packed_reference(*leaves, f, batch, face, centres, perspective)
+    assert fused.shape == (face.numel(), 3)
+    assert torch.allclose(fused, ref, atol=1e-12)
+    w = torch.randn(ref.shape, dtype=f64, generator=torch.Generator().manual_seed(3))
+    g_fused = torch.autograd.grad((fused * w).sum(), leaves)
+    g_ref = torch.autograd.grad((ref * w).sum(), leaves)
+    for a, b in zip(g_fused, g_ref):
+        assert a.abs().max() > 0
+        assert torch.allclose(a, b, atol=1e-10)
+
+
+@pytest.mark.parametrize("perspective", [False, True])
+@pytest.mark.parametrize("shared_sh", [False, True])
+def test_fused_gradcheck(perspective, shared_sh):
+    inputs, f, batch, face, centres = _packed_scene(perspective)
+    screen, normals, colors, sh = inputs
+    if shared_sh:
+        sh = sh[:1]
+    keep = torch.arange(0, face.numel(), 4)  # a quarter of the pixels keeps the finite differences quick
+    args = [t.clone().requires_grad_(True) for t in (screen, normals, colors, sh)]
+
+    def fn(*x):
+        return sh_shade_packed(*x, f, batch[keep], face[keep], centres[keep], perspective)
+
+    assert torch.autograd.gradcheck(fn, args, atol=1e-6, fast_mode=True)
+
+
+def test_white_albedo_and_renderer_uses_the_same_shading():
+    """``colors=None`` shades white; the renderer's image equals the reference shading composited by alpha."""
+    inputs, f, batch, face, centres = _packed_scene(False, batch=1)
+    screen, normals, _, sh = inputs
+    fused = sh_shade_packed(screen, normals, None, sh, f, batch, face, centres, False)
+    ref = sh_shade_packed_reference(screen, normals, None, sh, f, batch, face, centres, False)
+    assert torch.allclose(fused, ref, atol=1e-12)
+
+    v, f = icosphere(1)
+    v = v[None]
+    cam = ScaledOrthographic(torch.tensor([5.0], dtype=f64), torch.tensor([[0.3, -0.4, 0.1]], dtype=f64),
+                             torch.tensor([[6.7, 6.7]], dtype=f64))
+    colors = 0.5 + 0.4 * torch.sin(3 * v)
+    out = Renderer(f, (14, 14))(v, cam, colors=colors, sh=sh)
+    screen = cam.project_with_depth(v)
+    normals = vertex_normals(cam.transform(v), f)
+    flat = out.triangle_id.reshape(-1)
+    pix = (flat >= 0).nonzero(as_tuple=True)[0]
+    b, centres = pixel_coordinates(pix, 14, 14)
+    ref = sh_shade_packed_reference(screen, normals, colors, sh, f, b, flat[pix], centres, False)
+    alpha = out.alpha.reshape(-1)[pix, None]
+    assert torch.allclose(out.image.reshape(-1, 3)[pix], alpha * ref, atol=1e-10)
