@@ -49,7 +49,9 @@ class _VertexNormals(torch.autograd.Function):
     @staticmethod
     def forward(ctx, vertices: Tensor, triangles: Tensor, inc: "VertexFaceIncidence",  # type: ignore[override]
                 eps: float) -> Tensor:
-        v0, v1, v2 = (vertices.index_select(1, triangles[:, i]) for i in range(3))
+        B, V = vertices.shape[:2]
+        flat = vertices.reshape(B * V, 3)  # row gathers of a 2-D tensor: about twice as fast as along dim 1
+        v0, v1, v2 = (flat.index_select(0, ids).view(B, -1, 3) for ids in inc.corner_ids(B))
         a, b = v1 - v0, v2 - v0
         s = _csr_apply(inc.matrix, _cross(a, b))  # (B, V, 3): Σ over incident faces
         norm = s.norm(dim=-1, keepdim=True)
@@ -97,6 +99,15 @@ class VertexFaceIncidence:
         face = torch.arange(F, device=triangles.device)
         self.corners_t = [torch.sparse_coo_tensor(torch.stack([triangles[:, i], face]), ones[:F], (num_vertices, F))
                           .coalesce().to_sparse_csr() for i in range(3)]
+        self._triangles = triangles
+        self._corner_ids: dict[int, list[Tensor]] = {}
+
+    def corner_ids(self, batch: int) -> list[Tensor]:
+        """Flat vertex ids ``b·V + triangles[f, i]`` of the three corners, each ``(B·F,)`` (cached per ``B``)."""
+        if batch not in self._corner_ids:
+            offset = torch.arange(batch, device=self._triangles.device)[:, None] * self.num_vertices
+            self._corner_ids[batch] = [(self._triangles[:, i][None] + offset).reshape(-1) for i in range(3)]
+        return self._corner_ids[batch]
 
 
 def face_normals(vertices: Tensor, triangles: Tensor, eps: float = 1e-12) -> Tensor:
