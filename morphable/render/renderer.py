@@ -11,6 +11,12 @@ Pipeline for a batch of meshes in model space (mm):
    interpolated there, and shaded: SH Lambertian, Phong point lights, or unlit albedo;
 5. the packed results are scattered into ``(B, H, W, C)`` buffers and composited over the background.
 
+SH shading of per-vertex colours (or white), the common case, runs step 4's barycentrics, interpolation
+and shading as one autograd node with a hand-written backward
+(:func:`~morphable.render.deferred.sh_shade_packed`; other shading goes through plain autograd ops). The
+buffers other than the image and alpha (depth, normals, barycentrics, albedo, UV, PNCC) are built the
+first time they are read (:class:`RenderOutput`), so renders whose caller only needs the image skip them.
+
 All buffers are differentiable where it makes sense (image, alpha, depth, normals, UV, PNCC) with
 respect to vertices, camera parameters, albedo/texture and lights.
 """

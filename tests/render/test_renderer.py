@@ -221,3 +221,27 @@ def test_nearest_silhouette_edge_search_in_small_chunks_is_the_same():
     chunked = _nearest_edge(a, b, sb, boundary, max_candidates=16)
     assert torch.equal(one_pass, chunked)
     assert (one_pass[boundary.reshape(-1)] >= 0).float().mean() > 0.9  # boundary pixels find their edge
+
+
+def test_buffers_built_on_demand_equal_the_rasterised_fragments():
+    """depth/barycentric/normals/albedo are built on first read: they equal ``rasterize`` + ``interpolate``
+    (an independent path), are cached, and carry gradients to the vertices."""
+    from morphable.geometry.mesh import vertex_normals
+    from morphable.render import interpolate
+    from morphable.render.rasterize import rasterize
+
+    v, f, colors, sh = _scene(1)
+    cam = _ortho(4.0, translation=(5.5, 5.5))
+    v = v.clone().requires_grad_(True)
+    out = Renderer(f, (12, 12))(v, cam, colors=colors, sh=sh)
+    frag = rasterize(cam.project_with_depth(v), f, (12, 12), cull_backfaces=True)
+    mask = frag.mask
+    assert torch.equal(out.triangle_id, frag.triangle_id)
+    assert torch.allclose(out.depth[mask], frag.depth[mask], atol=1e-12) and torch.isinf(out.depth[~mask]).all()
+    assert torch.allclose(out.barycentric, frag.barycentric, atol=1e-12)
+    assert torch.allclose(out.albedo, interpolate(colors, frag, f), atol=1e-12)
+    n = interpolate(vertex_normals(cam.transform(v), f), frag, f)
+    assert torch.allclose(out.normals[mask], torch.nn.functional.normalize(n, dim=-1)[mask], atol=1e-12)
+    assert out.depth is out.depth and out.uv is None and out.pncc is None
+    (g,) = torch.autograd.grad(out.depth[mask].sum(), v)
+    assert g.abs().max() > 0
