@@ -91,11 +91,11 @@ class _ShadePacked(torch.autograd.Function):
         else:
             q, inv = None, None
             lam = [wi / area2 for wi in w]
-        n = [lam[0] * at[0][3 + k] + lam[1] * at[1][3 + k] + lam[2] * at[2][3 + k] for k in range(3)]
-        rho = torch.stack([lam[0] * at[0][6 + k] + lam[1] * at[1][6 + k] + lam[2] * at[2][6 + k] for k in range(3)])
+        n_rho = lam[0] * at[0][3:9] + lam[1] * at[1][3:9] + lam[2] * at[2][3:9]  # (6, P): normal, albedo
+        n, rho = n_rho[:3], n_rho[3:]
         length = (n[0] * n[0] + n[1] * n[1] + n[2] * n[2]).sqrt()
         scale = 1.0 / length.clamp_min(_EPS)
-        mx, my, mz = (nk * scale for nk in n)
+        mx, my, mz = (n * scale).unbind(0)
         phi = torch.stack([torch.full_like(mx, _A0), _A1 * my, _A1 * mz, _A1 * mx, _A2 * mx * my, _A2 * my * mz,
                            _A3 * (3.0 * mz * mz - 1.0), _A2 * mx * mz, _A4 * (mx * mx - my * my)])  # (9, P) = φ(m)
         L = sh.to(dtype)
@@ -132,17 +132,17 @@ class _ShadePacked(torch.autograd.Function):
             g_phi = (L.index_select(0, batch).permute(1, 2, 0) * g_s[None]).sum(1)  # (9, P)
         else:
             g_phi = L[0] @ g_s
-        mx, my, mz = (nk * scale for nk in (lam[0] * at[0][3:6] + lam[1] * at[1][3:6] + lam[2] * at[2][3:6]))
+        m = (lam[0] * at[0][3:6] + lam[1] * at[1][3:6] + lam[2] * at[2][3:6]) * scale  # (3, P)
+        mx, my, mz = m.unbind(0)
         # (∂φ/∂m)ᵀ g_φ: derivatives of the rows of φ above
         gx = _A1 * g_phi[3] + _A2 * (my * g_phi[4] + mz * g_phi[7]) + (2 * _A4) * mx * g_phi[8]
         gy = _A1 * g_phi[1] + _A2 * (mx * g_phi[4] + mz * g_phi[5]) - (2 * _A4) * my * g_phi[8]
         gz = _A1 * g_phi[2] + _A2 * (my * g_phi[5] + mx * g_phi[7]) + (6 * _A3) * mz * g_phi[6]
         # m = n / max(|n|, eps): (I − m mᵀ) g / |n| where the clamp is inactive, g / eps where it is
         dot = (gx * mx + gy * my + gz * mz) * (length >= _EPS).to(dtype)
-        g_n = [(gx - dot * mx) * scale, (gy - dot * my) * scale, (gz - dot * mz) * scale]
+        g_n_rho = torch.cat([(torch.stack([gx, gy, gz]) - dot * m) * scale, g_rho])  # (6, P)
         # corner gradients: attribute i gets λ_i g; λ_i gets Σ g · attribute_i
-        g_lam = [g_n[0] * a[3] + g_n[1] * a[4] + g_n[2] * a[5] + g_rho[0] * a[6] + g_rho[1] * a[7] + g_rho[2] * a[8]
-                 for a in at]
+        g_lam = [(g_n_rho * a[3:9]).sum(0) for a in at]
         lam_dot = lam[0] * g_lam[0] + lam[1] * g_lam[1] + lam[2] * g_lam[2]
         G = torch.empty(9, 3, px.shape[0], dtype=dtype, device=px.device)  # (attribute, corner, P)
         if ctx.perspective:  # λ_i = q_i / Σq, q_i = w_i / (A d_i), A = Σ w
@@ -160,9 +160,7 @@ class _ShadePacked(torch.autograd.Function):
             torch.sub(g_w[i] * (py - y[(c + 2) % 3]), g_w[j] * (py - y[(c + 1) % 3]), out=G[0, c])
             torch.sub(g_w[j] * (px - x[(c + 1) % 3]), g_w[i] * (px - x[(c + 2) % 3]), out=G[1, c])
         for i in range(3):
-            for c in range(3):
-                torch.mul(lam[i], g_n[c], out=G[3 + c, i])
-                torch.mul(lam[i], g_rho[c], out=G[6 + c, i])
+            torch.mul(lam[i], g_n_rho, out=G[3:9, i])
         idx = corner.reshape(-1)
         acc = torch.zeros(9, B * V, dtype=dtype, device=px.device)
         wanted = [ctx.needs_input_grad[0]] * 2 + [ctx.needs_input_grad[0] and ctx.perspective] \
