@@ -70,14 +70,15 @@ class _VertexNormals(torch.autograd.Function):
         gs = torch.where(big, (grad - out * (grad * out).sum(-1, keepdim=True)) / norm.clamp_min(eps), grad / eps)
         gn = _csr_apply(inc.transpose, gs)  # (B, F, 3)
         ga, gb = _cross(b, gn), _cross(gn, a)  # n = a × b: ∂/∂a = b × g, ∂/∂b = g × a
-        gv = _csr_apply(inc.corners_t[1], ga) + _csr_apply(inc.corners_t[2], gb) - _csr_apply(inc.corners_t[0], ga + gb)
+        gv = _csr_apply(inc.corners, torch.cat([-(ga + gb), ga, gb], dim=1))  # corners 0, 1, 2 in one product
         return gv, None, None, None
 
 
 class VertexFaceIncidence:
-    """Sparse ``(V, F)`` vertex–face incidence matrix ``A``, its transpose, and one ``(V, F)`` matrix per
-    triangle corner, for fast per-vertex sums of face quantities on CPU (a CSR product is several times
-    faster than ``index_add`` there). Build once per mesh topology and pass to :func:`vertex_normals`.
+    """Sparse ``(V, F)`` vertex–face incidence matrix ``A``, its transpose, and the ``(V, 3F)`` matrix
+    ``[C_0 | C_1 | C_2]`` of the three triangle corners, for fast per-vertex sums of face quantities on CPU
+    (a CSR product is several times faster than ``index_add`` there). Build once per mesh topology and
+    pass to :func:`vertex_normals`.
     """
 
     def __init__(self, triangles: Tensor, num_vertices: int):
@@ -95,10 +96,9 @@ class VertexFaceIncidence:
         self.num_vertices = num_vertices
         self.matrix = coo.to_sparse_csr()
         self.transpose = coo.t().coalesce().to_sparse_csr()
-        # per corner i: (V, F) with a 1 at (triangles[f, i], f), the scatter-add of corner gathers
-        face = torch.arange(F, device=triangles.device)
-        self.corners_t = [torch.sparse_coo_tensor(torch.stack([triangles[:, i], face]), ones[:F], (num_vertices, F))
-                          .coalesce().to_sparse_csr() for i in range(3)]
+        # [C_0 | C_1 | C_2] (V, 3F): block i has a 1 at (triangles[f, i], f), the scatter-add of corner gathers
+        self.corners = torch.sparse_coo_tensor(torch.stack([rows, torch.arange(3 * F, device=triangles.device)]), ones,
+                                               (num_vertices, 3 * F)).coalesce().to_sparse_csr()
         self._triangles = triangles
         self._corner_ids: dict[int, list[Tensor]] = {}
 

@@ -76,7 +76,7 @@ class _ShadePacked(torch.autograd.Function):
         dtype = screen.dtype
         corner = (triangles.index_select(0, face) + (batch * V)[:, None]).t().contiguous()  # (3, P)
         # the 9 attributes of every vertex as rows (9, B·V): x, y, d, N (3), ρ (3); per corner i: (9, P)
-        table = torch.cat([screen, normals.to(dtype), colors.to(dtype)], dim=-1).reshape(B * V, 9).t().contiguous()
+        table = torch.cat([t.to(dtype).reshape(B * V, 3).t() for t in (screen, normals, colors)])  # one copy
         at = [table.index_select(1, corner[i]) for i in range(3)]
         x, y, d = [a[0] for a in at], [a[1] for a in at], [a[2] for a in at]
         c = centres.t().to(dtype)
