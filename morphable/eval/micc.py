@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from scipy.spatial import cKDTree
 
+from morphable.eval.stats import DistanceStats
 from morphable.geometry.align import Similarity, icp, umeyama
 from morphable.geometry.mesh import boundary_edges, vertex_normals
 
@@ -32,7 +33,7 @@ CROP_RADIUS_MM = 95.0
 
 
 @dataclass(frozen=True)
-class MiccResult:
+class MiccResult(DistanceStats):
     """Symmetric point-to-plane errors.
 
     Attributes:
@@ -54,18 +55,6 @@ class MiccResult:
     @property
     def distances(self) -> np.ndarray:
         return np.concatenate([self.gt_to_pred, self.pred_to_gt])
-
-    @property
-    def median_mm(self) -> float:
-        return float(np.median(self.distances))
-
-    @property
-    def mean_mm(self) -> float:
-        return float(np.mean(self.distances))
-
-    @property
-    def std_mm(self) -> float:
-        return float(np.std(self.distances))
 
     def summary(self) -> dict:
         return {"median_mm": self.median_mm, "mean_mm": self.mean_mm, "std_mm": self.std_mm,

@@ -34,6 +34,7 @@ import numpy as np
 
 from morphable.errors import InputError
 
+from morphable.eval.stats import DistanceStats
 from morphable.geometry.align import Similarity, icp, umeyama
 from morphable.geometry.closest_point import closest_points
 
@@ -45,7 +46,7 @@ NOW_LANDMARK_NAMES: tuple[str, ...] = (
 
 
 @dataclass(frozen=True)
-class NowResult:
+class NowResult(DistanceStats):
     """Scan-to-mesh errors of one prediction.
 
     Attributes:
@@ -60,18 +61,6 @@ class NowResult:
     scan_ids: np.ndarray
     transform: Similarity
     aligned_vertices: np.ndarray
-
-    @property
-    def median_mm(self) -> float:
-        return float(np.median(self.distances))
-
-    @property
-    def mean_mm(self) -> float:
-        return float(np.mean(self.distances))
-
-    @property
-    def std_mm(self) -> float:
-        return float(np.std(self.distances))
 
     def summary(self) -> dict:
         return {"median_mm": self.median_mm, "mean_mm": self.mean_mm, "std_mm": self.std_mm,
