@@ -197,7 +197,11 @@ def _sorted_corners(triangles: Tensor) -> tuple[list[Tensor], Tensor]:
 
 
 def _setup(screen: Tensor, triangles: Tensor, H: int, W: int, cull_backfaces: bool, perspective: bool,
-           near: float) -> _Setup:
+           near: float) -> tuple[_Setup, list[tuple[int, int, int, int]]]:
+    """Triangles that can cover a pixel, sorted by window class; ``-> (setup, [(kx, ky, start, end)])``.
+
+    Back-facing, degenerate and non-finite triangles are dropped first (signed area of the projected
+    corners), so the bounding boxes and edge functions are built for the survivors only."""
     B, V = screen.shape[:2]
     F = triangles.shape[0]
     if B * V >= 2**31:
@@ -213,35 +217,57 @@ def _setup(screen: Tensor, triangles: Tensor, H: int, W: int, cull_backfaces: bo
     xa, xb, xc = (cols[0].index_select(0, corner[i]) for i in range(3))
     ya, yb, yc = (cols[1].index_select(0, corner[i]) for i in range(3))
     area2 = (xc - xb) * (ya - yb) - (yc - yb) * (xa - xb)  # of (A, B, C); the triangle's own: × parity
-    ok = area2 != 0
+    if perspective:
+        da, db, dc = (cols[2].index_select(0, corner[i]) for i in range(3))
+        ok = (da != 0) & (db != 0) & (dc != 0) & (torch.maximum(torch.maximum(da, db), dc) >= near)
+        if cull_backfaces:
+            # a perspective triangle's orientation flips once per vertex behind the camera
+            ok &= (area2 * parity * (da * db * dc)) < 0
+        else:
+            ok &= area2 != 0
+    elif cull_backfaces:
+        # front-facing = counter-clockwise in model space = negative signed area in y-down pixels
+        ok = (area2 * parity) < 0
+    else:
+        ok = area2 != 0
     if not bool(torch.isfinite(screen.sum())):  # vertices with nan/inf coordinates drop their triangles
         bad = ~torch.isfinite(cols).all(0)
         ok &= ~(bad.index_select(0, corner[0]) | bad.index_select(0, corner[1]) | bad.index_select(0, corner[2]))
+    keep = ok.nonzero(as_tuple=True)[0]
+    sel = lambda t: t.index_select(0, keep)  # noqa: E731
+    xa, xb, xc, ya, yb, yc, area2 = (sel(t) for t in (xa, xb, xc, ya, yb, yc, area2))
     xmin, xmax = torch.minimum(torch.minimum(xa, xb), xc), torch.maximum(torch.maximum(xa, xb), xc)
     ymin, ymax = torch.minimum(torch.minimum(ya, yb), yc), torch.maximum(torch.maximum(ya, yb), yc)
     if perspective:
-        da, db, dc = (cols[2].index_select(0, corner[i]) for i in range(3))
-        ok &= (da != 0) & (db != 0) & (dc != 0) & (torch.maximum(torch.maximum(da, db), dc) >= near)
+        da, db, dc = sel(da), sel(db), sel(dc)
         behind = torch.minimum(torch.minimum(da, db), dc) <= 0  # unbounded image: scan the whole image
         xmin, ymin = xmin.masked_fill(behind, 0.0), ymin.masked_fill(behind, 0.0)
         xmax, ymax = xmax.masked_fill(behind, W - 1.0), ymax.masked_fill(behind, H - 1.0)
-    if cull_backfaces:
-        # front-facing = counter-clockwise in model space = negative signed area in y-down pixels;
-        # a perspective triangle's orientation flips once per vertex behind the camera
-        ok &= (area2 * parity * (da * db * dc if perspective else 1.0)) < 0
-    # pixel-centre bounding box, still in floating point (nan/inf fail the comparisons)
+    # pixel-centre bounding box, still in floating point
     x0, y0 = torch.ceil(xmin).clamp_min_(0), torch.ceil(ymin).clamp_min_(0)
     x1, y1 = torch.floor(xmax).clamp_max_(W - 1), torch.floor(ymax).clamp_max_(H - 1)
-    ok &= (x1 >= x0) & (y1 >= y0)
-    keep = ok.nonzero(as_tuple=True)[0]
-    sel = lambda t: t.index_select(0, keep)  # noqa: E731
-    xa, xb, xc, ya, yb, yc, area2, ax, ay = (sel(t) for t in (xa, xb, xc, ya, yb, yc, area2, x0, y0))
-    nx, ny = sel(x1) - ax + 1, sel(y1) - ay + 1
+    nx, ny = x1 - x0 + 1, y1 - y0 + 1
+    # size classes: windows of 2**cx × 2**cy pixels (at least 2 × 2: fewer, fuller passes); empty boxes
+    # (off screen) get class 0 and are dropped; the rest are sorted by class so each class is a slice
+    on = (nx >= 1) & (ny >= 1)
+    cls = torch.where(on, _pow2_class(nx.clamp_min(1)).clamp_min(1) * 64 + _pow2_class(ny.clamp_min(1)).clamp_min(1), 0)
+    counts = torch.bincount(cls).tolist()
+    order = torch.sort(cls, stable=True)[1][counts[0]:] if len(counts) > 1 else keep[:0]
+    sel = lambda t: t.index_select(0, order)  # noqa: E731
+    xa, xb, xc, ya, yb, yc, area2, x0, y0, nx, ny, keep = (
+        sel(t) for t in (xa, xb, xc, ya, yb, yc, area2, x0, y0, nx, ny, keep))
     if perspective:
         da, db, dc = sel(da), sel(db), sel(dc)
     else:
-        da, db, dc = (cols[2].index_select(0, corner[i].index_select(0, keep)) for i in range(3))
-    return _make_setup(keep, F, B, ax, ay, nx, ny, xa, xb, xc, ya, yb, yc, da, db, dc, 1.0 / area2, perspective)
+        corner_kept = [c.index_select(0, keep) for c in corner]
+        da, db, dc = (cols[2].index_select(0, corner_kept[i]) for i in range(3))
+    classes, start = [], 0
+    for c, n in enumerate(counts):
+        if c and n:
+            classes.append((2 ** (c // 64), 2 ** (c % 64), start, start + n))
+            start += n
+    return _make_setup(keep, F, B, x0, y0, nx, ny, xa, xb, xc, ya, yb, yc, da, db, dc, 1.0 / area2,
+                       perspective), classes
 
 
 def _make_setup(keep: Tensor, F: int, B: int, ax, ay, nx, ny, xa, xb, xc, ya, yb, yc, da, db, dc, inv,
@@ -260,9 +286,9 @@ def _make_setup(keep: Tensor, F: int, B: int, ax, ay, nx, ny, xa, xb, xc, ya, yb
                   ox, oy, ux, uy, q, d)
 
 
-def _scan(s: _Setup, sel: Tensor, kx: int, ky: int, H: int, W: int, perspective: bool,
+def _scan(s: _Setup, a: int, b: int, kx: int, ky: int, H: int, W: int, perspective: bool,
           near: float) -> tuple[Tensor, Tensor]:
-    """Test a ``kx × ky`` window of pixel centres for each selected triangle; return (pixel, key) of hits.
+    """Test a ``kx × ky`` window of pixel centres for triangles ``a:b`` of the setup; return (pixel, key) of hits.
 
     Work arrays are ``(K, M)``: window offset outermost, triangles innermost (contiguous, vectorised).
     """
@@ -270,11 +296,11 @@ def _scan(s: _Setup, sel: Tensor, kx: int, ky: int, H: int, W: int, perspective:
     dtype = s.q.dtype
     dx = torch.arange(kx, device=dev).repeat(ky)[:, None]  # (K, 1) window offsets, row-major
     dy = torch.arange(ky, device=dev).repeat_interleave(kx)[:, None]
-    x0, y0 = s.x0.index_select(0, sel), s.y0.index_select(0, sel)  # (M,)
-    inside = (dx < s.nx.index_select(0, sel)) & (dy < s.ny.index_select(0, sel))  # (K, M)
+    x0, y0 = s.x0[a:b], s.y0[a:b]  # (M,)
+    inside = (dx < s.nx[a:b]) & (dy < s.ny[a:b])  # (K, M)
     px = x0.to(dtype) + dx.to(dtype)  # pixel centres, exact integers
     py = y0.to(dtype) + dy.to(dtype)
-    ox, oy, ux, uy, q = (t.index_select(1, sel) for t in (s.ox, s.oy, s.ux, s.uy, s.q))  # (3, M)
+    ox, oy, ux, uy, q = (t[:, a:b] for t in (s.ox, s.oy, s.ux, s.uy, s.q))  # (3, M)
     e = []
     for i in range(3):
         w = ux[i] * (py - oy[i]) - uy[i] * (px - ox[i])  # canonical edge function (see _Setup)
@@ -285,11 +311,11 @@ def _scan(s: _Setup, sel: Tensor, kx: int, ky: int, H: int, W: int, perspective:
         inside &= (inv > 0) & (inv * near <= 1)  # in front of the camera and beyond the near plane
         depth = 1.0 / inv[inside]
     else:
-        d = s.d.index_select(1, sel)
+        d = s.d[:, a:b]
         depth = (e[0] * d[0] + e[1] * d[1] + e[2] * d[2])[inside]
-    base = (s.batch.index_select(0, sel) * H + y0) * W + x0  # (M,)
+    base = (s.batch[a:b] * H + y0) * W + x0  # (M,)
     pix = (base + (dy * W + dx))[inside]
-    tri = s.tri.index_select(0, sel).expand_as(inside)[inside]
+    tri = s.tri[a:b].expand_as(inside)[inside]
     key = (_sortable_key(depth) << TRIANGLE_BITS) | tri
     return pix, key
 
@@ -317,16 +343,12 @@ def rasterize_ids(screen: Tensor, triangles: Tensor, image_size: tuple[int, int]
     """Visible triangle id per pixel (the non-differentiable half of :func:`rasterize`). ``-> (B, H, W)`` int64."""
     H, W = _check_inputs(screen, triangles, image_size)
     B = screen.shape[0]
-    s = _setup(screen.detach(), triangles, H, W, cull_backfaces, perspective, near)
-    # size classes: windows of 2**cx × 2**cy pixels (at least 2 × 2: fewer, fuller passes)
-    cls = _pow2_class(s.nx).clamp_min(1) * 64 + _pow2_class(s.ny).clamp_min(1)
+    s, classes = _setup(screen.detach(), triangles, H, W, cull_backfaces, perspective, near)
     pixels, keys = [], []
-    for c in torch.bincount(cls).nonzero(as_tuple=True)[0].tolist():
-        kx, ky = 2 ** (c // 64), 2 ** (c % 64)
-        members = (cls == c).nonzero(as_tuple=True)[0]
+    for kx, ky, first, end in classes:
         step = max(1, max_candidates // (kx * ky))
-        for start in range(0, members.numel(), step):
-            pix, key = _scan(s, members[start:start + step], kx, ky, H, W, perspective, near)
+        for start in range(first, end, step):
+            pix, key = _scan(s, start, min(start + step, end), kx, ky, H, W, perspective, near)
             pixels.append(pix)
             keys.append(key)
     zbuf = torch.full((B * H * W,), _EMPTY, dtype=torch.int64, device=screen.device)
