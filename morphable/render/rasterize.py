@@ -197,7 +197,8 @@ def _sorted_corners(triangles: Tensor) -> tuple[list[Tensor], Tensor]:
 
 
 def _setup(screen: Tensor, triangles: Tensor, H: int, W: int, cull_backfaces: bool, perspective: bool,
-           near: float) -> tuple[_Setup, list[tuple[int, int, int, int]]]:
+           near: float, corners: tuple[list[Tensor], Tensor] | None = None
+           ) -> tuple[_Setup, list[tuple[int, int, int, int]]]:
     """Triangles that can cover a pixel, sorted by window class; ``-> (setup, [(kx, ky, start, end)])``.
 
     Back-facing, degenerate and non-finite triangles are dropped first (signed area of the projected
@@ -206,7 +207,7 @@ def _setup(screen: Tensor, triangles: Tensor, H: int, W: int, cull_backfaces: bo
     F = triangles.shape[0]
     if B * V >= 2**31:
         raise ValueError(f"rasterize: at most 2**31 vertices in a batch, got {B * V}")
-    corner, parity = _sorted_corners(triangles)
+    corner, parity = _sorted_corners(triangles) if corners is None else corners
     # corner coordinates as contiguous (B·F,) vectors (corners A, B, C): index_select on 1-D tensors and
     # elementwise ops only (much faster on CPU than strided views and reductions)
     cols = screen.reshape(B * V, 3).t()  # (3, B·V) strided views: index_select reads them as fast
@@ -341,11 +342,14 @@ def _pow2_class(n: Tensor) -> Tensor:
 
 @torch.no_grad()
 def rasterize_ids(screen: Tensor, triangles: Tensor, image_size: tuple[int, int], *, cull_backfaces: bool = False,
-                  perspective: bool = False, near: float = 1.0, max_candidates: int = 2**22) -> Tensor:
-    """Visible triangle id per pixel (the non-differentiable half of :func:`rasterize`). ``-> (B, H, W)`` int64."""
+                  perspective: bool = False, near: float = 1.0, max_candidates: int = 2**22,
+                  corners: tuple[list[Tensor], Tensor] | None = None) -> Tensor:
+    """Visible triangle id per pixel (the non-differentiable half of :func:`rasterize`). ``-> (B, H, W)`` int64.
+
+    ``corners``: ``_sorted_corners(triangles)``, which depends on the mesh only (callers may cache it)."""
     H, W = _check_inputs(screen, triangles, image_size)
     B = screen.shape[0]
-    s, classes = _setup(screen.detach(), triangles, H, W, cull_backfaces, perspective, near)
+    s, classes = _setup(screen.detach(), triangles, H, W, cull_backfaces, perspective, near, corners)
     pixels, keys = [], []
     for kx, ky, first, end in classes:
         step = max(1, max_candidates // (kx * ky))

@@ -32,7 +32,7 @@ from torch import Tensor, nn
 from morphable.geometry.camera import Camera, Perspective
 from morphable.geometry.mesh import VertexFaceIncidence, vertex_normals
 from morphable.render.deferred import sh_shade_packed
-from morphable.render.rasterize import barycentric_at, pixel_coordinates, rasterize_ids
+from morphable.render.rasterize import _sorted_corners, barycentric_at, pixel_coordinates, rasterize_ids
 from morphable.render.shading import phong_shade, sh_basis
 from morphable.render.silhouette import EdgeTopology, soft_silhouette
 from morphable.render.texture import sample_image
@@ -234,6 +234,7 @@ class Renderer(nn.Module):
         self.near = near
         self._topology = EdgeTopology.build(triangles) if soft_silhouette else None
         self._incidence: VertexFaceIncidence | None = None
+        self._corners: tuple[tuple, tuple[list[Tensor], Tensor]] | None = None  # (key, rasteriser corner table)
 
     @classmethod
     def from_model(cls, model, image_size: tuple[int, int], **kwargs) -> "Renderer":
@@ -268,8 +269,11 @@ class Renderer(nn.Module):
         screen = camera.project_with_depth(vertices)
         view = camera.transform(vertices)  # view frame (mm; orthographic: rotation only)
 
+        key = (tri.data_ptr(), tri._version, tuple(tri.shape), tri.device)  # rebuilt if the buffer changes
+        if self._corners is None or self._corners[0] != key:
+            self._corners = (key, _sorted_corners(tri))  # depends on the triangles only
         ids = rasterize_ids(screen, tri, (H, W), cull_backfaces=self.cull_backfaces, perspective=perspective,
-                            near=self.near)
+                            near=self.near, corners=self._corners[1])
         covered = ids >= 0
         if self.soft_silhouette:
             sil = soft_silhouette(screen, tri, ids, self._topology, perspective=perspective)

@@ -43,6 +43,7 @@ class EdgeTopology:
             Non-manifold edges (three or more triangles) keep their two lowest half-edges.
         first_face, second_face: ``(E,)`` their triangles (``second_face`` 0 where ``second`` is −1).
         has_second: ``(E,)`` bool.
+        corners: ``(3, F)`` int64 the triangles' corner ids as contiguous rows (for fast gathers).
     """
 
     first: Tensor
@@ -50,6 +51,7 @@ class EdgeTopology:
     first_face: Tensor
     second_face: Tensor
     has_second: Tensor
+    corners: Tensor
 
     @staticmethod
     def build(triangles: Tensor) -> "EdgeTopology":
@@ -58,7 +60,8 @@ class EdgeTopology:
         start = torch.cumsum(count, 0) - count
         first = order[start]
         second = torch.where(count > 1, order[(start + 1).clamp_max(order.numel() - 1)], -1)
-        return EdgeTopology(first, second, first // 3, second.clamp_min(0) // 3, count > 1)
+        return EdgeTopology(first, second, first // 3, second.clamp_min(0) // 3, count > 1,
+                            triangles.t().contiguous())
 
 
 @dataclass(frozen=True)
@@ -94,7 +97,7 @@ def silhouette_edges(screen: Tensor, triangles: Tensor, topology: EdgeTopology,
     B, V = screen.shape[:2]
     F = triangles.shape[0]
     cols = screen.detach().reshape(B * V, 3).t()
-    corner = [triangles[:, i] for i in range(3)]
+    corner = list(topology.corners.unbind(0))
     if B > 1:
         corner = [(c[None] + (torch.arange(B, device=screen.device) * V)[:, None]).reshape(-1) for c in corner]
     x, y = ([cols[c].index_select(0, corner[i]) for i in range(3)] for c in range(2))  # (B·F,) each
