@@ -109,8 +109,10 @@ def silhouette_edges(screen: Tensor, triangles: Tensor, topology: EdgeTopology,
     # facing: −1 front (counter-clockwise in model space, see rasterize.py), +1 back, 0 unusable
     facing = (torch.sign(area2) * valid).to(torch.int8)
     t = topology
-    f1 = torch.stack([facing.index_select(0, t.first_face + b * F) for b in range(B)])  # (B, E)
-    f2 = torch.stack([facing.index_select(0, t.second_face + b * F) for b in range(B)]) * t.has_second
+    # facing of the edges' two triangles, (B, E) (1-D gathers are the fast ones on CPU)
+    pick = lambda faces: (facing.index_select(0, faces)[None] if B == 1  # noqa: E731
+                          else facing.view(B, F).index_select(1, faces))
+    f1, f2 = pick(t.first_face), pick(t.second_face) * t.has_second
     batch, edge = (f1 != f2).nonzero(as_tuple=True)  # boundary (f2 = 0) or a fold between front and back
     face1, face2 = t.first_face.index_select(0, edge), t.second_face.index_select(0, edge)
     keep1 = facing.index_select(0, face1 + batch * F) != 0
