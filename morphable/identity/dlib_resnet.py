@@ -107,8 +107,8 @@ class _FusedLayers:
         return self.op.binary(x, other, self.weight[i], self.bias[i], *self._geometry(i), "add", 1.0, "relu", [], "")
 
 
-def _run(x: torch.Tensor, layers, fc_weight: torch.Tensor) -> torch.Tensor:
-    """The network body on normalised (B, 3, H, W) input -> (B, 128)."""
+def _run(x: torch.Tensor, layers, fc_weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The network body on normalised (B, 3, H, W) input -> pooled features (B, 256), descriptors (B, 128)."""
     x = F.max_pool2d(layers.conv_relu(0, x), kernel_size=3, stride=2)
     index = 1
     for _, stride in BLOCKS:
@@ -118,8 +118,8 @@ def _run(x: torch.Tensor, layers, fc_weight: torch.Tensor) -> torch.Tensor:
         else:  # the shortcut is pooled, and smaller than the block's output: dlib zero-pads it
             x = F.relu_(_add_padded(layers.conv(index + 1, y), F.avg_pool2d(x, kernel_size=2, stride=2)))
         index += 2
-    x = x.mean(dim=(2, 3))  # avg_pool_everything
-    return x @ fc_weight.to(x).T
+    pooled = x.mean(dim=(2, 3))  # avg_pool_everything
+    return pooled, pooled @ fc_weight.to(pooled).T
 
 
 def face_descriptor_reference(images: torch.Tensor, weights: DlibFaceResNetWeights) -> torch.Tensor:
@@ -146,11 +146,17 @@ def face_descriptor_reference(images: torch.Tensor, weights: DlibFaceResNetWeigh
 
     mean = torch.as_tensor(weights.input_mean, **like)
     x = _normalise(images, mean).contiguous()
-    return _run(x, _Layers(conv), torch.as_tensor(weights.fc_weight, **like))
+    return _run(x, _Layers(conv), torch.as_tensor(weights.fc_weight, **like))[1]
 
 
 def face_descriptor(images: torch.Tensor, conv_weight: list[torch.Tensor], conv_bias: list[torch.Tensor],
                     fc_weight: torch.Tensor) -> torch.Tensor:
+    """Fast forward pass: (B, 150, 150, 3) chips in [0, 1] -> (B, 128) descriptors (see :func:`face_features`)."""
+    return face_features(images, conv_weight, conv_bias, fc_weight)[1]
+
+
+def face_features(images: torch.Tensor, conv_weight: list[torch.Tensor], conv_bias: list[torch.Tensor],
+                  fc_weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Fast forward pass with the affines folded into the convs (see :func:`fold_affines`).
 
     Without gradients, on CPU in float32, the relus and residual sums run fused into oneDNN's
@@ -162,7 +168,8 @@ def face_descriptor(images: torch.Tensor, conv_weight: list[torch.Tensor], conv_
             input normalisation.
         fc_weight: (128, 256).
     Returns:
-        (B, 128) descriptors in the input's dtype and device.
+        pooled (B, 256): the global average pool of the last block (the fc layer's input), and
+        descriptors (B, 128) = pooled @ fc_weight.T; both in the input's dtype and device.
     """
     _check_chips(images, CHIP_SIZE)
     specs = _conv_specs()
@@ -225,7 +232,17 @@ class DlibFaceNet(nn.Module):
         self.register_buffer("fc_weight", torch.as_tensor(weights.fc_weight))
         self.requires_grad_(False)
 
+    def _folded(self) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        return ([getattr(self, f"conv{i}_weight") for i in range(NUM_CONVS)],
+                [getattr(self, f"conv{i}_bias") for i in range(NUM_CONVS)])
+
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        kernels = [getattr(self, f"conv{i}_weight") for i in range(NUM_CONVS)]
-        biases = [getattr(self, f"conv{i}_bias") for i in range(NUM_CONVS)]
-        return face_descriptor(images, kernels, biases, self.fc_weight)
+        return face_descriptor(images, *self._folded(), self.fc_weight)
+
+    def features(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, 150, 150, 3) chips in [0, 1] -> pooled pre-fc features (B, 256) and descriptors (B, 128).
+
+        The pooled vector is the 256-D global average pool the fc layer maps to the descriptor
+        (``descriptor = pooled @ fc_weight.T``): the frozen encoder features of Genova et al. (2018).
+        """
+        return face_features(images, *self._folded(), self.fc_weight)

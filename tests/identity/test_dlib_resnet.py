@@ -118,3 +118,18 @@ def test_differentiable_pipeline_close_to_dlibs(net):
         with torch.no_grad():
             ours = net(extract_face_chips(image, torch.from_numpy(face.landmarks68)[None]))[0].double().numpy()
         assert np.linalg.norm(ours - theirs) < 0.02  # measured 0.005
+
+
+def test_features_give_the_pooled_fc_input_and_the_descriptor(net, chips, dlib_descriptors):
+    x = torch.from_numpy(chips).float() / 255
+    with torch.no_grad():
+        pooled, descriptor = net.features(x)
+        forward = net(x)
+    assert pooled.shape == (3, 256) and descriptor.shape == (3, 128)
+    assert torch.equal(descriptor, forward)
+    # the fc layer (no bias) maps the pooled features to dlib's descriptor: check in float64 against dlib
+    assert np.abs((pooled.double() @ net.fc_weight.double().T).numpy() - dlib_descriptors).max() <= 1e-5
+    assert (pooled >= 0).all()  # the average of relu outputs
+    # with gradients (plain autograd path) the same numbers
+    pooled_grad, descriptor_grad = net.features(x[:1].clone().requires_grad_(True))
+    assert descriptor_grad.requires_grad and (pooled_grad.detach() - pooled[:1]).abs().max() <= 1e-6
