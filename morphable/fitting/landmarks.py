@@ -164,7 +164,8 @@ class _Problem:
     """The fixed parts of one fit: targets, weights, selected columns, priors and bounds."""
 
     def __init__(self, terms: FitTerms, landmarks: Tensor, *, contour: bool, identity_components: int | None,
-                 expression: bool, lambda_identity: float, lambda_expression: float, sigma_mm: float):
+                 expression: bool, lambda_identity: float, lambda_expression: float, sigma_mm: float,
+                 identity_prior_mean: Tensor | None = None):
         f64 = torch.float64
         self.terms = terms
         y = landmarks.to(f64)
@@ -185,6 +186,13 @@ class _Problem:
         cols = list(range(K)) + list(range(terms.n_identity, terms.n_identity + Ke))
         self.cols = torch.tensor(cols, dtype=torch.int64, device=y.device)
         self.prior = torch.tensor([lambda_identity] * K + [lambda_expression] * Ke, dtype=f64, device=y.device)
+        self.prior_mean = None
+        if identity_prior_mean is not None:
+            mu = identity_prior_mean.to(device=y.device, dtype=f64)
+            if mu.dim() != 2 or mu.shape[0] not in (1, y.shape[0]) or mu.shape[1] != terms.n_identity:
+                raise ValueError(f"fit_landmarks: identity_prior_mean must be (B, {terms.n_identity}), "
+                                 f"got {tuple(mu.shape)}")
+            self.prior_mean = torch.cat([mu[:, :K].expand(y.shape[0], -1), mu.new_zeros(y.shape[0], Ke)], 1)
         inf = float("inf")
         lo_e, hi_e = (0.0, 1.0) if terms.expression_bounded else (-inf, inf)
         self.lower = torch.tensor([-inf] * K + [lo_e] * Ke, dtype=f64, device=y.device)
@@ -235,7 +243,7 @@ class _Problem:
         """One Gauss–Newton step in camera and coefficients; returns the system matrix ``(B, 6+P, 6+P)``."""
         mean, basis = self.points(state)
         H, g = joint_normal_equations(mean, basis, state.coeffs, self.y, self.weights(state), state.scale, state.R,
-                                      state.t, self.sigma, self.prior)
+                                      state.t, self.sigma, self.prior, self.prior_mean)
         inf = self.lower.new_full((6,), float("inf"))
         lo = torch.cat([-inf.expand(g.shape[0], -1), self.lower - state.coeffs], 1)
         hi = torch.cat([inf.expand(g.shape[0], -1), self.upper - state.coeffs], 1)
@@ -249,7 +257,7 @@ class _Problem:
     def solve_shape(self, state: _State) -> Tensor:
         mean, basis = self.points(state)
         H, c = normal_equations(mean, basis, self.y, self.weights(state), state.scale, state.R, state.t,
-                                self.sigma, self.prior)
+                                self.sigma, self.prior, self.prior_mean)
         state.coeffs = solve_coefficients(H, c, self.lower, self.upper)
         return H
 
@@ -293,11 +301,12 @@ def _finish(model: MorphableModel, problem: _Problem, state: _State, H: Tensor, 
 
 def _fit(model: MorphableModel, terms: FitTerms, points: Tensor, *, iterations: int, contour: bool,
          identity_components: int | None, expression: bool, lambda_identity: float, lambda_expression: float,
-         sigma_mm: float) -> LandmarkFit:
+         sigma_mm: float, identity_prior_mean: Tensor | None = None) -> LandmarkFit:
     out_dtype = points.dtype if points.is_floating_point() else torch.float32
     problem = _Problem(terms, points.to(model.mean.device), contour=contour,
                        identity_components=identity_components, expression=expression,
-                       lambda_identity=lambda_identity, lambda_expression=lambda_expression, sigma_mm=sigma_mm)
+                       lambda_identity=lambda_identity, lambda_expression=lambda_expression, sigma_mm=sigma_mm,
+                       identity_prior_mean=identity_prior_mean)
     state = _initial_state(problem)
     problem.solve_shape(state)
     H = None
@@ -316,7 +325,8 @@ def _fit(model: MorphableModel, terms: FitTerms, points: Tensor, *, iterations: 
 
 def fit_landmarks(model: MorphableModel, landmarks: Tensor, *, iterations: int = 5, contour: bool = True,
                   identity_components: int | None = None, expression: bool = True, lambda_identity: float = 1.0,
-                  lambda_expression: float = 1.0, sigma_mm: float = SIGMA_MM) -> LandmarkFit:
+                  lambda_expression: float = 1.0, sigma_mm: float = SIGMA_MM,
+                  identity_prior_mean: Tensor | None = None) -> LandmarkFit:
     """Fit pose, identity and expression to iBUG-68 landmarks, for a batch of faces at once.
 
     Args:
@@ -330,6 +340,9 @@ def fit_landmarks(model: MorphableModel, landmarks: Tensor, *, iterations: int =
         expression: fit expression coefficients (PCA) or blendshape weights (bounded to [0, 1]).
         lambda_identity / lambda_expression: prior precision multipliers (1 = the model's N(0, 1) prior).
         sigma_mm: landmark noise σ in mm on the face; smaller fits the landmarks more closely.
+        identity_prior_mean: ``(B, K)`` or ``(1, K)`` centre of the identity prior (default 0, the model's
+            mean): the prior becomes ``λ_identity ‖α − μ‖²``, e.g. with ``μ`` from a regressor
+            (:mod:`morphable.nets.genova`), so the landmarks refine a recognisable shape instead of the mean.
     Returns:
         :class:`LandmarkFit`.
     Raises:
@@ -338,7 +351,7 @@ def fit_landmarks(model: MorphableModel, landmarks: Tensor, *, iterations: int =
     check_landmarks(landmarks)
     return _fit(model, fit_terms(model), landmarks, iterations=iterations, contour=contour,
                 identity_components=identity_components, expression=expression, lambda_identity=lambda_identity,
-                lambda_expression=lambda_expression, sigma_mm=sigma_mm)
+                lambda_expression=lambda_expression, sigma_mm=sigma_mm, identity_prior_mean=identity_prior_mean)
 
 
 def fit_points(model: MorphableModel, points: Tensor, vertex_ids: Tensor, *, iterations: int = 5,

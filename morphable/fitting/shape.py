@@ -6,10 +6,10 @@ coefficients, ``p_i = s F Π R (m_i + B_i x) + t`` (``F = diag(1, −1)`` flips 
 z), so the MAP estimate under a Gaussian landmark noise and the N(0, I) prior of standardised
 coefficients is a linear least-squares problem:
 
-    min_x  Σ_i w_i ‖(y_i − b_i)/s − A_i x‖² / σ²  +  Σ_k λ_k x_k²,   A_i = F Π R B_i  (2×P),
+    min_x  Σ_i w_i ‖(y_i − b_i)/s − A_i x‖² / σ²  +  Σ_k λ_k (x_k − μ_k)²,   A_i = F Π R B_i  (2×P),
                                                                      b_i = s F Π R m_i + t.
 
-Residuals are divided by the scale ``s`` (px/mm), so ``σ`` is the landmark noise in **millimetres on
+(``μ = 0`` is the model's prior; a regressor's prediction can centre it instead.) Residuals are divided by the scale ``s`` (px/mm), so ``σ`` is the landmark noise in **millimetres on
 the face** and the result does not depend on the image resolution (eos uses a fixed σ² = 3 px²).
 Blendshape weights add box constraints (solved by :func:`~morphable.fitting.expression.box_qp`).
 The Hessian ``H = Σ w AᵀA/σ² + diag(λ)`` is the posterior precision (Gaussian, unconstrained).
@@ -23,7 +23,8 @@ from morphable.fitting.expression import box_qp
 
 
 def normal_equations(points_mean: Tensor, points_basis: Tensor, landmarks: Tensor, weights: Tensor, scale: Tensor,
-                     R: Tensor, t: Tensor, sigma_mm: float, prior_precision: Tensor) -> tuple[Tensor, Tensor]:
+                     R: Tensor, t: Tensor, sigma_mm: float, prior_precision: Tensor,
+                     prior_mean: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """``H (B, P, P)`` and ``c (B, P)`` of the fit above.
 
     Args:
@@ -34,6 +35,8 @@ def normal_equations(points_mean: Tensor, points_basis: Tensor, landmarks: Tenso
         scale, R, t: camera ``(B,)``, ``(B, 3, 3)``, ``(B, 2)``.
         sigma_mm: landmark noise σ (mm).
         prior_precision: ``(P,)`` λ_k.
+        prior_mean: ``(B, P)`` centre μ of the prior, ``Σ_k λ_k (x_k − μ_k)²`` (default 0: the model's N(0, I)),
+            e.g. the identity a regressor predicted.
     """
     FR = R[:, :2] * R.new_tensor([1.0, -1.0])[None, :, None]  # (B, 2, 3) = F Π R
     A = (FR[:, None] @ points_basis).flatten(1, 2)  # (B, 2N, P): A[b, 2n+i] = Σ_j FR[b,i,j] B[n,j,:]
@@ -42,12 +45,14 @@ def normal_equations(points_mean: Tensor, points_basis: Tensor, landmarks: Tenso
     wA = A * (weights.repeat_interleave(2, dim=1) / sigma_mm**2)[..., None]
     H = wA.transpose(1, 2) @ A + torch.diag_embed(prior_precision.expand(A.shape[0], -1))
     c = (wA.transpose(1, 2) @ r[..., None])[..., 0]
+    if prior_mean is not None:
+        c = c + prior_precision * prior_mean
     return H, c
 
 
 def joint_normal_equations(points_mean: Tensor, points_basis: Tensor, coeffs: Tensor, landmarks: Tensor,
                            weights: Tensor, scale: Tensor, R: Tensor, t: Tensor, sigma_mm: float,
-                           prior_precision: Tensor) -> tuple[Tensor, Tensor]:
+                           prior_precision: Tensor, prior_mean: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """Gauss–Newton system for camera *and* coefficients together, ``H δ = g``.
 
     The same objective as :func:`normal_equations`, linearised at the current ``(R, s, t, x)`` in all
@@ -74,7 +79,7 @@ def joint_normal_equations(points_mean: Tensor, points_basis: Tensor, coeffs: Te
     prior = torch.cat([prior_precision.new_full((6,), 1e-9), prior_precision])
     H = wJ.transpose(1, 2) @ J + torch.diag_embed(prior.expand(J.shape[0], -1))
     g = (wJ.transpose(1, 2) @ r)[..., 0]
-    g[:, 6:] -= prior_precision * coeffs
+    g[:, 6:] -= prior_precision * (coeffs if prior_mean is None else coeffs - prior_mean)
     return H, g
 
 
