@@ -26,6 +26,7 @@ displacements along the normals, ``E(d) = E_con + μ₁‖d‖² + μ₂‖L d�
 from __future__ import annotations
 
 import weakref
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -33,7 +34,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from morphable.fitting.landmarks import LandmarkFit, fit_landmarks
-from morphable.geometry.camera import ScaledOrthographic
+from morphable.geometry.camera import ScaledOrthographic, rescale_pixels
 from morphable.geometry.laplacian import SparseOperator, uniform_laplacian
 from morphable.geometry.mesh import vertex_normals
 from morphable.geometry.uv import mirror_pairs, symmetry_pairs
@@ -178,11 +179,6 @@ def _resize(images: Tensor, size: tuple[int, int]) -> Tensor:
     return out.permute(0, 2, 3, 1)
 
 
-def _scaled(points: Tensor, f: float) -> Tensor:
-    """Pixel coordinates in an image resized by ``f`` (pixel centres: ``x ↦ (x + ½) f − ½``)."""
-    return (points + 0.5) * f - 0.5
-
-
 def solve_light(normals: Tensor, albedo: Tensor, colors: Tensor, weights: Tensor, ridge: float = 1e-3) -> Tensor:
     """Least-squares SH light given normals, albedo and observed colours (linear in L, per channel).
 
@@ -298,13 +294,14 @@ class _Variables:
         return x.expand(self.B, *x.shape[1:]) if self.shared else x
 
     def camera(self, f: float = 1.0) -> ScaledOrthographic:
-        return ScaledOrthographic(self.log_scale.exp() * f, self.rotation, _scaled(self.translation, f))
+        return ScaledOrthographic(self.log_scale.exp(), self.rotation, self.translation).rescaled(f)
 
 
 def fit_photometric(model: MorphableModel, images: Tensor, landmarks: Tensor, *, init: LandmarkFit | None = None,
                     config: PhotometricConfig = PhotometricConfig(), shared_identity: bool = False,
                     albedo: Tensor | None = None, light: Tensor | None = None,
-                    identity_net: torch.nn.Module | None = None) -> PhotometricFit:
+                    identity_net: torch.nn.Module | None = None,
+                    on_step: Callable[[int, Stage, dict[str, float]], None] | None = None) -> PhotometricFit:
     """Fit a model to photos by inverse rendering (see the module docstring).
 
     Args:
@@ -320,6 +317,8 @@ def fit_photometric(model: MorphableModel, images: Tensor, landmarks: Tensor, *,
         light: optional starting SH light ``(B, 9, 3)``; default: solved linearly from the photo.
         identity_net: the face-recognition network for ``config.w_identity_feature`` (default: a
             :class:`~morphable.identity.DlibFaceNet` built on first use).
+        on_step: called after every Adam step with the stage's index, the stage and that step's energy
+            terms (for progress bars; early stopping may end a stage before ``stage.iterations`` steps).
     Returns:
         :class:`PhotometricFit`.
     """
@@ -353,7 +352,7 @@ def fit_photometric(model: MorphableModel, images: Tensor, landmarks: Tensor, *,
         """Photo colours at the vertices, their weights (visible × skin) and view-frame normals, read from
         the photo shrunk to at most ``OBSERVE_SIZE`` px."""
         verts = sub(identity=identity, expression=expression if sub.n_expression else None).vertices
-        cam = ScaledOrthographic(camera.scale * f_obs, camera.rotation, _scaled(camera.translation, f_obs))
+        cam = camera.rescaled(f_obs)
         proj = cam.project(verts)
         ids = Renderer(tri, photo_obs.shape[1:3], soft_silhouette=False)(verts, cam, colors=torch.ones_like(verts)).triangle_id
         seen = torch.zeros(B, sub.n_vertices, dtype=torch.bool)
@@ -408,7 +407,7 @@ def fit_photometric(model: MorphableModel, images: Tensor, landmarks: Tensor, *,
         if not use_idf:
             return None
         with torch.no_grad():
-            return net(extract_face_chips(target, _scaled(chip_landmarks, f)))
+            return net(extract_face_chips(target, rescale_pixels(chip_landmarks, f)))
 
     def energy(size: int, target: Tensor, renderer: Renderer, skin_w: Tensor | None,
                displacement: Tensor | None = None,
@@ -428,7 +427,7 @@ def fit_photometric(model: MorphableModel, images: Tensor, landmarks: Tensor, *,
             m = m * skin_w
         e_con = photometric_loss(rend.image, target, m, kind=config.robust)
         lmk2d = cam.project(verts.gather(1, lmk_index[..., None].expand(-1, -1, 3)))
-        d2 = ((lmk2d - _scaled(lmk_target, f)) ** 2).sum(-1) * (REFERENCE_SIZE / size) ** 2
+        d2 = ((lmk2d - rescale_pixels(lmk_target, f)) ** 2).sum(-1) * (REFERENCE_SIZE / size) ** 2
         e_lan = torch.nanmean(d2)
         e_id = prior_loss(ident)
         e_exp = (var.expression ** 2).sum(-1).mean() if sub.n_expression else ident.new_zeros(())
@@ -449,7 +448,7 @@ def fit_photometric(model: MorphableModel, images: Tensor, landmarks: Tensor, *,
                 + config.w_albedo_mean * e_mean
             terms.update(albedo_smooth=e_smooth.item(), albedo_symmetry=e_sym.item(), albedo_mean=e_mean.item())
         if target_descriptor is not None:
-            e_idf = identity_loss(target_descriptor, net(extract_face_chips(rend.image, _scaled(chip_landmarks, f))))
+            e_idf = identity_loss(target_descriptor, net(extract_face_chips(rend.image, rescale_pixels(chip_landmarks, f))))
             total = total + config.w_identity_feature * e_idf
             terms["identity_feature"] = e_idf.item()
         terms["total"] = total.item()
@@ -459,7 +458,7 @@ def fit_photometric(model: MorphableModel, images: Tensor, landmarks: Tensor, *,
     with torch.no_grad():  # the starting point, scored like the result below (full size, no skin mask)
         _, initial_terms, _, _ = energy(max(H, W), images, Renderer(tri, (H, W)), None)
     albedo_from_photo = False
-    for stage in config.schedule:
+    for stage_index, stage in enumerate(config.schedule):
         size, n_iter = stage.size, stage.iterations
         f = size / max(H, W)
         h, w = max(1, round(H * f)), max(1, round(W * f))
@@ -500,6 +499,8 @@ def fit_photometric(model: MorphableModel, images: Tensor, landmarks: Tensor, *,
                 var.albedo.clamp_(0, 1.5)
             terms["size"] = size
             history.append(terms)
+            if on_step is not None:
+                on_step(stage_index, stage, terms)
             if terms["total"] < best * (1 - config.tolerance):
                 best, since = terms["total"], 0
             else:

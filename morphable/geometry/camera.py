@@ -36,6 +36,15 @@ def _batch(x: Tensor, n: int, name: str) -> Tensor:
     return x
 
 
+def rescale_pixels(points: Tensor, factor: float | Tensor) -> Tensor:
+    """Pixel coordinates ``(..., 2)`` of an image resized by ``factor``: ``x ↦ (x + ½) · factor − ½``.
+
+    Pixel centres sit at integer coordinates, so the image's outer edge (−½ and ``W − ½``) maps onto the
+    resized image's edge; ``factor`` > 1 enlarges.
+    """
+    return (points + 0.5) * factor - 0.5
+
+
 @dataclass(frozen=True)
 class ScaledOrthographic:
     """Scaled orthographic (weak-perspective) camera, the seeds' and eos's affine camera.
@@ -78,6 +87,10 @@ class ScaledOrthographic:
     def project(self, points: Tensor) -> Tensor:
         """``(B, N, 3)`` model points (mm) -> ``(B, N, 2)`` pixel coordinates."""
         return self.project_with_depth(points)[..., :2]
+
+    def rescaled(self, factor: float | Tensor) -> "ScaledOrthographic":
+        """The same view for the image resized by ``factor`` (:func:`rescale_pixels`): scale × factor."""
+        return ScaledOrthographic(self.scale * factor, self.rotation, rescale_pixels(self.translation, factor))
 
     def to_dict(self) -> dict:
         """JSON-ready parameters of camera 0 (``scale``, ``rotation``, ``translation``)."""
@@ -142,6 +155,11 @@ class Perspective:
     def project(self, points: Tensor) -> Tensor:
         """``(B, N, 3)`` model points (mm) -> ``(B, N, 2)`` pixel coordinates."""
         return self.project_with_depth(points)[..., :2]
+
+    def rescaled(self, factor: float | Tensor) -> "Perspective":
+        """The same view for the image resized by ``factor`` (:func:`rescale_pixels`): focal × factor."""
+        return Perspective(self.focal * factor, rescale_pixels(self.principal_point, factor), self.rotation,
+                           self.translation)
 
     def to_dict(self) -> dict:
         """JSON-ready parameters of camera 0."""

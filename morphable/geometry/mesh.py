@@ -1,4 +1,4 @@
-"""Triangle-mesh helpers on tensors: normals, edges, boundary, vertex→face adjacency.
+"""Triangle-mesh helpers on tensors: normals, edges, boundary, vertex→face adjacency, cutting to a vertex subset.
 
 Conventions: vertices ``(B, V, 3)`` (any unit; model space is mm), triangles ``(F, 3)`` int64 with
 counter-clockwise winding seen from the side the normal points to (right-hand rule), so a face of the
@@ -7,6 +7,7 @@ morphable models, seen from the front (+z), has normals pointing to +z, towards 
 from __future__ import annotations
 
 import warnings
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
@@ -198,3 +199,47 @@ def vertex_face_adjacency(triangles: Tensor, num_vertices: int | None = None) ->
     table = torch.full((V, D), -1, dtype=torch.int64, device=triangles.device)
     table[vert, slot] = face
     return table
+
+
+@dataclass(frozen=True)
+class Submesh:
+    """A mesh cut to a vertex subset (:func:`submesh`).
+
+    Attributes:
+        vertex_ids: ``(K,)`` int64 kept vertices (ids in the full mesh), sorted and unique.
+        triangles: ``(F', 3)`` int64 triangles with all three corners kept, re-indexed into ``vertex_ids``.
+        triangle_ids: ``(F',)`` int64 row of each kept triangle in the full mesh's triangle list.
+        new_index: ``(V,)`` int64 full-mesh vertex id → its index in ``vertex_ids``, −1 if dropped.
+    """
+
+    vertex_ids: Tensor
+    triangles: Tensor
+    triangle_ids: Tensor
+    new_index: Tensor
+
+
+def submesh(triangles: Tensor, vertex_ids: Tensor, num_vertices: int | None = None) -> Submesh:
+    """Cut a triangle mesh to a vertex subset: the triangles whose three corners are all kept.
+
+    Args:
+        triangles: ``(F, 3)`` int64 vertex ids.
+        vertex_ids: ``(K,)`` ids to keep (any order, repeats allowed), or a ``(V,)`` bool mask.
+        num_vertices: ``V`` (default: one past the largest id in ``triangles`` or ``vertex_ids``).
+    Returns:
+        :class:`Submesh`.
+    """
+    if triangles.dim() != 2 or triangles.shape[-1] != 3:
+        raise ValueError(f"submesh: expected triangles (F, 3), got {tuple(triangles.shape)}")
+    vertex_ids = torch.as_tensor(vertex_ids, device=triangles.device)
+    if vertex_ids.dtype == torch.bool:
+        vertex_ids = torch.nonzero(vertex_ids).reshape(-1)
+    keep = torch.unique(vertex_ids.long())
+    top = max(int(triangles.max()) + 1 if triangles.numel() else 0, int(keep.max()) + 1 if keep.numel() else 0)
+    V = top if num_vertices is None else num_vertices
+    if V < top:
+        raise ValueError(f"submesh: num_vertices={num_vertices} but ids go up to {top - 1}")
+    new = torch.full((V,), -1, dtype=torch.int64, device=triangles.device)
+    new[keep] = torch.arange(len(keep), device=triangles.device)
+    mapped = new[triangles.long()]
+    inside = (mapped >= 0).all(1)
+    return Submesh(keep, mapped[inside], torch.nonzero(inside).reshape(-1), new)

@@ -149,3 +149,22 @@ class TestPerspective:
 def test_unknown_camera_type():
     with pytest.raises(ValueError, match="unknown camera type"):
         camera_from_dict({"type": "fisheye"})
+
+
+@pytest.mark.parametrize("make", [ortho, persp])
+def test_rescaled_maps_the_image_edges_onto_the_resized_edges(make):
+    """A 4-px-wide image doubled is 8 px wide: its left edge (x = −½) stays at −½, its right edge (3.5)
+    moves to 7.5, and every projected point keeps its place relative to the image."""
+    from morphable.geometry.camera import rescale_pixels
+
+    torch.testing.assert_close(rescale_pixels(torch.tensor([-0.5, 3.5, 1.5], dtype=D), 2.0),
+                               torch.tensor([-0.5, 7.5, 3.5], dtype=D))
+    cam = make()
+    X = torch.randn(1, 9, 3, generator=torch.Generator().manual_seed(3), dtype=D) * 40
+    for factor in (2.0, 0.3):
+        big = cam.rescaled(factor).project(X)
+        W = 640
+        # the fraction of the image width left of each point is the same in both images
+        torch.testing.assert_close((big[..., 0] + 0.5) / (W * factor), (cam.project(X)[..., 0] + 0.5) / W)
+        torch.testing.assert_close(cam.rescaled(factor).rescaled(1 / factor).project(X), cam.project(X))
+    assert type(cam.rescaled(2.0)) is type(cam)

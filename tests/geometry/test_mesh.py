@@ -97,3 +97,31 @@ class TestEdges:
             edges(torch.zeros(4, 2, dtype=torch.int64))
         with pytest.raises(ValueError, match=r"\(B, V, 3\)"):
             vertex_normals(torch.zeros(5, 3), torch.zeros(1, 3, dtype=torch.int64))
+
+
+def test_submesh_against_a_loop():
+    """Two quads (four triangles) on six vertices: keeping 0, 1, 3, 4 keeps exactly the left quad."""
+    from morphable.geometry.mesh import submesh
+
+    # 0 - 1 - 2
+    # | / | / |
+    # 3 - 4 - 5
+    tri = torch.tensor([[0, 3, 1], [1, 3, 4], [1, 4, 2], [2, 4, 5]])
+    cut = submesh(tri, torch.tensor([4, 0, 3, 1, 0]))
+    assert cut.vertex_ids.tolist() == [0, 1, 3, 4]
+    assert cut.triangle_ids.tolist() == [0, 1]
+    assert cut.triangles.tolist() == [[0, 2, 1], [1, 2, 3]]
+    assert cut.new_index.tolist() == [0, 1, -1, 2, 3, -1]
+    mask = torch.tensor([True, True, True, False, True, True])
+    assert submesh(tri, mask).triangle_ids.tolist() == [2, 3]
+    # random meshes: compare with a plain Python loop
+    g = torch.Generator().manual_seed(0)
+    tri = torch.randint(0, 50, (200, 3), generator=g)
+    ids = torch.randint(0, 50, (30,), generator=g)
+    cut = submesh(tri, ids, num_vertices=60)
+    kept = sorted(set(ids.tolist()))
+    expected = [[kept.index(v) for v in t] for t in tri.tolist() if all(v in kept for v in t)]
+    assert cut.triangles.tolist() == expected and len(cut.new_index) == 60
+    assert torch.equal(cut.vertex_ids[cut.triangles], tri[cut.triangle_ids])
+    with pytest.raises(ValueError, match="num_vertices"):
+        submesh(tri, ids, num_vertices=10)
