@@ -19,6 +19,7 @@ COMMANDS: dict[str, str] = {
     "fit": "morphable.cli.fit:fit",
     "stn-fit": "morphable.cli.stn:stn_fit",
     "render": "morphable.cli.render:render",
+    "train": "morphable.cli.train:train",
     "data": "morphable.cli.data:data",
 }
 
