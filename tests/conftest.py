@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import urllib.parse
 from pathlib import Path
 
 import pytest
@@ -18,10 +19,7 @@ def data_file(relative: str) -> Path:
     """Path of a corpus file; skips the test when it is absent (fails instead when CI requires data)."""
     path = DATA / relative
     if not path.exists():
-        message = f"test data {relative} not found under {DATA} (set MORPHABLE_TEST_DATA)"
-        if REQUIRE_DATA:
-            pytest.fail(message)
-        pytest.skip(message)
+        _skip_or_fail(f"test data {relative} not found under {DATA} (set MORPHABLE_TEST_DATA)")
     return path
 
 
@@ -29,6 +27,32 @@ def data_file(relative: str) -> Path:
 def data():
     """The :func:`data_file` lookup as a fixture: ``data("eos/share/sfm_shape_3448.bin")``."""
     return data_file
+
+
+def _skip_or_fail(message: str) -> None:
+    if REQUIRE_DATA:
+        pytest.fail(message)
+    pytest.skip(message)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _no_downloads():
+    """Tests never download: a model fetch that would reach the network (no corpus to serve as
+    ``MORPHABLE_MIRROR``, no converted model in ``MORPHABLE_HOME``) skips the test instead, or fails it
+    when CI requires the data. Downloads from a local test server (``127.0.0.1``) go through."""
+    from morphable.models import registry
+
+    original = registry.download
+
+    def guarded(url: str, dest: Path, sha256: str | None, **kwargs):
+        if urllib.parse.urlparse(url).hostname not in ("127.0.0.1", "localhost", "::1"):
+            _skip_or_fail(f"the test needs a model file that is not available locally ({url}); tests never "
+                          f"download: set MORPHABLE_TEST_DATA to the corpus (used as MORPHABLE_MIRROR)")
+        return original(url, dest, sha256, **kwargs)
+
+    registry.download = guarded
+    yield
+    registry.download = original
 
 
 def pytest_configure(config):

@@ -6,6 +6,8 @@ discrete Laplace–Beltrami operator (unnormalised by area) used for conformal f
 """
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import scipy.sparse as sp
 import torch
@@ -79,10 +81,16 @@ class SparseOperator:
 
     @staticmethod
     def _csr(M: sp.csr_matrix, dtype: torch.dtype) -> Tensor:
+        """The torch CSR tensor of ``M``. Its invariants are checked once here (``check_invariants=True``, which
+        also opts out of torch's "checks are implicitly disabled" warning); torch's one-time "sparse CSR is
+        in beta" notice is silenced: the CSR @ dense product used here is stable, and users saw the notice
+        on every fit."""
         M.sort_indices()
-        return torch.sparse_csr_tensor(torch.as_tensor(M.indptr, dtype=torch.int64),
-                                       torch.as_tensor(M.indices, dtype=torch.int64),
-                                       torch.as_tensor(M.data, dtype=dtype), M.shape)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta", category=UserWarning)
+            return torch.sparse_csr_tensor(torch.as_tensor(M.indptr, dtype=torch.int64),
+                                           torch.as_tensor(M.indices, dtype=torch.int64),
+                                           torch.as_tensor(M.data, dtype=dtype), M.shape, check_invariants=True)
 
     @property
     def shape(self) -> tuple[int, int]:

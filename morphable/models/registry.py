@@ -271,8 +271,19 @@ def fetch(name: str, *, notify: Callable[[str], None] = _notify) -> tuple[Layout
         dest = root / f.path
         if dest.is_file() and (f.sha256 is None or sha256_file(dest) == f.sha256):
             continue
-        download(f.url, dest, f.sha256)
+        try:
+            download(f.url, dest, f.sha256)
+        except ModelFileError as err:
+            raise ModelFileError(err.path, f"{err.problem}; {offline_hint(name, f.path)}") from None
     return layout, root
+
+
+def offline_hint(name: str, relative: str) -> str:
+    """What to do without network: the two places a model's files can come from instead of a download."""
+    return (f"to use local files instead, set MORPHABLE_MIRROR to a folder holding them as in the source "
+            f"(e.g. MORPHABLE_MIRROR/{relative}), or copy them under MORPHABLE_HOME/sources "
+            f"({home() / 'sources'}); MORPHABLE_HOME (default ~/.cache/morphable) also caches the converted "
+            f"'{name}' model")
 
 
 def _open_model(name: str) -> OpenModel:
