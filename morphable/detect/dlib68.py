@@ -119,12 +119,37 @@ def _downscaled(image: np.ndarray, max_size: int | None) -> tuple[np.ndarray, fl
     return small, factor
 
 
+def _iou(a: np.ndarray, b: np.ndarray) -> float:
+    """Intersection over union of two ``(left, top, right, bottom)`` boxes."""
+    w = min(a[2], b[2]) - max(a[0], b[0])
+    h = min(a[3], b[3]) - max(a[1], b[1])
+    if w <= 0 or h <= 0:
+        return 0.0
+    area = lambda r: (r[2] - r[0]) * (r[3] - r[1])  # noqa: E731
+    return w * h / (area(a) + area(b) - w * h)
+
+
 def _run_hog(image: np.ndarray, upsample: int, adjust_threshold: float,
              max_size: int | None) -> list[tuple[np.ndarray, float]]:
-    """HOG boxes ``(left, top, right, bottom)`` in the image's pixels, with their scores."""
+    """HOG boxes ``(left, top, right, bottom)`` in the image's pixels, with their scores.
+
+    The detector runs at every upsampling level from ``upsample`` down to 0 and the boxes are merged
+    (overlap > ½: the higher score's box is kept): a large face can score above the threshold at one
+    pyramid and below it at another (``einstein.jpg``: 0.07 without upsampling, −0.22 with it). Level 0
+    costs a quarter of level 1.
+    """
     small, factor = _downscaled(image, max_size)
-    rects, scores, _ = _detector().run(small, upsample, adjust_threshold)
-    return [(_box(r, factor), float(sc)) for r, sc in zip(rects, scores)]
+    found: list[tuple[np.ndarray, float]] = []
+    for level in range(upsample, -1, -1):
+        rects, scores, _ = _detector().run(small, level, adjust_threshold)
+        for r, sc in zip(rects, scores):
+            box = _box(r, factor)
+            same = [i for i, (b, _) in enumerate(found) if _iou(b, box) > 0.5]
+            if not same:
+                found.append((box, float(sc)))
+            elif found[same[0]][1] < sc:
+                found[same[0]] = (box, float(sc))
+    return found
 
 
 def _run_cnn(image: np.ndarray, upsample: int, max_size: int | None) -> list[tuple[np.ndarray, float]]:
