@@ -100,10 +100,24 @@ def now(scan: Path, scan_landmarks: Path, mesh: Path, mesh_landmarks: Path, scan
         _write_heatmap(heatmap, scan_v[result.scan_ids], tri, result.distances, frame)
 
 
+def _warn_unit(path: Path, vertices_mm: np.ndarray, unit: str, option: str) -> None:
+    """One warning line when a mesh's size suggests another unit than the one it was read in."""
+    from morphable.eval.micc import suggested_unit
+
+    guess = suggested_unit(vertices_mm)
+    if guess is not None:
+        diagonal = float(np.linalg.norm(np.ptp(vertices_mm, axis=0)))
+        click.echo(f"warning: {path}: {diagonal:.3g} mm across when read as {unit}, too small for a face; "
+                   f"is it in {'metres' if guess == 'm' else 'centimetres'}? (pass {option} {guess})", err=True)
+
+
 @evaluate.command()
-@click.option("--gt", required=True, type=_path, help="Ground-truth scan (.obj/.ply), mm, frontal (+z to viewer).")
+@click.option("--gt", required=True, type=_path, help="Ground-truth scan (.obj/.ply), frontal (+z to viewer).")
 @click.option("--pred", required=True, type=_path, help="Predicted neutral mesh (.obj/.ply).")
-@click.option("--pred-unit", type=_unit, default="mm", show_default=True)
+@click.option("--gt-unit", type=_unit, default="mm", show_default=True,
+              help="Unit of the scan, its landmarks and --gt-nose-tip.")
+@click.option("--pred-unit", type=_unit, default="mm", show_default=True,
+              help="Unit of the prediction and its landmarks.")
 @click.option("--gt-nose-tip", nargs=3, type=float, help="x y z of the scan's nose tip (default: largest z).")
 @click.option("--gt-landmarks", type=_path, help="Optional 3D points on the scan for the initial alignment ...")
 @click.option("--pred-landmarks", type=_path, help="... and the same points on the prediction (same count, >= 3).")
@@ -113,7 +127,7 @@ def now(scan: Path, scan_landmarks: Path, mesh: Path, mesh_landmarks: Path, scan
 @click.option("--json", "json_out", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--heatmap", type=click.Path(dir_okay=False, path_type=Path),
               help="Render the cropped scan coloured by its point-to-plane error (.png).")
-def micc(gt: Path, pred: Path, pred_unit: str, gt_nose_tip: tuple[float, float, float] | None,
+def micc(gt: Path, pred: Path, gt_unit: str, pred_unit: str, gt_nose_tip: tuple[float, float, float] | None,
          gt_landmarks: Path | None, pred_landmarks: Path | None, crop_mm: float, no_align: bool, no_scale: bool,
          json_out: Path | None, heatmap: Path | None) -> None:
     """MICC/Genova: 95 mm crop, ICP with isotropic scale, symmetric point-to-plane distance."""
@@ -125,12 +139,19 @@ def micc(gt: Path, pred: Path, pred_unit: str, gt_nose_tip: tuple[float, float, 
         raise click.UsageError("--gt-landmarks and --pred-landmarks go together")
     lm = {}
     if gt_landmarks is not None:
-        lm["gt_landmarks"] = read_landmarks_3d(gt_landmarks, None)
+        lm["gt_landmarks"] = read_landmarks_3d(gt_landmarks, None) * UNITS_TO_MM[gt_unit]
         lm["pred_landmarks"] = read_landmarks_3d(pred_landmarks, len(lm["gt_landmarks"])) * UNITS_TO_MM[pred_unit]
-    gt_v, gt_tri = _read_mesh_mm(gt, "mm")
+    gt_v, gt_tri = _read_mesh_mm(gt, gt_unit)
     pred_v, pred_tri = _read_mesh_mm(pred, pred_unit)
-    result = micc_errors(gt_v, gt_tri, pred_v, pred_tri, gt_nose_tip=gt_nose_tip, crop_radius=crop_mm,
+    _warn_unit(gt, gt_v, gt_unit, "--gt-unit")
+    _warn_unit(pred, pred_v, pred_unit, "--pred-unit")
+    tip = None if gt_nose_tip is None else np.asarray(gt_nose_tip) * UNITS_TO_MM[gt_unit]
+    result = micc_errors(gt_v, gt_tri, pred_v, pred_tri, gt_nose_tip=tip, crop_radius=crop_mm,
                          align=not no_align, scale=not no_scale, **lm)
+    if result.crop_kept_all:
+        click.echo(f"warning: {gt}: the {crop_mm:g} mm crop around the nose tip kept the whole scan "
+                   f"({len(gt_v)} vertices), so nothing was cropped; check --gt-unit ({gt_unit}) and the nose tip",
+                   err=True)
     summary = result.summary()
     _table("MICC symmetric point-to-plane error", summary)
     click.echo(f"  scan->prediction mean {summary['gt_to_pred_mean_mm']:.4f} mm, "
@@ -145,13 +166,72 @@ def micc(gt: Path, pred: Path, pred_unit: str, gt_nose_tip: tuple[float, float, 
         _write_heatmap(heatmap, gt_v[result.gt_ids], tri, errors, None)
 
 
+YAW_FILES = ("index.json", "yaws.json")
+
+
 def _landmark_files(path: Path) -> dict[str, Path]:
-    """name (file name up to its first dot) -> file, for one file or a folder of .pts/.json files."""
+    """name (file name up to its first dot) -> file, for one file or a folder of .pts/.json files (yaw files
+    :data:`YAW_FILES` excepted)."""
     if path.is_dir():
-        files = sorted(p for p in path.iterdir() if p.suffix.lower() in (".pts", ".json"))
+        files = sorted(p for p in path.iterdir() if p.suffix.lower() in (".pts", ".json") and p.name not in YAW_FILES)
     else:
         files = [path]
     return {p.name.split(".")[0]: p for p in files}
+
+
+def _default_yaws(gt: Path) -> Path:
+    """The yaw file beside the ground truth (:data:`YAW_FILES`), or a one-line error saying what to pass."""
+    from morphable.errors import InputError
+
+    folder = gt if gt.is_dir() else gt.parent
+    for name in YAW_FILES:
+        if (folder / name).is_file():
+            return folder / name
+    raise InputError(None, f"--protocol aflw2000 bins images by yaw: pass --yaws FILE (JSON {{name: degrees}}, "
+                           f"or the corpus's _derived/aflw2000_3d/index.json), or put {' or '.join(YAW_FILES)} "
+                           f"in {folder}")
+
+
+def _read_yaws(path: Path) -> dict[str, float]:
+    """``{name: yaw in degrees}`` from ``{name: degrees}`` or a list of ``{"image": path, "yaw_deg" | "yaw" |
+    "yaw_rad": value}`` records (name: the image's file name up to its first dot).
+
+    ``yaw_rad`` values larger than π in magnitude cannot be radians: the corpus's ``index.json`` stores
+    degrees under that key (they equal 3DDFA's ``AFLW2000-3D.pose.npy``, which is in degrees); such a file
+    is read as degrees, with a warning.
+    """
+    import json
+
+    from morphable.errors import InputError
+
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise InputError(path, f"cannot read the yaw file ({err})") from None
+    if isinstance(data, dict):
+        records = [{"image": k, "yaw_deg": v} for k, v in data.items()]
+    elif isinstance(data, list) and all(isinstance(r, dict) for r in data):
+        records = data
+    else:
+        raise InputError(path, "expected JSON {name: yaw in degrees} or a list of {image, yaw_deg} records")
+    table, radians = {}, {}
+    for i, record in enumerate(records):
+        key = next((k for k in ("yaw_deg", "yaw", "yaw_rad") if k in record), None)
+        value = record.get(key)
+        if not isinstance(record.get("image"), str) or not isinstance(value, (int, float)) or isinstance(value, bool) \
+                or not np.isfinite(value):
+            raise InputError(path, f"entry {i}: needs an image name and a finite yaw number")
+        name = Path(record["image"]).name.split(".")[0]
+        (radians if key == "yaw_rad" else table)[name] = float(value)
+    if radians:
+        largest = max(abs(v) for v in radians.values())
+        if largest > np.pi:
+            click.echo(f"warning: {path}: 'yaw_rad' values reach {largest:.1f}, so they are degrees; read as degrees",
+                       err=True)
+            table.update(radians)
+        else:
+            table.update({k: float(np.degrees(v)) for k, v in radians.items()})
+    return table
 
 
 @evaluate.command()
@@ -160,14 +240,16 @@ def _landmark_files(path: Path) -> dict[str, Path]:
 @click.option("--gt", required=True, type=click.Path(exists=True, path_type=Path),
               help="Ground truth, matched to predictions by file name up to the first dot.")
 @click.option("--protocol", type=click.Choice(["aflw2000", "300w"]), required=True)
-@click.option("--yaws", type=_path, help="aflw2000: JSON {name: yaw in degrees} for the yaw bins.")
+@click.option("--yaws", type=_path,
+              help="aflw2000: yaw per image, JSON {name: degrees} or a list of {image, yaw_deg} records "
+                   "(the corpus's _derived/aflw2000_3d/index.json). Default: index.json or yaws.json beside the GT.")
 @click.option("--json", "json_out", type=click.Path(dir_okay=False, path_type=Path))
 def nme(pred: Path, gt: Path, protocol: str, yaws: Path | None, json_out: Path | None) -> None:
     """2D landmark NME: AFLW2000-3D (sqrt(w*h) of the GT box, yaw bins) or 300-W (outer eye corners)."""
     from morphable.detect.formats import read_landmarks
     from morphable.errors import InputError, MorphableError
     from morphable.eval.nme import nme_300w, nme_aflw2000
-    from morphable.io.params import read_params, write_params
+    from morphable.io.params import write_params
 
     gt_files, pred_files = _landmark_files(gt), _landmark_files(pred)
     if not gt.is_dir() and not pred.is_dir():                  # two single files: pair them whatever the names
@@ -188,12 +270,12 @@ def nme(pred: Path, gt: Path, protocol: str, yaws: Path | None, json_out: Path |
     pred_arr, gt_arr = np.stack(preds), np.stack(gts)
     if protocol == "aflw2000":
         if yaws is None:
-            raise click.UsageError("--protocol aflw2000 needs --yaws (JSON {name: yaw in degrees})")
-        table = read_params(yaws)
+            yaws = _default_yaws(gt)
+        table = _read_yaws(yaws)
         missing = [n for n in names if n not in table]
         if missing:
             raise InputError(yaws, f"no yaw for {missing[0]} (and {len(missing) - 1} more)")
-        report = nme_aflw2000(pred_arr, gt_arr, np.array([float(table[n]) for n in names]))
+        report = nme_aflw2000(pred_arr, gt_arr, np.array([table[n] for n in names]))
     else:
         report = nme_300w(pred_arr, gt_arr)
     click.echo(f"NME ({protocol}), {len(names)} images, {report.failures} failed")

@@ -15,7 +15,9 @@ Model Regression", CVPR 2018, §5.2 (after Tran et al., CVPR 2017):
 
 The nose tip defaults to the ground-truth vertex farthest along +z (a frontal scan in model space,
 +z towards the viewer); give it explicitly otherwise. All inputs in mm except the prediction, whose scale
-ICP solves for.
+ICP solves for. Two signs of a scan in the wrong unit are reported rather than guessed at: a mesh whose
+size does not fit a face in mm (:func:`suggested_unit`) and a crop that keeps the whole scan
+(``MiccResult.crop_kept_all``: a metre-scale head lies entirely within 95 "mm" of its nose tip).
 """
 from __future__ import annotations
 
@@ -43,6 +45,8 @@ class MiccResult(DistanceStats):
         aligned_vertices: (V, 3) the prediction after ``transform``.
         gt_ids: indices of the cropped ground-truth vertices.
         gt_overlap: bool mask over ``gt_ids``: the vertices whose distance is in ``gt_to_pred``.
+        crop_kept_all: the crop removed no ground-truth vertex (a whole head within the radius: the scan
+            is probably not in mm, or it is already cropped).
     """
 
     gt_to_pred: np.ndarray
@@ -51,6 +55,8 @@ class MiccResult(DistanceStats):
     aligned_vertices: np.ndarray
     gt_ids: np.ndarray
     gt_overlap: np.ndarray
+    crop_kept_all: bool = False
+
 
     @property
     def distances(self) -> np.ndarray:
@@ -60,7 +66,24 @@ class MiccResult(DistanceStats):
         return {"median_mm": self.median_mm, "mean_mm": self.mean_mm, "std_mm": self.std_mm,
                 "gt_to_pred_mean_mm": float(np.mean(self.gt_to_pred)),
                 "pred_to_gt_mean_mm": float(np.mean(self.pred_to_gt)),
-                "n_points": int(len(self.distances)), "scale": float(self.transform.scale)}
+                "n_points": int(len(self.distances)), "scale": float(self.transform.scale),
+                "crop_kept_all": bool(self.crop_kept_all)}
+
+
+def suggested_unit(vertices_mm: np.ndarray) -> str | None:
+    """The unit a mesh read as millimetres was probably written in, judged by its size; ``None`` when its
+    size fits a face or head in mm.
+
+    A face crop or head is 100–300 mm across (bounding-box diagonal). The same mesh written in metres reads as
+    under 1 "mm" across, in centimetres as 10–40. So: diagonal < 1 → ``"m"``, < 50 → ``"cm"``.
+    """
+    v = np.asarray(vertices_mm, dtype=np.float64)
+    diagonal = float(np.linalg.norm(np.ptp(v, axis=0))) if len(v) else 0.0
+    if diagonal < 1.0:
+        return "m"
+    if diagonal < 50.0:
+        return "cm"
+    return None
 
 
 def crop_around(vertices: np.ndarray, triangles: np.ndarray, centre: np.ndarray,
@@ -139,4 +162,5 @@ def micc_errors(gt_vertices: np.ndarray, gt_triangles: np.ndarray, pred_vertices
     pred_n, pred_rim = _normals_and_rim(aligned, pred_triangles)
     d_gp, ok_gp = point_to_plane_distances(gt_crop, aligned, pred_n, pred_rim)
     d_pg, ok_pg = point_to_plane_distances(aligned, gt_crop, gt_n, gt_rim)
-    return MiccResult(d_gp[ok_gp], d_pg[ok_pg], transform, aligned, ids, ok_gp)
+    return MiccResult(d_gp[ok_gp], d_pg[ok_pg], transform, aligned, ids, ok_gp,
+                      crop_kept_all=len(ids) == len(gt_v))
