@@ -18,8 +18,8 @@ z-buffer instead of per-triangle affine warps):
 6. **Hole fill** (optional): every remaining texel copies its nearest seen texel, so the texture has no
    black seams or holes when rendered with mip-mapping.
 
-UV convention: ``uv`` in [0, 1]² with v up (OBJ); texel (row i, column j) of an ``S × S`` texture has its
-centre at ``u = (j + ½)/S``, ``v = 1 − (i + ½)/S``, so ``texture[0]`` is the top row of the image file.
+UV convention: :func:`morphable.render.texture.uv_to_pixels` (texel (row i, column j) of an ``S × S``
+texture has its centre at ``u = (j + ½)/S``, ``v = 1 − (i + ½)/S``; ``texture[0]`` is the image file's top row).
 """
 from __future__ import annotations
 
@@ -32,7 +32,7 @@ from torch import Tensor
 from morphable.geometry.camera import Camera, Perspective
 from morphable.models.base import MorphableModel
 from morphable.render.rasterize import rasterize
-from morphable.render.texture import sample_image
+from morphable.render.texture import sample_image, uv_to_pixels
 
 
 @dataclass(frozen=True)
@@ -85,7 +85,8 @@ def uv_texel_map(uv: Tensor, uv_triangles: Tensor, size: int = 512, selected: Te
     ids = torch.arange(uv_triangles.shape[0], device=uv_triangles.device)
     if selected is not None:
         ids = ids[selected]
-    screen = torch.stack([uv[:, 0] * size - 0.5, (1.0 - uv[:, 1]) * size - 0.5, torch.zeros_like(uv[:, 0])], -1)
+    pixels = uv_to_pixels(uv, size)
+    screen = torch.cat([pixels, torch.zeros_like(pixels[:, :1])], -1)
     frags = rasterize(screen[None], uv_triangles[ids], (size, size))
     tid = frags.triangle_id[0]
     tid = torch.where(tid >= 0, ids[tid.clamp_min(0)], tid)

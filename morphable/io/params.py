@@ -77,3 +77,108 @@ def read_params(path: str | PathLike) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise InputError(path, f"expected a JSON object at the top level, got {type(data).__name__}")
     return data
+
+
+# --- the fit schema ------------------------------------------------------------------------------------
+PARAMS_SCHEMA = "morphable.params"
+PARAMS_VERSION = 1
+"""Version of the ``params.json`` a reconstruction writes (:mod:`morphable.reconstruct`). Version 1 keys:
+
+``schema`` (``"morphable.params"``), ``version`` (1), ``model`` (registry name or file), ``image`` (the
+photo's path or name), ``image_size`` (``{"width", "height"}`` px of the original photo), ``face`` (index,
+largest first), ``landmarks_source`` (``dlib-hog``, ``dlib-cnn`` or the landmark file),
+``detection_score``, ``shape_from`` (``regressor`` or ``landmarks``), ``identity``, ``expression``,
+``expression_kind``, ``camera`` (``Camera.to_dict``, in the original photo's pixels), ``euler_degrees``
+(``yaw``, ``pitch``, ``roll``), ``landmarks`` (the 68 input points) and ``landmarks_fitted`` (the model's
+68 landmarks projected by the final stage), both 0-based px, NaN where missing; ``rms_px`` (the final
+stage's RMS landmark error, px of the original photo) and ``rms_stage`` (``landmarks`` or
+``photometric``); ``working_scale`` (original px per px of the downscaled copy the fit ran on);
+``texture_coverage``; ``timings`` (seconds per stage); ``arrays`` (the side ``.npz`` holding per-vertex
+arrays such as ``vertex_uncertainty``, or ``null``); ``photometric`` (``null`` or ``light`` — 27 SH
+numbers, R's 9, G's, B's —, ``albedo`` — ``{"kind": "coefficients", "values"}`` or ``{"kind":
+"per_vertex"}`` with the values in ``arrays`` —, ``energies``, ``photometric_error``).
+"""
+REQUIRED_KEYS = ("model", "image_size", "camera")
+
+
+def upgrade_params(params: dict[str, Any], path: str | PathLike = "<params>") -> dict[str, Any]:
+    """A fit's parameters in the current schema (:data:`PARAMS_VERSION`).
+
+    Older files (no ``version``: the ``fit`` and ``stn-fit`` dialects before version 1) are converted:
+    ``image_size`` ``[H, W]`` becomes ``{"width", "height"}``, a missing ``camera`` is built from
+    ``rotation``/``translation`` with ``scale`` or ``focal`` (``principal_point`` defaulting to the image
+    centre), top-level photometric keys move under ``photometric``.
+
+    Raises:
+        InputError: a newer version, a missing required key, or values of the wrong kind (naming ``path``).
+    """
+    out = dict(params)
+    version = out.get("version")
+    if version is not None and version != PARAMS_VERSION:
+        raise InputError(path, f"params version {version!r} is not supported (this morphable reads {PARAMS_VERSION})")
+    size = out.get("image_size")
+    if isinstance(size, list | tuple) and len(size) == 2:
+        out["image_size"] = {"width": size[1], "height": size[0]}
+    if version is None:
+        if not isinstance(out.get("camera"), dict) and "rotation" in out and "translation" in out:
+            if out.get("focal") is not None:
+                W, H = _size(out, path)
+                out["camera"] = {"type": "perspective", "focal": out["focal"], "rotation": out["rotation"],
+                                 "translation": out["translation"],
+                                 "principal_point": out.get("principal_point", [(W - 1) / 2, (H - 1) / 2])}
+            elif out.get("scale") is not None:
+                out["camera"] = {"type": "scaled_orthographic", "scale": out["scale"], "rotation": out["rotation"],
+                                 "translation": out["translation"]}
+        if "light" in out and "photometric" not in out:
+            out["photometric"] = {k: out.pop(k) for k in ("light", "light_layout", "albedo", "energies",
+                                                          "photometric_error") if k in out}
+        for key in ("rotation", "translation", "scale", "focal", "principal_point"):
+            out.pop(key, None)
+        out["schema"], out["version"] = PARAMS_SCHEMA, PARAMS_VERSION
+    return validate_params(out, path)
+
+
+def _size(params: dict[str, Any], path: str | PathLike) -> tuple[int, int]:
+    size = params.get("image_size")
+    try:
+        W, H = int(size["width"]), int(size["height"])
+    except (TypeError, KeyError, ValueError):
+        raise InputError(path, "image_size must be {\"width\": W, \"height\": H} (or [H, W])") from None
+    if W < 1 or H < 1:
+        raise InputError(path, f"image_size must be positive, got {W}x{H}")
+    return W, H
+
+
+def validate_params(params: dict[str, Any], path: str | PathLike = "<params>") -> dict[str, Any]:
+    """Check a version-1 parameter dictionary; returns it unchanged.
+
+    Raises:
+        InputError: a missing required key, a bad ``image_size`` or ``camera``, or coefficient lists that are
+            not lists of numbers.
+    """
+    missing = [k for k in REQUIRED_KEYS if params.get(k) is None]
+    if missing:
+        raise InputError(path, f"missing {', '.join(missing)} (a fit's params.json has them)")
+    if not isinstance(params["model"], str):
+        raise InputError(path, "model must be a string (a registry name or a model file)")
+    _size(params, path)
+    camera = params["camera"]
+    if not isinstance(camera, dict):
+        raise InputError(path, "camera must be an object")
+    try:
+        from morphable.geometry.camera import camera_from_dict
+
+        camera_from_dict(camera)
+    except (KeyError, TypeError, ValueError) as err:
+        raise InputError(path, f"cannot build the camera ({err})") from None
+    for key in ("identity", "expression"):
+        values = params.get(key)
+        if values is not None and not (isinstance(values, list)
+                                       and all(isinstance(v, int | float) and not isinstance(v, bool) for v in values)):
+            raise InputError(path, f"{key} must be a list of numbers")
+    return params
+
+
+def read_fit_params(path: str | PathLike) -> dict[str, Any]:
+    """:func:`read_params` then :func:`upgrade_params`: a fit's parameters in the current schema."""
+    return upgrade_params(read_params(path), path)

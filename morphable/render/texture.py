@@ -8,8 +8,9 @@
 * :func:`uv_to_image`: the inverse direction, a UV map sampled at a rendered UV-coordinate image.
 
 Pixel convention (``DESIGN.md``): pixel centres at integer coordinates, ``(x, y)`` = (column, row).
-UV maps: ``u`` right, ``v`` up (OBJ), ``u = 0`` at the centre of column 0, ``u = 1`` at column ``S − 1``,
-``v = 1`` at row 0.
+UV maps (one convention for the whole package, that of OBJ/glTF viewers): ``u`` right, ``v`` up, the
+tile [0, 1]² covers the texture's outer edges, so texel (row i, column j) of an ``S × S`` map has its
+centre at ``u = (j + ½)/S``, ``v = 1 − (i + ½)/S`` (:func:`uv_to_pixels`).
 """
 from __future__ import annotations
 
@@ -40,8 +41,9 @@ def sample_image(image: Tensor, points: Tensor) -> Tensor:
 
 
 def uv_to_pixels(uv: Tensor, size: int) -> Tensor:
-    """UV coordinates ``(..., 2)`` in [0, 1]² -> texel coordinates ``(x, y)`` of a ``size × size`` map."""
-    return torch.stack([uv[..., 0] * (size - 1), (1.0 - uv[..., 1]) * (size - 1)], dim=-1)
+    """UV coordinates ``(..., 2)`` in [0, 1]² -> texel coordinates ``(x, y)`` of a ``size × size`` map
+    (texel centres at integers: ``x = u·S − ½``, ``y = (1 − v)·S − ½``)."""
+    return torch.stack([uv[..., 0] * size - 0.5, (1.0 - uv[..., 1]) * size - 0.5], dim=-1)
 
 
 @dataclass(frozen=True)

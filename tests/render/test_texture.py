@@ -45,10 +45,10 @@ def test_image_to_uv_and_back_reproduces_a_smooth_image():
     assert mask.float().mean() > 0.9
     # a texel holds the image at the point its surface point projects to
     sy, sx = 10, 30
-    # texel (sx, sy) is the model point (x, y) = (2 sx / 47 − 1, 2 (1 − sy / 47) − 1), seen at u = 15 x + 19.5,
-    # v = −15 y + 19.5
-    px = torch.tensor(15 * (sx / 47 * 2 - 1) + 19.5, dtype=f64)
-    py = torch.tensor(-15 * ((1 - sy / 47) * 2 - 1) + 19.5, dtype=f64)
+    # texel (sx, sy) has its centre at (u, v) = ((sx + ½) / 48, 1 − (sy + ½) / 48), the model point
+    # (x, y) = (2u − 1, 2v − 1), seen at 15 x + 19.5, −15 y + 19.5
+    px = torch.tensor(15 * ((sx + 0.5) / 48 * 2 - 1) + 19.5, dtype=f64)
+    py = torch.tensor(-15 * ((1 - (sy + 0.5) / 48) * 2 - 1) + 19.5, dtype=f64)
     expected = torch.stack([torch.sin(px / 7), torch.cos(py / 9), (px + py) / 80])
     assert torch.allclose(uv_map[0, sy, sx], expected, atol=2e-3)
     out = Renderer(f, (H, W), uv=uv)(v[None], cam)
