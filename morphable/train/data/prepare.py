@@ -52,6 +52,7 @@ from morphable.train.data.manifest import (
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".ppm", ".bmp")
 FACE_CHOICES = ("largest", "best", "all")
 CHIP_PADDING = 0.25  # dlib's get_face_chip padding for the recognition network
+MIN_FACE_SPAN = 10.0  # px: annotated landmarks spanning less (width or height) are taken as corrupt
 
 
 @dataclass(frozen=True)
@@ -230,6 +231,10 @@ class _Preparer:
             from morphable.detect.formats import read_landmarks
 
             points = read_landmarks(pts)
+            span = points.max(0) - points.min(0)
+            if (span < MIN_FACE_SPAN).any():
+                raise InputError(pts, f"degenerate landmarks: they span {span[0]:.1f} x {span[1]:.1f} px "
+                                      f"(a face needs at least {MIN_FACE_SPAN} px each way)")
             return [(points, np.concatenate([points.min(0), points.max(0)]))], "file"
         from morphable.detect.dlib68 import detect_landmarks
 
@@ -254,9 +259,6 @@ class _Preparer:
         pixels = torch.from_numpy(image.astype(np.float32) / 255.0)[None].expand(len(located), -1, -1, -1)
         with torch.no_grad():
             chips = extract_face_chips(pixels, landmarks, padding=CHIP_PADDING)
-            if not torch.isfinite(chips).all():
-                culprit = photo.with_suffix(".pts") if source == "file" else photo
-                raise InputError(culprit, "degenerate landmarks: no face chip can be cut from them")
             chips8 = torch.round(chips.clamp(0.0, 1.0) * 255.0).to(torch.uint8)
             pooled, descriptor = self.net.features(chips8.float() / 255.0)  # the chip as stored
         faces = []

@@ -114,7 +114,8 @@ def test_load_dataset_gives_tensors_in_manifest_order(tmp_path):
     items, chips, descriptors, pooled = _fake_dataset(tmp_path)
     ds = load_dataset(tmp_path)
     assert len(ds) == 3 and [i.key for i in ds.items] == [i.key for i in items]
-    assert torch.equal(ds.descriptors, torch.from_numpy(descriptors)) and torch.equal(ds.pooled, torch.from_numpy(pooled))
+    assert torch.equal(ds.descriptors, torch.from_numpy(descriptors))
+    assert torch.equal(ds.pooled, torch.from_numpy(pooled))
     assert ds.landmarks.shape == (3, 68, 2) and ds.landmarks.dtype == torch.float32
     assert np.allclose(ds.landmarks[1].numpy(), items[1].landmarks, atol=1e-4)
     got = ds.chips([2, 0])
