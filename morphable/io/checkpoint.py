@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 import pickle
 import random
+import re
 import zipfile
 from collections.abc import Mapping
 from os import PathLike
@@ -76,8 +77,11 @@ def load_checkpoint(path: str | PathLike, map_location: str | torch.device | Non
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise CheckpointError(path, f"refused or unreadable by the safe loader ({first})") from None
+        found = re.search(r"Unsupported global: GLOBAL (\S+)", str(err))
+        if found:
+            raise CheckpointError(path, f"refused: holds a pickled Python object ({found.group(1)}), not plain "
+                                  "data (the safe loader never runs code from a file)") from None
+        raise CheckpointError(path, "truncated or corrupt checkpoint (not a torch.save file)") from None
     except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile, KeyError) as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise CheckpointError(path, f"truncated or corrupt checkpoint ({first})") from None

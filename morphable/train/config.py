@@ -182,13 +182,13 @@ def _convert(hint: Any, value: Any, key: str, source: str | None) -> Any:
     if hint is int:
         if isinstance(value, bool):
             raise bad()
-        if isinstance(value, float) and value.is_integer():  # 1e3 written as 1000.0
-            return int(value)
-        if isinstance(value, str):
+        if isinstance(value, str):  # "1e3": PyYAML reads exponents without a dot as strings
             try:
-                return int(value)
+                value = float(value) if any(c in value for c in ".eE") else int(value)
             except ValueError:
                 raise bad() from None
+        if isinstance(value, float) and value.is_integer():  # 1e3 -> 1000
+            return int(value)
         if not isinstance(value, int):
             raise bad()
         return value
@@ -288,8 +288,8 @@ def _read_yaml(path: Path) -> dict:
     return data
 
 
-def _apply_override(data: dict, override: str) -> None:
-    """Set ``data[a][b] = yaml.safe_load(value)`` for ``override = "a.b=value"`` (in place)."""
+def _parse_override(override: str) -> dict:
+    """``"a.b=value"`` -> ``{"a": {"b": yaml.safe_load("value")}}``."""
     source = f"--set {override}"
     key, sep, text = override.partition("=")
     key = key.strip()
@@ -299,16 +299,9 @@ def _apply_override(data: dict, override: str) -> None:
         value = yaml.safe_load(text) if text.strip() else ""
     except yaml.YAMLError:
         raise ConfigError(key, f"cannot parse the value {text!r}", source) from None
-    parts = key.split(".")
-    node = data
-    for i, part in enumerate(parts[:-1]):
-        child = node.get(part)
-        if child is None:
-            child = node[part] = {}
-        elif not isinstance(child, dict):
-            raise ConfigError(".".join(parts[:i + 1]), "is a value, not a section", source)
-        node = child
-    node[parts[-1]] = value
+    for part in reversed(key.split(".")):
+        value = {part: value}
+    return value
 
 
 def load_config(cls: type[T], path: str | PathLike | None = None, overrides: Sequence[str] = ()) -> T:
@@ -330,8 +323,7 @@ def load_config(cls: type[T], path: str | PathLike | None = None, overrides: Seq
     data = _read_yaml(Path(path)) if path is not None else {}
     cfg = _build(cls, data, "", source)
     for override in overrides:
-        patch: dict = {}
-        _apply_override(patch, override)
+        patch = _parse_override(override)
         cfg = _build(cls, _deep_merge(config_to_dict(cfg), patch), "", f"--set {override}")
     return cfg
 

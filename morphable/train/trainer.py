@@ -168,8 +168,9 @@ class Trainer:
             raise TrainingError(f"cannot resume: the saved config does not load ({err})") from None
         old, new = flatten_config(config_to_dict(saved)), flatten_config(config_to_dict(self.config))
         changed = [k for k in new if old.get(k) != new[k]]
-        if [k for k in changed if k != "train.steps"]:
-            diff = "; ".join(f"{k}: saved {old.get(k)!r}, now {new[k]!r}" for k in changed)
+        refused = [k for k in changed if k != "train.steps"]
+        if refused:
+            diff = "; ".join(f"{k}: saved {old.get(k)!r}, now {new[k]!r}" for k in refused)
             raise TrainingError(f"{path}: cannot resume with a different config ({diff}); only train.steps "
                                 "may change")
         if changed:

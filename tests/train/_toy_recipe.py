@@ -7,8 +7,8 @@ batch is shuffled with Python's ``random``: every RNG source the trainer checkpo
 resume tests cover them all. The recipe keeps an exponential moving average of the loss as extra state
 (``state_dict``), logged as ``loss_ema``.
 
-Test hooks: ``data.nan_loss_at`` makes the loss NaN at that step, ``data.nan_grad_at`` keeps the loss
-finite but the gradient NaN (``0·sqrt(0·w)``: value 0, derivative 0·∞).
+Test hooks: ``data.nan_loss_steps`` makes the loss NaN at those steps, ``data.nan_grad_steps`` keeps the
+loss finite but the gradient NaN (``0·sqrt(0·w)``: value 0, derivative 0·∞).
 """
 from __future__ import annotations
 
@@ -32,8 +32,8 @@ class ToyDataConfig:
     batch_size: int = 16
     noise: float = 0.01
     truth_seed: int = 123
-    nan_loss_at: int = 0
-    nan_grad_at: int = 0
+    nan_loss_steps: tuple[int, ...] = ()
+    nan_grad_steps: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -77,9 +77,9 @@ class ToyRecipe(Recipe):
         residual = self.net(batch["x"])[:, 0] - batch["y"]
         mse = (batch["weight"] * residual**2).mean()
         loss = mse
-        if step == self.config.data.nan_loss_at:
+        if step in self.config.data.nan_loss_steps:
             loss = loss * float("nan")
-        if step == self.config.data.nan_grad_at:
+        if step in self.config.data.nan_grad_steps:
             loss = loss + 0.0 * torch.sqrt(0.0 * self.net.weight.sum())
         self.ema = 0.9 * self.ema + 0.1 * mse.detach()
         return {"loss": loss, "mse": mse.detach(), "loss_ema": self.ema}
