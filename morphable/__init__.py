@@ -1,7 +1,8 @@
 """morphable: 3D face reconstruction with 3D morphable models.
 
-The public entry points are :func:`load_model` and :class:`MorphableModel`; see ``DESIGN.md`` for the
-package layout and conventions (millimetres, +y up, +z towards the viewer, standardised coefficients).
+The public entry points are :func:`reconstruct` (photo in, :class:`Reconstruction` out), :func:`load_model`
+and :class:`MorphableModel`; see ``docs/architecture.md`` for the package layout and conventions
+(millimetres, +y up, +z towards the viewer, standardised coefficients).
 """
 from morphable.errors import InputError, ModelFileError, MorphableError
 from morphable.models.base import ModelOutput, MorphableModel
@@ -20,11 +21,29 @@ def load_model(name_or_path: str) -> MorphableModel:
     return _load(name_or_path)
 
 
+def reconstruct(image, model="ict", **kwargs):
+    """Reconstruct the face in a photo: :func:`morphable.reconstruct.reconstruct` (imported on first use,
+    so ``import morphable`` stays light)."""
+    from morphable.reconstruct import reconstruct as _reconstruct
+
+    return _reconstruct(image, model, **kwargs)
+
+
+def __getattr__(name: str):
+    if name == "Reconstruction":
+        from morphable.reconstruct import Reconstruction
+
+        return Reconstruction
+    raise AttributeError(f"module 'morphable' has no attribute {name!r}")
+
+
 __all__ = [
+    "Reconstruction",
     "InputError",
     "ModelFileError",
     "ModelOutput",
     "MorphableError",
     "MorphableModel",
     "load_model",
+    "reconstruct",
 ]
