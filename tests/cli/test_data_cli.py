@@ -45,6 +45,8 @@ def test_prepare_reports_bad_items_and_exits_1(tmp_path):
     assert rerun.exit_code == 0, rerun.output
     assert "2 faces from 2 photos (2 resumed, 0 bad)" in rerun.output
     assert (out / "bad.jsonl").read_text() == ""
+    other = CliRunner().invoke(cli, ["data", "prepare", *map(str, photos), *options, "--detector", "hog"])
+    assert "2 faces from 2 photos (0 resumed, 0 bad)" in other.output  # other options: prepared again
 
 
 def test_identities_option_and_usage_errors(tmp_path):

@@ -12,11 +12,12 @@ through our port of dlib's recognition ResNet (:meth:`~morphable.identity.DlibFa
 Resumable and safe to kill. Every file under a final name is written atomically
 (:func:`~morphable.io.atomic.atomic_write`), in this order per photo: each face's ``chips/<key>.png`` and
 ``items/<key>.npz`` (``descriptor`` (128,) and ``pooled`` (256,) float32), then the photo's record
-``photos/<hash>.json`` (its faces' keys, landmarks, boxes, and the size and mtime of the photo and its
-``.pts``). A rerun reuses every photo whose record is there, unchanged and complete, so a kill loses at
-most the photo in progress. At the end the old ``manifest.jsonl`` is removed, then ``descriptors.npy``
-(N, 128), ``pooled.npy`` (N, 256) and ``bad.jsonl`` are written, and ``manifest.jsonl`` last: when a
-manifest exists, the arrays beside it are the ones of the same run (:func:`load_dataset` checks sizes).
+``photos/<hash>.json`` (its faces' keys, landmarks, boxes, the detector, and the size and mtime of the
+photo and its ``.pts``). A rerun reuses every photo whose record is there, complete, and made from the
+same file with the same options, so a kill loses at most the photo in progress. At the end the old
+``manifest.jsonl`` is removed, then ``descriptors.npy`` (N, 128), ``pooled.npy`` (N, 256) and
+``bad.jsonl`` are written, and ``manifest.jsonl`` last: when a manifest exists, the arrays beside it are
+the ones of the same run (:func:`load_dataset` checks sizes).
 Temporary files a kill left behind are removed at the start (one ``prepare`` per dataset at a time).
 
 Keys: ``sha1(absolute photo path, face choice, face index)``, 16 hex digits. Photos that cannot be read,
@@ -206,7 +207,8 @@ class _Preparer:
         """The faces of an earlier run's complete, up-to-date record of ``photo``, else ``None``."""
         try:
             record = json.loads(self.record_path(photo).read_text(encoding="utf-8"))
-            if record["path"] != str(photo) or record["stamps"] != self.stamps(photo):
+            made_from = (record["path"], record["detector"], record["stamps"])
+            if made_from != (str(photo), self.detector, self.stamps(photo)):
                 return None
             return [self._cached_face(face) for face in record["faces"]]
         except (OSError, ValueError, KeyError, TypeError):  # absent, incomplete or stale: prepare again
@@ -269,7 +271,7 @@ class _Preparer:
                 np.savez(f, descriptor=descriptor[index].numpy(), pooled=pooled[index].numpy())
             faces.append(_Face(key, index, np.asarray(points, dtype=np.float64), tuple(float(v) for v in box),
                                source, descriptor[index].numpy(), pooled[index].numpy()))
-        record = {"path": str(photo), "face_choice": self.face_choice, "stamps": stamps,
+        record = {"path": str(photo), "face_choice": self.face_choice, "detector": self.detector, "stamps": stamps,
                   "faces": [{"key": f.key, "face": f.face, "landmarks": f.landmarks.tolist(), "box": list(f.box),
                              "landmarks_from": f.landmarks_from} for f in faces]}
         with atomic_write(self.record_path(photo), mode="w") as f:
