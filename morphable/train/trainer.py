@@ -206,8 +206,9 @@ class Trainer:
 
     def _resume(self) -> None:
         self._check_saved_config()
-        for tmp in (self.run_dir / "checkpoints").glob(".ckpt_*.tmp"):  # left by a killed save
-            tmp.unlink()
+        for folder in (self.run_dir, self.run_dir / "checkpoints", self.run_dir / "images"):
+            for tmp in folder.glob(".*.tmp"):  # atomic_write's temporary files, left by a killed run
+                tmp.unlink()
         state = self._load_newest()
         if state is None:
             self.resumed_from = 0
