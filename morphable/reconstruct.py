@@ -865,7 +865,7 @@ def reconstruct(image, model: str | MorphableModel = "ict", *, landmarks=None, f
                 shape_from: str = "regressor", photometric: bool = False, perspective: bool = False,
                 progress: bool = False, iterations: int = 5, texture_size: int = 512,
                 max_side: int | None = MAX_SIDE, detector: str = "auto", photometric_config=None,
-                name: str | None = None) -> Reconstruction | list[Reconstruction]:
+                name: str | None = None, model_name: str | None = None) -> Reconstruction | list[Reconstruction]:
     """Reconstruct the face in a photo (see the module docstring for the pipeline).
 
     Args:
@@ -884,6 +884,7 @@ def reconstruct(image, model: str | MorphableModel = "ict", *, landmarks=None, f
         detector: dlib detector (``auto``, ``hog``, ``cnn``).
         photometric_config: a :class:`~morphable.fitting.photometric.PhotometricConfig`.
         name: what to call the photo in the outputs (default: its path, or ``"array"``).
+        model_name: what to record as the model with a loaded ``model`` (default: ``model.name``).
     Returns:
         One :class:`Reconstruction`, or a list (largest face first) with ``face="all"``.
     Raises:
@@ -895,6 +896,7 @@ def reconstruct(image, model: str | MorphableModel = "ict", *, landmarks=None, f
     steps = tqdm(total=3, desc="loading", unit="stage", disable=not progress, file=sys.stderr, leave=False)
     t0 = time.perf_counter()
     face_model, label = load_face_model(model)
+    label = model_name or label
     steps.update(1)
     steps.set_description("detecting" if landmarks is None else "reading landmarks")
     t1 = time.perf_counter()

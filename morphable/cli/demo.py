@@ -1,9 +1,9 @@
 """``morphable demo``: the whole pipeline on the bundled example photo, with the default open model.
 
-Fetches the default model (``ict``; from ``MORPHABLE_MIRROR`` when set), detects the face in
-scikit-image's ``astronaut`` photo (Eileen Collins, NASA, public domain, shipped inside scikit-image),
-fits it and writes the same outputs as ``morphable fit``: ``mesh.obj`` + ``texture.png`` +
-``params.json`` + ``overlay.png``, plus the photo itself as ``input.png``.
+Fetches the default model (``ict``; from ``MORPHABLE_MIRROR`` when set), reconstructs scikit-image's
+``astronaut`` photo (Eileen Collins, NASA, public domain, shipped inside scikit-image) with
+:func:`morphable.reconstruct` and writes the same outputs as ``morphable fit`` into a fresh folder, plus
+the photo itself as ``input.png``.
 """
 from __future__ import annotations
 
@@ -12,29 +12,32 @@ from pathlib import Path
 
 import click
 
+OUTPUTS = ("input.png", "overlay.png", "mesh.obj", "texture.png", "mesh.glb", "params.json", "report.html")
+
 
 @click.command("demo")
 @click.option("-o", "--output", type=click.Path(path_type=Path), default=Path("out/demo"), show_default=True,
-              help="Output folder.")
+              help="Output folder (replaced as a whole).")
 @click.option("--model", "model_name", default="ict", show_default=True, help="Registry name or model file.")
-def demo(output: Path, model_name: str) -> None:
+@click.option("-q", "--quiet", is_flag=True, help="No progress bars or info lines.")
+def demo(output: Path, model_name: str, quiet: bool) -> None:
     """Reconstruct the bundled example photo (scikit-image's astronaut) and say where the results are."""
     from skimage import data
 
-    from morphable import load_model
-    from morphable.cli.fit import faces_in_photo, reconstruct
+    from morphable.cli.fit import messages
     from morphable.io import write_image
+    from morphable.reconstruct import check_output_folder, fresh_folder, load_face_model, reconstruct, write_outputs
 
+    check_output_folder(output)
     start = time.perf_counter()
-    model = load_model(model_name)
+    model, label = load_face_model(model_name)
     click.echo(model.describe())
     image = data.astronaut()
-    output.mkdir(parents=True, exist_ok=True)
-    write_image(output / "input.png", image)
-    faces = faces_in_photo(image, "skimage.data.astronaut()", output)
-    (folder,), failures = reconstruct(faces, model, model_name)
-    if failures:  # the bundled photo always fits; anything else is our bug
-        raise RuntimeError(failures[0])
-    click.echo(f"reconstructed the example photo in {time.perf_counter() - start:.1f} s; outputs in {folder}/:")
-    for name in ("input.png", "overlay.png", "mesh.obj", "texture.png", "params.json"):
-        click.echo(f"  {folder / name}")
+    with messages(quiet):
+        rec = reconstruct(image, model, name="skimage.data.astronaut()", model_name=label, progress=not quiet)
+    with fresh_folder(output) as tmp:
+        write_image(tmp / "input.png", image)
+        write_outputs(rec, tmp)
+    click.echo(f"reconstructed the example photo in {time.perf_counter() - start:.1f} s; outputs in {output}/:")
+    for name in OUTPUTS:
+        click.echo(f"  {output / name}")

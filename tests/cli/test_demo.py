@@ -17,7 +17,7 @@ def test_demo_reconstructs_the_astronaut(tmp_path):
     result = CliRunner().invoke(cli, ["demo", "-o", str(tmp_path)])
     assert result.exit_code == 0, result.output
     assert "model ict: 26719 vertices" in result.output
-    for name in ("input.png", "overlay.png", "mesh.obj", "texture.png", "params.json"):
+    for name in ("input.png", "overlay.png", "mesh.obj", "texture.png", "mesh.glb", "params.json", "report.html"):
         assert str(tmp_path / name) in result.output
         assert (tmp_path / name).is_file()
     p = json.loads((tmp_path / "params.json").read_text())
@@ -30,3 +30,13 @@ def test_demo_reconstructs_the_astronaut(tmp_path):
     mesh = read_obj(tmp_path / "mesh.obj")
     assert len(mesh.vertices) == 26719 and mesh.texture.shape == (512, 512, 3)
     assert p["texture_coverage"]["visible"] > 0.4
+
+
+def test_demo_output_is_a_file_fails_before_fitting(tmp_path):
+    """An existing file as the output folder: one line naming it, exit 1, nothing fitted or written."""
+    target = tmp_path / "taken"
+    target.write_text("keep me")
+    result = CliRunner().invoke(cli, ["demo", "-o", str(target / "sub"), "--model", str(tmp_path / "absent.npz")])
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert result.stderr.strip() == f"Error: {target}: is a file, not a folder (choose another output folder)"
+    assert target.read_text() == "keep me"

@@ -24,6 +24,9 @@ def test_choices():
     assert choose_faces(FACES, "all") == [(0, FACES[1]), (1, FACES[2]), (2, FACES[0])]
     assert choose_faces(FACES, "1") == [(1, FACES[2])] == choose_faces(FACES, 1)
     assert choose_faces([], "largest") == []
+    # boxes of similar size (area >= half the biggest's): the better score wins "largest"
+    similar = [_det(0, 0, 100, 0.1), _det(200, 0, 90, 1.5), _det(400, 0, 40, 3.0)]
+    assert choose_faces(similar) == [(1, similar[1])]
     with pytest.raises(ValueError, match="only 3 face"):
         choose_faces(FACES, 3)
     for bad in ("biggest", "-1", -1, "1.5"):
