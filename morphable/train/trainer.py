@@ -198,7 +198,8 @@ class Trainer:
                 path.replace(path.with_name(path.name + ".corrupt"))
                 message = f"{err}; renamed to {path.name}.corrupt, trying the previous checkpoint"
                 warnings.warn(message, RuntimeWarning, stacklevel=3)
-                self._events.append((0, "checkpoint_fallback", message))
+                match = _CKPT.match(path.name)
+                self._events.append((int(match.group(1)) if match else 0, "checkpoint_fallback", message))
         if found:
             raise TrainingError(f"{self.run_dir / 'checkpoints'}: no checkpoint could be read "
                                 f"({', '.join(p.name for _, p in found)} all corrupt)")

@@ -44,7 +44,7 @@ def test_train_and_resume_from_the_command_line(tmp_path, toy_env):
     assert saved.optim.lr == 0.02 and saved.train.steps == 20 and saved.train.log_every == 5
     loss20 = [r for r in read_log(run / "log.jsonl") if r["step"] == 20][0]["loss"]
     assert f"loss: {loss20:.6g}" in result.output
-    result = invoke("toy", "-o", str(run), "--resume", "--set", "train.steps=40", "--quiet")
+    result = invoke("toy", "-o", str(run), "--resume", "--set", "train.steps=40")  # progress bar on (not a TTY)
     assert result.exit_code == 0, result.output
     assert "step: 40" in result.output
     assert [c for c, _ in list_checkpoints(run)] == [20, 40]

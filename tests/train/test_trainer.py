@@ -176,6 +176,8 @@ def test_resume_falls_back_past_a_corrupt_checkpoint(tmp_path):
     assert trainer.step == 10 and (run / "checkpoints" / "ckpt_000020.pt.corrupt").exists()
     trainer.run()
     assert all(torch.equal(a, b) for a, b in zip(trainer.params, full.params))
+    fallback = [r for r in read_log(run / "log.jsonl") if r.get("event") == "checkpoint_fallback"]
+    assert [r["step"] for r in fallback] == [20] and "ckpt_000020.pt.corrupt" in fallback[0]["message"]
     full_rows = {r["step"]: r for r in rows(tmp_path / "full")}
     assert [r["loss"] for r in rows(run)] == [full_rows[r["step"]]["loss"] for r in rows(run)]
     assert [r["step"] for r in rows(run)] == [10, 20, 30]
@@ -183,6 +185,15 @@ def test_resume_falls_back_past_a_corrupt_checkpoint(tmp_path):
         path.write_bytes(b"garbage")
     with pytest.warns(RuntimeWarning), pytest.raises(TrainingError, match="no checkpoint could be read"):
         make(run, "train.steps=30", "train.checkpoint_every=10", resume=True)
+
+
+def test_threads_setting(tmp_path):
+    before = torch.get_num_threads()
+    try:
+        make(tmp_path, "train.steps=1", "train.threads=1")
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
 
 
 def test_run_folder_guards(tmp_path):
