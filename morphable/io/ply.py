@@ -150,6 +150,19 @@ def _read_element_binary(data: bytes, offset: int, element: _Element, order: str
 
 
 # --- ascii bodies -------------------------------------------------------------------------------------
+def _typed(values: np.ndarray, dtype: str, element: _Element, fail) -> np.ndarray:
+    """Ascii numbers (parsed as float64) as ``dtype``: integer properties must hold integers in their type's
+    range (a "nan" or "3.7" vertex id is an error, not a silent cast); floats too large for ``float32``
+    become ±inf (then rejected where finiteness matters, e.g. coordinates)."""
+    if dtype[0] in "iu" and values.size:
+        info = np.iinfo(dtype)
+        if not (np.all(np.isfinite(values)) and np.all(values == np.floor(values))
+                and values.min() >= info.min and values.max() <= info.max):
+            fail(f"element '{element.name}': a value of an integer property is not an integer in range")
+    with np.errstate(over="ignore"):
+        return values.astype(dtype)
+
+
 def _read_element_ascii(tokens: list[bytes], pos: int, element: _Element, fail):
     """One element from whitespace-separated tokens. Returns ({name: values}, new token position)."""
     props = element.properties
@@ -158,7 +171,7 @@ def _read_element_ascii(tokens: list[bytes], pos: int, element: _Element, fail):
         if pos + n > len(tokens):
             fail(f"file ends inside element '{element.name}'")
         table = np.asarray(tokens[pos: pos + n], dtype=np.float64).reshape(element.count, len(props))
-        return {p.name: table[:, i].astype(p.dtype) for i, p in enumerate(props)}, pos + n
+        return {p.name: _typed(table[:, i], p.dtype, element, fail) for i, p in enumerate(props)}, pos + n
     columns: dict[str, list] = {p.name: [] for p in props}
     for _ in range(element.count):
         for p in props:
@@ -173,10 +186,11 @@ def _read_element_ascii(tokens: list[bytes], pos: int, element: _Element, fail):
                 n = int(tokens[pos])
                 if n < 0 or pos + 1 + n > len(tokens):
                     fail(f"file ends inside element '{element.name}'")
-                columns[p.name].append(np.asarray(tokens[pos + 1: pos + 1 + n], dtype=np.float64).astype(p.dtype))
+                columns[p.name].append(_typed(np.asarray(tokens[pos + 1: pos + 1 + n], dtype=np.float64), p.dtype,
+                                              element, fail))
                 pos += 1 + n
-    out = {p.name: (np.asarray(columns[p.name]).astype(p.dtype) if p.count_dtype is None else columns[p.name])
-           for p in props}
+    out = {p.name: (_typed(np.asarray(columns[p.name], dtype=np.float64), p.dtype, element, fail)
+                    if p.count_dtype is None else columns[p.name]) for p in props}
     return out, pos
 
 

@@ -39,6 +39,7 @@ import numpy as np
 import scipy.sparse
 
 from morphable.errors import ModelFileError
+from morphable.io.safe_npz import read_npy
 
 try:  # numpy >= 2
     from numpy._core import multiarray as _multiarray
@@ -226,7 +227,7 @@ def load_npy(path: str | os.PathLike) -> Any:
                            else np.lib.format.read_array_header_2_0)
             _, _, dtype = read_header(f)
             if not dtype.hasobject:
-                return np.load(path, allow_pickle=False)
+                return read_npy(path)  # its size checked against the file's before it is allocated
             payload = f.read()
     except OSError as e:
         raise ModelFileError(path, f"cannot read ({e.strerror or e})") from None

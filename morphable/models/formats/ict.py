@@ -27,13 +27,13 @@ from __future__ import annotations
 
 import json
 import re
-import zipfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from morphable.errors import ModelFileError
+from morphable.io.safe_npz import read_npz
 from morphable.models.base import MorphableModel
 from morphable.models.landmarks import (ICT_JAWLINE_LEFT, ICT_JAWLINE_LEFT_EXTENDED, ICT_JAWLINE_RIGHT,
                                         ICT_JAWLINE_RIGHT_EXTENDED, ICT_MULTIPIE_68, nearest_mirror,
@@ -186,11 +186,10 @@ def _topology(folder: Path) -> tuple[dict[str, Any], dict[str, Any]]:
 def read_packed(path: str | Path) -> dict[str, np.ndarray]:
     """A packed ICT npz (``names (M,)``, ``vertices (M, V, 3)`` cm) → ``{name: (V, 3) float64}``."""
     path = Path(path)
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            names, verts = z["names"], z["vertices"]
-    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as err:
-        raise ModelFileError(path, f"not a packed ICT npz with 'names' and 'vertices' ({err})") from None
+    arrays = read_npz(path, keys=("names", "vertices"))  # sizes checked before anything is allocated
+    if "names" not in arrays or "vertices" not in arrays:
+        raise ModelFileError(path, "not a packed ICT npz with 'names' and 'vertices'")
+    names, verts = arrays["names"], arrays["vertices"]
     if names.ndim != 1 or verts.ndim != 3 or verts.shape[0] != names.shape[0] or verts.shape[2] != 3 \
             or names.dtype.kind != "U":
         raise ModelFileError(path, f"expected names (M,) and vertices (M, V, 3), got {names.shape} and "

@@ -18,13 +18,13 @@ Layout (format ``morphable-npz``, version 2; version 1 files, which have no ``mo
   ``flame_skinning_weights (V, J)`` and, with a dynamic contour, ``flame_contour_indices (N, 17, 3)``
   int64 + ``flame_contour_weights (N, 17, 3)``; so a FLAME model round-trips with its LBS and contour.
 
-``load_npz`` opens the file with ``np.load(allow_pickle=False)``, so a file cannot run code; every key,
+``load_npz`` reads the file with :func:`morphable.io.safe_npz.read_npz` (no pickles, every array's size
+checked against the file before it is allocated), so a file cannot run code or claim terabytes; every key,
 shape and id range is checked and any problem is a :class:`ModelFileError`.
 """
 from __future__ import annotations
 
 import json
-import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +33,7 @@ import torch
 
 from morphable.errors import ModelFileError
 from morphable.io.atomic import atomic_write
+from morphable.io.safe_npz import read_npz
 from morphable.models.base import N_LANDMARKS, MorphableModel
 from morphable.models.flame import N_CONTOUR, Flame
 
@@ -125,13 +126,7 @@ def load_npz(path: str | Path) -> MorphableModel:
     """Read a model written by :func:`save_npz`: a :class:`Flame` when the file holds one, else a
     :class:`MorphableModel`. Raises :class:`ModelFileError` on any problem."""
     path = Path(path)
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            arrays = {k: z[k] for k in z.files}
-    except FileNotFoundError:
-        raise ModelFileError(path, "file not found") from None
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile, KeyError, NotImplementedError) as err:
-        raise ModelFileError(path, f"not a readable npz file ({type(err).__name__}: {err})") from None
+    arrays = read_npz(path)  # sizes checked before anything is allocated; no pickles
     try:
         header = json.loads(str(arrays.pop("header")))
     except KeyError:

@@ -1,0 +1,111 @@
+"""The minimal cases of the bugs the fuzzers found, kept as plain regression tests (issue 16, part 6).
+
+Each one failed before its fix with a foreign exception, a numpy warning or a huge allocation.
+"""
+from __future__ import annotations
+
+import io
+import tracemalloc
+import warnings
+import zipfile
+
+import numpy as np
+import pytest
+
+from morphable.errors import InputError, ModelFileError
+from morphable.io.ply import read_ply
+from morphable.io.safe_pickle import load_npy
+from morphable.models.formats.ict import read_packed
+from morphable.models.formats.npz import load_npz
+
+
+def _fails_small(call, match: str, limit: int = 10 * 2**20) -> None:
+    """``call()`` raises ModelFileError matching ``match`` while allocating less than ``limit`` bytes."""
+    tracemalloc.start()
+    try:
+        with pytest.raises(ModelFileError, match=match):
+            call()
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < limit, f"{peak} bytes allocated"
+
+
+# --- PLY: ascii integer properties were cast from float64 without a check ------------------------------
+@pytest.mark.parametrize("token", ["nan", "3.7", "1e20", "-1e20"])
+def test_ply_ascii_face_id_that_is_not_an_integer(tmp_path, token):
+    """Was: a RuntimeWarning ("invalid value encountered in cast") and a silently truncated id."""
+    path = tmp_path / "bad.ply"
+    path.write_text("ply\nformat ascii 1.0\nelement vertex 4\nproperty float x\nproperty float y\nproperty float z\n"
+                    "element face 1\nproperty list uchar int vertex_indices\nend_header\n"
+                    f"0 0 0\n1 0 0\n0 1 0\n1 1 0\n3 0 1 {token}\n")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(InputError, match="bad.ply: element 'face': a value of an integer property"):
+            read_ply(path)
+
+
+def test_ply_ascii_integer_colour_out_of_range(tmp_path):
+    path = tmp_path / "bad.ply"
+    path.write_text("ply\nformat ascii 1.0\nelement vertex 1\nproperty float x\nproperty float y\nproperty float z\n"
+                    "property uchar red\nproperty uchar green\nproperty uchar blue\nend_header\n0 0 0 255 256 0\n")
+    with pytest.raises(InputError, match="integer property"):
+        read_ply(path)
+
+
+def test_ply_ascii_valid_file_still_reads(tmp_path):
+    path = tmp_path / "ok.ply"
+    path.write_text("ply\nformat ascii 1.0\nelement vertex 3\nproperty float x\nproperty float y\nproperty float z\n"
+                    "property uchar red\nproperty uchar green\nproperty uchar blue\n"
+                    "element face 1\nproperty list uchar int vertex_indices\nend_header\n"
+                    "0 0 0 255 0 0\n1 0 0 0 255 0\n0 1 1e300 0 0 255\n3 0 1 2\n")
+    with pytest.raises(InputError, match="non-finite"):   # 1e300 does not fit float32: inf, then rejected
+        read_ply(path)
+    path.write_text(path.read_text().replace("1e300", "0.5"))
+    mesh = read_ply(path)
+    assert mesh.faces.tolist() == [[0, 1, 2]] and mesh.colors[1].tolist() == [0.0, 1.0, 0.0]
+
+
+# --- npy / npz: numpy allocated what a header claimed before reading the data --------------------------
+def _npy(shape, dtype="<f8", payload=b"") -> bytes:
+    buffer = io.BytesIO()
+    np.lib.format.write_array_header_1_0(buffer, {"descr": dtype, "fortran_order": False, "shape": shape})
+    return buffer.getvalue() + payload
+
+
+def _zip(members: dict[str, bytes]) -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as z:
+        for name, data in members.items():
+            z.writestr(name, data)
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize("load", [load_npz, read_packed])
+def test_npz_member_claiming_10_to_the_12_values_fails_before_allocating(tmp_path, load):
+    """Was: numpy's ``_ArrayMemoryError: Unable to allocate 21.8 TiB`` (a foreign exception), or gigabytes
+    committed before the short read failed."""
+    path = tmp_path / "huge.npz"
+    path.write_bytes(_zip({"header.npy": _npy((), "<U4", "abcd".encode("utf-32-le")),
+                           "names.npy": _npy((10**12,), "<U8"), "vertices.npy": _npy((10**12, 3, 3), "<f8", b"\0" * 72),
+                           "mean.npy": _npy((10**12, 3), "<f8", b"\0" * 48)}))
+    _fails_small(lambda: load(path), r"huge.npz: .*claims shape \(1000000000000")
+
+
+def test_npz_member_with_a_lying_uncompressed_size(tmp_path):
+    """A stored member whose directory entry claims more bytes than the file has."""
+    data = bytearray(_zip({"mean.npy": _npy((2,), "<f8", b"\0" * 16)}))
+    central = data.rfind(b"PK\x01\x02")
+    data[central + 24:central + 28] = (2**31).to_bytes(4, "little")  # uncompressed size in the central directory
+    path = tmp_path / "liar.npz"
+    path.write_bytes(bytes(data))
+    with pytest.raises(ModelFileError, match="liar.npz"):
+        load_npz(path)
+
+
+def test_npy_claiming_10_to_the_12_values_fails_before_allocating(tmp_path):
+    path = tmp_path / "huge.npy"
+    path.write_bytes(_npy((10**12,), "<f8", b"\0" * 8))
+    _fails_small(lambda: load_npy(path), r"huge.npy: .*only 8 bytes follow")
+    path.write_bytes(_npy((1,), "<f8", b"\0" * 8))
+    assert load_npy(path).tolist() == [0.0]
