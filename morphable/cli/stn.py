@@ -1,11 +1,19 @@
 """``morphable stn-fit``: fit a 3DMM spatial transformer's θ to photos by gradient descent and write the
 flattened (pose-normalised) textures, their visibility masks and overlays; ``--mean`` also writes the
-visibility-weighted mean flattened texture of all the photos (one person)."""
+visibility-weighted mean flattened texture of all the photos (one person).
+
+θ = (r, t, log s, α) is a scaled-orthographic camera and identity, so ``params.json`` uses the fit
+schema (:mod:`morphable.io.params`) and ``morphable render`` draws it. Photos larger than ``--max-side``
+are fitted on a shrunk copy (the camera is given in the original's pixels); faces are chosen like
+``morphable fit`` (``--face``, largest by default). Each photo's folder is replaced as a whole.
+"""
 from __future__ import annotations
 
 from pathlib import Path
 
 import click
+
+from morphable.cli.fit import face_option, messages
 
 
 @click.command("stn-fit")
@@ -13,66 +21,89 @@ import click
 @click.option("--model", "model_name", default="ict", show_default=True, help="Registry name or model file.")
 @click.option("--landmarks", "landmark_files", multiple=True, type=click.Path(path_type=Path),
               help="Landmark file (.pts/.json) per image, in order; skips detection.")
+@click.option("--face", "face", default="largest", show_default=True,
+              callback=lambda ctx, param, value: face_option(value),
+              help="Which detected face: largest, best or INDEX (0 = largest).")
 @click.option("-o", "--output", "out_dir", default=Path("out/stn"), show_default=True, type=click.Path(path_type=Path))
-@click.option("--size", default=128, show_default=True, help="Flattened texture size (pixels per side).")
-@click.option("--shape-components", default=10, show_default=True, help="Identity components in α.")
-@click.option("--iterations", default=100, show_default=True, help="Gradient-descent steps.")
+@click.option("--size", default=128, show_default=True, type=click.IntRange(4, 4096),
+              help="Flattened texture size (pixels per side).")
+@click.option("--shape-components", default=10, show_default=True, type=click.IntRange(0, 1000),
+              help="Identity components in α.")
+@click.option("--iterations", default=100, show_default=True, type=click.IntRange(0, 100000),
+              help="Gradient-descent steps.")
+@click.option("--max-side", default=1600, show_default=True, type=click.IntRange(64, 100000),
+              help="Larger photos are shrunk to this longest side.")
 @click.option("--mean", "write_mean", is_flag=True, help="Also write the mean flattened texture of all photos.")
-def stn_fit(images: tuple[Path, ...], model_name: str, landmark_files: tuple[Path, ...], out_dir: Path, size: int,
-            shape_components: int, iterations: int, write_mean: bool) -> None:
+@click.option("-q", "--quiet", is_flag=True, help="No info lines.")
+def stn_fit(images: tuple[Path, ...], model_name: str, landmark_files: tuple[Path, ...], face: str | int,
+            out_dir: Path, size: int, shape_components: int, iterations: int, max_side: int, write_mean: bool,
+            quiet: bool) -> None:
     """Fit θ = (r, t, log s, α) to each IMAGE through the 3DMM-STN layers."""
     import numpy as np
     import torch
 
-    import morphable
-    from morphable.detect.dlib68 import detect_landmarks
-    from morphable.detect.formats import read_landmarks
-    from morphable.errors import InputError, MorphableError
-    from morphable.fitting.stn import fit_stn, mean_flattened
-    from morphable.io.image import read_image, write_image
-    from morphable.io.params import write_params
+    from morphable.cli.fit import _output_names
+    from morphable.errors import MorphableError
+    from morphable.fitting.stn import FIXED_LANDMARKS, fit_stn, mean_flattened
+    from morphable.geometry.camera import ScaledOrthographic, rescale_pixels
+    from morphable.io.image import write_image
+    from morphable.io.params import PARAMS_SCHEMA, PARAMS_VERSION, write_params
     from morphable.models.resample import model_uv, uv_grid
     from morphable.nets.stn import SpatialTransformer3DMM
+    from morphable.reconstruct import check_output_folder, find_faces, fresh_folder, load_face_model
     from morphable.viz.overlay import draw_overlay
 
     if landmark_files and len(landmark_files) != len(images):
         raise click.UsageError(f"--landmarks was given {len(landmark_files)} times for {len(images)} images")
-    model = morphable.load_model(model_name)
+    if face == "all":
+        raise click.UsageError("--face all: stn-fit fits one face per photo (choose largest, best or INDEX)")
+    names = _output_names(images)
+    for name in names:
+        check_output_folder(out_dir / name)
+    if write_mean:
+        check_output_folder(out_dir)
+    model, label = load_face_model(model_name)
     stn = SpatialTransformer3DMM(model, uv_grid(model_uv(model), model.triangles, (size, size)))
     failures: list[str] = []
     textures, masks = [], []
     for k, path in enumerate(images):
         try:
-            photo = read_image(path)
-            if landmark_files:
-                lmk = read_landmarks(landmark_files[k])
-            else:
-                faces = detect_landmarks(photo)
-                if not faces:
-                    raise InputError(path, "no face found")
-                lmk = faces[0].landmarks
-            image = torch.tensor(photo, dtype=torch.float32)[None] / 255  # a copy: the decoded array is read-only
-            fit = fit_stn(stn, image, torch.as_tensor(lmk, dtype=torch.float32)[None], n_shape=shape_components,
-                          iterations=iterations)
+            with messages(quiet):
+                (found,) = find_faces(path, landmarks=landmark_files[k] if landmark_files else None, face=face,
+                                      max_side=max_side)
+            image = torch.tensor(found.photo, dtype=torch.float32)[None] / 255  # a copy: decoded arrays are read-only
+            fit = fit_stn(stn, image, torch.as_tensor(found.landmarks, dtype=torch.float32)[None],
+                          n_shape=shape_components, iterations=iterations)
         except MorphableError as err:
             failures.append(str(err))
             continue
-        out = out_dir / path.stem
-        out.mkdir(parents=True, exist_ok=True)
         tex, mask = fit.output.texture[0], fit.output.mask[0]
-        write_image(out / "flattened.png", tex.clamp(0, 1).numpy())
-        write_image(out / "mask.png", np.repeat(mask.float().numpy()[..., None], 3, -1))
         grid = fit.output.grid[0].reshape(-1, 2).numpy()
-        write_image(out / "overlay.png", draw_overlay(photo, landmarks=lmk, landmarks_fitted=fit.output.landmarks[0].numpy(),
-                                                      points=grid[mask.reshape(-1).numpy()]))
-        th = fit.theta
-        write_params(out / "params.json", {"model": model.name, "image_size": list(photo.shape[:2]),
-                                           "rotation": th.rotation[0], "translation": th.translation[0],
-                                           "scale": float(th.log_scale[0].exp()), "identity": th.alpha[0],
-                                           "energy": fit.history[-1]})
+        th, s = fit.theta, found.working_scale
+        camera = ScaledOrthographic(th.log_scale.exp(), th.rotation, th.translation).rescaled(s)
+        fitted = fit.output.landmarks[0].detach().numpy().copy()
+        unused = np.ones(len(fitted), bool)
+        unused[FIXED_LANDMARKS] = False
+        fitted[unused] = np.nan  # the jawline is not fitted (pose-dependent contour)
+        H, W = found.image_size
+        marks, fitted_px = rescale_pixels(found.landmarks, s), rescale_pixels(fitted, s)
+        ok = np.isfinite(marks).all(1) & np.isfinite(fitted_px).all(1)
+        rms = float(np.sqrt(((marks[ok] - fitted_px[ok]) ** 2).sum(1).mean()))
+        with fresh_folder(out_dir / names[k]) as tmp:
+            write_image(tmp / "flattened.png", tex.clamp(0, 1).numpy())
+            write_image(tmp / "mask.png", np.repeat(mask.float().numpy()[..., None], 3, -1))
+            write_image(tmp / "overlay.png", draw_overlay(found.photo, landmarks=found.landmarks,
+                                                          landmarks_fitted=fitted, points=grid[mask.reshape(-1).numpy()]))
+            write_params(tmp / "params.json", {
+                "schema": PARAMS_SCHEMA, "version": PARAMS_VERSION, "model": label, "image": str(path),
+                "image_size": {"width": W, "height": H}, "face": found.index, "landmarks_source": found.source,
+                "detection_score": found.score, "shape_from": "stn", "identity": th.alpha[0].detach(),
+                "camera": camera.to_dict(), "landmarks": marks, "landmarks_fitted": fitted_px, "rms_px": rms,
+                "rms_stage": "stn", "working_scale": s,
+                "stn": {"energy": fit.history[-1], "texture_size": size}})
         textures.append(tex)
         masks.append(mask)
-        click.echo(f"{path}: landmark error {fit.history[-1]['landmark_px']:.2f} px -> {out}")
+        click.echo(f"{path}: landmark RMS {rms:.2f} px -> {out_dir / names[k]}")
     if write_mean and textures:
         mean, count = mean_flattened(torch.stack(textures), torch.stack(masks))
         out_dir.mkdir(parents=True, exist_ok=True)

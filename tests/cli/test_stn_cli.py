@@ -6,6 +6,7 @@ import json
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from PIL import Image
 
 from morphable.cli import cli
 from morphable.io import read_image
@@ -34,9 +35,18 @@ def test_stn_fit_writes_outputs_and_mean(photo, tmp_path):
     seen = mask[..., 0] > 127
     assert 0.3 < seen.mean() < 1.0 and flat[seen].mean() > 20  # the face was sampled, not the background
     params = json.loads((folder / "params.json").read_text())
-    assert params["model"] == "sfm" and len(params["identity"]) == 4
-    assert params["energy"]["landmark_px"] < 0.05 * max(params["image_size"])
-    assert read_image(folder / "overlay.png").shape[:2] == tuple(params["image_size"])
+    assert params["model"] == "sfm" and len(params["identity"]) == 4 and params["version"] == 1
+    size = params["image_size"]
+    assert params["rms_px"] < 0.05 * max(size["width"], size["height"])
+    assert params["stn"]["energy"]["landmark_px"] < 0.05 * max(size["width"], size["height"])
+    assert read_image(folder / "overlay.png").shape[:2] == (size["height"], size["width"])
+    # the params are a fit's: morphable render draws them, the face where the landmarks are
+    out = tmp_path / "render.png"
+    result = CliRunner().invoke(cli, ["render", str(folder / "params.json"), "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    alpha = np.asarray(Image.open(out))[..., 3]
+    nose = np.round(np.array(params["landmarks"])[30]).astype(int)
+    assert alpha[nose[1], nose[0]] == 255 and alpha[0, 0] == 0
     np.testing.assert_array_equal(read_image(tmp_path / "mean_flattened.png"), flat)  # one photo: mean = it
 
 
@@ -52,3 +62,12 @@ def test_stn_fit_goes_on_past_bad_images(photo, tmp_path):
     assert not (tmp_path / "out" / "corrupt").exists()
     errors = [line for line in result.output.splitlines() if "corrupt.png" in line or "missing.jpg" in line]
     assert len(errors) == 2 and all("Traceback" not in line for line in errors), result.output
+
+
+def test_stn_fit_output_is_a_file(photo, tmp_path):
+    image, pts = photo
+    taken = tmp_path / "taken"
+    taken.write_text("x")
+    result = CliRunner().invoke(cli, ["stn-fit", str(image), "--landmarks", str(pts), "-o", str(taken), *FAST])
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert result.output.strip() == f"Error: {taken}: is a file, not a folder (choose another output folder)"
