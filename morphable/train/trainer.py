@@ -31,7 +31,6 @@ may be raised (a cosine schedule is then stretched over the new length).
 from __future__ import annotations
 
 import dataclasses
-import logging
 import random
 import re
 import time
@@ -57,8 +56,6 @@ from morphable.train.optim import (build_optimizer, build_scheduler, clip_gradie
                                    trainable_parameters)
 from morphable.train.recipes import get_recipe
 from morphable.train.recipes.base import Recipe
-
-log = logging.getLogger("morphable.train")
 
 CHECKPOINT_FORMAT = 1
 _CKPT = re.compile(r"^ckpt_(\d+)\.pt$")
@@ -262,7 +259,6 @@ class Trainer:
         self.nonfinite_streak += 1
         message = f"step {step}: non-finite {what}; step skipped (no update)"
         warnings.warn(message, RuntimeWarning, stacklevel=3)
-        log.warning(message)
         logger.event(step, "nonfinite", message)
         if self.nonfinite_streak >= self.config.train.max_nonfinite:
             raise TrainingError(f"{self.nonfinite_streak} consecutive non-finite steps (last at step {step}); "

@@ -207,6 +207,24 @@ def test_run_folder_guards(tmp_path):
     assert issubclass(UnknownRecipeError, MorphableError)
 
 
+class NoLoss(ToyRecipe):
+    def loss(self, batch, step):
+        return {"mse": super().loss(batch, step)["mse"]}
+
+
+class VectorTerm(ToyRecipe):
+    def loss(self, batch, step):
+        return {**super().loss(batch, step), "per_sample": batch["y"]}
+
+
+@pytest.mark.parametrize("cls, words", [(NoLoss, "loss\\(\\) returned no 'loss' term \\(got mse\\)"),
+                                        (VectorTerm, "loss term 'per_sample' must be a scalar, got shape \\(16,\\)")])
+def test_recipe_contract_errors(tmp_path, cls, words):
+    cfg = load_config(ToyConfig, overrides=["train.steps=3", "train.log_every=1"])
+    with pytest.raises(TrainingError, match=words):
+        Trainer(cls(cfg, tmp_path), cfg, tmp_path, progress=False).run()
+
+
 def test_extra_recipes_from_the_environment(monkeypatch):
     monkeypatch.setenv("MORPHABLE_EXTRA_RECIPES", "other=tests.train._toy_recipe:ToyRecipe, bad=x")
     with pytest.raises(UnknownRecipeError, match="expected name=module:Class, got 'bad=x'"):
