@@ -7,6 +7,10 @@ and :class:`MorphableModel`; see ``docs/architecture.md`` for the package layout
 from morphable.errors import InputError, ModelFileError, MorphableError
 from morphable.models.base import ModelOutput, MorphableModel
 
+# imported here (numpy only at import time) so that the name ``morphable.reconstruct`` is the function,
+# not the submodule of the same name
+from morphable.reconstruct import Reconstruction, reconstruct  # noqa: E402
+
 __version__ = "0.1.0"
 
 
@@ -19,22 +23,6 @@ def load_model(name_or_path: str) -> MorphableModel:
     from morphable.models.registry import load_model as _load
 
     return _load(name_or_path)
-
-
-def reconstruct(image, model="ict", **kwargs):
-    """Reconstruct the face in a photo: :func:`morphable.reconstruct.reconstruct` (imported on first use,
-    so ``import morphable`` stays light)."""
-    from morphable.reconstruct import reconstruct as _reconstruct
-
-    return _reconstruct(image, model, **kwargs)
-
-
-def __getattr__(name: str):
-    if name == "Reconstruction":
-        from morphable.reconstruct import Reconstruction
-
-        return Reconstruction
-    raise AttributeError(f"module 'morphable' has no attribute {name!r}")
 
 
 __all__ = [

@@ -339,7 +339,9 @@ def fit_photometric(model: MorphableModel, images: Tensor, landmarks: Tensor, *,
     new_id[region_ids] = torch.arange(len(region_ids))
     # landmark correspondences of the sparse fit (jawline included), as region vertex ids
     lmk_vertex = torch.where(init.landmark_ids >= 0, new_id[init.landmark_ids.clamp_min(0)], -1)
-    lmk_target = torch.where((lmk_vertex >= 0)[..., None], landmarks, torch.nan)
+    lmk_used = (lmk_vertex >= 0) & torch.isfinite(landmarks).all(-1)  # (B, 68)
+    # zeros, not NaN, at unused landmarks: a NaN target gives NaN gradients even where it is masked out
+    lmk_target = torch.where(lmk_used[..., None], landmarks, 0.0)
     lmk_index = lmk_vertex.clamp_min(0)
 
     # --- initial light (albedo: the model's mean, or the photo's mean skin colour) ------------------
@@ -428,7 +430,7 @@ def fit_photometric(model: MorphableModel, images: Tensor, landmarks: Tensor, *,
         e_con = photometric_loss(rend.image, target, m, kind=config.robust)
         lmk2d = cam.project(verts.gather(1, lmk_index[..., None].expand(-1, -1, 3)))
         d2 = ((lmk2d - rescale_pixels(lmk_target, f)) ** 2).sum(-1) * (REFERENCE_SIZE / size) ** 2
-        e_lan = torch.nanmean(d2)
+        e_lan = torch.where(lmk_used, d2, 0.0).sum() / lmk_used.sum().clamp_min(1)
         e_id = prior_loss(ident)
         e_exp = (var.expression ** 2).sum(-1).mean() if sub.n_expression else ident.new_zeros(())
         total = config.w_photo * e_con + config.w_landmark * e_lan + config.w_identity * e_id
