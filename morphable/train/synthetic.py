@@ -96,3 +96,58 @@ def synthetic_face(model: MorphableModel, rng: np.random.Generator, *, size: int
     lmk = lmk + torch.as_tensor(rng.normal(scale=landmark_noise_px, size=lmk.shape), dtype=torch.float32)
     lmk[:, ~model.landmark_mask] = float("nan")
     return SyntheticFace(image, lmk, ident, expr, verts, albedo, light, camera)
+
+
+@dataclass(frozen=True)
+class SyntheticChips:
+    """A batch of Genova-style synthetic faces rendered straight into dlib-aligned chips.
+
+    Attributes:
+        chips: ``(B, 150, 150, 3)`` in [0, 1]; identity: ``(B, K)``; albedo: ``(B, A)`` standardised
+        low-frequency albedo coefficients (:class:`~morphable.fitting.albedo.LowFrequencyAlbedo`);
+        expression: ``(B, Ke)``; rotation: ``(B, 3, 3)``; landmarks: ``(B, 68, 2)`` chip px (exact).
+    """
+
+    chips: Tensor
+    identity: Tensor
+    albedo: Tensor
+    expression: Tensor
+    rotation: Tensor
+    landmarks: Tensor
+
+
+def draw_synthetic_chips(renderer, albedo_space, batch: int, generator: torch.Generator, *,
+                         max_yaw_deg: float = 40.0, expression_scale: float = 0.3,
+                         image_noise: float = 0.01) -> SyntheticChips:
+    """Genova et al.'s synthetic faces (Sec. 3.4, stage 1): identity and albedo ~ N(0, I), a random pose
+    (yaw ±``max_yaw_deg``, pitch ±15°, roll ±10°), two coloured Phong point lights, a random background;
+    as an augmentation beyond the paper (which renders neutral faces), a mild random expression (three
+    blendshapes with weights U(0, ``expression_scale``), or PCA coefficients N(0, ``expression_scale``²)).
+    Deterministic given ``generator``.
+
+    Args:
+        renderer: a :class:`~morphable.train.chip_render.ChipRenderer`.
+        albedo_space: a :class:`~morphable.fitting.albedo.LowFrequencyAlbedo` on the drawn vertices.
+    """
+    from morphable.train.chip_render import random_background, random_lighting, random_rotation
+
+    model = renderer.model
+    identity = torch.randn(batch, model.n_identity, generator=generator)
+    albedo = torch.randn(batch, albedo_space.size, generator=generator)
+    expression = torch.zeros(batch, model.n_expression)
+    if model.n_expression:
+        if model.expression_kind == "blendshapes":
+            for b in range(batch):
+                active = torch.randperm(model.n_expression, generator=generator)[:3]
+                expression[b, active] = expression_scale * torch.rand(len(active), generator=generator)
+        else:
+            expression = expression_scale * torch.randn(batch, model.n_expression, generator=generator)
+    rotation = random_rotation(batch, generator, max_yaw_deg=max_yaw_deg)
+    lighting = random_lighting(batch, generator)
+    background = random_background(batch, generator, size=renderer.size)
+    with torch.no_grad():
+        vertices = model(identity=identity, expression=expression if model.n_expression else None).vertices
+        chips = renderer(vertices, rotation, albedo_space(albedo), lighting, background)
+        landmarks = renderer.camera(vertices, rotation).project(model.landmarks(vertices))
+    chips = (chips + image_noise * torch.randn(chips.shape, generator=generator)).clamp(0, 1)
+    return SyntheticChips(chips, identity, albedo, expression, rotation, landmarks)

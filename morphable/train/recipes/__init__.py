@@ -13,7 +13,9 @@ from morphable.errors import MorphableError
 from morphable.train.recipes.base import Recipe
 
 # name -> "module:Class"
-RECIPES: dict[str, str] = {}
+RECIPES: dict[str, str] = {
+    "genova": "morphable.train.recipes.genova:GenovaRecipe",
+}
 
 
 class UnknownRecipeError(MorphableError):

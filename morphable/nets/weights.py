@@ -1,0 +1,67 @@
+"""Shipped network weights: small package files, loaded by name with a sha256 check and safely.
+
+Each entry of :data:`SHIPPED` names a file in ``morphable/nets/weights/``, its sha256 and the command that
+reproduces it (also recorded inside the file). Files are ``torch.save`` dictionaries of tensors, numbers
+and strings, read with ``torch.load(weights_only=True)`` (no code runs on load).
+"""
+from __future__ import annotations
+
+import hashlib
+from os import PathLike
+from pathlib import Path
+
+import torch
+
+from morphable.errors import ModelFileError
+
+WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
+
+SHIPPED: dict[str, tuple[str, str]] = {
+    # name: (file name, sha256); reproduce with the command stored in the file (``meta["command"]``)
+}
+
+
+def sha256_of(path: str | PathLike) -> str:
+    """Hex sha256 of a file."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def shipped_path(name: str) -> Path | None:
+    """Path of shipped weights ``name`` (e.g. ``"genova-ict"``), or ``None`` when none ship."""
+    entry = SHIPPED.get(name)
+    if entry is None:
+        return None
+    path = WEIGHTS_DIR / entry[0]
+    return path if path.exists() else None
+
+
+def load_weights(name_or_path: str | PathLike) -> dict:
+    """Load a weights dictionary by shipped name (sha256 checked) or from a file path.
+
+    Raises:
+        ModelFileError: unknown name, missing or corrupt file, sha256 mismatch (one line naming the file).
+    """
+    text = str(name_or_path)
+    if text in SHIPPED:
+        path = WEIGHTS_DIR / SHIPPED[text][0]
+        if not path.exists():
+            raise ModelFileError(path, f"shipped weights {text!r} are missing from the installation")
+        digest = sha256_of(path)
+        if digest != SHIPPED[text][1]:
+            raise ModelFileError(path, f"sha256 {digest} does not match the expected {SHIPPED[text][1]}")
+    else:
+        path = Path(text)
+        if not path.is_file():
+            known = ", ".join(sorted(SHIPPED)) or "none"
+            raise ModelFileError(text, f"no such weights file (shipped names: {known})")
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch raises many kinds for a corrupt or foreign file
+        raise ModelFileError(path, f"not a readable weights file ({type(err).__name__}: {err})") from None
+    if not isinstance(data, dict) or "format" not in data or "state" not in data:
+        raise ModelFileError(path, f"not a morphable weights file (no 'format'/'state' entries)")
+    return data
