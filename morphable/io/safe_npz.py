@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import struct
+import tokenize
 import zipfile
 import zlib
 from os import PathLike
@@ -22,26 +23,39 @@ from morphable.errors import ModelFileError, MorphableError
 
 #: what a hostile zip or npy stream can raise from the standard library and numpy
 READ_ERRORS = (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error, KeyError, NotImplementedError,
-               RuntimeError, UnicodeError, struct.error, OverflowError, SyntaxError, TypeError)
+               RuntimeError, UnicodeError, struct.error, OverflowError, SyntaxError, TypeError, tokenize.TokenError)
 _DEFLATE_MAX_RATIO = 1032  # deflate cannot expand data more than ~1032:1
+_MAX_HEADER = 1 << 16  # numpy writes headers of a few hundred bytes (it refuses to parse over 10 000)
 
 
-def read_header(f: IO[bytes], available: int) -> tuple[tuple[int, ...], bool, np.dtype]:
+def read_header(f: IO[bytes], available: int, *, objects: bool = False) -> tuple[tuple[int, ...], bool, np.dtype]:
     """The ``(shape, fortran_order, dtype)`` of the ``.npy`` stream at ``f`` (positioned at its magic).
 
-    Raises ``ValueError`` when the header is malformed, the array holds Python objects, or its data
-    (``prod(shape) · itemsize`` bytes) is larger than ``available`` bytes minus the header.
+    The magic, version (1.0, 2.0 or 3.0) and header length are checked first (numpy's reader would
+    allocate whatever length a corrupted header announces, up to 4 GB). Raises ``ValueError`` when the
+    header is malformed, the array holds Python objects (unless ``objects``: then the data is a pickle and
+    its size is not checked here), or its data (``prod(shape) · itemsize`` bytes) is larger than
+    ``available`` bytes minus the header.
     """
     start = f.tell()
-    version = np.lib.format.read_magic(f)
-    if version == (1, 0):
-        shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
-    elif version == (2, 0):
-        shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
-    else:
-        shape, fortran, dtype = np.lib.format._read_array_header(f, version)  # 3.0: no public reader
+    magic = f.read(8)
+    if len(magic) < 8 or magic[:6] != np.lib.format.MAGIC_PREFIX:
+        raise ValueError("no .npy magic")
+    version = (magic[6], magic[7])
+    if version not in ((1, 0), (2, 0), (3, 0)):
+        raise ValueError(f"unknown .npy format version {version[0]}.{version[1]}")
+    width = 2 if version == (1, 0) else 4
+    raw = f.read(width)
+    length = int.from_bytes(raw, "little")
+    if len(raw) < width or length > min(available, _MAX_HEADER):
+        raise ValueError(f"header length {length} does not fit the {available}-byte data")
+    f.seek(start + 8)  # numpy's parsers, the length now known to be safe (3.0 differs from 2.0 only by utf-8)
+    read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+    shape, fortran, dtype = read(f)
     if dtype.hasobject:
-        raise ValueError("holds Python objects (pickled data is not read)")
+        if not objects:
+            raise ValueError("holds Python objects (pickled data is not read)")
+        return tuple(shape), fortran, dtype
     nbytes = math.prod(int(n) for n in shape) * dtype.itemsize
     left = available - (f.tell() - start)
     if nbytes > left:

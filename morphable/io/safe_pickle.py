@@ -39,7 +39,7 @@ import numpy as np
 import scipy.sparse
 
 from morphable.errors import ModelFileError
-from morphable.io.safe_npz import read_npy
+from morphable.io.safe_npz import READ_ERRORS, read_header, read_npy
 
 try:  # numpy >= 2
     from numpy._core import multiarray as _multiarray
@@ -215,24 +215,24 @@ def load_pickle(path: str | os.PathLike) -> Any:
 def load_npy(path: str | os.PathLike) -> Any:
     """Read a ``.npy`` file; object arrays (pickled dicts) go through the restricted unpickler.
 
-    Plain arrays are read with ``np.load(allow_pickle=False)``. An object array's payload is a pickle
+    Plain arrays are read with :func:`morphable.io.safe_npz.read_npy` (no pickles; the header's size is
+    checked against the file's before anything is allocated). An object array's payload is a pickle
     of the array; it is unpickled by :func:`loads`. A 0-d object array (how ``np.save`` stores a dict)
     is returned as its item.
     """
     path = Path(path)
     try:
         with open(path, "rb") as f:
-            version = np.lib.format.read_magic(f)
-            read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
-                           else np.lib.format.read_array_header_2_0)
-            _, _, dtype = read_header(f)
+            size = f.seek(0, 2)
+            f.seek(0)
+            _, _, dtype = read_header(f, size, objects=True)
             if not dtype.hasobject:
                 return read_npy(path)  # its size checked against the file's before it is allocated
             payload = f.read()
     except OSError as e:
         raise ModelFileError(path, f"cannot read ({e.strerror or e})") from None
-    except (ValueError, EOFError) as e:
-        raise ModelFileError(path, f"not a readable .npy file ({e})") from None
+    except READ_ERRORS as e:
+        raise ModelFileError(path, f"not a readable .npy file ({type(e).__name__}: {' '.join(str(e).split())})") from None
     array = loads(payload, path)
     if not isinstance(array, np.ndarray):
         raise ModelFileError(path, f"object .npy holds a {type(array).__name__}, not an array")

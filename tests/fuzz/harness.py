@@ -22,6 +22,7 @@ import os
 import re
 import resource
 import signal
+import tempfile
 import warnings
 from collections import Counter, defaultdict
 from collections.abc import Callable
@@ -30,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from hypothesis import HealthCheck, settings
+from hypothesis import HealthCheck, Verbosity, settings
 from hypothesis import strategies as st
 
 from morphable.errors import MorphableError
@@ -44,9 +45,10 @@ STATS: dict[str, Counter] = defaultdict(Counter)
 
 
 def fuzz_settings(share: float = 1.0, deadline_s: float = 10.0) -> settings:
-    """Hypothesis settings: ``share`` of :data:`EXAMPLES` cases (at least 5), derandomised, a deadline."""
+    """Hypothesis settings: ``share`` of :data:`EXAMPLES` cases (at least 5), derandomised, a deadline;
+    quiet, since the seeds are megabytes: a failing case is kept as a file instead (:func:`check`)."""
     return settings(max_examples=max(5, int(EXAMPLES * share)), derandomize=True, database=None,
-                    deadline=timedelta(seconds=deadline_s), print_blob=False,
+                    deadline=timedelta(seconds=deadline_s), print_blob=False, verbosity=Verbosity.quiet,
                     suppress_health_check=list(HealthCheck))
 
 
@@ -90,18 +92,30 @@ def check(parser: str, parse: Callable[[Path], Any], path: Path, name_in_message
         message, name = str(err), name_in_message or path.name
         if "\n" in message or name not in message:
             stats["foreign"] += 1
-            raise AssertionError(f"{parser}: error message is not one line naming {name}: {message!r}") from err
+            raise AssertionError(f"{parser}: error message is not one line naming {name}: {message!r} "
+                                 f"(case kept as {_keep(path)})") from err
         return None
     except BaseException as err:  # noqa: BLE001 - the point is to catch everything else
         if isinstance(err, KeyboardInterrupt):
             raise
         stats["foreign"] += 1
-        raise AssertionError(f"{parser}: foreign exception {type(err).__name__}: {err}") from err
+        kept = _keep(path)
+        raise AssertionError(f"{parser}: foreign exception {type(err).__name__}: {err} (case kept as {kept})") from err
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, previous)
     stats["accepted"] += 1
     return result
+
+
+def _keep(path: Path) -> Path:
+    """Copy a failing case to ``MORPHABLE_FUZZ_FAILURES`` (default: the system's temp folder); hypothesis
+    replays the minimal case last, so the copy left is the minimal one."""
+    folder = Path(os.environ.get("MORPHABLE_FUZZ_FAILURES") or Path(tempfile.gettempdir()) / "morphable-fuzz-failures")
+    folder.mkdir(parents=True, exist_ok=True)
+    kept = folder / path.name
+    kept.write_bytes(path.read_bytes() if path.is_file() else b"")
+    return kept
 
 
 # --- special values ---------------------------------------------------------------------------------

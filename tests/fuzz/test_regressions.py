@@ -109,3 +109,33 @@ def test_npy_claiming_10_to_the_12_values_fails_before_allocating(tmp_path):
     _fails_small(lambda: load_npy(path), r"huge.npy: .*only 8 bytes follow")
     path.write_bytes(_npy((1,), "<f8", b"\0" * 8))
     assert load_npy(path).tolist() == [0.0]
+
+
+@pytest.mark.parametrize("header", [
+    b"\x93NUMPY\x00\x01\x00v\x00{'descr': '<f8', 'fortran_order': False, 'shape': (1,), }",    # version 0.1
+    b"\x93NUMPY\x02\x00\xff\xff\xff\x7f{'descr': '<f8'",                                  # 2 GB header length
+    b"\x93NUMPY\x01\x00v\x00'descr': '<f8', 'fortran_order': False, 'shape': (1,), }",     # unbalanced braces
+])
+def test_npy_with_a_broken_header(tmp_path, header):
+    """Was: ``MemoryError`` (numpy read the 2 GB header length it was given) and ``tokenize.TokenError``."""
+    path = tmp_path / "broken.npy"
+    path.write_bytes(header.ljust(128, b" ") + b"\n" + b"\0" * 8)
+    _fails_small(lambda: load_npy(path), "broken.npy: not a readable .npy file")
+
+
+def test_flame_values_that_overflow_in_millimetres(tmp_path):
+    """Was: ``RuntimeWarning: overflow encountered in multiply`` converting 1e306 m to mm, then an inf model."""
+    from morphable.models.formats.flame import load_flame
+    from tests.models.test_flame import synthetic_flame
+    from tests.models.test_safe_pickle import FakeCh, py2_dumps
+
+    d = synthetic_flame(np.random.default_rng(1), V=12, K=302)
+    template = d["v_template"].x.copy()
+    template[3, 1] = 1e306
+    d["v_template"] = FakeCh(template)
+    path = tmp_path / "big.pkl"
+    path.write_bytes(py2_dumps(d))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(ModelFileError, match="big.pkl: 'v_template' has values beyond"):
+            load_flame(path)

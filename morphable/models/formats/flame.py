@@ -40,6 +40,7 @@ from morphable.io.safe_pickle import load_npy, load_pickle
 from morphable.models.base import N_LANDMARKS
 from morphable.models.flame import N_CONTOUR, Flame
 
+MAX_ABS = 1e6  # no FLAME entry comes near (metres, unit weights, ids < 10^5); larger would overflow in mm
 N_SHAPE = 300  # FLAME's shape slots; the remaining shapedirs columns are expression components
 _REQUIRED = ("v_template", "shapedirs", "posedirs", "J_regressor", "weights", "kintree_table", "f")
 STATIC_NAMES = ("flame_static_embedding_68.pkl", "flame_static_embedding.pkl")  # looked for beside the model
@@ -60,6 +61,8 @@ def _array(d: dict, key: str, path: Any, ndim: int, dtype: Any = np.float64) -> 
         raise ModelFileError(path, f"'{key}' has shape {a.shape}, expected {ndim} dimensions")
     if not np.all(np.isfinite(a)):
         raise ModelFileError(path, f"'{key}' contains non-finite values")
+    if a.dtype.kind == "f" and a.size and np.abs(a).max() > MAX_ABS:
+        raise ModelFileError(path, f"'{key}' has values beyond {MAX_ABS:g} (corrupted?)")
     return a
 
 
