@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test setup clean
+.PHONY: demo test fuzz setup clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -21,6 +21,11 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest
+
+# the parser fuzzers with many more cases than CI runs (FUZZ_EXAMPLES per property; tests/fuzz/harness.py)
+FUZZ_EXAMPLES ?= 2000
+fuzz: $(STAMP)
+	MORPHABLE_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(BIN)/python -m pytest -m fuzz tests/fuzz
 
 clean:
 	rm -rf $(VENV) out
