@@ -385,6 +385,7 @@ def write_outputs(rec: Reconstruction, folder: Path, *, report: bool = True) -> 
     """Write :meth:`Reconstruction.save`'s files into an existing ``folder`` (no replacing)."""
     import torch
 
+    from morphable.geometry.camera import rescale_pixels
     from morphable.io import write_image
     from morphable.io.params import write_params
     from morphable.viz.comparison import energy_curve
@@ -411,6 +412,9 @@ def write_outputs(rec: Reconstruction, folder: Path, *, report: bool = True) -> 
         overlay = rec.overlay()
         write_image(folder / "overlay.png", overlay)
         images.append(("overlay: fitted mesh, input (green) and fitted (red) landmarks", overlay))
+        crop = _face_crop(overlay, rescale_pixels(rec.landmarks, 1.0 / rec.working_scale))
+        if crop is not None:
+            images.append(("overlay, around the face", crop))
     if rec.photometric is not None:
         p = rec.photometric
         if p.comparison is not None:
@@ -440,6 +444,26 @@ def write_outputs(rec: Reconstruction, folder: Path, *, report: bool = True) -> 
                      facts=facts, images=images,
                      coefficients={"identity": rec.identity.tolist(), "expression": rec.expression.tolist()},
                      timings=rec.timings)
+
+
+def _face_crop(image: np.ndarray, landmarks: np.ndarray, *, margin: float = 0.35, size: int = 480) -> np.ndarray | None:
+    """The square around the landmarks (``margin`` of their extent added on each side), scaled to ``size``
+    px; ``None`` without finite landmarks."""
+    from PIL import Image
+
+    points = landmarks[np.isfinite(landmarks).all(1)]
+    if not len(points):
+        return None
+    lo, hi = points.min(0), points.max(0)
+    half = (hi - lo).max() * (0.5 + margin)
+    cx, cy = (lo + hi) / 2
+    H, W = image.shape[:2]
+    box = [int(max(0, cx - half)), int(max(0, cy - half)), int(min(W, cx + half + 1)), int(min(H, cy + half + 1))]
+    if box[2] - box[0] < 2 or box[3] - box[1] < 2:
+        return None
+    crop = Image.fromarray(np.ascontiguousarray(image)).crop(box)
+    f = size / max(crop.size)
+    return np.asarray(crop.resize((max(1, round(crop.size[0] * f)), max(1, round(crop.size[1] * f))), Image.LANCZOS))
 
 
 def _region_triangles(model: MorphableModel, region: str) -> np.ndarray:

@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 from click.testing import CliRunner
 
 from morphable.cli import cli
@@ -21,8 +22,16 @@ def test_photometric_outputs(tmp_path):
     for name in ("mesh.obj", "albedo.png", "texture.png", "comparison.png", "energy.png", "params.json", "overlay.png"):
         assert (out / name).exists(), name
     params = json.loads((out / "params.json").read_text())
-    assert len(params["light"]) == 27 and params["albedo"]["kind"] == "per_vertex"
-    assert params["energies"]["photometric"] < params["energies"]["initial"]["photometric"]
+    photometric = params["photometric"]
+    assert len(photometric["light"]) == 27 and photometric["albedo"]["kind"] == "per_vertex"
+    assert photometric["energies"]["photometric"] < photometric["energies"]["initial"]["photometric"]
+    # regressions: rms_px is the final (photometric) stage's, the file is small, progress was shown
+    assert params["rms_stage"] == "photometric"
+    fitted, marks = np.array(params["landmarks_fitted"], float), np.array(params["landmarks"], float)
+    ok = np.isfinite(fitted).all(1) & np.isfinite(marks).all(1)
+    assert params["rms_px"] == pytest.approx(np.sqrt(((fitted[ok] - marks[ok]) ** 2).sum(1).mean()), rel=1e-6)
+    assert (out / "params.json").stat().st_size < 30_000  # was ~1 MB (per-vertex albedo and ids inline)
+    assert "photometric 5/5" in result.stderr and "step" in result.stderr
     assert "map_Kd albedo.png" in (out / "mesh.mtl").read_text()
     photo = read_image(image)
     comparison = read_image(out / "comparison.png")
