@@ -684,11 +684,9 @@ def _stacked_photos(faces: Sequence[FaceInput], dtype) -> torch.Tensor:
 
 def _regressor(model_name: str):
     """The identity regressor for ``model_name``, or ``None`` (with one info line) when there is none."""
-    try:
-        from morphable.nets.genova import has_regressor, load_regressor
-    except ImportError:
-        has_regressor = None
-    if has_regressor is None or not has_regressor(model_name):
+    from morphable.nets.genova import has_regressor, load_regressor
+
+    if not has_regressor(model_name):
         log.info("no shape regressor for model %s: fitting the shape to the landmarks only", model_name)
         return None
     return load_regressor(model_name)

@@ -141,3 +141,29 @@ def test_arguments(sfm, photo):
         morphable.reconstruct(array, sfm, landmarks=pts, shape_from="magic", **FAST)
     with pytest.raises(InputError, match="no face found"):
         morphable.reconstruct(np.full((100, 100, 3), 90, np.uint8), sfm)
+
+
+def test_regressor_centres_the_identity_prior(sfm, photo, monkeypatch):
+    """shape_from="regressor" passes the regressor's identity as the landmark fit's prior mean with its
+    precision: with a strong precision the fitted identity is the prediction. (The regressor here is a
+    stand-in returning a fixed vector; the trained one is tested in tests/nets/test_genova.py.)"""
+    import morphable.nets.genova as genova
+
+    image, pts = photo
+    target = torch.linspace(-1, 1, sfm.identity_basis.shape[-1])[None]
+    seen = {}
+
+    class Fixed:
+        prior_precision = 1e6
+
+        def predict_identity(self, images, landmarks):
+            seen["shapes"] = (tuple(images.shape), tuple(landmarks.shape), float(images.max()))
+            return target
+
+    monkeypatch.setattr(genova, "has_regressor", lambda name: name == "sfm")
+    monkeypatch.setattr(genova, "load_regressor", lambda name: Fixed())
+    rec = morphable.reconstruct(image, "sfm", landmarks=pts, **FAST)
+    assert rec.shape_from == "regressor" and seen["shapes"][1] == (1, 68, 2) and seen["shapes"][2] <= 1.0
+    np.testing.assert_allclose(rec.identity, target[0].numpy(), atol=1e-3)
+    plain = morphable.reconstruct(image, "sfm", landmarks=pts, shape_from="landmarks", **FAST)
+    assert plain.shape_from == "landmarks" and np.abs(plain.identity - target[0].numpy()).max() > 0.1
