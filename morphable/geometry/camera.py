@@ -1,6 +1,6 @@
 """Cameras: batched projection of model-space points (mm) to image pixels.
 
-Frames (see ``DESIGN.md``):
+Frames (see ``docs/architecture.md``):
 
 * **Model space**: right-handed, millimetres, +y up, +z out of the face towards the viewer.
 * **Image space**: x right, y down, pixel centres at integer coordinates, origin at the centre of the
