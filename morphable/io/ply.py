@@ -238,40 +238,48 @@ def read_ply(path: str | PathLike, *, error: type[MorphableError] = InputError) 
 
     Raises:
         ``error`` naming the file: missing file, bad header, truncated or malformed body, missing
-        ``x y z``, face ids out of range, non-finite coordinates.
+        ``x y z``, face ids out of range or not integers, non-finite coordinates, colours or UVs.
     """
     path = Path(path)
     elements = read_ply_elements(path, error=error)
     vertex = elements.get("vertex")
     if vertex is None or not all(k in vertex and not isinstance(vertex[k], list) for k in "xyz"):
         raise error(path, "no 'vertex' element with x, y, z")
-    vertices = np.stack([vertex[k].astype(np.float64) for k in "xyz"], axis=1)
+    with np.errstate(invalid="ignore", over="ignore"):  # casting a signalling NaN warns; checked just below
+        vertices = np.stack([vertex[k].astype(np.float64) for k in "xyz"], axis=1)
+        colors = None
+        for names in (("red", "green", "blue"), ("diffuse_red", "diffuse_green", "diffuse_blue")):
+            if all(n in vertex and not isinstance(vertex[n], list) for n in names):
+                colors = _unit_colors(vertex, names)
+                break
+        uv = uv_faces = None
+        for u, v in _UV_NAMES:
+            if u in vertex and v in vertex and not isinstance(vertex[u], list) and not isinstance(vertex[v], list):
+                uv = np.stack([vertex[u], vertex[v]], axis=1).astype(np.float64)
+                break
     if not np.all(np.isfinite(vertices)):
         raise error(path, "non-finite vertex coordinates")
-    colors = None
-    for names in (("red", "green", "blue"), ("diffuse_red", "diffuse_green", "diffuse_blue")):
-        if all(n in vertex and not isinstance(vertex[n], list) for n in names):
-            colors = _unit_colors(vertex, names)
-            break
-    uv = uv_faces = None
-    for u, v in _UV_NAMES:
-        if u in vertex and v in vertex:
-            uv = np.stack([vertex[u], vertex[v]], axis=1).astype(np.float64)
-            break
     face = elements.get("face", {})
     key = next((k for k in ("vertex_indices", "vertex_index") if isinstance(face.get(k), list)), None)
     polygons = [] if key is None else face[key]
     if any(len(p) < 3 for p in polygons):
         raise error(path, "a face has fewer than 3 corners")
+    if any(p.dtype.kind == "f" and not (np.all(np.isfinite(p)) and np.all(p == np.floor(p))) for p in polygons):
+        raise error(path, "face vertex ids are not integers")
     if polygons and (min(int(p.min()) for p in polygons) < 0 or max(int(p.max()) for p in polygons) >= len(vertices)):
         raise error(path, f"face vertex ids out of range [0, {len(vertices)})")
     texcoord = face.get("texcoord")
     if isinstance(texcoord, list) and len(texcoord) == len(polygons):
         if any(len(t) != 2 * len(p) for t, p in zip(texcoord, polygons)):
             raise error(path, "face texcoord lists do not have 2 numbers per corner")
-        uv = np.concatenate([t.astype(np.float64) for t in texcoord]).reshape(-1, 2) if polygons else np.zeros((0, 2))
+        with np.errstate(invalid="ignore", over="ignore"):
+            uv = (np.concatenate([t.astype(np.float64) for t in texcoord]).reshape(-1, 2) if polygons
+                  else np.zeros((0, 2)))
         starts = np.cumsum([0] + [len(p) for p in polygons])
         uv_faces = [list(range(starts[i], starts[i + 1])) for i in range(len(polygons))]
+    for values, what in ((colors, "vertex colours"), (uv, "texture coordinates")):
+        if values is not None and not np.all(np.isfinite(values)):
+            raise error(path, f"non-finite {what}")
     triangles_only = all(len(p) == 3 for p in polygons)
     faces = (np.asarray(polygons, dtype=np.int64).reshape(-1, 3) if triangles_only
              else [p.astype(np.int64).tolist() for p in polygons])

@@ -93,6 +93,8 @@ def array_mutations(draw, arrays: dict[str, np.ndarray]) -> bytes:
     """1-3 array-level changes: drop an entry, change one's dtype/shape/values, or edit the JSON header."""
     arrays = dict(arrays)
     for _ in range(draw(st.integers(1, 3))):
+        if not arrays:
+            break
         key = draw(st.sampled_from(sorted(arrays)))
         action = draw(st.sampled_from(["drop", "value", "header", "add"]))
         if action == "drop":

@@ -139,3 +139,123 @@ def test_flame_values_that_overflow_in_millimetres(tmp_path):
         warnings.simplefilter("error")
         with pytest.raises(ModelFileError, match="big.pkl: 'v_template' has values beyond"):
             load_flame(path)
+
+
+# --- PLY binary: a signalling NaN warned when cast; float face ids could be NaN -------------------------
+def _binary_ply(vertex_bytes: bytes, face_type: str = "int", face_bytes: bytes = b"") -> bytes:
+    return ("ply\nformat binary_little_endian 1.0\nelement vertex 3\nproperty float x\nproperty float y\n"
+            f"property float z\nelement face {1 if face_bytes else 0}\nproperty list uchar {face_type} vertex_indices\n"
+            "end_header\n").encode() + vertex_bytes + face_bytes
+
+
+def test_ply_signalling_nan_coordinate(tmp_path):
+    """Was: ``RuntimeWarning: invalid value encountered in cast`` (float32 sNaN to float64)."""
+    vertices = bytearray(np.zeros(9, "<f4").tobytes())
+    vertices[4:8] = bytes.fromhex("0100a07f")                     # a signalling NaN, little-endian
+    path = tmp_path / "snan.ply"
+    path.write_bytes(_binary_ply(bytes(vertices)))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(InputError, match="snan.ply: non-finite vertex coordinates"):
+            read_ply(path)
+
+
+def test_ply_float_face_ids(tmp_path):
+    """Was: ``ValueError: cannot convert float NaN to integer`` for ``property list uchar float vertex_indices``."""
+    path = tmp_path / "float_ids.ply"
+    vertices = np.zeros(9, "<f4").tobytes()
+    path.write_bytes(_binary_ply(vertices, "float", bytes([3]) + np.array([0, 1, np.nan], "<f4").tobytes()))
+    with pytest.raises(InputError, match="float_ids.ply: face vertex ids are not integers"):
+        read_ply(path)
+    path.write_bytes(_binary_ply(vertices, "float", bytes([3]) + np.array([0, 1, 2], "<f4").tobytes()))
+    assert read_ply(path).faces.tolist() == [[0, 1, 2]]
+
+
+# --- BFM ---------------------------------------------------------------------------------------------
+def test_bfm2009_complex_variable(tmp_path):
+    """Was: ``ComplexWarning`` (the imaginary part silently dropped)."""
+    from morphable.models.formats.bfm import load_bfm2009
+    from tests.models.test_bfm import _grid_face, _write_bfm2009
+
+    vertices, triangles = _grid_face()
+    path = tmp_path / "complex.mat"
+    _write_bfm2009(path, vertices, triangles, extra={"shapeEV": np.array([[1 + 2j], [1.0], [1.0], [1.0]])})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(ModelFileError, match="complex.mat: shapeEV: not a real numeric array"):
+            load_bfm2009(path, discover=False)
+
+
+def test_bfm2017_empty_noise_variance(tmp_path):
+    """Was: ``IndexError: index 0 is out of bounds`` reading ``/color/model/noiseVariance`` of size 0."""
+    import h5py
+
+    from morphable.models.formats.bfm import load_bfm2017
+    from tests.models.test_bfm import _grid_face, _write_bfm2017
+
+    vertices, triangles = _grid_face()
+    path = tmp_path / "noise.h5"
+    _write_bfm2017(path, vertices, triangles)
+    with h5py.File(path, "a") as f:
+        del f["color/model/noiseVariance"]
+        f.create_dataset("color/model/noiseVariance", data=np.zeros(0, np.float32))
+    with pytest.raises(ModelFileError, match="noise.h5: /color/model/noiseVariance: expected shape 1, got 0"):
+        load_bfm2017(path, discover=False)
+
+
+# --- SFM: a huge basis times a huge eigenvalue overflowed float32 silently (with a warning) -------------
+def _eos_v1(basis_value: float, eigenvalue: float) -> bytes:
+    import struct
+
+    def matrix(rows, cols, values):
+        return struct.pack("<ii", rows, cols) + np.asarray(values, "<f4").tobytes()
+
+    no_triangles = struct.pack("<Q", 0)
+    shape = matrix(3, 1, [0, 0, 0]) + matrix(3, 1, [basis_value, 0, 0]) + matrix(1, 1, [eigenvalue]) + no_triangles
+    colour = matrix(0, 0, []) * 3 + no_triangles
+    return struct.pack("<I", 1) + shape + colour + struct.pack("<Q", 0)      # no texture coordinates
+
+
+def test_sfm_basis_times_eigenvalue_overflowing_float32(tmp_path):
+    """Was: ``RuntimeWarning: overflow encountered in multiply`` and an inf identity basis."""
+    from morphable.models.formats.sfm import load_sfm
+
+    path = tmp_path / "overflow.bin"
+    path.write_bytes(_eos_v1(3e38, 1e30))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(ModelFileError, match="overflow.bin: shape model: basis × √eigenvalue overflows"):
+            load_sfm(path)
+    path.write_bytes(_eos_v1(0.5, 4.0))
+    assert load_sfm(path).identity_basis.flatten().tolist() == [1.0, 0.0, 0.0]     # 0.5 · √4
+
+
+# --- native npz: an array of the wrong size reached torch's reshape (RuntimeError) ----------------------
+def test_npz_identity_std_of_the_wrong_size(tmp_path):
+    """Was: ``RuntimeError: shape '[4]' is invalid for input of size 8`` from the model's constructor."""
+    from morphable.models.formats.npz import save_npz
+    from tests.models.test_npz import synthetic
+
+    save_npz(synthetic(), tmp_path / "good.npz")
+    with np.load(tmp_path / "good.npz") as z:
+        arrays = {k: z[k] for k in z.files}
+    arrays["identity_std"] = np.concatenate([arrays["identity_std"]] * 2)
+    np.savez(tmp_path / "bad.npz", **arrays)
+    with pytest.raises(ModelFileError, match=r"bad.npz: inconsistent arrays \(shape"):
+        load_npz(tmp_path / "bad.npz")
+
+
+def test_bfm2009_signalling_nan_is_refused_without_a_warning(tmp_path):
+    """Was: ``RuntimeWarning: invalid value encountered in cast`` (a float32 sNaN cast to float64)."""
+    from morphable.models.formats.bfm import load_bfm2009
+    from tests.models.test_bfm import _grid_face, _write_bfm2009
+
+    vertices, triangles = _grid_face()
+    snan = np.frombuffer(bytes.fromhex("0100a07f"), "<f4")[0]
+    ev = np.array([[4000.0], [snan], [1.0], [1.0]], np.float32)
+    path = tmp_path / "snan.mat"
+    _write_bfm2009(path, vertices, triangles, extra={"shapeEV": ev})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(ModelFileError, match="snan.mat: shapeEV: contains non-finite values"):
+            load_bfm2009(path, discover=False)

@@ -106,8 +106,11 @@ def read_mat(path: PathLike, keys: tuple[str, ...], optional: tuple[str, ...] = 
 
 def _float(array: Any, path: PathLike, name: str, shape: tuple[int | None, ...]) -> np.ndarray:
     """``array`` as finite float64 with the given shape (``None`` = any size)."""
+    if np.asarray(array).dtype.kind not in "biuf":  # text, objects, complex numbers (numpy would drop .imag)
+        _fail(path, f"{name}: not a real numeric array")
     try:
-        a = np.asarray(array, dtype=np.float64)
+        with np.errstate(invalid="ignore"):  # a signalling NaN warns when cast; non-finite values fail below
+            a = np.asarray(array, dtype=np.float64)
     except (TypeError, ValueError):
         _fail(path, f"{name}: not a numeric array")
     if a.ndim != len(shape) or any(s is not None and s != n for s, n in zip(shape, a.shape)):
@@ -238,8 +241,8 @@ def _landmarks(lm_path: Path | None, c_path: Path | None, new_id: np.ndarray) ->
 def _build(path: Path, name: str, parts: dict[str, Any], **kwargs: Any) -> MorphableModel:
     try:
         return MorphableModel(name=name, **parts, **kwargs)
-    except ValueError as e:  # a size mismatch the checks above did not name
-        _fail(path, str(e))
+    except (ValueError, RuntimeError) as e:  # a size mismatch the checks above did not name (torch: RuntimeError)
+        _fail(path, " ".join(str(e).split()))
 
 
 def _expression_files(path: Path, expression: PathLike | None, expression_std: PathLike | None,
@@ -445,7 +448,9 @@ def load_bfm2017(path: PathLike, *, landmarks: PathLike | None = None, contours:
                                 "units": "mm", "winding_flipped": flipped, "files": files}
     for part in ("shape", "color", "expression"):
         if f"{part}/model/noiseVariance" in raw:
-            metadata[f"{part}_noise_variance"] = float(np.asarray(raw[f"{part}/model/noiseVariance"]).reshape(-1)[0])
+            noise = _column(np.asarray(raw[f"{part}/model/noiseVariance"]).reshape(-1), path,
+                            f"/{part}/model/noiseVariance", 1)
+            metadata[f"{part}_noise_variance"] = float(noise[0])
     return _build(path, "bfm2017", dict(
         mean=mean, triangles=triangles, identity_basis=shape["basis"].reshape(N, 3, -1), identity_std=shape["std"],
         expression_basis=None if expression is None else expression["basis"].reshape(N, 3, -1),

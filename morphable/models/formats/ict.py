@@ -294,5 +294,5 @@ def build_ict(meshes: dict[str, np.ndarray], folder: str | Path, source: str, pa
             landmark_mask=mask, contour_right=list(ICT_JAWLINE_RIGHT_EXTENDED),
             contour_left=list(ICT_JAWLINE_LEFT_EXTENDED), regions=regions,
             symmetry=nearest_mirror(neutral), metadata=metadata)
-    except ValueError as err:
-        raise ModelFileError(path, str(err)) from None
+    except (ValueError, RuntimeError) as err:  # torch reports shape mismatches as RuntimeError
+        raise ModelFileError(path, " ".join(str(err).split())) from None

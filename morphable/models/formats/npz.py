@@ -139,8 +139,8 @@ def load_npz(path: str | Path) -> MorphableModel:
         return _build(header, arrays, path)
     except (KeyError, TypeError, AttributeError, IndexError) as err:
         raise ModelFileError(path, f"missing or malformed entry ({type(err).__name__}: {err})") from None
-    except ValueError as err:
-        raise ModelFileError(path, str(err)) from None
+    except (ValueError, RuntimeError) as err:  # sizes that do not fit each other (torch reports RuntimeError)
+        raise ModelFileError(path, f"inconsistent arrays ({' '.join(str(err).split())})") from None
 
 
 def _build(header: dict[str, Any], arrays: dict[str, np.ndarray], path: Path) -> MorphableModel:

@@ -294,6 +294,15 @@ def _check_ids(ids: np.ndarray, n: int, path: Path, what: str) -> None:
         raise ModelFileError(path, f"{what}: vertex id outside [0, {n})")
 
 
+def _scaled(basis: np.ndarray, std: np.ndarray, path: Path, what: str) -> np.ndarray:
+    """``basis · diag(std)`` (float32), refusing products that overflow to inf (corrupted values)."""
+    with np.errstate(over="ignore"):
+        out = basis * std
+    if not np.all(np.isfinite(out)):
+        raise ModelFileError(path, f"{what}: basis × √eigenvalue overflows float32 (corrupted?)")
+    return out
+
+
 def _side_file(explicit: str | Path | None, default: Path | None) -> Path | None:
     """An explicitly given side file must exist; a default one is used only if present."""
     if explicit is not None:
@@ -335,7 +344,7 @@ def load_sfm(path: str | Path, *, blendshapes: str | Path | None = None, landmar
 
     mean = shape["mean"].reshape(V, 3)
     std = np.sqrt(shape["eigenvalues"])
-    identity_basis = (shape["basis"] * std).reshape(V, 3, -1)
+    identity_basis = _scaled(shape["basis"], std, path, "shape model").reshape(V, 3, -1)
     tri = shape["triangles"].astype(np.int64)
     _check_ids(tri, V, path, "triangles")
 
@@ -345,8 +354,11 @@ def load_sfm(path: str | Path, *, blendshapes: str | Path | None = None, landmar
         if kind == "pca":
             if payload["mean"].size != 3 * V:
                 raise ModelFileError(path, "the expression PCA model's mean does not match the shape model")
-            mean = mean + payload["mean"].reshape(V, 3)  # eos adds the expression sample, mean included
-            expr = payload["basis"] * np.sqrt(payload["eigenvalues"])
+            with np.errstate(over="ignore"):  # float32 overflow becomes inf, refused by _scaled's check
+                mean = mean + payload["mean"].reshape(V, 3)  # eos adds the expression sample, mean included
+            expr = _scaled(payload["basis"], np.sqrt(payload["eigenvalues"]), path, "expression model")
+            if not np.all(np.isfinite(mean)):
+                raise ModelFileError(path, "the expression model's mean overflows the shape mean (corrupted?)")
         else:
             names, expr = payload
         if expr.shape[0] != 3 * V:
@@ -367,7 +379,7 @@ def load_sfm(path: str | Path, *, blendshapes: str | Path | None = None, landmar
         if color["mean"].size != 3 * V:
             raise ModelFileError(path, f"colour model has {color['mean'].size // 3} vertices, shape has {V}")
         albedo_mean = color["mean"].reshape(V, 3)
-        albedo_basis = (color["basis"] * np.sqrt(color["eigenvalues"])).reshape(V, 3, -1)
+        albedo_basis = _scaled(color["basis"], np.sqrt(color["eigenvalues"]), path, "colour model").reshape(V, 3, -1)
 
     uv = uv_tri = None
     tc = data["texture_coordinates"]
@@ -434,5 +446,5 @@ def load_sfm(path: str | Path, *, blendshapes: str | Path | None = None, landmar
             albedo_mean=albedo_mean, albedo_basis=albedo_basis, uv=uv, uv_triangles=uv_tri,
             landmark_indices=lm_idx, landmark_weights=lm_w, landmark_mask=lm_mask,
             contour_right=right, contour_left=left, symmetry=sym, metadata=metadata)
-    except ValueError as err:
-        raise ModelFileError(path, str(err)) from None
+    except (ValueError, RuntimeError) as err:  # torch reports shape mismatches as RuntimeError
+        raise ModelFileError(path, " ".join(str(err).split())) from None
