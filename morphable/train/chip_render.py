@@ -93,6 +93,41 @@ def random_background(batch: int, generator: torch.Generator, size: int = CHIP,
     return (base * (1 - strength) + field.permute(0, 2, 3, 1) * strength + noise).clamp(0, 1)
 
 
+def decimate_to_subset(vertices: Tensor, triangles: Tensor, target: int) -> Tensor:
+    """Quadric-error decimation (Garland & Heckbert 1997, via ``fast_simplification``) whose vertices are a
+    *subset* of the input's, so a linear model stays exact on them: each decimated vertex is replaced by
+    the nearest of the original vertices that collapsed into it. Degenerate triangles are dropped.
+
+    Args:
+        vertices: ``(V, 3)`` reference shape (e.g. the model mean); triangles: ``(F, 3)``; target: triangles wanted.
+    Returns:
+        ``(F', 3)`` int64 triangles indexing ``vertices`` (F' ≈ target).
+    """
+    import fast_simplification
+    import numpy as np
+
+    points = vertices.detach().double().cpu().numpy()
+    faces = triangles.cpu().numpy().astype(np.int64)
+    used = np.unique(faces)
+    local = np.full(len(points), -1, dtype=np.int64)
+    local[used] = np.arange(len(used))
+    sub_points, sub_faces = points[used], local[faces]
+    _, _, collapses = fast_simplification.simplify(sub_points, sub_faces, target_count=target, return_collapses=True)
+    dec_points, dec_faces, mapping = fast_simplification.replay_simplification(sub_points, sub_faces, collapses)
+    # representative original vertex of each decimated vertex: the nearest one that maps to it
+    dist = np.linalg.norm(sub_points - dec_points[np.clip(mapping, 0, None)], axis=1)
+    dist[mapping < 0] = np.inf
+    order = np.lexsort((dist, mapping))
+    first = np.ones(len(order), dtype=bool)
+    first[1:] = mapping[order][1:] != mapping[order][:-1]
+    rep = np.full(len(dec_points), -1, dtype=np.int64)
+    chosen = order[first & (mapping[order] >= 0)]
+    rep[mapping[chosen]] = chosen
+    out = used[rep[dec_faces]]
+    good = (out[:, 0] != out[:, 1]) & (out[:, 1] != out[:, 2]) & (out[:, 0] != out[:, 2])
+    return torch.as_tensor(out[good], dtype=torch.int64, device=triangles.device)
+
+
 class ChipRenderer:
     """Draw a model's visible head into dlib-aligned chips.
 
@@ -101,12 +136,15 @@ class ChipRenderer:
             points; missing ones are left out of the alignment, e.g. for SFM). Models whose regions include :data:`VISIBLE_REGIONS` are drawn without their mouth
             interior; others are drawn whole.
         size: chip side (px); 150 for dlib's network.
+        max_triangles: meshes with more drawn triangles are decimated (:func:`decimate_to_subset`) to about
+            this many; a 150 px chip shows ~12k face pixels, so 8k triangles lose nothing visible and
+            rasterise several times faster than ICT's 30k. ``None`` keeps every triangle.
     Attributes:
         vertex_ids: ``(Vr,)`` model vertices drawn; ``triangles``: ``(Fr, 3)`` indices into them.
         eye_colors: ``(Vr, 3)`` fixed albedo of eye vertices, ``eye_mask`` ``(Vr,)`` which vertices use it.
     """
 
-    def __init__(self, model: MorphableModel, size: int = CHIP):
+    def __init__(self, model: MorphableModel, size: int = CHIP, max_triangles: int | None = 8000):
         dev = model.mean.device
         if all(r in model.regions for r in VISIBLE_REGIONS):
             keep = torch.zeros(model.n_vertices, dtype=torch.bool, device=dev)
@@ -116,6 +154,8 @@ class ChipRenderer:
             keep = torch.ones(model.n_vertices, dtype=torch.bool, device=dev)
         tri = model.triangles
         tri = tri[keep[tri].all(1)]
+        if max_triangles is not None and len(tri) > max_triangles:
+            tri = decimate_to_subset(model.mean, tri, max_triangles)
         used = torch.zeros_like(keep)
         used[tri.reshape(-1)] = True
         self.vertex_ids = used.nonzero().squeeze(1)

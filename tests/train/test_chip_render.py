@@ -37,20 +37,22 @@ def test_camera_is_the_least_squares_similarity_onto_the_template(ict):
     torch.testing.assert_close(got, expected, atol=1e-3, rtol=0)
 
 
-def test_chip_matches_dlib_alignment_of_a_larger_render(ict):
-    cr = ChipRenderer(ict)
+def test_chip_matches_dlib_alignment_of_a_larger_full_resolution_render(ict):
+    cr = ChipRenderer(ict)  # decimated to 8k triangles
+    full = ChipRenderer(ict, max_triangles=None)
+    assert len(cr.triangles) <= 8200 < len(full.triangles)
+    assert set(cr.vertex_ids.tolist()) <= set(full.vertex_ids.tolist())  # a subset: the model stays exact
     V, R, lighting, g = _faces(ict, B=2, seed=1)
-    albedo = torch.full((2, len(cr.vertex_ids), 3), 0.6)
     background = torch.full((2, 150, 150, 3), 0.3)
-    chips = cr(V, R, albedo, lighting, background)
-    # the same faces drawn into a 600 px photo by an arbitrary camera, then cut out by extract_face_chips
-    big = ChipRenderer.__new__(ChipRenderer)
-    big.__dict__.update(cr.__dict__)
+    chips = cr(V, R, torch.full((2, len(cr.vertex_ids), 3), 0.6), lighting, background)
+    # the same faces, every triangle, drawn into a 600 px photo by an arbitrary camera, then cut out by
+    # dlib's alignment (extract_face_chips)
     from morphable.render.renderer import Renderer
-    big.renderer = Renderer(cr.triangles, (600, 600), soft_silhouette=False)
+
+    full.renderer = Renderer(full.triangles, (600, 600), soft_silhouette=False)
     cam = ScaledOrthographic(torch.tensor([2.2, 1.8]), matrix_to_axis_angle(R), torch.tensor([[300.0, 320.0], [280.0, 300.0]]))
-    big.camera = lambda vertices, rotation: cam
-    photo = big(V, R, albedo, lighting, torch.full((2, 600, 600, 3), 0.3))
+    full.camera = lambda vertices, rotation: cam
+    photo = full(V, R, torch.full((2, len(full.vertex_ids), 3), 0.6), lighting, torch.full((2, 600, 600, 3), 0.3))
     cut = extract_face_chips(photo, cam.project(ict.landmarks(V)))
     inside = (chips - 0.3).abs().sum(-1) > 0.05  # face pixels of the direct chip
     err = (chips - cut).abs().mean(-1)[inside].mean()

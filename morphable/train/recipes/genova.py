@@ -180,7 +180,7 @@ class GenovaRecipe(Recipe):
         cfg = self.config
         settings = dict(split=split, seed=seed, model=cfg.model.name, n_vertices=self.face_model.n_vertices,
                         modes=cfg.model.albedo_modes, yaw=cfg.data.max_yaw_deg, expr=cfg.data.expression_scale,
-                        chips=keep_chips, chunk=cfg.data.chunk, version=1)
+                        chips=keep_chips, chunk=cfg.data.chunk, triangles=len(self.chip_renderer.triangles), version=2)
         return synthetic_features(self.chip_renderer, self.albedo_space, self.encoder, n, settings, _cache_root(cfg),
                                   keep_chips=keep_chips)
 
