@@ -146,38 +146,43 @@ def _run(images, names, model_name, output, landmark_files, face, shape_from, mu
     load_s = time.perf_counter() - t0
     failures: list[str] = []
     found = []  # (photo number, faces, detection seconds)
-    for i, path in enumerate(tqdm(images, desc="detecting" if not landmark_files else "reading", unit="photo",
-                                  file=sys.stderr, disable=not progress or len(images) < 2, leave=False)):
+    # one bar over the stages of all photos: detect each, then fit + write each (a group = one fit)
+    stages = tqdm(total=2 * len(images), unit="step", file=sys.stderr, disable=not progress, leave=False)
+    for i, path in enumerate(images):
+        stages.set_description(f"{path.name}: {'reading landmarks' if landmark_files else 'detecting'}")
         t0 = time.perf_counter()
         try:
             faces = find_faces(path, landmarks=landmark_files[i] if landmark_files else None,
                                face=0 if multi_view else face, detector=detector, max_side=max_side)
         except MorphableError as err:
             failures.append(str(err))
+            stages.update(1)  # no fitting step for this photo
             continue
+        finally:
+            stages.update(1)
         found.append((i, faces, time.perf_counter() - t0))
     groups = [[x for x in found]] if multi_view and found else [[x] for x in found]
-    bar = tqdm(total=len(found), desc="fitting", unit="photo", file=sys.stderr, leave=False,
-               disable=not progress or len(found) < 2)
     for group in groups:
         faces = [f for _, fs, _ in group for f in fs]
         timings = {"load": load_s, "detect": sum(s for _, _, s in group) / len(group)}
+        stages.set_description(f"{images[group[0][0]].name}{' + others' if len(group) > 1 else ''}: fitting")
         try:
             recs = reconstruct_faces(faces, model, label, shape_from=shape_from, multi_view=multi_view,
                                      perspective=perspective, photometric=photometric, iterations=iterations,
                                      texture_size=texture_size, progress=progress, timings=timings)
         except ValueError as err:  # e.g. fewer than 4 usable landmarks
             failures.append(f"{', '.join(dict.fromkeys(f.image for f in faces))}: cannot fit ({err})")
-            bar.update(len(group))
+            stages.update(len(group))
             continue
+        stages.set_description(f"{images[group[0][0]].name}: writing")
         if multi_view:
             for (i, _, _), rec in zip(group, recs):
-                click.echo(f"wrote {rec.save(output / names[i], report=report)}/")
+                stages.write(f"wrote {rec.save(output / names[i], report=report)}/", file=sys.stdout)
         elif face == "all":
             for folder in save_all(recs, output / names[group[0][0]], report=report):
-                click.echo(f"wrote {folder}/")
+                stages.write(f"wrote {folder}/", file=sys.stdout)
         else:
-            click.echo(f"wrote {recs[0].save(output / names[group[0][0]], report=report)}/")
-        bar.update(len(group))
-    bar.close()
+            stages.write(f"wrote {recs[0].save(output / names[group[0][0]], report=report)}/", file=sys.stdout)
+        stages.update(len(group))
+    stages.close()
     return failures

@@ -71,6 +71,8 @@ def test_landmark_file_skips_detection(runner, tmp_path):
     result = runner.invoke(cli, ["fit", str(photo), "--landmarks", str(pts), "-o", str(tmp_path), *FAST])
     assert result.exit_code == 0, result.output
     p = _params(tmp_path / "image_0001")
+    # progress names the stages (regression: a lone photo showed none); --quiet hides it (test_refit_...)
+    assert "image_0001.png: reading landmarks" in result.stderr and "image_0001.png: fitting" in result.stderr
     assert p["landmarks_source"] == str(pts) and p["detection_score"] is None
     np.testing.assert_allclose(p["landmarks"], read_landmarks(pts))  # 0-based, as read
     assert _nme(np.array(p["landmarks_fitted"]), read_landmarks(pts)) < 0.08
@@ -245,5 +247,6 @@ def test_refit_leaves_no_stale_outputs(runner, tmp_path):
         (folder / name).write_bytes(b"old")
     result = runner.invoke(cli, ["fit", str(photo), "--landmarks", str(pts), "-o", str(tmp_path), "-q", *FAST])
     assert result.exit_code == 0, result.output
+    assert result.stderr == ""
     assert {p.name for p in folder.iterdir()} == {"mesh.obj", "mesh.mtl", "texture.png", "mesh.glb", "params.json",
                                                   "arrays.npz", "overlay.png", "report.html"}
