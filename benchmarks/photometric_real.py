@@ -18,10 +18,11 @@ import numpy as np
 import torch
 
 import morphable
-from morphable.detect.dlib68 import detect_landmarks
+from morphable.errors import InputError
 from morphable.fitting.landmarks import fit_landmarks
 from morphable.fitting.photometric import PhotometricConfig, Stage, fit_photometric, photometric_error
-from morphable.io import read_image, write_image
+from morphable.io import write_image
+from morphable.reconstruct import find_faces
 from morphable.viz.comparison import side_by_side
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -35,19 +36,14 @@ MAX_SIDE = 512  # photos are shrunk so that the final full-size rendering stays 
 
 
 def load(path: Path) -> tuple[torch.Tensor, torch.Tensor] | None:
-    """Photo (shrunk to MAX_SIDE) as ``(1, H, W, 3)`` in [0, 1] and its best face's landmarks ``(1, 68, 2)``."""
-    image = read_image(path)
-    f = min(1.0, MAX_SIDE / max(image.shape[:2]))
-    if f < 1:
-        from PIL import Image
-
-        image = np.asarray(Image.fromarray(image).resize((round(image.shape[1] * f), round(image.shape[0] * f)),
-                                                          Image.LANCZOS))
-    faces = detect_landmarks(image)
-    if not faces:
+    """Photo (shrunk to MAX_SIDE) as ``(1, H, W, 3)`` in [0, 1] and its largest face's landmarks ``(1, 68, 2)``
+    in the shrunk photo's pixels (the choice and the working copy of :func:`morphable.reconstruct`)."""
+    try:
+        (face,) = find_faces(path, max_side=MAX_SIDE)
+    except InputError:
         return None
-    return (torch.from_numpy(np.array(image)).float()[None] / 255,
-            torch.as_tensor(faces[0].landmarks, dtype=torch.float32)[None])
+    return (torch.from_numpy(np.array(face.photo)).float()[None] / 255,
+            torch.as_tensor(face.landmarks, dtype=torch.float32)[None])
 
 
 def main() -> None:

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from morphable.viz.report import coefficient_chart, report_html, write_report
+from morphable.viz.report import coefficient_chart, write_report
 
 
 def _page(tmp_path):
