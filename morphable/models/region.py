@@ -9,15 +9,15 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from morphable.geometry.mesh import submesh
 from morphable.models.base import MorphableModel
 
 
 def restrict(model: MorphableModel, vertex_ids: Tensor, name: str | None = None) -> MorphableModel:
     """The model on ``vertex_ids`` ``(K,)`` only (sorted, unique); see the module docstring."""
-    keep = torch.unique(torch.as_tensor(vertex_ids, dtype=torch.int64, device=model.mean.device))
-    V = model.n_vertices
-    new = torch.full((V,), -1, dtype=torch.int64, device=keep.device)
-    new[keep] = torch.arange(len(keep), device=keep.device)
+    cut = submesh(model.triangles, torch.as_tensor(vertex_ids, dtype=torch.int64, device=model.triangles.device),
+                  model.n_vertices)
+    keep, new = cut.vertex_ids, cut.new_index
 
     def sub(x: Tensor | None) -> Tensor | None:
         return None if x is None else x[keep]
@@ -28,8 +28,7 @@ def restrict(model: MorphableModel, vertex_ids: Tensor, name: str | None = None)
         y = new[x]
         return y[y >= 0]
 
-    tri = new[model.triangles]
-    tri = tri[(tri >= 0).all(1)]
+    tri = cut.triangles
     lmk = new[model.landmark_indices]
     defined = model.landmark_mask & ((lmk >= 0) | (model.landmark_weights == 0)).all(1)
     sym = None

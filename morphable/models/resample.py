@@ -11,10 +11,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 from torch import Tensor
 
+from morphable.geometry.mesh import submesh
 from morphable.geometry.uv import flatten, locate, mirror_pairs, symmetry_pairs
 from morphable.models.base import MorphableModel
 from morphable.models.functional import barycentric_points
@@ -51,9 +51,7 @@ def model_uv(model: MorphableModel, region: str | None = "face", symmetric: bool
     """
     tris = model.triangles.cpu().numpy()
     if region is not None and region in model.regions:
-        inside = np.zeros(model.n_vertices, bool)
-        inside[model.regions[region].cpu().numpy()] = True
-        tris = tris[inside[tris].all(1)]
+        tris = tris[submesh(model.triangles, model.regions[region], model.n_vertices).triangle_ids.cpu().numpy()]
     mean = model.mean.detach().cpu().double().numpy()
     pairs = None
     if symmetric:
