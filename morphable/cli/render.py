@@ -2,7 +2,8 @@
 
 The face is the model evaluated at the stored coefficients, seen through the stored camera (the original
 photo's pixel frame), so its silhouette lies where the overlay drew the mesh. ``--size`` renders the same
-view with the longer side at that many pixels (:meth:`Camera.rescaled`). PNG keeps the coverage as alpha;
+view with the longer side at that many pixels (:meth:`Camera.rescaled`); by default the photo's size, at
+most :data:`~morphable.reconstruct.MAX_SIDE` px (the overlay's size). PNG keeps the coverage as alpha;
 formats without alpha (JPEG) get the face over black.
 """
 from __future__ import annotations
@@ -31,7 +32,7 @@ def render_params(params_file: Path, *, size: int | None = None, light: str = "0
 
     import morphable
     from morphable.io.params import read_params, upgrade_params
-    from morphable.reconstruct import Reconstruction
+    from morphable.reconstruct import MAX_SIDE, Reconstruction
     from morphable.render import Renderer, sh_directional
 
     direction, ambient = _light(light)
@@ -43,6 +44,8 @@ def render_params(params_file: Path, *, size: int | None = None, light: str = "0
     rec = Reconstruction.from_params(params, model=model, path=params_file)
     H, W = rec.image_size
     camera = rec.camera
+    if size is None and max(H, W) > MAX_SIDE:  # as the overlay: a large photo's fit is drawn at the working size
+        size = MAX_SIDE
     if size is not None:
         factor = size / max(H, W)
         camera = camera.rescaled(factor)
@@ -63,7 +66,8 @@ def render_params(params_file: Path, *, size: int | None = None, light: str = "0
 @click.argument("params_file", type=click.Path(path_type=Path))
 @click.option("-o", "--output", type=click.Path(path_type=Path), required=True,
               help="Image to write (.png keeps alpha; .jpg and others are written without it).")
-@click.option("--size", type=int, default=None, help="Longest image side in pixels (default: the fit's image size).")
+@click.option("--size", type=int, default=None,
+              help="Longest image side in pixels (default: the fit's image size, at most 1600 like the overlay).")
 @click.option("--light", default="0.3,0.4,1,0.35", show_default=True,
               help="Direction X,Y,Z towards a white light (view frame, +z to the viewer), optional ambient.")
 @click.option("--model", "model_name", default=None, help="Model name or file (default: the params' model).")
