@@ -32,6 +32,7 @@ import collections
 import io
 import os
 import pickle
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -195,7 +196,9 @@ def loads(data: bytes, path: str | os.PathLike = "<bytes>") -> Any:
         ModelFileError: naming ``path`` for a refused class, a truncated or corrupted stream.
     """
     try:
-        obj = RestrictedUnpickler(io.BytesIO(data), path).load()
+        with warnings.catch_warnings():  # Python 2 STRING opcodes with stray backslashes: not worth a warning
+            warnings.filterwarnings("ignore", message="invalid escape sequence", category=DeprecationWarning)
+            obj = RestrictedUnpickler(io.BytesIO(data), path).load()
     except ModelFileError:
         raise
     except Exception as e:  # truncated/corrupted streams raise anything from EOFError to ValueError

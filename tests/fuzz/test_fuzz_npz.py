@@ -71,7 +71,8 @@ def _mutate_value(draw, a: np.ndarray) -> np.ndarray:
     if kind == "special" and a.size:
         b = a.astype(np.float64).copy().reshape(-1)
         b[draw(st.integers(0, b.size - 1))] = draw(st.sampled_from(FLOATS))
-        return b.reshape(a.shape).astype(a.dtype) if a.dtype.kind == "f" else b.reshape(a.shape)
+        with np.errstate(invalid="ignore", over="ignore"):
+            return b.reshape(a.shape).astype(a.dtype) if a.dtype.kind == "f" else b.reshape(a.shape)
     if kind == "ids" and a.size:
         b = a.astype(np.int64).copy().reshape(-1)
         b[draw(st.integers(0, b.size - 1))] = draw(st.sampled_from(INTS))
