@@ -420,6 +420,10 @@ def write_outputs(rec: Reconstruction, folder: Path, *, report: bool = True) -> 
         if p.comparison is not None:
             write_image(folder / "comparison.png", p.comparison)
             images.append(("photo | rendering | difference", p.comparison))
+            marks = rescale_pixels(rec.landmarks, 1.0 / rec.working_scale)
+            panels = [_face_crop(panel, marks, size=320) for panel in np.split(p.comparison, 3, axis=1)]
+            if all(panel is not None for panel in panels):
+                images.append(("photo | rendering | difference, around the face", np.concatenate(panels, axis=1)))
         if p.energy_history:
             curve = energy_curve(p.energy_history)
             write_image(folder / "energy.png", curve)

@@ -3,6 +3,7 @@ fresh output folders, large photos mapped back to the original frame."""
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -64,6 +65,12 @@ def test_params_round_trip(sfm, photo, tmp_path):
                                rec.camera.project(torch.as_tensor(rec.vertices)[None]), atol=1e-3, rtol=1e-5)
     np.testing.assert_array_equal(back.photometric.albedo, rec.photometric.albedo.astype(np.float32))
     rec.save(tmp_path / "out")
+    report = (tmp_path / "out" / "report.html").read_text()
+    captions = re.findall(r"<figcaption>([^(<]+) \(", report)
+    assert [c.split(":")[0].split(",")[0].strip() for c in captions] == [
+        "photo", "overlay", "overlay", "photo | rendering | difference", "photo | rendering | difference",
+        "photometric energy per step", "turntable", "texture"]
+    assert report.count('src="data:image/png;base64,') == 8 and "identity (63)" in report
     loaded = Reconstruction.load(tmp_path / "out", model=sfm)
     assert json.dumps(loaded.to_params()) == json.dumps(params) and loaded.texture.shape == (64, 64, 3)
 
