@@ -147,14 +147,14 @@ class _Reader:
         dims = tuple(self.integer() for _ in range(4))
         if min(dims) < 0:
             raise self.fail(f"negative tensor size {dims}")
-        count = int(np.prod(dims))
+        count = math.prod(dims)  # Python integers: np.prod wraps around int64 (2^40 · 2^40 gave 0)
         values = np.frombuffer(self.take(4 * count), dtype="<f4").astype(np.float32)
         return values.reshape(dims)
 
     def empty_tensor(self) -> None:
         """A cached activation or gradient of a stored network: must be empty."""
         shape = self.tensor().shape
-        if int(np.prod(shape)) != 0:
+        if math.prod(shape) != 0:
             raise self.fail(f"expected an empty cached tensor, found {shape}")
 
     def alias(self) -> tuple[int, int, int, int]:

@@ -113,3 +113,22 @@ def test_generated_pickle_streams(tmp_path):
         check("pickle (restricted)", load_pickle, write(tmp_path, "case.pkl", b"\x80\x02" + data + pickle.STOP))
 
     case()
+
+
+def test_pickled_array_claiming_10_to_the_9_values_fails_before_allocating(tmp_path):
+    """A pickled ndarray whose shape says 10^9 doubles but whose data is 24 bytes: refused, nothing allocated."""
+    import tracemalloc
+
+    from morphable.errors import ModelFileError
+
+    raw = py2_dumps({"v_template": np.zeros(3)})
+    assert raw.count(b"K\x03\x85") == 1                       # the shape tuple (3,)
+    path = write(tmp_path, "huge.pkl", raw.replace(b"K\x03\x85", b"J" + (10**9).to_bytes(4, "little") + b"\x85"))
+    tracemalloc.start()
+    try:
+        with pytest.raises(ModelFileError, match="huge.pkl: not a readable model pickle"):
+            load_pickle(path)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 10 * 2**20

@@ -259,3 +259,33 @@ def test_bfm2009_signalling_nan_is_refused_without_a_warning(tmp_path):
         warnings.simplefilter("error")
         with pytest.raises(ModelFileError, match="snan.mat: shapeEV: contains non-finite values"):
             load_bfm2009(path, discover=False)
+
+
+# --- dlib: tensor sizes multiplied in int64 wrapped around ---------------------------------------------
+def _dlib_int(value: int) -> bytes:
+    magnitude = abs(value).to_bytes(max(1, (abs(value).bit_length() + 7) // 8), "little")
+    return bytes([len(magnitude) | (0x80 if value < 0 else 0)]) + magnitude
+
+
+def test_dlib_tensor_dims_whose_product_overflows_int64(tmp_path):
+    """Was: ``ValueError: cannot reshape array of size 0`` (np.prod wrapped 2^40 · 2^40 to 0)."""
+    from morphable.identity.dlib_serialization import _Reader
+
+    data = _dlib_int(2) + b"".join(_dlib_int(d) for d in (2**40, 2**40, 1, 1)) + b"\0" * 16
+    with pytest.raises(ModelFileError, match=r"x.dat: truncated: wanted 4835703278458516698824704 more bytes"):
+        _Reader(data, "x.dat").tensor()
+    ok = _dlib_int(2) + b"".join(_dlib_int(d) for d in (1, 2, 1, 1)) + np.array([1.5, -2], "<f4").tobytes()
+    assert _Reader(ok, "x.dat").tensor().ravel().tolist() == [1.5, -2.0]
+
+
+# --- BFM 2017: a 3 kB HDF5 file can declare a dataset of gigabytes (never written: fill values) ---------
+def test_bfm2017_dataset_larger_than_its_file_fails_before_allocating(tmp_path):
+    """Was: h5py materialised the declared 8 GB of fill values."""
+    import h5py
+
+    from morphable.models.formats.bfm import load_bfm2017
+
+    path = tmp_path / "huge.h5"
+    with h5py.File(path, "w") as f:
+        f.create_dataset("shape/model/mean", shape=(10**9,), dtype="f8", chunks=(1000,))
+    _fails_small(lambda: load_bfm2017(path, discover=False), r"huge.h5: /shape/model/mean: declares 8000000000 bytes")

@@ -67,6 +67,7 @@ from morphable.models.landmarks import vertex_landmarks
 BFM_LICENCE = ("Basel Face Model: free for non-commercial research under the University of Basel's "
                "licence (faces.dmi.unibas.ch); the model files may not be redistributed")
 MICROMETRES_PER_MM = 1000.0
+_H5_MAX_RATIO = 1032  # a dataset's bytes per file byte at most (deflate's limit; statismo files are not compressed)
 PathLike = str | os.PathLike
 
 
@@ -364,6 +365,8 @@ def _read_h5(path: Path) -> dict[str, np.ndarray]:
     import h5py
 
     out: dict[str, np.ndarray] = {}
+    size = path.stat().st_size
+    limit = _H5_MAX_RATIO * size
     try:
         with h5py.File(path, "r") as f:
             for part in ("shape", "color", "expression"):
@@ -375,9 +378,15 @@ def _read_h5(path: Path) -> dict[str, np.ndarray]:
                         continue
                     for key, item in node.items():
                         if isinstance(item, h5py.Dataset):
+                            nbytes = item.size * item.dtype.itemsize
+                            if nbytes > limit:  # a tiny file can declare a huge (unwritten, fill-value) dataset
+                                _fail(path, f"/{part}/{group}/{key}: declares {nbytes} bytes of data, more than a "
+                                            f"{size}-byte file can hold")
                             out[f"{part}/{group}/{key}"] = item[()]
+    except ModelFileError:
+        raise
     except Exception as e:  # h5py raises OSError, KeyError, RuntimeError, ValueError... on corrupt files
-        _fail(path, f"not a readable HDF5 model file ({type(e).__name__}: {e})")
+        _fail(path, f"not a readable HDF5 model file ({type(e).__name__}: {' '.join(str(e).split())})")
     return out
 
 
