@@ -57,16 +57,20 @@ def test_obj_corpus_mutations(seed, tmp_path):
 
 
 def test_obj_with_material_and_texture_mutations(textured_obj):
-    obj, mtl = (textured_obj / "seed.obj").read_bytes(), (textured_obj / "seed.mtl").read_bytes()
+    """The OBJ, its MTL and its PNG texture, each mutated or kept."""
+    obj, mtl, png = ((textured_obj / f"seed.{ext}").read_bytes() for ext in ("obj", "mtl", "png"))
 
     @fuzz_settings(0.5)
-    @given(mutated(obj, text=True), st.one_of(st.just(mtl), mutated(mtl, text=True)))
-    def case(obj_data, mtl_data):
+    @given(mutated(obj, text=True), st.one_of(st.just(mtl), mutated(mtl, text=True)),
+           st.one_of(st.just(png), mutated(png)))
+    def case(obj_data, mtl_data, png_data):
         write(textured_obj, "seed.mtl", mtl_data)
+        write(textured_obj, "seed.png", png_data)
         check("obj", read_obj, write(textured_obj, "case.obj", obj_data))
 
     case()
     write(textured_obj, "seed.mtl", mtl)
+    write(textured_obj, "seed.png", png)
 
 
 _OBJ_KEYS = ("v", "vt", "vn", "f", "usemtl", "mtllib", "g", "s", "o", "#", "l", "vp")
