@@ -218,8 +218,8 @@ def _read_yaws(path: Path) -> dict[str, float]:
     for i, record in enumerate(records):
         key = next((k for k in ("yaw_deg", "yaw", "yaw_rad") if k in record), None)
         value = record.get(key)
-        if not isinstance(record.get("image"), str) or not isinstance(value, (int, float)) or isinstance(value, bool) \
-                or not np.isfinite(value):
+        number = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if not isinstance(record.get("image"), str) or not number or not -1e6 < value < 1e6:  # also NaN, huge ints
             raise InputError(path, f"entry {i}: needs an image name and a finite yaw number")
         name = Path(record["image"]).name.split(".")[0]
         (radians if key == "yaw_rad" else table)[name] = float(value)

@@ -116,3 +116,13 @@ def test_nme_aflw2000_on_the_corpus_uses_its_index(data, tmp_path):
         inside = [e for yaw, e in expected if (yaw > lo or lo == 0) and (yaw <= hi or hi == 90)]
         assert b["count"] == len(inside)
         assert b["nme"] == pytest.approx(np.mean(inside), rel=1e-5)
+
+
+@pytest.mark.parametrize("content", ['{"a": NaN}', '{"a": 1e999}', '{"a": 10000000000000000000000}', '[{"image": 3}]',
+                                     '"text"', '{"a": "10"}'])
+def test_nme_bad_yaw_file_is_one_line(tmp_path, content):
+    _write_case(tmp_path, np.random.default_rng(3), ["a"], [1.0])
+    (tmp_path / "gt" / "yaws.json").write_text(content)
+    result = _invoke("evaluate", "nme", "--pred", tmp_path / "pred", "--gt", tmp_path / "gt", "--protocol", "aflw2000")
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert len(result.stderr.strip().splitlines()) == 1 and "yaws.json" in result.stderr
