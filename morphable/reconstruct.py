@@ -159,7 +159,7 @@ class Reconstruction:
 
         Small by design: per-vertex arrays go to :meth:`arrays` (``arrays.npz`` beside it).
         """
-        from morphable.io.params import PARAMS_SCHEMA, PARAMS_VERSION, _plain
+        from morphable.io.params import PARAMS_SCHEMA, PARAMS_VERSION, json_ready
 
         H, W = self.image_size
         photometric = None
@@ -174,7 +174,7 @@ class Reconstruction:
                 "photometric_error": p.photometric_error,
             }
         arrays = self.arrays()
-        return _plain({
+        return json_ready({
             "schema": PARAMS_SCHEMA, "version": PARAMS_VERSION,
             "model": self.model, "image": self.image, "image_size": {"width": W, "height": H},
             "face": self.face, "landmarks_source": self.landmarks_source, "detection_score": self.detection_score,
@@ -185,7 +185,7 @@ class Reconstruction:
             "rms_px": self.rms_px, "rms_stage": self.rms_stage, "working_scale": self.working_scale,
             "texture_coverage": self.texture_coverage, "timings": self.timings,
             "arrays": ARRAYS_FILE if arrays else None, "photometric": photometric,
-        }, "")
+        })
 
     def arrays(self) -> dict[str, np.ndarray]:
         """Per-vertex arrays kept out of ``params.json`` (``arrays.npz``): ``vertex_uncertainty`` ``(V,)``,
@@ -367,11 +367,18 @@ def fresh_folder(folder: Path):
         if folder.exists():
             old = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}.", suffix=".old"))
             folder.rename(old / "previous")
-        tmp.rename(folder)
+        try:
+            tmp.rename(folder)
+        except OSError:
+            if old is not None:  # put the earlier folder back
+                (old / "previous").rename(folder)
+            raise
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
+    except BaseException as err:
         shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(err, OSError):
+            raise InputError(folder, f"cannot write: {err.strerror or err}") from None
         raise
 
 

@@ -18,7 +18,7 @@ from morphable.errors import InputError
 from morphable.io.atomic import atomic_write
 
 
-def _plain(value: Any, where: str) -> Any:
+def json_ready(value: Any, where: str = "") -> Any:
     """``value`` made of dict/list/str/int/float/bool/None only."""
     if hasattr(value, "detach") and hasattr(value, "cpu"):  # torch tensor
         return value.detach().cpu().tolist()
@@ -29,10 +29,10 @@ def _plain(value: Any, where: str) -> Any:
         for key, item in value.items():
             if not isinstance(key, str):
                 raise TypeError(f"write_params: key {key!r} at {where or 'top level'} is not a string")
-            out[key] = _plain(item, f"{where}.{key}" if where else key)
+            out[key] = json_ready(item, f"{where}.{key}" if where else key)
         return out
     if isinstance(value, list | tuple):
-        return [_plain(item, f"{where}[{i}]") for i, item in enumerate(value)]
+        return [json_ready(item, f"{where}[{i}]") for i, item in enumerate(value)]
     if isinstance(value, PathLike):
         return str(value)
     if value is None or isinstance(value, str | bool | int | float):
@@ -52,7 +52,7 @@ def write_params(path: str | PathLike, params: dict[str, Any]) -> None:
     """
     if not isinstance(params, dict):
         raise TypeError(f"write_params: expected a dict, got {type(params).__name__}")
-    text = json.dumps(_plain(params, ""), indent=2) + "\n"
+    text = json.dumps(json_ready(params, ""), indent=2) + "\n"
     with atomic_write(path, "w") as f:
         f.write(text)
 
