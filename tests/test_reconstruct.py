@@ -174,3 +174,19 @@ def test_regressor_centres_the_identity_prior(sfm, photo, monkeypatch):
     np.testing.assert_allclose(rec.identity, target[0].numpy(), atol=1e-3)
     plain = morphable.reconstruct(image, "sfm", landmarks=pts, shape_from="landmarks", **FAST)
     assert plain.shape_from == "landmarks" and np.abs(plain.identity - target[0].numpy()).max() > 0.1
+
+
+def test_fresh_folder_keeps_the_old_folder_when_writing_fails(tmp_path):
+    from morphable.reconstruct import fresh_folder
+
+    folder = tmp_path / "out"
+    folder.mkdir()
+    (folder / "old.txt").write_text("earlier run")
+    with pytest.raises(RuntimeError, match="boom"):
+        with fresh_folder(folder) as tmp:
+            (tmp / "half.txt").write_text("half-written")
+            raise RuntimeError("boom")
+    assert [p.name for p in tmp_path.iterdir()] == ["out"] and [p.name for p in folder.iterdir()] == ["old.txt"]
+    with fresh_folder(folder) as tmp:
+        (tmp / "new.txt").write_text("this run")
+    assert [p.name for p in tmp_path.iterdir()] == ["out"] and [p.name for p in folder.iterdir()] == ["new.txt"]
