@@ -28,11 +28,12 @@ def _read_mesh_mm(path: Path, unit: str) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _crop_triangles(triangles: np.ndarray, ids: np.ndarray, count: int) -> np.ndarray:
-    """Triangles with all corners in ``ids``, re-indexed into ``ids``."""
-    remap = np.full(count, -1, dtype=np.int64)
-    remap[ids] = np.arange(len(ids))
-    tri = remap[triangles]
-    return tri[(tri >= 0).all(axis=1)]
+    """Triangles with all corners in ``ids`` (sorted, unique), re-indexed into ``ids``."""
+    import torch
+
+    from morphable.geometry.mesh import submesh
+
+    return submesh(torch.as_tensor(triangles, dtype=torch.int64), torch.as_tensor(ids), count).triangles.numpy()
 
 
 def _table(title: str, summary: dict) -> None:

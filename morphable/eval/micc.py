@@ -29,7 +29,7 @@ from scipy.spatial import cKDTree
 
 from morphable.eval.stats import DistanceStats
 from morphable.geometry.align import Similarity, icp, umeyama
-from morphable.geometry.mesh import boundary_edges, vertex_normals
+from morphable.geometry.mesh import boundary_edges, submesh, vertex_normals
 
 CROP_RADIUS_MM = 95.0
 
@@ -92,12 +92,9 @@ def crop_around(vertices: np.ndarray, triangles: np.ndarray, centre: np.ndarray,
     re-indexed into the kept vertices, only those with all three corners kept)."""
     vertices = np.asarray(vertices, dtype=np.float64)
     keep = np.linalg.norm(vertices - np.asarray(centre, dtype=np.float64), axis=1) <= radius
-    ids = np.flatnonzero(keep)
-    remap = np.full(len(vertices), -1, dtype=np.int64)
-    remap[ids] = np.arange(len(ids))
-    tri = np.asarray(triangles, dtype=np.int64)
-    tri = remap[tri[keep[tri].all(axis=1)]]
-    return ids, tri
+    cut = submesh(torch.as_tensor(np.asarray(triangles, dtype=np.int64)).reshape(-1, 3), torch.from_numpy(keep),
+                  len(vertices))
+    return cut.vertex_ids.numpy(), cut.triangles.numpy()
 
 
 def _normals_and_rim(vertices: np.ndarray, triangles: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
