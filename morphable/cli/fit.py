@@ -153,7 +153,7 @@ def _run(images, names, model_name, output, landmark_files, face, shape_from, mu
         t0 = time.perf_counter()
         try:
             faces = find_faces(path, landmarks=landmark_files[i] if landmark_files else None,
-                               face=0 if multi_view else face, detector=detector, max_side=max_side)
+                               face=face, detector=detector, max_side=max_side)
         except MorphableError as err:
             failures.append(str(err))
             stages.update(1)  # no fitting step for this photo
