@@ -15,13 +15,15 @@ and +1 on write. JSON files hold our own 0-based coordinates.
     }
 
 JSON layouts accepted: ``[[x, y], ... 68 ...]`` or ``{"landmarks": [[x, y], ...]}``; ``null`` for a
-point (or ``[null, null]``) means "missing" and is read as NaN (the fitters skip NaN landmarks).
+point (or ``[null, null]``) means "missing" and is read as NaN (the fitters skip NaN landmarks); other
+non-finite numbers (``NaN``, ``Infinity``, ``1e999`` literals) are errors.
 
 Every malformed file raises :class:`~morphable.errors.InputError` naming the file.
 """
 from __future__ import annotations
 
 import json
+import math
 from os import PathLike
 from pathlib import Path
 
@@ -120,7 +122,13 @@ def _parse_json(path: Path, text: str) -> np.ndarray:
         if not (isinstance(p, list) and len(p) == 2 and all(isinstance(c, (int, float)) and not isinstance(c, bool)
                                                             for c in p)):
             raise InputError(path, f"landmark {i} is not an [x, y] pair of numbers")
-        rows.append((float(p[0]), float(p[1])))
+        try:
+            x, y = float(p[0]), float(p[1])
+        except OverflowError:  # an integer beyond float range
+            x = y = math.inf
+        if not (math.isfinite(x) and math.isfinite(y)):  # NaN/Infinity/1e999 literals: a missing point is null
+            raise InputError(path, f"landmark {i} has non-finite coordinates (write null for a missing point)")
+        rows.append((x, y))
     return np.asarray(rows, dtype=np.float64).reshape(-1, 2)
 
 

@@ -75,6 +75,23 @@ _JSON = st.recursive(st.none() | st.booleans() | st.integers(-2**70, 2**70) | st
                          st.sampled_from(["landmarks", "points", "x"]), children, max_size=3), max_leaves=150)
 
 
+_COORD = st.one_of(st.floats(-1e4, 1e4), st.floats(), st.integers(-2**1100, 2**1100), st.booleans(), st.none(),
+                   st.text(max_size=3))
+_POINT = st.one_of(st.lists(_COORD, min_size=2, max_size=2), st.none(), st.lists(_COORD, max_size=3))
+
+
+def test_json_generated_point_lists(tmp_path):
+    """Nearly valid files: 66 to 70 points whose coordinates are drawn from numbers, huge integers, NaN,
+    infinities, booleans, null and text."""
+    @fuzz_settings()
+    @given(st.lists(_POINT, min_size=66, max_size=70), st.booleans())
+    def case(points, wrapped):
+        text = json.dumps({"landmarks": points} if wrapped else points, allow_nan=True)
+        check("landmark json", read_landmarks, write(tmp_path, "case.json", text.encode()))
+
+    case()
+
+
 def test_json_generated(tmp_path):
     @fuzz_settings()
     @given(_JSON, st.sampled_from(["case.json", "case.txt"]))

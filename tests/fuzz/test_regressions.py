@@ -289,3 +289,17 @@ def test_bfm2017_dataset_larger_than_its_file_fails_before_allocating(tmp_path):
     with h5py.File(path, "w") as f:
         f.create_dataset("shape/model/mean", shape=(10**9,), dtype="f8", chunks=(1000,))
     _fails_small(lambda: load_bfm2017(path, discover=False), r"huge.h5: /shape/model/mean: declares 8000000000 bytes")
+
+
+# --- landmark JSON: an integer beyond float range, and Infinity literals -------------------------------
+@pytest.mark.parametrize("value", ["1" + "0" * 400, "1e999", "Infinity", "NaN"])
+def test_landmark_json_coordinate_that_is_not_a_finite_float(tmp_path, value):
+    """Was: ``OverflowError: int too large to convert to float`` (10^400), or an accepted inf landmark."""
+    from morphable.detect.formats import read_landmarks
+
+    path = tmp_path / "points.json"
+    path.write_text("[" + ",".join(["[1, 2]"] * 67) + f", [{value}, 3]]")
+    with pytest.raises(InputError, match="points.json: landmark 67 has non-finite coordinates"):
+        read_landmarks(path)
+    path.write_text("[" + ",".join(["[1, 2]"] * 67) + ", null]")               # the way to say "missing"
+    assert np.isnan(read_landmarks(path)[67]).all()
