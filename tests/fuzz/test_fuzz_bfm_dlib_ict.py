@@ -226,3 +226,25 @@ def test_ict_vertex_indices_mutations(tmp_path):
         check("ict vertex_indices.json", read_vertex_indices, write(tmp_path, "vertex_indices.json", data))
 
     case()
+
+
+def test_mat_variable_claiming_10_to_the_12_values_fails_before_allocating(tmp_path):
+    """A MATLAB matrix header saying 10^6 x 10^6 over 4 stored doubles: refused without allocating."""
+    import tracemalloc
+
+    from morphable.errors import ModelFileError
+
+    buffer = io.BytesIO()
+    scipy.io.savemat(buffer, {"shapeMU": np.zeros((4, 1))})
+    raw = buffer.getvalue()
+    dims = (4).to_bytes(4, "little") + (1).to_bytes(4, "little")
+    assert raw.count(dims) == 1
+    path = write(tmp_path, "huge.mat", raw.replace(dims, (10**6).to_bytes(4, "little") * 2))
+    tracemalloc.start()
+    try:
+        with pytest.raises(ModelFileError, match="huge.mat: not a readable MATLAB .mat file"):
+            load_bfm2009(path, discover=False)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 10 * 2**20
