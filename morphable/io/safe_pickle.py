@@ -235,7 +235,8 @@ def load_npy(path: str | os.PathLike) -> Any:
     except OSError as e:
         raise ModelFileError(path, f"cannot read ({e.strerror or e})") from None
     except READ_ERRORS as e:
-        raise ModelFileError(path, f"not a readable .npy file ({type(e).__name__}: {' '.join(str(e).split())})") from None
+        problem = " ".join(str(e).split())
+        raise ModelFileError(path, f"not a readable .npy file ({type(e).__name__}: {problem})") from None
     array = loads(payload, path)
     if not isinstance(array, np.ndarray):
         raise ModelFileError(path, f"object .npy holds a {type(array).__name__}, not an array")

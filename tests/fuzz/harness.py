@@ -3,9 +3,10 @@
 Contract, checked by :func:`check` for every case: a parser fed a damaged or hostile file either returns or
 raises one of our own errors (:class:`~morphable.errors.MorphableError`) whose message is one line naming
 the file; never another exception (``IndexError``, ``struct.error``, ``UnicodeDecodeError``,
-``MemoryError``...; nor a numpy ``RuntimeWarning``, which would print), never a hang (a per-case alarm, besides hypothesis's deadline), never a huge
-allocation (each case runs under an address-space limit, so a header that makes the parser allocate
-gigabytes fails as a ``MemoryError``, a foreign exception).
+``MemoryError``...; nor a numpy ``RuntimeWarning``, which would print), never a hang (a per-case alarm
+besides hypothesis's deadline), never a huge allocation (each case runs under an address-space limit, so a
+header that makes the parser allocate gigabytes fails as a ``MemoryError``, a foreign exception; the
+"10^12 values" tests also measure the peak with ``tracemalloc``).
 
 Cases are mutations of real files (:func:`mutated`: byte flips, truncations, inserted and deleted bytes or
 lines, special numbers written over numeric fields and text tokens: NaN, inf, huge counts, negative
@@ -52,8 +53,9 @@ def fuzz_settings(share: float = 1.0, deadline_s: float = 10.0) -> settings:
                     suppress_health_check=list(HealthCheck))
 
 
-class Hang(Exception):
-    """A case ran past :data:`CASE_TIMEOUT_S`."""
+class Hang(BaseException):
+    """A case ran past :data:`CASE_TIMEOUT_S` (a ``BaseException``, so no parser's ``except Exception``
+    can turn it into an ordinary error)."""
 
 
 def _alarm(signum: int, frame: Any) -> None:
