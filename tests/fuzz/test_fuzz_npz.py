@@ -48,6 +48,18 @@ def test_native_byte_mutations(native, tmp_path):
     case()
 
 
+def test_load_any_dispatch_mutations(native, tmp_path):
+    """``load_any`` (what ``load_model(path)`` calls): the zip sniffing that picks the native or ICT loader."""
+    from morphable.models.formats import load_any
+
+    @fuzz_settings(0.5)
+    @given(mutated(native["synthetic"]))
+    def case(data):
+        check("npz (load_any)", load_any, write(tmp_path, "case.npz", data))
+
+    case()
+
+
 def test_native_sfm_byte_mutations(tmp_path):
     from morphable.models.formats.sfm import load_sfm
 
