@@ -303,3 +303,17 @@ def test_landmark_json_coordinate_that_is_not_a_finite_float(tmp_path, value):
         read_landmarks(path)
     path.write_text("[" + ",".join(["[1, 2]"] * 67) + ", null]")               # the way to say "missing"
     assert np.isnan(read_landmarks(path)[67]).all()
+
+
+def test_python2_string_with_a_stray_backslash_loads_without_a_warning():
+    """Was: ``DeprecationWarning: invalid escape sequence '\\D'`` from pickle's STRING opcode."""
+    from morphable.io.safe_pickle import loads
+
+    data = b"(dp0\nS'key'\np1\nS'a\\\\D'\np2\ns."                 # protocol 0: STRING 'a\\D' (escaped)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert loads(data, "x.pkl") == {"key": "a\\D"}
+    stray = b"(dp0\nS'key'\np1\nS'a\\D'\np2\ns."                    # an unescaped backslash, as the fuzzer made
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert loads(stray, "x.pkl") == {"key": "a\\D"}
