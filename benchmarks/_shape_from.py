@@ -52,7 +52,7 @@ class ShapeSource:
                 self.lambda_identity = float(self.regressor.prior_precision)
         self.mode = mode
         self.label = "landmarks" if mode == "landmarks" else (
-            f"regressor({args.regressor or 'shipped'}, lambda={self.lambda_identity:g})")
+            f"regressor (lambda {self.lambda_identity:g}, weights {args.regressor or 'shipped'})")
 
     def predict(self, image: torch.Tensor, landmarks: torch.Tensor) -> torch.Tensor | None:
         """The regressor's identity ``(1, K)`` for one photo ``(1, H, W, 3)`` in [0, 1] with its landmarks

@@ -133,7 +133,7 @@ def main() -> None:
     if prior is not None:
         print(report_line("regressor alone (mu)", identity_consistency(model, prior, labels, region=args.region)))
     report = identity_consistency(model, fit.identity, labels, descriptors=descriptors(images, lmk), region=args.region)
-    print(report_line(f"fit ({source.label})", report))
+    print(report_line(f"fit ({source.mode})", report))
     print(f"{'dlib descriptors (ceiling)':40s} auc {report.auc_descriptor:.3f}")
     print(f"pairs: {report.n_same} same, {report.n_different} different; {time.perf_counter() - t0:.1f} s in all")
     for line in failed:

@@ -22,6 +22,10 @@ neutral meshes with the same protocol, the mean face beside.
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/scan_recover.py [--shape-from regressor|landmarks] \\
         [--regressor PATH] [--lambda-identity X] [--model ict] [--synthetic 8] [--out out/scan_recover]
+        [--drop-jawline]
+
+``--drop-jawline`` (a diagnostic) fits without the 17 jawline landmarks, to separate what the contour term
+does from what the inner landmarks do.
 
 Last line: ``RESULT scan_fit_mm_0= scan_fit_mm_m30= scan_fit_mm_p30= scan_mean_mm= scan_oracle_mm=
 ratio_max= synth_fit_mm= synth_mean_mm= synth_ratio=`` (medians in mm; ``ratio_max``: the largest
@@ -66,18 +70,22 @@ def face_centre(scan: Scan) -> np.ndarray:
     return scan.landmarks.mean(axis=0)
 
 
-def recover(source: ShapeSource, image: np.ndarray) -> torch.Tensor | None:
-    """Identity (K,) fitted from a rendered uint8 image, or None when dlib finds no face."""
+def recover(source: ShapeSource, image: np.ndarray, drop_jawline: bool = False) -> torch.Tensor | None:
+    """Identity (K,) fitted from a rendered uint8 image, or None when dlib finds no face. ``drop_jawline``:
+    the landmark fit ignores iBUG points 0-16 (the regressor still sees all 68 to align its face chip)."""
     chosen, _ = detect_faces(image, "largest")
     if not chosen:
         return None
     lmk = torch.as_tensor(chosen[0][1].landmarks, dtype=torch.float64)[None]
     img = torch.from_numpy(np.array(image)).float()[None] / 255
-    fit = source.fit(lmk, source.predict(img, lmk.float()))
-    return fit.identity[0]
+    prior = source.predict(img, lmk.float())
+    if drop_jawline:
+        lmk = lmk.clone()
+        lmk[:, :17] = float("nan")
+    return source.fit(lmk, prior).identity[0]
 
 
-def scan_views(source: ShapeSource, scored, scan: Scan, out: Path | None) -> dict[int, float]:
+def scan_views(source: ShapeSource, scored, scan: Scan, out: Path | None, drop_jawline: bool) -> dict[int, float]:
     """Fit median (mm) per yaw (nan where no face was detected)."""
     medians = {}
     for yaw in YAWS:
@@ -85,7 +93,7 @@ def scan_views(source: ShapeSource, scored, scan: Scan, out: Path | None) -> dic
         image = render(scan.vertices, scan.triangles, SKIN, camera, SIZE)
         if out is not None:
             write_image(out / f"scan_yaw{yaw:+d}.png", image)
-        identity = recover(source, image)
+        identity = recover(source, image, drop_jawline)
         if identity is None:
             print(f"yaw {yaw:+3d}: no face detected in the render")
             medians[yaw] = math.nan
@@ -112,7 +120,8 @@ def synthetic_albedo(scored, rng: np.random.Generator) -> np.ndarray:
     return albedo
 
 
-def synthetic_faces(source: ShapeSource, scored, count: int, seed: int, out: Path | None) -> tuple[list, list]:
+def synthetic_faces(source: ShapeSource, scored, count: int, seed: int, out: Path | None,
+                    drop_jawline: bool) -> tuple[list, list]:
     """Per face: (fit median, mean-face median) in mm; faces where dlib finds nothing are reported and skipped."""
     rng = np.random.default_rng(seed)
     fits, means = [], []
@@ -125,7 +134,7 @@ def synthetic_faces(source: ShapeSource, scored, count: int, seed: int, out: Pat
                        background=tuple(rng.uniform(0.15, 0.85, size=3)))
         if out is not None:
             write_image(out / f"synthetic{k}.png", image)
-        fitted = recover(source, image)
+        fitted = recover(source, image, drop_jawline)
         if fitted is None:
             print(f"synthetic {k} (yaw {yaw:+.0f}): no face detected")
             continue
@@ -148,6 +157,8 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--oracle-iterations", type=int, default=8)
     parser.add_argument("--out", type=Path, default=None, help="write the rendered images here")
+    parser.add_argument("--drop-jawline", action="store_true",
+                        help="diagnostic: fit without the 17 jawline landmarks (iBUG 0-16)")
     parser.add_argument("--threads", type=int, default=1)
     add_arguments(parser)
     args = parser.parse_args()
@@ -164,7 +175,8 @@ def main() -> None:
     if args.out is not None:
         args.out.mkdir(parents=True, exist_ok=True)
     scored = scored_model(model)
-    print(f"model {args.model} (scored mesh: {scored.n_vertices} vertices), shape from {source.label}; "
+    print(f"model {args.model} (scored mesh: {scored.n_vertices} vertices), shape from {source.label}"
+          f"{' without the jawline landmarks' if args.drop_jawline else ''}; "
           f"scan {scan.name}: {len(scan.vertices)} vertices, {len(scan.crop_ids)} in the NoW crop")
     t0 = time.perf_counter()
     mean = score_identity(scan, scored, None)
@@ -173,7 +185,7 @@ def main() -> None:
     print(f"mean face: median {mean.median_mm:.3f} mm (mean {mean.mean_mm:.3f}); 3D oracle: median "
           f"{oracle.median_mm:.3f} mm (mean {oracle.mean_mm:.3f}, |identity| {float(oracle_fit.identity.norm()):.2f})",
           flush=True)
-    fits = scan_views(source, scored, scan, args.out)
+    fits = scan_views(source, scored, scan, args.out, args.drop_jawline)
     print(f"{'view':>8} {'fit':>8} {'mean face':>10} {'oracle':>8} {'fit/mean':>9}   (NoW median, mm)")
     for yaw, fit in fits.items():
         print(f"{yaw:+7d}° {fit:8.3f} {mean.median_mm:10.3f} {oracle.median_mm:8.3f} {fit / mean.median_mm:9.2f}")
@@ -181,7 +193,8 @@ def main() -> None:
     line = ("RESULT " + " ".join(f"scan_fit_mm_{view_key(y)}={fits[y]:.4f}" for y in YAWS)
             + f" scan_mean_mm={mean.median_mm:.4f} scan_oracle_mm={oracle.median_mm:.4f} ratio_max={ratio_max:.4f}")
     if args.synthetic > 0:
-        synth_fit, synth_mean = synthetic_faces(source, scored, args.synthetic, args.seed, args.out)
+        synth_fit, synth_mean = synthetic_faces(source, scored, args.synthetic, args.seed, args.out,
+                                               args.drop_jawline)
         f, m = (float(np.mean(x)) if x else math.nan for x in (synth_fit, synth_mean))
         print(f"synthetic: {len(synth_fit)} of {args.synthetic} faces fitted; mean of medians: fit {f:.3f} mm, "
               f"mean face {m:.3f} mm, fit/mean {f / m:.2f}")
