@@ -14,9 +14,10 @@ Data: ``--data DIR`` holds ``<person>/<photos>``, or is a flat folder with ``--i
 ``{identity: [photo stems]}``); ``benchmarks/data/deepface_ids.json`` lists the 13 identities (61 photos)
 of the corpus's ``deepface/tests/unit/dataset``.
 
-**Split.** These identities are evaluation only: the Genova regressor is trained on other corpus photos
-and on synthetic faces, never on a photo of these 13 people (the training data preparation leaves out
-``deepface/tests/unit/dataset``; see ``docs/fidelity.md``).
+**Split.** These identities are evaluation only: the Genova regressor is trained on the corpus's other
+photos and on synthetic faces, never on a photo of these 13 people, so its training data must leave out
+``deepface/tests/unit/dataset`` (see ``docs/fidelity.md``). A regressor trained on them would be scored on
+its training identities and its AUCs would mean nothing.
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/identity_consistency.py \\
         --data ../shared/data/deepface/tests/unit/dataset --ids benchmarks/data/deepface_ids.json \\
