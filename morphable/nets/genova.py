@@ -45,15 +45,17 @@ class GenovaDecoder(nn.Module):
 
     Args:
         layout: output layout; in_dim: feature size (256 for dlib); hidden: 1024 in the paper.
+        dropout: dropout after each hidden layer during training (0 in the paper; ours learns from a few
+            thousand synthetic faces and over-fits without it).
     """
 
-    def __init__(self, layout: ParamLayout, in_dim: int = POOLED_DIM, hidden: int = 1024):
+    def __init__(self, layout: ParamLayout, in_dim: int = POOLED_DIM, hidden: int = 1024, dropout: float = 0.0):
         super().__init__()
         self.layout = layout
         self.register_buffer("feature_mean", torch.zeros(in_dim))
         self.register_buffer("feature_std", torch.ones(in_dim))
-        self.mlp = nn.Sequential(nn.Linear(in_dim, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(),
-                                 nn.Linear(hidden, layout.size))
+        self.mlp = nn.Sequential(nn.Linear(in_dim, hidden), nn.ReLU(), nn.Dropout(dropout), nn.Linear(hidden, hidden),
+                                 nn.ReLU(), nn.Dropout(dropout), nn.Linear(hidden, layout.size))
 
     def set_feature_statistics(self, features: Tensor) -> None:
         """Fix the input standardisation from training features ``(N, D)``."""
@@ -76,18 +78,19 @@ class GenovaRegressor(nn.Module):
         prior_precision: λ for the landmark fit's identity prior centred at the prediction
             (``fit_landmarks(..., identity_prior_mean=mu, lambda_identity=λ)``), chosen on held-out data.
         albedo_modes: harmonic modes of the low-frequency albedo (0 when the model has an albedo basis).
+        dropout: the decoder's training dropout (inactive in ``eval()`` mode and in :meth:`predict`).
         encoder: a :class:`DlibEncoder` to share (default: a new one).
     """
 
     def __init__(self, model_name: str, n_identity: int, n_albedo: int, *, hidden: int = 1024,
-                 prior_precision: float = DEFAULT_PRIOR_PRECISION, albedo_modes: int = 0,
+                 prior_precision: float = DEFAULT_PRIOR_PRECISION, albedo_modes: int = 0, dropout: float = 0.0,
                  encoder: DlibEncoder | None = None):
         super().__init__()
         self.model_name = model_name
         self.prior_precision = float(prior_precision)
         self.albedo_modes = int(albedo_modes)
         self.hidden = int(hidden)
-        self.decoder = GenovaDecoder(genova_layout(n_identity, n_albedo), hidden=hidden)
+        self.decoder = GenovaDecoder(genova_layout(n_identity, n_albedo), hidden=hidden, dropout=dropout)
         self._encoder = [encoder]  # a list: the frozen encoder is not a submodule (not in state_dict)
 
     @property
@@ -111,8 +114,13 @@ class GenovaRegressor(nn.Module):
         if images.dim() != 4 or landmarks.shape != (images.shape[0], 68, 2):
             raise ValueError(f"GenovaRegressor: expected images (B, H, W, 3) and landmarks (B, 68, 2), got "
                              f"{tuple(images.shape)} and {tuple(landmarks.shape)}")
-        with torch.no_grad():
-            return self.decoder(self.encoder.encode_photos(images, landmarks).pooled)
+        was = self.training
+        self.eval()
+        try:
+            with torch.no_grad():
+                return self.decoder(self.encoder.encode_photos(images, landmarks).pooled)
+        finally:
+            self.train(was)
 
     def predict_identity(self, images: Tensor, landmarks: Tensor) -> Tensor:
         """``(B, K)`` standardised identity coefficients (see :meth:`predict`)."""

@@ -202,12 +202,15 @@ class ChipRenderer:
         t = mu_c[:, 0] - (M @ mu_q[:, 0, :, None])[..., 0]
         return ScaledOrthographic(scale, matrix_to_axis_angle(rz @ rotation), t)
 
-    def albedo(self, skin: Tensor) -> Tensor:
-        """Per-drawn-vertex albedo ``(B, Vr, 3)`` from a skin albedo ``(B, Vr, 3)``: eyes get their colours."""
-        return torch.where(self.eye_mask[None, :, None], self.eye_colors.to(skin), skin)
+    def albedo(self, skin: Tensor, eyes: Tensor | None = None) -> Tensor:
+        """Per-drawn-vertex albedo ``(B, Vr, 3)`` from a skin albedo ``(B, Vr, 3)``: eyes get their colours
+        (in the faces where ``eyes`` ``(B,)`` bool is true; default all), else they stay skin-coloured, as on
+        an untextured scan or a statue."""
+        coloured = self.eye_mask[None, :, None] if eyes is None else self.eye_mask[None, :, None] & eyes[:, None, None]
+        return torch.where(coloured, self.eye_colors.to(skin), skin)
 
     def __call__(self, vertices: Tensor, rotation: Tensor, skin_albedo: Tensor, lighting: Lighting,
-                 background: Tensor) -> Tensor:
+                 background: Tensor, eyes: Tensor | None = None) -> Tensor:
         """Chips ``(B, S, S, 3)`` in [0, 1].
 
         Args:
@@ -215,9 +218,10 @@ class ChipRenderer:
             rotation: ``(B, 3, 3)`` head pose (model → view).
             skin_albedo: ``(B, Vr, 3)`` albedo of the drawn vertices (linear RGB).
             lighting: :class:`Lighting`; background: ``(B, S, S, 3)``.
+            eyes: ``(B,)`` bool, which faces get coloured eyes (default all; see :meth:`albedo`).
         """
         camera = self.camera(vertices, rotation)
-        albedo = self.albedo(skin_albedo)
+        albedo = self.albedo(skin_albedo, eyes)
         lights = PointLights(lighting.positions, lighting.colors, ambient=lighting.ambient,
                              specular=lighting.specular * albedo.mean(-1, keepdim=True).mean(1, keepdim=True) * 2,
                              shininess=20.0)

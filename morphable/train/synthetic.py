@@ -118,11 +118,12 @@ class SyntheticChips:
 
 def draw_synthetic_chips(renderer, albedo_space, batch: int, generator: torch.Generator, *,
                          max_yaw_deg: float = 40.0, expression_scale: float = 0.3,
-                         image_noise: float = 0.01) -> SyntheticChips:
+                         image_noise: float = 0.01, plain_eyes: float = 0.0) -> SyntheticChips:
     """Genova et al.'s synthetic faces (Sec. 3.4, stage 1): identity and albedo ~ N(0, I), a random pose
     (yaw ±``max_yaw_deg``, pitch ±15°, roll ±10°), two coloured Phong point lights, a random background;
     as an augmentation beyond the paper (which renders neutral faces), a mild random expression (three
-    blendshapes with weights U(0, ``expression_scale``), or PCA coefficients N(0, ``expression_scale``²)).
+    blendshapes with weights U(0, ``expression_scale``), or PCA coefficients N(0, ``expression_scale``²)),
+    and, with probability ``plain_eyes``, skin-coloured eyes (the look of untextured scans and statues).
     Deterministic given ``generator``.
 
     Args:
@@ -145,9 +146,10 @@ def draw_synthetic_chips(renderer, albedo_space, batch: int, generator: torch.Ge
     rotation = random_rotation(batch, generator, max_yaw_deg=max_yaw_deg)
     lighting = random_lighting(batch, generator)
     background = random_background(batch, generator, size=renderer.size)
+    eyes = torch.rand(batch, generator=generator) >= plain_eyes if plain_eyes > 0 else None
     with torch.no_grad():
         vertices = model(identity=identity, expression=expression if model.n_expression else None).vertices
-        chips = renderer(vertices, rotation, albedo_space(albedo), lighting, background)
+        chips = renderer(vertices, rotation, albedo_space(albedo), lighting, background, eyes)
         landmarks = renderer.camera(vertices, rotation).project(model.landmarks(vertices))
     chips = (chips + image_noise * torch.randn(chips.shape, generator=generator)).clamp(0, 1)
     return SyntheticChips(chips, identity, albedo, expression, rotation, landmarks)
