@@ -8,6 +8,7 @@ dialect, used for missing landmarks), which :func:`read_params` reads back.
 from __future__ import annotations
 
 import json
+import math
 from os import PathLike
 from pathlib import Path
 from typing import Any
@@ -72,6 +73,8 @@ def read_params(path: str | PathLike) -> dict[str, Any]:
         raise InputError(path, "not a UTF-8 JSON file") from None
     except json.JSONDecodeError as e:
         raise InputError(path, f"invalid JSON at line {e.lineno}, column {e.colno}: {e.msg}") from None
+    except ValueError as e:  # an integer of more than 4300 digits
+        raise InputError(path, f"invalid JSON ({' '.join(str(e).split())})") from None
     except RecursionError:
         raise InputError(path, "JSON nested too deeply") from None
     if not isinstance(data, dict):
@@ -138,23 +141,87 @@ def upgrade_params(params: dict[str, Any], path: str | PathLike = "<params>") ->
     return validate_params(out, path)
 
 
+MAX_SIDE_PX = 1_000_000
+"""Largest ``image_size`` side accepted (px)."""
+CAMERA_FIELDS = {"scaled_orthographic": {"scale": None, "rotation": 3, "translation": 2},
+                 "perspective": {"focal": None, "principal_point": 2, "rotation": 3, "translation": 3}}
+"""Each camera type's fields: ``None`` for a positive number, ``n`` for a list of ``n`` numbers."""
+
+
+def _is_number(value: Any, finite: bool = True) -> bool:
+    """A JSON number (not a boolean) that fits a float64; finite unless ``finite`` is False (NaN allowed)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return False
+    try:
+        x = float(value)
+    except OverflowError:  # an integer beyond float64
+        return False
+    return math.isfinite(x) or (not finite and math.isnan(x))
+
+
+def _numbers(value: Any, n: int | None = None, finite: bool = True) -> bool:
+    """A list of (``n``) numbers (:func:`_is_number`)."""
+    return (isinstance(value, list) and (n is None or len(value) == n)
+            and all(_is_number(v, finite) for v in value))
+
+
 def _size(params: dict[str, Any], path: str | PathLike) -> tuple[int, int]:
     size = params.get("image_size")
-    try:
-        W, H = int(size["width"]), int(size["height"])
-    except (TypeError, KeyError, ValueError):
-        raise InputError(path, "image_size must be {\"width\": W, \"height\": H} (or [H, W])") from None
-    if W < 1 or H < 1:
-        raise InputError(path, f"image_size must be positive, got {W}x{H}")
+    if not (isinstance(size, dict) and all(_is_number(size.get(k)) and float(size[k]).is_integer()
+                                           for k in ("width", "height"))):
+        raise InputError(path, "image_size must be {\"width\": W, \"height\": H} (or [H, W]) in whole pixels")
+    W, H = int(size["width"]), int(size["height"])
+    if not (1 <= W <= MAX_SIDE_PX and 1 <= H <= MAX_SIDE_PX):
+        raise InputError(path, f"image_size must be 1 to {MAX_SIDE_PX} px a side, got {W}x{H}")
     return W, H
+
+
+def _check_camera(camera: Any, path: str | PathLike) -> None:
+    if not isinstance(camera, dict):
+        raise InputError(path, "camera must be an object")
+    fields = CAMERA_FIELDS.get(camera.get("type")) if isinstance(camera.get("type"), str) else None
+    if fields is None:
+        raise InputError(path, f"camera type must be one of {', '.join(CAMERA_FIELDS)}")
+    for key, n in fields.items():
+        value = camera.get(key)
+        if n is None and not (_is_number(value) and value > 0):
+            raise InputError(path, f"camera {key} must be a positive number")
+        if n is not None and not _numbers(value, n):
+            raise InputError(path, f"camera {key} must be a list of {n} finite numbers")
+
+
+def _check_points(value: Any, key: str, path: str | PathLike) -> None:
+    """``null`` or a list of points, each ``null`` or ``[x, y]`` (NaN for a missing point)."""
+    if value is not None and not (isinstance(value, list)
+                                  and all(p is None or _numbers(p, 2, finite=False) for p in value)):
+        raise InputError(path, f"{key} must be a list of [x, y] points (null or NaN where missing)")
+
+
+def _check_photometric(q: Any, path: str | PathLike) -> None:
+    if not q:
+        return
+    if not isinstance(q, dict):
+        raise InputError(path, "photometric must be an object or null")
+    if not _numbers(q.get("light"), 27):
+        raise InputError(path, "photometric light must be a list of 27 finite numbers (SH9 per channel)")
+    albedo = q.get("albedo")
+    if albedo and not isinstance(albedo, dict):
+        raise InputError(path, "photometric albedo must be an object")
+    if albedo and albedo.get("kind") == "coefficients" and not _numbers(albedo.get("values")):
+        raise InputError(path, "photometric albedo values must be a list of finite numbers")
+    if "photometric_error" in q and not _is_number(q["photometric_error"], finite=False):
+        raise InputError(path, "photometric photometric_error must be a number")
 
 
 def validate_params(params: dict[str, Any], path: str | PathLike = "<params>") -> dict[str, Any]:
     """Check a version-1 parameter dictionary; returns it unchanged.
 
+    Every key :meth:`morphable.reconstruct.Reconstruction.from_params` reads is checked here, so a file
+    that passes rebuilds without a foreign exception.
+
     Raises:
-        InputError: a missing required key, a bad ``image_size`` or ``camera``, or coefficient lists that are
-            not lists of numbers.
+        InputError: a missing required key, a bad ``image_size`` or ``camera``, coefficient lists that are
+            not lists of finite numbers, or an optional key of the wrong kind.
     """
     missing = [k for k in REQUIRED_KEYS if params.get(k) is None]
     if missing:
@@ -162,20 +229,31 @@ def validate_params(params: dict[str, Any], path: str | PathLike = "<params>") -
     if not isinstance(params["model"], str):
         raise InputError(path, "model must be a string (a registry name or a model file)")
     _size(params, path)
-    camera = params["camera"]
-    if not isinstance(camera, dict):
-        raise InputError(path, "camera must be an object")
+    _check_camera(params["camera"], path)
     try:
         from morphable.geometry.camera import camera_from_dict
 
-        camera_from_dict(camera)
+        camera_from_dict(params["camera"])
     except (KeyError, TypeError, ValueError) as err:
         raise InputError(path, f"cannot build the camera ({err})") from None
     for key in ("identity", "expression"):
         values = params.get(key)
-        if values is not None and not (isinstance(values, list)
-                                       and all(isinstance(v, int | float) and not isinstance(v, bool) for v in values)):
-            raise InputError(path, f"{key} must be a list of numbers")
+        if values is not None and not _numbers(values):
+            raise InputError(path, f"{key} must be a list of finite numbers")
+    for key in ("landmarks", "landmarks_fitted"):
+        _check_points(params.get(key), key, path)
+    face = params.get("face")
+    if face is not None and not (isinstance(face, int) and not isinstance(face, bool) and face >= 0):
+        raise InputError(path, f"face must be an integer >= 0, got {face!r}")
+    if params.get("detection_score") is not None and not _is_number(params["detection_score"], finite=False):
+        raise InputError(path, "detection_score must be a number or null")
+    if "rms_px" in params and not _is_number(params["rms_px"], finite=False):
+        raise InputError(path, "rms_px must be a number")
+    if "working_scale" in params and not (_is_number(params["working_scale"]) and params["working_scale"] > 0):
+        raise InputError(path, "working_scale must be a positive number")
+    if params.get("timings") is not None and not isinstance(params["timings"], dict):
+        raise InputError(path, "timings must be an object")
+    _check_photometric(params.get("photometric"), path)
     return params
 
 

@@ -13,10 +13,12 @@ import numpy as np
 import pytest
 
 from morphable.errors import InputError, ModelFileError
+from morphable.io.params import read_fit_params
 from morphable.io.ply import read_ply
 from morphable.io.safe_pickle import load_npy
 from morphable.models.formats.ict import read_packed
 from morphable.models.formats.npz import load_npz
+from morphable.train.data.manifest import load_dataset, read_manifest
 
 
 def _fails_small(call, match: str, limit: int = 10 * 2**20) -> None:
@@ -317,3 +319,91 @@ def test_python2_string_with_a_stray_backslash_loads_without_a_warning():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert loads(stray, "x.pkl") == {"key": "a\\D"}
+
+
+# --- params.json: values from_params / render read were not checked --------------------------------------
+def _fit_params(**changes) -> dict:
+    """A minimal valid version-1 params dict with ``changes`` applied."""
+    params = {"schema": "morphable.params", "version": 1, "model": "sfm", "image_size": {"width": 40, "height": 30},
+              "camera": {"type": "scaled_orthographic", "scale": 1.0, "rotation": [0, 0, 0], "translation": [20, 15]},
+              "identity": [0.5, -0.2], "landmarks": [[1.0, 2.0], None, [float("nan"), float("nan")]],
+              "rms_px": 1.5, "working_scale": 1.0, "photometric": None}
+    params.update(changes)
+    return params
+
+
+def _write_json(path, value) -> object:
+    import json
+
+    path.write_text(json.dumps(value, allow_nan=True))
+    return path
+
+
+def test_params_valid_minimal_file_reads(tmp_path):
+    params = read_fit_params(_write_json(tmp_path / "params.json", _fit_params()))
+    assert params["camera"]["scale"] == 1.0 and params["landmarks"][1] is None
+
+
+@pytest.mark.parametrize("changes, match", [
+    ({"landmarks": [1]}, "landmarks must be a list of"),               # was TypeError in from_params
+    ({"rms_px": "x"}, "rms_px must be a number"),                      # was ValueError in from_params
+    ({"working_scale": "\x8f"}, "working_scale must be a positive"),
+    ({"rms_px": None}, "rms_px must be a number"),
+    ({"face": "x"}, "face must be an integer"),
+    ({"timings": [1]}, "timings must be an object"),
+    ({"photometric": {"light": [0.5] * 3}}, "photometric light must be a list of 27"),
+    ({"photometric": [1]}, "photometric must be an object"),
+    ({"identity": [float("nan")]}, "identity must be a list of finite numbers"),
+    ({"identity": [10**400]}, "identity must be a list of finite numbers"),
+    ({"image_size": {"width": float("inf"), "height": 30}}, "image_size must be"),  # was OverflowError
+    ({"camera": {"type": "scaled_orthographic", "scale": 1.0, "rotation": [0, 0], "translation": [1, 2]}},
+     "camera rotation must be a list of 3"),
+    ({"camera": {"type": "perspective", "focal": 1e400, "principal_point": [1, 2], "rotation": [0, 0, 0],
+                 "translation": [0, 0, -9]}}, "camera focal must be a positive number"),
+])
+def test_params_bad_values_are_named(tmp_path, changes, match):
+    path = _write_json(tmp_path / "params.json", _fit_params(**changes))
+    with pytest.raises(InputError, match=f"params.json: {match}"):
+        read_fit_params(path)
+
+
+def test_params_integer_of_5000_digits(tmp_path):
+    """Was: ValueError ("Exceeds the limit (4300 digits) for integer string conversion") from json.loads."""
+    path = tmp_path / "params.json"
+    path.write_text('{"model": "sfm", "rms_px": ' + "1" * 5000 + "}")
+    with pytest.raises(InputError, match="params.json: invalid JSON"):
+        read_fit_params(path)
+
+
+# --- manifests --------------------------------------------------------------------------------------------
+_ITEM = ('{"key":"k","path":"/p.jpg","face":0,"identity":null,"landmarks":LANDMARKS,"box":[0,0,9,9],'
+         '"source":"s","chip":"chips/k.png","landmarks_from":"file"}')
+
+
+def test_manifest_integer_beyond_float64(tmp_path):
+    """Was: OverflowError from math.isfinite(10**400)."""
+    points = [[1, 2]] * 67 + [[10**400, 2]]
+    path = tmp_path / "manifest.jsonl"
+    path.write_text(_ITEM.replace("LANDMARKS", str(points)) + "\n")
+    with pytest.raises(InputError, match=r"manifest.jsonl:1: 'landmarks' must hold finite numbers"):
+        read_manifest(path)
+    path.write_text(_ITEM.replace("LANDMARKS", str([[1, 2]] * 68)) + "\n")
+    assert read_manifest(path)[0].landmarks.shape == (68, 2)
+
+
+@pytest.mark.parametrize("line, match", [("[" * 100000 + "]" * 100000, "nested too deeply"),
+                                         ("1" * 5000, "invalid JSON")])
+def test_manifest_line_json_cannot_hold(tmp_path, line, match):
+    """Was: RecursionError / ValueError (integer of over 4300 digits) from json.loads."""
+    path = tmp_path / "manifest.jsonl"
+    path.write_text(line + "\n")
+    with pytest.raises(InputError, match=f"manifest.jsonl:1: .*{match}"):
+        read_manifest(path)
+
+
+def test_dataset_empty_feature_array(tmp_path):
+    """Was: EOFError ("No data left in file") from np.load."""
+    (tmp_path / "manifest.jsonl").write_text("")
+    (tmp_path / "descriptors.npy").write_bytes(b"")
+    with pytest.raises(InputError, match="descriptors.npy: cannot read array"):
+        load_dataset(tmp_path)

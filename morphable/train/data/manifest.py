@@ -121,11 +121,19 @@ class ManifestItem:
                    landmarks_from=obj["landmarks_from"])
 
 
+def _float(v: int | float) -> float:
+    """``float(v)``, infinite for an integer beyond float64 (``float(10**400)`` raises OverflowError)."""
+    try:
+        return float(v)
+    except OverflowError:
+        return math.inf
+
+
 def _numbers(value: object, shape: tuple[int, ...], name: str, bad) -> np.ndarray:
     """A nested JSON list of finite numbers of the given shape, as float64."""
     def flat(v: object, depth: int) -> list:
         if depth == len(shape):
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(_float(v)):
                 raise bad(f"'{name}' must hold finite numbers, got {v!r}")
             return [float(v)]
         if not isinstance(v, list) or len(v) != shape[depth]:
@@ -159,10 +167,12 @@ def read_manifest(path: str | PathLike) -> list[ManifestItem]:
         where = f"{path}:{number}"
         try:
             obj = json.loads(line)
-        except json.JSONDecodeError as err:
+        except (ValueError, RecursionError) as err:  # JSONDecodeError, or an integer of over 4300 digits
             if number == len(lines):  # no newline after it: torn
                 break
-            raise InputError(where, f"invalid JSON ({err.msg})") from None
+            problem = err.msg if isinstance(err, json.JSONDecodeError) else \
+                "nested too deeply" if isinstance(err, RecursionError) else " ".join(str(err).split())
+            raise InputError(where, f"invalid JSON ({problem})") from None
         item = ManifestItem.from_json(obj, where)
         if item.key in seen:
             raise InputError(where, f"key {item.key!r} repeats line {seen[item.key]}")
@@ -182,7 +192,7 @@ def _load_matrix(path: Path, rows: int, cols: int) -> torch.Tensor:
     """A (rows, cols) float32 .npy file as a tensor; InputError naming the file otherwise."""
     try:
         array = np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as err:
+    except (OSError, ValueError, EOFError) as err:  # EOFError: an empty file
         raise InputError(path, f"cannot read array ({err.__class__.__name__}: {err})") from None
     if array.shape != (rows, cols) or array.dtype != np.float32:
         raise InputError(path, f"expected a ({rows}, {cols}) float32 array to match the manifest, "
