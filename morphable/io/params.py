@@ -172,22 +172,22 @@ def _size(params: dict[str, Any], path: str | PathLike) -> tuple[int, int]:
         raise InputError(path, "image_size must be {\"width\": W, \"height\": H} (or [H, W]) in whole pixels")
     W, H = int(size["width"]), int(size["height"])
     if not (1 <= W <= MAX_SIDE_PX and 1 <= H <= MAX_SIDE_PX):
-        raise InputError(path, f"image_size must be 1 to {MAX_SIDE_PX} px a side, got {W}x{H}")
+        raise InputError(path, f"image_size must be positive and at most {MAX_SIDE_PX} px a side, got {W}x{H}")
     return W, H
 
 
 def _check_camera(camera: Any, path: str | PathLike) -> None:
     if not isinstance(camera, dict):
-        raise InputError(path, "camera must be an object")
+        raise InputError(path, "cannot build the camera (camera must be an object)")
     fields = CAMERA_FIELDS.get(camera.get("type")) if isinstance(camera.get("type"), str) else None
     if fields is None:
-        raise InputError(path, f"camera type must be one of {', '.join(CAMERA_FIELDS)}")
+        raise InputError(path, f"cannot build the camera (its type must be one of {', '.join(CAMERA_FIELDS)})")
     for key, n in fields.items():
         value = camera.get(key)
         if n is None and not (_is_number(value) and value > 0):
-            raise InputError(path, f"camera {key} must be a positive number")
+            raise InputError(path, f"cannot build the camera ({key} must be a positive number)")
         if n is not None and not _numbers(value, n):
-            raise InputError(path, f"camera {key} must be a list of {n} finite numbers")
+            raise InputError(path, f"cannot build the camera ({key} must be a list of {n} finite numbers)")
 
 
 def _check_points(value: Any, key: str, path: str | PathLike) -> None:
@@ -239,7 +239,7 @@ def validate_params(params: dict[str, Any], path: str | PathLike = "<params>") -
     for key in ("identity", "expression"):
         values = params.get(key)
         if values is not None and not _numbers(values):
-            raise InputError(path, f"{key} must be a list of finite numbers")
+            raise InputError(path, f"{key} must be a list of numbers, all finite")
     for key in ("landmarks", "landmarks_fitted"):
         _check_points(params.get(key), key, path)
     face = params.get("face")

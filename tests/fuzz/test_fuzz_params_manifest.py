@@ -208,9 +208,9 @@ def test_manifest_corpus_mutations(dataset_folder, tmp_path):
     case()
 
 
-def _open_dataset(folder: Path) -> int:
-    """What training reads: the manifest, both feature arrays, and every chip."""
-    dataset = load_dataset(folder)
+def _open_dataset(changed: Path) -> int:
+    """What training reads from the folder holding ``changed``: the manifest, both feature arrays, every chip."""
+    dataset = load_dataset(changed.parent)
     dataset.chips(range(len(dataset)))
     return len(dataset)
 
@@ -256,6 +256,44 @@ def manifest_text(draw, seeds: list[dict]) -> bytes:
         lines.append(json.dumps(item, allow_nan=True))
     text = "\n".join(lines) + ("\n" if draw(st.booleans()) else "")
     return text.encode()
+
+
+@st.composite
+def dataset_manifest(draw, seeds: list[dict]) -> bytes:
+    """The folder's real items, one field of one item varied (or removed), sometimes an item dropped,
+    repeated or swapped, so the feature arrays and chips still match or not."""
+    items = [dict(item) for item in seeds]
+    item = draw(st.sampled_from(items))
+    key = draw(st.sampled_from(FIELDS))
+    if draw(st.integers(0, 9)) == 0:
+        del item[key]
+    else:
+        item[key] = _vary(item[key], draw)
+    change = draw(st.integers(0, 5))
+    if change == 0:
+        items.pop(draw(st.integers(0, len(items) - 1)))
+    elif change == 1:
+        items.append(draw(st.sampled_from(items)))
+    elif change == 2:
+        items.reverse()
+    return ("\n".join(json.dumps(i, allow_nan=True) for i in items) + "\n").encode()
+
+
+def test_dataset_generated_manifest(dataset_folder, tmp_path):
+    """``load_dataset`` with the folder's own manifest items varied."""
+    seeds = [json.loads(line) for line in (dataset_folder / "manifest.jsonl").read_text().splitlines()]
+
+    @fuzz_settings(0.5)
+    @given(dataset_manifest(seeds))
+    def case(data):
+        folder = tmp_path / "ds"
+        if folder.exists():
+            shutil.rmtree(folder)
+        shutil.copytree(dataset_folder, folder)
+        write(folder, "manifest.jsonl", data)
+        check("dataset", _open_dataset, folder / "manifest.jsonl", name_in_message=folder.name)
+
+    case()
 
 
 def test_manifest_generated(dataset_folder, tmp_path):

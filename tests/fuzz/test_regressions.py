@@ -353,13 +353,13 @@ def test_params_valid_minimal_file_reads(tmp_path):
     ({"timings": [1]}, "timings must be an object"),
     ({"photometric": {"light": [0.5] * 3}}, "photometric light must be a list of 27"),
     ({"photometric": [1]}, "photometric must be an object"),
-    ({"identity": [float("nan")]}, "identity must be a list of finite numbers"),
-    ({"identity": [10**400]}, "identity must be a list of finite numbers"),
+    ({"identity": [float("nan")]}, "identity must be a list of numbers, all finite"),
+    ({"identity": [10**400]}, "identity must be a list of numbers, all finite"),
     ({"image_size": {"width": float("inf"), "height": 30}}, "image_size must be"),  # was OverflowError
     ({"camera": {"type": "scaled_orthographic", "scale": 1.0, "rotation": [0, 0], "translation": [1, 2]}},
-     "camera rotation must be a list of 3"),
+     r"cannot build the camera \(rotation must be a list of 3"),
     ({"camera": {"type": "perspective", "focal": 1e400, "principal_point": [1, 2], "rotation": [0, 0, 0],
-                 "translation": [0, 0, -9]}}, "camera focal must be a positive number"),
+                 "translation": [0, 0, -9]}}, r"cannot build the camera \(focal must be a positive number"),
 ])
 def test_params_bad_values_are_named(tmp_path, changes, match):
     path = _write_json(tmp_path / "params.json", _fit_params(**changes))
@@ -401,9 +401,11 @@ def test_manifest_line_json_cannot_hold(tmp_path, line, match):
         read_manifest(path)
 
 
-def test_dataset_empty_feature_array(tmp_path):
-    """Was: EOFError ("No data left in file") from np.load."""
+@pytest.mark.parametrize("data", [b"", b"\x93NUMPY\x01\x00\x12\x00{'descr': ('<f4',\n"])
+def test_dataset_broken_feature_array(tmp_path, data):
+    """Was: EOFError ("No data left in file") for an empty file, tokenize.TokenError ("EOF in multi-line
+    statement") for a header cut inside a tuple, from np.load."""
     (tmp_path / "manifest.jsonl").write_text("")
-    (tmp_path / "descriptors.npy").write_bytes(b"")
+    (tmp_path / "descriptors.npy").write_bytes(data)
     with pytest.raises(InputError, match="descriptors.npy: cannot read array"):
         load_dataset(tmp_path)

@@ -34,6 +34,7 @@ import torch
 
 from morphable.errors import InputError
 from morphable.io.atomic import atomic_write
+from morphable.io.safe_npz import read_npy
 
 MANIFEST = "manifest.jsonl"
 DESCRIPTORS = "descriptors.npy"
@@ -188,12 +189,17 @@ def write_manifest(path: str | PathLike, items: Iterable[ManifestItem]) -> None:
             f.write(json.dumps(item.to_json(), separators=(",", ":")) + "\n")
 
 
+class _ArrayError(InputError):
+    """A feature array that cannot be read (as :func:`~morphable.io.safe_npz.read_npy` reports it)."""
+
+    def __init__(self, path: str | PathLike, problem: str):
+        super().__init__(path, f"cannot read array ({problem})")
+
+
 def _load_matrix(path: Path, rows: int, cols: int) -> torch.Tensor:
-    """A (rows, cols) float32 .npy file as a tensor; InputError naming the file otherwise."""
-    try:
-        array = np.load(path, allow_pickle=False)
-    except (OSError, ValueError, EOFError) as err:  # EOFError: an empty file
-        raise InputError(path, f"cannot read array ({err.__class__.__name__}: {err})") from None
+    """A (rows, cols) float32 .npy file as a tensor; InputError naming the file otherwise (read by
+    :func:`morphable.io.safe_npz.read_npy`: no pickles, the header's size checked before allocating)."""
+    array = read_npy(path, error=_ArrayError)
     if array.shape != (rows, cols) or array.dtype != np.float32:
         raise InputError(path, f"expected a ({rows}, {cols}) float32 array to match the manifest, "
                                f"got {array.shape} {array.dtype}")
