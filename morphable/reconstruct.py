@@ -253,10 +253,10 @@ class Reconstruction:
     def load(cls, folder: str | PathLike, *, model: MorphableModel | None = None) -> "Reconstruction":
         """Read a folder written by :meth:`save` (``params.json``, ``arrays.npz``, ``texture.png``)."""
         from morphable.io import read_image
-        from morphable.io.params import read_params
+        from morphable.io.params import read_fit_params
 
         folder = Path(folder)
-        params = read_params(folder / "params.json")
+        params = read_fit_params(folder / "params.json")  # checked before its "arrays" name is opened
         arrays = {}
         if params.get("arrays"):
             arrays = _read_arrays(folder / str(params["arrays"]))

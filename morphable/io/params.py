@@ -253,6 +253,10 @@ def validate_params(params: dict[str, Any], path: str | PathLike = "<params>") -
         raise InputError(path, "working_scale must be a positive number")
     if params.get("timings") is not None and not isinstance(params["timings"], dict):
         raise InputError(path, "timings must be an object")
+    arrays = params.get("arrays")
+    if arrays is not None and not (isinstance(arrays, str) and arrays not in ("", ".", "..")
+                                   and Path(arrays).name == arrays and "\\" not in arrays):
+        raise InputError(path, f"arrays must be null or a file name beside the params file, got {arrays!r}")
     _check_photometric(params.get("photometric"), path)
     return params
 

@@ -63,7 +63,8 @@ def dataset_folder(tmp_path_factory) -> Path:
 
 # --- params.json ----------------------------------------------------------------------------------------
 def _case_folder(tmp_path: Path, fit_folder: Path, data: bytes) -> Path:
-    """``data`` as ``params.json`` in a fresh copy of the fit's folder (the real ``arrays.npz`` beside it)."""
+    """``data`` as ``params.json`` in a fresh copy of the fit's folder (the real ``arrays.npz`` beside it).
+    An error may name ``params.json`` or the arrays file it names: the checks ask for the folder's name."""
     folder = tmp_path / "case"
     if folder.exists():
         shutil.rmtree(folder)
@@ -90,7 +91,7 @@ def test_params_load_mutations(sfm, fit_folder, tmp_path):
     @given(mutated(raw, text=True))
     def case(data):
         path = _case_folder(tmp_path, fit_folder, data)
-        check("params.json load", lambda p: Reconstruction.load(p.parent, model=sfm), path)
+        check("params.json load", lambda p: Reconstruction.load(p.parent, model=sfm), path, name_in_message="case")
 
     case()
 
@@ -179,7 +180,7 @@ def test_params_generated(sfm, fit_folder, tmp_path):
     @given(params_objects(seed))
     def case(params):
         path = _case_folder(tmp_path, fit_folder, json.dumps(params, allow_nan=True).encode())
-        check("params.json load", lambda p: Reconstruction.load(p.parent, model=sfm), path)
+        check("params.json load", lambda p: Reconstruction.load(p.parent, model=sfm), path, name_in_message="case")
 
     case()
 

@@ -351,6 +351,8 @@ def test_params_valid_minimal_file_reads(tmp_path):
     ({"rms_px": None}, "rms_px must be a number"),
     ({"face": "x"}, "face must be an integer"),
     ({"timings": [1]}, "timings must be an object"),
+    ({"arrays": 1}, "arrays must be null or a file name"),             # was: Reconstruction.load read "<folder>/1"
+    ({"arrays": "../arrays.npz"}, "arrays must be null or a file name"),
     ({"photometric": {"light": [0.5] * 3}}, "photometric light must be a list of 27"),
     ({"photometric": [1]}, "photometric must be an object"),
     ({"identity": [float("nan")]}, "identity must be a list of numbers, all finite"),
@@ -409,3 +411,13 @@ def test_dataset_broken_feature_array(tmp_path, data):
     (tmp_path / "descriptors.npy").write_bytes(data)
     with pytest.raises(InputError, match="descriptors.npy: cannot read array"):
         load_dataset(tmp_path)
+
+
+def test_reconstruction_load_checks_the_arrays_name_first(tmp_path):
+    """Was: ``Reconstruction.load`` opened ``<folder>/1`` for ``"arrays": 1`` (any name, ``../x`` too) before
+    the params were checked, so the error named a file that does not exist instead of params.json."""
+    from morphable.reconstruct import Reconstruction
+
+    _write_json(tmp_path / "params.json", _fit_params(arrays=1))
+    with pytest.raises(InputError, match="params.json: arrays must be null or a file name"):
+        Reconstruction.load(tmp_path)
