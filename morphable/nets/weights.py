@@ -18,6 +18,8 @@ WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 
 SHIPPED: dict[str, tuple[str, str]] = {
     # name: (file name, sha256); reproduce with the command stored in the file (``meta["command"]``)
+    # genova-ict: `make genova-ict DATA=../shared/data` (docs/genova.md)
+    "genova-ict": ("genova-ict.pt", "83b9b801a3b110668ec22e1ea9caab7ac12a1636a3e722d4c4c7312548c79113"),
 }
 
 

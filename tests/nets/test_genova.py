@@ -70,3 +70,25 @@ def test_predict_from_photos_matches_features_of_the_chips():
     enc = DlibEncoder()
     want = reg(enc(DlibEncoder.chips(photos, lm)).pooled)["identity"]
     torch.testing.assert_close(got, want)
+
+
+def test_shipped_ict_regressor_separates_people(data):
+    """The shipped weights load by name (sha256 checked) and give the same person closer identities than two
+    different people: the deepface photos img1/img2 (one person) and img8 (another; held out from training)."""
+    import numpy as np
+
+    from morphable.detect.choice import detect_faces
+    from morphable.io.image import read_image
+
+    reg = load_regressor("ict")
+    assert reg.model_name == "ict" and reg.prior_precision > 0 and "genova" in reg.meta["command"]
+    folder = data("deepface/tests/unit/dataset/img1.jpg").parent
+    mu = []
+    for name in ("img1.jpg", "img2.jpg", "img8.jpg"):
+        image = read_image(folder / name)
+        (_, det), *_ = detect_faces(image)[0]
+        lm = torch.as_tensor(np.asarray(det.landmarks), dtype=torch.float32)[None]
+        mu.append(reg.predict_identity(torch.as_tensor(image, dtype=torch.float32)[None] / 255, lm)[0])
+    same, different = (mu[0] - mu[1]).norm(), min((mu[0] - mu[2]).norm(), (mu[1] - mu[2]).norm())
+    assert same < 0.8 * different
+    assert 1.0 < mu[0].norm() < 20.0  # a real face, neither the mean nor wildly off the prior

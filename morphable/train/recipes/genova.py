@@ -339,7 +339,12 @@ class GenovaRecipe(Recipe):
             choice = choose_prior_precision(self.regressor, self.face_model, self.synthetic_val)
         self.regressor.prior_precision = choice["prior_precision"]
         metrics = self.validate(self.config.train.steps)
-        meta = {"command": f"morphable train genova -o {run_dir}", "config": json.dumps(asdict(self.config)),
+        import shlex
+        import sys
+
+        command = shlex.join(["morphable", *sys.argv[1:]]) if Path(sys.argv[0]).name == "morphable" \
+            else f"morphable train genova -o {run_dir} (from Python; the resolved config is in 'config')"
+        meta = {"command": command, "config": json.dumps(asdict(self.config)),
                 "metrics": json.dumps({**metrics, **{k: v for k, v in choice.items() if k != "prior_precision"}})}
         save_regressor(self.regressor, Path(run_dir) / f"genova-{self.model_label}.pt", meta)
         with open(Path(run_dir) / "summary.json", "w") as f:
