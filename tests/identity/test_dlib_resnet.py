@@ -132,4 +132,4 @@ def test_features_give_the_pooled_fc_input_and_the_descriptor(net, chips, dlib_d
     assert (pooled >= 0).all()  # the average of relu outputs
     # with gradients (plain autograd path) the same numbers
     pooled_grad, descriptor_grad = net.features(x[:1].clone().requires_grad_(True))
-    assert descriptor_grad.requires_grad and (pooled_grad.detach() - pooled[:1]).abs().max() <= 1e-6
+    assert descriptor_grad.requires_grad and (pooled_grad.detach() - pooled[:1]).abs().max() <= 1e-5  # fused vs plain convs
