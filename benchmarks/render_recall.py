@@ -32,10 +32,10 @@ from morphable.train.data.manifest import load_dataset
 def frontal_descriptors(renderer: ChipRenderer, regressor, encoder, identity: torch.Tensor,
                         albedo: torch.Tensor) -> torch.Tensor:
     """dlib descriptors ``(N, 128)`` of frontal renders of neutral faces with these coefficients."""
-    from morphable.fitting.albedo import LowFrequencyAlbedo
+    from morphable.train.recipes.genova import drawn_albedo_space
 
     model = renderer.model
-    space = LowFrequencyAlbedo(model.mean[renderer.vertex_ids], renderer.triangles, None, regressor.albedo_modes)
+    space = drawn_albedo_space(renderer, regressor.albedo_modes)  # the space the regressor was trained in
     g = torch.Generator().manual_seed(0)
     out = []
     for i in range(0, len(identity), 16):

@@ -157,6 +157,20 @@ def evaluating(module: nn.Module):
         module.train(was)
 
 
+def drawn_albedo_space(renderer: ChipRenderer, modes: int) -> LowFrequencyAlbedo:
+    """The albedo space of the regressor's ``albedo`` output on the vertices a :class:`ChipRenderer`
+    draws (harmonics symmetrised through the model's mirror pairs among them)."""
+    model = renderer.model
+    ids = renderer.vertex_ids
+    mirror = None
+    if model.symmetry is not None:
+        local = torch.full((model.n_vertices,), -1, dtype=torch.int64)
+        local[ids] = torch.arange(len(ids))
+        sym = model.symmetry[ids].to(torch.int64)
+        mirror = torch.where(sym >= 0, local[sym.clamp_min(0)], sym)
+    return LowFrequencyAlbedo(model.mean[ids], renderer.triangles, mirror, modes)
+
+
 def _key_fraction(key: str) -> float:
     """A stable number in [0, 1) from an item key (for the held-out split)."""
     return int(hashlib.sha1(key.encode()).hexdigest()[:8], 16) / 2**32
@@ -177,9 +191,7 @@ class GenovaRecipe(Recipe):
         self.face_model.requires_grad_(False)
         self.model_label = Path(cfg.model.name).stem if os.sep in cfg.model.name else cfg.model.name
         self.chip_renderer = ChipRenderer(self.face_model)
-        drawn_mean = self.face_model.mean[self.chip_renderer.vertex_ids]
-        mirror = self._drawn_mirror()
-        self.albedo_space = LowFrequencyAlbedo(drawn_mean, self.chip_renderer.triangles, mirror, cfg.model.albedo_modes)
+        self.albedo_space = drawn_albedo_space(self.chip_renderer, cfg.model.albedo_modes)
         self.encoder = DlibEncoder()
         K, A = self.face_model.n_identity, self.albedo_space.size
         lam_s, lam_t = rescaled_weights(K, A)
@@ -197,16 +209,6 @@ class GenovaRecipe(Recipe):
             self.regressor.load_state_dict(_initial_state(cfg.net.init))
 
     # ----------------------------------------------------------------------------------------- data
-    def _drawn_mirror(self) -> Tensor | None:
-        sym = self.face_model.symmetry
-        if sym is None:
-            return None
-        ids = self.chip_renderer.vertex_ids
-        local = torch.full((self.face_model.n_vertices,), -1, dtype=torch.int64)
-        local[ids] = torch.arange(len(ids))
-        mirror = sym[ids].to(torch.int64)
-        return torch.where(mirror >= 0, local[mirror.clamp_min(0)], mirror)
-
     def _synthetic_set(self, split: str, n: int, seed: int, keep_chips: bool = False) -> dict[str, Tensor]:
         """Encoder features of ``n`` synthetic faces (see :func:`synthetic_features`)."""
         cfg = self.config
