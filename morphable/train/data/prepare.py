@@ -37,6 +37,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from morphable.detect.choice import FACE_CHOICES
 from morphable.errors import InputError, MorphableError
 from morphable.io.atomic import atomic_write
 from morphable.train.data.manifest import (
@@ -51,7 +52,6 @@ from morphable.train.data.manifest import (
 )
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".ppm", ".bmp")
-FACE_CHOICES = ("largest", "best", "all")
 CHIP_PADDING = 0.25  # dlib's get_face_chip padding for the recognition network
 MIN_FACE_SPAN = 10.0  # px: annotated landmarks spanning less (width or height) are taken as corrupt
 
