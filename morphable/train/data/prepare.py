@@ -40,6 +40,7 @@ import torch
 from morphable.detect.choice import FACE_CHOICES
 from morphable.errors import InputError, MorphableError
 from morphable.io.atomic import atomic_write
+from morphable.io.safe_npz import read_npz
 from morphable.train.data.manifest import (
     BAD,
     DESCRIPTOR_DIM,
@@ -211,16 +212,16 @@ class _Preparer:
             if made_from != (str(photo), self.detector, self.stamps(photo)):
                 return None
             return [self._cached_face(face) for face in record["faces"]]
-        except (OSError, ValueError, KeyError, TypeError):  # absent, incomplete or stale: prepare again
+        except (OSError, ValueError, KeyError, TypeError, InputError):  # absent, incomplete or stale: prepare again
             return None
 
     def _cached_face(self, face: dict) -> _Face:
-        """One face of a record with its cached features (KeyError/ValueError/OSError when incomplete)."""
+        """One face of a record with its cached features (KeyError/ValueError/InputError when incomplete)."""
         key = face["key"]
         if not (self.folder / "chips" / f"{key}.png").is_file():
             raise KeyError(key)
-        with np.load(self.folder / "items" / f"{key}.npz", allow_pickle=False) as npz:
-            descriptor, pooled = npz["descriptor"], npz["pooled"]
+        arrays = read_npz(self.folder / "items" / f"{key}.npz", error=InputError, keys=("descriptor", "pooled"))
+        descriptor, pooled = arrays["descriptor"], arrays["pooled"]
         if descriptor.shape != (DESCRIPTOR_DIM,) or pooled.shape != (POOLED_DIM,):
             raise ValueError(key)
         return _Face(key, int(face["face"]), np.asarray(face["landmarks"], dtype=np.float64).reshape(68, 2),
