@@ -3,7 +3,7 @@
 Genova et al. (2018, Sec. 4.3) measure likeness by a face-recognition network's similarity between a photo
 and a rendering of its predicted face. Here: for every face of a prepared dataset with identity labels
 (``morphable data prepare PHOTOS -o DIR --identities FILE``), the Genova regressor predicts identity and
-albedo from the photo's chip; the prediction is rendered frontally by our renderer (fixed light and grey
+albedo from the photo's chip; the prediction is rendered frontally by our renderer (the recipe's validation lights, grey
 background) straight into a dlib chip; each render's dlib descriptor queries the gallery of all photo
 descriptors, and recall@1 is the share whose nearest photo shows the same person. Anchor in the same
 run: the same renders with the model's **mean shape** (predicted albedo kept), which shows what the shape
@@ -25,29 +25,16 @@ import morphable
 from morphable.errors import MorphableError
 from morphable.losses.identity import cosine_similarity, identity_recall_at_k
 from morphable.nets.genova import load_regressor
-from morphable.train.chip_render import ChipRenderer, random_lighting, random_rotation
+from morphable.train.chip_render import ChipRenderer
 from morphable.train.data.manifest import load_dataset
+from morphable.train.recipes.genova import drawn_albedo_space, frontal_chips
 
 
-def frontal_descriptors(renderer: ChipRenderer, regressor, encoder, identity: torch.Tensor,
+def frontal_descriptors(renderer: ChipRenderer, space, encoder, identity: torch.Tensor,
                         albedo: torch.Tensor) -> torch.Tensor:
     """dlib descriptors ``(N, 128)`` of frontal renders of neutral faces with these coefficients."""
-    from morphable.train.recipes.genova import drawn_albedo_space
-
-    model = renderer.model
-    space = drawn_albedo_space(renderer, regressor.albedo_modes)  # the space the regressor was trained in
-    g = torch.Generator().manual_seed(0)
-    out = []
-    for i in range(0, len(identity), 16):
-        b = len(identity[i:i + 16])
-        rot = random_rotation(b, g, max_yaw_deg=0.0, max_pitch_deg=0.0, max_roll_deg=0.0)
-        light = random_lighting(b, torch.Generator().manual_seed(1))
-        light = type(light)(light.positions[:1].expand(b, -1, -1), light.colors[:1].expand(b, -1, -1),
-                            light.ambient[:1].expand(b, -1, -1), light.specular[:1].expand(b, -1, -1))
-        verts = model(identity=identity[i:i + 16]).vertices
-        chips = renderer(verts, rot, space(albedo[i:i + 16]), light, torch.full((b, 150, 150, 3), 0.5))
-        out.append(encoder(chips).descriptor)
-    return torch.cat(out)
+    return torch.cat([encoder(frontal_chips(renderer, space, identity[i:i + 16], albedo[i:i + 16])).descriptor
+                      for i in range(0, len(identity), 16)])
 
 
 def main() -> None:
@@ -68,8 +55,9 @@ def main() -> None:
     renderer = ChipRenderer(model)
     with torch.no_grad():
         pred = reg.eval()(ds.pooled)
-        renders = frontal_descriptors(renderer, reg, reg.encoder, pred["identity"], pred["albedo"])
-        mean_shape = frontal_descriptors(renderer, reg, reg.encoder, torch.zeros_like(pred["identity"]), pred["albedo"])
+        space = drawn_albedo_space(renderer, reg.albedo_modes)  # the space the regressor was trained in
+        renders = frontal_descriptors(renderer, space, reg.encoder, pred["identity"], pred["albedo"])
+        mean_shape = frontal_descriptors(renderer, space, reg.encoder, torch.zeros_like(pred["identity"]), pred["albedo"])
     recall = identity_recall_at_k(renders, ids, ds.descriptors, ids, ks=(1,))[1]
     recall_mean = identity_recall_at_k(mean_shape, ids, ds.descriptors, ids, ks=(1,))[1]
     cos = float(cosine_similarity(ds.descriptors, renders).mean())

@@ -6,13 +6,13 @@ and strings, read with ``torch.load(weights_only=True)`` (no code runs on load).
 """
 from __future__ import annotations
 
-import hashlib
 from os import PathLike
 from pathlib import Path
 
 import torch
 
 from morphable.errors import ModelFileError
+from morphable.models.registry import sha256_file
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 
@@ -21,15 +21,6 @@ SHIPPED: dict[str, tuple[str, str]] = {
     # genova-ict: `make genova-ict DATA=../shared/data` (docs/genova.md)
     "genova-ict": ("genova-ict.pt", "83b9b801a3b110668ec22e1ea9caab7ac12a1636a3e722d4c4c7312548c79113"),
 }
-
-
-def sha256_of(path: str | PathLike) -> str:
-    """Hex sha256 of a file."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def shipped_path(name: str) -> Path | None:
@@ -52,7 +43,7 @@ def load_weights(name_or_path: str | PathLike) -> dict:
         path = WEIGHTS_DIR / SHIPPED[text][0]
         if not path.exists():
             raise ModelFileError(path, f"shipped weights {text!r} are missing from the installation")
-        digest = sha256_of(path)
+        digest = sha256_file(path)
         if digest != SHIPPED[text][1]:
             raise ModelFileError(path, f"sha256 {digest} does not match the expected {SHIPPED[text][1]}")
     else:

@@ -25,7 +25,7 @@ from torch import Tensor
 
 from morphable.geometry.camera import ScaledOrthographic
 from morphable.geometry.rotation import axis_angle_to_matrix, euler_to_matrix, matrix_to_axis_angle
-from morphable.identity.alignment import chip_template
+from morphable.identity.alignment import chip_template, similarity_transform
 from morphable.models.base import MorphableModel
 from morphable.render.renderer import PointLights, Renderer
 from morphable.render.shading import color_temperature_rgb
@@ -37,8 +37,6 @@ PADDING = 0.25
 VISIBLE_REGIONS = ("face", "head_neck", "eye_socket_left", "eye_socket_right", "eyeball_left", "eyeball_right")
 EYE_REGIONS = {"sclera_left": (0.78, 0.74, 0.70), "sclera_right": (0.78, 0.74, 0.70),
                "iris_left": (0.12, 0.08, 0.06), "iris_right": (0.12, 0.08, 0.06)}
-SKIN_RGB = (0.72, 0.53, 0.43)
-"""Mean skin albedo (linear RGB) of the synthetic faces."""
 # Colour temperatures of common light sources (K): candle-ish tungsten, tungsten, halogen, warm/cool
 # fluorescent, flash, daylight, overcast sky.
 LIGHT_KELVIN = (2700.0, 3000.0, 3200.0, 3500.0, 4100.0, 5000.0, 5500.0, 6500.0, 7500.0)
@@ -188,18 +186,12 @@ class ChipRenderer:
         lm = self.model.landmarks(vertices)[:, self.template_ids]  # (B, 33, 3) model space
         view = lm @ rotation.transpose(1, 2)
         q = torch.stack([view[..., 0], -view[..., 1]], -1)  # F Π R X, y down
-        target = self.template.to(q).expand(q.shape[0], -1, -1)
-        mu_q, mu_c = q.mean(1, keepdim=True), target.mean(1, keepdim=True)
-        p, c = q - mu_q, target - mu_c
-        norm = (p * p).sum((1, 2))
-        a = (p * c).sum((1, 2)) / norm
-        b = (p[..., 0] * c[..., 1] - p[..., 1] * c[..., 0]).sum(1) / norm
+        Mt = similarity_transform(q, self.template.to(q).expand(q.shape[0], -1, -1))  # (B, 2, 3) = [a −b; b a | t]
+        a, b, t = Mt[:, 0, 0], Mt[:, 1, 0], Mt[:, :, 2]
         scale = torch.sqrt(a * a + b * b)
         phi = torch.atan2(b, a)
         zero = torch.zeros_like(phi)
         rz = axis_angle_to_matrix(torch.stack([zero, zero, -phi], -1))
-        M = torch.stack([torch.stack([a, -b], -1), torch.stack([b, a], -1)], -2)
-        t = mu_c[:, 0] - (M @ mu_q[:, 0, :, None])[..., 0]
         return ScaledOrthographic(scale, matrix_to_axis_angle(rz @ rotation), t)
 
     def albedo(self, skin: Tensor, eyes: Tensor | None = None) -> Tensor:

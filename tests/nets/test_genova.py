@@ -5,7 +5,7 @@ import torch
 from morphable.errors import ModelFileError
 from morphable.nets import weights as weights_mod
 from morphable.nets.genova import GenovaRegressor, has_regressor, load_regressor, save_regressor
-from morphable.nets.weights import sha256_of
+from morphable.models.registry import sha256_file
 
 
 def _regressor():
@@ -40,7 +40,7 @@ def test_checksum_and_corruption(tmp_path, monkeypatch):
     path = tmp_path / "genova-toy.pt"
     save_regressor(reg, path)
     monkeypatch.setattr(weights_mod, "WEIGHTS_DIR", tmp_path)
-    monkeypatch.setitem(weights_mod.SHIPPED, "genova-toy", ("genova-toy.pt", sha256_of(path)))
+    monkeypatch.setitem(weights_mod.SHIPPED, "genova-toy", ("genova-toy.pt", sha256_file(path)))
     assert has_regressor("toy") and not has_regressor("nothing")
     assert load_regressor("toy").model_name == "toy"
     monkeypatch.setitem(weights_mod.SHIPPED, "genova-toy", ("genova-toy.pt", "0" * 64))

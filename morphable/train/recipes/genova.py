@@ -129,9 +129,9 @@ class GenovaConfig:
 
 
 def _cache_root(cfg: GenovaConfig) -> Path:
-    if cfg.data.cache:
-        return Path(cfg.data.cache)
-    return Path(os.environ.get("MORPHABLE_HOME", Path.home() / ".cache" / "morphable")) / "train-cache"
+    from morphable.models.registry import home
+
+    return Path(cfg.data.cache) if cfg.data.cache else home() / "train-cache"
 
 
 def _initial_state(path: str) -> dict[str, Tensor]:
@@ -169,6 +169,20 @@ def drawn_albedo_space(renderer: ChipRenderer, modes: int) -> LowFrequencyAlbedo
         sym = model.symmetry[ids].to(torch.int64)
         mirror = torch.where(sym >= 0, local[sym.clamp_min(0)], sym)
     return LowFrequencyAlbedo(model.mean[ids], renderer.triangles, mirror, modes)
+
+
+def frontal_chips(renderer: ChipRenderer, albedo_space: LowFrequencyAlbedo, identity: Tensor,
+                  albedo: Tensor) -> Tensor:
+    """Chips ``(B, S, S, 3)`` of neutral faces with these coefficients, frontal, lit by the same sequence of
+    lights every call (a private generator, so the global RNGs are not consumed), on grey: how validation
+    and ``benchmarks/render_recall.py`` look at predictions."""
+    B = len(identity)
+    g = torch.Generator().manual_seed(12345)
+    rotation = random_rotation(B, g, max_yaw_deg=0.0, max_pitch_deg=0.0, max_roll_deg=0.0)
+    lighting = random_lighting(B, g)
+    background = torch.full((B, renderer.size, renderer.size, 3), 0.5)
+    vertices = renderer.model(identity=identity).vertices
+    return renderer(vertices, rotation, albedo_space(albedo), lighting, background)
 
 
 def _key_fraction(key: str) -> float:
@@ -266,9 +280,8 @@ class GenovaRecipe(Recipe):
         """Chips ``(B·V, S, S, 3)`` of the neutral predicted faces, each repeated for ``views`` poses/lights."""
         from morphable.train.chip_render import Lighting
 
-        identity = prediction["identity"].repeat_interleave(views, 0)
-        albedo = self.albedo_space(prediction["albedo"].repeat_interleave(views, 0))
-        vertices = self.face_model(identity=identity).vertices
+        vertices = self.face_model(identity=prediction["identity"]).vertices.repeat_interleave(views, 0)
+        albedo = self.albedo_space(prediction["albedo"]).repeat_interleave(views, 0)
         return self.chip_renderer(vertices, rotation, albedo, Lighting(*lights), background)
 
     def loss(self, batch: dict, step: int) -> dict[str, Tensor]:
@@ -313,15 +326,7 @@ class GenovaRecipe(Recipe):
         return float(cosine_similarity(real["descriptor"], self.encoder(chips).descriptor).mean())
 
     def _frontal_chips(self, pred: dict[str, Tensor]) -> Tensor:
-        """Renders of predictions at a fixed frontal pose and light (private generator: the global RNGs
-        are not consumed)."""
-        g = torch.Generator().manual_seed(12345)
-        B = len(pred["identity"])
-        rotation = random_rotation(B, g, max_yaw_deg=0.0, max_pitch_deg=0.0, max_roll_deg=0.0)
-        lighting = random_lighting(B, g)
-        background = torch.full((B, self.chip_renderer.size, self.chip_renderer.size, 3), 0.5)
-        lights = (lighting.positions, lighting.colors, lighting.ambient, lighting.specular)
-        return self.render_views(pred, rotation, lights, background, 1)
+        return frontal_chips(self.chip_renderer, self.albedo_space, pred["identity"], pred["albedo"])
 
     def image_grid(self, batch: dict, step: int) -> Tensor | None:
         """Rows: held-out real photo chips over the frontal renders of their predictions (or synthetic)."""
