@@ -58,3 +58,10 @@ def atomic_write(path: str | PathLike, mode: str = "wb") -> Iterator[IO]:
         if isinstance(e, OSError):  # full disk, destination is a folder, ...: one line naming the file
             raise InputError(path, f"cannot write: {e.strerror or e}") from None
         raise
+
+
+def remove_temporaries(folder: str | PathLike) -> None:
+    """Delete the temporary files that :func:`atomic_write` calls killed mid-write left in ``folder``
+    (``.<name>.<random>.tmp``); only safe while nothing else is writing there."""
+    for tmp in Path(folder).glob(".*.tmp"):
+        tmp.unlink(missing_ok=True)

@@ -46,7 +46,7 @@ from torch import Tensor
 from tqdm import tqdm
 
 from morphable.errors import MorphableError
-from morphable.io.atomic import atomic_write
+from morphable.io.atomic import atomic_write, remove_temporaries
 from morphable.io.checkpoint import (CheckpointError, capture_rng_state, load_checkpoint, restore_rng_state,
                                      save_checkpoint)
 from morphable.train.config import (ConfigError, OptimConfig, ScheduleConfig, TrainConfig, config_hash,
@@ -205,8 +205,7 @@ class Trainer:
     def _resume(self) -> None:
         self._check_saved_config()
         for folder in (self.run_dir, self.run_dir / "checkpoints", self.run_dir / "images"):
-            for tmp in folder.glob(".*.tmp"):  # atomic_write's temporary files, left by a killed run
-                tmp.unlink()
+            remove_temporaries(folder)  # left by a killed run
         state = self._load_newest()
         if state is None:
             self.resumed_from = 0

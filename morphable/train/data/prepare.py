@@ -39,7 +39,7 @@ import torch
 
 from morphable.detect.choice import FACE_CHOICES
 from morphable.errors import InputError, MorphableError
-from morphable.io.atomic import atomic_write
+from morphable.io.atomic import atomic_write, remove_temporaries
 from morphable.io.safe_npz import read_npz
 from morphable.train.data.manifest import (
     BAD,
@@ -171,13 +171,6 @@ def _stamp(path: Path) -> list[int] | None:
     except FileNotFoundError:
         return None
     return [st.st_size, st.st_mtime_ns]
-
-
-def _remove_temporaries(folders: Sequence[Path]) -> None:
-    """Remove the ``.<name>.<random>.tmp`` files an interrupted atomic write left behind."""
-    for folder in folders:
-        for tmp in folder.glob(".*.tmp"):
-            tmp.unlink(missing_ok=True)
 
 
 class _Preparer:
@@ -331,7 +324,8 @@ def prepare_dataset(photos: Sequence[str | PathLike], output: str | PathLike, *,
             sub.mkdir(parents=True, exist_ok=True)
         except OSError as err:
             raise InputError(sub, f"cannot create folder ({err.strerror or err})") from None
-    _remove_temporaries([folder, *subfolders])
+    for sub in (folder, *subfolders):
+        remove_temporaries(sub)
 
     preparer = _Preparer(folder, face, detector)
     items: list[ManifestItem] = []
