@@ -153,12 +153,12 @@ class Trainer:
 
     # -- resume ------------------------------------------------------------------------------------
 
-    def _check_saved_config(self) -> bool:
-        """Compare with ``RUN/config.yaml``; True when only ``train.steps`` changed (it is then rewritten)."""
+    def _check_saved_config(self) -> None:
+        """Compare with ``RUN/config.yaml``; refuse any change but ``train.steps`` (it is then rewritten)."""
         path = self.run_dir / "config.yaml"
         if not path.exists():
             save_config(self.config, path)
-            return False
+            return
         try:
             saved = load_config(type(self.config), path)
         except ConfigError as err:
@@ -172,7 +172,6 @@ class Trainer:
                                 "may change")
         if changed:
             save_config(self.config, path)
-        return bool(changed)
 
     def _load_newest(self) -> dict | None:
         """The newest checkpoint that loads; corrupt newer ones are renamed ``*.corrupt``."""
@@ -187,7 +186,8 @@ class Trainer:
         for path in order:
             try:
                 state = load_checkpoint(path)
-                missing = {"step", "model", "optimizer", "scheduler", "rng", "recipe", "resume_hash"} - state.keys()
+                missing = {"step", "model", "optimizer", "scheduler", "rng", "recipe", "nonfinite_streak",
+                           "resume_hash"} - state.keys()
                 if missing:
                     raise CheckpointError(path, f"not a training checkpoint (missing {', '.join(sorted(missing))})")
                 return state
