@@ -17,6 +17,7 @@ Training: :mod:`morphable.train.recipes.genova` (``morphable train genova``).
 """
 from __future__ import annotations
 
+from functools import lru_cache
 from os import PathLike
 from pathlib import Path
 
@@ -27,6 +28,7 @@ from morphable.errors import ModelFileError
 from morphable.io.atomic import atomic_write
 from morphable.nets.encoders import POOLED_DIM, DlibEncoder
 from morphable.nets.layout import ParamLayout
+from morphable.nets import weights
 from morphable.nets.weights import SHIPPED, load_weights, shipped_path
 
 FORMAT = "morphable-genova"
@@ -160,8 +162,16 @@ def has_regressor(model_name: str) -> bool:
     return shipped_path(f"genova-{model_name}") is not None
 
 
+@lru_cache(maxsize=None)
+def _shipped_regressor(key: str, entry: tuple[str, str], folder: str) -> GenovaRegressor:
+    """One instance per shipped entry (name, file, sha256, folder) and process: ``morphable fit`` over many
+    photos checks the sha256, reads the file and builds dlib's network once, not once per photo."""
+    return regressor_from_weights(load_weights(key), key)
+
+
 def load_regressor(name_or_path: str | PathLike = "ict") -> GenovaRegressor:
-    """The shipped regressor of a model (``"ict"``, ``"sfm"``, or ``"genova-ict"``), or one from a file.
+    """The shipped regressor of a model (``"ict"``, ``"sfm"``, or ``"genova-ict"``; one shared instance per
+    process, do not modify it), or a new one from a file.
 
     Raises:
         ModelFileError: no such shipped regressor or file, checksum mismatch, or a corrupt file.
@@ -169,7 +179,7 @@ def load_regressor(name_or_path: str | PathLike = "ict") -> GenovaRegressor:
     text = str(name_or_path)
     key = text if text in SHIPPED else f"genova-{text}"
     if key in SHIPPED:
-        return regressor_from_weights(load_weights(key), key)
+        return _shipped_regressor(key, SHIPPED[key], str(weights.WEIGHTS_DIR))
     if Path(text).suffix == "" and not Path(text).exists():
         known = ", ".join(k.removeprefix("genova-") for k in sorted(SHIPPED) if k.startswith("genova-")) or "none"
         raise ModelFileError(text, f"no shipped Genova regressor for this model (shipped: {known})")
