@@ -33,6 +33,7 @@ import numpy as np
 import torch
 
 from morphable.errors import InputError
+from morphable.identity.dlib_resnet import CHIP_SIZE
 from morphable.io.atomic import atomic_write
 from morphable.io.safe_npz import read_npy
 
@@ -43,7 +44,6 @@ BAD = "bad.jsonl"
 N_LANDMARKS = 68
 DESCRIPTOR_DIM = 128
 POOLED_DIM = 256
-CHIP_SIZE = 150
 LANDMARKS_FROM = ("file", "dlib")
 FIELDS = ("key", "path", "face", "identity", "landmarks", "box", "source", "chip", "landmarks_from")
 _KEY = re.compile(r"^[0-9A-Za-z_.-]+$")
