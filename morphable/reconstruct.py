@@ -254,12 +254,13 @@ class Reconstruction:
         """Read a folder written by :meth:`save` (``params.json``, ``arrays.npz``, ``texture.png``)."""
         from morphable.io import read_image
         from morphable.io.params import read_fit_params
+        from morphable.io.safe_npz import read_npz
 
         folder = Path(folder)
         params = read_fit_params(folder / "params.json")  # checked before its "arrays" name is opened
         arrays = {}
         if params.get("arrays"):
-            arrays = _read_arrays(folder / str(params["arrays"]))
+            arrays = read_npz(folder / str(params["arrays"]), error=InputError)
         rec = cls.from_params(params, arrays, model=model, path=folder / "params.json")
         texture = read_image(folder / "texture.png") if (folder / "texture.png").is_file() else None
         return replace(rec, texture=texture)
@@ -325,14 +326,6 @@ def _points(values) -> np.ndarray:
     if values is None:
         return np.full((68, 2), np.nan)
     return np.array([[np.nan, np.nan] if p is None else p for p in values], np.float64).reshape(-1, 2)
-
-
-def _read_arrays(path: Path) -> dict[str, np.ndarray]:
-    try:
-        with np.load(path, allow_pickle=False) as f:
-            return {k: f[k] for k in f.files}
-    except (OSError, ValueError) as err:
-        raise InputError(path, f"cannot read the arrays file ({err})") from None
 
 
 # --- writing --------------------------------------------------------------------------------------------
