@@ -347,6 +347,8 @@ def check_output_folder(folder: str | PathLike) -> Path:
 def fresh_folder(folder: Path):
     """Yield a new temporary folder beside ``folder``; on success it replaces ``folder`` (an earlier
     folder's files are all gone), on failure it is removed and ``folder`` is left as it was."""
+    from morphable.io.atomic import _umask
+
     folder = check_output_folder(folder)
     try:
         folder.parent.mkdir(parents=True, exist_ok=True)
@@ -373,12 +375,6 @@ def fresh_folder(folder: Path):
         if isinstance(err, OSError):
             raise InputError(folder, f"cannot write: {err.strerror or err}") from None
         raise
-
-
-def _umask() -> int:
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
 
 
 def write_outputs(rec: Reconstruction, folder: Path, *, report: bool = True) -> None:
