@@ -112,16 +112,6 @@ def projection_matrix(focal: float, principal_point: np.ndarray, width: int, hei
     return m
 
 
-def smooth_normals(vertices: np.ndarray, triangles: np.ndarray) -> np.ndarray:
-    """(V, 3) area-weighted unit vertex normals (counter-clockwise triangles face outwards)."""
-    v = np.asarray(vertices, np.float64)
-    n = np.cross(v[triangles[:, 1]] - v[triangles[:, 0]], v[triangles[:, 2]] - v[triangles[:, 0]])
-    acc = np.zeros_like(v)
-    for k in range(3):
-        np.add.at(acc, triangles[:, k], n)
-    return acc / np.maximum(np.linalg.norm(acc, axis=1, keepdims=True), 1e-12)
-
-
 @lru_cache(maxsize=1)
 def _context():
     import moderngl
@@ -156,6 +146,8 @@ def render(vertices: np.ndarray, triangles: np.ndarray, albedo: np.ndarray, came
     """
     import moderngl
 
+    from morphable.viz.overlay import vertex_normals
+
     vertices = np.asarray(vertices, np.float64)
     triangles = np.asarray(triangles, np.int64)
     if vertices.ndim != 2 or vertices.shape[1] != 3 or triangles.ndim != 2 or triangles.shape[1] != 3:
@@ -177,7 +169,7 @@ def render(vertices: np.ndarray, triangles: np.ndarray, albedo: np.ndarray, came
     centre = vertices.mean(axis=0)
     prog["trans"].value = tuple(float(x) for x in camera.translation + camera.rotation @ centre)
     buffers = [ctx.buffer((vertices - centre).astype("f4").tobytes()),
-               ctx.buffer(smooth_normals(vertices, triangles).astype("f4").tobytes()),
+               ctx.buffer(vertex_normals(vertices, triangles).astype("f4").tobytes()),
                ctx.buffer(albedo.astype("f4").tobytes())]
     ibo = ctx.buffer(triangles.astype("i4").tobytes())
     vao = ctx.vertex_array(prog, [(buffers[0], "3f", "in_pos"), (buffers[1], "3f", "in_normal"),
