@@ -34,6 +34,8 @@ from morphable.identity.dlib_serialization import (
 )
 
 CHIP_SIZE = 150
+CHIP_PADDING = 0.25
+"""dlib's ``get_face_chip`` padding for the recognition network's chips."""
 
 
 def _check_chips(images: torch.Tensor, size: int) -> None:

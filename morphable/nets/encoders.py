@@ -13,7 +13,7 @@ import torch
 from torch import Tensor, nn
 
 from morphable.identity.alignment import extract_face_chips
-from morphable.identity.dlib_resnet import CHIP_SIZE, DlibFaceNet
+from morphable.identity.dlib_resnet import CHIP_PADDING, CHIP_SIZE, DlibFaceNet
 
 POOLED_DIM = 256
 DESCRIPTOR_DIM = 128
@@ -47,7 +47,7 @@ class DlibEncoder(nn.Module):
     @staticmethod
     def chips(images: Tensor, landmarks: Tensor) -> Tensor:
         """dlib-aligned chips ``(B, 150, 150, 3)`` of photos ``(B, H, W, 3)`` in [0, 1] at 68 landmarks ``(B, 68, 2)`` px."""
-        return extract_face_chips(images, landmarks, size=CHIP_SIZE, padding=0.25)
+        return extract_face_chips(images, landmarks, size=CHIP_SIZE, padding=CHIP_PADDING)
 
     def encode_photos(self, images: Tensor, landmarks: Tensor) -> EncoderOutput:
         """Chips then features; photos of different sizes can be passed one at a time."""

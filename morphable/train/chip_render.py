@@ -26,12 +26,12 @@ from torch import Tensor
 from morphable.geometry.camera import ScaledOrthographic
 from morphable.geometry.rotation import axis_angle_to_matrix, euler_to_matrix, matrix_to_axis_angle
 from morphable.identity.alignment import chip_template, similarity_transform
+from morphable.identity.dlib_resnet import CHIP_PADDING
 from morphable.models.base import MorphableModel
 from morphable.render.renderer import PointLights, Renderer
 from morphable.render.shading import color_temperature_rgb
 
 CHIP = 150
-PADDING = 0.25
 # Regions of a model drawn in a chip (ICT names): skin, eye sockets and eyeballs; the mouth interior,
 # teeth, eyelashes and tear films are hidden behind the lips/lids or are not skin.
 VISIBLE_REGIONS = ("face", "head_neck", "eye_socket_left", "eye_socket_right", "eyeball_left", "eyeball_right")
@@ -168,7 +168,7 @@ class ChipRenderer:
                 ids = ids[ids >= 0]
                 self.eye_mask[ids] = True
                 self.eye_colors[ids] = torch.tensor(rgb, device=dev)
-        ids, template = chip_template(68, size, PADDING)
+        ids, template = chip_template(68, size, CHIP_PADDING)
         defined = model.landmark_mask.cpu()[ids]
         if int(defined.sum()) < 8:
             raise ValueError(f"ChipRenderer: model {model.name!r} defines only {int(defined.sum())} of the chip "

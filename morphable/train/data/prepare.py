@@ -53,7 +53,6 @@ from morphable.train.data.manifest import (
 )
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".ppm", ".bmp")
-CHIP_PADDING = 0.25  # dlib's get_face_chip padding for the recognition network
 MIN_FACE_SPAN = 10.0  # px: annotated landmarks spanning less (width or height) are taken as corrupt
 
 
@@ -246,6 +245,7 @@ class _Preparer:
     def prepare(self, photo: Path) -> list[_Face]:
         """Landmarks, chips and features of one photo; writes its files (record last)."""
         from morphable.identity import extract_face_chips
+        from morphable.identity.dlib_resnet import CHIP_PADDING
         from morphable.io.image import read_image, write_image
 
         stamps = self.stamps(photo)  # before reading: a photo changed meanwhile is redone next time
