@@ -648,6 +648,7 @@ def cached_texel_map(model: MorphableModel, size: int):
 
     from morphable.fitting.texture import TexelMap, model_texel_map, textured_triangles
     from morphable.io.atomic import atomic_write
+    from morphable.io.safe_npz import read_npz
     from morphable.models.registry import home
 
     uv_tris = model.uv_triangles if model.uv_triangles is not None else model.triangles
@@ -657,9 +658,9 @@ def cached_texel_map(model: MorphableModel, size: int):
     digest.update(str(size).encode())
     path = home() / "texel_maps" / f"{digest.hexdigest()[:32]}.npz"
     try:
-        with np.load(path, allow_pickle=False) as f:
-            return TexelMap(torch.from_numpy(f["triangle_id"]).long(), torch.from_numpy(f["barycentric"]))
-    except (OSError, KeyError, ValueError):
+        f = read_npz(path, error=InputError, keys=("triangle_id", "barycentric"))
+        return TexelMap(torch.from_numpy(f["triangle_id"]).long(), torch.from_numpy(f["barycentric"]))
+    except (InputError, KeyError):
         pass
     texel_map = model_texel_map(model, size)
     path.parent.mkdir(parents=True, exist_ok=True)
