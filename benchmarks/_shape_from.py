@@ -16,6 +16,7 @@ import argparse
 import torch
 
 from morphable.errors import MorphableError
+from morphable.nets.genova import has_regressor, load_regressor
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -35,12 +36,8 @@ class ShapeSource:
         self.lambda_identity = args.lambda_identity
         mode = args.shape_from
         if mode is None:
-            mode = "regressor" if args.regressor is not None or _has_regressor(model.name) else "landmarks"
+            mode = "regressor" if args.regressor is not None or has_regressor(model.name) else "landmarks"
         if mode == "regressor":
-            try:
-                from morphable.nets.genova import has_regressor, load_regressor
-            except ImportError as err:
-                raise MorphableError(f"--shape-from regressor: morphable.nets.genova is unavailable ({err})") from None
             if args.regressor is None and not has_regressor(model.name):
                 raise MorphableError(f"--shape-from regressor: no shipped regressor for model {model.name}; "
                                      "pass --regressor PATH")
@@ -71,11 +68,3 @@ class ShapeSource:
             return fit_landmarks(self.model, landmarks)
         return fit_landmarks(self.model, landmarks, identity_prior_mean=prior_mean,
                              lambda_identity=self.lambda_identity)
-
-
-def _has_regressor(name: str) -> bool:
-    try:
-        from morphable.nets.genova import has_regressor
-    except ImportError:
-        return False
-    return bool(has_regressor(name))
