@@ -161,7 +161,7 @@ def _run(images, names, model_name, output, landmark_files, face, shape_from, mu
         finally:
             stages.update(1)
         found.append((i, faces, time.perf_counter() - t0))
-    groups = [[x for x in found]] if multi_view and found else [[x] for x in found]
+    groups = [found] if multi_view and found else [[x] for x in found]
     for group in groups:
         faces = [f for _, fs, _ in group for f in fs]
         timings = {"load": load_s, "detect": sum(s for _, _, s in group) / len(group)}
