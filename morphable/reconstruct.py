@@ -403,12 +403,13 @@ def write_outputs(rec: Reconstruction, folder: Path, *, report: bool = True) -> 
             np.savez_compressed(f, **arrays)
     write_params(folder / "params.json", rec.to_params())
     images: list[tuple[str, np.ndarray]] = []
+    marks = rescale_pixels(rec.landmarks, 1.0 / rec.working_scale)  # in the working copy's pixels
     if rec.photo is not None:
         images.append(("photo", rec.photo))
         overlay = rec.overlay()
         write_image(folder / "overlay.png", overlay)
         images.append(("overlay: fitted mesh, input (green) and fitted (red) landmarks", overlay))
-        crop = _face_crop(overlay, rescale_pixels(rec.landmarks, 1.0 / rec.working_scale))
+        crop = _face_crop(overlay, marks)
         if crop is not None:
             images.append(("overlay, around the face", crop))
     if rec.photometric is not None:
@@ -416,7 +417,6 @@ def write_outputs(rec: Reconstruction, folder: Path, *, report: bool = True) -> 
         if p.comparison is not None:
             write_image(folder / "comparison.png", p.comparison)
             images.append(("photo | rendering | difference", p.comparison))
-            marks = rescale_pixels(rec.landmarks, 1.0 / rec.working_scale)
             panels = [_face_crop(panel, marks, size=320) for panel in np.split(p.comparison, 3, axis=1)]
             if all(panel is not None for panel in panels):
                 images.append(("photo | rendering | difference, around the face", np.concatenate(panels, axis=1)))
