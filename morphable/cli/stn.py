@@ -49,7 +49,7 @@ def stn_fit(images: tuple[Path, ...], model_name: str, landmark_files: tuple[Pat
     from morphable.io.image import write_image
     from morphable.io.params import PARAMS_SCHEMA, PARAMS_VERSION, write_params
     from morphable.models.resample import model_uv, uv_grid
-    from morphable.nets.stn import SpatialTransformer3DMM
+    from morphable.render.stn import SpatialTransformer3DMM
     from morphable.reconstruct import check_output_folder, find_faces, fresh_folder, load_face_model
     from morphable.viz.overlay import draw_overlay
 

@@ -18,7 +18,7 @@ from morphable.fitting.landmarks import fit_landmarks
 from morphable.losses.landmark import landmark_loss
 from morphable.losses.prior import prior_loss
 from morphable.losses.symmetry import symmetry_loss
-from morphable.nets.stn import SpatialTransformer3DMM, STNOutput, Theta
+from morphable.render.stn import SpatialTransformer3DMM, STNOutput, Theta
 
 FIXED_LANDMARKS = slice(17, 68)
 """iBUG points used by the landmark loss: the jawline (0–16) moves with pose and is left out."""

@@ -12,10 +12,10 @@ from morphable.fitting.stn import fit_stn, initial_theta, mean_flattened
 from morphable.geometry.camera import ScaledOrthographic
 from morphable.geometry.rotation import axis_angle_to_matrix, euler_to_matrix, matrix_to_axis_angle
 from morphable.models.resample import model_uv, uv_grid
-from morphable.nets.stn import SpatialTransformer3DMM
+from morphable.render.stn import SpatialTransformer3DMM
 from morphable.render.renderer import Renderer
 from tests.conftest import data_file
-from tests.nets.test_stn import symmetric_texture
+from tests.render.test_stn import symmetric_texture
 
 N_SHAPE = 8
 

@@ -1,5 +1,7 @@
-"""The geometric layers of a 3DMM spatial transformer (Bas et al., "3D Morphable Models as Spatial
-Transformer Networks", ICCV-W 2017, Sec. 3 and Fig. 2).
+"""The 3DMM spatial transformer (Bas et al., "3D Morphable Models as Spatial Transformer Networks", ICCV-W
+2017, Sec. 3 and Fig. 2): its geometric layers and the chain they form. None has learnable weights (they are
+image formation), so they live in ``render/``; the localiser network that predicts θ is
+:mod:`morphable.nets.stn_localiser`, and the per-photo gradient-descent fit is :mod:`morphable.fitting.stn`.
 
 A localiser predicts θ = (r, t, log s, α); the chain below turns θ into a sampling grid and resamples the
 photo into a flattened, pose-normalised texture space:
@@ -13,13 +15,17 @@ model +y (up) maps to image up, matching :class:`~morphable.geometry.camera.Scal
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from morphable.geometry.rotation import axis_angle_to_matrix
 from morphable.models.base import MorphableModel
+from morphable.models.functional import barycentric_points
 from morphable.models.resample import UVGrid
+from morphable.render.visibility import vertex_visibility
 
 
 class MorphableLayer(nn.Module):
@@ -104,22 +110,6 @@ def bilinear_sample(image: Tensor, grid: Tensor) -> Tensor:
     return out.permute(0, 2, 3, 1)
 
 
-def bilinear_sample_reference(image: Tensor, grid: Tensor) -> Tensor:
-    """Slow, obvious loop version of :func:`bilinear_sample` (for tests)."""
-    B, H, W, C = image.shape
-    out = torch.zeros(*grid.shape[:3], C, dtype=image.dtype)
-    for b in range(B):
-        for i in range(grid.shape[1]):
-            for j in range(grid.shape[2]):
-                x, y = grid[b, i, j].tolist()
-                x0, y0 = int(torch.floor(torch.tensor(x))), int(torch.floor(torch.tensor(y)))
-                for yy, wy in ((y0, 1 - (y - y0)), (y0 + 1, y - y0)):
-                    for xx, wx in ((x0, 1 - (x - x0)), (x0 + 1, x - x0)):
-                        if 0 <= xx < W and 0 <= yy < H:
-                            out[b, i, j] += wx * wy * image[b, yy, xx]
-    return out
-
-
 class BilinearSampler(nn.Module):
     """Module form of :func:`bilinear_sample`."""
 
@@ -143,8 +133,6 @@ class VisibilityLayer(nn.Module):
 
     @torch.no_grad()
     def forward(self, R: Tensor, alpha: Tensor, expression: Tensor | None = None) -> Tensor:
-        from morphable.render.visibility import vertex_visibility
-
         X = self.model(identity=alpha, expression=expression).vertices @ R.transpose(-1, -2)
         lo, hi = X[..., :2].amin(1, keepdim=True), X[..., :2].amax(1, keepdim=True)
         scale = (self.resolution - 3) / (hi - lo).amax(-1, keepdim=True)
@@ -161,3 +149,75 @@ class Masking(nn.Module):
 
     def forward(self, texture: Tensor, mask: Tensor) -> Tensor:
         return texture * mask[..., None].to(texture.dtype)
+
+
+@dataclass(frozen=True)
+class Theta:
+    """Spatial-transformer parameters (batched).
+
+    Attributes:
+        rotation: ``(B, 3)`` axis-angle, radians.
+        translation: ``(B, 2)`` pixels.
+        log_scale: ``(B,)`` log of pixels per millimetre.
+        alpha: ``(B, K)`` standardised identity coefficients.
+    """
+
+    rotation: Tensor
+    translation: Tensor
+    log_scale: Tensor
+    alpha: Tensor
+
+
+@dataclass(frozen=True)
+class STNOutput:
+    """Attributes: ``texture (B, H', W', C)`` masked flattened texture; ``mask (B, H', W')`` visibility (not
+    self-occluded and inside the photo);
+    ``grid (B, H', W', 2)`` sample positions (px); ``landmarks (B, 68, 2)`` projected model landmarks (px)."""
+
+    texture: Tensor
+    mask: Tensor
+    grid: Tensor
+    landmarks: Tensor
+
+
+class SpatialTransformer3DMM(nn.Module):
+    """The grid generator + sampler chain of a 3DMM-STN.
+
+    Args:
+        model: the morphable model (shape only is used).
+        grid: the :class:`UVGrid` of a symmetric flattening of ``model``.
+        visibility_resolution: z-buffer size for the self-occlusion mask.
+    """
+
+    def __init__(self, model: MorphableModel, grid: UVGrid, visibility_resolution: int = 256):
+        super().__init__()
+        self.model = model
+        self.grid_def = grid
+        self.shape = MorphableLayer(model)
+        self.to_rotation = AxisAngleToRotation()
+        self.rotate = Rotate3D()
+        self.project = OrthographicProjection()
+        self.scale = LogScale()
+        self.translate = Translate2D()
+        self.to_grid = GridLayer(grid.size)
+        self.sampler = BilinearSampler()
+        self.visibility = VisibilityLayer(model, grid, visibility_resolution)
+        self.masking = Masking()
+
+    def image_points(self, theta: Theta, points: Tensor, R: Tensor) -> Tensor:
+        """Model-space points ``(B, N, 3)`` → image pixels ``(B, N, 2)`` through the layer chain."""
+        return self.translate(self.scale(self.project(self.rotate(R, points)), theta.log_scale), theta.translation)
+
+    def forward(self, image: Tensor, theta: Theta) -> STNOutput:
+        """``image (B, H, W, C)`` in [0, 1] → :class:`STNOutput`."""
+        R = self.to_rotation(theta.rotation)
+        verts = self.shape(theta.alpha)
+        grid_points = self.image_points(theta, self.grid_def.points(verts), R)
+        grid = self.to_grid(grid_points)
+        sampled = self.sampler(image, grid)
+        H, W = image.shape[1:3]
+        inside = ((grid >= 0) & (grid <= grid.new_tensor([W - 1, H - 1]))).all(-1)
+        mask = self.visibility(R, theta.alpha) & inside  # points sampled off the photo are not seen either
+        landmarks = self.image_points(
+            theta, barycentric_points(verts, self.model.landmark_indices, self.model.landmark_weights), R)
+        return STNOutput(self.masking(sampled, mask), mask, grid, landmarks)
