@@ -111,6 +111,12 @@ class _FusedLayers:
 
 def _run(x: torch.Tensor, layers, fc_weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """The network body on normalised (B, 3, H, W) input -> pooled features (B, 256), descriptors (B, 128)."""
+    pooled = _trunk(x, layers).mean(dim=(2, 3))  # avg_pool_everything
+    return pooled, pooled @ fc_weight.to(pooled).T
+
+
+def _trunk(x: torch.Tensor, layers) -> torch.Tensor:
+    """Stem and residual blocks: (B, 3, H, W) -> the last block's activations (B, 256, h, w)."""
     x = F.max_pool2d(layers.conv_relu(0, x), kernel_size=3, stride=2)
     index = 1
     for _, stride in BLOCKS:
@@ -120,8 +126,7 @@ def _run(x: torch.Tensor, layers, fc_weight: torch.Tensor) -> tuple[torch.Tensor
         else:  # the shortcut is pooled, and smaller than the block's output: dlib zero-pads it
             x = F.relu_(_add_padded(layers.conv(index + 1, y), F.avg_pool2d(x, kernel_size=2, stride=2)))
         index += 2
-    pooled = x.mean(dim=(2, 3))  # avg_pool_everything
-    return pooled, pooled @ fc_weight.to(pooled).T
+    return x
 
 
 def face_descriptor_reference(images: torch.Tensor, weights: DlibFaceResNetWeights) -> torch.Tensor:
@@ -173,19 +178,32 @@ def face_features(images: torch.Tensor, conv_weight: list[torch.Tensor], conv_bi
         pooled (B, 256): the global average pool of the last block (the fc layer's input), and
         descriptors (B, 128) = pooled @ fc_weight.T; both in the input's dtype and device.
     """
+    return _run(*_input_and_layers(images, conv_weight, conv_bias), fc_weight)
+
+
+def face_feature_map(images: torch.Tensor, conv_weight: list[torch.Tensor],
+                     conv_bias: list[torch.Tensor]) -> torch.Tensor:
+    """(B, 150, 150, 3) images in [0, 1] -> (B, 256, 2, 2): the last block's activations before the global
+    pool (the spatial features a localiser needs; same computation paths as :func:`face_features`)."""
+    return _trunk(*_input_and_layers(images, conv_weight, conv_bias))
+
+
+def _input_and_layers(images: torch.Tensor, conv_weight: list[torch.Tensor],
+                      conv_bias: list[torch.Tensor]) -> tuple[torch.Tensor, object]:
+    """Channels-last input and the layer implementation for it (fused oneDNN for CPU float32 inference)."""
     _check_chips(images, CHIP_SIZE)
     specs = _conv_specs()
     x = images.permute(0, 3, 1, 2).contiguous(memory_format=torch.channels_last)  # a view for NHWC input
     if x.device.type == "cpu" and x.dtype == torch.float32 and not (torch.is_grad_enabled() and x.requires_grad):
         weight = [w.to(x).contiguous(memory_format=torch.channels_last) for w in conv_weight]
-        return _run(x, _FusedLayers(weight, [b.to(x) for b in conv_bias]), fc_weight)
+        return x, _FusedLayers(weight, [b.to(x) for b in conv_bias])
 
     def conv(i: int, x: torch.Tensor) -> torch.Tensor:
         stride, padding = specs[i]
         w = conv_weight[i].to(x).contiguous(memory_format=torch.channels_last)
         return F.conv2d(x, w, conv_bias[i].to(x), stride=stride, padding=padding)
 
-    return _run(x, _Layers(conv), fc_weight)
+    return x, _Layers(conv)
 
 
 def fold_affines(weights: DlibFaceResNetWeights) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
@@ -248,3 +266,7 @@ class DlibFaceNet(nn.Module):
         (``descriptor = pooled @ fc_weight.T``): the frozen encoder features of Genova et al. (2018).
         """
         return face_features(images, *self._folded(), self.fc_weight)
+
+    def feature_map(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, 150, 150, 3) images in [0, 1] -> (B, 256, 2, 2) activations before the global pool."""
+        return face_feature_map(images, *self._folded())
