@@ -1,0 +1,56 @@
+"""Regression heads shared by the networks.
+
+:class:`IterativeErrorFeedback` is the regressor of HMR (Kanazawa et al., "End-to-end Recovery of Human
+Shape and Pose", CVPR 2018, Sec. 3.2) and RingNet (Sanyal et al., CVPR 2019, Sec. 4 and implementation
+details): instead of regressing the parameter vector Θ in one shot, a small MLP reads the image features
+``φ`` together with the current estimate ``Θ_t`` and outputs a correction, ``Θ_{t+1} = Θ_t + MLP([φ, Θ_t])``,
+starting from a fixed initial vector ``Θ_0`` (HMR: the mean parameters), for a fixed number of iterations
+(3 in both papers). The MLP is 2 × (FC-512, ReLU, dropout) and a linear output layer, with its weights
+shared across the iterations.
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+
+class IterativeErrorFeedback(nn.Module):
+    """``Θ_{t+1} = Θ_t + f([φ, Θ_t])`` for ``iterations`` steps from ``Θ_0`` (the ``initial`` buffer).
+
+    Args:
+        in_dim: feature size ``D`` of ``φ``.
+        out_dim: parameter vector size ``P``.
+        hidden: width of the two hidden layers (512 in HMR and RingNet).
+        iterations: number of feedback steps (3 in HMR and RingNet).
+        dropout: dropout probability after each hidden layer (HMR: 0.5), active in training mode only.
+        initial: ``(P,)`` starting estimate ``Θ_0`` (default zeros).
+        output_gain: the last layer's weights start as Xavier-uniform × this gain, so each correction starts
+            small (HMR initialises that layer with gain 0.01).
+    """
+
+    def __init__(self, in_dim: int, out_dim: int, *, hidden: int = 512, iterations: int = 3, dropout: float = 0.5,
+                 initial: Tensor | None = None, output_gain: float = 0.01):
+        super().__init__()
+        if iterations < 1:
+            raise ValueError(f"IterativeErrorFeedback: iterations must be >= 1, got {iterations}")
+        self.iterations = int(iterations)
+        init = torch.zeros(out_dim) if initial is None else torch.as_tensor(initial, dtype=torch.float32).reshape(-1)
+        if init.numel() != out_dim:
+            raise ValueError(f"IterativeErrorFeedback: initial has {init.numel()} values, expected {out_dim}")
+        self.register_buffer("initial", init.clone())
+        self.mlp = nn.Sequential(nn.Linear(in_dim + out_dim, hidden), nn.ReLU(), nn.Dropout(dropout),
+                                 nn.Linear(hidden, hidden), nn.ReLU(), nn.Dropout(dropout), nn.Linear(hidden, out_dim))
+        nn.init.xavier_uniform_(self.mlp[-1].weight, gain=output_gain)
+        nn.init.zeros_(self.mlp[-1].bias)
+
+    def forward(self, features: Tensor, *, all_steps: bool = False) -> Tensor:
+        """``(B, D)`` features → ``(B, P)`` final estimate ``Θ_T`` (or ``(T, B, P)`` every ``Θ_t``, t = 1…T,
+        with ``all_steps``)."""
+        if features.dim() != 2:
+            raise ValueError(f"IterativeErrorFeedback: expected features (B, D), got {tuple(features.shape)}")
+        theta = self.initial.to(features).expand(features.shape[0], -1)
+        steps = []
+        for _ in range(self.iterations):
+            theta = theta + self.mlp(torch.cat([features, theta], dim=1))
+            steps.append(theta)
+        return torch.stack(steps) if all_steps else theta

@@ -1,0 +1,458 @@
+"""RingNet (Sanyal, Bolkart, Feng & Black, "Learning to Regress 3D Face Shape and Expression from an Image
+without 3D Supervision", CVPR 2019): one network from a face crop to camera, pose, shape and expression.
+
+Encoder (Sec. 4, "RingNet"): a feature extractor and an iterative-error-feedback regressor.
+
+* **Features**: the paper uses an ImageNet ResNet-50's 2048-D pool; we read our port of dlib's
+  face-recognition ResNet (:mod:`morphable.identity.dlib_resnet`) at three depths so that pose and position
+  survive the global pooling a recognition network is trained to be invariant to: level 2 (block 9,
+  128 × 8 × 8), level 1 (block 12, 256 × 4 × 4: dlib zero-pads the 3 × 3 conv output to its pooled
+  shortcut's size) and level 0 (block 13, 256 × 2 × 2), each average-pooled to 2 × 2: :data:`FEATURE_DIM` =
+  512 + 1024 + 1024 = 2560 values, standardised with fixed statistics of the training features. The last
+  ``finetune_blocks`` residual blocks get trainable copies of dlib's weights (the paper fine-tunes its whole
+  ResNet; on a CPU we tune at most the last four blocks).
+* **Regressor**: :class:`~morphable.nets.heads.IterativeErrorFeedback`, 3 iterations of 2 × (FC-512, ReLU,
+  dropout) + linear (paper: "two fully-connected layers of 512 dimensions with ReLU and dropout").
+* **Output** (:func:`ringnet_layout`): ``camera`` (log scale offset, 2D translation; 3), ``rotation``
+  (global, axis-angle; 3), ``jaw`` (axis-angle; 3, FLAME only), ``shape`` (the model's standardised identity
+  coefficients, at most 100) and ``expression`` (FLAME/PCA: at most 50; blendshape models: all their
+  weights): 3 + 6 + 100 + 50 = 159 values for FLAME, as in the paper.
+
+Input: a square crop (:data:`CROP_SIZE` px) of the photo around the face's box, :data:`CROP_SCALE` times the
+larger side of the 68 landmarks' bounding box (:func:`landmark_box`; training adds random scale and
+translation jitter). The crop is not aligned to the landmarks: the network has to find the pose itself.
+
+Camera (scaled orthographic in crop pixels, :class:`~morphable.geometry.camera.ScaledOrthographic`):
+``scale = s0 · exp(camera[0])`` and ``translation = t0 + camera[1:3] · CROP_SIZE / 2``, where ``s0`` and
+``t0`` put the model's mean face, frontal, in the middle of the crop at the crop rule's size: a zero output is
+the mean face, centred and frontal.
+
+Decoder (:class:`RingNetDecoder`, fixed weights): the model's 68 landmarks projected by the camera, with
+the jawline chosen per pose: FLAME's dynamic contour embedding through LBS (the paper's "dynamic 3D
+landmarks"), and for linear models (ICT, SFM, BFM) the contour candidates of
+:mod:`morphable.fitting.contour` (the nearest contour-list or occluding-edge vertex to each jaw landmark).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from os import PathLike
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from morphable.errors import ModelFileError
+from morphable.fitting.contour import CONTOUR_IDS, contour_correspondences, contour_terms, flame_dynamic_contour
+from morphable.geometry.camera import ScaledOrthographic
+from morphable.geometry.rotation import axis_angle_to_matrix
+from morphable.identity.alignment import bilinear_sample
+from morphable.identity.dlib_resnet import (  # dlib's own layer runners: one definition of each block's maths
+    CHIP_SIZE,
+    DlibFaceNet,
+    _add_padded,
+    _conv_specs,
+    _FusedLayers,
+    _Layers,
+)
+from morphable.identity.dlib_serialization import BLOCKS, NUM_CONVS
+from morphable.io.atomic import atomic_write
+from morphable.models.base import MorphableModel
+from morphable.models.flame import Flame
+from morphable.models.functional import barycentric_points
+from morphable.nets.heads import IterativeErrorFeedback
+from morphable.nets.layout import ParamLayout
+
+FORMAT = "morphable-ringnet"
+VERSION = 1
+CROP_SIZE = CHIP_SIZE
+"""Side of the network's input crop (px): dlib's trunk and its level-1 3 × 3 map are sized for 150."""
+CROP_SCALE = 1.6
+"""Crop side / larger side of the 68 landmarks' bounding box (forehead and chin fit with jitter to spare)."""
+TAPS = {9: "level2", 12: "level1", 13: "level0"}
+"""Residual blocks whose outputs are read (block index → dlib level)."""
+FEATURE_DIM = (128 + 256 + 256) * 4
+MAX_SHAPE = 100
+MAX_EXPRESSION = 50
+
+
+# ------------------------------------------------------------------------------------------------ layout
+def ringnet_layout(model: MorphableModel, n_shape: int = MAX_SHAPE, n_expression: int = MAX_EXPRESSION) -> ParamLayout:
+    """The regressor's output for ``model``: ``camera`` (3), ``rotation`` (3), ``jaw`` (3, FLAME only),
+    ``shape`` (min(n_identity, n_shape)) and ``expression`` (PCA: min(n_expression, n_expression cap);
+    blendshapes: all the model's weights)."""
+    blocks: list[tuple[str, int]] = [("camera", 3), ("rotation", 3)]
+    if isinstance(model, Flame):
+        blocks.append(("jaw", 3))
+    n_exp = model.n_expression if model.expression_kind == "blendshapes" else min(model.n_expression, n_expression)
+    blocks += [("shape", min(model.n_identity, n_shape)), ("expression", n_exp)]
+    return ParamLayout(tuple(blocks))
+
+
+# ------------------------------------------------------------------------------------------------- crops
+@dataclass(frozen=True)
+class CropFrame:
+    """Where a crop sits in its photo: crop px = (photo px − ``origin``) · ``factor``.
+
+    Attributes:
+        origin: ``(B, 2)`` photo px of the crop's pixel (0, 0); factor: ``(B,)`` crop px per photo px.
+    """
+
+    origin: Tensor
+    factor: Tensor
+
+    def to_photo(self, points: Tensor) -> Tensor:
+        """Crop px ``(B, N, 2)`` → photo px."""
+        return points / self.factor[:, None, None] + self.origin[:, None]
+
+    def to_crop(self, points: Tensor) -> Tensor:
+        """Photo px ``(B, N, 2)`` → crop px."""
+        return (points - self.origin[:, None]) * self.factor[:, None, None]
+
+    def camera_to_photo(self, camera: ScaledOrthographic) -> ScaledOrthographic:
+        """A crop-pixel camera as the same view in photo pixels."""
+        return ScaledOrthographic(camera.scale / self.factor, camera.rotation,
+                                  camera.translation / self.factor[:, None] + self.origin)
+
+
+def landmark_box(landmarks: Tensor, scale: float = CROP_SCALE) -> Tensor:
+    """Square crop boxes ``(B, 4)`` (left, top, right, bottom; px) centred on the 68 landmarks' bounding
+    box ``(B, 68, 2)`` (NaN rows ignored), of side ``scale`` × its larger side."""
+    seen = torch.isfinite(landmarks).all(-1, keepdim=True)
+    lo = torch.where(seen, landmarks, torch.full_like(landmarks, math.inf)).amin(1)
+    hi = torch.where(seen, landmarks, torch.full_like(landmarks, -math.inf)).amax(1)
+    centre, half = (lo + hi) / 2, scale * (hi - lo).amax(-1, keepdim=True) / 2
+    return torch.cat([centre - half, centre + half], -1)
+
+
+def face_crop(image: Tensor, box: Tensor, size: int = CROP_SIZE) -> tuple[Tensor, CropFrame]:
+    """The square ``box`` of a photo resampled to ``size`` × ``size`` (bilinear; photos shrunk by more than
+    4/3 are first resized with antialiasing; outside the photo is black).
+
+    Args:
+        image: ``(H, W, 3)`` float photo; box: ``(4,)`` left, top, right, bottom px (square; pixel centres at
+            integers, the crop's pixel centres span the box's edges' inside).
+    Returns:
+        crop ``(size, size, 3)`` and its :class:`CropFrame` (batch of one).
+    """
+    box = box.to(torch.float64)
+    factor = size / float(box[2] - box[0])
+    origin = box[:2] + 0.5 / factor - 0.5  # crop pixel centre 0 sits half a crop pixel inside the box
+    H, W = image.shape[:2]
+    src, kx, ky = image, 1.0, 1.0
+    if factor < 0.75:
+        h, w = max(1, round(H * factor)), max(1, round(W * factor))
+        src = F.interpolate(image.permute(2, 0, 1)[None], size=(h, w), mode="bilinear", antialias=True,
+                            align_corners=False)[0].permute(1, 2, 0)
+        kx, ky = w / W, h / H
+    r = torch.arange(size, dtype=torch.float64)
+    yy, xx = torch.meshgrid(r, r, indexing="ij")
+    px = origin[0] + xx / factor  # photo px of each crop pixel
+    py = origin[1] + yy / factor
+    q = torch.stack([(px + 0.5) * kx - 0.5, (py + 0.5) * ky - 0.5], -1).reshape(-1, 2)
+    crop = bilinear_sample(src, q.to(image.dtype)).reshape(size, size, -1)
+    frame = CropFrame(origin[None].to(image.dtype), torch.tensor([factor], dtype=image.dtype))
+    return crop, frame
+
+
+# -------------------------------------------------------------------------------------------------- trunk
+@dataclass(frozen=True)
+class FrozenPass:
+    """What the frozen part of the trunk computes: ``taps`` (block → ``(B, C, H, W)``) read before the tuned
+    blocks, and ``boundary``, the input of the first tuned block (the last frozen output)."""
+
+    taps: dict[int, Tensor]
+    boundary: Tensor
+
+
+def _blocks(x: Tensor, layers, start: int, stop: int, taps: dict[int, Tensor]) -> Tensor:
+    """dlib's residual blocks ``start … stop − 1`` (see :func:`morphable.identity.dlib_resnet._run`), keeping
+    the outputs of the :data:`TAPS` blocks in ``taps``."""
+    for k in range(start, stop):
+        i, stride = 1 + 2 * k, BLOCKS[k][1]
+        y = layers.conv_relu(i, x)
+        if stride == 1:
+            x = layers.conv_add_relu(i + 1, y, x)
+        else:
+            x = F.relu_(_add_padded(layers.conv(i + 1, y), F.avg_pool2d(x, kernel_size=2, stride=2)))
+        if k in TAPS:
+            taps[k] = x
+    return x
+
+
+class DlibTrunk(nn.Module):
+    """dlib's ResNet read at :data:`TAPS`, with its last ``finetune_blocks`` blocks trainable.
+
+    Args:
+        net: the :class:`DlibFaceNet` whose fixed weights the frozen part uses (shared, not a submodule).
+        finetune_blocks: 0 … 4 final residual blocks with trainable copies of dlib's weights.
+    """
+
+    def __init__(self, net: DlibFaceNet | None = None, finetune_blocks: int = 0):
+        super().__init__()
+        if not 0 <= finetune_blocks <= 4:
+            raise ValueError(f"DlibTrunk: finetune_blocks must be in 0..4, got {finetune_blocks}")
+        self._net = [net]
+        self.finetune_blocks = int(finetune_blocks)
+        self.first_tuned = len(BLOCKS) - self.finetune_blocks
+        self.specs = _conv_specs()
+        tuned = range(1 + 2 * self.first_tuned, NUM_CONVS)
+        self.tuned_weight = nn.ParameterList()
+        self.tuned_bias = nn.ParameterList()
+        if tuned:
+            weights, biases = self.net._folded()
+            for i in tuned:
+                self.tuned_weight.append(nn.Parameter(weights[i].detach().clone().contiguous()))
+                self.tuned_bias.append(nn.Parameter(biases[i].detach().clone()))
+
+    @property
+    def net(self) -> DlibFaceNet:
+        if self._net[0] is None:
+            self._net[0] = DlibFaceNet()
+        return self._net[0]
+
+    def frozen(self, crops: Tensor) -> FrozenPass:
+        """``(B, S, S, 3)`` crops in [0, 1] → :class:`FrozenPass` (no gradients: these weights never train)."""
+        if crops.dim() != 4 or crops.shape[1:] != (CROP_SIZE, CROP_SIZE, 3):
+            raise ValueError(f"DlibTrunk: expected crops (B, {CROP_SIZE}, {CROP_SIZE}, 3), got {tuple(crops.shape)}")
+        weights, biases = self.net._folded()
+        with torch.no_grad():
+            x = crops.permute(0, 3, 1, 2).contiguous(memory_format=torch.channels_last)
+            if x.device.type == "cpu" and x.dtype == torch.float32:
+                layers = _FusedLayers([w.to(x) for w in weights], [b.to(x) for b in biases])
+            else:
+                layers = _Layers(lambda i, v: F.conv2d(v, weights[i].to(v), biases[i].to(v), stride=self.specs[i][0],
+                                                       padding=self.specs[i][1]))
+            x = F.max_pool2d(layers.conv_relu(0, x), kernel_size=3, stride=2)
+            taps: dict[int, Tensor] = {}
+            x = _blocks(x, layers, 0, self.first_tuned, taps)
+        return FrozenPass(taps, x)
+
+    def tuned(self, frozen: FrozenPass) -> Tensor:
+        """The trainable blocks on a :class:`FrozenPass`, then the tapped maps pooled and flattened:
+        ``(B, FEATURE_DIM)``."""
+        offset = 1 + 2 * self.first_tuned
+
+        def conv(i: int, v: Tensor) -> Tensor:
+            stride, padding = self.specs[i]
+            return F.conv2d(v, self.tuned_weight[i - offset], self.tuned_bias[i - offset], stride=stride, padding=padding)
+
+        taps = dict(frozen.taps)
+        _blocks(frozen.boundary, _Layers(conv), self.first_tuned, len(BLOCKS), taps)
+        parts = [F.adaptive_avg_pool2d(taps[k], 2) for k in sorted(TAPS)]
+        return torch.cat([p.reshape(p.shape[0], -1) for p in parts], 1)
+
+    def forward(self, crops: Tensor) -> Tensor:
+        """``(B, S, S, 3)`` crops → ``(B, FEATURE_DIM)`` features."""
+        return self.tuned(self.frozen(crops))
+
+
+# ------------------------------------------------------------------------------------------------ network
+class RingNet(nn.Module):
+    """The RingNet encoder: trunk features → standardisation → IEF regressor → named parameters.
+
+    Args:
+        model_name: the morphable model the output refers to.
+        layout: the output layout (:func:`ringnet_layout`).
+        scale0: ``s0`` (crop px per mm) and centre0: ``t0`` ``(2,)`` crop px of the zero camera (see module).
+        finetune_blocks, hidden, iterations, dropout: see :class:`DlibTrunk` and
+            :class:`~morphable.nets.heads.IterativeErrorFeedback` (paper: hidden 512, 3 iterations).
+        net: a :class:`DlibFaceNet` to share.
+    """
+
+    def __init__(self, model_name: str, layout: ParamLayout, scale0: float, centre0: tuple[float, float], *,
+                 finetune_blocks: int = 0, hidden: int = 512, iterations: int = 3, dropout: float = 0.5,
+                 net: DlibFaceNet | None = None):
+        super().__init__()
+        self.model_name = model_name
+        self.layout = layout
+        self.hidden, self.iterations = int(hidden), int(iterations)
+        self.trunk = DlibTrunk(net, finetune_blocks)
+        self.register_buffer("scale0", torch.tensor(float(scale0)))
+        self.register_buffer("centre0", torch.tensor([float(c) for c in centre0]))
+        self.register_buffer("feature_mean", torch.zeros(FEATURE_DIM))
+        self.register_buffer("feature_std", torch.ones(FEATURE_DIM))
+        self.regressor = IterativeErrorFeedback(FEATURE_DIM, layout.size, hidden=hidden, iterations=iterations,
+                                                dropout=dropout)
+
+    def set_feature_statistics(self, features: Tensor) -> None:
+        """Fix the input standardisation from training features ``(N, FEATURE_DIM)``."""
+        with torch.no_grad():
+            self.feature_mean.copy_(features.mean(0))
+            self.feature_std.copy_(features.std(0).clamp_min(1e-3))
+
+    def regress(self, features: Tensor) -> dict[str, Tensor]:
+        """Trunk features ``(B, FEATURE_DIM)`` → ``{block: (B, size)}`` (see :func:`ringnet_layout`)."""
+        return self.layout.split(self.regressor((features - self.feature_mean) / self.feature_std))
+
+    def forward(self, crops: Tensor) -> dict[str, Tensor]:
+        """Crops ``(B, 150, 150, 3)`` in [0, 1] → named parameters."""
+        return self.regress(self.trunk(crops))
+
+    def camera(self, params: dict[str, Tensor]) -> ScaledOrthographic:
+        """The crop-pixel camera of regressed parameters (module docstring)."""
+        cam = params["camera"]
+        return ScaledOrthographic(self.scale0 * torch.exp(cam[:, 0]), params["rotation"],
+                                  self.centre0 + cam[:, 1:3] * (CROP_SIZE / 2))
+
+    def predict(self, image: Tensor, landmarks: Tensor | None = None, box: Tensor | None = None) -> RingNetPrediction:
+        """One photo ``(H, W, 3)`` in [0, 1] → :class:`RingNetPrediction` (eval mode, no gradients).
+
+        The crop is :func:`landmark_box` of ``landmarks`` ``(68, 2)`` px (the detector's) or the square ``box``.
+        """
+        image = torch.as_tensor(image, dtype=torch.float32)
+        if image.dim() != 3 or image.shape[-1] != 3:
+            raise ValueError(f"RingNet.predict: expected an (H, W, 3) photo, got {tuple(image.shape)}")
+        if box is None:
+            if landmarks is None:
+                raise ValueError("RingNet.predict: give the face's landmarks or its box")
+            box = landmark_box(torch.as_tensor(landmarks, dtype=torch.float32)[None])[0]
+        crop, frame = face_crop(image, torch.as_tensor(box))
+        was = self.training
+        self.eval()
+        try:
+            with torch.no_grad():
+                params = self(crop[None])
+                return RingNetPrediction(params, self.camera(params), frame)
+        finally:
+            self.train(was)
+
+
+@dataclass(frozen=True)
+class RingNetPrediction:
+    """What :meth:`RingNet.predict` returns: ``params`` (named blocks, batch of one), the crop-pixel
+    ``camera`` and the crop's ``frame`` in the photo (:meth:`photo_camera` gives the camera in photo px)."""
+
+    params: dict[str, Tensor]
+    camera: ScaledOrthographic
+    frame: CropFrame
+
+    def photo_camera(self) -> ScaledOrthographic:
+        return self.frame.camera_to_photo(self.camera)
+
+
+def new_ringnet(model: MorphableModel, model_name: str, **kwargs) -> RingNet:
+    """A fresh :class:`RingNet` for ``model``: layout from the model's sizes, ``s0``/``t0`` from its mean
+    face's 68 landmarks under :data:`CROP_SCALE` (only the landmarks the model defines)."""
+    lm = model.landmarks(model.mean[None])[0][model.landmark_mask]
+    lo, hi = lm[:, :2].amin(0), lm[:, :2].amax(0)
+    scale0 = CROP_SIZE / (CROP_SCALE * float((hi - lo).max()))
+    c = (CROP_SIZE - 1) / 2
+    mid = (lo + hi) / 2
+    centre0 = (c - scale0 * float(mid[0]), c + scale0 * float(mid[1]))  # v = −s·y + t
+    return RingNet(model_name, ringnet_layout(model), scale0, centre0, **kwargs)
+
+
+# ------------------------------------------------------------------------------------------------ decoder
+class RingNetDecoder(nn.Module):
+    """Regressed parameters → the model's 68 landmarks in crop px, jawline chosen per pose (fixed weights).
+
+    For linear models only the landmark and contour-candidate vertices are evaluated (a sub-model), so a
+    training step does not blend ICT's 26 719 vertices per image.
+
+    Args:
+        model: a :class:`MorphableModel` with iBUG-68 landmarks (contour candidates for the dynamic jawline)
+            or a :class:`Flame` with a dynamic contour embedding.
+    """
+
+    def __init__(self, model: MorphableModel):
+        super().__init__()
+        self.model = model
+        self.flame = isinstance(model, Flame)
+        self.terms = None
+        if not self.flame:
+            needed = [model.landmark_indices.reshape(-1)]
+            if model.contour_right is not None and model.contour_left is not None:
+                self.terms = contour_terms(model.mean, model.triangles, model.contour_right, model.contour_left,
+                                           model.regions.get("face"))
+                needed.append(self.terms.region)
+            ids = torch.unique(torch.cat(needed))
+            local = torch.full((model.n_vertices,), -1, dtype=torch.int64)
+            local[ids] = torch.arange(len(ids))
+            self.register_buffer("ids", ids)
+            self.register_buffer("local", local)
+
+    def vertices(self, params: dict[str, Tensor]) -> Tensor:
+        """``(B, V', 3)`` mm, model space: the sub-model's vertices (linear models) or FLAME's full mesh
+        posed by ``jaw`` (the global rotation is the camera's)."""
+        m = self.model
+        exp = params.get("expression")
+        if self.flame:
+            return m(identity=params["shape"], expression=exp, jaw=params["jaw"]).vertices
+        B = params["shape"].shape[0]
+        ids = self.ids
+        # out[b,v,c] = mean[v,c] + Σ_k shape[b,k] B_id[v,c,k] (+ the same for the expression basis)
+        v = m.mean[ids].expand(B, -1, -1) + torch.einsum("bk,vck->bvc", params["shape"],
+                                                         m.identity_basis[ids, :, : params["shape"].shape[1]])
+        if exp is not None and exp.shape[1]:
+            v = v + torch.einsum("bk,vck->bvc", exp, m.expression_basis[ids, :, : exp.shape[1]])
+        return v
+
+    def landmarks(self, params: dict[str, Tensor], camera: ScaledOrthographic, target: Tensor | None = None) -> Tensor:
+        """``(B, 68, 2)`` crop px: static landmarks projected, jaw points (iBUG 0–16) on the pose's contour.
+
+        Args:
+            target: ``(B, 68, 2)`` observed landmarks (crop px, NaN = missing): the linear models' contour
+                vertices are the candidates nearest to them (training); ``None`` = nearest to the projected
+                fixed jaw landmarks (prediction). FLAME's contour depends on the pose only.
+        """
+        m = self.model
+        verts = self.vertices(params)
+        if self.flame:
+            static = camera.project(m.landmarks(verts))
+            pose = m.full_pose(jaw=params["jaw"])
+            ids, w = flame_dynamic_contour(m, axis_angle_to_matrix(camera.rotation).detach(), pose.detach())
+            contour = camera.project((verts[torch.arange(len(verts))[:, None, None], ids] * w[..., None]).sum(2))
+            return torch.cat([contour, static[:, 17:]], 1)
+        lm_ids = self.local[m.landmark_indices]
+        static = camera.project(barycentric_points(verts, lm_ids, m.landmark_weights))
+        if self.terms is None:
+            return static
+        seed = static if target is None else torch.where(torch.isfinite(target), target, static)
+
+        def project(positions: Tensor) -> Tensor:
+            return camera.project(verts[:, self.local[self.terms.region[positions]]]).detach()
+
+        R = axis_angle_to_matrix(camera.rotation).detach()
+        vid = contour_correspondences(project, R, seed.detach(), self.terms)  # (B, 16) model vertex ids
+        contour = camera.project(torch.gather(verts, 1, self.local[vid][..., None].expand(-1, -1, 3)))
+        out = static.clone()
+        out[:, list(CONTOUR_IDS)] = contour
+        return out
+
+
+# ------------------------------------------------------------------------------------------------ weights
+def save_ringnet(net: RingNet, path: str | PathLike, meta: dict | None = None) -> None:
+    """Write ``net`` atomically (regressor and tuned weights float16, buffers float32)."""
+    state = {k: (v.half() if k.startswith(("regressor.mlp", "trunk.tuned")) else v.float()).contiguous()
+             for k, v in net.state_dict().items()}
+    data = {"format": FORMAT, "version": VERSION, "model_name": net.model_name,
+            "layout": [[n, int(k)] for n, k in net.layout.blocks], "finetune_blocks": net.trunk.finetune_blocks,
+            "hidden": net.hidden, "iterations": net.iterations, "scale0": float(net.scale0),
+            "centre0": [float(c) for c in net.centre0], "state": state, "meta": dict(meta or {})}
+    with atomic_write(path) as f:
+        torch.save(data, f)
+
+
+def load_ringnet(path: str | PathLike, net: DlibFaceNet | None = None) -> RingNet:
+    """Read a file written by :func:`save_ringnet` (``torch.load(weights_only=True)``).
+
+    Raises:
+        ModelFileError: missing, unreadable or inconsistent file.
+    """
+    from morphable.nets.weights import load_weights
+
+    data = load_weights(path)
+    if data.get("format") != FORMAT or data.get("version") != VERSION:
+        raise ModelFileError(path, f"not a RingNet weights file (format {data.get('format')!r})")
+    try:
+        layout = ParamLayout(tuple((str(n), int(k)) for n, k in data["layout"]))
+        out = RingNet(str(data["model_name"]), layout, float(data["scale0"]), tuple(data["centre0"]),
+                      finetune_blocks=int(data["finetune_blocks"]), hidden=int(data["hidden"]),
+                      iterations=int(data["iterations"]), net=net)
+        out.load_state_dict({k: v.float() for k, v in data["state"].items()})
+    except (KeyError, RuntimeError, TypeError, ValueError) as err:
+        raise ModelFileError(path, f"inconsistent RingNet weights ({err})") from None
+    out.meta = dict(data.get("meta", {}))
+    return out.eval()
+
