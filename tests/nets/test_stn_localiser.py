@@ -1,0 +1,118 @@
+"""The 3DMM-STN localiser: the detector crop's frame against direct sampling of the photo, θ taken from crop
+to photo pixels, the landmark box rule, the zero-output θ (mean face where the crop rule puts it), the named
+output layout, and weights saved, reloaded and rejected."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from morphable.errors import ModelFileError
+from morphable.geometry.camera import ScaledOrthographic
+from morphable.nets.stn_localiser import (BOX_SCALE, BOX_SHIFT, CROP_MARGIN, STNLocaliser, crop_faces, landmark_box,
+                                          load_localiser, nominal_theta, save_localiser, stn_layout, theta_in_photo)
+from morphable.render.stn import Theta, bilinear_sample
+from tests.conftest import data_file
+
+
+def test_crop_pixels_are_the_photo_sampled_at_the_frame():
+    """Upsampling crops (box smaller than the crop) are plain bilinear resamplings: every interior crop pixel
+    equals the photo sampled at ``offset + step · p``, for photos of different sizes in one call."""
+    g = torch.Generator().manual_seed(0)
+    photos = [torch.rand(90, 120, 3, generator=g, dtype=torch.float64),
+              torch.rand(70, 60, 3, generator=g, dtype=torch.float64)]
+    boxes = torch.tensor([[30.0, 20.0, 70.0, 62.0], [10.0, 15.0, 40.0, 41.0]], dtype=torch.float64)
+    crops, frame = crop_faces(photos, boxes, size=96)
+    assert crops.shape == (2, 96, 96, 3)
+    p = torch.stack(torch.meshgrid(torch.arange(96.0), torch.arange(96.0), indexing="xy"), -1).double()
+    for b, photo in enumerate(photos):
+        at = frame.offset[b] + frame.step[b] * p
+        inside = ((at >= 0) & (at <= torch.tensor([photo.shape[1] - 1, photo.shape[0] - 1]))).all(-1)
+        inside[[0, -1]], inside[:, [0, -1]] = False, False  # the resize clamps at the square's border
+        expected = bilinear_sample(photo[None], at[None])[0]
+        torch.testing.assert_close(crops[b][inside], expected[inside], atol=1e-6, rtol=0)
+        # the square is CROP_MARGIN box sides wide, around the box centre
+        assert abs(frame.step[b] * 96 - CROP_MARGIN * (42, 30)[b]) <= 1  # the boxes' longer sides
+        centre = frame.offset[b] + frame.step[b] * 47.5
+        torch.testing.assert_close(centre, (boxes[b, :2] + boxes[b, 2:]) / 2, atol=1.0, rtol=0)
+
+
+def test_theta_in_photo_composes_with_the_frame():
+    g = torch.Generator().manual_seed(1)
+    X = torch.randn(2, 30, 3, generator=g, dtype=torch.float64) * 40
+    theta = Theta(torch.randn(2, 3, generator=g, dtype=torch.float64), torch.randn(2, 2, generator=g, dtype=torch.float64) * 50,
+                  torch.randn(2, generator=g, dtype=torch.float64) * 0.2, torch.zeros(2, 1))
+    _, frame = crop_faces([torch.zeros(50, 50, 3)] * 2, torch.tensor([[5.0, 6, 45, 40], [0, 0, 300, 280]]), 150)
+    photo = theta_in_photo(theta, frame)
+    in_crop = ScaledOrthographic(theta.log_scale.exp(), theta.rotation, theta.translation).project(X)
+    in_photo = ScaledOrthographic(photo.log_scale.exp(), photo.rotation, photo.translation).project(X)
+    torch.testing.assert_close(in_photo, frame.offset[:, None].double() + frame.step[:, None, None].double() * in_crop)
+
+
+def test_landmark_box_rule():
+    lm = torch.tensor([[[0.0, 0.0], [100.0, 50.0], [float("nan"), float("nan")], [40.0, 200.0]]])
+    box = landmark_box(lm)[0]
+    centre, size = (box[:2] + box[2:]) / 2, box[2:] - box[:2]
+    torch.testing.assert_close(size, torch.tensor([100.0, 200.0]) * BOX_SCALE)
+    torch.testing.assert_close(centre, torch.tensor([50.0, 100.0 + BOX_SHIFT * 200.0]))
+
+
+@pytest.fixture(scope="module")
+def sfm():
+    import morphable
+
+    data_file("eos/share/sfm_shape_3448.bin")
+    return morphable.load_model("sfm")
+
+
+def test_zero_output_is_the_mean_face_where_the_crop_rule_puts_it(sfm):
+    """A fresh localiser (zero head) gives the nominal θ: the frontal mean face's landmarks projected with
+    it have a landmark box whose crop square is exactly the crop."""
+    loc = STNLocaliser("sfm", 5, "small", nominal_theta(sfm, 150), 150)
+    theta = loc(torch.rand(2, 150, 150, 3))
+    assert theta.alpha.shape == (2, 5) and not theta.alpha.any() and not theta.rotation.any()
+    lm = ScaledOrthographic(theta.log_scale.exp(), theta.rotation, theta.translation).project(
+        sfm.landmarks(sfm.mean[None].expand(2, -1, -1)))
+    lm[:, ~sfm.landmark_mask] = float("nan")
+    box = landmark_box(lm)
+    torch.testing.assert_close((box[:, :2] + box[:, 2:]) / 2, torch.full((2, 2), 74.5), atol=1e-3, rtol=0)
+    torch.testing.assert_close(CROP_MARGIN * (box[:, 2:] - box[:, :2]).amax(-1), torch.full((2,), 150.0),
+                               atol=1e-3, rtol=0)
+
+
+def test_head_output_follows_the_named_layout(sfm):
+    loc = STNLocaliser("sfm", 4, "small", (0.0, 10.0, 20.0), 64)
+    layout = stn_layout(4)
+    assert loc.layout == layout and layout.size == 10
+    y = torch.zeros(1, 10)
+    y[0, layout.slice("translation")] = torch.tensor([1.0, -2.0])
+    y[0, layout.slice("log_scale")] = 3.0
+    y[0, layout.slice("alpha")] = torch.arange(4.0)
+    theta = loc.theta(y)
+    torch.testing.assert_close(theta.translation, torch.tensor([[10.0 + 6.4, 20.0 - 12.8]]))
+    torch.testing.assert_close(theta.log_scale, torch.tensor([0.3]))
+    torch.testing.assert_close(theta.alpha, torch.arange(4.0)[None])
+
+
+def test_weights_round_trip_and_bad_files(tmp_path):
+    loc = STNLocaliser("sfm", 3, "small", (0.1, 70.0, 80.0), 96)
+    torch.nn.init.normal_(loc.head.weight, std=0.01)
+    loc.eval()
+    path = tmp_path / "stn.pt"
+    save_localiser(loc, path, {"command": "test"})
+    again = load_localiser(path)
+    crops = torch.rand(2, 96, 96, 3)
+    for a, b in zip(vars(loc(crops)).values(), vars(again(crops)).values()):
+        torch.testing.assert_close(a, b)
+    assert again.meta == {"command": "test"} and again.trunk_name == "small" and again.crop_size == 96
+    data = torch.load(path, weights_only=True)
+    data["format"] = "something-else"
+    torch.save(data, tmp_path / "other.pt")
+    with pytest.raises(ModelFileError, match="not a 3DMM-STN localiser file"):
+        load_localiser(tmp_path / "other.pt")
+    data["format"] = "morphable-stn-localiser"
+    del data["state"]["head.weight"]
+    torch.save(data, tmp_path / "cut.pt")
+    with pytest.raises(ModelFileError, match="inconsistent"):
+        load_localiser(tmp_path / "cut.pt")
+    with pytest.raises(ModelFileError, match="no such weights file"):
+        load_localiser(tmp_path / "missing.pt")
