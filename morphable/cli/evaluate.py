@@ -1,6 +1,8 @@
 """``morphable evaluate``: the field's evaluation protocols (NoW, MICC/Genova, landmark NME).
 
 Thin wrappers over :mod:`morphable.eval`; each prints a small table and can write the figures as JSON.
+Under ``torchrun --nproc-per-node N -m morphable evaluate nme ...`` each process reads its contiguous share of
+the images and rank 0 reports on all of them (:mod:`morphable.train.distributed`).
 See ``docs/evaluation.md`` for what each protocol measures and the conventions behind it.
 """
 from __future__ import annotations
@@ -251,6 +253,7 @@ def nme(pred: Path, gt: Path, protocol: str, yaws: Path | None, json_out: Path |
     from morphable.errors import InputError, MorphableError
     from morphable.eval.nme import nme_300w, nme_aflw2000
     from morphable.io.params import write_params
+    from morphable.train import distributed
 
     gt_files, pred_files = _landmark_files(gt), _landmark_files(pred)
     if not gt.is_dir() and not pred.is_dir():                  # two single files: pair them whatever the names
@@ -258,9 +261,16 @@ def nme(pred: Path, gt: Path, protocol: str, yaws: Path | None, json_out: Path |
     names = sorted(gt_files)
     if not names:
         raise InputError(gt, "no ground-truth landmark files (.pts/.json)")
-    gts, preds = [], []
-    for name in names:
-        gts.append(read_landmarks(gt_files[name]))
+    distributed.init()  # under torchrun: this process reads its share of the images
+    gts, preds, problem = [], [], None
+    for name in (names[i] for i in distributed.shard_range(len(names))):
+        try:
+            gts.append(read_landmarks(gt_files[name]))
+        except MorphableError as err:                               # every process stops with this line
+            if not distributed.is_distributed():
+                raise
+            problem = str(err)
+            break
         try:
             if name not in pred_files:
                 raise InputError(pred / name if pred.is_dir() else pred, "no prediction for this image")
@@ -268,7 +278,13 @@ def nme(pred: Path, gt: Path, protocol: str, yaws: Path | None, json_out: Path |
         except MorphableError as err:                               # a failure: counted, the batch goes on
             click.echo(f"warning: {err}", err=True)
             preds.append(np.full((68, 2), np.nan))
-    pred_arr, gt_arr = np.stack(preds), np.stack(gts)
+    shares = distributed.gather_objects((gts, preds, problem))
+    if problems := [p for _, _, p in shares if p]:
+        raise click.ClickException(problems[0])
+    if not distributed.is_main():                                   # rank 0 reports for all
+        return
+    gt_arr = np.stack([x for g, _, _ in shares for x in g])
+    pred_arr = np.stack([x for _, p, _ in shares for x in p])
     if protocol == "aflw2000":
         if yaws is None:
             yaws = _default_yaws(gt)

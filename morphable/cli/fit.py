@@ -13,6 +13,10 @@ A photo that cannot be read or has no face is reported at the end; the others ar
 the command exits with status 1. ``params.json`` follows the versioned schema of
 :mod:`morphable.io.params` (:data:`~morphable.io.params.PARAMS_VERSION`).
 
+Under ``torchrun --nproc-per-node N -m morphable fit ...`` the photos are shared out over the N processes
+(contiguous shares, in the given order; ``--multi-view`` is one fit and stays on rank 0); each writes its
+photos' folders and rank 0 reports the failures of all of them (:mod:`morphable.train.distributed`).
+
 With ``--photometric`` the landmark fit is refined by inverse rendering (progress per stage on stderr
 unless ``--quiet``): the mesh then carries the fitted albedo (``albedo.png``; ``texture.png`` is still the
 photo's texture), ``comparison.png`` shows photo | render | difference and ``energy.png`` the energy curve.
@@ -119,17 +123,36 @@ def fit(images: tuple[Path, ...], model_name: str, output: Path, landmark_files:
     if multi_view and perspective:
         raise click.UsageError("--perspective refines single-view fits: it cannot be combined with --multi-view")
     from morphable.reconstruct import check_output_folder
+    from morphable.train import distributed
 
     names = _output_names(images)
     for name in names:  # a bad -o fails now, not after minutes of fitting
         check_output_folder(output / name)
+    distributed.init()  # under torchrun: this process fits its share of the photos
+    mine = _my_photos(len(images), multi_view)
     with messages(quiet):
-        failures = _run(images, names, model_name, output, landmark_files, face, shape_from, multi_view, perspective,
-                        photometric, detector, iterations, texture_size, max_side, not no_report, not quiet)
+        failures = _run([images[i] for i in mine], [names[i] for i in mine], model_name, output,
+                        [landmark_files[i] for i in mine] if landmark_files else (), face, shape_from, multi_view,
+                        perspective, photometric, detector, iterations, texture_size, max_side, not no_report,
+                        not quiet and distributed.is_main()) if mine else []
+    failures = [line for share in distributed.gather_objects(failures) for line in share]
+    if not distributed.is_main():  # rank 0 reports for all
+        return
     if failures:
         for line in failures:
             click.echo(f"failed: {line}", err=True)
         raise click.ClickException(f"{len(failures)} of {len(images)} images failed")
+
+
+def _my_photos(n: int, multi_view: bool) -> range:
+    """The photos (indices into ``n``) this process fits: all of them without ``torchrun``; otherwise its
+    contiguous share (:func:`morphable.train.distributed.shard_range`), or all on rank 0 for ``--multi-view``
+    (one fit of all photos together)."""
+    from morphable.train import distributed
+
+    if multi_view:
+        return range(n) if distributed.is_main() else range(0)
+    return distributed.shard_range(n)
 
 
 def _run(images, names, model_name, output, landmark_files, face, shape_from, multi_view, perspective, photometric,

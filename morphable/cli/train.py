@@ -19,10 +19,13 @@ import click
 def train(recipe: str, config_file: Path | None, overrides: tuple[str, ...], run_dir: Path, resume: bool,
           quiet: bool) -> None:
     """Train RECIPE into RUN_DIR: config.yaml, log.jsonl, images/, checkpoints/ (see docs/training.md)."""
+    from morphable.train.distributed import is_main
     from morphable.train.trainer import train as run_training
 
     metrics = run_training(recipe, run_dir, config_file=config_file, overrides=overrides, resume=resume,
                            progress=not quiet)
+    if not is_main():  # under torchrun, rank 0 reports
+        return
     click.echo(f"run folder: {run_dir}")
     for key, value in metrics.items():
         click.echo(f"{key}: {value:.6g}" if isinstance(value, float) else f"{key}: {value}")

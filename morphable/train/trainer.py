@@ -27,6 +27,11 @@ Resume (``resume=True``) loads the newest checkpoint that reads (a corrupt newes
 state and the non-finite streak, cuts ``log.jsonl`` back to that step and continues: the result is
 bit-identical to an uninterrupted run. The config must equal the saved one except ``train.steps``, which
 may be raised (a cosine schedule is then stretched over the new length).
+
+Several processes (``torchrun``, :mod:`morphable.train.distributed`): every process draws the same global
+batch and trains on its part (``recipe.shard``), gradients and logged loss terms are averaged over the
+processes, and only rank 0 writes (config, log, images, validation, checkpoints, ``finish``). A checkpoint
+also holds every process's recipe state; resuming with the same number of processes is bit-identical.
 """
 from __future__ import annotations
 
@@ -49,6 +54,7 @@ from morphable.errors import MorphableError
 from morphable.io.atomic import atomic_write, remove_temporaries
 from morphable.io.checkpoint import (CheckpointError, capture_rng_state, load_checkpoint, restore_rng_state,
                                      save_checkpoint)
+from morphable.train import distributed
 from morphable.train.config import (ConfigError, OptimConfig, ScheduleConfig, TrainConfig, config_hash,
                                     config_to_dict, flatten_config, load_config, save_config)
 from morphable.train.logging import RunLog, read_log, truncate_log
@@ -132,9 +138,12 @@ class Trainer:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         if not resume and any((self.run_dir / name).exists() for name in _RUN_FILES):
             raise TrainingError(f"{self.run_dir}: already holds a training run; resume it or choose a new folder")
+        distributed.barrier()  # every process has looked before rank 0 writes
+        self.main = distributed.is_main()
         if config.train.threads > 0:
             torch.set_num_threads(config.train.threads)
         self.module = recipe.model()
+        distributed.broadcast_module(self.module)
         self.params = trainable_parameters(self.module)
         try:
             self.optimizer = build_optimizer(self.params, config.optim)
@@ -148,7 +157,7 @@ class Trainer:
         self._events: list[tuple[int, str, str]] = []  # written once the log is open
         if resume:
             self._resume()
-        else:
+        elif self.main:
             save_config(config, self.run_dir / "config.yaml")
 
     # -- resume ------------------------------------------------------------------------------------
@@ -157,7 +166,8 @@ class Trainer:
         """Compare with ``RUN/config.yaml``; refuse any change but ``train.steps`` (it is then rewritten)."""
         path = self.run_dir / "config.yaml"
         if not path.exists():
-            save_config(self.config, path)
+            if self.main:
+                save_config(self.config, path)
             return
         try:
             saved = load_config(type(self.config), path)
@@ -170,7 +180,7 @@ class Trainer:
             diff = "; ".join(f"{k}: saved {old.get(k)!r}, now {new[k]!r}" for k in refused)
             raise TrainingError(f"{path}: cannot resume with a different config ({diff}); only train.steps "
                                 "may change")
-        if changed:
+        if changed and self.main:
             save_config(self.config, path)
 
     def _load_newest(self) -> dict | None:
@@ -204,13 +214,23 @@ class Trainer:
 
     def _resume(self) -> None:
         self._check_saved_config()
-        for folder in (self.run_dir, self.run_dir / "checkpoints", self.run_dir / "images"):
-            remove_temporaries(folder)  # left by a killed run
-        state = self._load_newest()
+        if self.main:  # rank 0 cleans up and reads; the others get its checkpoint
+            for folder in (self.run_dir, self.run_dir / "checkpoints", self.run_dir / "images"):
+                remove_temporaries(folder)  # left by a killed run
+        state: dict | TrainingError | None = None
+        if self.main:
+            try:
+                state = self._load_newest()
+            except TrainingError as err:  # raised on every process, not only here
+                state = err
+        state = distributed.broadcast_object(state)
+        if isinstance(state, TrainingError):
+            raise state
         if state is None:
             self.resumed_from = 0
             self._events.append((0, "resume", "no checkpoint: starting from step 0"))
-            truncate_log(self.run_dir / "log.jsonl", 0)
+            if self.main:
+                truncate_log(self.run_dir / "log.jsonl", 0)
             return
         step = int(state["step"])
         if state["resume_hash"] != resume_hash(self.config):
@@ -221,18 +241,30 @@ class Trainer:
         self.module.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
-        self.recipe.load_state_dict(state["recipe"])
+        saved_world, world = len(state.get("recipe_ranks", [None])), distributed.world_size()
+        if saved_world == world:
+            self.recipe.load_state_dict(state["recipe_ranks"][distributed.rank()] if world > 1 else state["recipe"])
+        else:
+            self.recipe.load_state_dict(state["recipe"])
+            self._events.append((step, "resume", f"checkpoint written by {saved_world} process(es), resumed on "
+                                 f"{world}: rank 0's recipe state for all; not bit-identical to an uninterrupted run"))
         restore_rng_state(state["rng"], {"batch": self.generator})
         self.step = self.resumed_from = step
         self.nonfinite_streak = int(state["nonfinite_streak"])
-        truncate_log(self.run_dir / "log.jsonl", step)
+        if self.main:
+            truncate_log(self.run_dir / "log.jsonl", step)
         self._events.append((step, "resume", f"resumed from checkpoint at step {step}"))
 
     # -- checkpoints -------------------------------------------------------------------------------
 
     def save_checkpoint(self) -> Path:
-        """Write ``ckpt_<step>.pt`` (atomic), then ``latest``, then delete all but the newest few."""
+        """Write ``ckpt_<step>.pt`` (atomic), then ``latest``, then delete all but the newest few. With
+        several processes rank 0 writes, with every process's recipe state, while the others wait."""
         path = checkpoint_path(self.run_dir, self.step)
+        recipe_ranks = distributed.gather_objects(self.recipe.state_dict()) if distributed.is_distributed() else None
+        if not self.main:
+            distributed.barrier()
+            return path
         path.parent.mkdir(exist_ok=True)
         save_checkpoint(path, {
             "format": CHECKPOINT_FORMAT,
@@ -245,37 +277,46 @@ class Trainer:
             "nonfinite_streak": self.nonfinite_streak,
             "config_hash": config_hash(self.config),
             "resume_hash": resume_hash(self.config),
+            **({"recipe_ranks": recipe_ranks} if recipe_ranks is not None else {}),
         })
         with atomic_write(path.parent / "latest", "w") as f:
             f.write(path.name + "\n")
         for _, old in list_checkpoints(self.run_dir)[:-self.config.train.keep_checkpoints]:
             old.unlink()
+        distributed.barrier()
         return path
 
     # -- the loop ----------------------------------------------------------------------------------
 
-    def _nonfinite(self, logger: RunLog, step: int, what: str) -> None:
+    def _nonfinite(self, logger: RunLog | None, step: int, what: str) -> None:
         self.nonfinite_streak += 1
         message = f"step {step}: non-finite {what}; step skipped (no update)"
-        warnings.warn(message, RuntimeWarning, stacklevel=3)
-        logger.event(step, "nonfinite", message)
+        if logger is not None:
+            warnings.warn(message, RuntimeWarning, stacklevel=3)
+            logger.event(step, "nonfinite", message)
         if self.nonfinite_streak >= self.config.train.max_nonfinite:
             raise TrainingError(f"{self.nonfinite_streak} consecutive non-finite steps (last at step {step}); "
-                                f"see {logger.path}. Lower optim.lr or set optim.grad_clip")
+                                f"see {self.run_dir / 'log.jsonl'}. Lower optim.lr or set optim.grad_clip")
 
-    def _train_step(self, logger: RunLog, step: int) -> tuple[Any, dict[str, Any], float | None]:
-        """One optimiser step; returns the batch, the loss terms and the gradient norm (None if skipped)."""
+    def _train_step(self, logger: RunLog | None, step: int) -> tuple[Any, dict[str, Any], float | None]:
+        """One optimiser step; returns the batch (this process's part), the loss terms and the gradient
+        norm (None if skipped)."""
         batch = self.recipe.batch(step, self.generator)
-        terms = self.recipe.loss(batch, step)
+        if distributed.is_distributed():
+            batch = self.recipe.shard(batch, distributed.rank(), distributed.world_size())
+        with distributed.rank_rng(self.config.train.seed, step, [p.device for p in self.params]):
+            terms = self.recipe.loss(batch, step)
         if "loss" not in terms:
             raise TrainingError(f"recipe {self.recipe.name!r}: loss() returned no 'loss' term "
                                 f"(got {', '.join(terms) or 'nothing'})")
         loss = terms["loss"]
         norm = None
-        if not bool(torch.isfinite(loss).all()):
-            self._nonfinite(logger, step, "loss")
-        else:
+        finite = bool(torch.isfinite(loss).all())
+        if finite:
             loss.backward()
+        if not distributed.average_gradients(self.params, finite):  # the same answer on every process
+            self._nonfinite(logger, step, "loss" if not finite else "loss on another process")
+        else:
             total = grad_norm(self.params)
             if not bool(torch.isfinite(total)):
                 self._nonfinite(logger, step, "gradient")
@@ -300,11 +341,12 @@ class Trainer:
         cfg: TrainConfig = self.config.train
         total = cfg.steps
         stop = total if until is None else min(until, total)
-        logger = RunLog(self.run_dir, purge_step=None if self.resumed_from is None else self.resumed_from + 1)
-        for event in self._events:
+        logger = RunLog(self.run_dir, purge_step=None if self.resumed_from is None else self.resumed_from + 1) \
+            if self.main else None
+        for event in self._events if logger is not None else ():
             logger.event(*event)
         self._events.clear()
-        bar = tqdm(total=total, initial=self.step, disable=None if self.progress else True, unit="step",
+        bar = tqdm(total=total, initial=self.step, disable=None if self.progress and self.main else True, unit="step",
                    desc=getattr(self.recipe, "name", "train"), dynamic_ncols=True)
         self.module.train()
         tick, samples, ticks = time.perf_counter(), 0, 0
@@ -317,20 +359,21 @@ class Trainer:
                 samples, ticks = samples + self.recipe.batch_size(batch), ticks + 1
                 if step % cfg.log_every == 0 or step == total:
                     now = time.perf_counter()
-                    values = {"lr": lr, **{k: _scalar(k, v) for k, v in terms.items()}, "grad_norm": norm,
-                              "time": time.time(), "steps_per_s": ticks / max(now - tick, 1e-9),
-                              "samples_per_s": samples / max(now - tick, 1e-9)}
-                    logger.scalars(step, values)
+                    values = {"lr": lr, **distributed.average_scalars({k: _scalar(k, v) for k, v in terms.items()}),
+                              "grad_norm": norm, "time": time.time(), "steps_per_s": ticks / max(now - tick, 1e-9),
+                              "samples_per_s": samples * distributed.world_size() / max(now - tick, 1e-9)}
+                    if logger is not None:
+                        logger.scalars(step, values)
                     bar.set_postfix(loss=f"{values['loss']:.4g}", refresh=False)
                     tick, samples, ticks = now, 0, 0
-                if cfg.image_every and step % cfg.image_every == 0:
+                if logger is not None and cfg.image_every and step % cfg.image_every == 0:
                     with torch.no_grad():
                         grid = self.recipe.image_grid(batch, step)
                     if grid is not None:
                         logger.image(step, grid)
                     self.module.train()
                 del batch, terms
-                if cfg.val_every and (step % cfg.val_every == 0 or step == total):
+                if logger is not None and cfg.val_every and (step % cfg.val_every == 0 or step == total):
                     with torch.no_grad():
                         metrics = {k: _scalar(k, v) for k, v in self.recipe.validate(step).items()}
                     logger.scalars(step, metrics, validation=True)
@@ -340,10 +383,11 @@ class Trainer:
                 bar.update(1)
         finally:
             bar.close()
-            logger.close()
-        if self.step == total:
+            if logger is not None:
+                logger.close()
+        if self.step == total and self.main:
             self.recipe.finish(self.run_dir)
-        return self._final_metrics()
+        return distributed.broadcast_object(self._final_metrics() if self.main else None)
 
     def _final_metrics(self) -> dict[str, float]:
         """From ``log.jsonl``: the training row and validation row of the current step."""
@@ -371,6 +415,7 @@ def train(recipe_name: str, run_dir: str | PathLike, *, config_file: str | PathL
         UnknownRecipeError, ConfigError, TrainingError: one line each, naming the recipe, key or file.
     """
     cls = get_recipe(recipe_name)
+    distributed.init()  # under torchrun; a no-op otherwise
     run_dir = Path(run_dir)
     if run_dir.exists() and not run_dir.is_dir():
         raise TrainingError(f"{run_dir}: is a file, not a run folder")
@@ -380,9 +425,11 @@ def train(recipe_name: str, run_dir: str | PathLike, *, config_file: str | PathL
     if resume and config_file is None and (run_dir / "config.yaml").is_file():
         config_file = run_dir / "config.yaml"
     config = load_config(cls.Config, config_file, overrides)
+    distributed.barrier()  # every process has looked at run_dir before rank 0 writes there
     run_dir.mkdir(parents=True, exist_ok=True)
     seed_everything(config.train.seed)
-    recipe = cls(config, run_dir)
+    with distributed.main_first():  # rank 0 fills the recipe's caches, the others read them
+        recipe = cls(config, run_dir)
     return Trainer(recipe, config, run_dir, resume=resume, progress=progress).run()
 
 

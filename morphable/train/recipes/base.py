@@ -50,6 +50,14 @@ class Recipe:
         global RNGs' and this recipe's state)."""
         raise NotImplementedError
 
+    def shard(self, batch: Any, rank: int, world: int) -> Any:
+        """This process's part of the global ``batch`` when ``world`` processes train together
+        (:mod:`morphable.train.distributed`); by default the ``rank``-th of ``world`` equal contiguous
+        slices of every tensor's first dimension. Override it when rows of a tensor are not samples."""
+        from morphable.train.distributed import shard_batch
+
+        return shard_batch(batch, rank, world)
+
     def loss(self, batch: Any, step: int) -> dict[str, Tensor]:
         """Loss terms for ``batch``: ``"loss"`` (0-d tensor, the one minimised) plus any others to log
         (0-d tensors or floats)."""
