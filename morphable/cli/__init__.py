@@ -21,6 +21,7 @@ COMMANDS: dict[str, str] = {
     "render": "morphable.cli.render:render",
     "train": "morphable.cli.train:train",
     "data": "morphable.cli.data:data",
+    "track": "morphable.cli.track:track",
 }
 
 

@@ -182,8 +182,6 @@ def detect_landmarks(image: np.ndarray, *, all_faces: bool = False, upsample: in
         Detections sorted by score, best first (empty when no face is found; at most one unless
         ``all_faces``).
     """
-    import dlib
-
     if detector not in DETECTORS:
         raise ValueError(f"detect_landmarks: detector must be one of {DETECTORS}, got {detector!r}")
     image = _as_rgb_uint8(image)
@@ -194,11 +192,24 @@ def detect_landmarks(image: np.ndarray, *, all_faces: bool = False, upsample: in
     found.sort(key=lambda f: -f[1])
     if not all_faces:
         found = found[:1]
-    predictor = _predictor()
-    out = []
-    for box, score in found:
-        rect = dlib.rectangle(*(int(round(c)) for c in box))
-        shape = predictor(image, rect)
-        points = np.array([(shape.part(k).x, shape.part(k).y) for k in range(shape.num_parts)], dtype=np.float64)
-        out.append(Detection(box=box, score=score, landmarks=points, detector=kind))
-    return out
+    return [Detection(box=box, score=score, landmarks=_predict(image, box), detector=kind) for box, score in found]
+
+
+def _predict(image: np.ndarray, box: np.ndarray) -> np.ndarray:
+    """The shape predictor's 68 points ``(68, 2)`` for the face in ``box`` of a checked RGB uint8 image."""
+    import dlib
+
+    shape = _predictor()(image, dlib.rectangle(*(int(round(c)) for c in box)))
+    return np.array([(shape.part(k).x, shape.part(k).y) for k in range(shape.num_parts)], dtype=np.float64)
+
+
+def face_boxes(image: np.ndarray, *, upsample: int = 0, max_size: int | None = None) -> list[tuple[np.ndarray, float]]:
+    """HOG face boxes ``(left, top, right, bottom)`` with their scores, without landmarks (e.g. to check
+    that a small region around a tracked face still holds one: ``morphable track``)."""
+    return _run_hog(_as_rgb_uint8(image), upsample, 0.0, max_size)
+
+
+def landmarks_in_box(image: np.ndarray, box: np.ndarray) -> np.ndarray:
+    """The 68 iBUG landmarks ``(68, 2)`` (0-based px) of the face in ``box`` ``(left, top, right, bottom)``,
+    without detection (e.g. a box tracked from the previous video frame: ``morphable track``)."""
+    return _predict(_as_rgb_uint8(image), np.asarray(box, np.float64))
