@@ -115,13 +115,20 @@ class CropFrame:
                                   camera.translation / self.factor[:, None] + self.origin)
 
 
-def landmark_box(landmarks: Tensor, scale: float = CROP_SCALE) -> Tensor:
+def landmark_box(landmarks: Tensor, scale: float = CROP_SCALE, jitter: Tensor | None = None) -> Tensor:
     """Square crop boxes ``(B, 4)`` (left, top, right, bottom; px) centred on the 68 landmarks' bounding
-    box ``(B, 68, 2)`` (NaN rows ignored), of side ``scale`` × its larger side."""
+    box ``(B, 68, 2)`` (NaN rows ignored), of side ``scale`` × its larger side.
+
+    ``jitter`` ``(B, 3)`` (training augmentation): the side is multiplied by ``exp(jitter[:, 0])`` and the
+    centre moved by ``jitter[:, 1:] ×`` the side.
+    """
     seen = torch.isfinite(landmarks).all(-1, keepdim=True)
     lo = torch.where(seen, landmarks, torch.full_like(landmarks, math.inf)).amin(1)
     hi = torch.where(seen, landmarks, torch.full_like(landmarks, -math.inf)).amax(1)
     centre, half = (lo + hi) / 2, scale * (hi - lo).amax(-1, keepdim=True) / 2
+    if jitter is not None:
+        half = half * torch.exp(jitter[:, :1].to(half))
+        centre = centre + 2 * half * jitter[:, 1:].to(half)
     return torch.cat([centre - half, centre + half], -1)
 
 
@@ -158,8 +165,9 @@ def face_crop(image: Tensor, box: Tensor, size: int = CROP_SIZE) -> tuple[Tensor
 # -------------------------------------------------------------------------------------------------- trunk
 @dataclass(frozen=True)
 class FrozenPass:
-    """What the frozen part of the trunk computes: ``taps`` (block → ``(B, C, H, W)``) read before the tuned
-    blocks, and ``boundary``, the input of the first tuned block (the last frozen output)."""
+    """What the frozen part of the trunk computes: ``taps`` (block → ``(B, C, 2, 2)``, already pooled) read
+    before the tuned blocks, and ``boundary``, the input of the first tuned block (the last frozen output):
+    small enough to cache per training crop."""
 
     taps: dict[int, Tensor]
     boundary: Tensor
@@ -226,7 +234,7 @@ class DlibTrunk(nn.Module):
             x = F.max_pool2d(layers.conv_relu(0, x), kernel_size=3, stride=2)
             taps: dict[int, Tensor] = {}
             x = _blocks(x, layers, 0, self.first_tuned, taps)
-        return FrozenPass(taps, x)
+        return FrozenPass({k: F.adaptive_avg_pool2d(v, 2) for k, v in taps.items()}, x)
 
     def tuned(self, frozen: FrozenPass) -> Tensor:
         """The trainable blocks on a :class:`FrozenPass`, then the tapped maps pooled and flattened:

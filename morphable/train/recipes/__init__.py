@@ -15,6 +15,7 @@ from morphable.train.recipes.base import Recipe
 # name -> "module:Class"
 RECIPES: dict[str, str] = {
     "genova": "morphable.train.recipes.genova:GenovaRecipe",
+    "ringnet": "morphable.train.recipes.ringnet:RingNetRecipe",
 }
 
 
