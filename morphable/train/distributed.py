@@ -258,12 +258,23 @@ def broadcast_object(value: Any) -> Any:
     return box[0]
 
 
+def _to_cpu(value: Any) -> Any:
+    if isinstance(value, Tensor):
+        return value.detach().cpu()
+    if isinstance(value, dict):
+        return {k: _to_cpu(v) for k, v in value.items()}
+    if type(value) in (list, tuple):
+        return type(value)(_to_cpu(v) for v in value)
+    return value
+
+
 def gather_objects(value: Any) -> list[Any]:
-    """Every process's ``value``, in rank order, on every process; ``[value]`` when not distributed."""
+    """Every process's ``value``, in rank order, on every process; ``[value]`` when not distributed.
+    Tensors in it (also inside dicts, lists and tuples) arrive on the CPU."""
     if not is_distributed():
         return [value]
     out: list[Any] = [None] * dist.get_world_size()
-    dist.all_gather_object(out, value)
+    dist.all_gather_object(out, _to_cpu(value))
     return out
 
 

@@ -70,12 +70,20 @@ def rows(run_dir: Path) -> list[dict]:
 
 
 def _train_two_ways(one: Path, resumed: Path) -> None:
-    """In each of the processes: an uninterrupted run, then one stopped at step 6 and resumed in a new trainer."""
+    """In each of the processes: an uninterrupted run, then one stopped at step 6 and resumed in a new trainer;
+    then draws inside and after :func:`distributed.rank_rng` saved to ``one/rng_<rank>.pt``."""
     train("toy", one, overrides=TOY, progress=False)
     for stop in (6, None):
         cfg = load_config(ToyConfig, overrides=TOY)
         seed_everything(cfg.train.seed)
         Trainer(ToyRecipe(cfg, resumed), cfg, resumed, resume=stop is None, progress=False).run(until=stop)
+    torch.manual_seed(7)
+    draws = {}
+    for name in ("inside", "again"):
+        with distributed.rank_rng(seed=0, step=5):
+            draws[name] = torch.rand(4)
+    draws["after"] = torch.rand(4)
+    torch.save(draws, one / f"rng_{distributed.rank()}.pt")
 
 
 @pytest.fixture(autouse=True)
@@ -112,6 +120,11 @@ def test_two_processes_update_like_one_with_twice_the_batch(tmp_path):
     assert rows(resumed) == r2
     final = load_checkpoint(list_checkpoints(resumed)[-1][1])
     assert all(torch.equal(final["model"][k], ckpt["model"][k]) for k in ckpt["model"])
+    # the loss's RNG: per process and step (dropout differs), reproducible, the shared stream left in step
+    d0, d1 = (torch.load(two / f"rng_{r}.pt", weights_only=True) for r in (0, 1))
+    assert torch.equal(d0["inside"], d0["again"]) and not torch.equal(d0["inside"], d1["inside"])
+    torch.manual_seed(7)
+    assert torch.equal(d0["after"], d1["after"]) and torch.equal(d0["after"], torch.rand(4))
 
 
 def test_shard_batch_splits_every_tensor_into_contiguous_parts():
