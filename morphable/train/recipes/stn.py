@@ -1,0 +1,360 @@
+"""3DMM-STN (Bas et al., "3D Morphable Models as Spatial Transformer Networks", ICCV-W 2017): training the
+localiser without fitted-model labels.
+
+``morphable train stn -o RUN [--set net.trunk=small]`` trains :class:`~morphable.nets.stn_localiser.STNLocaliser`
+through the weight-free transformer (:class:`~morphable.render.stn.SpatialTransformer3DMM`) with the paper's
+geometric losses (Sec. 4):
+
+* **landmark** loss: Euclidean distance between the transformer's projected model landmarks and the
+  observed ones (crop px; :func:`~morphable.losses.landmark.landmark_loss`), the jawline left out as in
+  :mod:`~morphable.fitting.stn` (its points slide with pose);
+* **bilateral symmetry** of the flattened texture over the texels visible on both sides
+  (:func:`~morphable.losses.symmetry.symmetry_loss`);
+* **siamese multi-view**: the flattened textures of the views of one face agree where both are visible
+  (:func:`~morphable.losses.consistency.multiview_texture_loss`);
+* the **statistical prior** ‖α‖² on the standardised shape coefficients (:func:`~morphable.losses.prior.prior_loss`).
+
+Data: synthetic identity groups (:func:`synthetic_groups`): each identity (shape and albedo drawn from the
+model and :func:`~morphable.train.synthetic.random_albedo`) rendered in ``data.views`` poses and lights,
+straight into detector-like crops (the face box from its landmarks, :func:`~morphable.nets.stn_localiser.landmark_box`,
+jittered in scale and position as a detector's would be). Only the images, their landmarks and, for the dlib
+trunk, the frozen trunk's features are kept: a cache keyed by the settings that make them, so a run on the
+dlib trunk costs one head and one transformer pass per face and step. No θ label is used in training (the
+true θ of held-out groups only scores validation).
+
+Deviations from the paper, with reasons: the dlib ResNet instead of VGG-Faces (what we ship); synthetic
+identity groups instead of UMDFaces/300W-LP photos (none in our corpus); the transformer samples the
+150 px crop (the photo in inference); loss weights are ours (the paper does not give them): they make the
+terms' gradients comparable at the start (landmarks in px, textures in [0, 1]²).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from morphable.geometry.camera import ScaledOrthographic
+from morphable.geometry.rotation import axis_angle_to_matrix, matrix_to_axis_angle
+from morphable.losses.consistency import multiview_texture_loss
+from morphable.losses.landmark import landmark_loss
+from morphable.losses.prior import prior_loss
+from morphable.losses.symmetry import symmetry_loss
+from morphable.models.base import MorphableModel
+from morphable.nets.stn_localiser import (TRUNKS, STNLocaliser, crop_square, landmark_box, nominal_theta,
+                                          save_localiser)
+from morphable.render.renderer import Renderer
+from morphable.render.stn import SpatialTransformer3DMM, Theta
+from morphable.train.chip_render import random_background, random_rotation
+from morphable.train.config import OptimConfig, ScheduleConfig, TrainConfig
+from morphable.train.recipes.base import Recipe
+from morphable.train.synthetic import random_albedo, random_light
+
+FIXED_LANDMARKS = slice(17, 68)
+"""iBUG points of the landmark loss: the jawline (0–16) is a pose-dependent contour, left out."""
+
+
+@dataclass(frozen=True)
+class ModelSection:
+    """name: the morphable model; n_shape: D, identity components in θ (the paper's α); texture_size: side
+    of the flattened texture the losses see; visibility_resolution: z-buffer side of the visibility layer."""
+
+    name: str = "sfm"
+    n_shape: int = 10
+    texture_size: int = 32
+    visibility_resolution: int = 96
+
+
+@dataclass(frozen=True)
+class NetSection:
+    """trunk: ``dlib`` (frozen ResNet + FC, the paper's design) or ``small`` (a CNN from scratch); crop: input side (px)."""
+
+    trunk: str = "dlib"
+    crop: int = 150
+
+    def __post_init__(self) -> None:
+        if self.trunk not in TRUNKS:
+            raise ValueError(f"trunk must be one of {TRUNKS}, got {self.trunk!r}")
+
+
+@dataclass(frozen=True)
+class DataSection:
+    """identities / val_identities: synthetic identity groups for training / validation; views: poses
+    (and lights) per identity; max_yaw_deg: their yaw range (pitch ±15°, roll ±10°); box_scale_jitter /
+    box_shift_jitter: relative error of the simulated detector box (a dlib box is within about ±8 % of the
+    landmarks' extent, see :data:`~morphable.nets.stn_localiser.BOX_SCALE`); cache: folder ("" =
+    ``$MORPHABLE_HOME/train-cache``); chunk: faces encoded per trunk call while building the cache."""
+
+    identities: int = 400
+    val_identities: int = 24
+    views: int = 3
+    max_yaw_deg: float = 60.0
+    box_scale_jitter: float = 0.1
+    box_shift_jitter: float = 0.08
+    cache: str = ""
+    chunk: int = 32
+
+    def __post_init__(self) -> None:
+        if self.views < 2:
+            raise ValueError(f"views must be >= 2 (the siamese loss compares views), got {self.views}")
+
+
+@dataclass(frozen=True)
+class LossSection:
+    """Weights (ours; the paper gives none): landmark (per crop px), symmetry and siamese (per intensity²),
+    prior (per unit ‖α‖²); batch: identity groups per step (each with all its views)."""
+
+    landmark: float = 1.0
+    symmetry: float = 20.0
+    siamese: float = 20.0
+    prior: float = 0.01
+    batch: int = 8
+
+
+@dataclass(frozen=True)
+class STNConfig:
+    model: ModelSection = ModelSection()
+    net: NetSection = NetSection()
+    data: DataSection = DataSection()
+    loss: LossSection = LossSection()
+    # Adam as the paper's MatConvNet training; a short cosine schedule fits a CPU budget
+    optim: OptimConfig = OptimConfig(name="adam", lr=1e-3, grad_clip=10.0)
+    schedule: ScheduleConfig = ScheduleConfig(name="cosine", warmup_steps=50, min_lr_ratio=0.05)
+    train: TrainConfig = TrainConfig(steps=3000, log_every=25, val_every=500, checkpoint_every=250, image_every=500)
+
+
+def _cache_root(cfg: STNConfig) -> Path:
+    from morphable.models.registry import home
+
+    return Path(cfg.data.cache) if cfg.data.cache else home() / "train-cache"
+
+
+def synthetic_groups(model: MorphableModel, identities: int, views: int, seed: int, *, crop: int = 150,
+                     max_yaw_deg: float = 60.0, box_scale_jitter: float = 0.1,
+                     box_shift_jitter: float = 0.08) -> dict[str, Tensor]:
+    """Synthetic identity groups rendered into detector-like crops.
+
+    Each identity: shape α ~ N(0, I) over all the model's components, a random albedo
+    (:func:`~morphable.train.synthetic.random_albedo`: skin colour, smooth symmetric variation, noise);
+    each view: a pose (yaw ±``max_yaw_deg``, pitch ±15°, roll ±10°), an SH light
+    (:func:`~morphable.train.synthetic.random_light`), a random background, and the crop of a simulated
+    detector box (:func:`landmark_box` of the face's landmarks, side × (1 ± ``box_scale_jitter``), centre
+    moved by ± ``box_shift_jitter`` of the side).
+
+    Returns:
+        ``images`` ``(N, S, S, 3)`` uint8 (N = identities · views, views of one identity adjacent),
+        ``landmarks`` ``(N, 68, 2)`` crop px (NaN where the model has none), ``group`` ``(N,)``,
+        ``identity`` ``(N, K)``, and the true crop θ: ``rotation`` ``(N, 3)``, ``translation`` ``(N, 2)``,
+        ``log_scale`` ``(N,)``.
+    """
+    rng = np.random.default_rng(seed)
+    g = torch.Generator().manual_seed(seed)
+    renderer = Renderer(model.triangles, (crop, crop))
+    out: dict[str, list[Tensor]] = {}
+    for i in range(identities):
+        identity = torch.randn(1, model.n_identity, generator=g)
+        with torch.no_grad():
+            verts = model(identity=identity).vertices
+        albedo = random_albedo(model.mean, model.symmetry, rng)[None]
+        rotation = random_rotation(views, g, max_yaw_deg=max_yaw_deg)
+        background = random_background(views, g, size=crop)
+        lm3 = model.landmarks(verts)[0]
+        for v in range(views):
+            R = rotation[v]
+            q = lm3 @ R.T
+            q = torch.stack([q[:, 0], -q[:, 1]], -1)  # image orientation at s = 1, t = 0 (mm)
+            q[~model.landmark_mask] = float("nan")
+            box = landmark_box(q[None])[0]
+            centre, side = (box[:2] + box[2:]) / 2, float((box[2:] - box[:2]).max())
+            side *= 1 + box_scale_jitter * (2 * float(torch.rand((), generator=g)) - 1)
+            centre = centre + box_shift_jitter * side * (2 * torch.rand(2, generator=g) - 1)
+            corner, n = crop_square(torch.cat([centre - side / 2, centre + side / 2])[None].double())
+            # the integer crop square (a detector's crop of a photo) onto S pixels: p = s q + t
+            s = crop / float(n[0])
+            t = (crop - 1) / 2 - s * (corner[0].float() + (float(n[0]) - 1) / 2)
+            camera = ScaledOrthographic(torch.tensor([s]), matrix_to_axis_angle(R[None]), t[None].float())
+            with torch.no_grad():
+                image = renderer(verts, camera, colors=albedo, sh=random_light(rng), background=background[v:v + 1]).image
+            noise = torch.randn(image.shape, generator=g) * 0.01
+            row = {"images": ((image + noise).clamp(0, 1) * 255).round().to(torch.uint8),
+                   "landmarks": camera.project(lm3[None]).where(model.landmark_mask[None, :, None],
+                                                               torch.tensor(float("nan"))),
+                   "group": torch.tensor([i]), "identity": identity, "rotation": camera.rotation,
+                   "translation": camera.translation, "log_scale": camera.scale.log()}
+            for k, x in row.items():
+                out.setdefault(k, []).append(x)
+    return {k: torch.cat(v) for k, v in out.items()}
+
+
+def cached_groups(model: MorphableModel, localiser: STNLocaliser, settings: dict, cache: Path,
+                  chunk: int = 32) -> dict[str, Tensor]:
+    """:func:`synthetic_groups` with ``settings``, plus the dlib trunk's raw features ``features`` ``(N, 1024)``
+    when the localiser has that trunk, cached as ``cache/stn-groups-<hash>.pt`` (atomic; a corrupt file is
+    made again)."""
+    from morphable.io.atomic import atomic_write
+
+    key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
+    path = cache / f"stn-groups-{key}.pt"
+    if path.exists():
+        try:
+            return torch.load(path, map_location="cpu", weights_only=True)
+        except Exception:  # a corrupt cache file is made again
+            pass
+    data = synthetic_groups(model, settings["identities"], settings["views"], settings["seed"],
+                            crop=settings["crop"], max_yaw_deg=settings["yaw"],
+                            box_scale_jitter=settings["box_scale"], box_shift_jitter=settings["box_shift"])
+    if settings["trunk"] == "dlib":
+        with torch.no_grad():
+            data["features"] = torch.cat([localiser.trunk.raw(data["images"][i:i + chunk].float() / 255)
+                                          for i in range(0, len(data["images"]), chunk)])
+    cache.mkdir(parents=True, exist_ok=True)
+    with atomic_write(path) as f:
+        torch.save(data, f)
+    return data
+
+
+def rotation_error_deg(a: Tensor, b: Tensor) -> Tensor:
+    """Angle ``(B,)`` (degrees) of the rotation between axis-angle ``a`` and ``b`` ``(B, 3)``."""
+    R = axis_angle_to_matrix(a) @ axis_angle_to_matrix(b).transpose(-1, -2)
+    return torch.rad2deg(torch.acos(((R.diagonal(dim1=-2, dim2=-1).sum(-1) - 1) / 2).clamp(-1, 1)))
+
+
+class STNRecipe(Recipe):
+    """The recipe (see the module docstring)."""
+
+    name = "stn"
+    Config = STNConfig
+
+    def __init__(self, config: STNConfig, run_dir: Path):
+        super().__init__(config, run_dir)
+        import morphable
+        from morphable.models.resample import model_uv, uv_grid
+
+        cfg = config
+        self.face_model = morphable.load_model(cfg.model.name)
+        self.face_model.requires_grad_(False)
+        if cfg.model.n_shape > self.face_model.n_identity:
+            raise ValueError(f"model.n_shape={cfg.model.n_shape}: model {cfg.model.name!r} has only "
+                             f"{self.face_model.n_identity} identity components")
+        self.model_label = Path(cfg.model.name).stem if os.sep in cfg.model.name else cfg.model.name
+        size = cfg.model.texture_size
+        self.stn = SpatialTransformer3DMM(self.face_model, uv_grid(model_uv(self.face_model), self.face_model.triangles,
+                                                                   (size, size)), cfg.model.visibility_resolution)
+        self.localiser = STNLocaliser(self.model_label, cfg.model.n_shape, cfg.net.trunk,
+                                      nominal_theta(self.face_model, cfg.net.crop), cfg.net.crop)
+        self.train_set = self._groups("train", cfg.data.identities, cfg.train.seed * 2 + 1)
+        self.val_set = self._groups("val", cfg.data.val_identities, cfg.train.seed * 2 + 2)
+        if cfg.net.trunk == "dlib":
+            f = self.train_set["features"]
+            self.localiser.trunk.mean.copy_(f.mean(0))
+            self.localiser.trunk.std.copy_(f.std(0).clamp_min(1e-3 * float(f.std(0).mean())))
+        self.defined = self.face_model.landmark_mask.clone()
+        self.defined[: FIXED_LANDMARKS.start] = False
+
+    def _groups(self, split: str, identities: int, seed: int) -> dict[str, Tensor]:
+        cfg = self.config
+        settings = dict(split=split, seed=seed, identities=identities, views=cfg.data.views, model=cfg.model.name,
+                        n_vertices=self.face_model.n_vertices, crop=cfg.net.crop, yaw=cfg.data.max_yaw_deg,
+                        box_scale=cfg.data.box_scale_jitter, box_shift=cfg.data.box_shift_jitter,
+                        trunk=cfg.net.trunk, version=1)
+        return cached_groups(self.face_model, self.localiser, settings, _cache_root(cfg), cfg.data.chunk)
+
+    # --------------------------------------------------------------------------------------- recipe
+    def model(self) -> nn.Module:
+        return self.localiser
+
+    def batch(self, step: int, generator: torch.Generator) -> Tensor:
+        """Indices ``(P·V,)`` of ``loss.batch`` identity groups, each with all its views."""
+        V = self.config.data.views
+        groups = torch.randperm(len(self.train_set["images"]) // V, generator=generator)[: self.config.loss.batch]
+        return (groups[:, None] * V + torch.arange(V)).reshape(-1)
+
+    def theta(self, data: dict[str, Tensor], index: Tensor) -> Theta:
+        """θ (crop px) of faces ``index`` of a set: from cached features (dlib trunk) or the images."""
+        if self.config.net.trunk == "dlib":
+            return self.localiser.from_features(self.localiser.trunk.standardise(data["features"][index]))
+        return self.localiser(data["images"][index].float() / 255)
+
+    def terms(self, data: dict[str, Tensor], index: Tensor) -> tuple[dict[str, Tensor], Theta, object]:
+        """The four loss terms for faces ``index`` (whole groups, views adjacent), θ and the transformer's output."""
+        theta = self.theta(data, index)
+        out = self.stn(data["images"][index].float() / 255, theta)
+        target = data["landmarks"][index][:, self.defined]
+        V = self.config.data.views
+        tex, mask = out.texture, out.mask
+        siamese = torch.stack([multiview_texture_loss(tex[i:i + V], mask[i:i + V]) for i in range(0, len(index), V)])
+        return {"landmark": landmark_loss(out.landmarks[:, self.defined], target),
+                "symmetry": symmetry_loss(tex, mask), "siamese": siamese.mean(),
+                "prior": prior_loss(theta.alpha)}, theta, out
+
+    def loss(self, batch: Tensor, step: int) -> dict[str, Tensor]:
+        w = self.config.loss
+        terms, _, _ = self.terms(self.train_set, batch)
+        terms["loss"] = (w.landmark * terms["landmark"] + w.symmetry * terms["symmetry"] + w.siamese * terms["siamese"]
+                         + w.prior * terms["prior"])
+        return terms
+
+    # ----------------------------------------------------------------------------------- validation
+    def validate(self, step: int) -> dict[str, float]:
+        """Held-out synthetic groups: the loss terms, landmark NME (mean error over the fixed points / crop
+        side), rotation error (degrees), scale error (relative), correlation of α with the truth's first D."""
+        data = self.val_set
+        index = torch.arange(len(data["images"]))
+        was = self.localiser.training
+        self.localiser.eval()
+        try:
+            with torch.no_grad():
+                terms, theta, out = self.terms(data, index)
+        finally:
+            self.localiser.train(was)
+        target = data["landmarks"][:, self.defined]
+        err = (out.landmarks[:, self.defined] - target).norm(dim=-1).mean(-1) / self.config.net.crop
+        D = self.config.model.n_shape
+        a, b = theta.alpha.flatten(), data["identity"][:, :D].flatten()
+        corr = float(torch.corrcoef(torch.stack([a, b]))[0, 1]) if D else 0.0
+        return {**{k: float(v) for k, v in terms.items()}, "nme": float(err.mean()),
+                "rotation_deg": float(rotation_error_deg(theta.rotation, data["rotation"]).mean()),
+                "scale_rel": float((theta.log_scale - data["log_scale"]).abs().mean()),
+                "alpha_corr": corr}
+
+    def image_grid(self, batch: Tensor, step: int) -> Tensor | None:
+        """Rows: held-out crops, their flattened textures (upsampled to the crop size), their masks."""
+        import torch.nn.functional as F
+
+        from morphable.train.logging import tile_images
+
+        V = self.config.data.views
+        index = torch.arange(min(V * max(1, 8 // V), len(self.val_set["images"])))
+        was = self.localiser.training
+        self.localiser.eval()
+        try:
+            with torch.no_grad():
+                _, _, out = self.terms(self.val_set, index)
+        finally:
+            self.localiser.train(was)
+        S = self.config.net.crop
+
+        def up(x: Tensor) -> Tensor:
+            return F.interpolate(x.permute(0, 3, 1, 2), size=(S, S), mode="nearest").permute(0, 2, 3, 1)
+
+        crops = self.val_set["images"][index].float() / 255
+        masks = out.mask[..., None].float().expand(-1, -1, -1, 3)
+        return tile_images(torch.cat([crops, up(out.texture.clamp(0, 1)), up(masks)]), columns=len(index))
+
+    def finish(self, run_dir: Path) -> None:
+        """Export ``RUN/stn-<model>-<trunk>.pt`` with its provenance and held-out metrics."""
+        import shlex
+        import sys
+
+        metrics = self.validate(self.config.train.steps)
+        command = shlex.join(["morphable", *sys.argv[1:]]) if Path(sys.argv[0]).name == "morphable" \
+            else f"morphable train stn -o {run_dir} (from Python; the resolved config is in 'config')"
+        meta = {"command": command, "config": json.dumps(asdict(self.config)), "metrics": json.dumps(metrics)}
+        save_localiser(self.localiser, Path(run_dir) / f"stn-{self.model_label}-{self.config.net.trunk}.pt", meta)
+        with open(Path(run_dir) / "summary.json", "w") as f:
+            json.dump({"metrics": metrics}, f, indent=2)
