@@ -146,16 +146,22 @@ def face_crop(image: Tensor, box: Tensor, size: int = CROP_SIZE) -> tuple[Tensor
     factor = size / float(box[2] - box[0])
     origin = box[:2] + 0.5 / factor - 0.5  # crop pixel centre 0 sits half a crop pixel inside the box
     H, W = image.shape[:2]
-    src, kx, ky = image, 1.0, 1.0
+    # only the photo's part under the box (and one pixel around it) is read and resized
+    x0, y0 = max(int(math.floor(float(box[0]))) - 1, 0), max(int(math.floor(float(box[1]))) - 1, 0)
+    x1, y1 = min(int(math.ceil(float(box[2]))) + 2, W), min(int(math.ceil(float(box[3]))) + 2, H)
+    if x1 <= x0 or y1 <= y0:  # the box misses the photo
+        x0, y0, x1, y1 = 0, 0, 1, 1
+    src, kx, ky = image[y0:y1, x0:x1], 1.0, 1.0
     if factor < 0.75:
-        h, w = max(1, round(H * factor)), max(1, round(W * factor))
-        src = F.interpolate(image.permute(2, 0, 1)[None], size=(h, w), mode="bilinear", antialias=True,
+        h, w = src.shape[:2]
+        hh, ww = max(1, round(h * factor)), max(1, round(w * factor))
+        src = F.interpolate(src.permute(2, 0, 1)[None], size=(hh, ww), mode="bilinear", antialias=True,
                             align_corners=False)[0].permute(1, 2, 0)
-        kx, ky = w / W, h / H
+        kx, ky = ww / w, hh / h
     r = torch.arange(size, dtype=torch.float64)
     yy, xx = torch.meshgrid(r, r, indexing="ij")
-    px = origin[0] + xx / factor  # photo px of each crop pixel
-    py = origin[1] + yy / factor
+    px = origin[0] + xx / factor - x0  # px of each crop pixel in the read part
+    py = origin[1] + yy / factor - y0
     q = torch.stack([(px + 0.5) * kx - 0.5, (py + 0.5) * ky - 0.5], -1).reshape(-1, 2)
     crop = bilinear_sample(src, q.to(image.dtype)).reshape(size, size, -1)
     frame = CropFrame(origin[None].to(image.dtype), torch.tensor([factor], dtype=image.dtype))
@@ -464,3 +470,52 @@ def load_ringnet(path: str | PathLike, net: DlibFaceNet | None = None) -> RingNe
     out.meta = dict(data.get("meta", {}))
     return out.eval()
 
+
+
+# ---------------------------------------------------------------------------------------------- inference
+@dataclass(frozen=True)
+class RegressedFaces:
+    """What :func:`regress_faces` returns for B faces.
+
+    Attributes:
+        params: named blocks ``{name: (B, size)}``; identity: ``(B, K)`` the shape block padded with zeros to
+            the model's identity count; camera: :class:`ScaledOrthographic` in photo px; landmarks:
+            ``(B, 68, 2)`` photo px (jawline on the pose's contour; NaN where the model has no point).
+    """
+
+    params: dict[str, Tensor]
+    identity: Tensor
+    camera: ScaledOrthographic
+    landmarks: Tensor
+
+
+def regress_faces(net: RingNet, decoder: RingNetDecoder, images, landmarks: Tensor) -> RegressedFaces:
+    """Run RingNet on faces: crop each (:func:`landmark_box` of its detected landmarks), one batched pass.
+
+    Args:
+        net: the network (used in eval mode); decoder: a :class:`RingNetDecoder` of the same model.
+        images: B photos ``(H, W, 3)`` float in [0, 1] (sizes may differ; one photo can repeat).
+        landmarks: ``(B, 68, 2)`` the faces' detected landmarks, photo px (only their box is used).
+    """
+    landmarks = torch.as_tensor(landmarks, dtype=torch.float32)
+    boxes = landmark_box(landmarks)
+    crops, origins, factors = [], [], []
+    for image, box in zip(images, boxes):
+        crop, frame = face_crop(torch.as_tensor(image, dtype=torch.float32), box)
+        crops.append(crop)
+        origins.append(frame.origin)
+        factors.append(frame.factor)
+    frame = CropFrame(torch.cat(origins), torch.cat(factors))
+    was = net.training
+    net.eval()
+    try:
+        with torch.no_grad():
+            params = net(torch.stack(crops))
+            camera = net.camera(params)
+            lm = decoder.landmarks(params, camera)
+    finally:
+        net.train(was)
+    lm = torch.where(decoder.model.landmark_mask[None, :, None], frame.to_photo(lm), torch.full_like(lm, math.nan))
+    shape = params["shape"]
+    identity = torch.cat([shape, shape.new_zeros(len(shape), decoder.model.n_identity - shape.shape[1])], 1)
+    return RegressedFaces(params, identity, frame.camera_to_photo(camera), lm)

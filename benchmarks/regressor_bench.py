@@ -1,0 +1,148 @@
+"""RingNet against the landmark fit, side by side on the same faces: time and 2D landmark error.
+
+For each photo with a ``.pts`` file in ``--data`` (AFW by default, held out of ``ringnet-ict``'s training),
+the input landmarks are dlib's (the detection whose landmarks' centre is nearest the annotation's; a face
+dlib misses, or finds more than one outer-eye distance away, counts as a detection failure and is left
+out of all three methods), or the annotation itself with ``--landmarks file``. Then, one face at a time as
+``morphable fit`` runs, after detection:
+
+* **fit** (the anchor): ``fit_landmarks(model, landmarks)``;
+* **regress**: :func:`~morphable.nets.ringnet.regress_faces` (crop from the landmarks' box, one network pass,
+  the decoder's landmarks with the pose's jawline);
+* **regress+fit**: the network, then ``fit_landmarks`` with its identity prior centred at the regressed
+  shape (``--lambda-identity``).
+
+NME: mean distance over the inner 51 iBUG points (17–67) between the method's projected model landmarks
+and the annotation, divided by the annotation's outer-eye-corner distance (300-W convention). Times are
+medians over faces after one warm-up face; ratios are against the fit measured in the same run.
+
+    OMP_NUM_THREADS=2 .venv/bin/python benchmarks/regressor_bench.py --weights RUN/ringnet-ict.pt [--data DIR]
+
+``--overlay PHOTO`` (repeatable) also writes ``--out/<stem>.png``: dlib's landmarks (green) and the
+regressed ones (red) on the photo, for looking at large poses.
+
+Last line: ``RESULT n= failed= regress_ms= fit_ms= regress_fit_ms= regress_nme= regress_fit_nme= fit_nme=``.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+import morphable
+from morphable.detect.formats import read_landmarks
+from morphable.eval.nme import nme, outer_eye_distance
+from morphable.fitting.landmarks import fit_landmarks
+from morphable.io.image import read_image
+from morphable.nets.ringnet import RingNetDecoder, load_ringnet, regress_faces
+
+DATA = Path(os.environ.get("MORPHABLE_TEST_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
+
+
+def nme_inner51(pred: np.ndarray, gt: np.ndarray) -> float:
+    """NME over iBUG 17–67 of one face, outer-eye-corner normalised."""
+    return float(nme(pred[None, 17:], gt[None, 17:], outer_eye_distance(gt[None]))[0])
+
+
+def detected(image: np.ndarray, gt: np.ndarray) -> np.ndarray | None:
+    """dlib's landmarks of the face annotated by ``gt`` (nearest centre within an outer-eye distance)."""
+    from morphable.detect.dlib68 import detect_landmarks
+
+    best, dist = None, float(outer_eye_distance(gt[None])[0])
+    for d in detect_landmarks(image, all_faces=True):
+        gap = float(np.linalg.norm(d.landmarks.mean(0) - gt.mean(0)))
+        if gap < dist:
+            best, dist = d.landmarks, gap
+    return best
+
+
+def overlay(net, decoder, photo: Path, out: Path) -> None:
+    from PIL import Image
+
+    from morphable.detect.dlib68 import detect_landmarks
+    from morphable.viz.overlay import draw_overlay
+
+    image = read_image(photo)
+    found = detect_landmarks(image, detector="auto")
+    if not found:
+        print(f"{photo}: no face detected, no overlay")
+        return
+    lm = found[0].landmarks
+    reg = regress_faces(net, decoder, [torch.tensor(image, dtype=torch.float32) / 255], torch.as_tensor(lm)[None])
+    out.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(draw_overlay(image, landmarks=lm, landmarks_fitted=reg.landmarks[0].numpy())).save(
+        out / f"{photo.stem}.png")
+    print(f"overlay: {out / (photo.stem + '.png')}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", type=Path, default=DATA / "Spinkoo-Face-alignement/afw/afw")
+    parser.add_argument("--weights", type=Path, required=True, help="a ringnet-<model>.pt from morphable train ringnet")
+    parser.add_argument("--n", type=int, default=0, help="at most this many faces (0 = all)")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--landmarks", choices=("dlib", "file"), default="dlib")
+    parser.add_argument("--lambda-identity", type=float, default=1.0)
+    parser.add_argument("--overlay", type=Path, action="append", default=[])
+    parser.add_argument("--out", type=Path, default=Path("out/regressor_bench"))
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    net = load_ringnet(args.weights)
+    model = morphable.load_model(net.model_name)
+    decoder = RingNetDecoder(model)
+    for photo in args.overlay:
+        overlay(net, decoder, photo, args.out)
+    pts = sorted(args.data.glob("*.pts"))
+    if args.n:
+        pts = pts[: args.n + 1]
+    if not pts:
+        sys.exit(f"error: {args.data}: no .pts files")
+    times: dict[str, list[float]] = {"regress": [], "fit": [], "regress_fit": []}
+    errors: dict[str, list[float]] = {"regress": [], "fit": [], "regress_fit": []}
+    failed = 0
+    for i, p in enumerate(pts):
+        photo = next((p.with_suffix(s) for s in (".jpg", ".png") if p.with_suffix(s).exists()), None)
+        if photo is None:
+            continue
+        image = read_image(photo)
+        gt = read_landmarks(p)
+        given = gt if args.landmarks == "file" else detected(image, gt)
+        if given is None:
+            failed += 1
+            continue
+        lm = torch.as_tensor(given, dtype=torch.float32)[None]
+        photo_t = torch.tensor(image, dtype=torch.float32) / 255
+        t0 = time.perf_counter()
+        fit = fit_landmarks(model, lm)
+        t1 = time.perf_counter()
+        reg = regress_faces(net, decoder, [photo_t], lm)
+        t2 = time.perf_counter()
+        both = fit_landmarks(model, lm, identity_prior_mean=reg.identity, lambda_identity=args.lambda_identity)
+        t3 = time.perf_counter()
+        for name, points in (("fit", fit.landmarks_fitted), ("regress", reg.landmarks), ("regress_fit", both.landmarks_fitted)):
+            errors[name].append(nme_inner51(points[0].detach().double().numpy(), gt))
+        if times["fit"] or i:  # the first face warms up
+            times["fit"].append(1e3 * (t1 - t0))
+            times["regress"].append(1e3 * (t2 - t1))
+            times["regress_fit"].append(1e3 * (t3 - t1))
+    if not errors["fit"]:
+        sys.exit("error: no face could be evaluated")
+    ms = {k: statistics.median(v) for k, v in times.items()}
+    err = {k: float(np.mean(v)) for k, v in errors.items()}
+    n = len(errors["fit"])
+    print(f"{n} faces ({failed} not detected), {args.threads} threads, landmarks from {args.landmarks}")
+    for k in ("fit", "regress", "regress_fit"):
+        print(f"  {k:12s} {ms[k]:8.2f} ms ({ms[k] / ms['fit']:.2f} x fit)   NME inner-51 {100 * err[k]:.2f} %")
+    print(f"RESULT n={n} failed={failed} regress_ms={ms['regress']:.2f} fit_ms={ms['fit']:.2f} "
+          f"regress_fit_ms={ms['regress_fit']:.2f} regress_nme={err['regress']:.4f} "
+          f"regress_fit_nme={err['regress_fit']:.4f} fit_nme={err['fit']:.4f}")
+
+
+if __name__ == "__main__":
+    main()
