@@ -78,7 +78,10 @@ class ScaledOrthographic:
 
     def project_with_depth(self, points: Tensor) -> Tensor:
         """``(B, N, 3)`` model points -> ``(B, N, 3)`` of ``(u, v, depth)``; depth in mm, larger is farther."""
-        X = self.transform(points)
+        return self.project_view(self.transform(points))
+
+    def project_view(self, X: Tensor) -> Tensor:
+        """:meth:`project_with_depth` of points already in the view frame (:meth:`transform`'s output)."""
         s = self.scale[:, None]
         u = s * X[..., 0] + self.translation[:, None, 0]
         v = -s * X[..., 1] + self.translation[:, None, 1]
@@ -145,7 +148,10 @@ class Perspective:
         Points at or behind the camera plane give non-finite or mirrored ``(u, v)``; the renderer clips
         against a near plane before dividing.
         """
-        Xc = self.transform(points)
+        return self.project_view(self.transform(points))
+
+    def project_view(self, Xc: Tensor) -> Tensor:
+        """:meth:`project_with_depth` of points already in camera coordinates (:meth:`transform`'s output)."""
         depth = -Xc[..., 2]
         f = self.focal[:, None]
         u = f * Xc[..., 0] / depth + self.principal_point[:, None, 0]

@@ -198,11 +198,14 @@ def _sorted_corners(triangles: Tensor) -> tuple[list[Tensor], Tensor]:
 
 def _setup(screen: Tensor, triangles: Tensor, H: int, W: int, cull_backfaces: bool, perspective: bool,
            near: float, corners: tuple[list[Tensor], Tensor] | None = None
-           ) -> tuple[_Setup, list[tuple[int, int, int, int]]]:
-    """Triangles that can cover a pixel, sorted by window class; ``-> (setup, [(kx, ky, start, end)])``.
+           ) -> tuple[_Setup, list[tuple[int, int, int, int]], Tensor]:
+    """Triangles that can cover a pixel, sorted by window class; ``-> (setup, [(kx, ky, start, end)], facing)``.
 
     Back-facing, degenerate and non-finite triangles are dropped first (signed area of the projected
-    corners), so the bounding boxes and edge functions are built for the survivors only."""
+    corners), so the bounding boxes and edge functions are built for the survivors only. ``facing``
+    ``(B·F,)`` int8 is −1 for front-facing, +1 for back-facing and 0 for unusable triangles (zero area,
+    non-finite corners, or, for perspective, a corner at or behind the camera plane): the orientation
+    :func:`~morphable.render.silhouette.silhouette_edges` needs, from the corner gathers done here."""
     B, V = screen.shape[:2]
     F = triangles.shape[0]
     if B * V >= 2**31:
@@ -231,9 +234,15 @@ def _setup(screen: Tensor, triangles: Tensor, H: int, W: int, cull_backfaces: bo
         ok = (area2 * parity) < 0
     else:
         ok = area2 != 0
+    facing = torch.sign(area2 * parity)  # the triangle's own orientation (nan for non-finite corners)
+    if perspective:
+        facing = facing * (torch.minimum(torch.minimum(da, db), dc) > 0)
+    facing = facing.nan_to_num_(0.0).to(torch.int8)
     if not bool(torch.isfinite(screen.sum())):  # vertices with nan/inf coordinates drop their triangles
         bad = ~torch.isfinite(cols).all(0)
-        ok &= ~(bad.index_select(0, corner[0]) | bad.index_select(0, corner[1]) | bad.index_select(0, corner[2]))
+        bad = bad.index_select(0, corner[0]) | bad.index_select(0, corner[1]) | bad.index_select(0, corner[2])
+        ok &= ~bad
+        facing.masked_fill_(bad, 0)
     keep = ok.nonzero(as_tuple=True)[0]
     sel = lambda t: t.index_select(0, keep)  # noqa: E731
     xa, xb, xc, ya, yb, yc, area2 = (sel(t) for t in (xa, xb, xc, ya, yb, yc, area2))
@@ -269,7 +278,7 @@ def _setup(screen: Tensor, triangles: Tensor, H: int, W: int, cull_backfaces: bo
             classes.append((2 ** (c // 64), 2 ** (c % 64), start, start + n))
             start += n
     return _make_setup(keep, F, B, x0, y0, nx, ny, xa, xb, xc, ya, yb, yc, da, db, dc, 1.0 / area2,
-                       perspective), classes
+                       perspective), classes, facing
 
 
 def _make_setup(keep: Tensor, F: int, B: int, ax, ay, nx, ny, xa, xb, xc, ya, yb, yc, da, db, dc, inv,
@@ -347,9 +356,20 @@ def rasterize_ids(screen: Tensor, triangles: Tensor, image_size: tuple[int, int]
     """Visible triangle id per pixel (the non-differentiable half of :func:`rasterize`). ``-> (B, H, W)`` int64.
 
     ``corners``: ``_sorted_corners(triangles)``, which depends on the mesh only (callers may cache it)."""
+    return rasterize_ids_facing(screen, triangles, image_size, cull_backfaces=cull_backfaces, perspective=perspective,
+                                near=near, max_candidates=max_candidates, corners=corners)[0]
+
+
+@torch.no_grad()
+def rasterize_ids_facing(screen: Tensor, triangles: Tensor, image_size: tuple[int, int], *,
+                         cull_backfaces: bool = False, perspective: bool = False, near: float = 1.0,
+                         max_candidates: int = 2**22, corners: tuple[list[Tensor], Tensor] | None = None
+                         ) -> tuple[Tensor, Tensor]:
+    """:func:`rasterize_ids` and each triangle's orientation ``(B·F,)`` int8 (−1 front, +1 back, 0 unusable;
+    see ``_setup``), which the soft silhouette reuses instead of gathering the corners again."""
     H, W = _check_inputs(screen, triangles, image_size)
     B = screen.shape[0]
-    s, classes = _setup(screen.detach(), triangles, H, W, cull_backfaces, perspective, near, corners)
+    s, classes, facing = _setup(screen.detach(), triangles, H, W, cull_backfaces, perspective, near, corners)
     pixels, keys = [], []
     for kx, ky, first, end in classes:
         step = max(1, max_candidates // (kx * ky))
@@ -361,7 +381,7 @@ def rasterize_ids(screen: Tensor, triangles: Tensor, image_size: tuple[int, int]
     if pixels:
         zbuf.scatter_reduce_(0, torch.cat(pixels), torch.cat(keys), reduce="amin")
     tri = torch.where(zbuf == _EMPTY, -1, zbuf & (2**TRIANGLE_BITS - 1))
-    return tri.view(B, H, W)
+    return tri.view(B, H, W), facing
 
 
 def fragments_from_ids(screen: Tensor, triangles: Tensor, triangle_id: Tensor, perspective: bool) -> Fragments:

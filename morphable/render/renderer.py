@@ -30,12 +30,13 @@ import torch
 from torch import Tensor, nn
 
 from morphable.geometry.camera import Camera, Perspective
-from morphable.geometry.mesh import VertexFaceIncidence, vertex_normals
+from morphable.geometry.mesh import vertex_normals
 from morphable.render.deferred import sh_shade_packed
-from morphable.render.rasterize import _sorted_corners, barycentric_at, pixel_coordinates, rasterize_ids
+from morphable.render.rasterize import barycentric_at, pixel_coordinates, rasterize_ids_facing
 from morphable.render.shading import phong_shade, sh_basis
-from morphable.render.silhouette import EdgeTopology, soft_silhouette
+from morphable.render.silhouette import soft_silhouette
 from morphable.render.texture import sample_image
+from morphable.render.topology import MeshTopology, mesh_topology
 from morphable.render.visibility import visibility_from_ids
 
 
@@ -232,9 +233,7 @@ class Renderer(nn.Module):
         self.cull_backfaces = cull_backfaces
         self.soft_silhouette = soft_silhouette
         self.near = near
-        self._topology = EdgeTopology.build(triangles) if soft_silhouette else None
-        self._incidence: VertexFaceIncidence | None = None
-        self._corners: tuple[tuple, tuple[list[Tensor], Tensor]] | None = None  # (key, rasteriser corner table)
+        self._topology: tuple[tuple, MeshTopology] | None = None  # (buffer key, shared per-topology tables)
 
     @classmethod
     def from_model(cls, model, image_size: tuple[int, int], **kwargs) -> "Renderer":
@@ -266,17 +265,18 @@ class Renderer(nn.Module):
         H, W = self.image_size
         perspective = isinstance(camera, Perspective)
         tri = self.triangles
-        screen = camera.project_with_depth(vertices)
         view = camera.transform(vertices)  # view frame (mm; orthographic: rotation only)
+        screen = camera.project_view(view)  # = camera.project_with_depth(vertices), without rotating twice
 
-        key = (tri.data_ptr(), tri._version, tuple(tri.shape), tri.device)  # rebuilt if the buffer changes
-        if self._corners is None or self._corners[0] != key:
-            self._corners = (key, _sorted_corners(tri))  # depends on the triangles only
-        ids = rasterize_ids(screen, tri, (H, W), cull_backfaces=self.cull_backfaces, perspective=perspective,
-                            near=self.near, corners=self._corners[1])
+        key = (tri.data_ptr(), tri._version, tuple(tri.shape), tri.device)  # looked up again if the buffer changes
+        if self._topology is None or self._topology[0] != key:
+            self._topology = (key, mesh_topology(tri))
+        topology = self._topology[1]
+        ids, facing = rasterize_ids_facing(screen, tri, (H, W), cull_backfaces=self.cull_backfaces,
+                                           perspective=perspective, near=self.near, corners=topology.sorted_corners)
         covered = ids >= 0
         if self.soft_silhouette:
-            sil = soft_silhouette(screen, tri, ids, self._topology, perspective=perspective)
+            sil = soft_silhouette(screen, tri, ids, topology.edges, perspective=perspective, facing=facing)
             alpha, shade_ids = sil.alpha, torch.where(covered, ids, sil.extended_id)
         else:
             alpha, shade_ids = covered.to(vertices.dtype), ids
@@ -287,9 +287,7 @@ class Renderer(nn.Module):
         face = flat.index_select(0, pix)
         batch, centres = pixel_coordinates(pix, H, W)
 
-        if self._incidence is None or self._incidence.num_vertices != view.shape[1]:
-            self._incidence = VertexFaceIncidence(tri, view.shape[1])  # built once per vertex count
-        normals_v = vertex_normals(view, tri, incidence=self._incidence)
+        normals_v = vertex_normals(view, tri, incidence=topology.incidence(view.shape[1]))
         if texture is not None and self.uv is None:
             raise ValueError("Renderer: a texture needs UV coordinates (give uv to the Renderer)")
         if sh is not None and lights is None and (colors is not None or texture is None):

@@ -86,16 +86,12 @@ def _boundary(covered: Tensor) -> Tensor:
     return diff
 
 
-def silhouette_edges(screen: Tensor, triangles: Tensor, topology: EdgeTopology,
-                     perspective: bool) -> tuple[Tensor, Tensor]:
-    """Silhouette half-edges of each mesh in the batch: boundary edges of usable triangles, and both
-    half-edges of edges whose two triangles face opposite ways (or only one of which is usable).
-
-    Returns:
-        batch ``(S,)`` and half-edge id ``(S,)`` (``3 f + i``) of every silhouette half-edge.
-    """
+def triangle_facing(screen: Tensor, topology: EdgeTopology, perspective: bool) -> Tensor:
+    """Orientation of every triangle of every mesh ``(B·F,)`` int8: −1 front-facing (counter-clockwise in
+    model space, see rasterize.py), +1 back-facing, 0 unusable (zero area, non-finite corners, or, for
+    perspective, a corner at or behind the camera plane). The rasteriser returns the same array
+    (:func:`~morphable.render.rasterize.rasterize_ids_facing`); this is for callers without one."""
     B, V = screen.shape[:2]
-    F = triangles.shape[0]
     cols = screen.detach().reshape(B * V, 3).t()
     corner = list(topology.corners.unbind(0))
     if B > 1:
@@ -106,8 +102,23 @@ def silhouette_edges(screen: Tensor, triangles: Tensor, topology: EdgeTopology,
     if perspective:
         d = [cols[2].index_select(0, corner[i]) for i in range(3)]
         valid &= (d[0] > 0) & (d[1] > 0) & (d[2] > 0)  # triangles reaching behind the camera: no usable edges
-    # facing: −1 front (counter-clockwise in model space, see rasterize.py), +1 back, 0 unusable
-    facing = (torch.sign(area2) * valid).to(torch.int8)
+    return (torch.sign(area2) * valid).to(torch.int8)
+
+
+def silhouette_edges(screen: Tensor, triangles: Tensor, topology: EdgeTopology, perspective: bool,
+                     facing: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """Silhouette half-edges of each mesh in the batch: boundary edges of usable triangles, and both
+    half-edges of edges whose two triangles face opposite ways (or only one of which is usable).
+
+    Args:
+        facing: ``(B·F,)`` int8 triangle orientations (:func:`triangle_facing`; the rasteriser's when given).
+    Returns:
+        batch ``(S,)`` and half-edge id ``(S,)`` (``3 f + i``) of every silhouette half-edge.
+    """
+    B = screen.shape[0]
+    F = triangles.shape[0]
+    if facing is None:
+        facing = triangle_facing(screen, topology, perspective)
     t = topology
     # facing of the edges' two triangles, (B, E) (1-D gathers are the fast ones on CPU)
     pick = lambda faces: (facing.index_select(0, faces)[None] if B == 1  # noqa: E731
@@ -141,10 +152,22 @@ def _signed_distance(a: Tensor, b: Tensor, c: Tensor, p: Tensor) -> Tensor:
     return cross_p / length * torch.sign(cross_c).detach()
 
 
+def _box_has_boundary(boundary: Tensor, batch: Tensor, x0: Tensor, y0: Tensor, x1: Tensor, y1: Tensor) -> Tensor:
+    """Whether each pixel box ``[x0, x1] × [y0, y1]`` (int64, inclusive, inside the image) of image ``batch``
+    holds a boundary pixel: four reads of the boundary mask's summed-area table. ``-> (S,)`` bool."""
+    B, H, W = boundary.shape
+    sat = nnf.pad(boundary.to(torch.int32).cumsum(1).cumsum(2), (1, 0, 1, 0)).reshape(-1)  # (B, H+1, W+1)
+    row = batch * (H + 1)
+    at = lambda y, x: sat.index_select(0, (row + y) * (W + 1) + x)  # noqa: E731
+    return (at(y1 + 1, x1 + 1) - at(y0, x1 + 1) - at(y1 + 1, x0) + at(y0, x0)) > 0
+
+
 @torch.no_grad()
 def _nearest_edge(a: Tensor, b: Tensor, batch: Tensor, boundary: Tensor, max_candidates: int = 2**22) -> Tensor:
     """For every boundary pixel, the index (into the half-edge list) of the nearest silhouette segment
-    within :data:`REACH`, or −1. Bounding-box scan like the rasteriser's. ``-> (B·H·W,)`` int64."""
+    within :data:`REACH`, or −1. Bounding-box scan like the rasteriser's, over the segments whose box holds
+    a boundary pixel (a head mesh has thousands of fold edges inside its rendered silhouette, hidden behind
+    the front surface). ``-> (B·H·W,)`` int64."""
     B, H, W = boundary.shape
     dev = a.device
     lo, hi = torch.minimum(a, b), torch.maximum(a, b)
@@ -153,23 +176,23 @@ def _nearest_edge(a: Tensor, b: Tensor, batch: Tensor, boundary: Tensor, max_can
     x1 = torch.floor(hi[:, 0] + REACH).clamp_max(W - 1)
     y1 = torch.floor(hi[:, 1] + REACH).clamp_max(H - 1)
     ok = ((x1 >= x0) & (y1 >= y0)).nonzero(as_tuple=True)[0]
-    nx, ny = (x1 - x0 + 1)[ok].to(torch.int64), (y1 - y0 + 1)[ok].to(torch.int64)
-    base = (batch[ok] * H + y0[ok].to(torch.int64)) * W + x0[ok].to(torch.int64)
+    x0, y0, x1, y1 = (t.index_select(0, ok).to(torch.int64) for t in (x0, y0, x1, y1))
+    near = _box_has_boundary(boundary, batch.index_select(0, ok), x0, y0, x1, y1).nonzero(as_tuple=True)[0]
+    ok, x0, y0, x1, y1 = (t.index_select(0, near) for t in (ok, x0, y0, x1, y1))
+    nx, ny = x1 - x0 + 1, y1 - y0 + 1
+    base = (batch[ok] * H + y0) * W + x0
     ab = b[ok] - a[ok]
     ab2 = (ab * ab).sum(-1).clamp_min(1e-12)
-    rel = torch.stack([x0[ok] - a[ok, 0], y0[ok] - a[ok, 1]], -1)  # anchor pixel − a
+    rel = torch.stack([x0.to(a.dtype) - a[ok, 0], y0.to(a.dtype) - a[ok, 1]], -1)  # anchor pixel − a
     cx, cy = _pow2_class(nx), _pow2_class(ny)
     flat_boundary = boundary.reshape(-1)
     nearest = torch.full((B * H * W,), _EMPTY, dtype=torch.int64, device=dev)
     if ok.numel() == 0:
         return nearest.fill_(-1)
-    wx, wy = int(cx.max()), int(cy.max())
-    if ok.numel() << (wx + wy) <= max_candidates:  # few edges (the usual case): one window size for all
-        groups = [(torch.arange(ok.numel(), device=dev), 2**wx, 2**wy)]
-    else:  # grouped by window size like the rasteriser
-        cls = cx * 64 + cy
-        groups = [((cls == c).nonzero(as_tuple=True)[0], 2 ** (c // 64), 2 ** (c % 64))
-                  for c in torch.bincount(cls).nonzero(as_tuple=True)[0].tolist()]
+    # grouped by window size like the rasteriser (one window for all would scan the largest one for every edge)
+    cls = cx * 64 + cy
+    groups = [((cls == c).nonzero(as_tuple=True)[0], 2 ** (c // 64), 2 ** (c % 64))
+              for c in torch.bincount(cls).nonzero(as_tuple=True)[0].tolist()]
     for members, kx, ky in groups:
         dx = torch.arange(kx, device=dev).repeat(ky)[:, None]  # (K, 1); work arrays are (K, M)
         dy = torch.arange(ky, device=dev).repeat_interleave(kx)[:, None]
@@ -185,21 +208,25 @@ def _nearest_edge(a: Tensor, b: Tensor, batch: Tensor, boundary: Tensor, max_can
             pix = base[m] + (dy * W + dx)
             hit = (dx < nx[m]) & (dy < ny[m]) & (dist <= REACH)
             hit &= flat_boundary[pix.clamp_max(B * H * W - 1)]
-            key = (_sortable_key(dist[hit]) << TRIANGLE_BITS) | ok[m].expand_as(hit)[hit]
-            nearest.scatter_reduce_(0, pix[hit], key, reduce="amin")
+            hit = hit.view(-1).nonzero(as_tuple=True)[0]  # one compaction for the three reads
+            key = (_sortable_key(dist.view(-1).index_select(0, hit)) << TRIANGLE_BITS) | (
+                ok[m].expand_as(dist).reshape(-1).index_select(0, hit))
+            nearest.scatter_reduce_(0, pix.view(-1).index_select(0, hit), key, reduce="amin")
     return torch.where(nearest == _EMPTY, -1, nearest & (2**TRIANGLE_BITS - 1))
 
 
 def soft_silhouette(screen: Tensor, triangles: Tensor, triangle_id: Tensor, topology: EdgeTopology, *,
-                    perspective: bool = False) -> Silhouette:
+                    perspective: bool = False, facing: Tensor | None = None) -> Silhouette:
     """Anti-aliased coverage (see module docstring).
 
     Args:
         screen: ``(B, V, 3)`` screen-space vertices, as given to :func:`~morphable.render.rasterize.rasterize`.
         triangles: ``(F, 3)`` int64.
         triangle_id: ``(B, H, W)`` hard rasterisation result.
-        topology: ``EdgeTopology.build(triangles)`` (cache it per mesh).
+        topology: ``EdgeTopology.build(triangles)`` (cache it per mesh: :func:`edge_topology_of`).
         perspective: whether ``screen`` comes from a perspective camera.
+        facing: ``(B·F,)`` int8 triangle orientations from the rasteriser
+            (:func:`~morphable.render.rasterize.rasterize_ids_facing`), or ``None`` to compute them.
     """
     B, H, W = triangle_id.shape
     if triangles.shape[0] * 3 >= 2**TRIANGLE_BITS:
@@ -208,17 +235,20 @@ def soft_silhouette(screen: Tensor, triangles: Tensor, triangle_id: Tensor, topo
     alpha = covered.to(screen.dtype).reshape(-1)
     extended = torch.full((B * H * W,), -1, dtype=torch.int64, device=screen.device)
     boundary = _boundary(covered)
-    sb, sh = silhouette_edges(screen, triangles, topology, perspective)
+    sb, sh = silhouette_edges(screen, triangles, topology, perspective, facing)
     if sh.numel() == 0 or not bool(boundary.any()):
         return Silhouette(alpha.view(B, H, W), extended.view(B, H, W))
-    a, b, c = _edge_geometry(screen, triangles, sb, sh)
-    nearest = _nearest_edge(a.detach(), b.detach(), sb, boundary)
+    a, b, _ = _edge_geometry(screen.detach(), triangles, sb, sh)
+    nearest = _nearest_edge(a, b, sb, boundary)
     pix = (nearest >= 0).nonzero(as_tuple=True)[0]
-    e = nearest[pix]
+    e = nearest.index_select(0, pix)
+    half = sh.index_select(0, e)
+    # the chosen edge of each pixel, differentiably (one gather per pixel, not per silhouette edge)
+    a, b, c = _edge_geometry(screen, triangles, sb.index_select(0, e), half)
     p = pixel_coordinates(pix, H, W)[1].to(screen.dtype)
-    sd = _signed_distance(a[e], b[e], c[e], p)
+    sd = _signed_distance(a, b, c, p)
     inside = covered.reshape(-1)[pix]
     soft = torch.where(inside, (0.5 + sd).clamp(0.5, 1.0), (0.5 + sd).clamp(0.0, 0.5))
     alpha = alpha.index_put((pix,), soft)
-    extended[pix[~inside]] = sh[e[~inside]] // 3
+    extended[pix[~inside]] = half[~inside] // 3
     return Silhouette(alpha.view(B, H, W), extended.view(B, H, W))
