@@ -1,6 +1,10 @@
-"""``morphable stn-fit``: fit a 3DMM spatial transformer's θ to photos by gradient descent and write the
-flattened (pose-normalised) textures, their visibility masks and overlays; ``--mean`` also writes the
-visibility-weighted mean flattened texture of all the photos (one person).
+"""``morphable stn-fit``: a 3DMM spatial transformer's θ for each photo, by gradient descent or, with
+``--localiser``, by a trained localiser network in one pass; writes the flattened (pose-normalised)
+textures, their visibility masks and overlays; ``--mean`` also writes the visibility-weighted mean flattened
+texture of all the photos (one person).
+
+The localiser reads the detector crop of the face; its box is dlib's box rule applied to the face's 68
+landmarks (:func:`~morphable.nets.stn_localiser.landmark_box`: detected, or from ``--landmarks``).
 
 θ = (r, t, log s, α) is a scaled-orthographic camera and identity, so ``params.json`` uses the fit
 schema (:mod:`morphable.io.params`) and ``morphable render`` draws it. Photos larger than ``--max-side``
@@ -18,7 +22,11 @@ from morphable.cli.fit import face_option, messages
 
 @click.command("stn-fit")
 @click.argument("images", nargs=-1, required=True, type=click.Path(path_type=Path))
-@click.option("--model", "model_name", default="ict", show_default=True, help="Registry name or model file.")
+@click.option("--model", "model_name", default=None,
+              help="Registry name or model file [default: the localiser's model, else ict].")
+@click.option("--localiser", "localiser_name", default=None, metavar="NAME|PATH",
+              help="θ from a trained localiser (shipped name, e.g. stn-sfm, or a weights file) instead of "
+                   "gradient descent.")
 @click.option("--landmarks", "landmark_files", multiple=True, type=click.Path(path_type=Path),
               help="Landmark file (.pts/.json) per image, in order; skips detection.")
 @click.option("--face", "face", default="largest", show_default=True,
@@ -28,17 +36,17 @@ from morphable.cli.fit import face_option, messages
 @click.option("--size", default=128, show_default=True, type=click.IntRange(4, 4096),
               help="Flattened texture size (pixels per side).")
 @click.option("--shape-components", default=10, show_default=True, type=click.IntRange(0, 1000),
-              help="Identity components in α.")
+              help="Identity components in α (gradient descent; a localiser has its own).")
 @click.option("--iterations", default=100, show_default=True, type=click.IntRange(0, 100000),
               help="Gradient-descent steps.")
 @click.option("--max-side", default=1600, show_default=True, type=click.IntRange(64, 100000),
               help="Larger photos are shrunk to this longest side.")
 @click.option("--mean", "write_mean", is_flag=True, help="Also write the mean flattened texture of all photos.")
 @click.option("-q", "--quiet", is_flag=True, help="No info lines.")
-def stn_fit(images: tuple[Path, ...], model_name: str, landmark_files: tuple[Path, ...], face: str | int,
+def stn_fit(images: tuple[Path, ...], model_name: str | None, localiser_name: str | None, landmark_files: tuple[Path, ...], face: str | int,
             out_dir: Path, size: int, shape_components: int, iterations: int, max_side: int, write_mean: bool,
             quiet: bool) -> None:
-    """Fit θ = (r, t, log s, α) to each IMAGE through the 3DMM-STN layers."""
+    """θ = (r, t, log s, α) for each IMAGE (gradient descent or a localiser) and its flattened texture."""
     import numpy as np
     import torch
 
@@ -49,6 +57,7 @@ def stn_fit(images: tuple[Path, ...], model_name: str, landmark_files: tuple[Pat
     from morphable.io.image import write_image
     from morphable.io.params import PARAMS_SCHEMA, PARAMS_VERSION, write_params
     from morphable.models.resample import model_uv, uv_grid
+    from morphable.nets.stn_localiser import flatten_faces, landmark_box, load_localiser
     from morphable.render.stn import SpatialTransformer3DMM
     from morphable.reconstruct import check_output_folder, find_faces, fresh_folder, load_face_model
     from morphable.viz.overlay import draw_overlay
@@ -62,6 +71,12 @@ def stn_fit(images: tuple[Path, ...], model_name: str, landmark_files: tuple[Pat
         check_output_folder(out_dir / name)
     if write_mean:
         check_output_folder(out_dir)
+    localiser = load_localiser(localiser_name) if localiser_name else None
+    if model_name is None:
+        model_name = localiser.model_name if localiser is not None else "ict"
+    if localiser is not None and Path(model_name).stem != localiser.model_name:
+        raise click.UsageError(f"--localiser {localiser_name} was trained for model {localiser.model_name!r}, "
+                               f"not {model_name!r}")
     model, label = load_face_model(model_name)
     stn = SpatialTransformer3DMM(model, uv_grid(model_uv(model), model.triangles, (size, size)))
     failures: list[str] = []
@@ -72,16 +87,21 @@ def stn_fit(images: tuple[Path, ...], model_name: str, landmark_files: tuple[Pat
                 (found,) = find_faces(path, landmarks=landmark_files[k] if landmark_files else None, face=face,
                                       max_side=max_side)
             image = torch.tensor(found.photo, dtype=torch.float32)[None] / 255  # a copy: decoded arrays are read-only
-            fit = fit_stn(stn, image, torch.as_tensor(found.landmarks, dtype=torch.float32)[None],
-                          n_shape=shape_components, iterations=iterations)
+            marks_t = torch.as_tensor(found.landmarks, dtype=torch.float32)[None]
+            if localiser is not None:
+                th, output = flatten_faces(localiser, stn, [image[0]], landmark_box(marks_t))
+                energy = None
+            else:
+                fit = fit_stn(stn, image, marks_t, n_shape=shape_components, iterations=iterations)
+                th, output, energy = fit.theta, fit.output, fit.history[-1]
         except MorphableError as err:
             failures.append(str(err))
             continue
-        tex, mask = fit.output.texture[0], fit.output.mask[0]
-        grid = fit.output.grid[0].reshape(-1, 2).numpy()
-        th, s = fit.theta, found.working_scale
+        tex, mask = output.texture[0], output.mask[0]
+        grid = output.grid[0].reshape(-1, 2).numpy()
+        s = found.working_scale
         camera = ScaledOrthographic(th.log_scale.exp(), th.rotation, th.translation).rescaled(s)
-        fitted = fit.output.landmarks[0].detach().numpy().copy()
+        fitted = output.landmarks[0].detach().numpy().copy()
         unused = np.ones(len(fitted), bool)
         unused[FIXED_LANDMARKS] = False
         fitted[unused] = np.nan  # the jawline is not fitted (pose-dependent contour)
@@ -97,10 +117,11 @@ def stn_fit(images: tuple[Path, ...], model_name: str, landmark_files: tuple[Pat
             write_params(tmp / "params.json", {
                 "schema": PARAMS_SCHEMA, "version": PARAMS_VERSION, "model": label, "image": str(path),
                 "image_size": {"width": W, "height": H}, "face": found.index, "landmarks_source": found.source,
-                "detection_score": found.score, "shape_from": "stn", "identity": th.alpha[0].detach(),
-                "camera": camera.to_dict(), "landmarks": marks, "landmarks_fitted": fitted_px, "rms_px": rms,
-                "rms_stage": "stn", "working_scale": s,
-                "stn": {"energy": fit.history[-1], "texture_size": size}})
+                "detection_score": found.score, "shape_from": "stn" if localiser is None else "stn-localiser",
+                "identity": th.alpha[0].detach(), "camera": camera.to_dict(), "landmarks": marks,
+                "landmarks_fitted": fitted_px, "rms_px": rms, "rms_stage": "stn", "working_scale": s,
+                "stn": {"texture_size": size, **({"energy": energy} if energy is not None else
+                                                  {"localiser": localiser_name})}})
         textures.append(tex)
         masks.append(mask)
         click.echo(f"{path}: landmark RMS {rms:.2f} px -> {out_dir / names[k]}")

@@ -37,7 +37,7 @@ from morphable.io.atomic import atomic_write
 from morphable.models.base import MorphableModel
 from morphable.nets.layout import ParamLayout
 from morphable.nets.weights import load_weights
-from morphable.render.stn import Theta
+from morphable.render.stn import SpatialTransformer3DMM, STNOutput, Theta
 
 FORMAT = "morphable-stn-localiser"
 VERSION = 1
@@ -237,6 +237,27 @@ class STNLocaliser(nn.Module):
         """Photos and their face boxes (:func:`crop_faces`) → θ in each photo's pixels."""
         crops, frame = crop_faces(images, boxes, self.crop_size)
         return theta_in_photo(self(crops), frame)
+
+
+def flatten_faces(localiser: STNLocaliser, stn: SpatialTransformer3DMM, images: list[Tensor],
+                  boxes: Tensor) -> tuple[Theta, STNOutput]:
+    """The 3DMM-STN on photos: the localiser's θ from each detector crop, then the transformer samples the
+    photo itself (full resolution, not the crop) into the flattened texture.
+
+    Args:
+        localiser: a trained :class:`STNLocaliser` for ``stn.model``.
+        stn: the transformer (its UV grid sets the texture size).
+        images: ``B`` photos ``(H, W, 3)`` in [0, 1] (sizes may differ); boxes: ``(B, 4)`` face boxes (px).
+    Returns:
+        θ in photo pixels (batched) and the :class:`STNOutput` (``texture (B, H', W', 3)`` flattened texture,
+        ``mask (B, H', W')`` visibility, ``grid``, ``landmarks (B, 68, 2)`` px).
+    """
+    with torch.no_grad():
+        theta = localiser.locate(images, boxes)
+        outs = [stn(image[None], Theta(*(x[b:b + 1] for x in (theta.rotation, theta.translation, theta.log_scale,
+                                                                theta.alpha))))
+                for b, image in enumerate(images)]
+    return theta, STNOutput(*(torch.cat([getattr(o, f) for o in outs]) for f in ("texture", "mask", "grid", "landmarks")))
 
 
 def save_localiser(localiser: STNLocaliser, path: str | PathLike, meta: dict | None = None) -> None:

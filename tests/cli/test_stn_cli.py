@@ -71,3 +71,54 @@ def test_stn_fit_output_is_a_file(photo, tmp_path):
     result = CliRunner().invoke(cli, ["stn-fit", str(image), "--landmarks", str(pts), "-o", str(taken), *FAST])
     assert result.exit_code == 1 and "Traceback" not in result.output
     assert result.output.strip() == f"Error: {taken}: is a file, not a folder (choose another output folder)"
+
+
+@pytest.fixture
+def random_localiser(tmp_path):
+    """An untrained small-trunk localiser for the SFM (random head: a θ away from the nominal one)."""
+    import torch
+
+    import morphable
+    from morphable.nets.stn_localiser import STNLocaliser, nominal_theta, save_localiser
+
+    data_file("eos/share/sfm_shape_3448.bin")
+    torch.manual_seed(0)
+    loc = STNLocaliser("sfm", 4, "small", nominal_theta(morphable.load_model("sfm"), 64), 64)
+    torch.nn.init.normal_(loc.head.weight, std=0.02)
+    path = tmp_path / "loc.pt"
+    save_localiser(loc.eval(), path)
+    return path
+
+
+def test_stn_fit_with_a_localiser_is_the_library_call(photo, random_localiser, tmp_path):
+    """``--localiser``: the model comes from the weights, params.json holds the θ of
+    :func:`flatten_faces` on the photo and the landmark box, and flattened.png its texture."""
+    import torch
+
+    import morphable
+    from morphable.models.resample import model_uv, uv_grid
+    from morphable.nets.stn_localiser import flatten_faces, landmark_box, load_localiser
+    from morphable.detect.formats import read_landmarks
+    from morphable.render.stn import SpatialTransformer3DMM
+
+    image, pts = photo
+    result = CliRunner().invoke(cli, ["stn-fit", str(image), "--landmarks", str(pts), "-o", str(tmp_path / "out"),
+                                      "--localiser", str(random_localiser), "--size", "32"])
+    assert result.exit_code == 0, result.output
+    folder = tmp_path / "out" / "image_0002"
+    params = json.loads((folder / "params.json").read_text())
+    assert params["model"] == "sfm" and params["shape_from"] == "stn-localiser" and len(params["identity"]) == 4
+    model = morphable.load_model("sfm")
+    stn = SpatialTransformer3DMM(model, uv_grid(model_uv(model), model.triangles, (32, 32)))
+    photo_t = torch.tensor(read_image(image), dtype=torch.float32) / 255
+    marks = torch.tensor(read_landmarks(pts), dtype=torch.float32)[None]
+    theta, out = flatten_faces(load_localiser(random_localiser), stn, [photo_t], landmark_box(marks))
+    np.testing.assert_allclose(params["camera"]["translation"], theta.translation[0].numpy(), atol=1e-3)
+    np.testing.assert_allclose(params["camera"]["scale"], theta.log_scale.exp().item(), rtol=1e-5)
+    np.testing.assert_allclose(params["identity"], theta.alpha[0].numpy(), atol=1e-5)
+    flat = read_image(folder / "flattened.png").astype(np.float64) / 255
+    assert np.abs(flat - out.texture[0].clamp(0, 1).numpy()).max() < 1 / 255 + 1e-6
+    # a localiser of another model is refused, in one line
+    result = CliRunner().invoke(cli, ["stn-fit", str(image), "--landmarks", str(pts), "-o", str(tmp_path / "o2"),
+                                      "--localiser", str(random_localiser), "--model", "ict"])
+    assert result.exit_code == 2 and "trained for model 'sfm', not 'ict'" in result.output
