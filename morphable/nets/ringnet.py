@@ -519,3 +519,43 @@ def regress_faces(net: RingNet, decoder: RingNetDecoder, images, landmarks: Tens
     shape = params["shape"]
     identity = torch.cat([shape, shape.new_zeros(len(shape), decoder.model.n_identity - shape.shape[1])], 1)
     return RegressedFaces(params, identity, frame.camera_to_photo(camera), lm)
+
+
+METHODS = ("regress", "regress+fit")
+
+
+def fit_with_ringnet(model: MorphableModel, net: RingNet, decoder: RingNetDecoder, images, landmarks: Tensor, *,
+                     method: str = "regress+fit", iterations: int = 5, lambda_identity: float = 1.0):
+    """``morphable fit --method regress|regress+fit`` as a :class:`~morphable.fitting.landmarks.LandmarkFit`.
+
+    * ``regress``: the network alone (:func:`regress_faces`): its shape, expression and camera; the fitted
+      landmarks are its decoded ones; the network gives no posterior, so ``identity_covariance`` is the
+      prior's (the identity matrix) and ``rms_px`` compares its landmarks with the detected ones.
+    * ``regress+fit``: the landmark fit (:func:`~morphable.fitting.landmarks.fit_landmarks`) with its identity
+      prior centred at the regressed shape, precision ``lambda_identity``.
+
+    Args:
+        images: B photos ``(H, W, 3)`` float in [0, 1]; landmarks: ``(B, 68, 2)`` detected, photo px.
+    """
+    from morphable.fitting.landmarks import LandmarkFit, fit_landmarks
+
+    if method not in METHODS:
+        raise ValueError(f"fit_with_ringnet: method must be one of {METHODS}, got {method!r}")
+    landmarks = torch.as_tensor(landmarks, dtype=model.mean.dtype)
+    reg = regress_faces(net, decoder, images, landmarks)
+    if method == "regress+fit":
+        return fit_landmarks(model, landmarks, iterations=iterations, identity_prior_mean=reg.identity.to(landmarks),
+                             lambda_identity=lambda_identity)
+    B = len(landmarks)
+    expression = reg.params["expression"]
+    expression = torch.cat([expression, expression.new_zeros(B, model.n_expression - expression.shape[1])], 1)
+    vertices = model(identity=reg.identity, expression=expression if model.n_expression else None).vertices
+    fitted = reg.landmarks.to(landmarks)
+    ok = torch.isfinite(fitted).all(-1) & torch.isfinite(landmarks).all(-1)
+    sq = torch.where(ok, ((fitted - landmarks) ** 2).sum(-1), torch.zeros_like(fitted[..., 0]))
+    rms = (sq.sum(1) / ok.sum(1).clamp_min(1)).sqrt()
+    ids = torch.where(model.landmark_mask, model.landmark_indices[:, 0], -1).expand(B, -1)
+    K = model.n_identity
+    return LandmarkFit(identity=reg.identity, expression=expression, camera=reg.camera, vertices=vertices,
+                       landmarks_fitted=fitted, landmark_ids=ids, identity_covariance=torch.eye(K).expand(B, K, K),
+                       rms_px=rms, contour_fitted=False, identity_basis=model.identity_basis)

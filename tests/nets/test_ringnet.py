@@ -133,3 +133,26 @@ def test_save_and_load_round_trip(net, tmp_path):
 
     with pytest.raises(ModelFileError):
         load_ringnet(tmp_path / "bad.pt")
+
+
+def test_fit_with_ringnet_regress_and_regress_then_fit(net, ict):
+    from morphable.detect.formats import read_landmarks
+    from morphable.io.image import read_image
+    from morphable.nets.ringnet import fit_with_ringnet
+
+    photo = data_file("eos/examples/data/image_0010.png")
+    image = torch.tensor(read_image(photo)).float() / 255
+    lm = torch.as_tensor(read_landmarks(photo.with_suffix(".pts")), dtype=torch.float32)[None]
+    dec = RingNetDecoder(ict)
+    reg = fit_with_ringnet(ict, net, dec, [image], lm, method="regress")
+    inner = [i for i in range(17, 68) if ict.landmark_mask[i]]
+    # the mesh it returns, seen by its photo camera, gives its landmarks
+    torch.testing.assert_close(reg.camera.project(ict.landmarks(reg.vertices))[:, inner], reg.landmarks_fitted[:, inner],
+                               atol=1e-2, rtol=1e-4)
+    assert torch.isfinite(reg.rms_px).all() and reg.vertices.shape == (1, ict.n_vertices, 3)
+    # a very confident prior keeps the regressed shape; the landmarks still place pose and expression
+    both = fit_with_ringnet(ict, net, dec, [image], lm, method="regress+fit", lambda_identity=1e6)
+    torch.testing.assert_close(both.identity.float(), reg.identity, atol=1e-3, rtol=0)
+    assert float(both.rms_px[0]) < float(reg.rms_px[0])
+    with pytest.raises(ValueError):
+        fit_with_ringnet(ict, net, dec, [image], lm, method="fit")
