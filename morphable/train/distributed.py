@@ -96,8 +96,8 @@ def init() -> bool:
     Returns:
         whether this process now runs distributed (``world_size() > 1``).
     Raises:
-        DistributedError: ``WORLD_SIZE``/``RANK`` not integers or out of range, or ``LOCAL_RANK`` beyond the
-            machine's GPUs.
+        DistributedError: ``WORLD_SIZE``/``RANK`` not integers or out of range, ``LOCAL_RANK`` beyond the
+            machine's GPUs, or the process group cannot be joined (``MASTER_ADDR`` unset, ...).
     """
     if is_distributed():
         return True
@@ -113,7 +113,11 @@ def init() -> bool:
                                    "GPU(s); start at most that many processes per machine")
         torch.cuda.set_device(local_rank())
         backend = "cpu:gloo,cuda:nccl"
-    dist.init_process_group(backend, init_method="env://", world_size=world, rank=this, timeout=TIMEOUT)
+    try:
+        dist.init_process_group(backend, init_method="env://", world_size=world, rank=this, timeout=TIMEOUT)
+    except (ValueError, RuntimeError) as err:  # e.g. MASTER_ADDR unset, the rendezvous unreachable
+        raise DistributedError(f"cannot join the {world} processes (WORLD_SIZE={world}, RANK={this}): "
+                               f"{str(err).splitlines()[0]}") from None
     atexit.register(_destroy)
     return True
 
