@@ -3,7 +3,7 @@ batch 2B, resume bit-identically, and ``fit`` / ``evaluate nme`` shared over 2 p
 
 The processes are forked from the test (gloo on the CPU) with the environment torchrun gives its workers
 (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR``, ``MASTER_PORT``), so they do not import torch
-again; ``torchrun`` itself is exercised by hand (docs/training.md).
+again (torchrun's agent and workers would cost about 10 s of imports on a small machine).
 """
 from __future__ import annotations
 
