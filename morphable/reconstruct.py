@@ -694,10 +694,19 @@ def _regressor(model_name: str):
 
 
 def _landmark_fit(model, model_name: str, faces: Sequence[FaceInput], landmarks, *, shape_from: str,
-                  multi_view: bool, perspective: bool, iterations: int):
-    """The landmark fit (regressor prior where available). Returns ``(fit, shape_from actually used)``."""
+                  multi_view: bool, perspective: bool, iterations: int, method: str = "fit"):
+    """The landmark fit (regressor prior where available), or with ``method`` ``regress`` / ``regress+fit``
+    the shipped RingNet (:func:`morphable.nets.ringnet.fit_with_ringnet`). Returns ``(fit, shape_from used)``."""
     from morphable.fitting.landmarks import fit_landmarks
 
+    if method != "fit":
+        import torch
+
+        from morphable.nets.ringnet import fit_with_ringnet, shared_decoder, shipped_ringnet
+
+        photos = [torch.from_numpy(np.array(f.photo)).to(landmarks.dtype) / 255 for f in faces]
+        return fit_with_ringnet(model, shipped_ringnet(model_name), shared_decoder(model), photos, landmarks,
+                                method=method, iterations=iterations), "ringnet"
     if multi_view:
         from morphable.fitting.multi import fit_landmarks_multi
 
@@ -789,8 +798,9 @@ def reconstruct_faces(faces: Sequence[FaceInput], model: MorphableModel, model_n
                       shape_from: str = "regressor", multi_view: bool = False, perspective: bool = False,
                       photometric: bool = False, photometric_config=None, iterations: int = 5,
                       texture_size: int = 512, progress: bool = False,
-                      timings: dict[str, float] | None = None) -> list[Reconstruction]:
-    """Fit a batch of faces (one photo's faces, or all views of one person with ``multi_view``).
+                      timings: dict[str, float] | None = None, method: str = "fit") -> list[Reconstruction]:
+    """Fit a batch of faces (one photo's faces, or all views of one person with ``multi_view``);
+    ``method``: ``fit`` (landmark fit), ``regress`` or ``regress+fit`` (RingNet, see :func:`_landmark_fit`).
 
     Raises:
         ValueError: a face cannot be fitted (e.g. fewer than 4 usable landmarks).
@@ -811,7 +821,7 @@ def reconstruct_faces(faces: Sequence[FaceInput], model: MorphableModel, model_n
     landmarks = torch.as_tensor(np.stack([f.landmarks for f in faces]), dtype=dtype)
     t0 = time.perf_counter()
     fit, used = _landmark_fit(model, model_name, faces, landmarks, shape_from=shape_from, multi_view=multi_view,
-                              perspective=perspective, iterations=iterations)
+                              perspective=perspective, iterations=iterations, method=method)
     timings["fit"] = time.perf_counter() - t0
     uncertainty = fit.vertex_uncertainty.detach().cpu().numpy()
     ids = fit.landmark_ids.cpu().numpy()

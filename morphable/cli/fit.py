@@ -91,6 +91,8 @@ def face_option(value: str) -> str | int:
 @click.option("--all-faces", is_flag=True, help="Alias of --face all (DIR/<stem>/face<i>/).")
 @click.option("--shape-from", type=click.Choice(["regressor", "landmarks"]), default="regressor", show_default=True,
               help="Identity prior: a learned regressor's prediction where one exists for the model, or none.")
+@click.option("--method", type=click.Choice(["fit", "regress", "regress+fit"]), default="fit", show_default=True,
+              help="fit: landmark fit; regress: the RingNet network alone; regress+fit: the fit from its shape.")
 @click.option("--multi-view", is_flag=True, help="All photos show one person: fit one shared identity.")
 @click.option("--perspective", is_flag=True,
               help="Refine each fit with a perspective camera (focal = the photo's longer side).")
@@ -108,7 +110,7 @@ def face_option(value: str) -> str | int:
 @click.option("--no-report", is_flag=True, help="Skip report.html (and its turntable renders).")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars or info lines (errors still shown).")
 def fit(images: tuple[Path, ...], model_name: str, output: Path, landmark_files: tuple[Path, ...], face: str | int,
-        all_faces: bool, shape_from: str, multi_view: bool, perspective: bool, photometric: bool, detector: str,
+        all_faces: bool, shape_from: str, method: str, multi_view: bool, perspective: bool, photometric: bool, detector: str,
         iterations: int, texture_size: int, max_side: int, no_report: bool, quiet: bool) -> None:
     """Reconstruct the faces in IMAGES: mesh, texture, GLB, params, overlay and report per face."""
     if all_faces:
@@ -122,6 +124,9 @@ def fit(images: tuple[Path, ...], model_name: str, output: Path, landmark_files:
         raise click.UsageError("--photometric fits a scaled-orthographic camera: it cannot be combined with --perspective")
     if multi_view and perspective:
         raise click.UsageError("--perspective refines single-view fits: it cannot be combined with --multi-view")
+    if method != "fit" and (multi_view or perspective):
+        raise click.UsageError(f"--method {method} fits one photo at a time with a scaled-orthographic camera: "
+                               "it cannot be combined with --multi-view or --perspective")
     from morphable.reconstruct import check_output_folder
     from morphable.train import distributed
 
@@ -134,7 +139,7 @@ def fit(images: tuple[Path, ...], model_name: str, output: Path, landmark_files:
         failures = _run([images[i] for i in mine], [names[i] for i in mine], model_name, output,
                         [landmark_files[i] for i in mine] if landmark_files else (), face, shape_from, multi_view,
                         perspective, photometric, detector, iterations, texture_size, max_side, not no_report,
-                        not quiet and distributed.is_main()) if mine else []
+                        not quiet and distributed.is_main(), method) if mine else []
     failures = [line for share in distributed.gather_objects(failures) for line in share]
     if not distributed.is_main():  # rank 0 reports for all
         return
@@ -156,7 +161,7 @@ def _my_photos(n: int, multi_view: bool) -> range:
 
 
 def _run(images, names, model_name, output, landmark_files, face, shape_from, multi_view, perspective, photometric,
-         detector, iterations, texture_size, max_side, report, progress) -> list[str]:
+         detector, iterations, texture_size, max_side, report, progress, method="fit") -> list[str]:
     """Find, fit and save every photo's faces; returns one failure line per photo that failed."""
     import time
 
@@ -190,7 +195,7 @@ def _run(images, names, model_name, output, landmark_files, face, shape_from, mu
         timings = {"load": load_s, "detect": sum(s for _, _, s in group) / len(group)}
         stages.set_description(f"{images[group[0][0]].name}{' + others' if len(group) > 1 else ''}: fitting")
         try:
-            recs = reconstruct_faces(faces, model, label, shape_from=shape_from, multi_view=multi_view,
+            recs = reconstruct_faces(faces, model, label, shape_from=shape_from, multi_view=multi_view, method=method,
                                      perspective=perspective, photometric=photometric, iterations=iterations,
                                      texture_size=texture_size, progress=progress, timings=timings)
         except ValueError as err:  # e.g. fewer than 4 usable landmarks

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import lru_cache
 from os import PathLike
 
 import torch
@@ -522,6 +523,29 @@ def regress_faces(net: RingNet, decoder: RingNetDecoder, images, landmarks: Tens
 
 
 METHODS = ("regress", "regress+fit")
+
+
+@lru_cache(maxsize=None)
+def shipped_ringnet(model_name: str) -> RingNet:
+    """The shipped ``ringnet-<model_name>`` network (sha256 checked; one shared instance per process, do not
+    modify it).
+
+    Raises:
+        ModelFileError: no RingNet ships for this model, or its file is missing or corrupt.
+    """
+    from morphable.nets.weights import SHIPPED
+
+    key = f"ringnet-{model_name}"
+    if key not in SHIPPED:
+        known = ", ".join(k.removeprefix("ringnet-") for k in sorted(SHIPPED) if k.startswith("ringnet-")) or "none"
+        raise ModelFileError(key, f"no shipped RingNet for model {model_name!r} (shipped: {known})")
+    return load_ringnet(key)
+
+
+@lru_cache(maxsize=None)
+def shared_decoder(model: MorphableModel) -> RingNetDecoder:
+    """One :class:`RingNetDecoder` per model object and process (its contour tables take a moment to build)."""
+    return RingNetDecoder(model)
 
 
 def fit_with_ringnet(model: MorphableModel, net: RingNet, decoder: RingNetDecoder, images, landmarks: Tensor, *,
