@@ -242,8 +242,8 @@ def overlay_frame(frame: np.ndarray, vt: VideoTrack, n: int, model, triangles: n
     vertices = frame_vertices(vt, n, model)[None]
     shading = shade_mesh(camera.project_with_depth(vertices)[0].numpy(), camera.transform(vertices)[0].numpy(),
                          triangles, frame.shape[:2], max_side=200)
-    out = draw_overlay(frame, landmarks=vt.landmarks[n], landmarks_fitted=vt.track.landmarks_fitted[n].numpy(),
-                       shading=shading, mesh_opacity=0.5)
+    out = np.array(draw_overlay(frame, landmarks=vt.landmarks[n], landmarks_fitted=vt.track.landmarks_fitted[n].numpy(),
+                                shading=shading, mesh_opacity=0.5))
     if n in vt.track.held:
         b = max(2, frame.shape[0] // 90)
         out[:b], out[-b:], out[:, :b], out[:, -b:] = HELD_BORDER, HELD_BORDER, HELD_BORDER, HELD_BORDER

@@ -71,11 +71,15 @@ class TrackConfig:
             its starting pose (the previous frame's, close enough in a video), or before each of
             ``FRESH_ROUNDS`` rounds of steps for a frame started from the linear camera estimate.
         keyframes: frames whose landmark fits are fused into the clip identity (E_same).
+        constant_velocity: centre E_temp on the constant-velocity prediction from the two previous frames
+            (a prior on the second difference, i.e. acceleration) instead of on the previous frame.
+        contour_hysteresis_px: a jawline landmark keeps the previous frame's vertex unless another is this
+            much closer (working px; 0 re-chooses freely every frame).
     """
 
     sigma_mm: float = SIGMA_MM
     lambda_expression: float = 1.0
-    flow_weight: float = 0.5
+    flow_weight: float = 0.1
     flow_points: int = 200
     motion_rotation_deg: float = 1.0
     motion_scale: float = 0.01
@@ -83,6 +87,8 @@ class TrackConfig:
     motion_expression: float = 0.1
     iterations: int = 2
     keyframes: int = 8
+    constant_velocity: bool = True
+    contour_hysteresis_px: float = 4.0
 
 
 @dataclass(frozen=True)
@@ -306,10 +312,20 @@ def _flow_rows(clip: _ClipModel, flow: FlowField, previous: _Pose) -> tuple[Tens
     return clip.flow_mean[keep], clip.flow_basis[keep], targets[keep]
 
 
+def _predict(previous: _Pose, before: _Pose | None, clip: _ClipModel) -> _Pose:
+    """E_temp's centre: the previous pose, or with the one ``before`` it the constant-velocity prediction
+    ``2 χ_{n−1} − χ_{n−2}`` (rotation and log-scale on their manifolds; expression kept in its bounds)."""
+    if before is None:
+        return previous
+    step = axis_angle_to_matrix(matrix_to_axis_angle(previous.R @ before.R.transpose(1, 2)))
+    e = torch.maximum(torch.minimum(2 * previous.expression - before.expression, clip.upper), clip.lower)
+    return _Pose(previous.scale**2 / before.scale, step @ previous.R, 2 * previous.t - before.t, e)
+
+
 def _motion_prior(H: Tensor, g: Tensor, pose: _Pose, previous: _Pose, config: TrackConfig) -> None:
-    """Add E_temp's camera part to the Gauss–Newton system ``H δ = g`` (``δ = (ω, log s, t px, Δe)``;
-    the data terms are in (mm/σ)², so is this prior: each σ is one standard deviation of frame-to-frame
-    change)."""
+    """Add E_temp's camera part, centred on ``previous`` (or :func:`_predict`), to the Gauss–Newton system
+    ``H δ = g`` (``δ = (ω, log s, t px, Δe)``; the data terms are in (mm/σ)², so is this prior: each σ is one
+    standard deviation of the frame-to-frame change)."""
     w_rot = 1.0 / np.deg2rad(config.motion_rotation_deg) ** 2
     omega = matrix_to_axis_angle(previous.R @ pose.R.transpose(1, 2))[0]  # exp(ω) R = R_prev
     H[0, :3, :3] += w_rot * torch.eye(3, dtype=H.dtype)
@@ -322,10 +338,24 @@ def _motion_prior(H: Tensor, g: Tensor, pose: _Pose, previous: _Pose, config: Tr
     g[0, 4:6] += w_t * (previous.t[0] - pose.t[0])
 
 
+def _sticky(clip: _ClipModel, y: Tensor, pose: _Pose, new: Tensor, old: Tensor, hysteresis_px: float) -> Tensor:
+    """Keep the previous frame's jawline vertex for each contour landmark unless the new choice lies closer to
+    the landmark by more than ``hysteresis_px`` (at ``pose``): dlib's jaw points slide along the outline by a
+    pixel or two from frame to frame, and each switch of vertex would be a jump of the fitted landmark."""
+    pos_new, pos_old = clip.terms.region_position[new], clip.terms.region_position[old]
+    target = y[list(CONTOUR_IDS)]
+    d_new = (clip.project(clip.region_mean[pos_new], clip.region_basis[pos_new], pose) - target).norm(dim=-1)
+    d_old = (clip.project(clip.region_mean[pos_old], clip.region_basis[pos_old], pose) - target).norm(dim=-1)
+    return torch.where(d_old - d_new > hysteresis_px, new, old)
+
+
 def _solve_frame(clip: _ClipModel, y: Tensor, pose: _Pose, previous: _Pose | None, flow: FlowField | None,
-                 config: TrackConfig) -> tuple[_Pose, Tensor | None, int]:
+                 config: TrackConfig, previous_contour: Tensor | None = None,
+                 predicted: _Pose | None = None) -> tuple[_Pose, Tensor | None, int]:
     """Gauss–Newton on one frame's energy from ``pose``; returns the pose, the contour ids and the number of
-    E_flow points. ``previous`` (the frame before, tracked) enables E_temp and E_flow."""
+    E_flow points. ``previous`` (the frame before, tracked) enables E_flow and E_temp (centred on
+    ``predicted``, default ``previous``); ``previous_contour`` are its jawline vertices (:func:`_sticky`)."""
+    predicted = predicted if predicted is not None else previous
     f64 = torch.float64
     valid = torch.isfinite(y).all(-1)
     y0 = torch.nan_to_num(y, nan=0.0)
@@ -339,12 +369,15 @@ def _solve_frame(clip: _ClipModel, y: Tensor, pose: _Pose, previous: _Pose | Non
     prior_mean = None
     if previous is not None and np.isfinite(config.motion_expression):
         w_e = 1.0 / config.motion_expression**2
-        prior_mean = (w_e * previous.expression) / (lam + w_e)
+        prior_mean = (w_e * predicted.expression) / (lam + w_e)
         lam = lam + w_e
     inf = torch.full((6,), float("inf"), dtype=f64)
     contour_ids = None
     for _ in range(1 if previous is not None else FRESH_ROUNDS):
-        contour_ids = clip.update_contour(y0, pose) if clip.contour else None
+        if clip.contour:
+            contour_ids = clip.update_contour(y0, pose)
+            if previous_contour is not None and config.contour_hysteresis_px > 0:
+                contour_ids = _sticky(clip, y0, pose, contour_ids, previous_contour, config.contour_hysteresis_px)
         mean, basis = clip.landmark_rows(contour_ids)
         targets, weights = y0, w_lm
         if n_flow:
@@ -355,7 +388,7 @@ def _solve_frame(clip: _ClipModel, y: Tensor, pose: _Pose, previous: _Pose | Non
             H, g = joint_normal_equations(mean[None], basis, pose.expression, targets[None], weights[None],
                                           pose.scale, pose.R, pose.t, config.sigma_mm, lam, prior_mean)
             if previous is not None:
-                _motion_prior(H, g, pose, previous, config)
+                _motion_prior(H, g, pose, predicted, config)
             lo = torch.cat([-inf, clip.lower - pose.expression[0]])[None]
             hi = torch.cat([inf, clip.upper - pose.expression[0]])[None]
             delta = solve_coefficients(H, g, lo, hi)[0]
@@ -406,8 +439,11 @@ def track_landmarks(model: MorphableModel, landmarks: Tensor, identity: Tensor, 
             continue
         previous = poses[n - 1] if n > 0 else None
         start = previous if previous is not None else _initial_pose(clip, y, w_fixed)
+        before = poses[n - 2] if n > 1 and previous is not None and config.constant_velocity else None
         poses[n], contours[n], flow_used[n] = _solve_frame(clip, y, start, previous,
-                                                           flows[n] if flows is not None else None, config)
+                                                           flows[n] if flows is not None else None, config,
+                                                           contours[n - 1] if previous is not None else None,
+                                                           _predict(previous, before, clip) if previous is not None else None)
     tracked = [n for n in range(N) if poses[n] is not None]
     if not tracked:
         raise ValueError("track_landmarks: no frame has at least 4 usable landmarks")
