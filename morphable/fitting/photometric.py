@@ -18,14 +18,18 @@ Real-time Dense Face Reconstruction with Inverse-rendered Photo-realistic Face I
 * Several photos (``shared_identity=True``): one identity and one albedo, per-photo pose, expression and
   light — Zhang et al.'s E_same taken to its limit (the shared variables are equal).
 
-Schedule: the sparse landmark fit gives pose/identity/expression; light is solved linearly and albedo
-initialised from the photo (Zhang's ρ = β ρ_c + (1 − β) C_I / (Lᵀφ(n)), β = 0.65); then Adam over all
-variables at coarse-to-fine image sizes with early stopping. An optional fine stage fits per-vertex
-displacements along the normals, ``E(d) = E_con + μ₁‖d‖² + μ₂‖L d‖₁``.
+Schedule: the sparse landmark fit gives pose/identity/expression; the light and the smooth (low-frequency)
+albedo are solved linearly from the photo, alternately (:func:`solve_light`, :func:`solve_albedo_modes`);
+then one Adam, warmed up and kept across the stages, moves each stage's variables at that stage's image
+size with early stopping; per-vertex albedo is initialised from the photo when a stage first fits it
+(Zhang's ρ = β ρ_c + (1 − β) C_I / (Lᵀφ(n)), β = 0.65). Renderers are built once per image size and
+region and reused by every step, stage and fit. An optional fine stage fits per-vertex displacements
+along the normals, ``E(d) = E_con + μ₁‖d‖² + μ₂‖L d‖₁``.
 """
 from __future__ import annotations
 
 import weakref
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -36,7 +40,7 @@ from torch import Tensor
 from morphable.fitting.landmarks import LandmarkFit, fit_landmarks
 from morphable.geometry.camera import ScaledOrthographic, rescale_pixels
 from morphable.geometry.laplacian import SparseOperator, uniform_laplacian
-from morphable.geometry.mesh import vertex_normals
+from morphable.geometry.mesh import VertexFaceIncidence, vertex_normals
 from morphable.geometry.uv import mirror_pairs, symmetry_pairs
 from morphable.losses.photometric import photometric_loss, skin_mask
 from morphable.losses.prior import prior_loss
@@ -54,6 +58,10 @@ OBSERVE_SIZE = 512
 """Longer side (px) of the copy of the photo that initial light and albedo are read from."""
 ALBEDO_BETA = 0.65
 """Zhang et al.'s blend between the current albedo and the photo-derived one when albedo is first fitted."""
+LINEAR_ROUNDS = 2
+"""Alternations of the linear light and smooth-albedo solves that initialise a model without an albedo basis."""
+RENDERER_CACHE_SIZE = 8
+"""Renderers (image sizes) kept per fitted region: a schedule's stage sizes, the photo's and the observation size."""
 
 
 @dataclass(frozen=True)
@@ -69,12 +77,15 @@ class Stage:
 
 
 DEFAULT_SCHEDULE = (
-    Stage(64, 15, ("pose", "light")),                                   # rigid
-    Stage(96, 15, ("albedo_lowfreq", "light")),                         # smooth albedo / light
-    Stage(96, 40, ("pose", "shape", "light", "albedo_lowfreq")),        # identity / expression
-    Stage(160, 15, ("pose", "shape", "light", "albedo_lowfreq")),       # joint refinement, finer
-    Stage(160, 8, ("albedo", "light")),                                 # per-vertex albedo, geometry held
+    Stage(96, 24, ("pose", "shape", "light", "albedo_lowfreq")),  # geometry, pose, light and smooth albedo
+    Stage(96, 2, ("albedo", "light")),                            # per-vertex albedo, geometry held
 )
+"""Chosen on ``benchmarks/photometric_bench.py --tune`` (its held-out seeds, never its test seeds): the
+vertex error changes only while shape moves; with the light and smooth albedo solved linearly first, the
+old rigid (64 px) and albedo-only (96 px) stages left it unchanged, a joint 160 px stage after 40 steps at
+96 px did not lower it, and more than two per-vertex albedo steps made the albedo error larger. On the
+tuning faces 64 → 96 px (12 + 12 steps) was worse than 24 steps at 96 px (improvement 0.35 vs 0.39),
+96 → 128 px (18 + 6) equal (0.39) at a higher cost."""
 
 
 @dataclass(frozen=True)
@@ -82,7 +93,7 @@ class PhotometricConfig:
     """Weights and schedule of :func:`fit_photometric`.
 
     Attributes:
-        schedule: the coarse-to-fine stages (the issue's rigid → identity/expression → albedo/light).
+        schedule: the stages (:data:`DEFAULT_SCHEDULE`: shape, pose, light and smooth albedo, then per-vertex albedo).
         w_photo, w_landmark: E_con weight; E_lan weight per px² (at ``REFERENCE_SIZE``).
         w_identity, w_expression, w_albedo_coeffs: prior weights on standardised coefficients.
         w_blendshape: L2 weight on blendshape weights.
@@ -96,8 +107,11 @@ class PhotometricConfig:
             explain (Zhang et al. fit geometry with the model albedo, per-pixel albedo last).
         robust: photometric norm (``"l21"``, ``"l2"``, ``"huber"``).
         use_skin_mask: weight pixels by the chromaticity skin mask.
-        tolerance, patience: a stage stops when the energy has not dropped by ``tolerance`` (relative)
-            over ``patience`` steps.
+        tolerance, patience: early stopping: a stage ends when the energy has not dropped below
+            ``(1 − tolerance)`` × its lowest value so far for ``patience`` steps in a row.
+        warmup: each variable's learning rate rises linearly over its first this-many Adam steps (a fresh
+            Adam moves every coordinate by ±lr at first: the energy and the shape jumped away from the
+            sparse fit when all variables started together).
         detail_iterations: steps of the displacement stage (0 = off); ``mu1``, ``mu2`` its weights.
         w_identity_feature: weight of Genova et al.'s identity loss, 1 − cos between the face-recognition
             descriptors (``identity/``, dlib's ResNet) of the photo's and the rendering's aligned face chips
@@ -117,8 +131,9 @@ class PhotometricConfig:
     albedo_modes: int = 32
     robust: str = "l21"
     use_skin_mask: bool = True
-    tolerance: float = 5e-4
-    patience: int = 20
+    tolerance: float = 2e-3
+    patience: int = 4
+    warmup: int = 5
     lr_rotation: float = 2e-3
     lr_translation: float = 0.2
     lr_log_scale: float = 2e-3
@@ -203,6 +218,36 @@ def solve_light(normals: Tensor, albedo: Tensor, colors: Tensor, weights: Tensor
     return torch.stack(out, -1)
 
 
+def solve_albedo_modes(colors: Tensor, weights: Tensor, shading: Tensor, base: Tensor, harmonics: Tensor, *,
+                       shared: bool = False, ridge: float = 1e-3) -> Tensor:
+    """Least-squares coefficients of the smooth albedo ``ρ = ρ_v ⊙ (1 + U c)`` given the shading (linear in
+    ``c``, per channel):
+
+        ``min_c Σ_v w_v (ρ_v s_v (1 + U_v c) − C_v)² / Σ_v w_v + ridge ‖c‖²``
+
+    Args:
+        colors: ``(B, V, 3)`` observed colours C; weights: ``(B, V)``; shading: ``(B, V, 3)`` s = Lᵀφ(n);
+        base: ``(B, V, 3)`` per-vertex factor ρ_v; harmonics: ``(V, K)`` the modes U.
+        shared: one ``c`` for all ``B`` images (their normal equations summed).
+    Returns:
+        ``(B, K, 3)``, or ``(1, K, 3)`` when ``shared``.
+    """
+    a = base * shading  # (B, V, 3): the rendering with c = 0
+    w = weights / weights.sum(1, keepdim=True).clamp_min(1e-12)
+    K = harmonics.shape[1]
+    out = []
+    for c in range(3):
+        A = a[..., c:c + 1] * harmonics  # (B, V, K)
+        Aw = A * w[..., None]
+        lhs = Aw.transpose(1, 2) @ A  # (B, K, K)
+        rhs = Aw.transpose(1, 2) @ (colors[..., c:c + 1] - a[..., c:c + 1])  # (B, K, 1)
+        if shared:
+            lhs, rhs = lhs.mean(0, keepdim=True), rhs.mean(0, keepdim=True)
+        eye = torch.eye(K, dtype=lhs.dtype, device=lhs.device)
+        out.append(torch.linalg.solve(lhs + ridge * eye, rhs)[..., 0])
+    return torch.stack(out, -1)
+
+
 def symmetric_harmonics(vertices: Tensor, triangles: Tensor, mirror: Tensor, k: int) -> Tensor:
     """The first ``k`` non-constant, left-right symmetric eigenvectors of the cotangent Laplacian
     ("manifold harmonics": the smoothest functions on the surface), each scaled to unit RMS. ``(V, k)``.
@@ -240,6 +285,10 @@ class RegionTerms:
             list where it is mutual, else nearest mirrored vertices.
         harmonics: ``(V_r, K)`` symmetric manifold harmonics (:func:`symmetric_harmonics`); ``K = 0`` for
             models with an albedo basis.
+        incidence: the vertex–face incidence of the region's triangles (fast vertex normals).
+        renderers: the region's renderers by ``(H, W, soft_silhouette)``, built on first use by
+            :meth:`renderer` and shared by every stage and every fit (a renderer's tables depend only on
+            the triangles and the image size).
     """
 
     model: MorphableModel
@@ -247,6 +296,21 @@ class RegionTerms:
     laplacian: SparseOperator
     mirror: Tensor
     harmonics: Tensor
+    incidence: VertexFaceIncidence
+    renderers: OrderedDict[tuple[int, int, bool], Renderer] = field(default_factory=OrderedDict, repr=False,
+                                                                    compare=False)
+
+    def renderer(self, size: tuple[int, int], soft_silhouette: bool = True) -> Renderer:
+        """The region's :class:`Renderer` for images of ``size`` ``(H, W)``; the last
+        :data:`RENDERER_CACHE_SIZE` sizes used are kept (photos of many sizes do not pile up)."""
+        key = (int(size[0]), int(size[1]), soft_silhouette)
+        if key in self.renderers:
+            self.renderers.move_to_end(key)
+        else:
+            self.renderers[key] = Renderer(self.model.triangles, key[:2], soft_silhouette=soft_silhouette)
+            while len(self.renderers) > RENDERER_CACHE_SIZE:
+                self.renderers.popitem(last=False)
+        return self.renderers[key]
 
 
 _REGION_CACHE: "weakref.WeakKeyDictionary[MorphableModel, dict]" = weakref.WeakKeyDictionary()
@@ -267,7 +331,7 @@ def region_terms(model: MorphableModel, region: str | None, albedo_modes: int) -
     mirror[pairs[:, 0]] = pairs[:, 1]
     k = 0 if sub.albedo_basis is not None else albedo_modes
     terms = RegionTerms(sub, ids, SparseOperator(uniform_laplacian(tri.numpy(), sub.n_vertices), sub.mean.dtype),
-                        mirror, symmetric_harmonics(sub.mean, tri, mirror, k))
+                        mirror, symmetric_harmonics(sub.mean, tri, mirror, k), VertexFaceIncidence(tri, sub.n_vertices))
     cache[key] = terms
     return terms
 
@@ -276,7 +340,7 @@ class _Variables:
     """The optimised tensors and how they expand to the batch (shared identity/albedo or per image)."""
 
     def __init__(self, init: LandmarkFit, albedo: Tensor, light: Tensor, albedo_coeffs: Tensor | None,
-                 shared: bool, n_modes: int):
+                 shared: bool, albedo_modes: Tensor):
         B = init.identity.shape[0]
         self.B, self.shared = B, shared
         ident = init.identity.mean(0, keepdim=True) if shared else init.identity
@@ -287,7 +351,7 @@ class _Variables:
         self.expression = init.expression.detach().clone().requires_grad_(True)
         self.albedo = (albedo[:1] if shared else albedo).detach().clone().requires_grad_(True)
         self.albedo_coeffs = None if albedo_coeffs is None else albedo_coeffs.detach().clone().requires_grad_(True)
-        self.albedo_modes = albedo.new_zeros(1 if shared else B, n_modes, 3).requires_grad_(True)
+        self.albedo_modes = albedo_modes.detach().clone().requires_grad_(True)
         self.light = light.detach().clone().requires_grad_(True)
 
     def expand(self, x: Tensor) -> Tensor:
@@ -332,9 +396,9 @@ def fit_photometric(model: MorphableModel, images: Tensor, landmarks: Tensor, *,
     if init is None:
         init = fit_landmarks(model, landmarks)
 
-    terms = region_terms(model, config.region, config.albedo_modes)
-    sub, tri, region_ids, laplacian, mirror, harmonics = (terms.model, terms.model.triangles, terms.vertex_ids,
-                                                          terms.laplacian.to(dtype), terms.mirror, terms.harmonics)
+    tables = region_terms(model, config.region, config.albedo_modes)
+    sub, tri, region_ids, laplacian, mirror, harmonics = (tables.model, tables.model.triangles, tables.vertex_ids,
+                                                          tables.laplacian.to(dtype), tables.mirror, tables.harmonics)
     new_id = torch.full((model.n_vertices,), -1, dtype=torch.int64)
     new_id[region_ids] = torch.arange(len(region_ids))
     # landmark correspondences of the sparse fit (jawline included), as region vertex ids
@@ -356,14 +420,17 @@ def fit_photometric(model: MorphableModel, images: Tensor, landmarks: Tensor, *,
         verts = sub(identity=identity, expression=expression if sub.n_expression else None).vertices
         cam = camera.rescaled(f_obs)
         proj = cam.project(verts)
-        ids = Renderer(tri, photo_obs.shape[1:3], soft_silhouette=False)(verts, cam, colors=torch.ones_like(verts)).triangle_id
-        seen = torch.zeros(B, sub.n_vertices, dtype=torch.bool)
-        for b in range(B):
-            seen[b, tri[ids[b][ids[b] >= 0]].reshape(-1)] = True
-        weight = seen.to(dtype)
+        hard = tables.renderer(photo_obs.shape[1:3], soft_silhouette=False)
+        ids = hard(verts, cam, colors=torch.ones_like(verts)).triangle_id
+        covered = ids >= 0
+        image_of = torch.arange(B)[:, None, None].expand_as(ids)[covered]  # (P,) image of each covered pixel
+        seen = torch.zeros(B * sub.n_vertices, dtype=torch.bool)
+        seen[(image_of[:, None] * sub.n_vertices + tri[ids[covered]]).reshape(-1)] = True
+        weight = seen.view(B, sub.n_vertices).to(dtype)
         if config.use_skin_mask:
-            weight = weight * sample_image(skin_mask(photo_obs, ids >= 0)[..., None], proj)[..., 0]
-        return sample_image(photo_obs, proj), weight, vertex_normals(cam.transform(verts), tri)
+            weight = weight * sample_image(skin_mask(photo_obs, covered)[..., None], proj)[..., 0]
+        normals = vertex_normals(cam.transform(verts), tri, incidence=tables.incidence)
+        return sample_image(photo_obs, proj), weight, normals
 
     with torch.no_grad():
         observed, weight_v, normals_v = observe(init.identity, init.expression, init.camera)
@@ -376,23 +443,35 @@ def fit_photometric(model: MorphableModel, images: Tensor, landmarks: Tensor, *,
             albedo_coeffs = None
             albedo0 = mean_skin_colour.expand(B, sub.n_vertices, 3) if albedo is None else albedo.to(dtype)
         light0 = solve_light(normals_v, albedo0, observed, weight_v) if light is None else light.to(dtype)
+        modes0 = albedo0.new_zeros(1 if shared_identity else B, 0 if has_basis else harmonics.shape[1], 3)
+        if not has_basis and albedo is None:  # the smooth albedo from the photo, alternating with the light
+            for _ in range(LINEAR_ROUNDS):
+                shading = sh_basis(normals_v) @ light0  # (B, V_r, 3)
+                modes0 = solve_albedo_modes(observed, weight_v, shading, albedo0, harmonics, shared=shared_identity)
+                if light is None:
+                    light0 = solve_light(normals_v, albedo0 * (1 + harmonics @ modes0), observed, weight_v)
 
-    var = _Variables(init, albedo0, light0, albedo_coeffs, shared_identity, 0 if has_basis else harmonics.shape[1])
+    var = _Variables(init, albedo0, light0, albedo_coeffs, shared_identity, modes0)
 
     def vertex_albedo() -> Tensor:
         """``(1|B, V_r, 3)`` per-vertex factor ⊙ (1 + smooth symmetric modes)."""
         return var.albedo * (1 + harmonics @ var.albedo_modes)
 
-    groups = {
-        "pose": [{"params": [var.rotation], "lr": config.lr_rotation},
-                 {"params": [var.translation], "lr": config.lr_translation},
-                 {"params": [var.log_scale], "lr": config.lr_log_scale}],
-        "shape": [{"params": [var.identity], "lr": config.lr_identity}]
-        + ([{"params": [var.expression], "lr": config.lr_expression}] if sub.n_expression else []),
-        "light": [{"params": [var.light], "lr": config.lr_light}],
-        "albedo": [{"params": [var.albedo_coeffs if has_basis else var.albedo], "lr": config.lr_albedo}],
-        "albedo_lowfreq": [{"params": [var.albedo_coeffs if has_basis else var.albedo_modes], "lr": config.lr_albedo}],
-    }
+    tensors = {"rotation": (var.rotation, config.lr_rotation), "translation": (var.translation, config.lr_translation),
+               "log_scale": (var.log_scale, config.lr_log_scale), "identity": (var.identity, config.lr_identity),
+               "expression": (var.expression, config.lr_expression), "light": (var.light, config.lr_light),
+               "albedo": (var.albedo_coeffs if has_basis else var.albedo, config.lr_albedo),
+               "albedo_lowfreq": (var.albedo_coeffs if has_basis else var.albedo_modes, config.lr_albedo)}
+    groups = {"pose": ("rotation", "translation", "log_scale"),
+              "shape": ("identity", "expression") if sub.n_expression else ("identity",),
+              "light": ("light",), "albedo": ("albedo",), "albedo_lowfreq": ("albedo_lowfreq",)}
+    # one Adam over every variable for the whole schedule: a stage moves only its variables (the others
+    # do not require a gradient, so Adam skips them), and a variable keeps its moment estimates from one
+    # stage to the next (a fresh Adam's first steps are ±lr on every coordinate: the energy jumped at
+    # each new stage)
+    unique: dict[int, tuple[Tensor, float]] = {id(t): (t, lr) for t, lr in tensors.values()}
+    opt = torch.optim.Adam([{"params": [t], "lr": lr, "initial_lr": lr} for t, lr in unique.values()])
+    taken: dict[int, int] = {}  # Adam steps taken by each variable (for the warm-up)
     blendshapes = sub.expression_kind == "blendshapes"
 
     use_idf = config.w_identity_feature > 0
@@ -420,7 +499,7 @@ def fit_photometric(model: MorphableModel, images: Tensor, landmarks: Tensor, *,
                   albedo=var.expand(var.albedo_coeffs) if has_basis else None)
         verts = out.vertices
         if displacement is not None:
-            verts = verts + displacement[..., None] * vertex_normals(verts, tri)
+            verts = verts + displacement[..., None] * vertex_normals(verts, tri, incidence=tables.incidence)
         albedo = out.colors if has_basis else var.expand(vertex_albedo())
         cam = var.camera(f)
         rend = renderer(verts, cam, colors=albedo, sh=var.light, background=target)
@@ -458,14 +537,17 @@ def fit_photometric(model: MorphableModel, images: Tensor, landmarks: Tensor, *,
 
     history: list[dict[str, float]] = []
     with torch.no_grad():  # the starting point, scored like the result below (full size, no skin mask)
-        _, initial_terms, _, _ = energy(max(H, W), images, Renderer(tri, (H, W)), None)
+        _, initial_terms, _, _ = energy(max(H, W), images, tables.renderer((H, W)), None)
     albedo_from_photo = False
     for stage_index, stage in enumerate(config.schedule):
+        unknown = set(stage.variables) - set(groups)
+        if unknown:
+            raise ValueError(f"fit_photometric: unknown variable group(s) {sorted(unknown)} in the schedule")
         size, n_iter = stage.size, stage.iterations
         f = size / max(H, W)
         h, w = max(1, round(H * f)), max(1, round(W * f))
         target = _resize(images, (h, w))
-        renderer = Renderer(tri, (h, w))
+        renderer = tables.renderer((h, w))
         skin_w = None
         if config.use_skin_mask:
             with torch.no_grad():
@@ -474,9 +556,6 @@ def fit_photometric(model: MorphableModel, images: Tensor, landmarks: Tensor, *,
                 rend0 = renderer(verts, var.camera(f), colors=torch.ones_like(verts))
                 skin_w = skin_mask(target, rend0.triangle_id >= 0)
         target_descriptor = descriptor_target(target, f)
-        unknown = set(stage.variables) - set(groups)
-        if unknown:
-            raise ValueError(f"fit_photometric: unknown variable group(s) {sorted(unknown)} in the schedule")
         if "albedo" in stage.variables and not has_basis and not albedo_from_photo and albedo is None:
             with torch.no_grad():  # Zhang et al.: ρ = β ρ_c + (1 − β) C_I / (Lᵀφ(n)) once geometry is fitted
                 observed, weight_v, normals_v = observe(var.expand(var.identity), var.expression, var.camera())
@@ -487,33 +566,42 @@ def fit_photometric(model: MorphableModel, images: Tensor, landmarks: Tensor, *,
                 factor = blend / (1 + harmonics @ var.expand(var.albedo_modes)).clamp_min(0.1)
                 var.albedo.copy_(factor.mean(0, keepdim=True) if var.shared else factor)
             albedo_from_photo = True
-        opt = torch.optim.Adam([g for name in stage.variables for g in groups[name]])
+        active = {id(tensors[name][0]) for group in stage.variables for name in groups[group]}
+        for key, (t, _) in unique.items():
+            t.requires_grad_(key in active)
         best = float("inf")
         since = 0
         for step in range(n_iter):
+            for group in opt.param_groups:  # linear warm-up over each variable's first steps
+                t = group["params"][0]
+                if t.requires_grad:
+                    taken[id(t)] = taken.get(id(t), 0) + 1
+                    group["lr"] = group["initial_lr"] * min(1.0, taken[id(t)] / max(config.warmup, 1))
             opt.zero_grad()
-            total, terms, _, _ = energy(size, target, renderer, skin_w, target_descriptor=target_descriptor)
+            total, step_terms, _, _ = energy(size, target, renderer, skin_w, target_descriptor=target_descriptor)
             total.backward()
             opt.step()
             with torch.no_grad():
                 if blendshapes:
                     var.expression.clamp_(0, 1)
                 var.albedo.clamp_(0, 1.5)
-            terms["size"] = size
-            history.append(terms)
+            step_terms["size"] = size
+            history.append(step_terms)
             if on_step is not None:
-                on_step(stage_index, stage, terms)
-            if terms["total"] < best * (1 - config.tolerance):
-                best, since = terms["total"], 0
+                on_step(stage_index, stage, step_terms)
+            if step_terms["total"] < best * (1 - config.tolerance):
+                best, since = step_terms["total"], 0
             else:
                 since += 1
                 if since >= config.patience:
                     break
+    for t, _ in unique.values():
+        t.requires_grad_(True)
 
     displacement = None
     if config.detail_iterations > 0:
         target = _resize(images, (H, W))
-        renderer = Renderer(tri, (H, W))
+        renderer = tables.renderer((H, W))
         d = torch.zeros(B, sub.n_vertices, dtype=dtype, requires_grad=True)
         opt = torch.optim.Adam([d], lr=0.05)
         for _ in range(config.detail_iterations):
@@ -528,7 +616,7 @@ def fit_photometric(model: MorphableModel, images: Tensor, landmarks: Tensor, *,
         displacement = d.detach()
 
     with torch.no_grad():
-        renderer = Renderer(tri, (H, W))
+        renderer = tables.renderer((H, W))
         _, final_terms, rend, _ = energy(max(H, W), images, renderer, None, displacement=displacement)
         ident = var.expand(var.identity).detach()
         full = model(identity=ident, expression=var.expression.detach() if model.n_expression else None).vertices

@@ -8,6 +8,7 @@ import pytest
 from click.testing import CliRunner
 
 from morphable.cli import cli
+from morphable.fitting.photometric import DEFAULT_SCHEDULE
 from morphable.io import read_image, read_obj
 from tests.conftest import data_file
 
@@ -31,7 +32,8 @@ def test_photometric_outputs(tmp_path):
     ok = np.isfinite(fitted).all(1) & np.isfinite(marks).all(1)
     assert params["rms_px"] == pytest.approx(np.sqrt(((fitted[ok] - marks[ok]) ** 2).sum(1).mean()), rel=1e-6)
     assert (out / "params.json").stat().st_size < 30_000  # was ~1 MB (per-vertex albedo and ids inline)
-    assert "photometric 5/5" in result.stderr and "step" in result.stderr
+    stages = len(DEFAULT_SCHEDULE)
+    assert f"photometric {stages}/{stages}" in result.stderr and "step" in result.stderr
     assert "map_Kd albedo.png" in (out / "mesh.mtl").read_text()
     photo = read_image(image)
     comparison = read_image(out / "comparison.png")

@@ -7,7 +7,7 @@ import torch
 import morphable
 from morphable.fitting.landmarks import fit_landmarks
 from morphable.fitting.photometric import (PhotometricConfig, Stage, fit_photometric, region_terms,
-                                           solve_light)
+                                           solve_albedo_modes, solve_light)
 from morphable.geometry.align import umeyama
 from morphable.models.region import restrict
 from morphable.render.shading import sh_basis
@@ -33,6 +33,25 @@ def test_solve_light_recovers_a_known_light_exactly():
     colors = albedo * (sh_basis(n) @ light)
     est = solve_light(n, albedo, colors, torch.ones(1, 500, dtype=torch.float64), ridge=1e-9)
     torch.testing.assert_close(est, light, atol=1e-6, rtol=0)
+
+
+def test_solve_albedo_modes_recovers_known_coefficients():
+    """Colours made from ρ_v (1 + U c) s with known c, per image and shared; invisible rows carry no weight."""
+    g = torch.Generator().manual_seed(0)
+    V, K = 400, 6
+    U = torch.randn(V, K, generator=g, dtype=torch.float64)
+    base = 0.4 + 0.5 * torch.rand(2, V, 3, generator=g, dtype=torch.float64)
+    shading = 0.5 + torch.rand(2, V, 3, generator=g, dtype=torch.float64)
+    c = 0.1 * torch.randn(2, K, 3, generator=g, dtype=torch.float64)
+    weights = (torch.rand(2, V, generator=g, dtype=torch.float64) > 0.3).double()
+    colors = base * shading * (1 + U @ c)
+    colors = torch.where(weights[..., None] > 0, colors, torch.rand_like(colors))  # garbage where unseen
+    est = solve_albedo_modes(colors, weights, shading, base, U, ridge=1e-12)
+    torch.testing.assert_close(est, c, atol=1e-8, rtol=0)
+    shared_colors = base * shading * (1 + U @ c[:1])
+    est = solve_albedo_modes(shared_colors, weights, shading, base, U, shared=True, ridge=1e-12)
+    assert est.shape == (1, K, 3)
+    torch.testing.assert_close(est, c[:1], atol=1e-8, rtol=0)
 
 
 def test_albedo_modes_are_symmetric_smooth_and_unit_rms(face_model):
