@@ -1,14 +1,18 @@
 """Renderer speed on CPU: 224×224 SH-shaded render of (a) the ICT model's mean mesh and (b) a 35k-vertex /
-70k-triangle sphere; median forward and forward+backward times with 2 threads, against moderngl's offscreen
-EGL forward render of the same mesh measured in the same run (upload vertices, draw with depth test and
-per-vertex SH shading, read the image back). ``nan`` when no EGL context can be created.
+70k-triangle sphere; median forward and forward+backward times, against moderngl's offscreen EGL forward
+render of the same mesh measured in the same run (upload vertices, draw with depth test and per-vertex SH
+shading, read the image back). ``nan`` when no EGL context can be created. The torch and GL calls are
+timed alternately (one of each per repeat), so both see the same load on a shared machine; the ratios
+``fwd_bwd / gl`` are the figures to compare across runs. (c) batched rendering: B sphere images of one
+topology in one call, milliseconds per image for B = 1, 2, 4 (sub-linear scaling: per-image time falls).
 
     .venv/bin/python benchmarks/render_bench.py [--repeats 20] [--threads 2]
 
 Wall-clock medians are the figures; the process CPU-time medians printed beside them (all threads,
 llvmpipe's included) are steadier on a shared, loaded machine.
 
-Last line: ``RESULT fwd_ms=<35k forward> fwd_bwd_ms=<35k forward+backward> gl_fwd_ms=<moderngl forward or nan>``.
+Last line: ``RESULT fwd_ms=<35k forward> fwd_bwd_ms=<35k forward+backward> gl_fwd_ms=<moderngl forward or nan>
+ratio=<fwd_bwd/gl> ict_fwd_bwd_ms=… ict_gl_fwd_ms=… ict_ratio=… b4_per_image_ms=<(c) at B = 4>``.
 """
 from __future__ import annotations
 
@@ -45,31 +49,36 @@ def ict_mean() -> tuple[torch.Tensor, torch.Tensor] | None:
     return model.mean.float(), model.triangles
 
 
-CPU_MS: dict[str, float] = {}  # median process CPU time per measurement (all threads), for loaded machines
-
-
-def _median_ms(fn, repeats: int, label: str) -> float:
-    """Median wall-clock milliseconds of ``fn`` (3 warm-up calls); the CPU-time median goes to CPU_MS."""
+def _median_ms(fns: dict, repeats: int) -> tuple[dict[str, float], dict[str, float]]:
+    """Median wall-clock and process-CPU milliseconds of each of ``fns`` (name -> callable), called in turn
+    once per repeat after 3 warm-up rounds, so that they share the machine's load."""
     for _ in range(3):
-        fn()
-    wall, cpu = [], []
+        for fn in fns.values():
+            fn()
+    wall: dict[str, list[float]] = {k: [] for k in fns}
+    cpu: dict[str, list[float]] = {k: [] for k in fns}
     for _ in range(repeats):
-        t, c = time.perf_counter(), time.process_time()
-        fn()
-        wall.append(time.perf_counter() - t)
-        cpu.append(time.process_time() - c)
-    CPU_MS[label] = 1000.0 * statistics.median(cpu)
-    return 1000.0 * statistics.median(wall)
+        for k, fn in fns.items():
+            t, c = time.perf_counter(), time.process_time()
+            fn()
+            wall[k].append(time.perf_counter() - t)
+            cpu[k].append(time.process_time() - c)
+    med = lambda d: {k: 1000.0 * statistics.median(v) for k, v in d.items()}  # noqa: E731
+    return med(wall), med(cpu)
 
 
-def torch_times(vertices: torch.Tensor, triangles: torch.Tensor, repeats: int) -> tuple[float, float]:
+def torch_calls(vertices: torch.Tensor, triangles: torch.Tensor, batch: int = 1) -> dict:
+    """Forward and forward+backward closures rendering ``batch`` views of the mesh in one call."""
     extent = (vertices.amax(0) - vertices.amin(0))[:2].max()
     center = (vertices.amax(0) + vertices.amin(0)) / 2
-    cam = ScaledOrthographic(torch.tensor([0.85 * SIZE / float(extent)]), torch.tensor([[0.1, 0.3, 0.0]]),
-                             torch.tensor([[SIZE / 2, SIZE / 2]]))
-    verts = (vertices - center)[None].clone().requires_grad_(True)
+    yaw = torch.linspace(0.3, -0.3, batch) if batch > 1 else torch.tensor([0.3])
+    cam = ScaledOrthographic(torch.full((batch,), 0.85 * SIZE / float(extent)),
+                             torch.stack([torch.full((batch,), 0.1), yaw, torch.zeros(batch)], -1),
+                             torch.full((batch, 2), SIZE / 2))
+    verts = (vertices - center)[None].repeat(batch, 1, 1).requires_grad_(True)
     colors = torch.full_like(verts, 0.7).requires_grad_(True)
-    sh = sh_directional(torch.tensor([[0.3, 0.4, 1.0]]), torch.full((1, 3), 2.0), ambient=0.4).requires_grad_(True)
+    sh = sh_directional(torch.tensor([[0.3, 0.4, 1.0]]), torch.full((1, 3), 2.0), ambient=0.4)
+    sh = sh.repeat(batch, 1, 1).requires_grad_(True)
     renderer = Renderer(triangles, (SIZE, SIZE))
 
     def forward():
@@ -80,7 +89,7 @@ def torch_times(vertices: torch.Tensor, triangles: torch.Tensor, repeats: int) -
         out = renderer(verts, cam, colors=colors, sh=sh)
         out.image.sum().backward()
 
-    return _median_ms(forward, repeats, "fwd"), _median_ms(forward_backward, repeats, "fwd_bwd")
+    return {"fwd": forward, "fwd_bwd": forward_backward}
 
 
 # the same φ(n) constants as morphable.render.shading.sh_basis
@@ -107,15 +116,15 @@ void main() { frag = vec4(color, 1.0); }
 """
 
 
-def gl_time(vertices: torch.Tensor, triangles: torch.Tensor, repeats: int) -> float:
-    """moderngl (EGL, offscreen) forward: upload positions, draw with z-test, read back. nan if unavailable."""
+def gl_call(vertices: torch.Tensor, triangles: torch.Tensor):
+    """moderngl (EGL, offscreen) forward: upload positions, draw with z-test, read back. None if unavailable."""
     try:
         import moderngl
 
         ctx = moderngl.create_standalone_context(backend="egl")
     except Exception as err:
         print(f"moderngl/EGL unavailable: {err}")
-        return math.nan
+        return None
     print(f"GL renderer: {ctx.info.get('GL_RENDERER')}")
     extent = float((vertices.amax(0) - vertices.amin(0))[:2].max())
     center = (vertices.amax(0) + vertices.amin(0)) / 2
@@ -141,19 +150,30 @@ def gl_time(vertices: torch.Tensor, triangles: torch.Tensor, repeats: int) -> fl
         vao.render(moderngl.TRIANGLES)
         return np.frombuffer(fbo.read(components=4), dtype=np.uint8)
 
-    ms = _median_ms(render, repeats, "gl")
-    ctx.release()
-    return ms
+    return render
 
 
 def _report(name: str, v: torch.Tensor, f: torch.Tensor, repeats: int) -> tuple[float, float, float]:
-    fwd, fb = torch_times(v, f, repeats)
-    gl = gl_time(v, f, repeats)
-    cpu = dict(CPU_MS)
-    print(f"{name} V={v.shape[0]} F={f.shape[0]}: fwd {fwd:.1f} ms, fwd+bwd {fb:.1f} ms, moderngl fwd {gl:.1f} ms, "
-          f"fwd_bwd/gl = {fb / gl:.2f}  (CPU time: fwd {cpu['fwd']:.1f}, fwd+bwd {cpu['fwd_bwd']:.1f}, "
+    fns = torch_calls(v, f)
+    gl = gl_call(v, f)
+    if gl is not None:
+        fns["gl"] = gl
+    wall, cpu = _median_ms(fns, repeats)
+    fwd, fb, gl_ms = wall["fwd"], wall["fwd_bwd"], wall.get("gl", math.nan)
+    print(f"{name} V={v.shape[0]} F={f.shape[0]}: fwd {fwd:.1f} ms, fwd+bwd {fb:.1f} ms, moderngl fwd {gl_ms:.1f} ms, "
+          f"fwd_bwd/gl = {fb / gl_ms:.2f}  (CPU time: fwd {cpu['fwd']:.1f}, fwd+bwd {cpu['fwd_bwd']:.1f}, "
           f"gl {cpu.get('gl', math.nan):.1f} ms)")
-    return fwd, fb, gl
+    return fwd, fb, gl_ms
+
+
+def batch_scaling(v: torch.Tensor, f: torch.Tensor, repeats: int, sizes=(1, 2, 4)) -> dict[int, float]:
+    """Forward+backward milliseconds per image when B views of one topology are rendered in one call."""
+    fns = {b: torch_calls(v, f, b)["fwd_bwd"] for b in sizes}
+    wall, cpu = _median_ms(fns, max(3, repeats // 2))
+    per = {b: wall[b] / b for b in sizes}
+    print("(c) batched sphere fwd+bwd per image: " + ", ".join(
+        f"B={b}: {per[b]:.1f} ms ({per[b] / per[sizes[0]]:.2f}×; CPU {cpu[b] / b:.1f})" for b in sizes))
+    return per
 
 
 def main() -> None:
@@ -165,10 +185,15 @@ def main() -> None:
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {SIZE}x{SIZE}")
 
     ict = ict_mean()
+    ict_fb = ict_gl = math.nan
     if ict is not None:
-        _report("(a) ICT mean mesh", *ict, args.repeats)
-    fwd, fb, gl = _report("(b) sphere", *sphere(), args.repeats)
-    print(f"RESULT fwd_ms={fwd:.2f} fwd_bwd_ms={fb:.2f} gl_fwd_ms={gl:.2f}")
+        _, ict_fb, ict_gl = _report("(a) ICT mean mesh", *ict, args.repeats)
+    v, f = sphere()
+    fwd, fb, gl = _report("(b) sphere", v, f, args.repeats)
+    per = batch_scaling(v, f, args.repeats)
+    print(f"RESULT fwd_ms={fwd:.2f} fwd_bwd_ms={fb:.2f} gl_fwd_ms={gl:.2f} ratio={fb / gl:.2f} "
+          f"ict_fwd_bwd_ms={ict_fb:.2f} ict_gl_fwd_ms={ict_gl:.2f} ict_ratio={ict_fb / ict_gl:.2f} "
+          f"b4_per_image_ms={per[4]:.2f}")
 
 
 if __name__ == "__main__":

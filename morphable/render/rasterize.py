@@ -301,34 +301,47 @@ def _scan(s: _Setup, a: int, b: int, kx: int, ky: int, H: int, W: int, perspecti
           near: float) -> tuple[Tensor, Tensor]:
     """Test a ``kx × ky`` window of pixel centres for triangles ``a:b`` of the setup; return (pixel, key) of hits.
 
-    Work arrays are ``(K, M)``: window offset outermost, triangles innermost (contiguous, vectorised).
-    """
+    Work arrays are ``(K, M)``: window offset outermost, triangles innermost (contiguous, vectorised). Only
+    floating-point arithmetic runs on them (CPU comparisons and int64 arithmetic cost several times more
+    per element): the box test is one more term of the minimum whose sign decides coverage; the triangle,
+    pixel and depth of the hits are computed after the compaction, from the hits' (window offset, triangle)
+    indices."""
     dev = s.x0.device
     dtype = s.q.dtype
+    M = b - a
     dx = torch.arange(kx, device=dev).repeat(ky)[:, None]  # (K, 1) window offsets, row-major
     dy = torch.arange(ky, device=dev).repeat_interleave(kx)[:, None]
+    dxf, dyf = dx.to(dtype), dy.to(dtype)
     x0, y0 = s.x0[a:b], s.y0[a:b]  # (M,)
-    inside = (dx < s.nx[a:b]) & (dy < s.ny[a:b])  # (K, M)
-    px = x0.to(dtype) + dx.to(dtype)  # pixel centres, exact integers
-    py = y0.to(dtype) + dy.to(dtype)
+    px = x0.to(dtype) + dxf  # pixel centres, exact integers
+    py = y0.to(dtype) + dyf
     ox, oy, ux, uy, q = (t[:, a:b] for t in (s.ox, s.oy, s.ux, s.uy, s.q))  # (3, M)
-    e = []
-    for i in range(3):
-        w = ux[i] * (py - oy[i]) - uy[i] * (px - ox[i])  # canonical edge function (see _Setup)
-        e.append(w * q[i])
-        inside &= e[i] >= 0
+    # edges AB and AC both start at A (see _make_setup): their pixel offsets are shared
+    rx, ry = px - ox[0], py - oy[0]
+    rx2, ry2 = px - ox[2], py - oy[2]
+    e = [(ux[0] * ry - uy[0] * rx) * q[0], (ux[1] * ry - uy[1] * rx) * q[1],
+         (ux[2] * ry2 - uy[2] * rx2) * q[2]]  # canonical edge functions (see _Setup) times q
+    # inside ⇔ all e_i >= 0 and the pixel lies in the triangle's box (a nan anywhere fails the test)
+    box = torch.minimum((s.nx[a:b].to(dtype) - 1) - dxf, (s.ny[a:b].to(dtype) - 1) - dyf)
+    inside = torch.minimum(torch.minimum(torch.minimum(e[0], e[1]), e[2]), box) >= 0
     if perspective:
         inv = e[0] + e[1] + e[2]  # Σ b_i / d_i = 1 / depth
         inside &= (inv > 0) & (inv * near <= 1)  # in front of the camera and beyond the near plane
-        depth = 1.0 / inv
+    hit = inside.view(-1).nonzero(as_tuple=True)[0]  # one compaction for every output
+    # hit = k·M + m: window offset k, triangle m (float64 division: exact here, integer division is slow)
+    hf = hit.to(torch.float64)
+    k = torch.floor(hf / M)
+    m = (hf - k * M).to(torch.int64)
+    k = k.to(torch.int64)
+    eh = [t.view(-1).index_select(0, hit) for t in e]
+    if perspective:
+        depth = 1.0 / (eh[0] + eh[1] + eh[2])
     else:
         d = s.d[:, a:b]
-        depth = e[0] * d[0] + e[1] * d[1] + e[2] * d[2]
-    hit = inside.view(-1).nonzero(as_tuple=True)[0]  # one compaction for both outputs
+        depth = eh[0] * d[0].index_select(0, m) + eh[1] * d[1].index_select(0, m) + eh[2] * d[2].index_select(0, m)
     base = (s.batch[a:b] * H + y0) * W + x0  # (M,)
-    pix = (base + (dy * W + dx)).view(-1).index_select(0, hit)
-    key = (_sortable_key(depth.view(-1).index_select(0, hit)) << TRIANGLE_BITS) | (
-        s.tri[a:b].expand_as(inside).reshape(-1).index_select(0, hit))
+    pix = base.index_select(0, m) + (dy * W + dx).view(-1).index_select(0, k)
+    key = (_sortable_key(depth) << TRIANGLE_BITS) | s.tri[a:b].index_select(0, m)
     return pix, key
 
 

@@ -195,6 +195,29 @@ def _gather_interpolate(attributes: Tensor, table: Tensor, batch: Tensor, face: 
     return out + flat.index_select(0, ids[:, 2]) * bary[:, 2:3]
 
 
+def _composite(color_p: Tensor, alpha_p: Tensor, pix: Tensor, background: Tensor | float, shape: tuple[int, int, int],
+               like: Tensor) -> Tensor:
+    """``α c + (1 − α) bg`` as ``(B, H, W, 3)``, computed on the packed pixels only (``α = 0`` elsewhere, where
+    the image is the background).
+
+    Args:
+        color_p: ``(P, 3)`` shaded colours of the packed pixels ``pix`` ``(P,)`` (flat ids into ``B·H·W``).
+        alpha_p: ``(P, 1)`` their coverage.
+        background: scalar, or a tensor broadcastable to ``(B, H, W, 3)``; ``(B, 3)`` means per image.
+        like: dtype and device of the result.
+    """
+    B, H, W = shape
+    if isinstance(background, Tensor):
+        bg = background.to(like.dtype)
+        bg = bg[:, None, None, :] if bg.dim() == 2 else bg
+        base = bg.expand(B, H, W, 3).reshape(B * H * W, 3)  # differentiable copy: d image / d bg = 1 − α
+        bg_p = base.index_select(0, pix)
+    else:
+        base = like.new_full((B * H * W, 3), float(background))
+        bg_p = float(background)
+    return base.index_put((pix,), alpha_p * color_p + (1 - alpha_p) * bg_p).view(B, H, W, 3)
+
+
 def _scatter(values: Tensor, pix: Tensor, total: int, fill: float = 0.0) -> Tensor:
     """Packed ``(P, C)`` (or ``(P,)``) values -> ``(total, C)`` with ``fill`` elsewhere (differentiable)."""
     out = values.new_full((total, *values.shape[1:]), fill)
@@ -299,15 +322,8 @@ class Renderer(nn.Module):
             color_p = self._shade_unfused(screen, view, normals_v, colors, texture, sh, lights, batch, face, centres,
                                           perspective)
 
-        total = B * H * W
-        color = _scatter(color_p, pix, total).view(B, H, W, 3)
-        if isinstance(background, Tensor):
-            bg = background.to(vertices.dtype)
-            bg = bg[:, None, None, :] if bg.dim() == 2 else bg
-        else:
-            bg = torch.as_tensor(float(background), dtype=vertices.dtype, device=vertices.device)
-        a = alpha.unsqueeze(-1)
-        image = a * color + (1 - a) * bg
+        image = _composite(color_p, alpha.reshape(-1).index_select(0, pix)[:, None], pix, background,
+                           (B, H, W), vertices)
         vis = None
         if visibility:
             vis = visibility_from_ids(screen, tri, ids, tolerance_mm=visibility_tolerance_mm, perspective=perspective)

@@ -215,6 +215,37 @@ def _nearest_edge(a: Tensor, b: Tensor, batch: Tensor, boundary: Tensor, max_can
     return torch.where(nearest == _EMPTY, -1, nearest & (2**TRIANGLE_BITS - 1))
 
 
+@torch.no_grad()
+def nearest_edge_reference(a: Tensor, b: Tensor, batch: Tensor, boundary: Tensor) -> tuple[Tensor, Tensor]:
+    """Brute force of :func:`_nearest_edge`: every boundary pixel against every segment of its image, in float64.
+
+    Returns:
+        the nearest segment's index ``(B·H·W,)`` (−1 where none lies within :data:`REACH`, and off the
+        boundary) and the gap between its distance and the runner-up's (``inf`` without a runner-up), to
+        recognise near ties, which the fast search may break differently.
+    """
+    B, H, W = boundary.shape
+    pix = boundary.reshape(-1).nonzero(as_tuple=True)[0]
+    nearest = torch.full((B * H * W,), -1, dtype=torch.int64)
+    gap = torch.full((B * H * W,), float("inf"), dtype=torch.float64)
+    for q in pix.tolist():
+        img, rest = divmod(q, H * W)
+        p = torch.tensor([rest % W, rest // W], dtype=torch.float64)
+        ids = (batch == img).nonzero(as_tuple=True)[0]
+        if ids.numel() == 0:
+            continue
+        a_, b_ = a[ids].double(), b[ids].double()
+        ab = b_ - a_
+        t = (((p - a_) * ab).sum(-1) / (ab * ab).sum(-1).clamp_min(1e-12)).clamp(0, 1)
+        dist = (p - (a_ + t[:, None] * ab)).norm(dim=-1)
+        order = torch.argsort(dist, stable=True)
+        if dist[order[0]] <= REACH:
+            nearest[q] = ids[order[0]]
+            if order.numel() > 1:
+                gap[q] = dist[order[1]] - dist[order[0]]
+    return nearest, gap
+
+
 def soft_silhouette(screen: Tensor, triangles: Tensor, triangle_id: Tensor, topology: EdgeTopology, *,
                     perspective: bool = False, facing: Tensor | None = None) -> Silhouette:
     """Anti-aliased coverage (see module docstring).
