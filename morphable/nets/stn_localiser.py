@@ -4,7 +4,8 @@ transformer (:class:`~morphable.render.stn.SpatialTransformer3DMM`) resamples th
 pose-normalised texture space.
 
 The paper's localiser is VGG-Faces without its classifier plus one fully connected layer with 6 + D outputs.
-Ours is one FC layer (6 + D outputs, named by :func:`stn_layout`) on one of two trunks:
+Ours is one FC layer (6 + D outputs, named by :func:`stn_layout`; optionally after one hidden layer, which
+stands in for the fine-tuning a frozen trunk does not get) on one of two trunks:
 
 * ``"dlib"``: the frozen face-recognition ResNet we ship (:class:`~morphable.identity.DlibFaceNet`), its last
   block's activations *before* the global pool (256 × 2 × 2: the pool would discard where the face is);
@@ -195,11 +196,12 @@ class STNLocaliser(nn.Module):
         trunk: ``"dlib"`` or ``"small"``.
         nominal: ``(log s₀, t₀x, t₀y)`` from :func:`nominal_theta`.
         crop_size: input crop side (px; 150 for the dlib trunk).
+        hidden: 0 for the paper's single FC layer, else one hidden ReLU layer of this width before it.
         net: an existing :class:`DlibFaceNet` to share (dlib trunk only).
     """
 
     def __init__(self, model_name: str, n_shape: int, trunk: str, nominal: tuple[float, float, float],
-                 crop_size: int = CHIP_SIZE, net: DlibFaceNet | None = None):
+                 crop_size: int = CHIP_SIZE, hidden: int = 0, net: DlibFaceNet | None = None):
         super().__init__()
         if trunk not in TRUNKS:
             raise ValueError(f"STNLocaliser: trunk must be one of {TRUNKS}, got {trunk!r}")
@@ -208,9 +210,12 @@ class STNLocaliser(nn.Module):
         self.model_name, self.trunk_name, self.crop_size = model_name, trunk, int(crop_size)
         self.layout = stn_layout(n_shape)
         self.trunk = DlibTrunk(net) if trunk == "dlib" else SmallTrunk()
-        self.head = nn.Linear(self.trunk.dim, self.layout.size)
-        nn.init.zeros_(self.head.weight)
-        nn.init.zeros_(self.head.bias)
+        self.hidden = int(hidden)
+        last = nn.Linear(self.hidden or self.trunk.dim, self.layout.size)
+        nn.init.zeros_(last.weight)
+        nn.init.zeros_(last.bias)
+        self.head = last if not self.hidden else nn.Sequential(nn.Linear(self.trunk.dim, self.hidden),
+                                                               nn.ReLU(inplace=True), last)
         self.register_buffer("nominal", torch.tensor(nominal, dtype=torch.float32))
         self.meta: dict = {}
 
@@ -264,7 +269,8 @@ def save_localiser(localiser: STNLocaliser, path: str | PathLike, meta: dict | N
     """Write the trainable weights and buffers (not the dlib network, which ships on its own) atomically."""
     state = {k: v.float().contiguous() for k, v in localiser.state_dict().items() if not k.startswith("trunk.net.")}
     data = {"format": FORMAT, "version": VERSION, "model_name": localiser.model_name, "n_shape": localiser.n_shape,
-            "trunk": localiser.trunk_name, "crop_size": localiser.crop_size, "state": state, "meta": dict(meta or {})}
+            "trunk": localiser.trunk_name, "crop_size": localiser.crop_size, "hidden": localiser.hidden, "state": state,
+            "meta": dict(meta or {})}
     with atomic_write(path) as f:
         torch.save(data, f)
 
@@ -283,7 +289,7 @@ def load_localiser(name_or_path: str | PathLike, net: DlibFaceNet | None = None)
     try:
         state = {k: v.float() for k, v in data["state"].items()}
         loc = STNLocaliser(str(data["model_name"]), int(data["n_shape"]), str(data["trunk"]),
-                           tuple(state["nominal"].tolist()), int(data["crop_size"]), net=net)
+                           tuple(state["nominal"].tolist()), int(data["crop_size"]), int(data["hidden"]), net=net)
         missing, unexpected = loc.load_state_dict(state, strict=False)
         missing = [k for k in missing if not k.startswith("trunk.net.")]
         if missing or unexpected:

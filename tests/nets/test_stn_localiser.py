@@ -94,8 +94,8 @@ def test_head_output_follows_the_named_layout(sfm):
 
 
 def test_weights_round_trip_and_bad_files(tmp_path):
-    loc = STNLocaliser("sfm", 3, "small", (0.1, 70.0, 80.0), 96)
-    torch.nn.init.normal_(loc.head.weight, std=0.01)
+    loc = STNLocaliser("sfm", 3, "small", (0.1, 70.0, 80.0), 96, hidden=8)
+    torch.nn.init.normal_(loc.head[-1].weight, std=0.01)
     loc.eval()
     path = tmp_path / "stn.pt"
     save_localiser(loc, path, {"command": "test"})
@@ -104,13 +104,14 @@ def test_weights_round_trip_and_bad_files(tmp_path):
     for a, b in zip(vars(loc(crops)).values(), vars(again(crops)).values()):
         torch.testing.assert_close(a, b)
     assert again.meta == {"command": "test"} and again.trunk_name == "small" and again.crop_size == 96
+    assert again.hidden == 8
     data = torch.load(path, weights_only=True)
     data["format"] = "something-else"
     torch.save(data, tmp_path / "other.pt")
     with pytest.raises(ModelFileError, match="not a 3DMM-STN localiser file"):
         load_localiser(tmp_path / "other.pt")
     data["format"] = "morphable-stn-localiser"
-    del data["state"]["head.weight"]
+    del data["state"]["head.2.weight"]
     torch.save(data, tmp_path / "cut.pt")
     with pytest.raises(ModelFileError, match="inconsistent"):
         load_localiser(tmp_path / "cut.pt")

@@ -56,7 +56,7 @@ def test_losses_are_lowest_at_the_true_theta(sfm):
 
 
 def _overrides(cache) -> list[str]:
-    return [f"data.cache={cache}", "data.identities=32", "data.val_identities=4",
+    return [f"data.cache={cache}", "net.hidden=0", "data.identities=32", "data.val_identities=4",
             "data.views=2", "model.n_shape=4", "model.texture_size=16", "model.visibility_resolution=64",
             "loss.batch=8", "optim.lr=1e-3", "train.steps=80", "train.val_every=80", "train.log_every=10",
             "train.checkpoint_every=80", "train.image_every=0", "schedule.warmup_steps=5"]

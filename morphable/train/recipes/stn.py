@@ -72,10 +72,13 @@ class ModelSection:
 
 @dataclass(frozen=True)
 class NetSection:
-    """trunk: ``dlib`` (frozen ResNet + FC, the paper's design) or ``small`` (a CNN from scratch); crop: input side (px)."""
+    """trunk: ``dlib`` (frozen ResNet + FC, the paper's design) or ``small`` (a CNN from scratch); crop: input
+    side (px); hidden: width of a hidden layer before the FC (0 = the paper's single FC layer; the paper
+    fine-tunes VGG-Faces, our trunk is frozen, and a hidden layer gives the head the capacity back)."""
 
     trunk: str = "dlib"
     crop: int = 150
+    hidden: int = 256
 
     def __post_init__(self) -> None:
         if self.trunk not in TRUNKS:
@@ -246,7 +249,7 @@ class STNRecipe(Recipe):
         self.stn = SpatialTransformer3DMM(self.face_model, uv_grid(model_uv(self.face_model), self.face_model.triangles,
                                                                    (size, size)), cfg.model.visibility_resolution)
         self.localiser = STNLocaliser(self.model_label, cfg.model.n_shape, cfg.net.trunk,
-                                      nominal_theta(self.face_model, cfg.net.crop), cfg.net.crop)
+                                      nominal_theta(self.face_model, cfg.net.crop), cfg.net.crop, cfg.net.hidden)
         self.train_set = self._groups("train", cfg.data.identities, cfg.train.seed * 2 + 1)
         self.val_set = self._groups("val", cfg.data.val_identities, cfg.train.seed * 2 + 2)
         if cfg.net.trunk == "dlib":
