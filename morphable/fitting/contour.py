@@ -134,16 +134,24 @@ def silhouette_mask(R: Tensor, terms: ContourTerms) -> Tensor:
     An edge is occluding when the view-frame z of its end points' normals differ in sign; the normals
     are those of the mean shape (identity and expression barely turn them), so the test is one product.
     """
-    nz = R[:, 2] @ terms.normals.T.to(R.dtype)  # (B, R)
+    front = (R[:, 2] @ terms.normals.T.to(R.dtype)) > 0  # (B, R)
     e = terms.edge_vertices
-    occluding = (nz[:, e[:, 0]] > 0) != (nz[:, e[:, 1]] > 0)  # (B, E)
-    hits = torch.zeros_like(nz).scatter_add_(1, e.T.reshape(1, -1).expand(R.shape[0], -1), occluding.repeat(1, 2).to(nz.dtype))
-    return hits > 0  # a vertex is on the silhouette when any of its edges is occluding
+    face, edge = torch.nonzero(front.index_select(1, e[:, 0]) != front.index_select(1, e[:, 1]), as_tuple=True)
+    on = torch.zeros_like(front)
+    on[face, e[edge, 0]] = True  # a vertex is on the silhouette when any of its edges is occluding
+    on[face, e[edge, 1]] = True
+    return on
 
 
 def _nearest(landmarks: Tensor, projected: Tensor, allowed: Tensor | None = None) -> tuple[Tensor, Tensor]:
-    """Nearest allowed projected point to each landmark. ``(B, L, 2), (B, C, 2), (B, C) -> ids (B, L), ok (B, L)``."""
-    d = torch.cdist(landmarks, projected)  # (B, L, C)
+    """Nearest allowed projected point to each landmark. ``(B, L, 2), (B, C, 2), (B, C) -> ids (B, L), ok (B, L)``.
+
+    Squared distances from the coordinate differences (``torch.cdist`` switches to a less exact
+    matrix-product form for more than 25 points, and is slower at two dimensions).
+    """
+    dx = landmarks[..., 0, None] - projected[:, None, :, 0]
+    dy = landmarks[..., 1, None] - projected[:, None, :, 1]
+    d = dx * dx + dy * dy  # (B, L, C)
     if allowed is not None:
         d = d.masked_fill(~allowed[:, None], float("inf"))
     best, ids = d.min(-1)
@@ -151,7 +159,8 @@ def _nearest(landmarks: Tensor, projected: Tensor, allowed: Tensor | None = None
 
 
 def contour_correspondences(project: Callable[[Tensor], Tensor], R: Tensor, landmarks: Tensor, terms: ContourTerms,
-                            yaw_threshold_deg: float = 7.5) -> Tensor:
+                            yaw_threshold_deg: float = 7.5, *,
+                            project_faces: Callable[[Tensor, Tensor], Tensor] | None = None) -> Tensor:
     """Model vertex for each of the 16 contour landmarks (iBUG 0–7, 9–16, in that order).
 
     Args:
@@ -161,29 +170,32 @@ def contour_correspondences(project: Callable[[Tensor], Tensor], R: Tensor, land
         landmarks: ``(B, 68, 2)`` image landmarks (px; nan for missing: such rows get any vertex).
         terms: :func:`contour_terms` tables.
         yaw_threshold_deg: within this yaw of frontal both sides use the contour lists.
+        project_faces: optional ``(positions (S,), faces (F,)) -> (F, S, 2)``, ``project`` for a subset of
+            the batch; when given, each side's silhouette vertices are projected only for the faces that
+            side is turned away in (the same result, cheaper for a batch of varied poses).
     Returns:
         ``(B, 16)`` int64 model vertex ids.
     """
     lm = torch.nan_to_num(landmarks[:, list(CONTOUR_IDS)], nan=0.0)
-    lm_r, lm_l = lm[:, :8], lm[:, 8:]
     B, n_r = R.shape[0], terms.right.numel()
     listed = project(torch.cat([terms.right, terms.left]))
-    ids_r = terms.right[_nearest(lm_r, listed[:, :n_r])[0]]
-    ids_l = terms.left[_nearest(lm_l, listed[:, n_r:])[0]]
+    ids_r = terms.right[_nearest(lm[:, :8], listed[:, :n_r])[0]]
+    ids_l = terms.left[_nearest(lm[:, 8:], listed[:, n_r:])[0]]
     s = math.sin(math.radians(yaw_threshold_deg))
-    left_away = R[:, 2, 0] < -s
-    right_away = R[:, 2, 0] > s
-    if (left_away | right_away).any() and terms.edge_vertices.numel():
-        sil = silhouette_mask(R, terms)
-        on_r = sil & terms.side_right & right_away[:, None]
-        on_l = sil & terms.side_left & left_away[:, None]
-        union = torch.nonzero((on_r | on_l).any(0)).squeeze(1)  # silhouette vertices any face needs
-        if union.numel():
-            proj = project(union)
-            sil_r, ok_r = _nearest(lm_r, proj, on_r[:, union])
-            sil_l, ok_l = _nearest(lm_l, proj, on_l[:, union])
-            ids_r = torch.where(ok_r, union[sil_r], ids_r)
-            ids_l = torch.where(ok_l, union[sil_l], ids_l)
+    if terms.edge_vertices.numel():
+        # the subject's right (iBUG 0–7) turns away for R[2, 0] > s, the left (9–16) for R[2, 0] < −s
+        for away, side, ids, cols in ((R[:, 2, 0] > s, terms.side_right, ids_r, slice(0, 8)),
+                                      (R[:, 2, 0] < -s, terms.side_left, ids_l, slice(8, 16))):
+            faces = torch.nonzero(away).squeeze(1)
+            if not faces.numel():
+                continue
+            on = silhouette_mask(R[faces], terms) & side  # (F, R)
+            union = torch.nonzero(on.any(0)).squeeze(1)  # silhouette vertices any of these faces needs
+            if not union.numel():
+                continue
+            proj = project(union)[faces] if project_faces is None else project_faces(union, faces)
+            near, ok = _nearest(lm[faces, cols], proj, on[:, union])
+            ids[faces] = torch.where(ok, union[near], ids[faces])
     return terms.region[torch.cat([ids_r, ids_l], dim=1).reshape(B, 16)]
 
 

@@ -13,6 +13,12 @@ VISAPP 2016), batched over faces and solved in float64:
    shape fit and a blendshape fit, which converges slowly where a rotation and a shape change explain
    the landmarks equally well.
 
+Only the landmark and contour rows of the bases ever enter an iteration, never the whole mesh: the
+camera-independent part of the fixed landmarks' normal equations is a per-model table (:class:`RowTables`),
+the jawline rows are gathered from the contour region, and the mesh is built only when
+:attr:`LandmarkFit.vertices` is first read. Each Gauss–Newton step is one batched Cholesky factorisation
+(:func:`~morphable.fitting.shape.solve_factored`), so a batch of faces is solved at once.
+
 The returned :class:`LandmarkFit` also carries the posterior covariance of the identity coefficients and,
 computed on first access, a per-vertex uncertainty map (:mod:`~morphable.fitting.uncertainty`).
 """
@@ -28,7 +34,7 @@ from torch import Tensor
 from morphable.fitting.camera_estimation import (estimate_scaled_orthographic, project_scaled_orthographic,
                                                  refine_scaled_orthographic, to_camera)
 from morphable.fitting.contour import CONTOUR_IDS, ContourTerms, contour_correspondences, contour_terms
-from morphable.fitting.shape import joint_normal_equations, normal_equations, posterior_covariance, solve_coefficients
+from morphable.fitting.shape import solve_factored
 from morphable.geometry.rotation import axis_angle_to_matrix
 from morphable.fitting.uncertainty import vertex_std
 from morphable.geometry.camera import ScaledOrthographic
@@ -46,8 +52,6 @@ class LandmarkFit:
         identity: ``(B, K)`` standardised identity coefficients (components not fitted are 0).
         expression: ``(B, Ke)`` expression coefficients (PCA) or blendshape weights in [0, 1].
         camera: :class:`ScaledOrthographic` with batch ``B``.
-        vertices: ``(B, V, 3)`` fitted mesh, mm, model space, in the landmarks' dtype
-            (``camera.project(vertices)`` gives pixels).
         landmarks_fitted: ``(B, 68, 2)`` px, the model's landmarks projected into the image with the final
             correspondences (nan where the model defines no point for that landmark).
         landmark_ids: ``(B, 68)`` int64 model vertex each landmark was fitted to (the first vertex of a
@@ -57,23 +61,31 @@ class LandmarkFit:
         rms_px: ``(B,)`` root-mean-square reprojection error over the used landmarks (px).
         contour_fitted: whether the jawline rows of ``landmark_ids`` are pose-dependent contour
             correspondences (else they are the model's fixed landmarks, or unused).
+        model: the fitted model (its buffers give :attr:`vertices` and :attr:`vertex_uncertainty`).
     """
 
     identity: Tensor
     expression: Tensor
     camera: ScaledOrthographic
-    vertices: Tensor
     landmarks_fitted: Tensor
     landmark_ids: Tensor
     identity_covariance: Tensor
     rms_px: Tensor
     contour_fitted: bool
-    identity_basis: Tensor = field(repr=False)
+    model: MorphableModel = field(repr=False, compare=False)
+
+    @cached_property
+    def vertices(self) -> Tensor:
+        """``(B, V, 3)`` fitted mesh, mm, model space, in the landmarks' dtype (``camera.project(vertices)``
+        gives pixels); built from the coefficients on first access, so a fit that needs no mesh costs none."""
+        m = self.model
+        return m(identity=self.identity.to(m.mean.dtype),
+                 expression=self.expression.to(m.mean.dtype) if m.n_expression else None).vertices.to(self.identity.dtype)
 
     @cached_property
     def vertex_uncertainty(self) -> Tensor:
         """``(B, V)`` mm: posterior RMS displacement of each vertex (computed on first access)."""
-        return vertex_std(self.identity_basis, self.identity_covariance).to(self.vertices.dtype)
+        return vertex_std(self.model.identity_basis, self.identity_covariance).to(self.identity.dtype)
 
 
 @dataclass(frozen=True)
@@ -91,6 +103,44 @@ class FitTerms:
     region_mean: Tensor | None  # (R, 3)
     region_basis: Tensor | None  # (R, 3, K + Ke)
     region_position: Tensor | None  # (V,) position of each vertex in the region, −1 outside
+    tables: dict = field(default_factory=dict, repr=False, compare=False)  # RowTables per (rows, columns)
+
+
+_PAIRS = ((0, 0), (1, 1), (2, 2), (0, 1), (0, 2), (1, 2))  # the Gram matrices RowTables keeps
+_PAIR_INDEX = [3 * c + d for c, d in _PAIRS]  # their coefficients' positions in a flattened 3×3 matrix
+
+
+@dataclass(frozen=True)
+class RowTables:
+    """The fixed rows' part of the normal equations that does not depend on the camera (float64, built once).
+
+    For a fixed point ``n`` with basis rows ``B_n (3, P)`` the coefficient block of ``JᵀJ`` is
+    ``B_nᵀ Rᵀ Πᵀ Π R B_n = B_nᵀ (I − r rᵀ) B_n`` (``r`` the rotation's third row: the scaled-orthographic
+    projection drops the view depth), so over all points it is ``Σ_cd M_cd G_cd`` with ``M = I − r rᵀ`` and
+    the Gram matrices ``G_cd = Σ_n B_n[c]ᵀ B_n[d]`` of the model (``G_dc = G_cdᵀ``, so six suffice): a
+    ``(B, 6) @ (6, D²)`` product per step instead of ``2N·P²`` per face.
+
+    Attributes:
+        mean: ``(N, 3)`` mean shape at the fixed points (mm).
+        basis: ``(3N, P)`` their basis rows (row ``3n + c`` is coordinate ``c`` of point ``n``), fitted columns only.
+        gram: ``(6, D·D)`` ``G_00, G_11, G_22, G_01 + G_10, G_02 + G_20, G_12 + G_21`` (see :data:`_PAIRS`),
+            padded with zero camera rows/columns to ``D = 6 + P``.
+    """
+
+    mean: Tensor
+    basis: Tensor
+    gram: Tensor
+
+    @staticmethod
+    def build(mean: Tensor, basis: Tensor) -> "RowTables":
+        """From ``mean (N, 3)`` and ``basis (N, 3, P)`` (float64)."""
+        N, _, P = basis.shape
+        D = 6 + P
+        G = torch.einsum("ncp,ndq->cdpq", basis, basis)
+        gram = basis.new_zeros(len(_PAIRS), D, D)
+        for k, (c, d) in enumerate(_PAIRS):
+            gram[k, 6:, 6:] = G[c, c] if c == d else G[c, d] + G[d, c]
+        return RowTables(mean=mean.contiguous(), basis=basis.reshape(3 * N, P).contiguous(), gram=gram.view(len(_PAIRS), -1))
 
 
 _CACHE: "weakref.WeakKeyDictionary[MorphableModel, tuple[tuple, FitTerms]]" = weakref.WeakKeyDictionary()
@@ -199,8 +249,8 @@ class _Problem:
         self.upper = torch.tensor([inf] * K + [hi_e] * Ke, dtype=f64, device=y.device)
         self.sigma = sigma_mm
         self.lm_mean = terms.landmark_mean.to(y.device)
-        self.lm_basis = terms.landmark_basis.to(y.device)[..., self.cols]
         all_cols = K == terms.n_identity and Ke == terms.n_expression
+        self.lm_basis = terms.landmark_basis.to(y.device) if all_cols else terms.landmark_basis.to(y.device)[..., self.cols]
         if self.use_contour:
             self.region_mean = terms.region_mean
             self.region_basis = terms.region_basis if all_cols else terms.region_basis[..., self.cols]
@@ -208,6 +258,17 @@ class _Problem:
         if (n_ok < 4).any():
             bad = int(torch.nonzero(n_ok < 4)[0])
             raise ValueError(f"fit_landmarks: face {bad} has {int(n_ok[bad])} usable landmarks (need at least 4)")
+        rows = torch.nonzero(fixed).squeeze(1)
+        key = (tuple(rows.tolist()), K, Ke)
+        if key not in terms.tables:
+            terms.tables[key] = RowTables.build(self.lm_mean[rows], self.lm_basis[rows])
+        self.tables: RowTables = terms.tables[key]
+        self.y_fixed, self.w_rows = self.y[:, rows], self.valid[:, rows].to(f64)
+        missing = torch.nonzero((self.w_rows < 1).any(0)).squeeze(1)  # rows some face lacks: Gram correction
+        self.missing = missing if missing.numel() else None
+        if self.use_contour:
+            ids = list(CONTOUR_IDS)
+            self.y_contour, self.w_contour = self.y[:, ids], self.valid[:, ids].to(f64)
 
     def points(self, state: _State) -> tuple[Tensor, Tensor]:
         """Mean and basis rows of the 68 correspondences: ``(B, 68, 3)``, ``(B, 68, 3, P)``."""
@@ -215,51 +276,126 @@ class _Problem:
         mean = self.lm_mean.expand(B, -1, -1)
         basis = self.lm_basis.expand(B, -1, -1, -1)
         if state.contour_ids is not None:
-            pos = self.terms.region_position[state.contour_ids]  # (B, 16)
             rows = list(CONTOUR_IDS)
             mean, basis = mean.clone(), basis.clone()
-            mean[:, rows] = self.region_mean[pos]
-            basis[:, rows] = self.region_basis[pos]
+            mean[:, rows], basis[:, rows] = self._region(self.terms.region_position[state.contour_ids])
         return mean, basis
 
-    def update_contour(self, state: _State) -> None:
+    def _region(self, positions: Tensor) -> tuple[Tensor, Tensor]:
+        """Mean ``(*S, 3)`` and basis rows ``(*S, 3, P)`` of the contour-region vertices at ``positions (*S,)``."""
+        flat, P = positions.reshape(-1), self.region_basis.shape[-1]
+        return (self.region_mean.index_select(0, flat).view(*positions.shape, 3),
+                self.region_basis.view(-1, 3 * P).index_select(0, flat).view(*positions.shape, 3, P))
+
+    def _project_region(self, state: _State, positions: Tensor, faces: Tensor | None = None) -> Tensor:
+        """Image points ``(F, S, 2)`` of contour-region vertices ``positions (S,)`` for ``faces`` (default all)."""
         P = state.coeffs.shape[1]
+        coeffs, s, R, t = ((state.coeffs, state.scale, state.R, state.t) if faces is None else
+                           (state.coeffs[faces], state.scale[faces], state.R[faces], state.t[faces]))
+        mean, rows = self._region(positions)  # (S, 3), (S, 3, P)
+        pts = mean + (coeffs @ rows.view(-1, P).T).view(coeffs.shape[0], -1, 3)
+        return project_scaled_orthographic(pts, s, R, t)
 
-        def project(positions: Tensor) -> Tensor:  # current image points of region vertices (B, S, 2)
-            rows = self.region_basis[positions].reshape(-1, P)  # (3S, P)
-            pts = self.region_mean[positions] + (state.coeffs @ rows.T).reshape(state.coeffs.shape[0], -1, 3)
-            return project_scaled_orthographic(pts, state.scale, state.R, state.t)
-
-        state.contour_ids = contour_correspondences(project, state.R, self.y, self.terms.contour)
+    def update_contour(self, state: _State) -> None:
+        state.contour_ids = contour_correspondences(lambda pos: self._project_region(state, pos), state.R, self.y,
+                                                    self.terms.contour,
+                                                    project_faces=lambda pos, f: self._project_region(state, pos, f))
 
     def model_points(self, state: _State) -> Tensor:
-        mean, basis = self.points(state)
-        return mean + (basis @ state.coeffs[:, None, :, None])[..., 0]
+        """The 68 model points at the current coefficients ``(B, 68, 3)`` (mm), jawline at the contour."""
+        x = state.coeffs
+        B, P = x.shape
+        X = self.lm_mean + (x @ self.lm_basis.reshape(-1, P).T).view(B, -1, 3)
+        if state.contour_ids is not None:
+            mean, basis = self._region(self.terms.region_position[state.contour_ids])
+            X[:, list(CONTOUR_IDS)] = mean + (basis.view(B, -1, P) @ x[..., None]).view(B, -1, 3)
+        return X
 
     def weights(self, state: _State) -> Tensor:
         return self.w_all if state.contour_ids is not None else self.w_fixed
 
+    def system(self, state: _State) -> tuple[Tensor, Tensor]:
+        """Gauss–Newton system ``H δ = g`` in camera and coefficients, from the landmark rows only.
+
+        The same equations as :func:`~morphable.fitting.shape.joint_normal_equations` on :meth:`points`
+        (``tests/fitting/test_landmarks.py`` checks that), assembled without expanding the basis per face:
+        the fixed rows' coefficient block from :class:`RowTables` (with a correction for rows some face
+        lacks), their camera coupling and gradient as one matrix product with the shared basis rows, and
+        only the 16 gathered jawline rows per face as explicit Jacobian rows.
+
+        Returns:
+            ``H (B, 6+P, 6+P)`` and ``g (B, 6+P)`` with ``δ = (ω, log-scale, t (px), Δx)``.
+        """
+        x, s, R, t = state.coeffs, state.scale, state.R, state.t
+        B, P = x.shape
+        D = 6 + P
+        tab, inv_var = self.tables, 1.0 / self.sigma**2
+        n_fixed = tab.mean.shape[0]
+        X = tab.mean + (x @ tab.basis.T).view(B, n_fixed, 3)  # (B, N, 3) model space
+        y, w = self.y_fixed, self.w_rows
+        if state.contour_ids is not None:
+            mean_c, basis_c = self._region(self.terms.region_position[state.contour_ids])  # (B, 16, 3), (B, 16, 3, P)
+            basis_c = basis_c.view(B, -1, P)  # (B, 48, P)
+            X = torch.cat([X, mean_c + (basis_c @ x[..., None]).view(B, -1, 3)], 1)
+            y, w = torch.cat([y, self.y_contour], 1), torch.cat([w, self.w_contour], 1)
+        Xv = X @ R.transpose(1, 2)
+        vx, vy, vz = Xv.unbind(-1)
+        zero, inv_s = torch.zeros_like(vx), (1 / s)[:, None].expand_as(vx)
+        J_cam = torch.stack([zero, vz, -vy, vx, inv_s, zero, vz, zero, -vx, -vy, zero, inv_s], -1).view(B, -1, 2, 6)
+        proj = torch.stack([vx, -vy], -1) * s[:, None, None] + t[:, None]
+        r = (y - proj) / s[:, None, None]  # (B, N, 2) mm
+        ww = (w * inv_var)[..., None]
+        wJ = J_cam * ww[..., None]
+        FR = R[:, :2] * R.new_tensor([1.0, -1.0])[None, :, None]  # (B, 2, 3) = F Π R
+        # camera–coefficient coupling and coefficient gradient: Σ_n (w J_camᵀ | w r)ᵀ F Π R B_n
+        T = torch.einsum("bnik,bic->bknc", torch.cat([wJ, (r * ww)[..., None]], -1), FR)  # (B, 7, N, 3)
+        C = T[:, :, :n_fixed].reshape(B, 7, -1) @ tab.basis  # (B, 7, P)
+        r3 = R[:, 2]
+        M = (torch.eye(3, dtype=x.dtype, device=x.device) - r3[:, :, None] * r3[:, None, :]) * inv_var
+        H = (M.view(B, 9)[:, _PAIR_INDEX] @ tab.gram).view(B, D, D)  # fixed rows' coefficient block, weights 1
+        H[:, :6, :6] += torch.einsum("bnik,bnil->bkl", wJ, J_cam)
+        rows_x, w_x = [], []  # explicit coefficient rows F Π R B_n and their weights
+        if state.contour_ids is not None:
+            C = C + T[:, :, n_fixed:].reshape(B, 7, -1) @ basis_c
+            rows_x.append(FR[:, None] @ basis_c.view(B, -1, 3, P))
+            w_x.append(self.w_contour)
+        if self.missing is not None:  # rows of weight w < 1: remove (1 − w) of them from the Gram part
+            rows_x.append(FR[:, None] @ tab.basis.view(n_fixed, 3, P)[self.missing])
+            w_x.append(self.w_rows[:, self.missing] - 1)
+        H[:, :6, 6:] = C[:, :6]
+        H[:, 6:, :6] = C[:, :6].transpose(1, 2)
+        if rows_x:
+            J_x = torch.cat(rows_x, 1).flatten(1, 2)  # (B, 2M, P)
+            wx = (torch.cat(w_x, 1) * inv_var).repeat_interleave(2, dim=1)[..., None]
+            H[:, 6:, 6:].baddbmm_((J_x * wx).transpose(1, 2), J_x)
+        diag = H.diagonal(dim1=1, dim2=2)
+        diag[:, :6] += 1e-9
+        diag[:, 6:] += self.prior
+        g_x = C[:, 6] - self.prior * (x if self.prior_mean is None else x - self.prior_mean)
+        return H, torch.cat([torch.einsum("bnik,bni->bk", wJ, r), g_x], 1)
+
     def joint_step(self, state: _State) -> Tensor:
-        """One Gauss–Newton step in camera and coefficients; returns the system matrix ``(B, 6+P, 6+P)``."""
-        mean, basis = self.points(state)
-        H, g = joint_normal_equations(mean, basis, state.coeffs, self.y, self.weights(state), state.scale, state.R,
-                                      state.t, self.sigma, self.prior, self.prior_mean)
+        """One Gauss–Newton step in camera and coefficients; returns the Cholesky factor ``(B, 6+P, 6+P)`` of
+        its system matrix (the inverse of which is the Gaussian posterior covariance of all parameters)."""
+        H, g = self.system(state)
         inf = self.lower.new_full((6,), float("inf"))
         lo = torch.cat([-inf.expand(g.shape[0], -1), self.lower - state.coeffs], 1)
         hi = torch.cat([inf.expand(g.shape[0], -1), self.upper - state.coeffs], 1)
-        delta = solve_coefficients(H, g, lo, hi)
+        delta, L = solve_factored(H, g, lo, hi, x0=torch.zeros_like(g))  # start at the current weights
         state.R = axis_angle_to_matrix(delta[:, :3]) @ state.R
         state.scale = state.scale * torch.exp(delta[:, 3])
         state.t = state.t + delta[:, 4:6]
         state.coeffs = torch.maximum(torch.minimum(state.coeffs + delta[:, 6:], self.upper), self.lower)
-        return H
+        return L
 
     def solve_shape(self, state: _State) -> Tensor:
-        mean, basis = self.points(state)
-        H, c = normal_equations(mean, basis, self.y, self.weights(state), state.scale, state.R, state.t,
-                                self.sigma, self.prior, self.prior_mean)
-        state.coeffs = solve_coefficients(H, c, self.lower, self.upper)
-        return H
+        """Closed-form coefficients for the current camera (Aldrian & Smith; :mod:`~morphable.fitting.shape`);
+        returns the Cholesky factor ``(B, P, P)`` of the coefficient precision."""
+        zero = _State(coeffs=torch.zeros_like(state.coeffs), scale=state.scale, R=state.R, t=state.t,
+                      contour_ids=state.contour_ids)
+        H, g = self.system(zero)  # at x = 0 the gradient is the right-hand side of the absolute solve
+        state.coeffs, L = solve_factored(H[:, 6:, 6:], g[:, 6:], self.lower, self.upper, x0=state.coeffs)
+        return L
 
 
 def _initial_state(problem: _Problem) -> _State:
@@ -270,16 +406,16 @@ def _initial_state(problem: _Problem) -> _State:
     return _State(coeffs=problem.y.new_zeros(B, problem.cols.numel()), scale=s, R=R, t=t)
 
 
-def _finish(model: MorphableModel, problem: _Problem, state: _State, H: Tensor, out_dtype: torch.dtype) -> LandmarkFit:
-    """Package the working state as a :class:`LandmarkFit`."""
+def _finish(model: MorphableModel, problem: _Problem, state: _State, cov: Tensor, out_dtype: torch.dtype) -> LandmarkFit:
+    """Package the working state and the fitted identity covariance ``cov (B, K, K)`` as a :class:`LandmarkFit`."""
     B, K, Ke = problem.y.shape[0], problem.K, problem.Ke
     dev = problem.y.device
     identity = problem.y.new_zeros(B, model.n_identity)
     identity[:, :K] = state.coeffs[:, :K]
     expression = problem.y.new_zeros(B, model.n_expression)
     expression[:, :Ke] = state.coeffs[:, K:]
-    cov = problem.y.new_zeros(B, model.n_identity, model.n_identity)
-    cov[:, :K, :K] = posterior_covariance(H, K)
+    cov_full = problem.y.new_zeros(B, model.n_identity, model.n_identity)
+    cov_full[:, :K, :K] = cov
     X = problem.model_points(state)
     proj = project_scaled_orthographic(X, state.scale, state.R, state.t)
     used = problem.fixed | problem.contour_rows
@@ -290,13 +426,10 @@ def _finish(model: MorphableModel, problem: _Problem, state: _State, H: Tensor, 
     w = problem.weights(state)
     ids = torch.where(w > 0, ids, torch.full_like(ids, -1))
     rms = (((proj - problem.y) ** 2).sum(-1) * w).sum(1).div(w.sum(1)).sqrt()
-    vertices = model(identity=identity.to(model.mean.dtype),
-                     expression=expression.to(model.mean.dtype) if model.n_expression else None).vertices.to(out_dtype)
     cam = to_camera(state.scale.to(out_dtype), state.R.to(out_dtype), state.t.to(out_dtype))
     return LandmarkFit(identity=identity.to(out_dtype), expression=expression.to(out_dtype), camera=cam,
-                       vertices=vertices, landmarks_fitted=fitted.to(out_dtype), landmark_ids=ids,
-                       identity_covariance=cov.to(out_dtype), rms_px=rms.to(out_dtype),
-                       contour_fitted=state.contour_ids is not None, identity_basis=model.identity_basis)
+                       landmarks_fitted=fitted.to(out_dtype), landmark_ids=ids, identity_covariance=cov_full.to(out_dtype),
+                       rms_px=rms.to(out_dtype), contour_fitted=state.contour_ids is not None, model=model)
 
 
 def _fit(model: MorphableModel, terms: FitTerms, points: Tensor, *, iterations: int, contour: bool,
@@ -309,18 +442,19 @@ def _fit(model: MorphableModel, terms: FitTerms, points: Tensor, *, iterations: 
                        identity_prior_mean=identity_prior_mean)
     state = _initial_state(problem)
     problem.solve_shape(state)
-    H = None
+    L = None
     for _ in range(iterations):
         if problem.use_contour:
             problem.update_contour(state)
-        H = problem.joint_step(state)
-    if H is None:
-        H = problem.solve_shape(state)
-    else:
-        H = H[:, 6:, 6:] - H[:, 6:, :6] @ torch.linalg.solve(H[:, :6, :6], H[:, :6, 6:])  # marginalise the camera
+        L = problem.joint_step(state)
+    K = problem.K
+    if L is None:
+        cov = torch.cholesky_inverse(problem.solve_shape(state))[:, :K, :K]
+    else:  # the identity block of the joint inverse: camera and expression marginalised
+        cov = torch.cholesky_inverse(L)[:, 6:6 + K, 6:6 + K]
     if problem.use_contour:
         problem.update_contour(state)
-    return _finish(model, problem, state, H, out_dtype)
+    return _finish(model, problem, state, cov, out_dtype)
 
 
 def fit_landmarks(model: MorphableModel, landmarks: Tensor, *, iterations: int = 5, contour: bool = True,

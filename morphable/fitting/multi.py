@@ -14,20 +14,14 @@ import torch
 from torch import Tensor
 
 from morphable.fitting.landmarks import SIGMA_MM, LandmarkFit, _finish, _initial_state, _Problem, _State, check_landmarks, fit_terms
-from morphable.fitting.shape import joint_normal_equations, solve_coefficients
+from morphable.fitting.shape import posterior_covariance, solve_coefficients
 from morphable.geometry.rotation import axis_angle_to_matrix
 from morphable.models.base import MorphableModel
 
 
-def _system(problem: _Problem, state: _State) -> tuple[Tensor, Tensor]:
-    mean, basis = problem.points(state)
-    return joint_normal_equations(mean, basis, state.coeffs, problem.y, problem.weights(state), state.scale, state.R,
-                                  state.t, problem.sigma, problem.prior)
-
-
 def _local_step(problem: _Problem, state: _State) -> None:
     """Camera and expression of each photo, identity held."""
-    H, g = _system(problem, state)
+    H, g = problem.system(state)
     K = problem.K
     local = torch.cat([torch.arange(6), torch.arange(6 + K, H.shape[-1])]).to(H.device)
     H_l, g_l = H[:, local][:, :, local], g[:, local]
@@ -35,7 +29,7 @@ def _local_step(problem: _Problem, state: _State) -> None:
     exp = state.coeffs[:, K:]
     lo = torch.cat([-inf.expand(g.shape[0], -1), problem.lower[K:] - exp], 1)
     hi = torch.cat([inf.expand(g.shape[0], -1), problem.upper[K:] - exp], 1)
-    delta = solve_coefficients(H_l, g_l, lo, hi)
+    delta = solve_coefficients(H_l, g_l, lo, hi, x0=torch.zeros_like(g_l))  # start at the current weights
     state.R = axis_angle_to_matrix(delta[:, :3]) @ state.R
     state.scale = state.scale * torch.exp(delta[:, 3])
     state.t = state.t + delta[:, 4:6]
@@ -52,7 +46,7 @@ def _shared_identity_step(problem: _Problem, state: _State) -> Tensor:
     coupling that makes plain alternation slow. Returns the identity information with every photo's
     camera and expression marginalised, ``(K, K)``.
     """
-    H, g = _system(problem, state)
+    H, g = problem.system(state)
     K = problem.K
     cam, ids = slice(0, 6), slice(6, 6 + K)
     prior = torch.diag(problem.prior[:K])
@@ -110,9 +104,5 @@ def fit_landmarks_multi(model: MorphableModel, landmarks: Tensor, *, iterations:
         info = _shared_identity_step(problem, state)
     if problem.use_contour:
         problem.update_contour(state)
-    N = landmarks.shape[0]
-    P = state.coeffs.shape[1]
-    # _finish reads the identity covariance from the leading block of this (N, P, P) information matrix
-    H = torch.eye(P, dtype=info.dtype, device=info.device).repeat(N, 1, 1)
-    H[:, :problem.K, :problem.K] = info
-    return _finish(model, problem, state, H, out_dtype)
+    cov = posterior_covariance(info[None], problem.K).expand(landmarks.shape[0], -1, -1)
+    return _finish(model, problem, state, cov, out_dtype)

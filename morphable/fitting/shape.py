@@ -83,30 +83,56 @@ def joint_normal_equations(points_mean: Tensor, points_basis: Tensor, coeffs: Te
     return H, g
 
 
-def solve_coefficients(H: Tensor, c: Tensor, lower: Tensor, upper: Tensor) -> Tensor:
+def solve_coefficients(H: Tensor, c: Tensor, lower: Tensor, upper: Tensor, x0: Tensor | None = None) -> Tensor:
     """MAP coefficients ``(B, P)``: ``H⁻¹ c`` when unbounded, else the box-constrained minimiser.
 
-    The unbounded coordinates (identity) are eliminated first (Schur complement), so the bounded
-    problem handed to :func:`~morphable.fitting.expression.box_qp` has only the expression's size.
+    See :func:`solve_factored` (which also returns the Cholesky factor); ``x0`` warm-starts the bounded part.
+    """
+    return solve_factored(H, c, lower, upper, x0)[0]
+
+
+def solve_factored(H: Tensor, c: Tensor, lower: Tensor, upper: Tensor,
+                   x0: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """Minimise ``½ xᵀHx − cᵀx`` s.t. ``lower ≤ x ≤ upper`` with one Cholesky factorisation of ``H``.
+
+    The unbounded coordinates ``a`` (identity, camera) are eliminated exactly: with the bounded ones ``b``
+    ordered last, ``H = L Lᵀ``, ``L = [[L_a, 0], [L_ba, L_b]]`` and ``z = L⁻¹ c``, the Schur complement is
+    ``H_bb − H_ba H_aa⁻¹ H_ab = L_b L_bᵀ`` and the reduced right-hand side ``L_b z_b``, so
+    :func:`~morphable.fitting.expression.box_qp` sees only the expression's size; then
+    ``x_a = L_a⁻ᵀ (z_a − L_baᵀ x_b)``.
+
+    Args:
+        H: ``(B, P, P)`` symmetric positive definite.
+        c: ``(B, P)``.
+        lower, upper: ``(P,)`` or ``(B, P)`` bounds (``±inf`` for unbounded coordinates).
+        x0: ``(B, P)`` warm start for the bounded coordinates (default: none).
+    Returns:
+        ``x (B, P)`` and ``L (B, P, P)``, the Cholesky factor of ``H`` with its coordinates reordered
+        unbounded first (``H`` itself when the bounded coordinates already come last, as in every fit here).
     """
     bounded = (torch.isfinite(lower) | torch.isfinite(upper)).reshape(-1, c.shape[-1]).any(0)  # (P,)
     if not bool(bounded.any()):
-        return torch.cholesky_solve(c[..., None], torch.linalg.cholesky(H))[..., 0]
-    a, b = torch.nonzero(~bounded).squeeze(1), torch.nonzero(bounded).squeeze(1)
-    Hab = H[:, a][:, :, b]
-    if a.numel():
-        L = torch.linalg.cholesky(H[:, a][:, :, a])
-        X = torch.cholesky_solve(torch.cat([Hab, c[:, a, None]], dim=2), L)  # Haa⁻¹ [Hab, c_a]
-        Hr = H[:, b][:, :, b] - Hab.transpose(1, 2) @ X[..., :-1]
-        cr = c[:, b] - (Hab.transpose(1, 2) @ X[..., -1:])[..., 0]
-    else:
-        Hr, cr = H, c
-    xb = box_qp(Hr, cr, lower[..., b], upper[..., b])
+        L = torch.linalg.cholesky(H)
+        return torch.cholesky_solve(c[..., None], L)[..., 0], L
+    n_a = int((~bounded).sum())
+    order = torch.cat([torch.nonzero(~bounded).squeeze(1), torch.nonzero(bounded).squeeze(1)])
+    trailing = bool(bounded[n_a:].all())
+    if not trailing:
+        H, c = H[:, order][:, :, order], c[:, order]
+    lo, hi = lower.expand_as(c)[..., order], upper.expand_as(c)[..., order]
+    L = torch.linalg.cholesky(H)
+    z = torch.linalg.solve_triangular(L, c[..., None], upper=False)[..., 0]
+    L_b = L[:, n_a:, n_a:]
+    xb = box_qp(L_b @ L_b.transpose(1, 2), (L_b @ z[:, n_a:, None])[..., 0], lo[:, n_a:], hi[:, n_a:],
+                x0=None if x0 is None else x0[:, order[n_a:]])
     x = torch.empty_like(c)
-    x[:, b] = xb
-    if a.numel():
-        x[:, a] = X[..., -1] - (X[..., :-1] @ xb[..., None])[..., 0]
-    return x
+    x[:, n_a:] = xb
+    if n_a:
+        rhs = z[:, :n_a] - (L[:, n_a:, :n_a].transpose(1, 2) @ xb[..., None])[..., 0]
+        x[:, :n_a] = torch.linalg.solve_triangular(L[:, :n_a, :n_a].transpose(1, 2), rhs[..., None], upper=True)[..., 0]
+    if not trailing:
+        x = torch.empty_like(x).index_copy_(1, order, x)
+    return x, L
 
 
 def posterior_covariance(H: Tensor, k: int) -> Tensor:
