@@ -85,7 +85,7 @@ class TrackConfig:
     motion_scale: float = 0.01
     motion_translation_mm: float = 1.0
     motion_expression: float = 0.1
-    iterations: int = 2
+    iterations: int = 1
     keyframes: int = 8
     constant_velocity: bool = True
     contour_hysteresis_px: float = 4.0
