@@ -18,6 +18,12 @@ medians over faces after one warm-up face; ratios are against the fit measured i
 
     OMP_NUM_THREADS=2 .venv/bin/python benchmarks/regressor_bench.py --weights RUN/ringnet-ict.pt [--data DIR]
 
+``--consistency DATASET`` (a ``morphable data prepare`` folder with identity labels, e.g. the corpus's
+deepface photos prepared with ``--identities benchmarks/data/deepface_ids.json``, never in RingNet's
+training data) also prints the same/different-person ROC AUCs of the regressed shapes
+(:func:`morphable.eval.consistency.identity_consistency`, as ``benchmarks/identity_consistency.py`` reports them
+for Genova).
+
 ``--overlay PHOTO`` (repeatable) also writes ``--out/<stem>.png``: dlib's landmarks (green) and the
 regressed ones (red) on the photo, for looking at large poses.
 
@@ -81,6 +87,22 @@ def overlay(net, decoder, photo: Path, out: Path) -> None:
     print(f"overlay: {out / (photo.stem + '.png')}")
 
 
+def consistency(net, decoder, model, folder: Path) -> None:
+    from morphable.eval.consistency import identity_consistency
+    from morphable.train.data.manifest import read_manifest
+
+    items = [i for i in read_manifest(folder / "manifest.jsonl") if i.identity is not None]
+    shapes = []
+    for item in items:
+        image = torch.tensor(read_image(item.path), dtype=torch.float32) / 255
+        lm = torch.as_tensor(item.landmarks, dtype=torch.float32)[None]
+        shapes.append(regress_faces(net, decoder, [image], lm).identity)
+    r = identity_consistency(model, torch.cat(shapes), [i.identity for i in items])
+    print(f"identity consistency of regressed shapes ({r.n_items} photos, {r.n_ids} identities): "
+          f"auc_coeff {r.auc_coeff:.3f} auc_mesh {r.auc_mesh:.3f} (median mesh distance same {r.same_mesh_mm:.2f} mm, "
+          f"different {r.different_mesh_mm:.2f} mm)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=DATA / "Spinkoo-Face-alignement/afw/afw")
@@ -90,6 +112,7 @@ def main() -> None:
     parser.add_argument("--landmarks", choices=("dlib", "file"), default="dlib")
     parser.add_argument("--lambda-identity", type=float, default=1.0)
     parser.add_argument("--overlay", type=Path, action="append", default=[])
+    parser.add_argument("--consistency", type=Path, default=None, help="prepared dataset with identities")
     parser.add_argument("--out", type=Path, default=Path("out/regressor_bench"))
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -98,6 +121,8 @@ def main() -> None:
     decoder = RingNetDecoder(model)
     for photo in args.overlay:
         overlay(net, decoder, photo, args.out)
+    if args.consistency is not None:
+        consistency(net, decoder, model, args.consistency)
     pts = sorted(args.data.glob("*.pts"))
     if args.n:
         pts = pts[: args.n + 1]

@@ -573,13 +573,12 @@ def fit_with_ringnet(model: MorphableModel, net: RingNet, decoder: RingNetDecode
     B = len(landmarks)
     expression = reg.params["expression"]
     expression = torch.cat([expression, expression.new_zeros(B, model.n_expression - expression.shape[1])], 1)
-    vertices = model(identity=reg.identity, expression=expression if model.n_expression else None).vertices
     fitted = reg.landmarks.to(landmarks)
     ok = torch.isfinite(fitted).all(-1) & torch.isfinite(landmarks).all(-1)
     sq = torch.where(ok, ((fitted - landmarks) ** 2).sum(-1), torch.zeros_like(fitted[..., 0]))
     rms = (sq.sum(1) / ok.sum(1).clamp_min(1)).sqrt()
     ids = torch.where(model.landmark_mask, model.landmark_indices[:, 0], -1).expand(B, -1)
     K = model.n_identity
-    return LandmarkFit(identity=reg.identity, expression=expression, camera=reg.camera, vertices=vertices,
-                       landmarks_fitted=fitted, landmark_ids=ids, identity_covariance=torch.eye(K).expand(B, K, K),
-                       rms_px=rms, contour_fitted=False, identity_basis=model.identity_basis)
+    return LandmarkFit(identity=reg.identity, expression=expression, camera=reg.camera, landmarks_fitted=fitted,
+                       landmark_ids=ids, identity_covariance=torch.eye(K).expand(B, K, K), rms_px=rms,
+                       contour_fitted=False, model=model)
