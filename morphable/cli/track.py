@@ -14,8 +14,9 @@ Pipeline (what :func:`track_video` runs; ``docs/tracking.md``):
 3. **Track**: :func:`~morphable.fitting.track.track_landmarks` (landmarks + flow + temporal coherence,
    each frame started from the previous one). Frames without a face are held from their neighbours and
    listed at the end.
-4. **Write** (the working copies kept from step 1, or decoded again for long videos): per frame a params line, an overlay frame (the shaded mesh, input
-   landmarks green, fitted red; held frames framed in red) and optionally the posed mesh.
+4. **Write** (the working copies kept from step 1, or decoded again for long videos): per frame a params
+   line, an overlay frame (the shaded face, input landmarks green, fitted red; held frames framed in red)
+   and optionally the posed mesh.
 
 A video that cannot be read is one error line and exit status 1.
 """
@@ -220,7 +221,8 @@ def frame_params(vt: VideoTrack, n: int, model, model_name: str, video: str) -> 
         "identity": tr.identity, "expression": tr.expression[n],
         "expression_kind": model.expression_kind if model.n_expression else None,
         "camera": camera.to_dict(), "euler_degrees": {"yaw": yaw, "pitch": pitch, "roll": roll},
-        "landmarks": rescale_pixels(vt.landmarks[n], s), "landmarks_fitted": rescale_pixels(tr.landmarks_fitted[n].numpy(), s),
+        "landmarks": rescale_pixels(vt.landmarks[n], s),
+        "landmarks_fitted": rescale_pixels(tr.landmarks_fitted[n].numpy(), s),
         "rms_px": float(tr.rms_px[n]) * s, "rms_stage": "held" if held else "track", "working_scale": s,
         "arrays": None, "photometric": None,
     })
@@ -373,7 +375,8 @@ def write_track(vt: VideoTrack, video: str | Path, folder: Path, model, model_na
 
 @click.command("track")
 @click.argument("video", type=click.Path(path_type=Path))
-@click.option("--model", "model_name", default="ict", show_default=True, help="Registry name (ict, sfm) or a model file.")
+@click.option("--model", "model_name", default="ict", show_default=True,
+              help="Registry name (ict, sfm) or a model file.")
 @click.option("-o", "--output", type=click.Path(path_type=Path), default=None,
               help="Output folder (replaced as a whole) [default: out/track/<video stem>].")
 @click.option("--shape-from", type=click.Choice(["regressor", "landmarks"]), default="regressor", show_default=True,

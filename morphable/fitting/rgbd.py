@@ -59,7 +59,8 @@ def back_project(depth: Tensor, focal: float, principal_point: tuple[float, floa
     """``(H, W)`` depth (mm along the viewing axis; NaN/0/inf = hole) → ``(H, W, 3)`` camera-frame points
     (mm; the camera looks along −z, as :class:`Perspective`), NaN at holes."""
     H, W = depth.shape
-    d = torch.where(torch.isfinite(depth) & (depth > 0), depth.double(), torch.tensor(float("nan"), dtype=torch.float64))
+    hole = torch.tensor(float("nan"), dtype=torch.float64)
+    d = torch.where(torch.isfinite(depth) & (depth > 0), depth.double(), hole)
     v, u = torch.meshgrid(torch.arange(H, dtype=torch.float64), torch.arange(W, dtype=torch.float64), indexing="ij")
     return torch.stack([(u - principal_point[0]) * d / focal, -(v - principal_point[1]) * d / focal, -d], -1)
 

@@ -438,12 +438,14 @@ def track_landmarks(model: MorphableModel, landmarks: Tensor, identity: Tensor, 
         if w_fixed.sum() < 4:
             continue
         previous = poses[n - 1] if n > 0 else None
-        start = previous if previous is not None else _initial_pose(clip, y, w_fixed)
-        before = poses[n - 2] if n > 1 and previous is not None and config.constant_velocity else None
-        poses[n], contours[n], flow_used[n] = _solve_frame(clip, y, start, previous,
-                                                           flows[n] if flows is not None else None, config,
-                                                           contours[n - 1] if previous is not None else None,
-                                                           _predict(previous, before, clip) if previous is not None else None)
+        flow = flows[n] if flows is not None else None
+        if previous is None:  # first frame, or the first after frames without a face
+            poses[n], contours[n], flow_used[n] = _solve_frame(clip, y, _initial_pose(clip, y, w_fixed), None,
+                                                               None, config)
+            continue
+        before = poses[n - 2] if n > 1 and config.constant_velocity else None
+        poses[n], contours[n], flow_used[n] = _solve_frame(clip, y, previous, previous, flow, config, contours[n - 1],
+                                                           _predict(previous, before, clip))
     tracked = [n for n in range(N) if poses[n] is not None]
     if not tracked:
         raise ValueError("track_landmarks: no frame has at least 4 usable landmarks")

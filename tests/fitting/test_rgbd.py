@@ -52,7 +52,8 @@ def shape_error_mm(identity: torch.Tensor, expression: torch.Tensor, truth: tupl
 
 def test_back_projection_and_normals_of_a_plane():
     # a plane z = −500 − 0.2 x seen head-on: back-projection recovers it, normals are its normal
-    v, u = torch.meshgrid(torch.arange(50.0, dtype=torch.float64), torch.arange(60.0, dtype=torch.float64), indexing="ij")
+    f64 = torch.float64
+    v, u = torch.meshgrid(torch.arange(50.0, dtype=f64), torch.arange(60.0, dtype=f64), indexing="ij")
     f, c = 400.0, (29.5, 24.5)
     # depth d along the axis at pixel u: x = (u − c) d / f, d = 500 + 0.2 x  ⇒  d = 500 / (1 − 0.2 (u − c) / f)
     depth = 500 / (1 - 0.2 * (u - c[0]) / f)
