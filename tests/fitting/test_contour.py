@@ -152,3 +152,39 @@ def test_flame_dynamic_contour_lies_on_the_silhouette(tmp_path):
         assert distance(points) < 4.0  # mm
         wrong = (mean[model.contour_indices[wrong_row]] * model.contour_weights[wrong_row, ..., None]).sum(-2)
         assert distance(wrong) > 6.0
+
+
+def test_silhouette_mask_brute_force():
+    m, t = terms()
+    R = camera([[40.0, 10.0, 0.0], [-60.0, -5.0, 5.0], [0.0, 0.0, 0.0]]).rotation_matrix
+    got = silhouette_mask(R, t)
+    for b in range(3):
+        nz = (t.normals @ R[b].T)[:, 2]
+        expected = set()
+        for i, j in t.edge_vertices.tolist():
+            if (nz[i] > 0) != (nz[j] > 0):
+                expected |= {i, j}
+        assert set(torch.nonzero(got[b]).squeeze(1).tolist()) == expected
+
+
+def test_batched_subset_projection_equals_per_face():
+    """``project_faces`` (each side's silhouette projected only for the faces turned that way) gives the
+    per-face answer of the plain ``project``."""
+    m, t = terms()
+    cam = camera([[45.0, 5.0, 0.0], [-50.0, 0.0, 3.0], [2.0, 0.0, 0.0], [30.0, -10.0, 0.0]])
+    R = cam.rotation_matrix
+    proj = project_scaled_orthographic(m.mean[t.region].expand(4, -1, -1), cam.scale, R, cam.translation)
+    g = torch.Generator().manual_seed(0)
+    lm = cam.project(m.mean[t.region[torch.randint(0, t.region.numel(), (4, 68), generator=g)]].reshape(4, 68, 3))
+    lm = lm + torch.randn(lm.shape, generator=g, dtype=D)
+    calls = []
+
+    def project_faces(pos, faces):
+        calls.append(faces.tolist())
+        return proj[faces][:, pos]
+
+    ids = contour_correspondences(lambda pos: proj[:, pos], R, lm, t, project_faces=project_faces)
+    assert sorted(calls) == [[0, 3], [1]]  # the left side for the faces with positive yaw, the right for the other
+    for b in range(4):
+        one = contour_correspondences(lambda pos: proj[b:b + 1, pos], R[b:b + 1], lm[b:b + 1], t)
+        assert ids[b].tolist() == one[0].tolist()

@@ -4,7 +4,7 @@ import pytest
 import torch
 from scipy.optimize import lsq_linear
 
-from morphable.fitting.expression import box_qp
+from morphable.fitting.expression import box_qp, projected_newton
 
 D = torch.float64
 
@@ -49,3 +49,30 @@ def test_mixed_bounds_per_batch():
     for k in range(4):
         ref = lsq_linear(A[k].numpy(), b[k].numpy(), bounds=(lo[k].numpy(), hi[k].numpy()), tol=1e-12, method="bvls")
         np.testing.assert_allclose(x[k].numpy(), ref.x, atol=1e-6)
+
+
+def bounded_problems(B=8, P=53, seed=11):
+    A, b = problems(B, P, seed)
+    H, c = A.transpose(1, 2) @ A, (A.transpose(1, 2) @ b[..., None])[..., 0]
+    return A, b, H, c, torch.zeros(P, dtype=D), torch.ones(P, dtype=D)
+
+
+def reference(A, b, lo, hi):
+    return np.stack([lsq_linear(A[k].numpy(), b[k].numpy(), bounds=(lo.numpy(), hi.numpy()), tol=1e-12,
+                                method="bvls").x for k in range(A.shape[0])])
+
+
+def test_warm_start_and_fallback_reach_the_same_minimiser():
+    """Warm-started, and with the active-set phase cut short (projected Newton finishes), the same KKT point."""
+    A, b, H, c, lo, hi = bounded_problems()
+    ref = reference(A, b, lo, hi)
+    np.testing.assert_allclose(box_qp(H, c, lo, hi).numpy(), ref, atol=1e-6)
+    near = torch.as_tensor(ref).clamp(0, 1) + 0.05 * torch.randn(ref.shape, generator=torch.Generator().manual_seed(0), dtype=D)
+    np.testing.assert_allclose(box_qp(H, c, lo, hi, x0=near.clamp(0, 1)).numpy(), ref, atol=1e-6)
+    np.testing.assert_allclose(box_qp(H, c, lo, hi, max_iter=1).numpy(), ref, atol=1e-6)
+
+
+def test_projected_newton_matches_lsq_linear():
+    A, b, H, c, lo, hi = bounded_problems(B=4, P=20, seed=12)
+    x = projected_newton(H, c, lo, hi, torch.zeros_like(c))
+    np.testing.assert_allclose(x.numpy(), reference(A, b, lo, hi), atol=1e-6)

@@ -14,7 +14,10 @@ import numpy as np
 import pytest
 import torch
 
-from morphable.fitting.landmarks import LandmarkFit, fit_landmarks, fit_points
+from morphable.fitting.contour import CONTOUR_IDS
+from morphable.fitting.landmarks import LandmarkFit, _Problem, _State, fit_landmarks, fit_points, fit_terms
+from morphable.fitting.shape import joint_normal_equations
+from morphable.geometry.rotation import axis_angle_to_matrix
 from morphable.fitting.uncertainty import vertex_std_reference
 from morphable.geometry.rotation import matrix_to_euler
 from morphable.models.base import MorphableModel
@@ -269,3 +272,105 @@ class TestIdentityPriorMean:
         lm, *_ = synthetic_landmarks(model, B=2)
         with pytest.raises(ValueError, match="identity_prior_mean"):
             fit_landmarks(model, lm, identity_prior_mean=torch.zeros(2, model.n_identity + 1))
+
+
+def dense_system(model, problem, state):
+    """Reference system: the 68 rows taken straight from the full model's bases (barycentric landmarks,
+    jawline vertices), then the generic per-row equations of :func:`joint_normal_equations`."""
+    B = state.coeffs.shape[0]
+    cols = problem.cols
+    basis = torch.cat([model.identity_basis, model.expression_basis], -1).to(D)[..., cols]  # (V, 3, P)
+    w = model.landmark_weights.to(D)
+    mean = torch.einsum("lkc,lk->lc", model.mean.to(D)[model.landmark_indices], w).expand(B, -1, -1).clone()
+    rows = torch.einsum("lkcp,lk->lcp", basis[model.landmark_indices], w).expand(B, -1, -1, -1).clone()
+    if state.contour_ids is not None:
+        jaw = list(CONTOUR_IDS)
+        mean[:, jaw] = model.mean.to(D)[state.contour_ids]
+        rows[:, jaw] = basis[state.contour_ids]
+    return joint_normal_equations(mean, rows, state.coeffs, problem.y, problem.weights(state), state.scale, state.R,
+                                  state.t, problem.sigma, problem.prior, problem.prior_mean)
+
+
+def restricted_case(model, identity_components=None, seed=0):
+    """A problem with a perturbed state, an identity prior mean and fixed landmarks missing in one face."""
+    lm, alpha, beta, cam = synthetic_landmarks(model, B=3, seed=seed, noise=1.0)
+    lm = lm.to(D)
+    lm[1, 20:24] = float("nan")  # rows one face lacks: the Gram tables' correction
+    g = torch.Generator().manual_seed(seed + 7)
+    mu = torch.randn(1, model.n_identity, generator=g, dtype=D)
+    problem = _Problem(fit_terms(model), lm, contour=True, identity_components=identity_components, expression=True,
+                       lambda_identity=1.5, lambda_expression=0.5, sigma_mm=2.0, identity_prior_mean=mu)
+    K = problem.K
+    coeffs = torch.cat([alpha[:, :K], beta], 1).to(D)
+    coeffs[:, :K] += 0.3 * torch.randn(coeffs[:, :K].shape, generator=g, dtype=D)
+    coeffs[:, K:] = (coeffs[:, K:] + 0.1 * torch.randn(beta.shape, generator=g, dtype=D)).clamp(problem.lower[K:],
+                                                                                                  problem.upper[K:])
+    R = axis_angle_to_matrix(torch.randn(3, 3, generator=g, dtype=D) * 0.05) @ cam.rotation_matrix.to(D)
+    state = _State(coeffs=coeffs, scale=cam.scale.to(D) * 1.05, R=R, t=cam.translation.to(D) + 3.0)
+    return problem, state
+
+
+class TestRestrictedSolve:
+    """The fast path (landmark/contour rows, per-model Gram tables, one Cholesky per step) against the dense
+    equations of the full model's rows and a dense bounded least-squares solve."""
+
+    @pytest.mark.parametrize("identity_components", [None, 4])
+    def test_system_equals_dense_rows(self, identity_components):
+        model = face_model()
+        problem, state = restricted_case(model, identity_components)
+        for contour in (False, True):
+            if contour:
+                problem.update_contour(state)
+            H, g = problem.system(state)
+            H_ref, g_ref = dense_system(model, problem, state)
+            scale = H_ref.abs().max()
+            torch.testing.assert_close(H, H_ref, rtol=0, atol=1e-11 * scale)
+            torch.testing.assert_close(g, g_ref, rtol=0, atol=1e-11 * g_ref.abs().max())
+
+    def test_bounded_step_equals_dense_solve(self):
+        from scipy.optimize import lsq_linear
+
+        model = face_model()
+        problem, state = restricted_case(model, seed=3)
+        problem.update_contour(state)
+        H_ref, g_ref = dense_system(model, problem, state)
+        before = state.coeffs.clone()
+        L = problem.joint_step(state)
+        torch.testing.assert_close(L @ L.transpose(1, 2), H_ref, rtol=0, atol=1e-9 * H_ref.abs().max())
+        K, inf = problem.K, np.inf
+        for b in range(3):  # min ½δᵀHδ − gᵀδ  ==  min ½‖Lᵀδ − L⁻¹g‖², the expression step keeping weights in [0, 1]
+            C = torch.linalg.cholesky(H_ref[b]).numpy()
+            lo = np.r_[np.full(6 + K, -inf), (problem.lower[K:] - before[b, K:]).numpy()]
+            hi = np.r_[np.full(6 + K, inf), (problem.upper[K:] - before[b, K:]).numpy()]
+            ref = lsq_linear(C.T, np.linalg.solve(C, g_ref[b].numpy()), bounds=(lo, hi), method="bvls", tol=1e-14).x
+            np.testing.assert_allclose(state.coeffs[b].numpy(), before[b].numpy() + ref[6:], atol=1e-6)
+            assert (lo[6 + K:] == ref[6 + K:]).any()  # a bound is active: the bounded path is exercised
+
+    def test_unbounded_step_equals_dense_solve(self):
+        model = face_model(expression_kind="pca")
+        problem, state = restricted_case(model, seed=5)
+        problem.update_contour(state)
+        H_ref, g_ref = dense_system(model, problem, state)
+        before = state.coeffs.clone()
+        problem.joint_step(state)
+        torch.testing.assert_close(state.coeffs, before + torch.linalg.solve(H_ref, g_ref)[:, 6:], atol=1e-6, rtol=0)
+
+    def test_ict_system_equals_dense_rows(self):
+        model = real_model("ict")
+        lm = fit_landmarks(model, synthetic_landmarks(face_model(), B=2, seed=4, noise=1.0)[0], iterations=1)
+        problem = _Problem(fit_terms(model), lm.landmarks_fitted.to(D) + 0.7, contour=True, identity_components=None,
+                           expression=True, lambda_identity=1.0, lambda_expression=1.0, sigma_mm=2.0)
+        state = _State(coeffs=torch.cat([lm.identity, lm.expression], 1).to(D), scale=lm.camera.scale.to(D),
+                       R=lm.camera.rotation_matrix.to(D), t=lm.camera.translation.to(D))
+        problem.update_contour(state)
+        H, g = problem.system(state)
+        H_ref, g_ref = dense_system(model, problem, state)
+        torch.testing.assert_close(H, H_ref, rtol=0, atol=1e-10 * H_ref.abs().max())
+        torch.testing.assert_close(g, g_ref, rtol=0, atol=1e-10 * g_ref.abs().max())
+
+    def test_vertices_are_built_on_first_access(self):
+        model = face_model()
+        lm, *_ = synthetic_landmarks(model, B=2, noise=0.5)
+        fit = fit_landmarks(model, lm)
+        assert "vertices" not in fit.__dict__
+        torch.testing.assert_close(fit.vertices, model(fit.identity, fit.expression).vertices)

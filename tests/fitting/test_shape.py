@@ -5,7 +5,7 @@ import torch
 
 from morphable.fitting.expression import box_qp
 from morphable.fitting.shape import (joint_normal_equations, normal_equations, posterior_covariance,
-                                     solve_coefficients)
+                                     solve_coefficients, solve_factored)
 from morphable.geometry.rotation import axis_angle_to_matrix
 
 D = torch.float64
@@ -91,3 +91,16 @@ def test_posterior_covariance_is_inverse_block():
     mean, basis, y, w, s, R, t, prior = setup(seed=3)
     H, _ = normal_equations(mean, basis, y, w, s, R, t, 1.0, prior)
     torch.testing.assert_close(posterior_covariance(H, 4), torch.linalg.inv(H)[:, :4, :4])
+
+
+def test_solve_factored_returns_the_factor_and_handles_any_bounded_order():
+    mean, basis, y, w, s, R, t, prior = setup(B=3, P=9, seed=4)
+    H, c = normal_equations(mean, basis, y, w, s, R, t, 1.0, prior)
+    inf = float("inf")
+    lo = torch.tensor([0.0, -inf, -inf, 0.0, -inf, -inf, 0.0, -inf, 0.0], dtype=D)  # bounded coordinates interleaved
+    hi = torch.where(torch.isfinite(lo), torch.tensor(0.2, dtype=D), torch.tensor(inf, dtype=D))
+    x, L = solve_factored(H, c, lo, hi)
+    torch.testing.assert_close(x, box_qp(H, c, lo, hi), atol=1e-9, rtol=0)
+    order = torch.tensor([1, 2, 4, 5, 7, 0, 3, 6, 8])  # unbounded first
+    torch.testing.assert_close(L @ L.transpose(1, 2), H[:, order][:, :, order])
+    assert ((x[:, [0, 3, 6, 8]] == 0) | (x[:, [0, 3, 6, 8]] == 0.2)).any()
