@@ -12,7 +12,8 @@ Wall-clock medians are the figures; the process CPU-time medians printed beside 
 llvmpipe's included) are steadier on a shared, loaded machine.
 
 Last line: ``RESULT fwd_ms=<35k forward> fwd_bwd_ms=<35k forward+backward> gl_fwd_ms=<moderngl forward or nan>
-ratio=<fwd_bwd/gl> ict_fwd_bwd_ms=… ict_gl_fwd_ms=… ict_ratio=… b4_per_image_ms=<(c) at B = 4>``.
+ratio=<fwd_bwd/gl> cpu_ratio=<the same in CPU time> ict_fwd_bwd_ms=… ict_gl_fwd_ms=… ict_ratio=…
+ict_cpu_ratio=… b4_per_image_ms=<(c) at B = 4>``.
 """
 from __future__ import annotations
 
@@ -153,7 +154,7 @@ def gl_call(vertices: torch.Tensor, triangles: torch.Tensor):
     return render
 
 
-def _report(name: str, v: torch.Tensor, f: torch.Tensor, repeats: int) -> tuple[float, float, float]:
+def _report(name: str, v: torch.Tensor, f: torch.Tensor, repeats: int) -> tuple[float, float, float, float]:
     fns = torch_calls(v, f)
     gl = gl_call(v, f)
     if gl is not None:
@@ -163,7 +164,7 @@ def _report(name: str, v: torch.Tensor, f: torch.Tensor, repeats: int) -> tuple[
     print(f"{name} V={v.shape[0]} F={f.shape[0]}: fwd {fwd:.1f} ms, fwd+bwd {fb:.1f} ms, moderngl fwd {gl_ms:.1f} ms, "
           f"fwd_bwd/gl = {fb / gl_ms:.2f}  (CPU time: fwd {cpu['fwd']:.1f}, fwd+bwd {cpu['fwd_bwd']:.1f}, "
           f"gl {cpu.get('gl', math.nan):.1f} ms)")
-    return fwd, fb, gl_ms
+    return fwd, fb, gl_ms, cpu["fwd_bwd"] / cpu.get("gl", math.nan)
 
 
 def batch_scaling(v: torch.Tensor, f: torch.Tensor, repeats: int, sizes=(1, 2, 4)) -> dict[int, float]:
@@ -185,15 +186,15 @@ def main() -> None:
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {SIZE}x{SIZE}")
 
     ict = ict_mean()
-    ict_fb = ict_gl = math.nan
+    ict_fb = ict_gl = ict_cpu_ratio = math.nan
     if ict is not None:
-        _, ict_fb, ict_gl = _report("(a) ICT mean mesh", *ict, args.repeats)
+        _, ict_fb, ict_gl, ict_cpu_ratio = _report("(a) ICT mean mesh", *ict, args.repeats)
     v, f = sphere()
-    fwd, fb, gl = _report("(b) sphere", v, f, args.repeats)
+    fwd, fb, gl, cpu_ratio = _report("(b) sphere", v, f, args.repeats)
     per = batch_scaling(v, f, args.repeats)
-    print(f"RESULT fwd_ms={fwd:.2f} fwd_bwd_ms={fb:.2f} gl_fwd_ms={gl:.2f} ratio={fb / gl:.2f} "
+    print(f"RESULT fwd_ms={fwd:.2f} fwd_bwd_ms={fb:.2f} gl_fwd_ms={gl:.2f} ratio={fb / gl:.2f} cpu_ratio={cpu_ratio:.2f} "
           f"ict_fwd_bwd_ms={ict_fb:.2f} ict_gl_fwd_ms={ict_gl:.2f} ict_ratio={ict_fb / ict_gl:.2f} "
-          f"b4_per_image_ms={per[4]:.2f}")
+          f"ict_cpu_ratio={ict_cpu_ratio:.2f} b4_per_image_ms={per[4]:.2f}")
 
 
 if __name__ == "__main__":
