@@ -255,7 +255,8 @@ class STNRecipe(Recipe):
         if cfg.net.trunk == "dlib":
             f = self.train_set["features"]
             self.localiser.trunk.mean.copy_(f.mean(0))
-            self.localiser.trunk.std.copy_(f.std(0).clamp_min(1e-3 * float(f.std(0).mean())))
+            # features nearly constant on synthetic faces must not blow up on photos: std floored at the median
+            self.localiser.trunk.std.copy_(f.std(0).clamp_min(float(f.std(0).median())))
         self.defined = self.face_model.landmark_mask.clone()
         self.defined[: FIXED_LANDMARKS.start] = False
 
