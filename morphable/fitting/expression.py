@@ -20,7 +20,7 @@ def _masked_solve(H: Tensor, g: Tensor, free: Tensor) -> Tensor:
     f = free.to(H.dtype)
     H_ff = H * (f[:, :, None] * f[:, None, :])
     H_ff.diagonal(dim1=1, dim2=2).add_(1 - f)
-    return -torch.cholesky_solve((g * f)[..., None], torch.linalg.cholesky(H_ff))[..., 0]
+    return -torch.cholesky_solve((g * f)[..., None], torch.linalg.cholesky_ex(H_ff)[0])[..., 0]
 
 
 _STEPS = tuple(0.5**k for k in range(12))  # backtracking step lengths, tried all at once

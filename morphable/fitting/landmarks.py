@@ -341,19 +341,20 @@ class _Problem:
         Xv = X @ R.transpose(1, 2)
         vx, vy, vz = Xv.unbind(-1)
         zero, inv_s = torch.zeros_like(vx), (1 / s)[:, None].expand_as(vx)
-        J_cam = torch.stack([zero, vz, -vy, vx, inv_s, zero, vz, zero, -vx, -vy, zero, inv_s], -1).view(B, -1, 2, 6)
-        proj = torch.stack([vx, -vy], -1) * s[:, None, None] + t[:, None]
-        r = (y - proj) / s[:, None, None]  # (B, N, 2) mm
-        ww = (w * inv_var)[..., None]
-        wJ = J_cam * ww[..., None]
+        ru = (y[..., 0] - t[:, None, 0]) / s[:, None] - vx  # residuals (mm) of u = s·vx + t_u, v = −s·vy + t_v
+        rv = (y[..., 1] - t[:, None, 1]) / s[:, None] + vy
+        # per landmark coordinate: the camera Jacobian (ω, log s, t) in mm and the residual, (B, N, 2, 7)
+        A = torch.stack([zero, vz, -vy, vx, inv_s, zero, ru, vz, zero, -vx, -vy, zero, inv_s, rv], -1).view(B, -1, 2, 7)
+        wA = A * (w * inv_var)[..., None, None]
+        cam = wA.view(B, -1, 7)[..., :6].transpose(1, 2) @ A.view(B, -1, 7)  # (B, 6, 7): H_cc | g_c
         FR = R[:, :2] * R.new_tensor([1.0, -1.0])[None, :, None]  # (B, 2, 3) = F Π R
         # camera–coefficient coupling and coefficient gradient: Σ_n (w J_camᵀ | w r)ᵀ F Π R B_n
-        T = torch.einsum("bnik,bic->bknc", torch.cat([wJ, (r * ww)[..., None]], -1), FR)  # (B, 7, N, 3)
+        T = (wA.transpose(2, 3) @ FR[:, None]).transpose(1, 2)  # (B, 7, N, 3)
         C = T[:, :, :n_fixed].reshape(B, 7, -1) @ tab.basis  # (B, 7, P)
         r3 = R[:, 2]
         M = (torch.eye(3, dtype=x.dtype, device=x.device) - r3[:, :, None] * r3[:, None, :]) * inv_var
         H = (M.view(B, 9)[:, _PAIR_INDEX] @ tab.gram).view(B, D, D)  # fixed rows' coefficient block, weights 1
-        H[:, :6, :6] += torch.einsum("bnik,bnil->bkl", wJ, J_cam)
+        H[:, :6, :6] += cam[..., :6]
         rows_x, w_x = [], []  # explicit coefficient rows F Π R B_n and their weights
         if state.contour_ids is not None:
             C = C + T[:, :, n_fixed:].reshape(B, 7, -1) @ basis_c
@@ -365,14 +366,14 @@ class _Problem:
         H[:, :6, 6:] = C[:, :6]
         H[:, 6:, :6] = C[:, :6].transpose(1, 2)
         if rows_x:
-            J_x = torch.cat(rows_x, 1).flatten(1, 2)  # (B, 2M, P)
-            wx = (torch.cat(w_x, 1) * inv_var).repeat_interleave(2, dim=1)[..., None]
-            H[:, 6:, 6:].baddbmm_((J_x * wx).transpose(1, 2), J_x)
+            J_x = rows_x[0] if len(rows_x) == 1 else torch.cat(rows_x, 1)  # (B, M, 2, P)
+            w_x = (w_x[0] if len(w_x) == 1 else torch.cat(w_x, 1)) * inv_var
+            H[:, 6:, 6:].baddbmm_((J_x * w_x[..., None, None]).flatten(1, 2).transpose(1, 2), J_x.flatten(1, 2))
         diag = H.diagonal(dim1=1, dim2=2)
         diag[:, :6] += 1e-9
         diag[:, 6:] += self.prior
         g_x = C[:, 6] - self.prior * (x if self.prior_mean is None else x - self.prior_mean)
-        return H, torch.cat([torch.einsum("bnik,bni->bk", wJ, r), g_x], 1)
+        return H, torch.cat([cam[..., 6], g_x], 1)
 
     def joint_step(self, state: _State) -> Tensor:
         """One Gauss–Newton step in camera and coefficients; returns the Cholesky factor ``(B, 6+P, 6+P)`` of

@@ -111,26 +111,27 @@ def solve_factored(H: Tensor, c: Tensor, lower: Tensor, upper: Tensor,
         unbounded first (``H`` itself when the bounded coordinates already come last, as in every fit here).
     """
     bounded = (torch.isfinite(lower) | torch.isfinite(upper)).reshape(-1, c.shape[-1]).any(0)  # (P,)
-    if not bool(bounded.any()):
+    n_a = int(bounded.numel() - bounded.sum())
+    if n_a == c.shape[-1]:
         L = torch.linalg.cholesky(H)
         return torch.cholesky_solve(c[..., None], L)[..., 0], L
-    n_a = int((~bounded).sum())
-    order = torch.cat([torch.nonzero(~bounded).squeeze(1), torch.nonzero(bounded).squeeze(1)])
-    trailing = bool(bounded[n_a:].all())
-    if not trailing:
-        H, c = H[:, order][:, :, order], c[:, order]
-    lo, hi = lower.expand_as(c)[..., order], upper.expand_as(c)[..., order]
+    lo, hi = lower.expand_as(c), upper.expand_as(c)
+    order = None
+    if not bool(bounded[n_a:].all()):  # move the bounded coordinates last
+        order = torch.cat([torch.nonzero(~bounded).squeeze(1), torch.nonzero(bounded).squeeze(1)])
+        H, c, lo, hi = H[:, order][:, :, order], c[:, order], lo[:, order], hi[:, order]
+        x0 = None if x0 is None else x0[:, order]
     L = torch.linalg.cholesky(H)
-    z = torch.linalg.solve_triangular(L, c[..., None], upper=False)[..., 0]
+    z = torch.linalg.solve_triangular(L, c[..., None], upper=False)
     L_b = L[:, n_a:, n_a:]
-    xb = box_qp(L_b @ L_b.transpose(1, 2), (L_b @ z[:, n_a:, None])[..., 0], lo[:, n_a:], hi[:, n_a:],
-                x0=None if x0 is None else x0[:, order[n_a:]])
-    x = torch.empty_like(c)
-    x[:, n_a:] = xb
+    xb = box_qp(L_b @ L_b.transpose(1, 2), (L_b @ z[:, n_a:])[..., 0], lo[:, n_a:], hi[:, n_a:],
+                x0=None if x0 is None else x0[:, n_a:])
     if n_a:
-        rhs = z[:, :n_a] - (L[:, n_a:, :n_a].transpose(1, 2) @ xb[..., None])[..., 0]
-        x[:, :n_a] = torch.linalg.solve_triangular(L[:, :n_a, :n_a].transpose(1, 2), rhs[..., None], upper=True)[..., 0]
-    if not trailing:
+        rhs = z[:, :n_a] - L[:, n_a:, :n_a].transpose(1, 2) @ xb[..., None]
+        x = torch.cat([torch.linalg.solve_triangular(L[:, :n_a, :n_a].transpose(1, 2), rhs, upper=True)[..., 0], xb], 1)
+    else:
+        x = xb
+    if order is not None:
         x = torch.empty_like(x).index_copy_(1, order, x)
     return x, L
 
