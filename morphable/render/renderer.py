@@ -2,14 +2,20 @@
 
 Pipeline for a batch of meshes in model space (mm):
 
-1. ``camera.project_with_depth`` gives screen vertices ``(u, v, depth)``;
-2. :func:`~morphable.render.rasterize.rasterize_ids` finds each pixel's triangle (no gradient);
+1. ``camera.transform`` gives view-frame vertices and ``camera.project_view`` screen vertices
+   ``(u, v, depth)`` from them (one rotation for both);
+2. :func:`~morphable.render.rasterize.rasterize_ids_facing` finds each pixel's triangle (no gradient)
+   and each triangle's orientation;
 3. :func:`~morphable.render.silhouette.soft_silhouette` gives the anti-aliased alpha and the triangles
-   to extrapolate just outside the silhouette;
+   to extrapolate just outside the silhouette, reusing those orientations;
 4. barycentrics are recomputed differentiably for the covered and near-silhouette pixels only
    (a packed list of pixels), vertex attributes (view-frame normals, albedo, UVs, positions) are
    interpolated there, and shaded: SH Lambertian, Phong point lights, or unlit albedo;
-5. the packed results are scattered into ``(B, H, W, C)`` buffers and composited over the background.
+5. the packed colours are composited over the background on the packed pixels and scattered into the
+   ``(B, H, W, 3)`` image (elsewhere the image is the background).
+
+The tables that depend on the triangles only (edge pairing, sorted corners, vertex–face incidence) are
+shared by every renderer of the same triangle list (:func:`~morphable.render.topology.mesh_topology`).
 
 SH shading of per-vertex colours (or white), the common case, runs step 4's barycentrics, interpolation
 and shading as one autograd node with a hand-written backward
