@@ -134,13 +134,13 @@ def silhouette_mask(R: Tensor, terms: ContourTerms) -> Tensor:
     An edge is occluding when the view-frame z of its end points' normals differ in sign; the normals
     are those of the mean shape (identity and expression barely turn them), so the test is one product.
     """
-    front = (R[:, 2] @ terms.normals.T.to(R.dtype)) > 0  # (B, R)
+    front = (terms.normals.to(R.dtype) @ R[:, 2].T) > 0  # (R, B): vertex-major, so edge gathers copy rows
     e = terms.edge_vertices
-    face, edge = torch.nonzero(front.index_select(1, e[:, 0]) != front.index_select(1, e[:, 1]), as_tuple=True)
+    edge, face = torch.nonzero(front.index_select(0, e[:, 0]) != front.index_select(0, e[:, 1]), as_tuple=True)
     on = torch.zeros_like(front)
-    on[face, e[edge, 0]] = True  # a vertex is on the silhouette when any of its edges is occluding
-    on[face, e[edge, 1]] = True
-    return on
+    on[e[edge, 0], face] = True  # a vertex is on the silhouette when any of its edges is occluding
+    on[e[edge, 1], face] = True
+    return on.T
 
 
 def _nearest(landmarks: Tensor, projected: Tensor, allowed: Tensor | None = None) -> tuple[Tensor, Tensor]:

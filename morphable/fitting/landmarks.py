@@ -293,7 +293,7 @@ class _Problem:
         coeffs, s, R, t = ((state.coeffs, state.scale, state.R, state.t) if faces is None else
                            (state.coeffs[faces], state.scale[faces], state.R[faces], state.t[faces]))
         mean, rows = self._region(positions)  # (S, 3), (S, 3, P)
-        pts = mean + (coeffs @ rows.view(-1, P).T).view(coeffs.shape[0], -1, 3)
+        pts = torch.addmm(mean.view(1, -1), coeffs, rows.view(-1, P).T).view(coeffs.shape[0], -1, 3)
         return project_scaled_orthographic(pts, s, R, t)
 
     def update_contour(self, state: _State) -> None:
@@ -433,6 +433,18 @@ def _finish(model: MorphableModel, problem: _Problem, state: _State, cov: Tensor
                        rms_px=rms.to(out_dtype), contour_fitted=state.contour_ids is not None, model=model)
 
 
+def _inverse_block(L: Tensor, offset: int, k: int) -> Tensor:
+    """``(H⁻¹)[o:o+k, o:o+k]`` from the Cholesky factor ``L (B, P, P)`` of ``H``. ``-> (B, k, k)``.
+
+    ``H⁻¹ = L⁻ᵀ L⁻¹`` and the trailing block of ``L⁻¹`` is ``L[o:, o:]⁻¹`` (lower triangular), so the block is
+    ``YᵀY`` with ``Y = L[o:, o:]⁻¹ E`` (``E`` the first ``k`` unit columns): ``k`` triangular solves, not a full inverse.
+    """
+    L_o = L[:, offset:, offset:]
+    E = torch.eye(L_o.shape[-1], k, dtype=L.dtype, device=L.device).expand(L.shape[0], -1, -1)
+    Y = torch.linalg.solve_triangular(L_o, E, upper=False)
+    return Y.transpose(1, 2) @ Y
+
+
 def _fit(model: MorphableModel, terms: FitTerms, points: Tensor, *, iterations: int, contour: bool,
          identity_components: int | None, expression: bool, lambda_identity: float, lambda_expression: float,
          sigma_mm: float, identity_prior_mean: Tensor | None = None) -> LandmarkFit:
@@ -448,11 +460,10 @@ def _fit(model: MorphableModel, terms: FitTerms, points: Tensor, *, iterations: 
         if problem.use_contour:
             problem.update_contour(state)
         L = problem.joint_step(state)
-    K = problem.K
     if L is None:
-        cov = torch.cholesky_inverse(problem.solve_shape(state))[:, :K, :K]
+        cov = _inverse_block(problem.solve_shape(state), 0, problem.K)
     else:  # the identity block of the joint inverse: camera and expression marginalised
-        cov = torch.cholesky_inverse(L)[:, 6:6 + K, 6:6 + K]
+        cov = _inverse_block(L, 6, problem.K)
     if problem.use_contour:
         problem.update_contour(state)
     return _finish(model, problem, state, cov, out_dtype)
