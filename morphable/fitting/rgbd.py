@@ -9,12 +9,14 @@ The geometry term of Zhang's group's RGB-D tracker (seed ``zhang-deep-3d-face-mo
     E_lan = Σ_l ‖R X_l(α, β) + t − Q_l‖² / σ_lan²                  (landmarks lifted to 3D by the depth),
     E_reg = λ_id ‖α‖² + λ_exp ‖β‖²                                  (standardised coefficients).
 
-``q_p`` is the back-projected depth pixel that model vertex ``p`` projects to under the sensor's pinhole
-intrinsics (projective data association, as in KinectFusion — Newcombe et al., ISMAR 2011), ``n_q`` the
-depth map's normal there (central differences); pairs farther than ``max_distance_mm`` along the normal,
-vertices facing away and pixels without depth (holes: NaN, 0 or inf) are left out, so sensor holes only
-remove terms. The pose starts from the rigid (Kabsch) alignment of the model's landmarks to the lifted
-ones. The camera is metric (scale 1): a depth sensor gives millimetres.
+``q_p`` is the back-projected depth map, bilinearly sampled where model vertex ``p`` projects under the
+sensor's pinhole intrinsics (projective data association, as in KinectFusion — Newcombe et al., ISMAR
+2011), ``n_q`` the depth map's normal there (central differences). Pairs farther apart than
+``max_distance_mm``, vertices facing away, samples next to a hole (NaN, 0 or inf) and samples across a
+depth edge (a silhouette or an occlusion: without this, the few vertices hidden behind the nose or the
+eyelids pull the fit off the true shape) are left out, and so, once the fit is close, are vertices lying
+behind the seen surface (hidden by it); sensor holes only remove terms. The pose starts from the rigid
+(Kabsch) alignment of the model's landmarks to the lifted ones. The camera is metric (scale 1): a depth sensor gives millimetres.
 
 Not here: the seed's refined basis ``A′`` and its regulariser ``E_regA`` (the basis stays the model's),
 and the photometric term (E_col); :func:`fit_rgbd` is the geometric counterpart of the RGB-only landmark
@@ -79,10 +81,39 @@ def depth_normals(points: Tensor, step: int = 1) -> Tensor:
     return torch.where(flip, -n, n)
 
 
+def _sample_depth(points: Tensor, normals: Tensor, uv: Tensor, edge_mm: float) -> tuple[Tensor, Tensor]:
+    """Bilinear samples of the back-projected points and their normals at ``uv (M, 2)`` px: ``(M, 3)`` each,
+    the weights renormalised over the corner pixels that have both (holes skipped); NaN outside the image,
+    with no such corner, or across a depth edge (the corners' depths spread more than ``edge_mm``: a
+    silhouette or an occlusion, where no surface point lies between them)."""
+    H, W = points.shape[:2]
+    x0, y0 = torch.floor(uv[:, 0]), torch.floor(uv[:, 1])
+    fx, fy = uv[:, 0] - x0, uv[:, 1] - y0
+    x0, y0 = x0.long(), y0.long()
+    inside = (x0 >= 0) & (x0 < W - 1) & (y0 >= 0) & (y0 < H - 1)
+    x0, y0 = x0.clamp(0, W - 2), y0.clamp(0, H - 2)
+    corners = [(y0, x0), (y0, x0 + 1), (y0 + 1, x0), (y0 + 1, x0 + 1)]
+    p = torch.stack([points[yy, xx] for yy, xx in corners], 1)  # (M, 4, 3)
+    n = torch.stack([normals[yy, xx] for yy, xx in corners], 1)
+    w = torch.stack([(1 - fx) * (1 - fy), fx * (1 - fy), (1 - fx) * fy, fx * fy], 1)  # (M, 4)
+    valid = torch.isfinite(p).all(-1) & torch.isfinite(n).all(-1)
+    w = torch.where(valid, w, torch.zeros_like(w))
+    total = w.sum(1, keepdim=True)
+    q = (w[..., None] * torch.nan_to_num(p)).sum(1) / total
+    n = (w[..., None] * torch.nan_to_num(n)).sum(1)
+    n = n / n.norm(dim=-1, keepdim=True)
+    z = p[..., 2]
+    spread = torch.where(valid, z, -torch.inf).amax(1) - torch.where(valid, z, torch.inf).amin(1)
+    bad = ~inside | (total[:, 0] < 1e-6) | (spread > edge_mm)
+    nan = torch.tensor(float("nan"), dtype=q.dtype)
+    return torch.where(bad[:, None], nan, q), torch.where(bad[:, None], nan, n)
+
+
 def fit_rgbd(model: MorphableModel, depth: Tensor, focal: float, principal_point: tuple[float, float],
              landmarks: Tensor, *, iterations: int = 8, sigma_geo_mm: float = 1.0, sigma_landmark_mm: float = 4.0,
              lambda_identity: float = 1.0, lambda_expression: float = 1.0, max_distance_mm: float = 10.0,
-             max_points: int = 4000, normal_step: int = 2) -> RGBDFit:
+             max_points: int = 4000, normal_step: int = 2,
+             edge_mm: float = 5.0, occlusion_mm: float = 2.0) -> RGBDFit:
     """Fit the model to a depth image and its 68 landmarks (module docstring).
 
     Args:
@@ -91,9 +122,12 @@ def fit_rgbd(model: MorphableModel, depth: Tensor, focal: float, principal_point
         landmarks: ``(68, 2)`` px (NaN = missing); the jawline is not used (its depth lies on the outline).
         iterations: Gauss–Newton steps (each re-associates the depth pairs).
         sigma_geo_mm / sigma_landmark_mm: noise σ of the two terms; lambda_*: prior precisions.
-        max_distance_mm: pairs farther apart along the normal are outliers.
+        max_distance_mm: pairs farther apart are outliers.
         max_points: model vertices used for E_geo (the ``face`` region, sub-sampled with a fixed seed).
         normal_step: the depth normals' half baseline in pixels (:func:`depth_normals`).
+        edge_mm: depth steps between neighbouring pixels above this are edges, not surface (no pairs there).
+        occlusion_mm: in the second half of the steps, a vertex farther than the depth sample by more than
+            this is hidden behind another surface (eyelashes, the nose) and has no pair.
     Returns:
         :class:`RGBDFit`.
     Raises:
@@ -137,24 +171,21 @@ def fit_rgbd(model: MorphableModel, depth: Tensor, focal: float, principal_point
     lower = torch.tensor([-inf] * 6 + [-inf] * K + [lo_e] * Ke, dtype=f64)
     upper = torch.tensor([inf] * 6 + [inf] * K + [hi_e] * Ke, dtype=f64)
     rms, n_pairs = float("nan"), 0
-    for _ in range(iterations + 1):
+    for step in range(iterations + 1):
         X = v_mean + v_basis @ c  # (M, 3) model space
         RX = X @ R.T
         Xc = RX + t
         z = -Xc[:, 2]
-        u = focal * Xc[:, 0] / z + principal_point[0]
-        v = -focal * Xc[:, 1] / z + principal_point[1]
-        ui, vi = torch.round(u).long(), torch.round(v).long()
-        ok = (z > 0) & (ui >= 0) & (ui < W) & (vi >= 0) & (vi < H)
-        q = torch.full_like(Xc, float("nan"))
-        n = torch.full_like(Xc, float("nan"))
-        q[ok], n[ok] = points[vi[ok], ui[ok]], normals[vi[ok], ui[ok]]
+        uv = torch.stack([focal * Xc[:, 0] / z + principal_point[0], -focal * Xc[:, 1] / z + principal_point[1]], 1)
+        q, n = _sample_depth(points, normals, uv, edge_mm)
         r = (n * (Xc - q)).sum(-1)  # (M,) point-to-plane, mm
         facing = ((mean_normals @ R.T) * -Xc).sum(-1) > 0
-        ok = ok & torch.isfinite(r) & (r.abs() < max_distance_mm) & facing
+        ok = (z > 0) & torch.isfinite(r) & ((Xc - q).norm(dim=-1) < max_distance_mm) & facing
+        if step >= iterations // 2:  # once close: a vertex behind the seen surface is hidden by it
+            ok &= Xc[:, 2] - q[:, 2] > -occlusion_mm
         n_pairs = int(ok.sum())
         rms = float(r[ok].pow(2).mean().sqrt()) if n_pairs else float("nan")
-        if _ == iterations:
+        if step == iterations:
             break
         # E_geo rows: ∂r/∂ω = (R X) × n, ∂r/∂t = n, ∂r/∂c = nᵀ R B
         n_ok = n[ok]

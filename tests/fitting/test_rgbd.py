@@ -74,7 +74,7 @@ def test_depth_fit_recovers_the_shape_where_landmarks_alone_cannot():
     err_rgb = shape_error_mm(rgb_only.identity[0], rgb_only.expression[0], (identity, expression))
     assert err_rgbd <= 0.5, (err_rgbd, err_rgb)
     assert err_rgbd < 0.5 * err_rgb, (err_rgbd, err_rgb)
-    assert angle_error_deg(fit.camera.rotation_matrix, cam.rotation_matrix)[0] < 0.5
+    assert angle_error_deg(fit.camera.rotation_matrix, cam.rotation_matrix)[0] < 1.0
     assert (fit.camera.translation - cam.translation).norm() < 2.0
     assert (fit.expression - expression).abs().max() < 0.1
     assert 0.2 < fit.rms_geo_mm < 0.8  # about the sensor noise (0.5 mm) is what is left
