@@ -16,7 +16,8 @@ sensor's pinhole intrinsics (projective data association, as in KinectFusion —
 depth edge (a silhouette or an occlusion: without this, the few vertices hidden behind the nose or the
 eyelids pull the fit off the true shape) are left out, and so, once the fit is close, are vertices lying
 behind the seen surface (hidden by it); sensor holes only remove terms. The pose starts from the rigid
-(Kabsch) alignment of the model's landmarks to the lifted ones. The camera is metric (scale 1): a depth sensor gives millimetres.
+(Kabsch) alignment of the model's landmarks to the lifted ones. The camera is metric (scale 1): a depth
+sensor gives millimetres.
 
 Not here: the seed's refined basis ``A′`` and its regulariser ``E_regA`` (the basis stays the model's),
 and the photometric term (E_col); :func:`fit_rgbd` is the geometric counterpart of the RGB-only landmark
