@@ -118,3 +118,29 @@ def test_frame_without_face_is_held_from_its_neighbours():
     landmarks[:] = float("nan")
     with pytest.raises(ValueError, match="no frame"):
         track_landmarks(model, landmarks, identity)
+
+
+def test_face_follower_tracks_the_box_and_matches_full_detection():
+    """On the corpus's video: after the first frame the follower finds the face in a small region around
+    the previous landmarks (no full detection) and its landmarks are dlib's on the whole frame; a blank
+    frame is no face, and the next frame is detected afresh."""
+    import imageio.v2 as imageio
+    from PIL import Image
+
+    from morphable.detect.dlib68 import detect_landmarks
+    from morphable.fitting.track import FaceFollower
+    from tests.conftest import data_file
+
+    reader = imageio.get_reader(data_file("3DDFA/demo@obama/obama.mp4"), "ffmpeg")
+    frames = [np.asarray(Image.fromarray(f).resize((480, 270), Image.BILINEAR)) for _, f in zip(range(4), reader)]
+    reader.close()
+    follower = FaceFollower("hog")
+    sources = []
+    for frame in frames:
+        points, source = follower(frame)
+        sources.append(source)
+        full = detect_landmarks(frame, detector="hog")[0].landmarks
+        assert np.abs(points - full).mean() < 1.0  # the same predictor in nearly the same box
+    assert sources == ["dlib-hog", "tracked", "tracked", "tracked"] and follower.full_detections == 1
+    assert follower(np.zeros_like(frames[0])) == (None, "none") and follower.full_detections == 2
+    assert follower(frames[0])[1] == "dlib-hog"
