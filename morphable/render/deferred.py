@@ -65,6 +65,14 @@ def sh_shade_packed(screen: Tensor, normals: Tensor, colors: Tensor | None, sh: 
     return _ShadePacked.apply(screen, normals, colors, sh, triangles, batch, face, centres, perspective)
 
 
+def _image_bounds(batch: Tensor, B: int) -> list[int] | None:
+    """Where each image's pixels start and end, ``[0, n_0, n_0 + n_1, …, P]``, when ``batch`` ``(P,)`` is
+    non-decreasing (packed pixels in flat order, as the renderer makes them); ``None`` otherwise."""
+    if batch.numel() > 1 and not bool((batch[1:] >= batch[:-1]).all()):
+        return None
+    return [0] + torch.bincount(batch, minlength=B).cumsum(0).tolist()
+
+
 class _ShadePacked(torch.autograd.Function):
     """Forward and hand-written backward of :func:`sh_shade_packed`. Work arrays are rows ``(P,)``
     (contiguous 1-D vectors, stacked along dim 0: the fastest layout for elementwise ops and small matrix
@@ -99,12 +107,17 @@ class _ShadePacked(torch.autograd.Function):
         phi = torch.stack([torch.full_like(mx, _A0), _A1 * my, _A1 * mz, _A1 * mx, _A2 * mx * my, _A2 * my * mz,
                            _A3 * (3.0 * mz * mz - 1.0), _A2 * mx * mz, _A4 * (mx * mx - my * my)])  # (9, P) = φ(m)
         L = sh.to(dtype)
+        bounds = None
         if B == 1 or sh.shape[0] == 1:
             s = L[0].t() @ phi  # (3, P)
         else:
-            s = (L.index_select(0, batch).permute(1, 2, 0) * phi[:, None]).sum(0)  # Σ_k L[b(p), k, c] φ_k(p)
+            bounds = _image_bounds(batch, B)
+            if bounds is not None:  # one (3, 9) @ (9, P_b) product per image
+                s = torch.cat([L[b].t() @ phi[:, bounds[b]:bounds[b + 1]] for b in range(B)], dim=1)
+            else:
+                s = (L.index_select(0, batch).permute(1, 2, 0) * phi[:, None]).sum(0)  # Σ_k L[b(p), k, c] φ_k(p)
         ctx.save_for_backward(sh, batch, corner, px, py, s, rho, phi, length, scale, area2, *lam, *at)
-        ctx.q, ctx.inv = q, inv
+        ctx.q, ctx.inv, ctx.bounds = q, inv, bounds
         ctx.perspective, ctx.shape, ctx.dtypes = perspective, (B, V), (screen.dtype, normals.dtype, colors.dtype)
         return (rho * s).t()  # (P, 3) view
 
@@ -122,13 +135,19 @@ class _ShadePacked(torch.autograd.Function):
         L = sh.to(dtype)
         g_sh = None
         per_pixel = not (B == 1 or sh.shape[0] == 1)
+        bounds = ctx.bounds
+        span = lambda t, b: t[:, bounds[b]:bounds[b + 1]]  # noqa: E731  (image b's pixels)
         if ctx.needs_input_grad[3]:
-            if per_pixel:
+            if per_pixel and bounds is not None:
+                g_sh = torch.stack([span(phi, b) @ span(g_s, b).t() for b in range(B)]).to(sh.dtype)
+            elif per_pixel:
                 outer = (phi[:, None] * g_s[None]).permute(2, 0, 1)  # (P, 9, 3)
                 g_sh = torch.zeros_like(L).index_add_(0, batch, outer.contiguous()).to(sh.dtype)
             else:
                 g_sh = (phi @ g_s.t())[None].to(sh.dtype)
-        if per_pixel:
+        if per_pixel and bounds is not None:
+            g_phi = torch.cat([L[b] @ span(g_s, b) for b in range(B)], dim=1)  # (9, P)
+        elif per_pixel:
             g_phi = (L.index_select(0, batch).permute(1, 2, 0) * g_s[None]).sum(1)  # (9, P)
         else:
             g_phi = L[0] @ g_s

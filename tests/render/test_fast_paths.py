@@ -116,3 +116,29 @@ def test_topology_tables_are_shared_by_content_and_rebuilt_when_the_triangles_ch
     assert not torch.equal(before, after.triangle_id)
     fresh = Renderer(flipped, (12, 12))(v[None], cam)
     assert torch.equal(after.triangle_id, fresh.triangle_id) and torch.equal(after.image, fresh.image)
+
+
+@pytest.mark.parametrize("perspective", [False, True])
+def test_per_image_sh_products_equal_the_per_pixel_gather(perspective):
+    """Packed pixels in flat order (the renderer's) take one SH product per image; any other order takes the
+    per-pixel gather. Both equal the autograd reference, values and gradients."""
+    from morphable.render.deferred import sh_shade_packed, sh_shade_packed_reference
+    from tests.render.test_deferred import _packed_scene
+
+    inputs, f, batch, face, centres = _packed_scene(perspective)
+    assert inputs[3].shape[0] == 2 and (batch == 0).any() and (batch == 1).any()
+    shuffled = torch.randperm(face.numel(), generator=torch.Generator().manual_seed(4))
+    w = torch.randn(face.numel(), 3, dtype=f64, generator=torch.Generator().manual_seed(5))
+    results = []
+    for order in (torch.arange(face.numel()), shuffled):
+        leaves = [t.clone().requires_grad_(True) for t in inputs]
+        out = sh_shade_packed(*leaves, f, batch[order], face[order], centres[order], perspective)
+        ref = sh_shade_packed_reference(*leaves, f, batch[order], face[order], centres[order], perspective)
+        assert torch.allclose(out, ref, atol=1e-12)
+        grads = torch.autograd.grad((out * w[order]).sum(), leaves)
+        ref_grads = torch.autograd.grad((ref * w[order]).sum(), leaves)
+        for g, r in zip(grads, ref_grads):
+            assert torch.allclose(g, r, atol=1e-10)
+        results.append((out[torch.argsort(order)], grads))
+    assert torch.allclose(results[0][0], results[1][0], atol=1e-12)
+    assert all(torch.allclose(a, b, atol=1e-10) for a, b in zip(results[0][1], results[1][1]))
