@@ -499,9 +499,12 @@ class FaceFollower:
 
     Args:
         detector: the full detection's dlib detector (``auto``, ``hog``, ``cnn``).
+        roi: side of the searched square, in landmark extents (1.8 leaves 0.4 extents of motion per frame).
+        face_px: the face's size in the shrunk square (HOG's window is 80 px; 90 costs 11 ms of CPU per
+            640-px frame against 17 ms for ``roi`` 2.2 and 100 px).
     """
 
-    def __init__(self, detector: str = "auto", *, roi: float = 2.2, face_px: float = 100.0):
+    def __init__(self, detector: str = "auto", *, roi: float = 1.8, face_px: float = 90.0):
         self.detector = detector
         self.roi = roi
         self.face_px = face_px
