@@ -146,7 +146,8 @@ def track_video(path: str | Path, model, model_name: str, *, shape_from: str = "
                                          landmark_box, track_landmarks)
 
     config = config or TrackConfig()
-    _, fps, size, estimate = open_video(path)
+    reader, fps, size, estimate = open_video(path)
+    reader.close()
     wanted = set(keyframe_indices([True] * max(estimate, 1), config.keyframes))
     follower = FaceFollower(detector)
     landmarks, sources, flows, kept = [], [], [], {}
