@@ -189,13 +189,20 @@ def contour_correspondences(project: Callable[[Tensor], Tensor], R: Tensor, land
             faces = torch.nonzero(away).squeeze(1)
             if not faces.numel():
                 continue
-            on = silhouette_mask(R[faces], terms) & side  # (F, R)
+            every = faces.numel() == B  # (a single face, say): no subsets to take
+            on = silhouette_mask(R if every else R[faces], terms) & side  # (F, R)
             union = torch.nonzero(on.any(0)).squeeze(1)  # silhouette vertices any of these faces needs
             if not union.numel():
                 continue
-            proj = project(union)[faces] if project_faces is None else project_faces(union, faces)
-            near, ok = _nearest(lm[faces, cols], proj, on[:, union])
-            ids[faces] = torch.where(ok, union[near], ids[faces])
+            if every or project_faces is None:
+                proj = project(union) if every else project(union)[faces]
+            else:
+                proj = project_faces(union, faces)
+            near, ok = _nearest(lm[:, cols] if every else lm[faces, cols], proj, on[:, union])
+            if every:
+                ids.copy_(torch.where(ok, union[near], ids))
+            else:
+                ids[faces] = torch.where(ok, union[near], ids[faces])
     return terms.region[torch.cat([ids_r, ids_l], dim=1).reshape(B, 16)]
 
 

@@ -34,7 +34,7 @@ from torch import Tensor
 from morphable.fitting.camera_estimation import (estimate_scaled_orthographic, project_scaled_orthographic,
                                                  refine_scaled_orthographic, to_camera)
 from morphable.fitting.contour import CONTOUR_IDS, ContourTerms, contour_correspondences, contour_terms
-from morphable.fitting.shape import solve_factored
+from morphable.fitting.shape import solve_trailing
 from morphable.geometry.rotation import axis_angle_to_matrix
 from morphable.fitting.uncertainty import vertex_std
 from morphable.geometry.camera import ScaledOrthographic
@@ -247,6 +247,7 @@ class _Problem:
         lo_e, hi_e = (0.0, 1.0) if terms.expression_bounded else (-inf, inf)
         self.lower = torch.tensor([-inf] * K + [lo_e] * Ke, dtype=f64, device=y.device)
         self.upper = torch.tensor([inf] * K + [hi_e] * Ke, dtype=f64, device=y.device)
+        self.bounded = terms.expression_bounded and Ke > 0  # box constraints on the trailing expression columns
         self.sigma = sigma_mm
         self.lm_mean = terms.landmark_mean.to(y.device)
         all_cols = K == terms.n_identity and Ke == terms.n_expression
@@ -379,10 +380,12 @@ class _Problem:
         """One Gauss–Newton step in camera and coefficients; returns the Cholesky factor ``(B, 6+P, 6+P)`` of
         its system matrix (the inverse of which is the Gaussian posterior covariance of all parameters)."""
         H, g = self.system(state)
-        inf = self.lower.new_full((6,), float("inf"))
-        lo = torch.cat([-inf.expand(g.shape[0], -1), self.lower - state.coeffs], 1)
-        hi = torch.cat([inf.expand(g.shape[0], -1), self.upper - state.coeffs], 1)
-        delta, L = solve_factored(H, g, lo, hi, x0=torch.zeros_like(g))  # start at the current weights
+        exp = state.coeffs[:, self.K:]  # bounded (blendshapes) or not, the expression columns come last
+        if self.bounded:
+            delta, L = solve_trailing(H, g, 6 + self.K, self.lower[self.K:] - exp, self.upper[self.K:] - exp,
+                                      x0=torch.zeros_like(exp))  # start at the current weights
+        else:
+            delta, L = solve_trailing(H, g, H.shape[-1], exp, exp)
         state.R = axis_angle_to_matrix(delta[:, :3]) @ state.R
         state.scale = state.scale * torch.exp(delta[:, 3])
         state.t = state.t + delta[:, 4:6]
@@ -395,7 +398,10 @@ class _Problem:
         zero = _State(coeffs=torch.zeros_like(state.coeffs), scale=state.scale, R=state.R, t=state.t,
                       contour_ids=state.contour_ids)
         H, g = self.system(zero)  # at x = 0 the gradient is the right-hand side of the absolute solve
-        state.coeffs, L = solve_factored(H[:, 6:, 6:], g[:, 6:], self.lower, self.upper, x0=state.coeffs)
+        K = self.K
+        state.coeffs, L = solve_trailing(H[:, 6:, 6:], g[:, 6:], K if self.bounded else H.shape[-1] - 6,
+                                         self.lower[K:].expand_as(state.coeffs[:, K:]),
+                                         self.upper[K:].expand_as(state.coeffs[:, K:]), x0=state.coeffs[:, K:])
         return L
 
 

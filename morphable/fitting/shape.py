@@ -112,28 +112,30 @@ def solve_factored(H: Tensor, c: Tensor, lower: Tensor, upper: Tensor,
     """
     bounded = (torch.isfinite(lower) | torch.isfinite(upper)).reshape(-1, c.shape[-1]).any(0)  # (P,)
     n_a = int(bounded.numel() - bounded.sum())
-    if n_a == c.shape[-1]:
-        L = torch.linalg.cholesky(H)
-        return torch.cholesky_solve(c[..., None], L)[..., 0], L
     lo, hi = lower.expand_as(c), upper.expand_as(c)
-    order = None
-    if not bool(bounded[n_a:].all()):  # move the bounded coordinates last
-        order = torch.cat([torch.nonzero(~bounded).squeeze(1), torch.nonzero(bounded).squeeze(1)])
-        H, c, lo, hi = H[:, order][:, :, order], c[:, order], lo[:, order], hi[:, order]
-        x0 = None if x0 is None else x0[:, order]
+    if n_a == c.shape[-1] or bool(bounded[n_a:].all()):
+        return solve_trailing(H, c, n_a, lo[:, n_a:], hi[:, n_a:], None if x0 is None else x0[:, n_a:])
+    order = torch.cat([torch.nonzero(~bounded).squeeze(1), torch.nonzero(bounded).squeeze(1)])  # bounded last
+    x, L = solve_trailing(H[:, order][:, :, order], c[:, order], n_a, lo[:, order[n_a:]], hi[:, order[n_a:]],
+                          None if x0 is None else x0[:, order[n_a:]])
+    return torch.empty_like(x).index_copy_(1, order, x), L
+
+
+def solve_trailing(H: Tensor, c: Tensor, n_free: int, lower: Tensor, upper: Tensor,
+                   x0: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """:func:`solve_factored` when the first ``n_free`` coordinates are unbounded and the others bounded
+    by ``lower``/``upper`` ``(B, P − n_free)`` (warm start ``x0`` of the same shape): returns ``x`` and ``L``."""
     L = torch.linalg.cholesky(H)
+    if n_free == c.shape[-1]:
+        return torch.cholesky_solve(c[..., None], L)[..., 0], L
     z = torch.linalg.solve_triangular(L, c[..., None], upper=False)
-    L_b = L[:, n_a:, n_a:]
-    xb = box_qp(L_b @ L_b.transpose(1, 2), (L_b @ z[:, n_a:])[..., 0], lo[:, n_a:], hi[:, n_a:],
-                x0=None if x0 is None else x0[:, n_a:])
-    if n_a:
-        rhs = z[:, :n_a] - L[:, n_a:, :n_a].transpose(1, 2) @ xb[..., None]
-        x = torch.cat([torch.linalg.solve_triangular(L[:, :n_a, :n_a].transpose(1, 2), rhs, upper=True)[..., 0], xb], 1)
-    else:
-        x = xb
-    if order is not None:
-        x = torch.empty_like(x).index_copy_(1, order, x)
-    return x, L
+    L_b = L[:, n_free:, n_free:]
+    xb = box_qp(L_b @ L_b.transpose(1, 2), (L_b @ z[:, n_free:])[..., 0], lower, upper, x0=x0)
+    if not n_free:
+        return xb, L
+    rhs = z[:, :n_free] - L[:, n_free:, :n_free].transpose(1, 2) @ xb[..., None]
+    x_a = torch.linalg.solve_triangular(L[:, :n_free, :n_free].transpose(1, 2), rhs, upper=True)[..., 0]
+    return torch.cat([x_a, xb], 1), L
 
 
 def posterior_covariance(H: Tensor, k: int) -> Tensor:
