@@ -405,6 +405,13 @@ class _Problem:
         return L
 
 
+def _ordinary(state: _State) -> _State:
+    """A copy of a state computed under ``torch.inference_mode`` made of ordinary tensors (the fit's results
+    must allow in-place changes and autograd use by the caller)."""
+    return _State(coeffs=state.coeffs.clone(), scale=state.scale.clone(), R=state.R.clone(), t=state.t.clone(),
+                  contour_ids=None if state.contour_ids is None else state.contour_ids.clone())
+
+
 def _initial_state(problem: _Problem) -> _State:
     B = problem.y.shape[0]
     X = problem.lm_mean.expand(B, -1, -1)
@@ -459,20 +466,21 @@ def _fit(model: MorphableModel, terms: FitTerms, points: Tensor, *, iterations: 
                        identity_components=identity_components, expression=expression,
                        lambda_identity=lambda_identity, lambda_expression=lambda_expression, sigma_mm=sigma_mm,
                        identity_prior_mean=identity_prior_mean)
-    state = _initial_state(problem)
-    problem.solve_shape(state)
-    L = None
-    for _ in range(iterations):
+    with torch.inference_mode():  # no autograd bookkeeping in the many small steps
+        state = _initial_state(problem)
+        problem.solve_shape(state)
+        L = None
+        for _ in range(iterations):
+            if problem.use_contour:
+                problem.update_contour(state)
+            L = problem.joint_step(state)
+        if L is None:
+            cov = _inverse_block(problem.solve_shape(state), 0, problem.K)
+        else:  # the identity block of the joint inverse: camera and expression marginalised
+            cov = _inverse_block(L, 6, problem.K)
         if problem.use_contour:
             problem.update_contour(state)
-        L = problem.joint_step(state)
-    if L is None:
-        cov = _inverse_block(problem.solve_shape(state), 0, problem.K)
-    else:  # the identity block of the joint inverse: camera and expression marginalised
-        cov = _inverse_block(L, 6, problem.K)
-    if problem.use_contour:
-        problem.update_contour(state)
-    return _finish(model, problem, state, cov, out_dtype)
+    return _finish(model, problem, _ordinary(state), cov.clone(), out_dtype)
 
 
 def fit_landmarks(model: MorphableModel, landmarks: Tensor, *, iterations: int = 5, contour: bool = True,
@@ -496,7 +504,7 @@ def fit_landmarks(model: MorphableModel, landmarks: Tensor, *, iterations: int =
             mean): the prior becomes ``λ_identity ‖α − μ‖²``, e.g. with ``μ`` from a regressor
             (:mod:`morphable.nets.genova`), so the landmarks refine a recognisable shape instead of the mean.
     Returns:
-        :class:`LandmarkFit`.
+        :class:`LandmarkFit` (not differentiable: the iterations run under ``torch.inference_mode``).
     Raises:
         ValueError: wrong shape, or a face with fewer than 4 usable fixed landmarks.
     """

@@ -13,7 +13,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from morphable.fitting.landmarks import SIGMA_MM, LandmarkFit, _finish, _initial_state, _Problem, _State, check_landmarks, fit_terms
+from morphable.fitting.landmarks import (SIGMA_MM, LandmarkFit, _finish, _initial_state, _ordinary, _Problem, _State,
+                                        check_landmarks, fit_terms)
 from morphable.fitting.shape import posterior_covariance, solve_coefficients
 from morphable.geometry.rotation import axis_angle_to_matrix
 from morphable.models.base import MorphableModel
@@ -89,20 +90,21 @@ def fit_landmarks_multi(model: MorphableModel, landmarks: Tensor, *, iterations:
     problem = _Problem(fit_terms(model), landmarks.to(model.mean.device), contour=contour,
                        identity_components=identity_components, expression=expression,
                        lambda_identity=lambda_identity, lambda_expression=lambda_expression, sigma_mm=sigma_mm)
-    state = _initial_state(problem)
-    problem.solve_shape(state)
-    coeffs = state.coeffs.clone()
-    coeffs[:, :problem.K] = state.coeffs[:, :problem.K].mean(0)
-    state.coeffs = coeffs
-    info = None
-    for _ in range(iterations):
+    with torch.inference_mode():  # no autograd bookkeeping in the many small steps
+        state = _initial_state(problem)
+        problem.solve_shape(state)
+        coeffs = state.coeffs.clone()
+        coeffs[:, :problem.K] = state.coeffs[:, :problem.K].mean(0)
+        state.coeffs = coeffs
+        info = None
+        for _ in range(iterations):
+            if problem.use_contour:
+                problem.update_contour(state)
+            _local_step(problem, state)
+            info = _shared_identity_step(problem, state)
+        if info is None:
+            info = _shared_identity_step(problem, state)
         if problem.use_contour:
             problem.update_contour(state)
-        _local_step(problem, state)
-        info = _shared_identity_step(problem, state)
-    if info is None:
-        info = _shared_identity_step(problem, state)
-    if problem.use_contour:
-        problem.update_contour(state)
-    cov = posterior_covariance(info[None], problem.K).expand(landmarks.shape[0], -1, -1)
-    return _finish(model, problem, state, cov, out_dtype)
+        cov = posterior_covariance(info[None], problem.K).expand(landmarks.shape[0], -1, -1)
+    return _finish(model, problem, _ordinary(state), cov.clone(), out_dtype)

@@ -374,3 +374,6 @@ class TestRestrictedSolve:
         fit = fit_landmarks(model, lm)
         assert "vertices" not in fit.__dict__
         torch.testing.assert_close(fit.vertices, model(fit.identity, fit.expression).vertices)
+        # the iterations ran under inference mode, the results are ordinary tensors
+        assert not any(t.is_inference() for t in (fit.identity, fit.camera.scale, fit.camera.rotation,
+                                                  fit.landmarks_fitted, fit.identity_covariance, fit.vertices))
