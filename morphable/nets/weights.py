@@ -20,6 +20,9 @@ SHIPPED: dict[str, tuple[str, str]] = {
     # name: (file name, sha256); reproduce with the command stored in the file (``meta["command"]``)
     # genova-ict: `make genova-ict DATA=../shared/data` (docs/genova.md)
     "genova-ict": ("genova-ict.pt", "83b9b801a3b110668ec22e1ea9caab7ac12a1636a3e722d4c4c7312548c79113"),
+    # stn-sfm, stn-sfm-small: the 3DMM-STN localisers (dlib trunk / small CNN), docs/stn.md
+    "stn-sfm": ("stn-sfm.pt", "940cdb6d75085d46f84f73f133305cc8b5534ca395b64e449af7bb2c23b04e0e"),
+    "stn-sfm-small": ("stn-sfm-small.pt", "ea48c7f29eb7dd9e0b4c1f9036fe96c7bb430370e5d871f50dd00f48153b7daf"),
     # ringnet-ict: the command in docs/ringnet.md (morphable train ringnet, 1000 steps, ~25 min on 2 busy cores)
     "ringnet-ict": ("ringnet-ict.pt", "3c3ef0b60a4292f27c00e0726fbb59b2b00a4281698893b6904192f729bd9165"),
 }
