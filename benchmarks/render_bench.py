@@ -9,7 +9,9 @@ topology in one call, milliseconds per image for B = 1, 2, 4 (sub-linear scaling
     .venv/bin/python benchmarks/render_bench.py [--repeats 20] [--threads 2]
 
 Wall-clock medians are the figures; the process CPU-time medians printed beside them (all threads,
-llvmpipe's included) are steadier on a shared, loaded machine.
+llvmpipe's included) are steadier on a shared, loaded machine. With ``--threads 2`` on cores other busy
+processes share, OpenMP's default active spin-waiting multiplies the torch CPU time (measured 4×: 367 vs
+87 ms per sphere forward+backward); ``OMP_WAIT_POLICY=PASSIVE`` in the environment avoids it.
 
 Last line: ``RESULT fwd_ms=<35k forward> fwd_bwd_ms=<35k forward+backward> gl_fwd_ms=<moderngl forward or nan>
 ratio=<fwd_bwd/gl> cpu_ratio=<the same in CPU time> ict_fwd_bwd_ms=… ict_gl_fwd_ms=… ict_ratio=…
