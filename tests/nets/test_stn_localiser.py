@@ -117,3 +117,36 @@ def test_weights_round_trip_and_bad_files(tmp_path):
         load_localiser(tmp_path / "cut.pt")
     with pytest.raises(ModelFileError, match="no such weights file"):
         load_localiser(tmp_path / "missing.pt")
+
+
+@pytest.mark.parametrize("name", ["stn-sfm", "stn-sfm-small"])
+def test_shipped_localisers_place_the_face_in_real_photos(name, sfm):
+    """The shipped weights (sha256 checked), trained on synthetic faces only, on the corpus's LFPW photos
+    (never seen in training): mean error over the 51 non-jawline points, per face box size, below 7 % on
+    average and below the zero output's (the mean face, frontal, at the crop rule's place). A regression
+    guard at the level measured when they shipped (stn-sfm 0.062 vs 0.074; see docs/stn.md: the synthetic
+    to real gap is large), not a quality target."""
+    from morphable.detect.formats import read_landmarks
+    from morphable.eval.nme import bbox_size
+    from morphable.io import read_image
+
+    folder = data_file("superviseddescent/examples/data/ibug_lfpw_trainset")
+    loc = load_localiser(name)
+    errors, nominal_errors = [], []
+    for pts in sorted(folder.glob("*.pts")):
+        photo = torch.tensor(read_image(pts.with_suffix(".png")), dtype=torch.float32) / 255
+        gt = torch.tensor(read_landmarks(pts), dtype=torch.float32)
+        box = landmark_box(gt[None])
+        with torch.no_grad():
+            theta = loc.locate([photo], box)
+            crops, frame = crop_faces([photo], box, loc.crop_size)
+            zero = theta_in_photo(loc.theta(torch.zeros(1, loc.layout.size)), frame)
+        keep = sfm.landmark_mask.clone()
+        keep[:17] = False
+        size = float(bbox_size(gt[None].numpy())[0])
+        for th, out in ((theta, errors), (zero, nominal_errors)):
+            lm = ScaledOrthographic(th.log_scale.exp(), th.rotation, th.translation).project(
+                sfm.landmarks(sfm(identity=th.alpha).vertices))[0]
+            out.append(float((lm[keep] - gt[keep]).norm(dim=-1).mean()) / size)
+    print(f"{name}: NME {[round(e, 3) for e in errors]} (zero output: {[round(e, 3) for e in nominal_errors]})")
+    assert sum(errors) / len(errors) < 0.07 and sum(errors) < 0.95 * sum(nominal_errors)
