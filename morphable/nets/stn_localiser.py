@@ -9,8 +9,8 @@ stands in for the fine-tuning a frozen trunk does not get) on one of two trunks:
 
 * ``"dlib"``: the frozen face-recognition ResNet we ship (:class:`~morphable.identity.DlibFaceNet`), its last
   block's activations *before* the global pool (256 × 2 × 2: the pool would discard where the face is);
-* ``"small"``: a small CNN trained from scratch (four stride-2 3 × 3 convolutions on a 64 px copy of the crop),
-  four convolutions at 64 px against the ResNet's 29 at 150 px.
+* ``"small"``: a small CNN trained from scratch (four stride-2 3 × 3 convolutions on a 64 px copy of the crop;
+  the ResNet has 29 at 150 px).
 
 The input is the **detector crop** (not a landmark-aligned chip, so pose, position and scale must be
 learned): a square of :data:`CROP_MARGIN` × the detector box's side around the box's centre, resampled to
