@@ -49,7 +49,7 @@ def _normalise(images: torch.Tensor, mean: torch.Tensor) -> torch.Tensor:
     return x.permute(0, 3, 1, 2)  # a channels-last view of the NCHW tensor; no copy
 
 
-def _add_padded(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+def add_padded(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """dlib's add_prev: the sum over the larger shape, each input zero-padded at the end of C, H, W.
 
     ``a`` is a fresh conv output that nothing else uses: it is reused (in place) when it already has the
@@ -62,12 +62,12 @@ def _add_padded(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return a
 
 
-def _conv_specs() -> list[tuple[int, int]]:
+def conv_specs() -> list[tuple[int, int]]:
     """(stride, padding) of the 29 convolutions in forward order."""
     return [(stride, 0 if stride != 1 else kernel // 2) for _, _, kernel, stride in conv_shapes()]
 
 
-class _Layers:
+class Layers:
     """The three conv shapes the network uses, given ``conv(i, x)`` = i-th conv followed by its affine.
 
     In-place relu / add on fresh conv outputs: autograd-safe, and it avoids allocating a new activation
@@ -84,7 +84,7 @@ class _Layers:
         return F.relu_(self.conv(i, x).add_(other))
 
 
-class _FusedLayers:
+class FusedLayers:
     """oneDNN convolutions with the relu (and the residual sum) fused in: inference on CPU in float32.
 
     Each separate elementwise op is a parallel region of its own, and on a busy CPU every region waits
@@ -92,7 +92,7 @@ class _FusedLayers:
     """
 
     def __init__(self, weight: list[torch.Tensor], bias: list[torch.Tensor]):
-        self.weight, self.bias, self.specs = weight, bias, _conv_specs()
+        self.weight, self.bias, self.specs = weight, bias, conv_specs()
         self.op = torch.ops.mkldnn._convolution_pointwise
 
     def _geometry(self, i: int) -> tuple[list[int], list[int], list[int], int]:
@@ -124,7 +124,7 @@ def _trunk(x: torch.Tensor, layers) -> torch.Tensor:
         if stride == 1:
             x = layers.conv_add_relu(index + 1, y, x)
         else:  # the shortcut is pooled, and smaller than the block's output: dlib zero-pads it
-            x = F.relu_(_add_padded(layers.conv(index + 1, y), F.avg_pool2d(x, kernel_size=2, stride=2)))
+            x = F.relu_(add_padded(layers.conv(index + 1, y), F.avg_pool2d(x, kernel_size=2, stride=2)))
         index += 2
     return x
 
@@ -140,7 +140,7 @@ def face_descriptor_reference(images: torch.Tensor, weights: DlibFaceResNetWeigh
     """
     _check_chips(images, weights.input_size)
     like = dict(dtype=images.dtype, device=images.device)
-    specs = _conv_specs()
+    specs = conv_specs()
 
     def conv(i: int, x: torch.Tensor) -> torch.Tensor:
         stride, padding = specs[i]
@@ -153,7 +153,7 @@ def face_descriptor_reference(images: torch.Tensor, weights: DlibFaceResNetWeigh
 
     mean = torch.as_tensor(weights.input_mean, **like)
     x = _normalise(images, mean).contiguous()
-    return _run(x, _Layers(conv), torch.as_tensor(weights.fc_weight, **like))[1]
+    return _run(x, Layers(conv), torch.as_tensor(weights.fc_weight, **like))[1]
 
 
 def face_descriptor(images: torch.Tensor, conv_weight: list[torch.Tensor], conv_bias: list[torch.Tensor],
@@ -192,18 +192,18 @@ def _input_and_layers(images: torch.Tensor, conv_weight: list[torch.Tensor],
                       conv_bias: list[torch.Tensor]) -> tuple[torch.Tensor, object]:
     """Channels-last input and the layer implementation for it (fused oneDNN for CPU float32 inference)."""
     _check_chips(images, CHIP_SIZE)
-    specs = _conv_specs()
+    specs = conv_specs()
     x = images.permute(0, 3, 1, 2).contiguous(memory_format=torch.channels_last)  # a view for NHWC input
     if x.device.type == "cpu" and x.dtype == torch.float32 and not (torch.is_grad_enabled() and x.requires_grad):
         weight = [w.to(x).contiguous(memory_format=torch.channels_last) for w in conv_weight]
-        return x, _FusedLayers(weight, [b.to(x) for b in conv_bias])
+        return x, FusedLayers(weight, [b.to(x) for b in conv_bias])
 
     def conv(i: int, x: torch.Tensor) -> torch.Tensor:
         stride, padding = specs[i]
         w = conv_weight[i].to(x).contiguous(memory_format=torch.channels_last)
         return F.conv2d(x, w, conv_bias[i].to(x), stride=stride, padding=padding)
 
-    return x, _Layers(conv)
+    return x, Layers(conv)
 
 
 def fold_affines(weights: DlibFaceResNetWeights) -> tuple[list[torch.Tensor], list[torch.Tensor]]:

@@ -51,10 +51,10 @@ from morphable.identity.alignment import bilinear_sample
 from morphable.identity.dlib_resnet import (  # dlib's own layer runners: one definition of each block's maths
     CHIP_SIZE,
     DlibFaceNet,
-    _add_padded,
-    _conv_specs,
-    _FusedLayers,
-    _Layers,
+    add_padded,
+    conv_specs,
+    FusedLayers,
+    Layers,
 )
 from morphable.identity.dlib_serialization import BLOCKS, NUM_CONVS
 from morphable.io.atomic import atomic_write
@@ -189,7 +189,7 @@ def _blocks(x: Tensor, layers, start: int, stop: int, taps: dict[int, Tensor]) -
         if stride == 1:
             x = layers.conv_add_relu(i + 1, y, x)
         else:
-            x = F.relu_(_add_padded(layers.conv(i + 1, y), F.avg_pool2d(x, kernel_size=2, stride=2)))
+            x = F.relu_(add_padded(layers.conv(i + 1, y), F.avg_pool2d(x, kernel_size=2, stride=2)))
         if k in TAPS:
             taps[k] = x
     return x
@@ -210,7 +210,7 @@ class DlibTrunk(nn.Module):
         self._net = [net]
         self.finetune_blocks = int(finetune_blocks)
         self.first_tuned = len(BLOCKS) - self.finetune_blocks
-        self.specs = _conv_specs()
+        self.specs = conv_specs()
         tuned = range(1 + 2 * self.first_tuned, NUM_CONVS)
         self.tuned_weight = nn.ParameterList()
         self.tuned_bias = nn.ParameterList()
@@ -234,9 +234,9 @@ class DlibTrunk(nn.Module):
         with torch.no_grad():
             x = crops.permute(0, 3, 1, 2).contiguous(memory_format=torch.channels_last)
             if x.device.type == "cpu" and x.dtype == torch.float32:
-                layers = _FusedLayers([w.to(x) for w in weights], [b.to(x) for b in biases])
+                layers = FusedLayers([w.to(x) for w in weights], [b.to(x) for b in biases])
             else:
-                layers = _Layers(lambda i, v: F.conv2d(v, weights[i].to(v), biases[i].to(v), stride=self.specs[i][0],
+                layers = Layers(lambda i, v: F.conv2d(v, weights[i].to(v), biases[i].to(v), stride=self.specs[i][0],
                                                        padding=self.specs[i][1]))
             x = F.max_pool2d(layers.conv_relu(0, x), kernel_size=3, stride=2)
             taps: dict[int, Tensor] = {}
@@ -253,7 +253,7 @@ class DlibTrunk(nn.Module):
             return F.conv2d(v, self.tuned_weight[i - offset], self.tuned_bias[i - offset], stride=stride, padding=padding)
 
         taps = dict(frozen.taps)
-        _blocks(frozen.boundary, _Layers(conv), self.first_tuned, len(BLOCKS), taps)
+        _blocks(frozen.boundary, Layers(conv), self.first_tuned, len(BLOCKS), taps)
         parts = [F.adaptive_avg_pool2d(taps[k], 2) for k in sorted(TAPS)]
         return torch.cat([p.reshape(p.shape[0], -1) for p in parts], 1)
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from morphable.identity import DlibFaceNet, face_descriptor_reference, load_dlib_face_resnet
-from morphable.identity.dlib_resnet import _add_padded
+from morphable.identity.dlib_resnet import add_padded
 from morphable.identity.dlib_serialization import default_weights_path
 from tests.conftest import data_file
 from tests.identity.faces import largest_face
@@ -70,11 +70,11 @@ def test_batch_is_independent_of_its_neighbours(net, chips):
 def test_add_prev_zero_pads_the_smaller_input():
     a = torch.ones(1, 2, 3, 3)
     b = torch.full((1, 4, 4, 4), 2.0)
-    out = _add_padded(a, b)
+    out = add_padded(a, b)
     assert out.shape == (1, 4, 4, 4)
     assert (out[:, :2, :3, :3] == 3).all() and out[:, 2:].eq(2).all() and out[:, :, 3].eq(2).all()
     # larger in channels, smaller in rows and columns (dlib's level-1 down block: 256x3x3 + 128x4x4)
-    mixed = _add_padded(torch.ones(1, 4, 2, 2), torch.full((1, 2, 3, 3), 5.0))
+    mixed = add_padded(torch.ones(1, 4, 2, 2), torch.full((1, 2, 3, 3), 5.0))
     assert mixed.shape == (1, 4, 3, 3)
     assert mixed[0, :2, :2, :2].eq(6).all() and mixed[0, :2, 2].eq(5).all() and mixed[0, 2:, :2, :2].eq(1).all()
     assert mixed[0, 2:, 2].eq(0).all()
