@@ -699,6 +699,13 @@ def _landmark_fit(model, model_name: str, faces: Sequence[FaceInput], landmarks,
     the shipped RingNet (:func:`morphable.nets.ringnet.fit_with_ringnet`). Returns ``(fit, shape_from used)``."""
     from morphable.fitting.landmarks import fit_landmarks
 
+    if method == "sir":  # SIR hook (nets/sir.py): the landmark fit with its prior centred at the SIR shape
+        import torch
+
+        from morphable.nets.sir import fit_with_sir, shipped_sir
+
+        photos = [torch.from_numpy(np.array(f.photo)).to(landmarks.dtype) / 255 for f in faces]
+        return fit_with_sir(model, shipped_sir(model_name), photos, landmarks, iterations=iterations), "sir"
     if method != "fit":
         import torch
 
@@ -800,7 +807,8 @@ def reconstruct_faces(faces: Sequence[FaceInput], model: MorphableModel, model_n
                       texture_size: int = 512, progress: bool = False,
                       timings: dict[str, float] | None = None, method: str = "fit") -> list[Reconstruction]:
     """Fit a batch of faces (one photo's faces, or all views of one person with ``multi_view``);
-    ``method``: ``fit`` (landmark fit), ``regress`` or ``regress+fit`` (RingNet, see :func:`_landmark_fit`).
+    ``method``: ``fit`` (landmark fit), ``regress`` or ``regress+fit`` (RingNet), ``sir`` (SIR prior + fit; see
+    :func:`_landmark_fit`).
 
     Raises:
         ValueError: a face cannot be fitted (e.g. fewer than 4 usable landmarks).

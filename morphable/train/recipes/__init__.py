@@ -16,6 +16,7 @@ from morphable.train.recipes.base import Recipe
 RECIPES: dict[str, str] = {
     "genova": "morphable.train.recipes.genova:GenovaRecipe",
     "ringnet": "morphable.train.recipes.ringnet:RingNetRecipe",
+    "sir": "morphable.train.recipes.sir:SIRRecipe",
     "stn": "morphable.train.recipes.stn:STNRecipe",
 }
 
