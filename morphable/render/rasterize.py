@@ -357,6 +357,24 @@ def pixel_coordinates(pix: Tensor, H: int, W: int) -> tuple[Tensor, Tensor]:
     return batch.to(torch.int64), torch.stack([x, y], dim=-1).to(torch.int64)
 
 
+def box_cells(nx: Tensor, ny: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Every cell of a list of boxes, flattened: box ``m`` of ``nx[m] × ny[m]`` cells (``(M,)`` int64, >= 1)
+    contributes its cells in row-major order.
+
+    Returns:
+        item ``(N,)`` int64 (the box of each cell, non-decreasing), and the cell's column and row inside its
+        box, ``(N,)`` float32 each (exact integers: the within-box index is divided in float32, exact far
+        beyond any box here; integer division is not vectorised on CPU). ``N = Σ nx·ny``.
+    """
+    counts = nx * ny
+    item = torch.repeat_interleave(counts)
+    start = counts.cumsum(0) - counts
+    local = (torch.arange(item.numel(), device=nx.device) - start.index_select(0, item)).to(torch.float32)
+    width = nx.to(torch.float32).index_select(0, item)
+    row = torch.floor(local / width)
+    return item, local - row * width, row
+
+
 def _pow2_class(n: Tensor) -> Tensor:
     """Smallest power-of-two exponent ``c`` with ``2**c >= n`` (n >= 1)."""
     return torch.ceil(torch.log2(n.to(torch.float32))).to(torch.int64).clamp_min(0)

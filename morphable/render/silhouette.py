@@ -27,7 +27,7 @@ import torch.nn.functional as nnf
 from torch import Tensor
 
 from morphable.geometry.mesh import edge_topology
-from morphable.render.rasterize import TRIANGLE_BITS, _EMPTY, _pow2_class, _sortable_key, pixel_coordinates
+from morphable.render.rasterize import TRIANGLE_BITS, _sortable_key, box_cells, pixel_coordinates
 
 REACH = 1.0  # px: boundary pixels lie within one pixel of the silhouette they border
 
@@ -44,6 +44,8 @@ class EdgeTopology:
         first_face, second_face: ``(E,)`` their triangles (``second_face`` 0 where ``second`` is −1).
         has_second: ``(E,)`` bool.
         corners: ``(3, F)`` int64 the triangles' corner ids as contiguous rows (for fast gathers).
+        half_vertices: ``(3, 3F)`` int64 rows ``a, b, c`` of every half-edge: its end points (corners
+            ``i + 1``, ``i + 2``) and the opposite corner ``i`` (1-D gathers, no ``% 3`` per call).
     """
 
     first: Tensor
@@ -52,6 +54,7 @@ class EdgeTopology:
     second_face: Tensor
     has_second: Tensor
     corners: Tensor
+    half_vertices: Tensor
 
     @staticmethod
     def build(triangles: Tensor) -> "EdgeTopology":
@@ -60,8 +63,9 @@ class EdgeTopology:
         start = torch.cumsum(count, 0) - count
         first = order[start]
         second = torch.where(count > 1, order[(start + 1).clamp_max(order.numel() - 1)], -1)
+        abc = torch.stack([triangles[:, [1, 2, 0]], triangles[:, [2, 0, 1]], triangles], 0)  # (3, F, 3): i = 0, 1, 2
         return EdgeTopology(first, second, first // 3, second.clamp_min(0) // 3, count > 1,
-                            triangles.t().contiguous())
+                            triangles.t().contiguous(), abc.reshape(3, -1).contiguous())
 
 
 @dataclass(frozen=True)
@@ -78,12 +82,14 @@ class Silhouette:
 
 def _boundary(covered: Tensor) -> Tensor:
     """Pixels whose coverage differs from one of their 4-neighbours. ``(B, H, W)`` bool."""
-    c = covered[:, None].to(torch.float32)
-    pad = nnf.pad(c, (1, 1, 1, 1), mode="replicate")[:, 0]
-    center = pad[:, 1:-1, 1:-1]
-    diff = ((pad[:, :-2, 1:-1] != center) | (pad[:, 2:, 1:-1] != center)
-            | (pad[:, 1:-1, :-2] != center) | (pad[:, 1:-1, 2:] != center))
-    return diff
+    out = torch.zeros_like(covered)
+    across = covered[:, :, 1:] ^ covered[:, :, :-1]  # (B, H, W − 1): the pair (x, x + 1) differs
+    down = covered[:, 1:] ^ covered[:, :-1]
+    out[:, :, 1:] |= across
+    out[:, :, :-1] |= across
+    out[:, 1:] |= down
+    out[:, :-1] |= down
+    return out
 
 
 def triangle_facing(screen: Tensor, topology: EdgeTopology, perspective: bool) -> Tensor:
@@ -124,23 +130,25 @@ def silhouette_edges(screen: Tensor, triangles: Tensor, topology: EdgeTopology, 
     pick = lambda faces: (facing.index_select(0, faces)[None] if B == 1  # noqa: E731
                           else facing.view(B, F).index_select(1, faces))
     f1, f2 = pick(t.first_face), pick(t.second_face) * t.has_second
-    batch, edge = (f1 != f2).nonzero(as_tuple=True)  # boundary (f2 = 0) or a fold between front and back
-    face1, face2 = t.first_face.index_select(0, edge), t.second_face.index_select(0, edge)
-    keep1 = facing.index_select(0, face1 + batch * F) != 0
-    keep2 = t.has_second.index_select(0, edge) & (facing.index_select(0, face2 + batch * F) != 0)
-    half = torch.cat([t.first.index_select(0, edge)[keep1], t.second.index_select(0, edge)[keep2]])
-    return torch.cat([batch[keep1], batch[keep2]]), half
+    fold = f1 != f2  # boundary (f2 = 0) or a fold between front and back
+    keep1, keep2 = fold & (f1 != 0), fold & (f2 != 0)  # the usable triangles' half-edges
+    if B == 1:
+        e1, e2 = keep1[0].nonzero(as_tuple=True)[0], keep2[0].nonzero(as_tuple=True)[0]
+        batch = e1.new_zeros(e1.numel() + e2.numel())
+    else:
+        (b1, e1), (b2, e2) = keep1.nonzero(as_tuple=True), keep2.nonzero(as_tuple=True)
+        batch = torch.cat([b1, b2])
+    return batch, torch.cat([t.first.index_select(0, e1), t.second.index_select(0, e2)])
 
 
-def _edge_geometry(screen: Tensor, triangles: Tensor, batch: Tensor,
+def _edge_geometry(screen: Tensor, topology: EdgeTopology, batch: Tensor,
                    half_edge: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """End points ``a, b`` ``(S, 2)`` and the opposite corner ``c`` ``(S, 2)`` of half-edges (differentiable)."""
-    f, i = half_edge // 3, half_edge % 3
-    tri = triangles[f]  # (S, 3)
-    ar = torch.arange(tri.shape[0], device=tri.device)
-    ia, ib, ic = tri[ar, (i + 1) % 3], tri[ar, (i + 2) % 3], tri[ar, i]
-    xy = screen[..., :2]
-    return xy[batch, ia], xy[batch, ib], xy[batch, ic]
+    B, V = screen.shape[:2]
+    flat = screen.reshape(B * V, 3)[:, :2]
+    offset = batch * V
+    a, b, c = (flat.index_select(0, row.index_select(0, half_edge) + offset) for row in topology.half_vertices)
+    return a, b, c
 
 
 def _signed_distance(a: Tensor, b: Tensor, c: Tensor, p: Tensor) -> Tensor:
@@ -152,74 +160,104 @@ def _signed_distance(a: Tensor, b: Tensor, c: Tensor, p: Tensor) -> Tensor:
     return cross_p / length * torch.sign(cross_c).detach()
 
 
-def _box_has_boundary(boundary: Tensor, batch: Tensor, x0: Tensor, y0: Tensor, x1: Tensor, y1: Tensor) -> Tensor:
-    """Whether each pixel box ``[x0, x1] × [y0, y1]`` (int64, inclusive, inside the image) of image ``batch``
-    holds a boundary pixel: four reads of the boundary mask's summed-area table. ``-> (S,)`` bool."""
-    B, H, W = boundary.shape
-    sat = nnf.pad(boundary.to(torch.int32).cumsum(1).cumsum(2), (1, 0, 1, 0)).reshape(-1)  # (B, H+1, W+1)
-    row = batch * (H + 1)
-    at = lambda y, x: sat.index_select(0, (row + y) * (W + 1) + x)  # noqa: E731
-    return (at(y1 + 1, x1 + 1) - at(y0, x1 + 1) - at(y1 + 1, x0) + at(y0, x0)) > 0
+TILE = 4  # px: cell of the coarse boundary grid that prunes the silhouette edges
+
+
+def _coarse_boundary_table(boundary: Tensor) -> Tensor:
+    """Summed-area table ``(B, Hc + 1, Wc + 1)`` int32 of the boundary mask pooled into :data:`TILE` × :data:`TILE`
+    cells (a cell counts when it holds a boundary pixel)."""
+    coarse = nnf.max_pool2d(boundary[:, None].to(torch.float32), TILE, ceil_mode=True)[:, 0]
+    return nnf.pad(coarse.to(torch.int32).cumsum(1).cumsum(2), (1, 0, 1, 0))
 
 
 @torch.no_grad()
-def _nearest_edge(a: Tensor, b: Tensor, batch: Tensor, boundary: Tensor, max_candidates: int = 2**22) -> Tensor:
-    """For every boundary pixel, the index (into the half-edge list) of the nearest silhouette segment
-    within :data:`REACH`, or −1. Bounding-box scan like the rasteriser's, over the segments whose box holds
-    a boundary pixel (a head mesh has thousands of fold edges inside its rendered silhouette, hidden behind
-    the front surface). ``-> (B·H·W,)`` int64."""
+def _nearest_edge(a: Tensor, b: Tensor, batch: Tensor, boundary: Tensor,
+                  max_candidates: int = 2**22) -> tuple[Tensor, Tensor]:
+    """For every boundary pixel, the nearest silhouette segment within :data:`REACH` (ties: the lowest index).
+
+    Each segment's pixel box (grown by :data:`REACH`) is kept when the coarse boundary grid holds a boundary
+    cell under it (a head mesh has thousands of fold edges inside its rendered silhouette, hidden behind the
+    front surface); the boxes' pixels are then listed in one flat pass (:func:`box_cells`, chunks of at most
+    ``max_candidates``), tested against the boundary mask and the distance, and reduced per pixel to the
+    smallest ``(distance, index)`` key.
+
+    Args:
+        a, b: ``(S, 2)`` segment end points (px); batch: ``(S,)`` their image.
+        boundary: ``(B, H, W)`` bool.
+    Returns:
+        packed ``(pix, index)``, both ``(N,)`` int64: flat pixel ids ``b·H·W + y·W + x`` (each once, in no
+        particular order) and the index into ``a`` of their nearest segment.
+    """
     B, H, W = boundary.shape
-    dev = a.device
     lo, hi = torch.minimum(a, b), torch.maximum(a, b)
     x0 = torch.ceil(lo[:, 0] - REACH).clamp_min(0)
     y0 = torch.ceil(lo[:, 1] - REACH).clamp_min(0)
     x1 = torch.floor(hi[:, 0] + REACH).clamp_max(W - 1)
     y1 = torch.floor(hi[:, 1] + REACH).clamp_max(H - 1)
-    ok = ((x1 >= x0) & (y1 >= y0)).nonzero(as_tuple=True)[0]
-    x0, y0, x1, y1 = (t.index_select(0, ok).to(torch.int64) for t in (x0, y0, x1, y1))
-    near = _box_has_boundary(boundary, batch.index_select(0, ok), x0, y0, x1, y1).nonzero(as_tuple=True)[0]
-    ok, x0, y0, x1, y1 = (t.index_select(0, near) for t in (ok, x0, y0, x1, y1))
-    nx, ny = x1 - x0 + 1, y1 - y0 + 1
-    base = (batch[ok] * H + y0) * W + x0
-    ab = b[ok] - a[ok]
-    ab2 = (ab * ab).sum(-1).clamp_min(1e-12)
-    rel = torch.stack([x0.to(a.dtype) - a[ok, 0], y0.to(a.dtype) - a[ok, 1]], -1)  # anchor pixel − a
-    cx, cy = _pow2_class(nx), _pow2_class(ny)
+    ok = (x1 >= x0) & (y1 >= y0)  # (nan end points fail too)
+    # coarse test: the box's TILE cells hold a boundary pixel (four reads of the coarse summed-area table)
+    sat = _coarse_boundary_table(boundary)
+    Hc, Wc = sat.shape[1] - 1, sat.shape[2] - 1
+    cx0, cy0 = torch.floor(x0 / TILE), torch.floor(y0 / TILE)
+    cx1, cy1 = torch.floor(x1 / TILE) + 1, torch.floor(y1 / TILE) + 1
+    row = batch.to(torch.float64) * (Hc + 1)  # float64 (nan-safe) indices; nan boxes are already not ok
+    flat = sat.reshape(-1)
+    at = lambda y, x: flat.index_select(0, ((row + y) * (Wc + 1) + x).nan_to_num_(0)  # noqa: E731
+                                        .clamp_(0, flat.numel() - 1).to(torch.int64))
+    ok &= (at(cy1, cx1) - at(cy0, cx1) - at(cy1, cx0) + at(cy0, cx0)) > 0
+    keep = ok.nonzero(as_tuple=True)[0]
+    x0, y0, nx, ny = (t.index_select(0, keep).to(torch.int64) for t in (x0, y0, x1 - x0 + 1, y1 - y0 + 1))
+    base = (batch.index_select(0, keep) * H + y0) * W + x0
+    ax, ay = a[:, 0].index_select(0, keep), a[:, 1].index_select(0, keep)
+    abx, aby = b[:, 0].index_select(0, keep) - ax, b[:, 1].index_select(0, keep) - ay
+    ab2 = (abx * abx + aby * aby).clamp_min(1e-12)
+    rx, ry = x0.to(a.dtype) - ax, y0.to(a.dtype) - ay  # box origin − a
     flat_boundary = boundary.reshape(-1)
-    nearest = torch.full((B * H * W,), _EMPTY, dtype=torch.int64, device=dev)
-    if ok.numel() == 0:
-        return nearest.fill_(-1)
-    # grouped by window size like the rasteriser (one window for all would scan the largest one for every edge)
-    cls = cx * 64 + cy
-    groups = [((cls == c).nonzero(as_tuple=True)[0], 2 ** (c // 64), 2 ** (c % 64))
-              for c in torch.bincount(cls).nonzero(as_tuple=True)[0].tolist()]
-    for members, kx, ky in groups:
-        dx = torch.arange(kx, device=dev).repeat(ky)[:, None]  # (K, 1); work arrays are (K, M)
-        dy = torch.arange(ky, device=dev).repeat_interleave(kx)[:, None]
-        step = max(1, max_candidates // (kx * ky))
-        for start in range(0, members.numel(), step):
-            m = members[start:start + step]
-            abx, aby, l2 = ab[m, 0], ab[m, 1], ab2[m]
-            px = rel[m, 0] + dx.to(rel.dtype)  # pixel − a
-            py = rel[m, 1] + dy.to(rel.dtype)
-            t = ((px * abx + py * aby) / l2).clamp(0, 1)
-            ex, ey = px - t * abx, py - t * aby
-            dist = (ex * ex + ey * ey).sqrt()
-            pix = base[m] + (dy * W + dx)
-            hit = (dx < nx[m]) & (dy < ny[m]) & (dist <= REACH)
-            hit &= flat_boundary[pix.clamp_max(B * H * W - 1)]
-            hit = hit.view(-1).nonzero(as_tuple=True)[0]  # one compaction for the three reads
-            key = (_sortable_key(dist.view(-1).index_select(0, hit)) << TRIANGLE_BITS) | (
-                ok[m].expand_as(dist).reshape(-1).index_select(0, hit))
-            nearest.scatter_reduce_(0, pix.view(-1).index_select(0, hit), key, reduce="amin")
-    return torch.where(nearest == _EMPTY, -1, nearest & (2**TRIANGLE_BITS - 1))
+    pixels, keys = [], []
+    for first, end in _chunks(nx * ny, max_candidates):
+        item, dx, dy = box_cells(nx[first:end], ny[first:end])
+        item = item + first
+        pix = base.index_select(0, item) + (dy * W + dx).to(torch.int64)
+        on = flat_boundary.index_select(0, pix).nonzero(as_tuple=True)[0]  # boundary pixels only
+        item, pix, dx, dy = item.index_select(0, on), pix.index_select(0, on), dx.index_select(0, on), dy.index_select(0, on)
+        sx, sy = abx.index_select(0, item), aby.index_select(0, item)
+        px = rx.index_select(0, item) + dx.to(a.dtype)  # pixel − a
+        py = ry.index_select(0, item) + dy.to(a.dtype)
+        t = ((px * sx + py * sy) / ab2.index_select(0, item)).clamp(0, 1)
+        ex, ey = px - t * sx, py - t * sy
+        dist = (ex * ex + ey * ey).sqrt()
+        hit = (dist <= REACH).nonzero(as_tuple=True)[0]
+        pixels.append(pix.index_select(0, hit))
+        keys.append((_sortable_key(dist.index_select(0, hit)) << TRIANGLE_BITS) | keep.index_select(0, item.index_select(0, hit)))
+    pix, key = (torch.cat(pixels), torch.cat(keys)) if len(pixels) > 1 else (pixels[0], keys[0])
+    # per-pixel minimum key; only the entries written are read back (no fill of the whole image)
+    best = torch.empty(B * H * W, dtype=torch.int64, device=a.device)
+    best.scatter_reduce_(0, pix, key, reduce="amin", include_self=False)
+    won = (best.index_select(0, pix) == key).nonzero(as_tuple=True)[0]  # keys are unique per pixel
+    return pix.index_select(0, won), key.index_select(0, won) & (2**TRIANGLE_BITS - 1)
+
+
+def _chunks(sizes: Tensor, limit: int) -> list[tuple[int, int]]:
+    """Consecutive ``[first, end)`` ranges of items whose ``sizes`` ``(M,)`` sum to at most ``limit`` (an item
+    larger than ``limit`` alone); ``[(0, M)]`` when all fit (the common case: no host round trip per item)."""
+    total = int(sizes.sum()) if sizes.numel() else 0
+    if total <= limit:
+        return [(0, sizes.numel())]
+    ends = torch.cumsum(sizes, 0).tolist()
+    out, first, base = [], 0, 0
+    for i, e in enumerate(ends):
+        if e - base > limit and i > first:
+            out.append((first, i))
+            first, base = i, ends[i - 1]
+    out.append((first, len(ends)))
+    return out
 
 
 @torch.no_grad()
 def nearest_edge_reference(a: Tensor, b: Tensor, batch: Tensor, boundary: Tensor) -> tuple[Tensor, Tensor]:
     """Brute force of :func:`_nearest_edge`: every boundary pixel against every segment of its image, in float64.
 
-    Returns:
+    Returns (as full images, not packed):
         the nearest segment's index ``(B·H·W,)`` (−1 where none lies within :data:`REACH`, and off the
         boundary) and the gap between its distance and the runner-up's (``inf`` without a runner-up), to
         recognise near ties, which the fast search may break differently.
@@ -269,17 +307,16 @@ def soft_silhouette(screen: Tensor, triangles: Tensor, triangle_id: Tensor, topo
     sb, sh = silhouette_edges(screen, triangles, topology, perspective, facing)
     if sh.numel() == 0 or not bool(boundary.any()):
         return Silhouette(alpha.view(B, H, W), extended.view(B, H, W))
-    a, b, _ = _edge_geometry(screen.detach(), triangles, sb, sh)
-    nearest = _nearest_edge(a, b, sb, boundary)
-    pix = (nearest >= 0).nonzero(as_tuple=True)[0]
-    e = nearest.index_select(0, pix)
+    a, b, _ = _edge_geometry(screen.detach(), topology, sb, sh)
+    pix, e = _nearest_edge(a, b, sb, boundary)
     half = sh.index_select(0, e)
     # the chosen edge of each pixel, differentiably (one gather per pixel, not per silhouette edge)
-    a, b, c = _edge_geometry(screen, triangles, sb.index_select(0, e), half)
+    a, b, c = _edge_geometry(screen, topology, sb.index_select(0, e), half)
     p = pixel_coordinates(pix, H, W)[1].to(screen.dtype)
     sd = _signed_distance(a, b, c, p)
-    inside = covered.reshape(-1)[pix]
+    inside = covered.reshape(-1).index_select(0, pix)
     soft = torch.where(inside, (0.5 + sd).clamp(0.5, 1.0), (0.5 + sd).clamp(0.0, 0.5))
     alpha = alpha.index_put((pix,), soft)
-    extended[pix[~inside]] = half[~inside] // 3
+    out = (~inside).nonzero(as_tuple=True)[0]
+    extended.index_put_((pix.index_select(0, out),), half.index_select(0, out) // 3)
     return Silhouette(alpha.view(B, H, W), extended.view(B, H, W))

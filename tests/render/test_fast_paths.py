@@ -48,9 +48,11 @@ def test_rasteriser_facing_is_the_silhouettes_orientation(perspective):
 def _check_nearest_edge(screen, f, size):
     ids, facing = rasterize_ids_facing(screen, f, (size, size), cull_backfaces=True)
     sb, sh = silhouette_edges(screen, f, EdgeTopology.build(f), False, facing)
-    a, b, _ = _edge_geometry(screen, f, sb, sh)
+    a, b, _ = _edge_geometry(screen, EdgeTopology.build(f), sb, sh)
     boundary = _boundary(ids >= 0)
-    fast = _nearest_edge(a, b, sb, boundary)
+    pix, index = _nearest_edge(a, b, sb, boundary)
+    assert pix.unique().numel() == pix.numel()
+    fast = torch.full((boundary.numel(),), -1, dtype=torch.int64).index_put((pix,), index)
     ref, gap = nearest_edge_reference(a, b, sb, boundary)
     clear = boundary.reshape(-1) & (gap > 1e-9)  # near ties may be broken either way
     assert torch.equal(fast[clear], ref[clear])
@@ -142,3 +144,13 @@ def test_per_image_sh_products_equal_the_per_pixel_gather(perspective):
         results.append((out[torch.argsort(order)], grads))
     assert torch.allclose(results[0][0], results[1][0], atol=1e-12)
     assert all(torch.allclose(a, b, atol=1e-10) for a, b in zip(results[0][1], results[1][1]))
+
+
+def test_box_cells_lists_every_cell_of_every_box_in_row_major_order():
+    from morphable.render.rasterize import box_cells
+
+    nx, ny = torch.tensor([1, 3, 2, 5]), torch.tensor([2, 1, 4, 3])
+    item, dx, dy = box_cells(nx, ny)
+    expected = [(m, x, y) for m in range(4) for y in range(int(ny[m])) for x in range(int(nx[m]))]
+    assert list(zip(item.tolist(), dx.long().tolist(), dy.long().tolist())) == expected
+    assert dx.dtype == dy.dtype == torch.float32

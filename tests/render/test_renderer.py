@@ -214,11 +214,13 @@ def test_nearest_silhouette_edge_search_in_small_chunks_is_the_same():
     v, f, _, _ = _scene(2)
     screen = _ortho(9.0, translation=(11.3, 12.1)).project_with_depth(v)
     ids = rasterize_ids(screen, f, (24, 24), cull_backfaces=True)
-    sb, sh = silhouette_edges(screen, f, EdgeTopology.build(f), False)
-    a, b, _ = _edge_geometry(screen, f, sb, sh)
+    topo = EdgeTopology.build(f)
+    sb, sh = silhouette_edges(screen, f, topo, False)
+    a, b, _ = _edge_geometry(screen, topo, sb, sh)
     boundary = _boundary(ids >= 0)
-    one_pass = _nearest_edge(a, b, sb, boundary)
-    chunked = _nearest_edge(a, b, sb, boundary, max_candidates=16)
+    full = lambda packed: torch.full((boundary.numel(),), -1).index_put((packed[0],), packed[1])  # noqa: E731
+    one_pass = full(_nearest_edge(a, b, sb, boundary))
+    chunked = full(_nearest_edge(a, b, sb, boundary, max_candidates=16))
     assert torch.equal(one_pass, chunked)
     assert (one_pass[boundary.reshape(-1)] >= 0).float().mean() > 0.9  # boundary pixels find their edge
 
