@@ -24,13 +24,14 @@ exactly on a shared edge belong to both triangles). Among the triangles covering
 wins (depth compared as float32); exact depth ties go to the lowest triangle id. Results are therefore
 deterministic and independent of thread count.
 
-Fast path (:func:`rasterize`): triangles are grouped by the size of their pixel bounding box (powers of
-two per axis); each group evaluates its edge functions on a fixed ``kx × ky`` window of pixel centres
-per triangle as one broadcast tensor op (edges evaluated in a canonical direction, so shared edges leave
-no holes: watertight), in chunks of at most ``max_candidates`` (triangle, pixel)
-pairs, so memory stays bounded for large or close-up triangles. The z-test is one ``scatter_reduce``
+Fast path (:func:`rasterize`): every triangle whose pixel bounding box fits a 2 × 2 block of pixel
+centres is one scan item, and a larger box is cut into 2 × 2 blocks, one item each (:func:`box_cells`);
+two scans (small triangles, blocks) evaluate the edge functions on the four cells of every item as one
+broadcast tensor op each (edges evaluated in a canonical direction, so shared edges leave no holes:
+watertight), in chunks of at most ``max_candidates`` (item, pixel) pairs, so memory stays bounded for
+large or close-up triangles. The z-test is one ``scatter_reduce``
 (``amin``) of int64 keys holding the float32 depth bits (made order-preserving) in the high bits and
-the triangle id in the low 24 bits. :func:`rasterize_reference` is the slow, obvious version (a Python
+the triangle id + 1 in the low 24 bits. :func:`rasterize_reference` is the slow, obvious version (a Python
 loop over triangles and pixels in float64) kept to test it against.
 """
 from __future__ import annotations
@@ -41,8 +42,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-TRIANGLE_BITS = 24  # low bits of the z-buffer key hold the triangle id: at most 2**24 triangles
-_EMPTY = torch.iinfo(torch.int64).max
+TRIANGLE_BITS = 24  # low bits of the z-buffer key hold the triangle id + 1 (0: empty): at most 2**24 − 2 triangles
 
 
 @dataclass(frozen=True)
@@ -78,8 +78,8 @@ def _check_inputs(screen: Tensor, triangles: Tensor, image_size: tuple[int, int]
         raise ValueError(f"rasterize: expected screen of shape (B, V, 3), got {tuple(screen.shape)}")
     if triangles.dim() != 2 or triangles.shape[-1] != 3 or triangles.dtype != torch.int64:
         raise ValueError(f"rasterize: expected triangles (F, 3) int64, got {tuple(triangles.shape)} {triangles.dtype}")
-    if triangles.shape[0] >= 2**TRIANGLE_BITS:
-        raise ValueError(f"rasterize: at most {2**TRIANGLE_BITS - 1} triangles, got {triangles.shape[0]}")
+    if triangles.shape[0] >= 2**TRIANGLE_BITS - 1:
+        raise ValueError(f"rasterize: at most {2**TRIANGLE_BITS - 2} triangles, got {triangles.shape[0]}")
     H, W = int(image_size[0]), int(image_size[1])
     if H <= 0 or W <= 0:
         raise ValueError(f"rasterize: image_size must be positive, got {image_size}")
@@ -158,32 +158,6 @@ def _sortable_key(depth: Tensor) -> Tensor:
     return bits + 2**31
 
 
-@dataclass(frozen=True)
-class _Setup:
-    """Per-triangle data for the scan (flattened over the batch): bounding box and edge functions.
-
-    Each triangle's corners are taken in increasing vertex-id order ``A < B < C`` and its three edges
-    evaluated in that canonical direction, ``w_PQ(p) = (x_Q − x_P)(p_y − y_P) − (y_Q − y_P)(p_x − x_P)``, so
-    two triangles sharing an edge compute the very same float for it and a pixel centre on it can never
-    fall between them (watertight). ``q`` turns them into barycentric planes ``e = q · w`` (``b``, or
-    ``b / d`` for perspective) of the corners opposite: ``b_C ∝ w_AB``, ``b_B ∝ −w_AC``, ``b_A ∝ w_BC``;
-    inside ⇔ all ``e >= 0``.
-    """
-
-    batch: Tensor  # (T,) batch index
-    tri: Tensor  # (T,) triangle id
-    x0: Tensor  # (T,) int64 first pixel column of the bounding box
-    y0: Tensor
-    nx: Tensor  # (T,) int64 box width/height in pixels (>= 1)
-    ny: Tensor
-    ox: Tensor  # (3, T) start points of the edges AB, AC, BC
-    oy: Tensor
-    ux: Tensor  # (3, T) edge vectors
-    uy: Tensor
-    q: Tensor  # (3, T) scale of each edge function into the opposite corner's barycentric plane
-    d: Tensor  # (3, T) depths of the opposite corners C, B, A (orthographic depth interpolation)
-
-
 def _sorted_corners(triangles: Tensor) -> tuple[list[Tensor], Tensor]:
     """Corner ids in increasing order (three ``(F,)`` int32 vectors) and ``±1`` (``(F,)``, +1 when that order
     is a rotation of the triangle's own, i.e. keeps its orientation). int32: vectorised min/max on CPU."""
@@ -196,16 +170,47 @@ def _sorted_corners(triangles: Tensor) -> tuple[list[Tensor], Tensor]:
     return [lo, mid, hi], torch.where(ascents == 2, 1.0, -1.0)
 
 
-def _setup(screen: Tensor, triangles: Tensor, H: int, W: int, cull_backfaces: bool, perspective: bool,
-           near: float, corners: tuple[list[Tensor], Tensor] | None = None
-           ) -> tuple[_Setup, list[tuple[int, int, int, int]], Tensor]:
-    """Triangles that can cover a pixel, sorted by window class; ``-> (setup, [(kx, ky, start, end)], facing)``.
+WINDOW = 2  # px: every scan tests a WINDOW × WINDOW block of pixel centres per item
+_DX = torch.tensor([0.0, 1.0, 0.0, 1.0])[:, None]  # (4, 1) the block's cell offsets, row-major
+_DY = torch.tensor([0.0, 0.0, 1.0, 1.0])[:, None]
 
-    Back-facing, degenerate and non-finite triangles are dropped first (signed area of the projected
-    corners), so the bounding boxes and edge functions are built for the survivors only. ``facing``
-    ``(B·F,)`` int8 is −1 for front-facing, +1 for back-facing and 0 for unusable triangles (zero area,
-    non-finite corners, or, for perspective, a corner at or behind the camera plane): the orientation
-    :func:`~morphable.render.silhouette.silhouette_edges` needs, from the corner gathers done here."""
+
+@dataclass(frozen=True)
+class _Setup:
+    """Per-item data for the scan: an item is a triangle whose pixel box fits one ``WINDOW × WINDOW`` block, or
+    one block of a larger triangle's box (items flattened over the batch).
+
+    Each triangle's corners are taken in increasing vertex-id order ``A < B < C`` and its three edges
+    evaluated in that canonical direction, ``w_PQ(p) = (x_Q − x_P)(p_y − y_P) − (y_Q − y_P)(p_x − x_P)``, so
+    two triangles sharing an edge compute the very same float for it and a pixel centre on it can never
+    fall between them (watertight). The edge vectors are stored times ``s = ±1``, the sign of the scale
+    ``q`` that turns ``w`` into the barycentric plane of the opposite corner (``b_C = q_AB w_AB`` with
+    ``q = ±1 / area``, or ``b / d`` for perspective): negating both factors of a product and a difference is
+    exact, so ``s w`` is computed bit-identically too, and inside ⇔ all three ``s w >= 0``.
+    """
+
+    base: Tensor  # (M,) int64 flat pixel id b·H·W + y0·W + x0 of the block's first cell
+    tri: Tensor  # (M,) int64 triangle id + 1 (the z-buffer key's low bits; 0 marks an empty pixel)
+    x0: Tensor  # (M,) float block origin (pixel centre, exact integer)
+    y0: Tensor
+    box: Tensor  # (4, M) float >= 0 where the block's cell lies in the triangle's pixel box, −1 elsewhere
+    ox: tuple[Tensor, Tensor]  # start points of the edges: A (edges AB, AC) and B (edge BC), (M,) each
+    oy: tuple[Tensor, Tensor]
+    ux: tuple[Tensor, Tensor, Tensor]  # s × edge vectors AB, AC, BC
+    uy: tuple[Tensor, Tensor, Tensor]
+    q: tuple[Tensor, Tensor, Tensor]  # |q| of each edge (perspective), or |q| × the opposite corner's depth
+
+
+def _setup(screen: Tensor, triangles: Tensor, H: int, W: int, cull_backfaces: bool, perspective: bool,
+           near: float, corners: tuple[list[Tensor], Tensor] | None = None) -> tuple[list[_Setup], Tensor]:
+    """Scan items of the triangles that can cover a pixel; ``-> ([setup of the small triangles, setup of the
+    blocks of the larger ones], facing)``.
+
+    Back-facing, degenerate, non-finite and off-screen triangles, and triangles whose box holds no pixel
+    centre, are dropped. ``facing`` ``(B·F,)`` int8 is −1 for front-facing, +1 for back-facing and 0 for
+    unusable triangles (zero area, non-finite corners, or, for perspective, a corner at or behind the
+    camera plane): the orientation :func:`~morphable.render.silhouette.silhouette_edges` needs, from the
+    corner gathers done here."""
     B, V = screen.shape[:2]
     F = triangles.shape[0]
     if B * V >= 2**31:
@@ -243,104 +248,102 @@ def _setup(screen: Tensor, triangles: Tensor, H: int, W: int, cull_backfaces: bo
         bad = bad.index_select(0, corner[0]) | bad.index_select(0, corner[1]) | bad.index_select(0, corner[2])
         ok &= ~bad
         facing.masked_fill_(bad, 0)
-    keep = ok.nonzero(as_tuple=True)[0]
-    sel = lambda t: t.index_select(0, keep)  # noqa: E731
-    xa, xb, xc, ya, yb, yc, area2 = (sel(t) for t in (xa, xb, xc, ya, yb, yc, area2))
     xmin, xmax = torch.minimum(torch.minimum(xa, xb), xc), torch.maximum(torch.maximum(xa, xb), xc)
     ymin, ymax = torch.minimum(torch.minimum(ya, yb), yc), torch.maximum(torch.maximum(ya, yb), yc)
     if perspective:
-        da, db, dc = sel(da), sel(db), sel(dc)
         behind = torch.minimum(torch.minimum(da, db), dc) <= 0  # unbounded image: scan the whole image
         xmin, ymin = xmin.masked_fill(behind, 0.0), ymin.masked_fill(behind, 0.0)
         xmax, ymax = xmax.masked_fill(behind, W - 1.0), ymax.masked_fill(behind, H - 1.0)
-    # pixel-centre bounding box, still in floating point
+    # pixel-centre bounding box, still in floating point; boxes without a pixel centre (tiny triangles
+    # between centres, off screen) are dropped with the culled triangles
     x0, y0 = torch.ceil(xmin).clamp_min_(0), torch.ceil(ymin).clamp_min_(0)
-    x1, y1 = torch.floor(xmax).clamp_max_(W - 1), torch.floor(ymax).clamp_max_(H - 1)
-    nx, ny = x1 - x0 + 1, y1 - y0 + 1
-    # size classes: windows of 2**cx × 2**cy pixels (at least 2 × 2: fewer, fuller passes); empty boxes
-    # (off screen) get class 0 and are dropped; the rest are sorted by class so each class is a slice
-    on = (nx >= 1) & (ny >= 1)
-    cls = torch.where(on, _pow2_class(nx.clamp_min(1)).clamp_min(1) * 64 + _pow2_class(ny.clamp_min(1)).clamp_min(1), 0)
-    counts = torch.bincount(cls).tolist()
-    # (class ids < 2**11 fit int16, which sorts faster)
-    order = torch.sort(cls.to(torch.int16), stable=True)[1][counts[0]:] if len(counts) > 1 else keep[:0]
-    sel = lambda t: t.index_select(0, order)  # noqa: E731
-    xa, xb, xc, ya, yb, yc, area2, x0, y0, nx, ny, keep = (
-        sel(t) for t in (xa, xb, xc, ya, yb, yc, area2, x0, y0, nx, ny, keep))
+    nx = torch.floor(xmax).clamp_max_(W - 1) - x0  # box width − 1
+    ny = torch.floor(ymax).clamp_max_(H - 1) - y0
+    ok &= (nx >= 0) & (ny >= 0)
+    small = (nx < WINDOW) & (ny < WINDOW)
+    one, many = (ok & small).nonzero(as_tuple=True)[0], (ok & ~small).nonzero(as_tuple=True)[0]
+    vectors = dict(xa=xa, xb=xb, xc=xc, ya=ya, yb=yb, yc=yc, area2=area2, x0=x0, y0=y0, nx=nx, ny=ny)
     if perspective:
-        da, db, dc = sel(da), sel(db), sel(dc)
+        vectors.update(da=da, db=db, dc=dc)
+    setups = [_items(one, vectors, corner, cols, B, F, H, W, perspective)]
+    if many.numel():
+        # larger boxes: one item per WINDOW × WINDOW block (block column bx, row by of the box)
+        blocks_x = torch.floor(nx.index_select(0, many) / WINDOW).to(torch.int64) + 1
+        blocks_y = torch.floor(ny.index_select(0, many) / WINDOW).to(torch.int64) + 1
+        item, bx, by = box_cells(blocks_x, blocks_y)
+        setups.append(_items(many.index_select(0, item), vectors, corner, cols, B, F, H, W, perspective,
+                             WINDOW * bx, WINDOW * by))
+    return setups, facing
+
+
+def _items(idx: Tensor, vectors: dict[str, Tensor], corner: list[Tensor], cols: Tensor, B: int, F: int, H: int,
+           W: int, perspective: bool, sx: Tensor | None = None, sy: Tensor | None = None) -> _Setup:
+    """The :class:`_Setup` of items ``idx`` (ids into the ``(B·F,)`` vectors), shifted by ``(sx, sy)`` blocks."""
+    v = {k: t.index_select(0, idx) for k, t in vectors.items()}
+    x0, y0, nx, ny = v["x0"], v["y0"], v["nx"], v["ny"]
+    if sx is not None:
+        x0, y0, nx, ny = x0 + sx, y0 + sy, nx - sx, ny - sy
+    if perspective:
+        da, db, dc = v["da"], v["db"], v["dc"]
     else:
-        corner_kept = [c.index_select(0, keep) for c in corner]
-        da, db, dc = (cols[2].index_select(0, corner_kept[i]) for i in range(3))
-    classes, start = [], 0
-    for c, n in enumerate(counts):
-        if c and n:
-            classes.append((2 ** (c // 64), 2 ** (c % 64), start, start + n))
-            start += n
-    return _make_setup(keep, F, B, x0, y0, nx, ny, xa, xb, xc, ya, yb, yc, da, db, dc, 1.0 / area2,
-                       perspective), classes, facing
-
-
-def _make_setup(keep: Tensor, F: int, B: int, ax, ay, nx, ny, xa, xb, xc, ya, yb, yc, da, db, dc, inv,
-                perspective: bool) -> _Setup:
-    # edges AB, AC, BC (start, vector) and the corners opposite them: C, B, A
-    ox = torch.stack([xa, xa, xb])
-    oy = torch.stack([ya, ya, yb])
-    ux = torch.stack([xb - xa, xc - xa, xc - xb])
-    uy = torch.stack([yb - ya, yc - ya, yc - yb])
-    d = torch.stack([dc, db, da])
-    q = torch.stack([inv, -inv, inv])  # b_C = w_AB / area2, b_B = −w_AC / area2, b_A = w_BC / area2
+        da, db, dc = (cols[2].index_select(0, corner[i].index_select(0, idx)) for i in range(3))
+    xa, xb, xc, ya, yb, yc = (v[k] for k in ("xa", "xb", "xc", "ya", "yb", "yc"))
+    inv = 1.0 / v["area2"]
+    # b_C = w_AB / area2, b_B = −w_AC / area2, b_A = w_BC / area2 (perspective: also / the corner's depth)
+    q = [inv, -inv, inv]
     if perspective:
-        q = q / d
-    batch, tri = (keep // F, keep % F) if B > 1 else (torch.zeros_like(keep), keep)
-    return _Setup(batch, tri, ax.to(torch.int64), ay.to(torch.int64), nx.to(torch.int64), ny.to(torch.int64),
-                  ox, oy, ux, uy, q, d)
+        q = [q[0] / dc, q[1] / db, q[2] / da]
+    s = [torch.sign(t) for t in q]
+    ux = (s[0] * (xb - xa), s[1] * (xc - xa), s[2] * (xc - xb))
+    uy = (s[0] * (yb - ya), s[1] * (yc - ya), s[2] * (yc - yb))
+    # box test of the block's cells (0, 0), (1, 0), (0, 1), (1, 1): cell (0, 0) is always in the box
+    box = torch.stack([torch.zeros_like(nx), nx - 1, ny - 1, torch.minimum(nx, ny) - 1])
+    batch, tri = (idx // F, idx % F + 1) if B > 1 else (0, idx + 1)
+    base = (batch * H + y0.to(torch.int64)) * W + x0.to(torch.int64)
+    q = [t.abs() for t in q]
+    if not perspective:  # the depth weights |q_i| d_i of the opposite corners C, B, A
+        q = [q[0] * dc, q[1] * db, q[2] * da]
+    return _Setup(base, tri, x0, y0, box, (xa, xb), (ya, yb), ux, uy, tuple(q))
 
 
-def _scan(s: _Setup, a: int, b: int, kx: int, ky: int, H: int, W: int, perspective: bool,
-          near: float) -> tuple[Tensor, Tensor]:
-    """Test a ``kx × ky`` window of pixel centres for triangles ``a:b`` of the setup; return (pixel, key) of hits.
+def _scan(s: _Setup, a: int, b: int, W: int, perspective: bool, near: float) -> tuple[Tensor, Tensor]:
+    """Test the ``WINDOW × WINDOW`` block of items ``a:b``; return (flat pixel id, z-buffer key) of the hits.
 
-    Work arrays are ``(K, M)``: window offset outermost, triangles innermost (contiguous, vectorised). Only
+    Work arrays are ``(4, M)``: block cell outermost, items innermost (contiguous, vectorised). Only
     floating-point arithmetic runs on them (CPU comparisons and int64 arithmetic cost several times more
     per element): the box test is one more term of the minimum whose sign decides coverage; the triangle,
-    pixel and depth of the hits are computed after the compaction, from the hits' (window offset, triangle)
-    indices."""
-    dev = s.x0.device
-    dtype = s.q.dtype
+    pixel and depth of the hits are computed after the compaction, from the hits' (cell, item) indices."""
+    dtype = s.x0.dtype
     M = b - a
-    dx = torch.arange(kx, device=dev).repeat(ky)[:, None]  # (K, 1) window offsets, row-major
-    dy = torch.arange(ky, device=dev).repeat_interleave(kx)[:, None]
-    dxf, dyf = dx.to(dtype), dy.to(dtype)
-    x0, y0 = s.x0[a:b], s.y0[a:b]  # (M,)
-    px = x0.to(dtype) + dxf  # pixel centres, exact integers
-    py = y0.to(dtype) + dyf
-    ox, oy, ux, uy, q = (t[:, a:b] for t in (s.ox, s.oy, s.ux, s.uy, s.q))  # (3, M)
-    # edges AB and AC both start at A (see _make_setup): their pixel offsets are shared
-    rx, ry = px - ox[0], py - oy[0]
-    rx2, ry2 = px - ox[2], py - oy[2]
-    e = [(ux[0] * ry - uy[0] * rx) * q[0], (ux[1] * ry - uy[1] * rx) * q[1],
-         (ux[2] * ry2 - uy[2] * rx2) * q[2]]  # canonical edge functions (see _Setup) times q
-    # inside ⇔ all e_i >= 0 and the pixel lies in the triangle's box (a nan anywhere fails the test)
-    box = torch.minimum((s.nx[a:b].to(dtype) - 1) - dxf, (s.ny[a:b].to(dtype) - 1) - dyf)
-    inside = torch.minimum(torch.minimum(torch.minimum(e[0], e[1]), e[2]), box) >= 0
+    dx, dy = _DX.to(device=s.x0.device, dtype=dtype), _DY.to(device=s.x0.device, dtype=dtype)
+    px = s.x0[a:b] + dx  # (4, M) pixel centres, exact integers
+    py = s.y0[a:b] + dy
+    # edges AB and AC both start at A: their pixel offsets are shared
+    rx, ry = px - s.ox[0][a:b], py - s.oy[0][a:b]
+    rx2, ry2 = px - s.ox[1][a:b], py - s.oy[1][a:b]
+    ux, uy = [t[a:b] for t in s.ux], [t[a:b] for t in s.uy]
+    w = [ux[0] * ry - uy[0] * rx, ux[1] * ry - uy[1] * rx, ux[2] * ry2 - uy[2] * rx2]  # s × canonical edge functions
+    # inside ⇔ all s·w >= 0 and the cell lies in the triangle's box (a nan anywhere fails the test)
+    inside = torch.minimum(torch.minimum(torch.minimum(w[0], w[1]), w[2]), s.box[:, a:b]) >= 0
+    q = [t[a:b] for t in s.q]
     if perspective:
+        e = [w[i] * q[i] for i in range(3)]  # b_i / d_i
         inv = e[0] + e[1] + e[2]  # Σ b_i / d_i = 1 / depth
         inside &= (inv > 0) & (inv * near <= 1)  # in front of the camera and beyond the near plane
     hit = inside.view(-1).nonzero(as_tuple=True)[0]  # one compaction for every output
-    # hit = k·M + m: window offset k, triangle m (float64 division: exact here, integer division is slow)
+    # hit = k·M + m: block cell k, item m (float64 division: exact here, integer division is slow)
     hf = hit.to(torch.float64)
     k = torch.floor(hf / M)
     m = (hf - k * M).to(torch.int64)
     k = k.to(torch.int64)
-    eh = [t.view(-1).index_select(0, hit) for t in e]
     if perspective:
-        depth = 1.0 / (eh[0] + eh[1] + eh[2])
-    else:
-        d = s.d[:, a:b]
-        depth = eh[0] * d[0].index_select(0, m) + eh[1] * d[1].index_select(0, m) + eh[2] * d[2].index_select(0, m)
-    base = (s.batch[a:b] * H + y0) * W + x0  # (M,)
-    pix = base.index_select(0, m) + (dy * W + dx).view(-1).index_select(0, k)
+        depth = 1.0 / (e[0].view(-1).index_select(0, hit) + e[1].view(-1).index_select(0, hit)
+                       + e[2].view(-1).index_select(0, hit))
+    else:  # Σ b_i d_i with b_i = |q_i| s_i w_i
+        hw = [t.view(-1).index_select(0, hit) for t in w]
+        depth = hw[0] * q[0].index_select(0, m) + hw[1] * q[1].index_select(0, m) + hw[2] * q[2].index_select(0, m)
+    cell = torch.tensor([0, 1, W, W + 1], device=hit.device)  # flat pixel offsets of the block's cells
+    pix = s.base[a:b].index_select(0, m) + cell.index_select(0, k)
     key = (_sortable_key(depth) << TRIANGLE_BITS) | s.tri[a:b].index_select(0, m)
     return pix, key
 
@@ -375,11 +378,6 @@ def box_cells(nx: Tensor, ny: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     return item, local - row * width, row
 
 
-def _pow2_class(n: Tensor) -> Tensor:
-    """Smallest power-of-two exponent ``c`` with ``2**c >= n`` (n >= 1)."""
-    return torch.ceil(torch.log2(n.to(torch.float32))).to(torch.int64).clamp_min(0)
-
-
 @torch.no_grad()
 def rasterize_ids(screen: Tensor, triangles: Tensor, image_size: tuple[int, int], *, cull_backfaces: bool = False,
                   perspective: bool = False, near: float = 1.0, max_candidates: int = 2**22,
@@ -400,18 +398,19 @@ def rasterize_ids_facing(screen: Tensor, triangles: Tensor, image_size: tuple[in
     see ``_setup``), which the soft silhouette reuses instead of gathering the corners again."""
     H, W = _check_inputs(screen, triangles, image_size)
     B = screen.shape[0]
-    s, classes, facing = _setup(screen.detach(), triangles, H, W, cull_backfaces, perspective, near, corners)
+    setups, facing = _setup(screen.detach(), triangles, H, W, cull_backfaces, perspective, near, corners)
     pixels, keys = [], []
-    for kx, ky, first, end in classes:
-        step = max(1, max_candidates // (kx * ky))
-        for start in range(first, end, step):
-            pix, key = _scan(s, start, min(start + step, end), kx, ky, H, W, perspective, near)
+    step = max(1, max_candidates // (WINDOW * WINDOW))
+    for s in setups:
+        for start in range(0, s.tri.numel(), step):
+            pix, key = _scan(s, start, min(start + step, s.tri.numel()), W, perspective, near)
             pixels.append(pix)
             keys.append(key)
-    zbuf = torch.full((B * H * W,), _EMPTY, dtype=torch.int64, device=screen.device)
+    zbuf = torch.zeros(B * H * W, dtype=torch.int64, device=screen.device)  # 0: no hit
     if pixels:
-        zbuf.scatter_reduce_(0, torch.cat(pixels), torch.cat(keys), reduce="amin")
-    tri = torch.where(zbuf == _EMPTY, -1, zbuf & (2**TRIANGLE_BITS - 1))
+        pix, key = (torch.cat(pixels), torch.cat(keys)) if len(pixels) > 1 else (pixels[0], keys[0])
+        zbuf.scatter_reduce_(0, pix, key, reduce="amin", include_self=False)  # the pixels hit: their smallest key
+    tri = (zbuf & (2**TRIANGLE_BITS - 1)).sub_(1)  # (id + 1) − 1; empty: −1
     return tri.view(B, H, W), facing
 
 
