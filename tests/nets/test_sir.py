@@ -89,3 +89,36 @@ def test_weights_round_trip_and_bad_file(tmp_path):
     path.write_bytes(b"not a weights file")
     with pytest.raises(ModelFileError):
         load_sir(path)
+
+
+@pytest.mark.slow
+def test_shipped_sir_through_fit_cli(tmp_path):
+    """``morphable fit --method sir`` with the shipped ``sir-ict`` (sha256 checked): the fit's identity is
+    pulled towards the network's shape, compared with the plain landmark fit."""
+    import json
+
+    from click.testing import CliRunner
+
+    from morphable.cli import cli
+    from morphable.detect.formats import read_landmarks
+    from morphable.io.image import read_image
+    from morphable.nets.sir import shipped_sir
+
+    data_file("ICT-FaceKit/FaceXModel_vertices_float32.npz")
+    photo = data_file("eos/examples/data/image_0010.png")
+    net = shipped_sir("ict")
+    assert net.meta["command"].startswith("morphable train sir")
+    lm = torch.as_tensor(read_landmarks(photo.with_suffix(".pts")), dtype=torch.float32)
+    mu = net.predict_identity(torch.tensor(read_image(photo)).float()[None] / 255, lm[None])[0]
+    ids = {}
+    for method in ("sir", "fit"):
+        out = tmp_path / method
+        args = ["fit", str(photo), "--landmarks", str(photo.with_suffix(".pts")), "-o", str(out), "--model", "ict",
+                "--method", method, "--shape-from", "landmarks", "--texture-size", "64", "--no-report", "-q"]
+        result = CliRunner().invoke(cli, args)
+        assert result.exit_code == 0, result.output
+        params = json.loads((out / "image_0010" / "params.json").read_text())
+        ids[method] = torch.tensor(params["identity"])
+        if method == "sir":
+            assert params["shape_from"] == "sir"
+    assert float((ids["sir"] - mu).norm()) < 0.7 * float((ids["fit"] - mu).norm())
