@@ -73,24 +73,63 @@ def _image_bounds(batch: Tensor, B: int) -> list[int] | None:
     return [0] + torch.bincount(batch, minlength=B).cumsum(0).tolist()
 
 
+# SH shading as a quadratic in the unit normal m: Lᵀ φ(m) = Kᵀ ψ(m) + β with the 8 rows
+# ψ = (m_x, m_y, m_z, m_x m_y, m_y m_z, m_x m_z, m_z², m_x² − m_y²) (the rows of φ without its constant, the
+# −1 of 3 m_z² − 1 moved into β): K = c ⊙ L[_PSI] (per row), β = A0 L_0 − A3 L_6.
+_PSI = [3, 1, 2, 4, 5, 7, 6, 8]  # the φ row each ψ row scales
+_PSI_SCALE = [_A1, _A1, _A1, _A2, _A2, _A2, 3 * _A3, _A4]
+
+
+def _quadratic(L: Tensor) -> tuple[Tensor, Tensor]:
+    """``(B, 9, 3)`` SH coefficients -> ``K`` ``(B, 8, 3)`` and ``β`` ``(B, 3)`` (see above)."""
+    scale = torch.tensor(_PSI_SCALE, dtype=L.dtype, device=L.device)[:, None]
+    return L[:, _PSI] * scale, _A0 * L[:, 0] - _A3 * L[:, 6]
+
+
+def _quadratic_backward(g_K: Tensor, g_beta: Tensor) -> Tensor:
+    """Gradient of :func:`_quadratic` for the SH coefficients: ``(B, 8, 3), (B, 3) -> (B, 9, 3)``."""
+    g = g_K.new_zeros(g_K.shape[0], 9, 3)
+    g[:, _PSI] = g_K * torch.tensor(_PSI_SCALE, dtype=g_K.dtype, device=g_K.device)[:, None]
+    g[:, 0] += _A0 * g_beta
+    g[:, 6] -= _A3 * g_beta
+    return g
+
+
+def _rows(x: Tensor) -> Tensor:
+    """``(N, C)`` -> contiguous ``(C, N)``: one copy per column (several times faster on CPU than
+    ``x.t().contiguous()``, whose strided copy is not vectorised)."""
+    return torch.stack(x.unbind(1))
+
+
 class _ShadePacked(torch.autograd.Function):
     """Forward and hand-written backward of :func:`sh_shade_packed`. Work arrays are rows ``(P,)``
     (contiguous 1-D vectors, stacked along dim 0: the fastest layout for elementwise ops and small matrix
-    products on CPU; ``stack(..., dim=-1)`` and ``(P, 9) @ (9, 3)`` products are several times slower)."""
+    products on CPU; ``stack(..., dim=-1)`` and ``(P, 9) @ (9, 3)`` products are several times slower), updated
+    in place where they are not needed again (fewer large temporaries)."""
 
     @staticmethod
     def forward(ctx, screen, normals, colors, sh, triangles, batch, face, centres, perspective):  # type: ignore[override]
         B, V = screen.shape[:2]
         dtype = screen.dtype
-        corner = (triangles.index_select(0, face) + (batch * V)[:, None]).t().contiguous()  # (3, P)
+        P = face.shape[0]
+        tri_rows = triangles.t()
+        corner = [tri_rows[i].index_select(0, face) for i in range(3)]  # (P,) flat vertex ids per corner
+        if B > 1:
+            offset = batch * V
+            corner = [c.add_(offset) for c in corner]
         # the 9 attributes of every vertex as rows (9, B·V): x, y, d, N (3), ρ (3); per corner i: (9, P)
-        table = torch.cat([t.to(dtype).reshape(B * V, 3).t() for t in (screen, normals, colors)])  # one copy
-        at = [table.index_select(1, corner[i]) for i in range(3)]
+        table = torch.stack([r for t in (screen, normals, colors) for r in t.to(dtype).reshape(B * V, 3).unbind(1)])
+        at = [table.index_select(1, c) for c in corner]
         x, y, d = [a[0] for a in at], [a[1] for a in at], [a[2] for a in at]
-        c = centres.t().to(dtype)
-        px, py = c[0].contiguous(), c[1].contiguous()
-        w = [(x[(i + 2) % 3] - x[(i + 1) % 3]) * (py - y[(i + 1) % 3])
-             - (y[(i + 2) % 3] - y[(i + 1) % 3]) * (px - x[(i + 1) % 3]) for i in range(3)]
+        c = _rows(centres).to(dtype)
+        px, py = c[0], c[1]
+        dx, dy = [px - x[i] for i in range(3)], [py - y[i] for i in range(3)]  # pixel − corner
+        # w_i = (x_k − x_j)(py − y_j) − (y_k − y_j)(px − x_j), (j, k) = (i + 1, i + 2): twice the signed area
+        # opposite corner i
+        w = []
+        for i in range(3):
+            j, k = (i + 1) % 3, (i + 2) % 3
+            w.append(((x[k] - x[j]).mul_(dy[j])).sub_((y[k] - y[j]).mul_(dx[j])))
         area2 = w[0] + w[1] + w[2]
         if perspective:
             q = [w[i] / (area2 * d[i]) for i in range(3)]
@@ -98,72 +137,92 @@ class _ShadePacked(torch.autograd.Function):
             lam = [qi / inv for qi in q]
         else:
             q, inv = None, None
-            lam = [wi / area2 for wi in w]
-        n_rho = lam[0] * at[0][3:9] + lam[1] * at[1][3:9] + lam[2] * at[2][3:9]  # (6, P): normal, albedo
+            lam = [wi.div_(area2) for wi in w]
+        n_rho = at[0][3:9] * lam[0]  # (6, P): interpolated normal, albedo
+        n_rho.addcmul_(at[1][3:9], lam[1]).addcmul_(at[2][3:9], lam[2])
         n, rho = n_rho[:3], n_rho[3:]
-        length = (n[0] * n[0] + n[1] * n[1] + n[2] * n[2]).sqrt()
-        scale = 1.0 / length.clamp_min(_EPS)
-        mx, my, mz = (n * scale).unbind(0)
-        phi = torch.stack([torch.full_like(mx, _A0), _A1 * my, _A1 * mz, _A1 * mx, _A2 * mx * my, _A2 * my * mz,
-                           _A3 * (3.0 * mz * mz - 1.0), _A2 * mx * mz, _A4 * (mx * mx - my * my)])  # (9, P) = φ(m)
-        L = sh.to(dtype)
+        length = (n * n).sum(0).sqrt_()
+        scale = length.clamp_min(_EPS).reciprocal_()
+        psi = torch.empty(8, P, dtype=dtype, device=screen.device)  # ψ(m), m = n / |n| in rows 0-2
+        torch.mul(n, scale, out=psi[:3])
+        mx, my, mz = psi[0], psi[1], psi[2]
+        torch.mul(mx, my, out=psi[3])
+        torch.mul(my, mz, out=psi[4])
+        torch.mul(mx, mz, out=psi[5])
+        torch.mul(mz, mz, out=psi[6])
+        torch.mul(mx, mx, out=psi[7]).addcmul_(my, my, value=-1.0)
+        K, beta = _quadratic(sh.to(dtype))
         bounds = None
         if B == 1 or sh.shape[0] == 1:
-            s = L[0].t() @ phi  # (3, P)
+            s = torch.addmm(beta[0][:, None], K[0].t(), psi)  # (3, P)
         else:
             bounds = _image_bounds(batch, B)
-            if bounds is not None:  # one (3, 9) @ (9, P_b) product per image
-                s = torch.cat([L[b].t() @ phi[:, bounds[b]:bounds[b + 1]] for b in range(B)], dim=1)
-            else:
-                s = (L.index_select(0, batch).permute(1, 2, 0) * phi[:, None]).sum(0)  # Σ_k L[b(p), k, c] φ_k(p)
-        ctx.save_for_backward(sh, batch, corner, px, py, s, rho, phi, length, scale, area2, *lam, *at)
+            if bounds is not None:  # one (3, 8) @ (8, P_b) product per image
+                s = torch.cat([torch.addmm(beta[b][:, None], K[b].t(), psi[:, bounds[b]:bounds[b + 1]])
+                               for b in range(B)], dim=1)
+            else:  # Σ_k K[b(p), k, c] ψ_k(p) + β[b(p), c]
+                s = (K.index_select(0, batch).permute(2, 1, 0) * psi[None]).sum(1) + beta.index_select(0, batch).t()
+        out = torch.empty(P, 3, dtype=dtype, device=screen.device)
+        for ch in range(3):  # written column by column: the (P, 3) result contiguous, without a transposing copy
+            torch.mul(rho[ch], s[ch], out=out[:, ch])
+        ctx.save_for_backward(sh, batch, *corner, *dx, *dy, s, rho, psi, length, scale, area2, *lam, *at)
         ctx.q, ctx.inv, ctx.bounds = q, inv, bounds
         ctx.perspective, ctx.shape, ctx.dtypes = perspective, (B, V), (screen.dtype, normals.dtype, colors.dtype)
-        return (rho * s).t()  # (P, 3) view
+        return out
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad):  # type: ignore[override]
-        sh, batch, corner, px, py, s, rho, phi, length, scale, area2, *rest = ctx.saved_tensors
-        lam, at = rest[:3], rest[3:]
-        q, inv = ctx.q, ctx.inv
+        sh, batch, *rest = ctx.saved_tensors
+        corner, dx, dy = rest[0:3], rest[3:6], rest[6:9]
+        s, rho, psi, length, scale, area2 = rest[9:15]
+        lam, at = rest[15:18], rest[18:21]
+        q, inv, bounds = ctx.q, ctx.inv, ctx.bounds
         B, V = ctx.shape
         dtype = s.dtype
-        g = grad.t().to(dtype).contiguous()  # (3, P)
-        g_rho = g * rho
-        g_rho, g_s = g * s, g_rho  # ∂/∂ρ = g ⊙ s, ∂/∂s = g ⊙ ρ
-        L = sh.to(dtype)
-        g_sh = None
+        P = s.shape[1]
+        g = _rows(grad.to(dtype))  # (3, P)
+        g_n_rho = torch.empty(6, P, dtype=dtype, device=s.device)  # ∂/∂(normal, albedo) of the pixels
+        torch.mul(g, s, out=g_n_rho[3:])  # ∂/∂ρ = g ⊙ s
+        g_s = g.mul_(rho)  # ∂/∂s = g ⊙ ρ
+        K, _ = _quadratic(sh.to(dtype))
         per_pixel = not (B == 1 or sh.shape[0] == 1)
-        bounds = ctx.bounds
         span = lambda t, b: t[:, bounds[b]:bounds[b + 1]]  # noqa: E731  (image b's pixels)
+        g_sh = None
         if ctx.needs_input_grad[3]:
             if per_pixel and bounds is not None:
-                g_sh = torch.stack([span(phi, b) @ span(g_s, b).t() for b in range(B)]).to(sh.dtype)
+                g_K = torch.stack([span(psi, b) @ span(g_s, b).t() for b in range(B)])
+                g_beta = torch.stack([span(g_s, b).sum(1) for b in range(B)])
             elif per_pixel:
-                outer = (phi[:, None] * g_s[None]).permute(2, 0, 1)  # (P, 9, 3)
-                g_sh = torch.zeros_like(L).index_add_(0, batch, outer.contiguous()).to(sh.dtype)
+                outer = (psi[:, None] * g_s[None]).permute(2, 0, 1)  # (P, 8, 3)
+                g_K = torch.zeros_like(K).index_add_(0, batch, outer.contiguous())
+                g_beta = torch.zeros(B, 3, dtype=dtype, device=s.device).index_add_(0, batch, g_s.t())
             else:
-                g_sh = (phi @ g_s.t())[None].to(sh.dtype)
+                g_K, g_beta = (psi @ g_s.t())[None], g_s.sum(1)[None]
+            g_sh = _quadratic_backward(g_K, g_beta)
+            g_sh = (g_sh if sh.shape[0] == g_sh.shape[0] else g_sh.sum(0, keepdim=True)).to(sh.dtype)
         if per_pixel and bounds is not None:
-            g_phi = torch.cat([L[b] @ span(g_s, b) for b in range(B)], dim=1)  # (9, P)
+            g_psi = torch.cat([K[b] @ span(g_s, b) for b in range(B)], dim=1)  # (8, P)
         elif per_pixel:
-            g_phi = (L.index_select(0, batch).permute(1, 2, 0) * g_s[None]).sum(1)  # (9, P)
+            g_psi = (K.index_select(0, batch).permute(1, 2, 0) * g_s[None]).sum(1)
         else:
-            g_phi = L[0] @ g_s
-        m = (lam[0] * at[0][3:6] + lam[1] * at[1][3:6] + lam[2] * at[2][3:6]) * scale  # (3, P)
-        mx, my, mz = m.unbind(0)
-        # (∂φ/∂m)ᵀ g_φ: derivatives of the rows of φ above
-        gx = _A1 * g_phi[3] + _A2 * (my * g_phi[4] + mz * g_phi[7]) + (2 * _A4) * mx * g_phi[8]
-        gy = _A1 * g_phi[1] + _A2 * (mx * g_phi[4] + mz * g_phi[5]) - (2 * _A4) * my * g_phi[8]
-        gz = _A1 * g_phi[2] + _A2 * (my * g_phi[5] + mx * g_phi[7]) + (6 * _A3) * mz * g_phi[6]
+            g_psi = K[0] @ g_s
+        mx, my, mz = psi[0], psi[1], psi[2]
+        # (∂ψ/∂m)ᵀ g_ψ, written into the normal rows of g_n_rho
+        gm = g_n_rho[:3]
+        gm.copy_(g_psi[:3])
+        gm[0].addcmul_(my, g_psi[3]).addcmul_(mz, g_psi[5]).addcmul_(mx, g_psi[7], value=2.0)
+        gm[1].addcmul_(mx, g_psi[3]).addcmul_(mz, g_psi[4]).addcmul_(my, g_psi[7], value=-2.0)
+        gm[2].addcmul_(my, g_psi[4]).addcmul_(mx, g_psi[5]).addcmul_(mz, g_psi[6], value=2.0)
         # m = n / max(|n|, eps): (I − m mᵀ) g / |n| where the clamp is inactive, g / eps where it is
-        dot = (gx * mx + gy * my + gz * mz) * (length >= _EPS).to(dtype)
-        g_n_rho = torch.cat([(torch.stack([gx, gy, gz]) - dot * m) * scale, g_rho])  # (6, P)
+        m = psi[:3]
+        dot = (gm * m).sum(0).mul_((length >= _EPS).to(dtype))
+        gm.addcmul_(m, dot, value=-1.0).mul_(scale)
         # corner gradients: attribute i gets λ_i g; λ_i gets Σ g · attribute_i
         g_lam = [(g_n_rho * a[3:9]).sum(0) for a in at]
-        lam_dot = lam[0] * g_lam[0] + lam[1] * g_lam[1] + lam[2] * g_lam[2]
-        G = torch.empty(9, 3, px.shape[0], dtype=dtype, device=px.device)  # (attribute, corner, P)
+        lam_dot = lam[0] * g_lam[0]
+        lam_dot.addcmul_(lam[1], g_lam[1]).addcmul_(lam[2], g_lam[2])
+        G = torch.empty(9, 3, P, dtype=dtype, device=s.device)  # (attribute, corner, P)
         if ctx.perspective:  # λ_i = q_i / Σq, q_i = w_i / (A d_i), A = Σ w
             g_q = [(g_lam[i] - lam_dot) / inv for i in range(3)]
             for i in range(3):
@@ -172,16 +231,17 @@ class _ShadePacked(torch.autograd.Function):
             g_w = [g_q[i] / (area2 * at[i][2]) + g_area for i in range(3)]
         else:  # λ_i = w_i / A (depth is not used by the colour)
             G[2].zero_()
-            g_w = [(g_lam[i] - lam_dot) / area2 for i in range(3)]
-        x, y = [a[0] for a in at], [a[1] for a in at]
-        for c in range(3):  # w_i = (x_k − x_j)(py − y_j) − (y_k − y_j)(px − x_j), j = i + 1, k = i + 2
-            i, j = (c + 1) % 3, (c + 2) % 3  # corner c is the k of edge function i and the j of edge function j
-            torch.sub(g_w[i] * (py - y[(c + 2) % 3]), g_w[j] * (py - y[(c + 1) % 3]), out=G[0, c])
-            torch.sub(g_w[j] * (px - x[(c + 1) % 3]), g_w[i] * (px - x[(c + 2) % 3]), out=G[1, c])
+            g_w = [(g_lam[i] - lam_dot).div_(area2) for i in range(3)]
+        # ∂w_i/∂x_k = py − y_j, ∂w_i/∂x_j = y_k − py, ∂w_i/∂y_k = x_j − px, ∂w_i/∂y_j = px − x_k; corner c is the
+        # k of w_{c+1} (j = c + 2) and the j of w_{c+2} (k = c + 1)
+        for c in range(3):
+            a, b = (c + 1) % 3, (c + 2) % 3
+            torch.mul(g_w[a], dy[b], out=G[0, c]).addcmul_(g_w[b], dy[a], value=-1.0)
+            torch.mul(g_w[b], dx[a], out=G[1, c]).addcmul_(g_w[a], dx[b], value=-1.0)
         for i in range(3):
-            torch.mul(lam[i], g_n_rho, out=G[3:9, i])
-        idx = corner.reshape(-1)
-        acc = torch.zeros(9, B * V, dtype=dtype, device=px.device)
+            torch.mul(g_n_rho, lam[i], out=G[3:9, i])
+        idx = torch.cat(corner)
+        acc = torch.zeros(9, B * V, dtype=dtype, device=s.device)
         wanted = [ctx.needs_input_grad[0]] * 2 + [ctx.needs_input_grad[0] and ctx.perspective] \
             + [ctx.needs_input_grad[1]] * 3 + [ctx.needs_input_grad[2]] * 3
         for r in range(9):  # one 1-D scatter-add per attribute row (faster than a (3P, 9) index_add on CPU)
