@@ -24,9 +24,9 @@ exactly on a shared edge belong to both triangles). Among the triangles covering
 wins (depth compared as float32); exact depth ties go to the lowest triangle id. Results are therefore
 deterministic and independent of thread count.
 
-Fast path (:func:`rasterize`): every triangle whose pixel bounding box fits a 2 × 2 block of pixel
-centres is one scan item, and a larger box is cut into 2 × 2 blocks, one item each (:func:`box_cells`);
-two scans (small triangles, blocks) evaluate the edge functions on the four cells of every item as one
+Fast path (:func:`rasterize`): every triangle's pixel bounding box is cut into 2 × 2 blocks of pixel
+centres, one scan item each (:func:`box_cells`); two scans (every triangle's first block, the other
+blocks of the larger boxes) evaluate the edge functions on the four cells of every item as one
 broadcast tensor op each (edges evaluated in a canonical direction, so shared edges leave no holes:
 watertight), in chunks of at most ``max_candidates`` (item, pixel) pairs, so memory stays bounded for
 large or close-up triangles. The z-test is one ``scatter_reduce``
@@ -177,8 +177,8 @@ _DY = torch.tensor([0.0, 0.0, 1.0, 1.0])[:, None]
 
 @dataclass(frozen=True)
 class _Setup:
-    """Per-item data for the scan: an item is a triangle whose pixel box fits one ``WINDOW × WINDOW`` block, or
-    one block of a larger triangle's box (items flattened over the batch).
+    """Per-item data for the scan: an item is one ``WINDOW × WINDOW`` block of a triangle's pixel box (items
+    flattened over the batch).
 
     Each triangle's corners are taken in increasing vertex-id order ``A < B < C`` and its three edges
     evaluated in that canonical direction, ``w_PQ(p) = (x_Q − x_P)(p_y − y_P) − (y_Q − y_P)(p_x − x_P)``, so
@@ -203,8 +203,8 @@ class _Setup:
 
 def _setup(screen: Tensor, triangles: Tensor, H: int, W: int, cull_backfaces: bool, perspective: bool,
            near: float, corners: tuple[list[Tensor], Tensor] | None = None) -> tuple[list[_Setup], Tensor]:
-    """Scan items of the triangles that can cover a pixel; ``-> ([setup of the small triangles, setup of the
-    blocks of the larger ones], facing)``.
+    """Scan items of the triangles that can cover a pixel; ``-> ([setup of every triangle's first block, setup
+    of the other blocks of the larger ones], facing)``.
 
     Back-facing, degenerate, non-finite and off-screen triangles, and triangles whose box holds no pixel
     centre, are dropped. ``facing`` ``(B·F,)`` int8 is −1 for front-facing, +1 for back-facing and 0 for
@@ -259,20 +259,21 @@ def _setup(screen: Tensor, triangles: Tensor, H: int, W: int, cull_backfaces: bo
     x0, y0 = torch.ceil(xmin).clamp_min_(0), torch.ceil(ymin).clamp_min_(0)
     nx = torch.floor(xmax).clamp_max_(W - 1) - x0  # box width − 1
     ny = torch.floor(ymax).clamp_max_(H - 1) - y0
-    ok &= (nx >= 0) & (ny >= 0)
-    small = (nx < WINDOW) & (ny < WINDOW)
-    one, many = (ok & small).nonzero(as_tuple=True)[0], (ok & ~small).nonzero(as_tuple=True)[0]
+    ok &= torch.minimum(nx, ny) >= 0
+    keep = ok.nonzero(as_tuple=True)[0]
     vectors = dict(xa=xa, xb=xb, xc=xc, ya=ya, yb=yb, yc=yc, area2=area2, x0=x0, y0=y0, nx=nx, ny=ny)
     if perspective:
         vectors.update(da=da, db=db, dc=dc)
-    setups = [_items(one, vectors, corner, cols, B, F, H, W, perspective)]
-    if many.numel():
-        # larger boxes: one item per WINDOW × WINDOW block (block column bx, row by of the box)
-        blocks_x = torch.floor(nx.index_select(0, many) / WINDOW).to(torch.int64) + 1
-        blocks_y = torch.floor(ny.index_select(0, many) / WINDOW).to(torch.int64) + 1
-        item, bx, by = box_cells(blocks_x, blocks_y)
-        setups.append(_items(many.index_select(0, item), vectors, corner, cols, B, F, H, W, perspective,
-                             WINDOW * bx, WINDOW * by))
+    # every triangle's first block (its box test limits it to the box), then the other blocks of larger boxes
+    setups = [_items(keep, vectors, corner, cols, B, F, H, W, perspective)]
+    nx, ny = nx.index_select(0, keep), ny.index_select(0, keep)
+    large = (torch.maximum(nx, ny) >= WINDOW).nonzero(as_tuple=True)[0]
+    if large.numel():
+        blocks_x = torch.floor(nx.index_select(0, large) / WINDOW).to(torch.int64) + 1
+        blocks_y = torch.floor(ny.index_select(0, large) / WINDOW).to(torch.int64) + 1
+        item, bx, by = box_cells(blocks_x, blocks_y, skip_first=True)
+        setups.append(_items(keep.index_select(0, large.index_select(0, item)), vectors, corner, cols, B, F, H, W,
+                             perspective, WINDOW * bx, WINDOW * by))
     return setups, facing
 
 
@@ -360,18 +361,18 @@ def pixel_coordinates(pix: Tensor, H: int, W: int) -> tuple[Tensor, Tensor]:
     return batch.to(torch.int64), torch.stack([x, y], dim=-1).to(torch.int64)
 
 
-def box_cells(nx: Tensor, ny: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+def box_cells(nx: Tensor, ny: Tensor, skip_first: bool = False) -> tuple[Tensor, Tensor, Tensor]:
     """Every cell of a list of boxes, flattened: box ``m`` of ``nx[m] × ny[m]`` cells (``(M,)`` int64, >= 1)
-    contributes its cells in row-major order.
+    contributes its cells in row-major order (without its first cell ``(0, 0)`` when ``skip_first``).
 
     Returns:
         item ``(N,)`` int64 (the box of each cell, non-decreasing), and the cell's column and row inside its
         box, ``(N,)`` float32 each (exact integers: the within-box index is divided in float32, exact far
-        beyond any box here; integer division is not vectorised on CPU). ``N = Σ nx·ny``.
+        beyond any box here; integer division is not vectorised on CPU). ``N = Σ nx·ny`` (``− M``).
     """
-    counts = nx * ny
+    counts = nx * ny - int(skip_first)
     item = torch.repeat_interleave(counts)
-    start = counts.cumsum(0) - counts
+    start = counts.cumsum(0) - counts - int(skip_first)
     local = (torch.arange(item.numel(), device=nx.device) - start.index_select(0, item)).to(torch.float32)
     width = nx.to(torch.float32).index_select(0, item)
     row = torch.floor(local / width)

@@ -218,10 +218,11 @@ def _composite(color_p: Tensor, alpha_p: Tensor, pix: Tensor, background: Tensor
         bg = bg[:, None, None, :] if bg.dim() == 2 else bg
         base = bg.expand(B, H, W, 3).reshape(B * H * W, 3)  # differentiable copy: d image / d bg = 1 − α
         bg_p = base.index_select(0, pix)
-    else:
-        base = like.new_full((B * H * W, 3), float(background))
-        bg_p = float(background)
-    return base.index_put((pix,), alpha_p * color_p + (1 - alpha_p) * bg_p).view(B, H, W, 3)
+        return base.index_put((pix,), alpha_p * color_p + (1 - alpha_p) * bg_p).view(B, H, W, 3)
+    bg = float(background)
+    values = alpha_p * color_p if bg == 0.0 else alpha_p * color_p + (1 - alpha_p) * bg
+    # in place on a fresh tensor (no copy of the image; autograd records the packed values)
+    return like.new_full((B * H * W, 3), bg).index_put_((pix,), values).view(B, H, W, 3)
 
 
 def _scatter(values: Tensor, pix: Tensor, total: int, fill: float = 0.0) -> Tensor:

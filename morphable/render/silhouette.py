@@ -316,7 +316,7 @@ def soft_silhouette(screen: Tensor, triangles: Tensor, triangle_id: Tensor, topo
     sd = _signed_distance(a, b, c, p)
     inside = covered.reshape(-1).index_select(0, pix)
     soft = torch.where(inside, (0.5 + sd).clamp(0.5, 1.0), (0.5 + sd).clamp(0.0, 0.5))
-    alpha = alpha.index_put((pix,), soft)
+    alpha.index_put_((pix,), soft)  # in place: alpha is a fresh tensor (autograd records the soft values)
     out = (~inside).nonzero(as_tuple=True)[0]
     extended.index_put_((pix.index_select(0, out),), half.index_select(0, out) // 3)
     return Silhouette(alpha.view(B, H, W), extended.view(B, H, W))

@@ -154,3 +154,6 @@ def test_box_cells_lists_every_cell_of_every_box_in_row_major_order():
     expected = [(m, x, y) for m in range(4) for y in range(int(ny[m])) for x in range(int(nx[m]))]
     assert list(zip(item.tolist(), dx.long().tolist(), dy.long().tolist())) == expected
     assert dx.dtype == dy.dtype == torch.float32
+    item, dx, dy = box_cells(nx, ny, skip_first=True)
+    assert list(zip(item.tolist(), dx.long().tolist(), dy.long().tolist())) == [
+        e for e in expected if e[1:] != (0, 0)]
