@@ -38,6 +38,11 @@ A step draws ``batch.identities`` (P) identity groups × ``batch.images`` (K) ro
 Ablations of the paper's table: ``--set loss.lambda_sir=0`` (no SIR), ``loss.lambda_kl=0`` (no prior term),
 ``loss.lambda_center=0`` (no weighted center loss).
 
+Several processes (``torchrun``, :mod:`morphable.train.distributed`): the trainer shards each part of the batch
+(identity, landmark, pixel rows) across the processes and averages gradients; each process updates its own
+copy of the centres from its shard's shapes (moving averages of the same identities' shapes), and checkpoints
+keep the first process's.
+
 Made cheap for a CPU: dlib's trunk is frozen, so each row's trunk features (2560 values), its 64 px chip
 (the confidence network's input) and, for real rows, its 150 px chip are cached once (keyed by the settings
 that produce them); only stage 2 renders and runs dlib's network in the loop, on ``batch.pixel`` rows.
