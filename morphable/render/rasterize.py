@@ -153,9 +153,9 @@ def interpolate(attributes: Tensor, fragments: Fragments, triangles: Tensor) -> 
 
 def _sortable_key(depth: Tensor) -> Tensor:
     """float32 depth -> int64 in [0, 2**32) with the same order (sign-magnitude -> two's complement)."""
-    bits = depth.float().view(torch.int32).to(torch.int64)
-    bits = torch.where(bits < 0, bits ^ 0x7FFFFFFF, bits)  # negative floats: reverse their order
-    return bits + 2**31
+    bits = depth.float().view(torch.int32)
+    bits = bits ^ ((bits >> 31) & 0x7FFFFFFF)  # negative floats: reverse their order (int32 ops, no select)
+    return bits.to(torch.int64) + 2**31
 
 
 def _sorted_corners(triangles: Tensor) -> tuple[list[Tensor], Tensor]:
@@ -299,7 +299,11 @@ def _items(idx: Tensor, vectors: dict[str, Tensor], corner: list[Tensor], cols: 
     uy = (s[0] * (yb - ya), s[1] * (yc - ya), s[2] * (yc - yb))
     # box test of the block's cells (0, 0), (1, 0), (0, 1), (1, 1): cell (0, 0) is always in the box
     box = torch.stack([torch.zeros_like(nx), nx - 1, ny - 1, torch.minimum(nx, ny) - 1])
-    batch, tri = (idx // F, idx % F + 1) if B > 1 else (0, idx + 1)
+    if B > 1:  # idx = b·F + f, divided in float64 (exact here; integer division is not vectorised on CPU)
+        batch = torch.floor(idx.to(torch.float64) / F).to(torch.int64)
+        tri = idx - batch * F + 1
+    else:
+        batch, tri = 0, idx + 1
     base = (batch * H + y0.to(torch.int64)) * W + x0.to(torch.int64)
     q = [t.abs() for t in q]
     if not perspective:  # the depth weights |q_i| d_i of the opposite corners C, B, A

@@ -145,10 +145,11 @@ def _edge_geometry(screen: Tensor, topology: EdgeTopology, batch: Tensor,
                    half_edge: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """End points ``a, b`` ``(S, 2)`` and the opposite corner ``c`` ``(S, 2)`` of half-edges (differentiable)."""
     B, V = screen.shape[:2]
-    flat = screen.reshape(B * V, 3)[:, :2]
     offset = batch * V
-    a, b, c = (flat.index_select(0, row.index_select(0, half_edge) + offset) for row in topology.half_vertices)
-    return a, b, c
+    ids = torch.cat([row.index_select(0, half_edge) + offset for row in topology.half_vertices])
+    # one gather of whole rows (its backward: one scatter into a (B·V, 3) zero buffer)
+    abc = screen.reshape(B * V, 3).index_select(0, ids)[:, :2]
+    return abc.split(half_edge.shape[0])
 
 
 def _signed_distance(a: Tensor, b: Tensor, c: Tensor, p: Tensor) -> Tensor:
