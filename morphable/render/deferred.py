@@ -248,5 +248,16 @@ class _ShadePacked(torch.autograd.Function):
             if wanted[r]:
                 acc[r].index_add_(0, idx, G[r].reshape(-1))
         t_screen, t_normals, t_colors = ctx.dtypes
-        out = [acc[k:k + 3].t().reshape(B, V, 3) for k in (0, 3, 6)]
-        return (out[0].to(t_screen), out[1].to(t_normals), out[2].to(t_colors), g_sh, None, None, None, None, None)
+        # screen: a transposed view (its consumer, the camera projection, reads it column by column); normals and
+        # colours: interleaved copies, column by column (the normals' backward and a leaf's gradient read them
+        # whole, several times slower from a strided view or a transposing copy)
+        return (acc[0:3].t().reshape(B, V, 3).to(t_screen), _interleaved(acc[3:6], B, V).to(t_normals),
+                _interleaved(acc[6:9], B, V).to(t_colors), g_sh, None, None, None, None, None)
+
+
+def _interleaved(rows: Tensor, B: int, V: int) -> Tensor:
+    """``(3, B·V)`` rows -> contiguous ``(B, V, 3)``, one column copy per row."""
+    out = rows.new_empty(B * V, 3)
+    for c in range(3):
+        out[:, c].copy_(rows[c])
+    return out.view(B, V, 3)
