@@ -39,10 +39,12 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import Tensor
 
-TRIANGLE_BITS = 24  # low bits of the z-buffer key hold the triangle id + 1 (0: empty): at most 2**24 − 2 triangles
+TRIANGLE_BITS = 24  # low bits of the z-buffer key hold the triangle id + 1: at most 2**24 − 2 triangles
+_EMPTY = 2**62  # z-buffer fill: above every key (< 2**56), low bits 0 (id + 1 = 0: no triangle)
 
 
 @dataclass(frozen=True)
@@ -150,6 +152,17 @@ def interpolate(attributes: Tensor, fragments: Fragments, triangles: Tensor) -> 
 # ---------------------------------------------------------------------------------------------------
 # fast non-differentiable search
 # ---------------------------------------------------------------------------------------------------
+
+def flat_nonzero(mask: Tensor) -> Tensor:
+    """Indices ``(N,)`` int64 of the true entries of ``mask`` flattened (``mask.reshape(-1).nonzero()``).
+
+    On CPU through numpy's ``flatnonzero``: torch's CPU ``nonzero`` costs 3–10 ns per entry here (0.7 ms for
+    the 110k window cells of a 35k-vertex render, measured against 0.13 ms), and the renderer compacts a few
+    such masks per frame."""
+    if mask.device.type == "cpu":
+        return torch.from_numpy(np.flatnonzero(mask.numpy()))
+    return mask.reshape(-1).nonzero(as_tuple=True)[0]
+
 
 def _sortable_key(depth: Tensor) -> Tensor:
     """float32 depth -> int64 in [0, 2**32) with the same order (sign-magnitude -> two's complement)."""
@@ -260,14 +273,14 @@ def _setup(screen: Tensor, triangles: Tensor, H: int, W: int, cull_backfaces: bo
     nx = torch.floor(xmax).clamp_max_(W - 1) - x0  # box width − 1
     ny = torch.floor(ymax).clamp_max_(H - 1) - y0
     ok &= torch.minimum(nx, ny) >= 0
-    keep = ok.nonzero(as_tuple=True)[0]
+    keep = flat_nonzero(ok)
     vectors = dict(xa=xa, xb=xb, xc=xc, ya=ya, yb=yb, yc=yc, area2=area2, x0=x0, y0=y0, nx=nx, ny=ny)
     if perspective:
         vectors.update(da=da, db=db, dc=dc)
     # every triangle's first block (its box test limits it to the box), then the other blocks of larger boxes
     setups = [_items(keep, vectors, corner, cols, B, F, H, W, perspective)]
     nx, ny = nx.index_select(0, keep), ny.index_select(0, keep)
-    large = (torch.maximum(nx, ny) >= WINDOW).nonzero(as_tuple=True)[0]
+    large = flat_nonzero(torch.maximum(nx, ny) >= WINDOW)
     if large.numel():
         blocks_x = torch.floor(nx.index_select(0, large) / WINDOW).to(torch.int64) + 1
         blocks_y = torch.floor(ny.index_select(0, large) / WINDOW).to(torch.int64) + 1
@@ -335,7 +348,7 @@ def _scan(s: _Setup, a: int, b: int, W: int, perspective: bool, near: float) -> 
         e = [w[i] * q[i] for i in range(3)]  # b_i / d_i
         inv = e[0] + e[1] + e[2]  # Σ b_i / d_i = 1 / depth
         inside &= (inv > 0) & (inv * near <= 1)  # in front of the camera and beyond the near plane
-    hit = inside.view(-1).nonzero(as_tuple=True)[0]  # one compaction for every output
+    hit = flat_nonzero(inside)  # one compaction for every output
     # hit = k·M + m: block cell k, item m (float64 division: exact here, integer division is slow)
     hf = hit.to(torch.float64)
     k = torch.floor(hf / M)
@@ -411,11 +424,12 @@ def rasterize_ids_facing(screen: Tensor, triangles: Tensor, image_size: tuple[in
             pix, key = _scan(s, start, min(start + step, s.tri.numel()), W, perspective, near)
             pixels.append(pix)
             keys.append(key)
-    zbuf = torch.zeros(B * H * W, dtype=torch.int64, device=screen.device)  # 0: no hit
+    # (a full fill and the default reduction: several times faster on CPU than include_self=False)
+    zbuf = torch.full((B * H * W,), _EMPTY, dtype=torch.int64, device=screen.device)
     if pixels:
         pix, key = (torch.cat(pixels), torch.cat(keys)) if len(pixels) > 1 else (pixels[0], keys[0])
-        zbuf.scatter_reduce_(0, pix, key, reduce="amin", include_self=False)  # the pixels hit: their smallest key
-    tri = (zbuf & (2**TRIANGLE_BITS - 1)).sub_(1)  # (id + 1) − 1; empty: −1
+        zbuf.scatter_reduce_(0, pix, key, reduce="amin")
+    tri = (zbuf & (2**TRIANGLE_BITS - 1)).sub_(1)  # (id + 1) − 1; empty: 0 − 1
     return tri.view(B, H, W), facing
 
 
@@ -423,7 +437,7 @@ def fragments_from_ids(screen: Tensor, triangles: Tensor, triangle_id: Tensor, p
     """Differentiable barycentrics and depth for a triangle-id image (the deferred half of :func:`rasterize`)."""
     B, H, W = triangle_id.shape
     flat = triangle_id.reshape(-1)
-    pix = (flat >= 0).nonzero(as_tuple=True)[0]
+    pix = flat_nonzero(flat >= 0)
     batch, pixels = pixel_coordinates(pix, H, W)
     bary_p, depth_p = barycentric_at(screen, triangles, batch, flat[pix], pixels, perspective)
     bary = screen.new_zeros(B * H * W, 3).index_put((pix,), bary_p)

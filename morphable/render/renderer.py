@@ -38,7 +38,7 @@ from torch import Tensor, nn
 from morphable.geometry.camera import Camera, Perspective
 from morphable.geometry.mesh import vertex_normals
 from morphable.render.deferred import sh_shade_packed
-from morphable.render.rasterize import barycentric_at, pixel_coordinates, rasterize_ids_facing
+from morphable.render.rasterize import barycentric_at, flat_nonzero, pixel_coordinates, rasterize_ids_facing
 from morphable.render.shading import phong_shade, sh_basis
 from morphable.render.silhouette import soft_silhouette
 from morphable.render.texture import sample_image
@@ -131,7 +131,7 @@ class _CoveredBuffers:
         if self._packed is None:
             B, H, W = self.ids.shape
             flat = self.ids.reshape(-1)
-            pix = (flat >= 0).nonzero(as_tuple=True)[0]
+            pix = flat_nonzero(flat >= 0)
             face = flat.index_select(0, pix)
             batch, centres = pixel_coordinates(pix, H, W)
             bary, depth = barycentric_at(self.screen, self.r.triangles, batch, face, centres, self.perspective)
@@ -313,7 +313,7 @@ class Renderer(nn.Module):
 
         # packed pixels to shade: covered + extrapolated just outside the silhouette
         flat = shade_ids.reshape(-1)
-        pix = (flat >= 0).nonzero(as_tuple=True)[0]
+        pix = flat_nonzero(flat >= 0)
         face = flat.index_select(0, pix)
         batch, centres = pixel_coordinates(pix, H, W)
 

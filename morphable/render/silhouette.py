@@ -27,7 +27,7 @@ import torch.nn.functional as nnf
 from torch import Tensor
 
 from morphable.geometry.mesh import edge_topology
-from morphable.render.rasterize import TRIANGLE_BITS, _sortable_key, box_cells, pixel_coordinates
+from morphable.render.rasterize import TRIANGLE_BITS, _sortable_key, box_cells, flat_nonzero, pixel_coordinates
 
 REACH = 1.0  # px: boundary pixels lie within one pixel of the silhouette they border
 
@@ -130,13 +130,16 @@ def silhouette_edges(screen: Tensor, triangles: Tensor, topology: EdgeTopology, 
     pick = lambda faces: (facing.index_select(0, faces)[None] if B == 1  # noqa: E731
                           else facing.view(B, F).index_select(1, faces))
     f1, f2 = pick(t.first_face), pick(t.second_face) * t.has_second
-    fold = f1 != f2  # boundary (f2 = 0) or a fold between front and back
-    keep1, keep2 = fold & (f1 != 0), fold & (f2 != 0)  # the usable triangles' half-edges
+    # boundary (f2 = 0) or a fold between front and back: at least one side usable; one compaction for both
+    fold = flat_nonzero(f1 != f2)
+    f1, f2 = f1.reshape(-1).index_select(0, fold), f2.reshape(-1).index_select(0, fold)
+    sides = [fold.index_select(0, flat_nonzero(f != 0)) for f in (f1, f2)]  # the usable triangles' half-edges
+    E = t.first.shape[0]
     if B == 1:
-        e1, e2 = keep1[0].nonzero(as_tuple=True)[0], keep2[0].nonzero(as_tuple=True)[0]
-        batch = e1.new_zeros(e1.numel() + e2.numel())
-    else:
-        (b1, e1), (b2, e2) = keep1.nonzero(as_tuple=True), keep2.nonzero(as_tuple=True)
+        (e1, e2), batch = sides, fold.new_zeros(sides[0].numel() + sides[1].numel())
+    else:  # flat index b·E + e, divided in float64 (exact here; integer division is not vectorised on CPU)
+        b1, b2 = (torch.floor(i.to(torch.float64) / E).to(torch.int64) for i in sides)
+        e1, e2 = sides[0] - b1 * E, sides[1] - b2 * E
         batch = torch.cat([b1, b2])
     return batch, torch.cat([t.first.index_select(0, e1), t.second.index_select(0, e2)])
 
@@ -206,7 +209,7 @@ def _nearest_edge(a: Tensor, b: Tensor, batch: Tensor, boundary: Tensor,
     at = lambda y, x: flat.index_select(0, ((row + y) * (Wc + 1) + x).nan_to_num_(0)  # noqa: E731
                                         .clamp_(0, flat.numel() - 1).to(torch.int64))
     ok &= (at(cy1, cx1) - at(cy0, cx1) - at(cy1, cx0) + at(cy0, cx0)) > 0
-    keep = ok.nonzero(as_tuple=True)[0]
+    keep = flat_nonzero(ok)
     x0, y0, nx, ny = (t.index_select(0, keep).to(torch.int64) for t in (x0, y0, x1 - x0 + 1, y1 - y0 + 1))
     base = (batch.index_select(0, keep) * H + y0) * W + x0
     ax, ay = a[:, 0].index_select(0, keep), a[:, 1].index_select(0, keep)
@@ -219,7 +222,7 @@ def _nearest_edge(a: Tensor, b: Tensor, batch: Tensor, boundary: Tensor,
         item, dx, dy = box_cells(nx[first:end], ny[first:end])
         item = item + first
         pix = base.index_select(0, item) + (dy * W + dx).to(torch.int64)
-        on = flat_boundary.index_select(0, pix).nonzero(as_tuple=True)[0]  # boundary pixels only
+        on = flat_nonzero(flat_boundary.index_select(0, pix))  # boundary pixels only
         item, pix, dx, dy = item.index_select(0, on), pix.index_select(0, on), dx.index_select(0, on), dy.index_select(0, on)
         sx, sy = abx.index_select(0, item), aby.index_select(0, item)
         px = rx.index_select(0, item) + dx.to(a.dtype)  # pixel − a
@@ -227,14 +230,14 @@ def _nearest_edge(a: Tensor, b: Tensor, batch: Tensor, boundary: Tensor,
         t = ((px * sx + py * sy) / ab2.index_select(0, item)).clamp(0, 1)
         ex, ey = px - t * sx, py - t * sy
         dist = (ex * ex + ey * ey).sqrt()
-        hit = (dist <= REACH).nonzero(as_tuple=True)[0]
+        hit = flat_nonzero(dist <= REACH)
         pixels.append(pix.index_select(0, hit))
         keys.append((_sortable_key(dist.index_select(0, hit)) << TRIANGLE_BITS) | keep.index_select(0, item.index_select(0, hit)))
     pix, key = (torch.cat(pixels), torch.cat(keys)) if len(pixels) > 1 else (pixels[0], keys[0])
-    # per-pixel minimum key; only the entries written are read back (no fill of the whole image)
-    best = torch.empty(B * H * W, dtype=torch.int64, device=a.device)
-    best.scatter_reduce_(0, pix, key, reduce="amin", include_self=False)
-    won = (best.index_select(0, pix) == key).nonzero(as_tuple=True)[0]  # keys are unique per pixel
+    # per-pixel minimum key; only the entries written are read back
+    best = torch.full((B * H * W,), 2**62, dtype=torch.int64, device=a.device)  # above every key
+    best.scatter_reduce_(0, pix, key, reduce="amin")  # (faster on CPU than include_self=False on an empty buffer)
+    won = flat_nonzero(best.index_select(0, pix) == key)  # keys are unique per pixel
     return pix.index_select(0, won), key.index_select(0, won) & (2**TRIANGLE_BITS - 1)
 
 
@@ -318,6 +321,6 @@ def soft_silhouette(screen: Tensor, triangles: Tensor, triangle_id: Tensor, topo
     inside = covered.reshape(-1).index_select(0, pix)
     soft = torch.where(inside, (0.5 + sd).clamp(0.5, 1.0), (0.5 + sd).clamp(0.0, 0.5))
     alpha.index_put_((pix,), soft)  # in place: alpha is a fresh tensor (autograd records the soft values)
-    out = (~inside).nonzero(as_tuple=True)[0]
+    out = flat_nonzero(~inside)
     extended.index_put_((pix.index_select(0, out),), half.index_select(0, out) // 3)
     return Silhouette(alpha.view(B, H, W), extended.view(B, H, W))

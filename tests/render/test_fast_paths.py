@@ -157,3 +157,12 @@ def test_box_cells_lists_every_cell_of_every_box_in_row_major_order():
     item, dx, dy = box_cells(nx, ny, skip_first=True)
     assert list(zip(item.tolist(), dx.long().tolist(), dy.long().tolist())) == [
         e for e in expected if e[1:] != (0, 0)]
+
+
+def test_flat_nonzero_equals_torch_nonzero_of_the_flattened_mask():
+    from morphable.render.rasterize import flat_nonzero
+
+    mask = torch.rand(3, 50, generator=torch.Generator().manual_seed(3)) < 0.3
+    for m in (mask, mask.t(), mask[:, ::2], mask[:0]):
+        got = flat_nonzero(m)
+        assert got.dtype == torch.int64 and torch.equal(got, m.reshape(-1).nonzero(as_tuple=True)[0])
