@@ -153,6 +153,22 @@ def interpolate(attributes: Tensor, fragments: Fragments, triangles: Tensor) -> 
 # fast non-differentiable search
 # ---------------------------------------------------------------------------------------------------
 
+_NUMPY_COMPARE = {">=": np.greater_equal, ">": np.greater, "<=": np.less_equal, "<": np.less, "==": np.equal,
+                  "!=": np.not_equal}
+_TORCH_COMPARE = {">=": torch.ge, ">": torch.gt, "<=": torch.le, "<": torch.lt, "==": torch.eq, "!=": torch.ne}
+
+
+def compare(x: Tensor, op: str, other: Tensor | float) -> Tensor:
+    """``x <op> other`` (``op`` one of ``>= > <= < == !=``) as a bool tensor, without gradient.
+
+    On CPU through numpy: torch's CPU comparisons cost about 1.5 ns per entry here, twelve times numpy's
+    (110k floats: 160 µs against 13 µs), and the renderer tests every triangle, window cell and pixel."""
+    if x.device.type == "cpu":
+        rhs = other.detach().numpy() if isinstance(other, Tensor) else other
+        return torch.from_numpy(_NUMPY_COMPARE[op](x.detach().numpy(), rhs))
+    return _TORCH_COMPARE[op](x, other)
+
+
 def flat_nonzero(mask: Tensor) -> Tensor:
     """Indices ``(N,)`` int64 of the true entries of ``mask`` flattened (``mask.reshape(-1).nonzero()``).
 
@@ -249,9 +265,9 @@ def _setup(screen: Tensor, triangles: Tensor, H: int, W: int, cull_backfaces: bo
             ok &= area2 != 0
     elif cull_backfaces:
         # front-facing = counter-clockwise in model space = negative signed area in y-down pixels
-        ok = (area2 * parity) < 0
+        ok = compare(area2 * parity, "<", 0.0)
     else:
-        ok = area2 != 0
+        ok = compare(area2, "!=", 0.0)
     facing = torch.sign(area2 * parity)  # the triangle's own orientation (nan for non-finite corners)
     if perspective:
         facing = facing * (torch.minimum(torch.minimum(da, db), dc) > 0)
@@ -272,7 +288,7 @@ def _setup(screen: Tensor, triangles: Tensor, H: int, W: int, cull_backfaces: bo
     x0, y0 = torch.ceil(xmin).clamp_min_(0), torch.ceil(ymin).clamp_min_(0)
     nx = torch.floor(xmax).clamp_max_(W - 1) - x0  # box width − 1
     ny = torch.floor(ymax).clamp_max_(H - 1) - y0
-    ok &= torch.minimum(nx, ny) >= 0
+    ok &= compare(torch.minimum(nx, ny), ">=", 0.0)
     keep = flat_nonzero(ok)
     vectors = dict(xa=xa, xb=xb, xc=xc, ya=ya, yb=yb, yc=yc, area2=area2, x0=x0, y0=y0, nx=nx, ny=ny)
     if perspective:
@@ -280,7 +296,7 @@ def _setup(screen: Tensor, triangles: Tensor, H: int, W: int, cull_backfaces: bo
     # every triangle's first block (its box test limits it to the box), then the other blocks of larger boxes
     setups = [_items(keep, vectors, corner, cols, B, F, H, W, perspective)]
     nx, ny = nx.index_select(0, keep), ny.index_select(0, keep)
-    large = flat_nonzero(torch.maximum(nx, ny) >= WINDOW)
+    large = flat_nonzero(compare(torch.maximum(nx, ny), ">=", WINDOW))
     if large.numel():
         blocks_x = torch.floor(nx.index_select(0, large) / WINDOW).to(torch.int64) + 1
         blocks_y = torch.floor(ny.index_select(0, large) / WINDOW).to(torch.int64) + 1
@@ -342,7 +358,7 @@ def _scan(s: _Setup, a: int, b: int, W: int, perspective: bool, near: float) -> 
     ux, uy = [t[a:b] for t in s.ux], [t[a:b] for t in s.uy]
     w = [ux[0] * ry - uy[0] * rx, ux[1] * ry - uy[1] * rx, ux[2] * ry2 - uy[2] * rx2]  # s × canonical edge functions
     # inside ⇔ all s·w >= 0 and the cell lies in the triangle's box (a nan anywhere fails the test)
-    inside = torch.minimum(torch.minimum(torch.minimum(w[0], w[1]), w[2]), s.box[:, a:b]) >= 0
+    inside = compare(torch.minimum(torch.minimum(torch.minimum(w[0], w[1]), w[2]), s.box[:, a:b]), ">=", 0.0)
     q = [t[a:b] for t in s.q]
     if perspective:
         e = [w[i] * q[i] for i in range(3)]  # b_i / d_i
@@ -437,7 +453,7 @@ def fragments_from_ids(screen: Tensor, triangles: Tensor, triangle_id: Tensor, p
     """Differentiable barycentrics and depth for a triangle-id image (the deferred half of :func:`rasterize`)."""
     B, H, W = triangle_id.shape
     flat = triangle_id.reshape(-1)
-    pix = flat_nonzero(flat >= 0)
+    pix = flat_nonzero(compare(flat, ">=", 0))
     batch, pixels = pixel_coordinates(pix, H, W)
     bary_p, depth_p = barycentric_at(screen, triangles, batch, flat[pix], pixels, perspective)
     bary = screen.new_zeros(B * H * W, 3).index_put((pix,), bary_p)

@@ -38,7 +38,8 @@ from torch import Tensor, nn
 from morphable.geometry.camera import Camera, Perspective
 from morphable.geometry.mesh import vertex_normals
 from morphable.render.deferred import sh_shade_packed
-from morphable.render.rasterize import barycentric_at, flat_nonzero, pixel_coordinates, rasterize_ids_facing
+from morphable.render.rasterize import (barycentric_at, compare, flat_nonzero, pixel_coordinates,
+                                        rasterize_ids_facing)
 from morphable.render.shading import phong_shade, sh_basis
 from morphable.render.silhouette import soft_silhouette
 from morphable.render.texture import sample_image
@@ -131,7 +132,7 @@ class _CoveredBuffers:
         if self._packed is None:
             B, H, W = self.ids.shape
             flat = self.ids.reshape(-1)
-            pix = flat_nonzero(flat >= 0)
+            pix = flat_nonzero(compare(flat, ">=", 0))
             face = flat.index_select(0, pix)
             batch, centres = pixel_coordinates(pix, H, W)
             bary, depth = barycentric_at(self.screen, self.r.triangles, batch, face, centres, self.perspective)
@@ -304,16 +305,16 @@ class Renderer(nn.Module):
         topology = self._topology[1]
         ids, facing = rasterize_ids_facing(screen, tri, (H, W), cull_backfaces=self.cull_backfaces,
                                            perspective=perspective, near=self.near, corners=topology.sorted_corners)
-        covered = ids >= 0
         if self.soft_silhouette:
             sil = soft_silhouette(screen, tri, ids, topology.edges, perspective=perspective, facing=facing)
-            alpha, shade_ids = sil.alpha, torch.where(covered, ids, sil.extended_id)
+            # extended ids are −1 on covered pixels, ids −1 off them
+            alpha, shade_ids = sil.alpha, torch.maximum(ids, sil.extended_id)
         else:
-            alpha, shade_ids = covered.to(vertices.dtype), ids
+            alpha, shade_ids = compare(ids, ">=", 0).to(vertices.dtype), ids
 
         # packed pixels to shade: covered + extrapolated just outside the silhouette
         flat = shade_ids.reshape(-1)
-        pix = flat_nonzero(flat >= 0)
+        pix = flat_nonzero(compare(flat, ">=", 0))
         face = flat.index_select(0, pix)
         batch, centres = pixel_coordinates(pix, H, W)
 

@@ -27,7 +27,7 @@ import torch.nn.functional as nnf
 from torch import Tensor
 
 from morphable.geometry.mesh import edge_topology
-from morphable.render.rasterize import TRIANGLE_BITS, _sortable_key, box_cells, flat_nonzero, pixel_coordinates
+from morphable.render.rasterize import TRIANGLE_BITS, _sortable_key, box_cells, compare, flat_nonzero, pixel_coordinates
 
 REACH = 1.0  # px: boundary pixels lie within one pixel of the silhouette they border
 
@@ -131,9 +131,10 @@ def silhouette_edges(screen: Tensor, triangles: Tensor, topology: EdgeTopology, 
                           else facing.view(B, F).index_select(1, faces))
     f1, f2 = pick(t.first_face), pick(t.second_face) * t.has_second
     # boundary (f2 = 0) or a fold between front and back: at least one side usable; one compaction for both
-    fold = flat_nonzero(f1 != f2)
+    fold = flat_nonzero(compare(f1, "!=", f2))
     f1, f2 = f1.reshape(-1).index_select(0, fold), f2.reshape(-1).index_select(0, fold)
-    sides = [fold.index_select(0, flat_nonzero(f != 0)) for f in (f1, f2)]  # the usable triangles' half-edges
+    # the usable triangles' half-edges
+    sides = [fold.index_select(0, flat_nonzero(compare(f, "!=", 0))) for f in (f1, f2)]
     E = t.first.shape[0]
     if B == 1:
         (e1, e2), batch = sides, fold.new_zeros(sides[0].numel() + sides[1].numel())
@@ -223,21 +224,22 @@ def _nearest_edge(a: Tensor, b: Tensor, batch: Tensor, boundary: Tensor,
         item = item + first
         pix = base.index_select(0, item) + (dy * W + dx).to(torch.int64)
         on = flat_nonzero(flat_boundary.index_select(0, pix))  # boundary pixels only
-        item, pix, dx, dy = item.index_select(0, on), pix.index_select(0, on), dx.index_select(0, on), dy.index_select(0, on)
+        item, pix, dx, dy = (t.index_select(0, on) for t in (item, pix, dx, dy))
         sx, sy = abx.index_select(0, item), aby.index_select(0, item)
         px = rx.index_select(0, item) + dx.to(a.dtype)  # pixel − a
         py = ry.index_select(0, item) + dy.to(a.dtype)
         t = ((px * sx + py * sy) / ab2.index_select(0, item)).clamp(0, 1)
         ex, ey = px - t * sx, py - t * sy
         dist = (ex * ex + ey * ey).sqrt()
-        hit = flat_nonzero(dist <= REACH)
+        hit = flat_nonzero(compare(dist, "<=", REACH))
         pixels.append(pix.index_select(0, hit))
-        keys.append((_sortable_key(dist.index_select(0, hit)) << TRIANGLE_BITS) | keep.index_select(0, item.index_select(0, hit)))
+        edge = keep.index_select(0, item.index_select(0, hit))
+        keys.append((_sortable_key(dist.index_select(0, hit)) << TRIANGLE_BITS) | edge)
     pix, key = (torch.cat(pixels), torch.cat(keys)) if len(pixels) > 1 else (pixels[0], keys[0])
     # per-pixel minimum key; only the entries written are read back
     best = torch.full((B * H * W,), 2**62, dtype=torch.int64, device=a.device)  # above every key
     best.scatter_reduce_(0, pix, key, reduce="amin")  # (faster on CPU than include_self=False on an empty buffer)
-    won = flat_nonzero(best.index_select(0, pix) == key)  # keys are unique per pixel
+    won = flat_nonzero(compare(best.index_select(0, pix), "==", key))  # keys are unique per pixel
     return pix.index_select(0, won), key.index_select(0, won) & (2**TRIANGLE_BITS - 1)
 
 
@@ -304,7 +306,7 @@ def soft_silhouette(screen: Tensor, triangles: Tensor, triangle_id: Tensor, topo
     B, H, W = triangle_id.shape
     if triangles.shape[0] * 3 >= 2**TRIANGLE_BITS:
         raise ValueError(f"soft_silhouette: at most {(2**TRIANGLE_BITS - 1) // 3} triangles")
-    covered = triangle_id >= 0
+    covered = compare(triangle_id, ">=", 0)
     alpha = covered.to(screen.dtype).reshape(-1)
     extended = torch.full((B * H * W,), -1, dtype=torch.int64, device=screen.device)
     boundary = _boundary(covered)

@@ -166,3 +166,17 @@ def test_flat_nonzero_equals_torch_nonzero_of_the_flattened_mask():
     for m in (mask, mask.t(), mask[:, ::2], mask[:0]):
         got = flat_nonzero(m)
         assert got.dtype == torch.int64 and torch.equal(got, m.reshape(-1).nonzero(as_tuple=True)[0])
+
+
+def test_compare_equals_torch_comparisons():
+    from morphable.render.rasterize import compare
+
+    x = torch.tensor([[-1.0, 0.0, -0.0, 2.0, float("nan")], [float("inf"), -float("inf"), 0.5, 1.0, 3.0]])
+    y = torch.tensor([[0.0, 0.0, 1.0, 2.0, 0.0], [1.0, 0.0, 0.5, float("nan"), 2.0]])
+    for op, fn in ((">=", torch.ge), (">", torch.gt), ("<=", torch.le), ("<", torch.lt), ("==", torch.eq),
+                   ("!=", torch.ne)):
+        for other in (0.0, y):
+            got = compare(x.t(), op, other if isinstance(other, float) else other.t())
+            assert got.dtype == torch.bool and torch.equal(got, fn(x.t(), other if isinstance(other, float) else other.t()))
+    ids = torch.tensor([-1, 0, 5, -1])
+    assert torch.equal(compare(ids, ">=", 0), ids >= 0)
