@@ -389,9 +389,10 @@ def pixel_coordinates(pix: Tensor, H: int, W: int) -> tuple[Tensor, Tensor]:
     f = pix.to(torch.float64)
     batch = torch.floor(f / (H * W))
     row = torch.floor(f / W)  # b·H + y
-    x = f - row * W
-    y = row - batch * H
-    return batch.to(torch.int64), torch.stack([x, y], dim=-1).to(torch.int64)
+    centres = torch.empty(pix.shape[0], 2, dtype=torch.int64, device=pix.device)
+    centres[:, 0].copy_(f - row * W)  # column writes (an interleaving stack is several times slower on CPU)
+    centres[:, 1].copy_(row - batch * H)
+    return batch.to(torch.int64), centres
 
 
 def box_cells(nx: Tensor, ny: Tensor, skip_first: bool = False) -> tuple[Tensor, Tensor, Tensor]:
