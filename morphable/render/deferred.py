@@ -117,10 +117,14 @@ class _ShadePacked(torch.autograd.Function):
         if B > 1:
             offset = batch * V
             corner = [c.add_(offset) for c in corner]
-        # the 9 attributes of every vertex as rows (9, B·V): x, y, d, N (3), ρ (3); per corner i: (9, P)
-        table = torch.stack([r for t in (screen, normals, colors) for r in t.to(dtype).reshape(B * V, 3).unbind(1)])
+        # the attributes of every vertex as rows (8 or 9, B·V): x, y, (d), N (3), ρ (3); per corner i: (8 or 9, P)
+        # (the depth row only for perspective: orthographic barycentrics do not use it)
+        rows = [r for t in (screen, normals, colors) for r in t.to(dtype).reshape(B * V, 3).unbind(1)]
+        table = torch.stack(rows if perspective else rows[:2] + rows[3:])
         at = [table.index_select(1, c) for c in corner]
-        x, y, d = [a[0] for a in at], [a[1] for a in at], [a[2] for a in at]
+        o = 3 if perspective else 2  # first attribute row: N (3), ρ (3)
+        x, y = [a[0] for a in at], [a[1] for a in at]
+        d = [a[2] for a in at] if perspective else None
         c = _rows(centres).to(dtype)
         px, py = c[0], c[1]
         dx, dy = [px - x[i] for i in range(3)], [py - y[i] for i in range(3)]  # pixel − corner
@@ -138,8 +142,8 @@ class _ShadePacked(torch.autograd.Function):
         else:
             q, inv = None, None
             lam = [wi.div_(area2) for wi in w]
-        n_rho = at[0][3:9] * lam[0]  # (6, P): interpolated normal, albedo
-        n_rho.addcmul_(at[1][3:9], lam[1]).addcmul_(at[2][3:9], lam[2])
+        n_rho = at[0][o:o + 6] * lam[0]  # (6, P): interpolated normal, albedo
+        n_rho.addcmul_(at[1][o:o + 6], lam[1]).addcmul_(at[2][o:o + 6], lam[2])
         n, rho = n_rho[:3], n_rho[3:]
         length = (n * n).sum(0).sqrt_()
         scale = length.clamp_min(_EPS).reciprocal_()
@@ -219,7 +223,8 @@ class _ShadePacked(torch.autograd.Function):
         dot = (gm * m).sum(0).mul_((length >= _EPS).to(dtype))
         gm.addcmul_(m, dot, value=-1.0).mul_(scale)
         # corner gradients: attribute i gets λ_i g; λ_i gets Σ g · attribute_i
-        g_lam = [(g_n_rho * a[3:9]).sum(0) for a in at]
+        o = 3 if ctx.perspective else 2  # first attribute row of the gathered corner tables (see forward)
+        g_lam = [(g_n_rho * a[o:o + 6]).sum(0) for a in at]
         lam_dot = lam[0] * g_lam[0]
         lam_dot.addcmul_(lam[1], g_lam[1]).addcmul_(lam[2], g_lam[2])
         G = torch.empty(9, 3, P, dtype=dtype, device=s.device)  # (attribute, corner, P)
