@@ -6,7 +6,10 @@ timed alternately (one of each per repeat), so both see the same load on a share
 ``fwd_bwd / gl`` are the figures to compare across runs. (c) batched rendering: B sphere images of one
 topology in one call, milliseconds per image for B = 1, 2, 4 (sub-linear scaling: per-image time falls).
 
-    .venv/bin/python benchmarks/render_bench.py [--repeats 20] [--threads 2]
+    .venv/bin/python benchmarks/render_bench.py [--repeats 20] [--threads 2] [--profile 12]
+
+``--profile N`` also prints the N operators with the most self CPU time (``torch.profiler``) of 10
+forward+backward renders of each mesh (the top kernels), before the RESULT line.
 
 Wall-clock medians are the figures; the process CPU-time medians printed beside them (all threads,
 llvmpipe's included) are steadier on a shared, loaded machine. With ``--threads 2`` on cores other busy
@@ -169,6 +172,24 @@ def _report(name: str, v: torch.Tensor, f: torch.Tensor, repeats: int) -> tuple[
     return fwd, fb, gl_ms, cpu["fwd_bwd"] / cpu.get("gl", math.nan)
 
 
+def profile_top(name: str, v: torch.Tensor, f: torch.Tensor, top: int) -> None:
+    """Print the ``top`` operators by self CPU time over 10 forward+backward renders (after 3 warm-up ones)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    fn = torch_calls(v, f)["fwd_bwd"]
+    for _ in range(3):
+        fn()
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(10):
+            fn()
+    ops = prof.key_averages()
+    total = sum(e.self_cpu_time_total for e in ops) / 10e3
+    calls = sum(e.count for e in ops) / 10
+    print(f"profile {name} fwd+bwd: {total:.1f} ms self CPU per render (profiled), {calls:.0f} operator calls")
+    for e in sorted(ops, key=lambda e: -e.self_cpu_time_total)[:top]:
+        print(f"  {e.key[:36]:36s} {e.self_cpu_time_total / 10e3:7.2f} ms  {e.count / 10:5.0f} calls")
+
+
 def batch_scaling(v: torch.Tensor, f: torch.Tensor, repeats: int, sizes=(1, 2, 4)) -> dict[int, float]:
     """Forward+backward milliseconds per image when B views of one topology are rendered in one call."""
     fns = {b: torch_calls(v, f, b)["fwd_bwd"] for b in sizes}
@@ -183,6 +204,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--profile", type=int, default=0, metavar="N", help="print the N top operators per mesh")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {SIZE}x{SIZE}")
@@ -194,6 +216,10 @@ def main() -> None:
     v, f = sphere()
     fwd, fb, gl, cpu_ratio = _report("(b) sphere", v, f, args.repeats)
     per = batch_scaling(v, f, args.repeats)
+    if args.profile:
+        if ict is not None:
+            profile_top("ICT mean mesh", *ict, args.profile)
+        profile_top("sphere", v, f, args.profile)
     print(f"RESULT fwd_ms={fwd:.2f} fwd_bwd_ms={fb:.2f} gl_fwd_ms={gl:.2f} ratio={fb / gl:.2f} cpu_ratio={cpu_ratio:.2f} "
           f"ict_fwd_bwd_ms={ict_fb:.2f} ict_gl_fwd_ms={ict_gl:.2f} ict_ratio={ict_fb / ict_gl:.2f} "
           f"ict_cpu_ratio={ict_cpu_ratio:.2f} b4_per_image_ms={per[4]:.2f}")
