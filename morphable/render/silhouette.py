@@ -194,29 +194,30 @@ def _nearest_edge(a: Tensor, b: Tensor, batch: Tensor, boundary: Tensor,
         particular order) and the index into ``a`` of their nearest segment.
     """
     B, H, W = boundary.shape
-    lo, hi = torch.minimum(a, b), torch.maximum(a, b)
-    x0 = torch.ceil(lo[:, 0] - REACH).clamp_min(0)
-    y0 = torch.ceil(lo[:, 1] - REACH).clamp_min(0)
-    x1 = torch.floor(hi[:, 0] + REACH).clamp_max(W - 1)
-    y1 = torch.floor(hi[:, 1] + REACH).clamp_max(H - 1)
-    ok = (x1 >= x0) & (y1 >= y0)  # (nan end points fail too)
+    # pixel boxes as (S, 2) columns (x, y): origin lo, last cell hi, size hi − lo + 1 (< 1 or nan: empty)
+    lo = torch.ceil(torch.minimum(a, b) - REACH).clamp_min_(0)
+    hi = torch.minimum(torch.floor(torch.maximum(a, b) + REACH), a.new_tensor([W - 1, H - 1]))
+    size = hi - lo + 1
     # coarse test: the box's TILE cells hold a boundary pixel (four reads of the coarse summed-area table)
     sat = _coarse_boundary_table(boundary)
     Hc, Wc = sat.shape[1] - 1, sat.shape[2] - 1
-    cx0, cy0 = torch.floor(x0 / TILE), torch.floor(y0 / TILE)
-    cx1, cy1 = torch.floor(x1 / TILE) + 1, torch.floor(y1 / TILE) + 1
-    row = batch.to(torch.float64) * (Hc + 1)  # float64 (nan-safe) indices; nan boxes are already not ok
-    flat = sat.reshape(-1)
-    at = lambda y, x: flat.index_select(0, ((row + y) * (Wc + 1) + x).nan_to_num_(0)  # noqa: E731
-                                        .clamp_(0, flat.numel() - 1).to(torch.int64))
-    ok &= (at(cy1, cx1) - at(cy0, cx1) - at(cy1, cx0) + at(cy0, cx0)) > 0
-    keep = flat_nonzero(ok)
-    x0, y0, nx, ny = (t.index_select(0, keep).to(torch.int64) for t in (x0, y0, x1 - x0 + 1, y1 - y0 + 1))
+    c0, c1 = torch.floor(lo / TILE), torch.floor(hi / TILE) + 1
+    ys = torch.stack([c1[:, 1], c0[:, 1], c1[:, 1], c0[:, 1]]).to(torch.float64)  # (4, S) float64: nan-safe ids
+    xs = torch.stack([c1[:, 0], c1[:, 0], c0[:, 0], c0[:, 0]]).to(torch.float64)
+    ids = ((batch.to(torch.float64) * (Hc + 1) + ys) * (Wc + 1) + xs).nan_to_num_(0).clamp_(0, sat.numel() - 1)
+    corner = sat.reshape(-1).index_select(0, ids.to(torch.int64).view(-1)).view(4, -1)
+    cells = (corner[0] - corner[1] - corner[2] + corner[3]).to(a.dtype)
+    keep = flat_nonzero(compare(torch.minimum(size.amin(1), cells), ">=", 1.0))  # (a nan size fails too)
+    lo, size = lo.index_select(0, keep), size.index_select(0, keep).to(torch.int64)
+    nx, ny = size[:, 0], size[:, 1]
+    x0, y0 = lo[:, 0].to(torch.int64), lo[:, 1].to(torch.int64)
     base = (batch.index_select(0, keep) * H + y0) * W + x0
-    ax, ay = a[:, 0].index_select(0, keep), a[:, 1].index_select(0, keep)
-    abx, aby = b[:, 0].index_select(0, keep) - ax, b[:, 1].index_select(0, keep) - ay
-    ab2 = (abx * abx + aby * aby).clamp_min(1e-12)
-    rx, ry = x0.to(a.dtype) - ax, y0.to(a.dtype) - ay  # box origin − a
+    a = a.index_select(0, keep)
+    ab = b.index_select(0, keep) - a
+    abx, aby = ab[:, 0], ab[:, 1]
+    ab2 = (ab * ab).sum(1).clamp_min_(1e-12)
+    rel = lo - a  # box origin − a
+    rx, ry = rel[:, 0], rel[:, 1]
     flat_boundary = boundary.reshape(-1)
     pixels, keys = [], []
     for first, end in _chunks(nx * ny, max_candidates):
