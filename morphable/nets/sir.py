@@ -69,20 +69,19 @@ def sir_layouts(model: MorphableModel, albedo_size: int) -> dict[str, ParamLayou
             "appearance": ParamLayout((("albedo", int(albedo_size)), ("light", LIGHT_SIZE)))}
 
 
-def lighting_from_params(light: Tensor):
-    """``(B, 9)`` light parameters → a :class:`~morphable.train.chip_render.Lighting` of one point light
-    (the second one dark) :data:`LIGHT_DISTANCE_MM` away: ambient ``0.3·exp(0.7 tanh(l[0:3]))``, direction
-    ``normalise((0, 0, 1) + l[3:6])`` (view frame), colour ``0.7·exp(0.7 tanh(l[6:9]))``, specular 0.1. Zero
-    parameters are a frontal white-ish light."""
-    from morphable.train.chip_render import Lighting
-
+def lighting_from_params(light: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """``(B, 9)`` light parameters → one point light :data:`LIGHT_DISTANCE_MM` away (the second of the chip
+    renderer's two lights dark), as the fields of :class:`~morphable.train.chip_render.Lighting`: positions
+    ``(B, 2, 3)`` (view frame, mm), colours ``(B, 2, 3)``, ambient ``(B, 1, 3)``, specular ``(B, 1, 1)``.
+    Ambient ``0.3·exp(0.7 tanh(l[0:3]))``, direction ``normalise((0, 0, 1) + l[3:6])``, colour
+    ``0.7·exp(0.7 tanh(l[6:9]))``, specular 0.1: zero parameters are a frontal white-ish light."""
     B = light.shape[0]
     ambient = 0.3 * torch.exp(0.7 * torch.tanh(light[:, 0:3]))
     direction = F.normalize(light[:, 3:6] + light.new_tensor([0.0, 0.0, 1.0]), dim=-1)
     color = 0.7 * torch.exp(0.7 * torch.tanh(light[:, 6:9]))
     positions = torch.stack([direction, direction], 1) * LIGHT_DISTANCE_MM
     colors = torch.stack([color, torch.zeros_like(color)], 1)
-    return Lighting(positions, colors, ambient[:, None], light.new_full((B, 1, 1), 0.1))
+    return positions, colors, ambient[:, None], light.new_full((B, 1, 1), 0.1)
 
 
 def chip_camera(landmarks3d: Tensor, rotation: Tensor, valid: Tensor | None = None,
