@@ -98,6 +98,59 @@ def synthetic_face(model: MorphableModel, rng: np.random.Generator, *, size: int
     return SyntheticFace(image, lmk, ident, expr, verts, albedo, light, camera)
 
 
+class ShapeWarp:
+    """Faces off the model's span: random smooth displacement fields, and the model coefficients that
+    best explain them (an augmentation beyond Genova et al., who render model faces only).
+
+    A regressor trained on model samples alone learns to read cues that only model samples have; real
+    faces are not in any model's span. Here a face is ``model(identity) + d`` with ``d`` a sum of
+    ``waves`` random plane waves over the surface (wavelengths ``wavelength_mm``, random 3D directions,
+    amplitudes U(0, ``amplitude_mm``) each, averaged with its mirror image so the field is left-right
+    symmetric as faces largely are), and the training target is the least-squares model approximation of
+    the drawn face on ``region``: ``identity + P d``, ``P = (EᵀE + εI)⁻¹ Eᵀ`` with ``E`` the model's
+    identity basis on the region's vertices ``(3V_r, K)`` and ε = 1e-3 (standardised units).
+
+    Args:
+        model: a linear :class:`MorphableModel`; region: the vertex set the target is fitted on ("face"
+            where the model has it, else every vertex).
+    """
+
+    def __init__(self, model: MorphableModel, region: str = "face", ridge: float = 1e-3):
+        self.points = model.mean.detach().double()
+        self.mirror = model.symmetry
+        self.ids = model.regions[region] if region in model.regions else torch.arange(model.n_vertices)
+        with torch.no_grad():
+            eye = torch.eye(model.n_identity, dtype=model.mean.dtype, device=model.mean.device)
+            basis = (model(identity=eye).vertices - model.mean[None])[:, self.ids]  # (K, V_r, 3)
+        E = basis.reshape(model.n_identity, -1).double()  # rows: coefficient k's displacement
+        self.projection = torch.linalg.solve(E @ E.T + ridge * torch.eye(len(E), dtype=torch.float64), E)  # (K, 3V_r)
+
+    def displacement(self, batch: int, generator: torch.Generator, amplitude_mm: float, *, waves: int = 5,
+                     wavelength_mm: tuple[float, float] = (40.0, 120.0)) -> Tensor:
+        """``(B, V, 3)`` mm: the random symmetric smooth fields described in the class docstring."""
+        P = self.points
+        B, dt = batch, torch.float64
+        lo, hi = wavelength_mm
+        k = torch.randn(B, waves, 3, generator=generator, dtype=dt)
+        length = lo + (hi - lo) * torch.rand(B, waves, 1, generator=generator, dtype=dt)
+        k = k / k.norm(dim=-1, keepdim=True) * (2 * math.pi / length)
+        phase = 2 * math.pi * torch.rand(B, waves, generator=generator, dtype=dt)
+        direction = torch.randn(B, waves, 3, generator=generator, dtype=dt)
+        direction = direction / direction.norm(dim=-1, keepdim=True)
+        amplitude = amplitude_mm * torch.rand(B, waves, 1, generator=generator, dtype=dt)
+        waves_at = torch.cos(torch.einsum("vc,bwc->bwv", P, k) + phase[..., None])  # (B, W, V)
+        d = torch.einsum("bwv,bwc->bvc", waves_at, amplitude * direction)
+        if self.mirror is not None:
+            paired = self.mirror >= 0
+            mirrored = d[:, self.mirror.clamp_min(0)] * torch.tensor([-1.0, 1.0, 1.0], dtype=dt)
+            d = torch.where(paired[None, :, None], 0.5 * (d + mirrored), d)
+        return d
+
+    def coefficients(self, displacement: Tensor) -> Tensor:
+        """``(B, V, 3)`` displacements → ``(B, K)``: their least-squares identity coefficients on the region."""
+        return displacement[:, self.ids].reshape(len(displacement), -1).double() @ self.projection.T
+
+
 @dataclass(frozen=True)
 class SyntheticChips:
     """A batch of Genova-style synthetic faces rendered straight into dlib-aligned chips.
@@ -118,13 +171,15 @@ class SyntheticChips:
 
 def draw_synthetic_chips(renderer, albedo_space, batch: int, generator: torch.Generator, *,
                          max_yaw_deg: float = 40.0, expression_scale: float = 0.3,
-                         image_noise: float = 0.01, plain_eyes: float = 0.0) -> SyntheticChips:
+                         image_noise: float = 0.01, plain_eyes: float = 0.0, shape_warp: ShapeWarp | None = None,
+                         shape_warp_mm: float = 0.0) -> SyntheticChips:
     """Genova et al.'s synthetic faces (Sec. 3.4, stage 1): identity and albedo ~ N(0, I), a random pose
     (yaw ±``max_yaw_deg``, pitch ±15°, roll ±10°), two coloured Phong point lights, a random background;
     as an augmentation beyond the paper (which renders neutral faces), a mild random expression (three
     blendshapes with weights U(0, ``expression_scale``), or PCA coefficients N(0, ``expression_scale``²)),
-    and, with probability ``plain_eyes``, skin-coloured eyes (the look of untextured scans and statues).
-    Deterministic given ``generator``.
+    with probability ``plain_eyes``, skin-coloured eyes (the look of untextured scans and statues), and with
+    ``shape_warp_mm > 0`` faces off the model's span (:class:`ShapeWarp`; ``identity`` is then the model's
+    least-squares approximation of the drawn neutral face). Deterministic given ``generator``.
 
     Args:
         renderer: a :class:`~morphable.train.chip_render.ChipRenderer`.
@@ -149,6 +204,11 @@ def draw_synthetic_chips(renderer, albedo_space, batch: int, generator: torch.Ge
     eyes = torch.rand(batch, generator=generator) >= plain_eyes if plain_eyes > 0 else None
     with torch.no_grad():
         vertices = model(identity=identity, expression=expression if model.n_expression else None).vertices
+        if shape_warp_mm > 0:
+            warper = shape_warp if shape_warp is not None else ShapeWarp(model)
+            warp = warper.displacement(batch, generator, shape_warp_mm)
+            vertices = vertices + warp.to(vertices)
+            identity = identity + warper.coefficients(warp).to(identity)
         chips = renderer(vertices, rotation, albedo_space(albedo), lighting, background, eyes)
         landmarks = renderer.camera(vertices, rotation).project(model.landmarks(vertices))
     chips = (chips + image_noise * torch.randn(chips.shape, generator=generator)).clamp(0, 1)

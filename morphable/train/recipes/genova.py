@@ -45,7 +45,7 @@ from morphable.nets.genova import GenovaRegressor, save_regressor
 from morphable.train.chip_render import ChipRenderer, random_background, random_lighting, random_rotation
 from morphable.train.config import OptimConfig, ScheduleConfig, TrainConfig
 from morphable.train.recipes.base import Recipe
-from morphable.train.synthetic import draw_synthetic_chips
+from morphable.train.synthetic import ShapeWarp, draw_synthetic_chips
 
 
 @dataclass(frozen=True)
@@ -62,7 +62,9 @@ class DataSection:
     synthetic faces alone); real_val_fraction: held-out share of the real faces (by key hash);
     synthetic / synthetic_val: cached synthetic faces for training / validation; cache: folder for the
     synthetic cache ("" = ``$MORPHABLE_HOME/train-cache``); max_yaw_deg, expression_scale: synthetic poses
-    and expressions; plain_eyes: share of synthetic faces with skin-coloured eyes; chunk: synthetic faces rendered per batch while building the cache."""
+    and expressions; plain_eyes: share of synthetic faces with skin-coloured eyes; shape_warp_mm: amplitude
+    of the smooth off-model shape fields (:class:`~morphable.train.synthetic.ShapeWarp`; 0 = model faces
+    only, as in the paper); chunk: synthetic faces rendered per batch while building the cache."""
 
     real: str = ""
     real_val_fraction: float = 0.1
@@ -72,6 +74,7 @@ class DataSection:
     max_yaw_deg: float = 40.0
     expression_scale: float = 0.3
     plain_eyes: float = 0.0
+    shape_warp_mm: float = 0.0
     chunk: int = 16
 
 
@@ -231,6 +234,8 @@ class GenovaRecipe(Recipe):
                         chips=keep_chips, chunk=cfg.data.chunk, triangles=len(self.chip_renderer.triangles), version=2)
         if cfg.data.plain_eyes > 0:  # (absent from older caches' keys, which stay valid)
             settings["plain_eyes"] = cfg.data.plain_eyes
+        if cfg.data.shape_warp_mm > 0:
+            settings["shape_warp_mm"] = cfg.data.shape_warp_mm
         return synthetic_features(self.chip_renderer, self.albedo_space, self.encoder, n, settings, _cache_root(cfg),
                                   keep_chips=keep_chips)
 
@@ -377,13 +382,16 @@ def synthetic_block(renderer: ChipRenderer, albedo_space: LowFrequencyAlbedo, en
         except Exception:  # a corrupt block is made again
             pass
     generator = torch.Generator().manual_seed(int(key[:12], 16))
+    warp_mm = float(settings.get("shape_warp_mm", 0.0))
+    warper = ShapeWarp(renderer.model) if warp_mm > 0 else None
     parts: dict[str, list[Tensor]] = {}
     done = 0
     while done < size:
         b = min(int(settings.get("chunk", 16)), size - done)
         s = draw_synthetic_chips(renderer, albedo_space, b, generator, max_yaw_deg=float(settings["yaw"]),
                                  expression_scale=float(settings["expr"]),
-                                 plain_eyes=float(settings.get("plain_eyes", 0.0)))
+                                 plain_eyes=float(settings.get("plain_eyes", 0.0)), shape_warp=warper,
+                                 shape_warp_mm=warp_mm)
         with torch.no_grad():
             enc = encoder(s.chips)
         row = {"pooled": enc.pooled, "descriptor": enc.descriptor, "identity": s.identity, "albedo": s.albedo,
