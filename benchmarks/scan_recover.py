@@ -15,6 +15,12 @@ the same way) and the **3D oracle** (identity fitted to the scan directly in 3D:
 :func:`morphable.eval.scan_recover.fit_identity_to_scan`), the best any image-based fit of this model
 could do; ``fit/mean`` below 1 means the fit recovered something of this person.
 
+**FLAME heads** (``--flame-heads``): two more faces outside the fitted model's span, rendered and scored
+exactly as the scan: FLAME's template (the mean of FLAME's 3 800 training scans, ``TF_FLAME/data/template.ply``)
+and RingNet's FLAME sample (``RingNet/flame_model/FLAME_sample.ply``), landmarks placed by FLAME's static
+embedding (:func:`morphable.eval.scan_recover.load_flame_mesh_scan`). Smooth heads without a scan's noise, hair
+or closed eyes: a second and third view of how a shape source generalises beyond the model's own samples.
+
 **Synthetic** (``--synthetic N``): random ICT identities ~ N(0, I) with random skin albedo
 (:func:`morphable.train.synthetic.random_albedo`; light eyeballs with dark irises), rendered the same way at a
 random yaw in ±30° over a random flat background, fitted from the images and scored against their known
@@ -28,8 +34,9 @@ neutral meshes with the same protocol, the mean face beside.
 does from what the inner landmarks do.
 
 Last line: ``RESULT scan_fit_mm_0= scan_fit_mm_m30= scan_fit_mm_p30= scan_mean_mm= scan_oracle_mm=
-ratio_max= synth_fit_mm= synth_mean_mm= synth_ratio=`` (medians in mm; ``ratio_max``: the largest
-fit/mean-face ratio over the three views; ``synth_*``: the means over the synthetic faces of their medians).
+ratio_max= synth_fit_mm= synth_mean_mm= synth_ratio= template_ratio_max= sample_ratio_max=`` (medians in mm;
+``ratio_max``: the largest fit/mean-face ratio over the three views; ``synth_*``: the means over the synthetic
+faces of their medians; ``*_ratio_max``: the same for each FLAME head, with ``--flame-heads``).
 """
 from __future__ import annotations
 
@@ -45,8 +52,8 @@ import torch
 import morphable
 from morphable.detect.choice import detect_faces
 from morphable.errors import MorphableError
-from morphable.eval.scan_recover import (Scan, fit_identity_to_scan, load_scan, scan_from_model, score_identity,
-                                         scored_model)
+from morphable.eval.scan_recover import (Scan, fit_identity_to_scan, load_flame_mesh_scan, load_scan, scan_from_model,
+                                         score_identity, scored_model)
 from morphable.io.image import write_image
 from morphable.train.synthetic import random_albedo
 
@@ -85,14 +92,15 @@ def recover(source: ShapeSource, image: np.ndarray, drop_jawline: bool = False) 
     return source.fit(lmk, prior).identity[0]
 
 
-def scan_views(source: ShapeSource, scored, scan: Scan, out: Path | None, drop_jawline: bool) -> dict[int, float]:
+def scan_views(source: ShapeSource, scored, scan: Scan, out: Path | None, drop_jawline: bool,
+               prefix: str = "scan") -> dict[int, float]:
     """Fit median (mm) per yaw (nan where no face was detected)."""
     medians = {}
     for yaw in YAWS:
         camera = look_at_face(face_centre(scan), yaw, DISTANCE_MM, FOCAL_PX, SIZE)
         image = render(scan.vertices, scan.triangles, SKIN, camera, SIZE)
         if out is not None:
-            write_image(out / f"scan_yaw{yaw:+d}.png", image)
+            write_image(out / f"{prefix}_yaw{yaw:+d}.png", image)
         identity = recover(source, image, drop_jawline)
         if identity is None:
             print(f"yaw {yaw:+3d}: no face detected in the render")
@@ -147,6 +155,25 @@ def synthetic_faces(source: ShapeSource, scored, count: int, seed: int, out: Pat
     return fits, means
 
 
+FLAME_HEADS = {"template": "TF_FLAME/data/template.ply", "sample": "RingNet/flame_model/FLAME_sample.ply"}
+FLAME_EMBEDDING = "TF_FLAME/data/flame_static_embedding.pkl"
+
+
+def flame_heads(source: ShapeSource, scored, data: Path, out: Path | None, drop_jawline: bool,
+                oracle_iterations: int) -> str:
+    """Render and recover each FLAME head; prints a table per head, returns the RESULT fields."""
+    fields = ""
+    for name, relative in FLAME_HEADS.items():
+        head = load_flame_mesh_scan(data / relative, data / FLAME_EMBEDDING, "m", name=name)
+        mean = score_identity(head, scored, None).median_mm
+        oracle = score_identity(head, scored, fit_identity_to_scan(scored, head, iterations=oracle_iterations).identity)
+        print(f"FLAME {name}: mean face {mean:.3f} mm, 3D oracle {oracle.median_mm:.3f} mm", flush=True)
+        fits = scan_views(source, scored, head, out, drop_jawline, prefix=name)
+        print("  " + "  ".join(f"{y:+d}°: {f:.3f} mm (fit/mean {f / mean:.2f})" for y, f in fits.items()))
+        fields += f" {name}_ratio_max={float(np.max(list(fits.values()))) / mean:.4f}"
+    return fields
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="ict")
@@ -156,6 +183,9 @@ def main() -> None:
     parser.add_argument("--synthetic", type=int, default=0, help="also this many synthetic faces")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--oracle-iterations", type=int, default=8)
+    parser.add_argument("--flame-heads", action="store_true",
+                        help="also FLAME's template and sample heads (rendered and scored as the scan)")
+    parser.add_argument("--data", type=Path, default=DATA, help="the corpus (for --flame-heads)")
     parser.add_argument("--out", type=Path, default=None, help="write the rendered images here")
     parser.add_argument("--drop-jawline", action="store_true",
                         help="diagnostic: fit without the 17 jawline landmarks (iBUG 0-16)")
@@ -199,6 +229,11 @@ def main() -> None:
         print(f"synthetic: {len(synth_fit)} of {args.synthetic} faces fitted; mean of medians: fit {f:.3f} mm, "
               f"mean face {m:.3f} mm, fit/mean {f / m:.2f}")
         line += f" synth_fit_mm={f:.4f} synth_mean_mm={m:.4f} synth_ratio={f / m:.4f} synth_n={len(synth_fit)}"
+    if args.flame_heads:
+        try:
+            line += flame_heads(source, scored, args.data, args.out, args.drop_jawline, args.oracle_iterations)
+        except MorphableError as err:
+            sys.exit(f"error: {err}")
     print(f"({time.perf_counter() - t0:.0f} s)")
     print(line)
 

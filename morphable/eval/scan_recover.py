@@ -5,6 +5,9 @@ The library half of ``benchmarks/scan_recover.py`` (see ``docs/fidelity.md``):
 * :func:`load_scan`: a scan and its landmarks, converted to millimetres; the landmarks may be the
   FLAME/iBUG-51 set (iBUG-68 points 17..67, as ``flame-fitting/data/scan_lmks.npy``), a full iBUG-68 set,
   or the 7 NoW points; the 7 NoW landmarks (:data:`morphable.eval.now.NOW_LANDMARKS_IBUG68`) are kept.
+* :func:`load_flame_mesh_scan`: a mesh in FLAME's topology (FLAME's template, a FLAME sample, a scan
+  registered to FLAME) as a :class:`Scan`, its landmarks placed by FLAME's static landmark embedding:
+  faces the scored model was not built from, for render-and-recover beyond the one real scan.
 * :func:`scored_model`: the model on the part of its mesh a face scan sees (ICT: ``face`` + ``head_neck``
   + ``eyes``, leaving out the mouth socket, teeth, tongue, eyelashes and other hidden or hair-like parts;
   the whole mesh for models without those regions). Its 68 landmark definitions give the mesh's 7 NoW
@@ -111,6 +114,39 @@ def load_scan(mesh_path: str | PathLike, landmarks_path: str | PathLike, unit: s
                                          f"misses the scan ({len(scan.crop_ids)} vertices inside): are scan and "
                                          f"landmarks in the same frame and unit ({unit})?")
     return scan
+
+
+def load_flame_mesh_scan(mesh_path: str | PathLike, embedding_path: str | PathLike, unit: str = "m",
+                         name: str | None = None) -> Scan:
+    """A mesh in FLAME's topology as a :class:`Scan` in mm, its 51 landmarks (iBUG 17..67) placed by FLAME's
+    static landmark embedding (``flame_static_embedding.pkl``: ``lmk_face_idx`` (51,) triangle ids and
+    ``lmk_b_coords`` (51, 3) barycentric coordinates; read with the restricted unpickler).
+
+    Raises:
+        InputError: unreadable files, or an embedding that does not fit the mesh's triangles.
+    """
+    from morphable.io.mesh import fan_triangles, read_mesh
+    from morphable.io.safe_pickle import load_pickle
+
+    if unit not in UNITS_TO_MM:
+        raise ValueError(f"load_flame_mesh_scan: unit must be one of {sorted(UNITS_TO_MM)}, got {unit!r}")
+    mesh = read_mesh(mesh_path)
+    vertices = np.asarray(mesh.vertices, np.float64) * UNITS_TO_MM[unit]
+    triangles = np.asarray(fan_triangles(mesh.faces), np.int64)
+    embedding = load_pickle(embedding_path)
+    try:
+        face_ids = np.asarray(embedding["lmk_face_idx"]).astype(np.int64).reshape(-1)
+        weights = np.asarray(embedding["lmk_b_coords"], np.float64)
+    except (KeyError, TypeError, ValueError) as err:
+        raise InputError(embedding_path, f"not a FLAME landmark embedding ({err})") from None
+    if weights.shape != (len(face_ids), 3) or len(face_ids) != 51:
+        raise InputError(embedding_path, f"expected 51 triangle ids and (51, 3) barycentric weights, got "
+                                         f"{face_ids.shape} and {weights.shape}")
+    if face_ids.min() < 0 or face_ids.max() >= len(triangles):
+        raise InputError(embedding_path, f"triangle ids up to {face_ids.max()} but {Path(mesh_path).name} has "
+                                         f"{len(triangles)} triangles (not FLAME's topology?)")
+    landmarks = (vertices[triangles[face_ids]] * weights[..., None]).sum(axis=1)
+    return Scan(vertices, triangles, now_landmarks_from(landmarks, embedding_path), name or Path(mesh_path).name)
 
 
 def scored_model(model: MorphableModel, regions: tuple[str, ...] = SCORED_REGIONS) -> MorphableModel:

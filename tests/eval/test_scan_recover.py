@@ -93,6 +93,38 @@ def test_load_real_scan_in_mm(data):
     assert 5000 < len(scan.crop_ids) < len(scan.vertices)
 
 
+def test_flame_embedding_landmarks_match_the_scans_annotation(data):
+    """The scan registered to FLAME's topology, its landmarks placed by FLAME's static embedding, against the
+    scan's own annotated landmarks (another frame: compared after a similarity fit): the 7 NoW points agree
+    to a few mm (annotation vs embedding); a left/right mix-up of the eye corners would not."""
+    from morphable.eval.scan_recover import load_flame_mesh_scan
+    from morphable.geometry.align import umeyama
+
+    registered = load_flame_mesh_scan(data("TF_FLAME/data/registered_mesh.ply"),
+                                      data("TF_FLAME/data/flame_static_embedding.pkl"))
+    scan = load_scan(data("flame-fitting/data/scan.obj"), data("flame-fitting/data/scan_lmks.npy"))
+    assert registered.vertices.shape == (5023, 3) and 150 < np.ptp(registered.vertices[:, 0]) < 400  # mm
+    assert len(registered.crop_ids) > 2000
+    def residual(points):
+        fit = umeyama(points, scan.landmarks)
+        return np.linalg.norm(fit.apply(points) - scan.landmarks, axis=1)
+    assert residual(registered.landmarks).max() < 10.0
+    assert residual(registered.landmarks[[1, 0, 2, 3, 4, 6, 5]]).max() > 20.0
+
+
+def test_flame_mesh_scan_errors_name_the_file(data, tmp_path):
+    from morphable.eval.scan_recover import load_flame_mesh_scan
+    from morphable.io.safe_pickle import load_pickle
+
+    import pickle
+    emb = load_pickle(data("TF_FLAME/data/flame_static_embedding.pkl"))
+    bad = tmp_path / "embedding.pkl"
+    bad.write_bytes(pickle.dumps({"lmk_face_idx": np.asarray(emb["lmk_face_idx"]) + 100000,
+                                  "lmk_b_coords": np.asarray(emb["lmk_b_coords"])}))
+    with pytest.raises(InputError, match="embedding.pkl.*triangle ids"):
+        load_flame_mesh_scan(data("TF_FLAME/data/template.ply"), bad)
+
+
 def test_load_scan_errors_name_the_file(tmp_path):
     vertices, triangles, ids = face_patch(n=20)
     obj = tmp_path / "patch.obj"
