@@ -66,3 +66,15 @@ def test_projection_loss_falls_when_training(tmp_path):
     proj = [json.loads(line)["projection"] for line in (run / "log.jsonl").read_text().splitlines()
             if '"projection"' in line]
     assert proj[-1] < 0.6 * proj[0]
+
+
+@pytest.mark.parametrize("override, message", [
+    ("ring.identities=1", "ring.identities: each ring needs another person"),
+    ("ring.size=2", "ring.size: R − 1 ≥ 2"),
+    ("ring.identities=50", "ring.identities: 50 identities per batch, but the data has only"),
+])
+def test_unusable_ring_settings_are_one_line_config_errors(tmp_path, override, message):
+    from morphable.train.config import ConfigError
+
+    with pytest.raises(ConfigError, match=message):
+        train("ringnet", tmp_path / "run", overrides=_overrides(tmp_path / "cache") + [override], progress=False)

@@ -64,7 +64,7 @@ from morphable.nets.ringnet import (
     save_ringnet,
 )
 from morphable.train.chip_render import ChipRenderer, random_background, random_lighting, random_rotation
-from morphable.train.config import OptimConfig, ScheduleConfig, TrainConfig
+from morphable.train.config import ConfigError, OptimConfig, ScheduleConfig, TrainConfig
 from morphable.train.data.sampler import IdentitySampler, rings
 from morphable.train.recipes.base import Recipe
 
@@ -218,7 +218,8 @@ class RingNetRecipe(Recipe):
 
         cfg = config
         if cfg.ring.size < 3:
-            raise ValueError(f"ring.size must be >= 3 (two images of a person and one of another), got {cfg.ring.size}")
+            raise ConfigError("ring.size", f"R − 1 ≥ 2 images of one person and one of another are needed, got "
+                                           f"R = {cfg.ring.size}")
         self.face_model = morphable.load_model(cfg.model.name)
         self.face_model.requires_grad_(False)
         self.model_label = Path(cfg.model.name).stem if os.sep in cfg.model.name else cfg.model.name
@@ -229,6 +230,13 @@ class RingNetRecipe(Recipe):
         from morphable.train.recipes.genova import drawn_albedo_space
 
         self.albedo_space = drawn_albedo_space(self.renderer, 8)
+        from morphable.train import distributed
+
+        world = distributed.world_size()
+        if cfg.ring.identities < 2 * world:
+            raise ConfigError("ring.identities", f"each ring needs another person in its process's share: P must be "
+                                                 f"at least 2 per process ({2 * world} for {world}), got "
+                                                 f"{cfg.ring.identities}")
         K = cfg.ring.size - 1
         train = self._synthetic("train", cfg.data.synthetic_identities, seed=cfg.train.seed * 2 + 1)
         self.val = self._synthetic("val", cfg.data.synthetic_val_identities, seed=cfg.train.seed * 2 + 2)
@@ -236,6 +244,11 @@ class RingNetRecipe(Recipe):
         self.rows, labels, self.start, self.count = self._merge(train, real)
         self.n_synthetic = len(train["landmarks"])
         self.synthetic_truth = {k: train[k] for k in ("shape", "expression", "rotation", "camera")}
+        # the sampler's groups: one per labelled identity, one per unlabelled image (its crops are its mates)
+        groups = len({label for label in labels if label is not None}) + sum(label is None for label in labels)
+        if cfg.ring.identities > groups:
+            raise ConfigError("ring.identities", f"{cfg.ring.identities} identities per batch, but the data has only "
+                                                 f"{groups} (synthetic groups + labelled people)")
         self.sampler = IdentitySampler(labels, cfg.ring.identities, K, variants=max(cfg.data.crops, 1))
         with torch.no_grad():
             n = len(self.rows["landmarks"])
