@@ -220,9 +220,10 @@ def main() -> None:
               f"{ms[k] / ms['linear']:>15.2f}")
     print(f"(gradient descent ran on the first {marks['n_gd']} faces; 'NME, GD faces' compares all on those)")
     head = f"localiser:{names[0]}"
-    result = {"n": marks["n"], "n_gd": marks["n_gd"], "localiser_ms": ms[head], "gd_ms": ms["gd"], "linear_ms": ms["linear"],
-              "localiser_nme": marks["nme"][head], "gd_nme": marks["nme"]["gd"], "linear_nme": marks["nme"]["linear"],
-              "localiser_vs_linear_nme": marks["nme"][head] / marks["nme"]["linear"]}
+    nan = float("nan")  # --gd-faces 0: no gradient-descent figures
+    result = {"n": marks["n"], "n_gd": marks["n_gd"], "localiser_ms": ms[head], "gd_ms": ms.get("gd", nan),
+              "linear_ms": ms["linear"], "localiser_nme": marks["nme"][head], "gd_nme": marks["nme"].get("gd", nan),
+              "linear_nme": marks["nme"]["linear"], "localiser_vs_linear_nme": marks["nme"][head] / marks["nme"]["linear"]}
     for n in names[1:]:
         key = Path(n).stem.replace("-", "_")
         result[f"{key}_ms"], result[f"{key}_nme"] = ms[f"localiser:{n}"], marks["nme"][f"localiser:{n}"]
