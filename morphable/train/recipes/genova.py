@@ -44,6 +44,7 @@ from morphable.nets.encoders import DlibEncoder, flip_chips
 from morphable.nets.genova import GenovaRegressor, save_regressor
 from morphable.train.chip_render import ChipRenderer, random_background, random_lighting, random_rotation
 from morphable.train.config import OptimConfig, ScheduleConfig, TrainConfig
+from morphable.train.data.cache import cache_root, cached, settings_key
 from morphable.train.recipes.base import Recipe
 from morphable.train.synthetic import ShapeWarp, draw_synthetic_chips
 
@@ -129,12 +130,6 @@ class GenovaConfig:
     schedule: ScheduleConfig = ScheduleConfig(name="cosine", warmup_steps=100, min_lr_ratio=0.05)
     train: TrainConfig = TrainConfig(steps=3500, log_every=25, val_every=500, checkpoint_every=100,
                                      image_every=500)
-
-
-def _cache_root(cfg: GenovaConfig) -> Path:
-    from morphable.models.registry import home
-
-    return Path(cfg.data.cache) if cfg.data.cache else home() / "train-cache"
 
 
 def _initial_state(path: str) -> dict[str, Tensor]:
@@ -236,7 +231,7 @@ class GenovaRecipe(Recipe):
             settings["plain_eyes"] = cfg.data.plain_eyes
         if cfg.data.shape_warp_mm > 0:
             settings["shape_warp_mm"] = cfg.data.shape_warp_mm
-        return synthetic_features(self.chip_renderer, self.albedo_space, self.encoder, n, settings, _cache_root(cfg),
+        return synthetic_features(self.chip_renderer, self.albedo_space, self.encoder, n, settings, cache_root(cfg.data.cache),
                                   keep_chips=keep_chips)
 
     def _real_sets(self) -> tuple[dict[str, Tensor] | None, dict[str, Tensor] | None]:
@@ -371,41 +366,33 @@ def synthetic_block(renderer: ChipRenderer, albedo_space: LowFrequencyAlbedo, en
                     index: int, size: int, cache: Path, keep_chips: bool = False) -> dict[str, Tensor]:
     """Block ``index`` of :func:`synthetic_features` (``size`` faces): loaded from ``cache`` or made and
     saved atomically (a corrupt file is made again)."""
-    from morphable.io.atomic import atomic_write
-
     block_settings = {**settings, "block": index, "block_size": size}
-    key = hashlib.sha256(json.dumps(block_settings, sort_keys=True).encode()).hexdigest()[:16]
-    path = cache / f"genova-synthetic-{key}.pt"
-    if path.exists():
-        try:
-            return torch.load(path, map_location="cpu", weights_only=True)
-        except Exception:  # a corrupt block is made again
-            pass
-    generator = torch.Generator().manual_seed(int(key[:12], 16))
-    warp_mm = float(settings.get("shape_warp_mm", 0.0))
-    warper = ShapeWarp(renderer.model) if warp_mm > 0 else None
-    parts: dict[str, list[Tensor]] = {}
-    done = 0
-    while done < size:
-        b = min(int(settings.get("chunk", 16)), size - done)
-        s = draw_synthetic_chips(renderer, albedo_space, b, generator, max_yaw_deg=float(settings["yaw"]),
-                                 expression_scale=float(settings["expr"]),
-                                 plain_eyes=float(settings.get("plain_eyes", 0.0)), shape_warp=warper,
-                                 shape_warp_mm=warp_mm)
-        with torch.no_grad():
-            enc = encoder(s.chips)
-        row = {"pooled": enc.pooled, "descriptor": enc.descriptor, "identity": s.identity, "albedo": s.albedo,
-               "landmarks": s.landmarks}
-        if keep_chips:
-            row["chips"] = (s.chips * 255).round().to(torch.uint8)
-        for k, v in row.items():
-            parts.setdefault(k, []).append(v)
-        done += b
-    data = {k: torch.cat(v) for k, v in parts.items()}
-    cache.mkdir(parents=True, exist_ok=True)
-    with atomic_write(path) as f:
-        torch.save(data, f)
-    return data
+    key = settings_key(block_settings)
+
+    def make() -> dict[str, Tensor]:
+        generator = torch.Generator().manual_seed(int(key[:12], 16))
+        warp_mm = float(settings.get("shape_warp_mm", 0.0))
+        warper = ShapeWarp(renderer.model) if warp_mm > 0 else None
+        parts: dict[str, list[Tensor]] = {}
+        done = 0
+        while done < size:
+            b = min(int(settings.get("chunk", 16)), size - done)
+            s = draw_synthetic_chips(renderer, albedo_space, b, generator, max_yaw_deg=float(settings["yaw"]),
+                                     expression_scale=float(settings["expr"]),
+                                     plain_eyes=float(settings.get("plain_eyes", 0.0)), shape_warp=warper,
+                                     shape_warp_mm=warp_mm)
+            with torch.no_grad():
+                enc = encoder(s.chips)
+            row = {"pooled": enc.pooled, "descriptor": enc.descriptor, "identity": s.identity, "albedo": s.albedo,
+                   "landmarks": s.landmarks}
+            if keep_chips:
+                row["chips"] = (s.chips * 255).round().to(torch.uint8)
+            for k, v in row.items():
+                parts.setdefault(k, []).append(v)
+            done += b
+        return {k: torch.cat(v) for k, v in parts.items()}
+
+    return cached(cache / f"genova-synthetic-{key}.pt", make)
 
 
 def synthetic_features(renderer: ChipRenderer, albedo_space: LowFrequencyAlbedo, encoder: DlibEncoder, n: int,

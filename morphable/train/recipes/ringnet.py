@@ -38,7 +38,6 @@ data are few, as on this machine).
 """
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -65,6 +64,7 @@ from morphable.nets.ringnet import (
 )
 from morphable.train.chip_render import ChipRenderer, random_background, random_lighting, random_rotation
 from morphable.train.config import ConfigError, OptimConfig, ScheduleConfig, TrainConfig
+from morphable.train.data.cache import cache_root, cached, settings_key
 from morphable.train.data.sampler import IdentitySampler, rings
 from morphable.train.recipes.base import Recipe
 
@@ -172,28 +172,6 @@ class CropRenderer(ChipRenderer):
             self.jitter = None
 
 
-def _cache_root(cfg: RingNetConfig) -> Path:
-    from morphable.models.registry import home
-
-    return Path(cfg.data.cache) if cfg.data.cache else home() / "train-cache"
-
-
-def _cached(path: Path, make) -> dict[str, Tensor]:
-    """``torch.load(path, weights_only=True)``, or ``make()`` saved there atomically (a corrupt file is remade)."""
-    from morphable.io.atomic import atomic_write
-
-    if path.exists():
-        try:
-            return torch.load(path, map_location="cpu", weights_only=True)
-        except Exception:  # a corrupt cache file is made again
-            pass
-    data = make()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_write(path) as f:
-        torch.save(data, f)
-    return data
-
-
 def _frozen_rows(net: RingNet, crops: Tensor, chunk: int) -> dict[str, Tensor]:
     """The trunk's frozen pass of ``crops`` ``(N, S, S, 3)`` as float16 arrays ``tap<k>`` and ``boundary``."""
     parts: dict[str, list[Tensor]] = {}
@@ -263,8 +241,8 @@ class RingNetRecipe(Recipe):
                         identities=identities, images=d.synthetic_images, yaw=d.max_yaw_deg, pitch=d.max_pitch_deg,
                         expr=d.expression_scale, js=d.jitter_scale, jt=d.jitter_shift, tuned=cfg.net.finetune_blocks,
                         crop=CROP_SIZE, scale=CROP_SCALE, version=1)
-        key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
-        return _cached(_cache_root(cfg) / f"ringnet-synthetic-{key}.pt",
+        key = settings_key(settings)
+        return cached(cache_root(cfg.data.cache) / f"ringnet-synthetic-{key}.pt",
                        lambda: self._make_synthetic(identities, torch.Generator().manual_seed(seed)))
 
     def _jitter(self, n: int, g: torch.Generator) -> Tensor:
@@ -325,8 +303,8 @@ class RingNetRecipe(Recipe):
             settings = dict(keys=[i.key for i in items], crops=cfg.data.crops, js=cfg.data.jitter_scale,
                             jt=cfg.data.jitter_shift, tuned=cfg.net.finetune_blocks, seed=cfg.train.seed,
                             w=cfg.data.detected_landmark_weight, version=1)
-            key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
-            data = _cached(_cache_root(cfg) / f"ringnet-real-{key}.pt", lambda: self._make_real(items))
+            key = settings_key(settings)
+            data = cached(cache_root(cfg.data.cache) / f"ringnet-real-{key}.pt", lambda: self._make_real(items))
             label = f"{folder}:" if len(cfg.data.real.split(",")) > 1 else ""
             out.append((data, [None if i.identity is None else label + i.identity for i in items]))
         return out

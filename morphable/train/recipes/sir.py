@@ -49,7 +49,6 @@ that produce them); only stage 2 renders and runs dlib's network in the loop, on
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from dataclasses import asdict, dataclass
@@ -72,7 +71,6 @@ from morphable.models.functional import barycentric_points
 from morphable.nets.ringnet import RingNetDecoder
 from morphable.nets.sir import (
     CHIP_SIZE,
-    SIRNet,
     chip_camera,
     landmarks_to_chip,
     lighting_from_params,
@@ -83,6 +81,7 @@ from morphable.nets.sir import (
 )
 from morphable.train.chip_render import ChipRenderer, random_background, random_lighting, random_rotation
 from morphable.train.config import OptimConfig, ScheduleConfig, TrainConfig
+from morphable.train.data.cache import cache_root, cached, settings_key
 from morphable.train.data.sampler import IdentitySampler
 from morphable.train.recipes.base import Recipe
 
@@ -181,32 +180,6 @@ class SIRConfig:
     train: TrainConfig = TrainConfig(steps=1800, log_every=25, val_every=300, checkpoint_every=300)
 
 
-def _cache_root(cfg: SIRConfig) -> Path:
-    from morphable.models.registry import home
-
-    return Path(cfg.data.cache) if cfg.data.cache else home() / "train-cache"
-
-
-def _cached(path: Path, make) -> dict[str, Tensor]:
-    """``torch.load(path)`` or ``make()`` saved there atomically (a corrupt file is made again)."""
-    from morphable.io.atomic import atomic_write
-
-    if path.exists():
-        try:
-            return torch.load(path, map_location="cpu", weights_only=True)
-        except Exception:  # a corrupt cache file is made again
-            pass
-    data = make()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_write(path) as f:
-        torch.save(data, f)
-    return data
-
-
-def _key(settings: dict) -> str:
-    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
-
-
 def _pair_aucs(shapes: Tensor, meshes: Tensor, groups: Tensor) -> tuple[float, float]:
     """Same/different-identity ROC AUCs over all pairs of ``shapes`` ``(N, K)`` (Euclidean distance) and of their
     neutral face-region ``meshes`` ``(N, V, 3)`` (RMS vertex distance; neutral meshes of one model share its
@@ -257,7 +230,7 @@ class SIRRecipe(Recipe):
         settings = dict(split=split, seed=seed, model=self.config.model.name, V=self.face_model.n_vertices,
                         groups=groups, images=d.synthetic_images, yaw=d.max_yaw_deg, pitch=d.max_pitch_deg,
                         expr=d.expression_scale, modes=self.config.model.albedo_modes, version=1)
-        return _cached(_cache_root(self.config) / f"sir-synthetic-{_key(settings)}.pt",
+        return cached(cache_root(self.config.data.cache) / f"sir-synthetic-{settings_key(settings)}.pt",
                        lambda: self._make_synthetic(groups, torch.Generator().manual_seed(seed)))
 
     def _make_synthetic(self, groups: int, g: torch.Generator) -> dict[str, Tensor]:
@@ -337,7 +310,7 @@ class SIRRecipe(Recipe):
             return {"features": self._features(chips), "small": (small_chips(chips) * 255).round().to(torch.uint8),
                     "chips": (chips * 255).round().to(torch.uint8)}
 
-        data = dict(_cached(_cache_root(self.config) / f"sir-real-{_key(settings)}.pt", make))
+        data = dict(cached(cache_root(self.config.data.cache) / f"sir-real-{settings_key(settings)}.pt", make))
         data["descriptor"] = ds.descriptors[index]
         data["landmarks"] = landmarks_to_chip(ds.landmarks[index])
         if identities is None:

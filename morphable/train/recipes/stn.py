@@ -29,7 +29,6 @@ terms' gradients comparable at the start (landmarks in px, textures in [0, 1]²)
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from dataclasses import asdict, dataclass
@@ -52,6 +51,7 @@ from morphable.render.renderer import Renderer
 from morphable.render.stn import SpatialTransformer3DMM, Theta
 from morphable.train.chip_render import random_background, random_rotation
 from morphable.train.config import OptimConfig, ScheduleConfig, TrainConfig
+from morphable.train.data.cache import cache_root, cached, settings_key
 from morphable.train.recipes.base import Recipe
 from morphable.train.synthetic import random_albedo, random_light
 
@@ -131,12 +131,6 @@ class STNConfig:
     train: TrainConfig = TrainConfig(steps=3000, log_every=25, val_every=500, checkpoint_every=250, image_every=500)
 
 
-def _cache_root(cfg: STNConfig) -> Path:
-    from morphable.models.registry import home
-
-    return Path(cfg.data.cache) if cfg.data.cache else home() / "train-cache"
-
-
 def synthetic_groups(model: MorphableModel, identities: int, views: int, seed: int, *, crop: int = 150,
                      max_yaw_deg: float = 60.0, box_scale_jitter: float = 0.1,
                      box_shift_jitter: float = 0.08) -> dict[str, Tensor]:
@@ -199,26 +193,18 @@ def cached_groups(model: MorphableModel, localiser: STNLocaliser, settings: dict
     """:func:`synthetic_groups` with ``settings``, plus the dlib trunk's raw features ``features`` ``(N, 1024)``
     when the localiser has that trunk, cached as ``cache/stn-groups-<hash>.pt`` (atomic; a corrupt file is
     made again)."""
-    from morphable.io.atomic import atomic_write
 
-    key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
-    path = cache / f"stn-groups-{key}.pt"
-    if path.exists():
-        try:
-            return torch.load(path, map_location="cpu", weights_only=True)
-        except Exception:  # a corrupt cache file is made again
-            pass
-    data = synthetic_groups(model, settings["identities"], settings["views"], settings["seed"],
-                            crop=settings["crop"], max_yaw_deg=settings["yaw"],
-                            box_scale_jitter=settings["box_scale"], box_shift_jitter=settings["box_shift"])
-    if settings["trunk"] == "dlib":
-        with torch.no_grad():
-            data["features"] = torch.cat([localiser.trunk.raw(data["images"][i:i + chunk].float() / 255)
-                                          for i in range(0, len(data["images"]), chunk)])
-    cache.mkdir(parents=True, exist_ok=True)
-    with atomic_write(path) as f:
-        torch.save(data, f)
-    return data
+    def make() -> dict[str, Tensor]:
+        data = synthetic_groups(model, settings["identities"], settings["views"], settings["seed"],
+                                crop=settings["crop"], max_yaw_deg=settings["yaw"],
+                                box_scale_jitter=settings["box_scale"], box_shift_jitter=settings["box_shift"])
+        if settings["trunk"] == "dlib":
+            with torch.no_grad():
+                data["features"] = torch.cat([localiser.trunk.raw(data["images"][i:i + chunk].float() / 255)
+                                              for i in range(0, len(data["images"]), chunk)])
+        return data
+
+    return cached(cache / f"stn-groups-{settings_key(settings)}.pt", make)
 
 
 def rotation_error_deg(a: Tensor, b: Tensor) -> Tensor:
@@ -266,7 +252,7 @@ class STNRecipe(Recipe):
                         n_vertices=self.face_model.n_vertices, crop=cfg.net.crop, yaw=cfg.data.max_yaw_deg,
                         box_scale=cfg.data.box_scale_jitter, box_shift=cfg.data.box_shift_jitter,
                         trunk=cfg.net.trunk, version=1)
-        return cached_groups(self.face_model, self.localiser, settings, _cache_root(cfg), cfg.data.chunk)
+        return cached_groups(self.face_model, self.localiser, settings, cache_root(cfg.data.cache), cfg.data.chunk)
 
     # --------------------------------------------------------------------------------------- recipe
     def model(self) -> nn.Module:
