@@ -88,6 +88,18 @@ class Recipe:
         """Called once after the last step (export weights, write a summary); by default nothing."""
 
 
+def frozen_model(name: str) -> tuple[nn.Module, str]:
+    """The morphable model ``name`` (a registry name or a model file) with gradients off, and its label for
+    exported weights (``"ict"``, or a file's stem: ``/models/bfm2017.h5`` → ``"bfm2017"``)."""
+    import os
+
+    import morphable
+
+    model = morphable.load_model(name)
+    model.requires_grad_(False)
+    return model, (Path(name).stem if os.sep in name else name)
+
+
 def _first_dim(batch: Any) -> int:
     if isinstance(batch, Tensor):
         return int(batch.shape[0]) if batch.ndim else 1

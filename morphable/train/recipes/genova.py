@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -45,7 +44,7 @@ from morphable.nets.genova import GenovaRegressor, save_regressor
 from morphable.train.chip_render import ChipRenderer, random_background, random_lighting, random_rotation
 from morphable.train.config import OptimConfig, ScheduleConfig, TrainConfig
 from morphable.train.data.cache import cache_root, cached, settings_key
-from morphable.train.recipes.base import Recipe
+from morphable.train.recipes.base import Recipe, frozen_model
 from morphable.train.synthetic import ShapeWarp, draw_synthetic_chips
 
 
@@ -199,9 +198,7 @@ class GenovaRecipe(Recipe):
         import morphable
 
         cfg = config
-        self.face_model = morphable.load_model(cfg.model.name)
-        self.face_model.requires_grad_(False)
-        self.model_label = Path(cfg.model.name).stem if os.sep in cfg.model.name else cfg.model.name
+        self.face_model, self.model_label = frozen_model(cfg.model.name)
         self.chip_renderer = ChipRenderer(self.face_model)
         self.albedo_space = drawn_albedo_space(self.chip_renderer, cfg.model.albedo_modes)
         self.encoder = DlibEncoder()

@@ -66,7 +66,7 @@ from morphable.train.chip_render import ChipRenderer, random_background, random_
 from morphable.train.config import ConfigError, OptimConfig, ScheduleConfig, TrainConfig
 from morphable.train.data.cache import cache_root, cached, settings_key
 from morphable.train.data.sampler import IdentitySampler, rings
-from morphable.train.recipes.base import Recipe
+from morphable.train.recipes.base import Recipe, frozen_model
 
 
 @dataclass(frozen=True)
@@ -190,17 +190,13 @@ class RingNetRecipe(Recipe):
 
     def __init__(self, config: RingNetConfig, run_dir: Path):
         super().__init__(config, run_dir)
-        import os
-
         import morphable
 
         cfg = config
         if cfg.ring.size < 3:
             raise ConfigError("ring.size", f"R − 1 ≥ 2 images of one person and one of another are needed, got "
                                            f"R = {cfg.ring.size}")
-        self.face_model = morphable.load_model(cfg.model.name)
-        self.face_model.requires_grad_(False)
-        self.model_label = Path(cfg.model.name).stem if os.sep in cfg.model.name else cfg.model.name
+        self.face_model, self.model_label = frozen_model(cfg.model.name)
         self.net = new_ringnet(self.face_model, self.model_label, finetune_blocks=cfg.net.finetune_blocks,
                                hidden=cfg.net.hidden, iterations=cfg.net.iterations, dropout=cfg.net.dropout)
         self.decoder = RingNetDecoder(self.face_model)

@@ -50,7 +50,6 @@ that produce them); only stage 2 renders and runs dlib's network in the loop, on
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -83,7 +82,7 @@ from morphable.train.chip_render import ChipRenderer, random_background, random_
 from morphable.train.config import OptimConfig, ScheduleConfig, TrainConfig
 from morphable.train.data.cache import cache_root, cached, settings_key
 from morphable.train.data.sampler import IdentitySampler
-from morphable.train.recipes.base import Recipe
+from morphable.train.recipes.base import Recipe, frozen_model
 
 
 @dataclass(frozen=True)
@@ -207,9 +206,7 @@ class SIRRecipe(Recipe):
         from morphable.train.recipes.genova import drawn_albedo_space
 
         cfg = config
-        self.face_model = morphable.load_model(cfg.model.name)
-        self.face_model.requires_grad_(False)
-        self.model_label = Path(cfg.model.name).stem if os.sep in cfg.model.name else cfg.model.name
+        self.face_model, self.model_label = frozen_model(cfg.model.name)
         self.renderer = ChipRenderer(self.face_model)
         self.albedo_space = drawn_albedo_space(self.renderer, cfg.model.albedo_modes)
         self.encoder = DlibEncoder()

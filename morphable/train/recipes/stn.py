@@ -30,7 +30,6 @@ terms' gradients comparable at the start (landmarks in px, textures in [0, 1]²)
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -52,7 +51,7 @@ from morphable.render.stn import SpatialTransformer3DMM, Theta
 from morphable.train.chip_render import random_background, random_rotation
 from morphable.train.config import OptimConfig, ScheduleConfig, TrainConfig
 from morphable.train.data.cache import cache_root, cached, settings_key
-from morphable.train.recipes.base import Recipe
+from morphable.train.recipes.base import Recipe, frozen_model
 from morphable.train.synthetic import random_albedo, random_light
 
 FIXED_LANDMARKS = slice(17, 68)
@@ -225,12 +224,10 @@ class STNRecipe(Recipe):
         from morphable.models.resample import model_uv, uv_grid
 
         cfg = config
-        self.face_model = morphable.load_model(cfg.model.name)
-        self.face_model.requires_grad_(False)
+        self.face_model, self.model_label = frozen_model(cfg.model.name)
         if cfg.model.n_shape > self.face_model.n_identity:
             raise ValueError(f"model.n_shape={cfg.model.n_shape}: model {cfg.model.name!r} has only "
                              f"{self.face_model.n_identity} identity components")
-        self.model_label = Path(cfg.model.name).stem if os.sep in cfg.model.name else cfg.model.name
         size = cfg.model.texture_size
         self.stn = SpatialTransformer3DMM(self.face_model, uv_grid(model_uv(self.face_model), self.face_model.triangles,
                                                                    (size, size)), cfg.model.visibility_resolution)
