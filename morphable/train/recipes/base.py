@@ -87,6 +87,18 @@ class Recipe:
     def finish(self, run_dir: Path) -> None:
         """Called once after the last step (export weights, write a summary); by default nothing."""
 
+    def provenance(self, run_dir: Path, metrics: dict) -> dict[str, str]:
+        """What an exported weights file records: the command that trained it (as typed, when run as
+        ``morphable``), the resolved config and the final ``metrics``, as JSON strings."""
+        import json
+        import shlex
+        import sys
+        from dataclasses import asdict
+
+        command = shlex.join(["morphable", *sys.argv[1:]]) if Path(sys.argv[0]).name == "morphable" \
+            else f"morphable train {self.name} -o {run_dir} (from Python; the resolved config is in 'config')"
+        return {"command": command, "config": json.dumps(asdict(self.config)), "metrics": json.dumps(metrics)}
+
 
 def frozen_model(name: str) -> tuple[nn.Module, str]:
     """The morphable model ``name`` (a registry name or a model file) with gradients off, and its label for

@@ -29,7 +29,7 @@ from __future__ import annotations
 import hashlib
 import json
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -343,13 +343,7 @@ class GenovaRecipe(Recipe):
             choice = choose_prior_precision(self.regressor, self.face_model, self.synthetic_val)
         self.regressor.prior_precision = choice["prior_precision"]
         metrics = self.validate(self.config.train.steps)
-        import shlex
-        import sys
-
-        command = shlex.join(["morphable", *sys.argv[1:]]) if Path(sys.argv[0]).name == "morphable" \
-            else f"morphable train genova -o {run_dir} (from Python; the resolved config is in 'config')"
-        meta = {"command": command, "config": json.dumps(asdict(self.config)),
-                "metrics": json.dumps({**metrics, **{k: v for k, v in choice.items() if k != "prior_precision"}})}
+        meta = self.provenance(run_dir, {**metrics, **{k: v for k, v in choice.items() if k != "prior_precision"}})
         save_regressor(self.regressor, Path(run_dir) / f"genova-{self.model_label}.pt", meta)
         with open(Path(run_dir) / "summary.json", "w") as f:
             json.dump({"metrics": metrics, "prior_precision": choice}, f, indent=2)

@@ -39,7 +39,7 @@ data are few, as on this machine).
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -443,13 +443,8 @@ class RingNetRecipe(Recipe):
     def finish(self, run_dir: Path) -> None:
         """Export ``RUN/ringnet-<model>.pt`` (with the command, resolved config and final metrics) and
         ``summary.json``."""
-        import shlex
-        import sys
-
         metrics = self.validate(self.config.train.steps)
-        command = shlex.join(["morphable", *sys.argv[1:]]) if Path(sys.argv[0]).name == "morphable" \
-            else f"morphable train ringnet -o {run_dir} (from Python; the resolved config is in 'config')"
-        meta = {"command": command, "config": json.dumps(asdict(self.config)), "metrics": json.dumps(metrics)}
+        meta = self.provenance(run_dir, metrics)
         save_ringnet(self.net, Path(run_dir) / f"ringnet-{self.model_label}.pt", meta)
         with open(Path(run_dir) / "summary.json", "w") as f:
             json.dump({"metrics": metrics}, f, indent=2)

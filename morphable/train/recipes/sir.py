@@ -50,7 +50,7 @@ that produce them); only stage 2 renders and runs dlib's network in the loop, on
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -519,9 +519,6 @@ class SIRRecipe(Recipe):
     def finish(self, run_dir: Path) -> None:
         """Choose the landmark fit's prior precision on held-out synthetic faces and export
         ``RUN/sir-<model>.pt`` (float16, with the command, config and final metrics) and ``summary.json``."""
-        import shlex
-        import sys
-
         from morphable.train.recipes.genova import choose_prior_precision
 
         v = self.val
@@ -532,10 +529,7 @@ class SIRRecipe(Recipe):
                                             self.face_model, data)
         self.net.prior_precision = choice["prior_precision"]
         metrics = self.validate(self.config.train.steps)
-        command = shlex.join(["morphable", *sys.argv[1:]]) if Path(sys.argv[0]).name == "morphable" \
-            else f"morphable train sir -o {run_dir} (from Python; the resolved config is in 'config')"
-        meta = {"command": command, "config": json.dumps(asdict(self.config)),
-                "metrics": json.dumps({**metrics, **{k: v for k, v in choice.items() if k != "prior_precision"}})}
+        meta = self.provenance(run_dir, {**metrics, **{k: v for k, v in choice.items() if k != "prior_precision"}})
         save_sir(self.net, Path(run_dir) / f"sir-{self.model_label}.pt", meta)
         with open(Path(run_dir) / "summary.json", "w") as f:
             json.dump({"metrics": metrics, "prior_precision": choice}, f, indent=2)

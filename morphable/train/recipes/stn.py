@@ -30,7 +30,7 @@ terms' gradients comparable at the start (landmarks in px, textures in [0, 1]²)
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -335,13 +335,8 @@ class STNRecipe(Recipe):
 
     def finish(self, run_dir: Path) -> None:
         """Export ``RUN/stn-<model>-<trunk>.pt`` with its provenance and held-out metrics."""
-        import shlex
-        import sys
-
         metrics = self.validate(self.config.train.steps)
-        command = shlex.join(["morphable", *sys.argv[1:]]) if Path(sys.argv[0]).name == "morphable" \
-            else f"morphable train stn -o {run_dir} (from Python; the resolved config is in 'config')"
-        meta = {"command": command, "config": json.dumps(asdict(self.config)), "metrics": json.dumps(metrics)}
+        meta = self.provenance(run_dir, metrics)
         save_localiser(self.localiser, Path(run_dir) / f"stn-{self.model_label}-{self.config.net.trunk}.pt", meta)
         with open(Path(run_dir) / "summary.json", "w") as f:
             json.dump({"metrics": metrics}, f, indent=2)
