@@ -19,7 +19,7 @@ Each variant of a photo (:func:`synthesize_variants`) re-renders the fitted face
   training photos against the paper's thousands, and a network that sees seventy identities learns them by
   heart; the albedo stays the photo's, so the pixels stay photo-real;
 
-into a square chip of ``size`` px of the photo (the fitted landmarks' box × 1.6, its scale jittered), moved so
+into a square chip of ``size`` px of the photo (the fitted landmarks' box × 1.8, its scale jittered), moved so
 that the new face's landmark box is centred in the chip ± a jitter, as a detector's box would place it. The background is the photo's own: the original face's
 rendered footprint (dilated) is filled by OpenCV's inpainting (Telea) and the new face composited over it
 with the renderer's anti-aliased silhouette. Each chip keeps its ground truth: identity, expression, the
@@ -88,12 +88,12 @@ Never trained on."""
 
 WORKING_SIDE = 512
 """Longer side (px) of the copy of a photo that detection and the fit run on (as ``reconstruct``'s)."""
-CROP_SCALE = 1.6
+CROP_SCALE = 1.8
 """Chip side / the longer side of the fitted landmarks' box."""
 INPAINT_DILATE = 0.06
 """The original face's footprint is dilated by this fraction of the chip side before inpainting."""
 FIT_VERSION = 1
-VARIANT_VERSION = 1
+VARIANT_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -182,13 +182,11 @@ def cached_fit(model: MorphableModel, model_name: str, photo: str, root: Path, c
     return cached(cache / f"coarse-fit-{settings_key(settings)}.pt", lambda: fit_photo(model, path))
 
 
-def chip_box(points: Tensor, generator: torch.Generator, settings: VariantSettings) -> tuple[float, float, float]:
-    """The chip's square in the photo: ``(left edge, top edge, side)`` px around the landmarks ``(68, 2)``
-    (finite ones): their box's centre, side :data:`CROP_SCALE` × its longer side × (1 ± ``box_scale_jitter``)."""
-    ok = torch.isfinite(points).all(-1)
-    lo, hi = points[ok].min(0).values, points[ok].max(0).values
-    u = 2 * float(torch.rand((), generator=generator, dtype=torch.float64)) - 1
-    side = CROP_SCALE * float((hi - lo).max()) * (1 + settings.box_scale_jitter * u)
+def chip_box(points: Tensor, box_scale: float, settings: VariantSettings) -> tuple[float, float, float]:
+    """The chip's square in the photo: ``(left edge, top edge, side)`` px around landmarks ``(L, 2)``: their
+    box's centre, side :data:`CROP_SCALE` × its longer side × (1 + ``box_scale_jitter · box_scale``)."""
+    lo, hi = points.min(0).values, points.max(0).values
+    side = CROP_SCALE * float((hi - lo).max()) * (1 + settings.box_scale_jitter * box_scale)
     cx, cy = float(lo[0] + hi[0]) / 2, float(lo[1] + hi[1]) / 2
     return cx - side / 2, cy - side / 2, side
 
@@ -238,67 +236,90 @@ def new_light(fit_light: Tensor, generator: torch.Generator, brightness: float) 
     return light * (fit_light[0] / light[0]).clamp_min(0) * gain
 
 
+def draw_variant(model: MorphableModel, fit: dict[str, Tensor], generator: torch.Generator,
+                 settings: VariantSettings) -> dict[str, Tensor]:
+    """One variant's random choices (see the module docstring), all drawn from ``generator``: ``box_scale``
+    ``()`` in [−1, 1] (× ``box_scale_jitter``), ``ypr`` ``(3,)`` rad, ``identity`` ``(K,)``, ``expression``
+    ``(Ke,)``, ``light`` ``(9, 3)``, ``shift`` ``(2,)`` chip px."""
+    dtype = model.mean.dtype
+    limits = torch.tensor([settings.max_yaw_deg, settings.max_pitch_deg, settings.max_roll_deg], dtype=torch.float64)
+    box_scale = 2 * torch.rand((), generator=generator, dtype=torch.float64) - 1
+    ypr = (2 * torch.rand(3, generator=generator, dtype=torch.float64) - 1) * torch.deg2rad(limits)
+    identity = fit["identity"] + settings.identity_jitter * torch.randn(
+        fit["identity"].shape, generator=generator, dtype=torch.float64).to(dtype)
+    expression = random_expression(model, 1, generator, settings.expression_probability)[0]
+    light = new_light(fit["light"], generator, settings.light_brightness)
+    shift = settings.box_shift_jitter * settings.size * (2 * torch.rand(2, generator=generator, dtype=torch.float64) - 1)
+    return {"box_scale": box_scale, "ypr": ypr.to(dtype), "identity": identity, "expression": expression,
+            "light": light, "shift": shift.to(dtype)}
+
+
+def render_variant(model: MorphableModel, fit: dict[str, Tensor], photo: np.ndarray, variant: dict[str, Tensor],
+                   settings: VariantSettings, renderer: Renderer | None = None) -> dict[str, Tensor]:
+    """Render one variant (:func:`draw_variant`'s choices) of a photo's fit into its chip.
+
+    The chip is the photo's square around the fitted landmarks (:func:`chip_box`, its side scaled by
+    ``1 + box_scale_jitter · box_scale``), the original face's footprint dilated and inpainted; the new face is
+    moved so that its landmark box is centred in the chip + ``shift``, and composited with the renderer's
+    anti-aliased silhouette.
+
+    Returns:
+        ``image`` ``(S, S, 3)`` uint8 and the ground truth: ``identity``, ``expression``, ``light``, ``ypr``,
+        ``rotation`` ``(3,)`` axis-angle, ``scale`` ``()`` chip px/mm, ``translation`` ``(2,)`` chip px,
+        ``landmarks`` ``(68, 2)`` chip px (NaN where the model has none).
+    """
+    import cv2
+
+    S, dtype = settings.size, model.mean.dtype
+    region = fit["region_vertices"]
+    renderer = renderer or Renderer(region_triangles(model, region), (S, S))
+    defined = model.landmark_mask
+    fit_camera = ScaledOrthographic(fit["scale"], fit["rotation"][None], fit["translation"][None])
+    with torch.no_grad():
+        fitted = model(identity=fit["identity"][None],
+                       expression=fit["expression"][None] if model.n_expression else None).vertices
+        box = chip_box(fit_camera.project(model.landmarks(fitted))[0][defined], float(variant["box_scale"]), settings)
+        # background: the photo's chip with the original face's footprint inpainted
+        background = crop_photo(photo, box, S)
+        cam0 = crop_camera(fit_camera, box, S)
+        alpha0 = renderer(fitted[:, region], cam0, colors=torch.ones_like(fitted[:, region])).alpha[0]
+        mask = (alpha0 > 0).numpy().astype(np.uint8) * 255
+        r = max(1, round(INPAINT_DILATE * S))
+        mask = cv2.dilate(mask, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * r + 1, 2 * r + 1)))
+        background = cv2.inpaint(background, mask, 3, cv2.INPAINT_TELEA)
+        # the new face, its landmark box centred in the chip (as a detector's box would place it) + shift
+        rotation = matrix_to_axis_angle(euler_to_matrix(variant["ypr"])[None])
+        expression = variant["expression"][None] if model.n_expression else None
+        verts = model(identity=variant["identity"][None], expression=expression).vertices
+        lm = ScaledOrthographic(cam0.scale, rotation, cam0.translation).project(model.landmarks(verts))[0][defined]
+        centre = (lm.min(0).values + lm.max(0).values) / 2
+        cam = ScaledOrthographic(cam0.scale, rotation, cam0.translation + (S - 1) / 2 - centre + variant["shift"])
+        bg = torch.from_numpy(background).to(dtype)[None] / 255
+        image = renderer(verts[:, region], cam, colors=fit["albedo"][None], sh=variant["light"][None], background=bg).image
+        landmarks = cam.project(model.landmarks(verts))[0]
+        landmarks[~defined] = float("nan")
+    return {"images": (image[0].clamp(0, 1) * 255).round().to(torch.uint8), "identity": variant["identity"],
+            "expression": variant["expression"], "light": variant["light"], "ypr": variant["ypr"],
+            "rotation": rotation[0], "scale": cam.scale[0], "translation": cam.translation[0], "landmarks": landmarks}
+
+
 def synthesize_variants(model: MorphableModel, fit: dict[str, Tensor], photo: np.ndarray, n: int, seed: int,
                         settings: VariantSettings = VariantSettings()) -> dict[str, Tensor]:
-    """``n`` re-rendered variants of one photo's fit (see the module docstring).
+    """``n`` re-rendered variants of one photo's fit (:func:`draw_variant`, :func:`render_variant`).
 
     Args:
         model: the fitted model; fit: :func:`fit_photo`'s record; photo: the working photo ``(H, W, 3)`` uint8.
         seed: seeds every draw (a generator per photo: the same seed gives the same variants).
     Returns:
-        ``images`` ``(n, S, S, 3)`` uint8, ``identity`` ``(n, K)``, ``expression`` ``(n, Ke)``, ``light``
-        ``(n, 9, 3)``, ``rotation`` ``(n, 3)`` axis-angle, ``scale`` ``(n,)`` chip px/mm, ``translation``
-        ``(n, 2)`` chip px, ``landmarks`` ``(n, 68, 2)`` chip px of the model's landmarks (NaN where it has
-        none), ``ypr`` ``(n, 3)`` the drawn yaw/pitch/roll (rad).
+        :func:`render_variant`'s entries stacked: ``images`` ``(n, S, S, 3)`` uint8, ``identity`` ``(n, K)``,
+        ``expression`` ``(n, Ke)``, ``light`` ``(n, 9, 3)``, ``ypr`` ``(n, 3)``, ``rotation`` ``(n, 3)``,
+        ``scale`` ``(n,)``, ``translation`` ``(n, 2)``, ``landmarks`` ``(n, 68, 2)``.
     """
-    import cv2
-
     g = torch.Generator().manual_seed(int(seed))
-    S, dtype = settings.size, model.mean.dtype
-    region = fit["region_vertices"]
-    tri = region_triangles(model, region)
-    renderer = Renderer(tri, (S, S))
-    fit_camera = ScaledOrthographic(fit["scale"], fit["rotation"][None], fit["translation"][None])
-    limits = torch.tensor([settings.max_yaw_deg, settings.max_pitch_deg, settings.max_roll_deg], dtype=torch.float64)
-    with torch.no_grad():
-        fitted = model(identity=fit["identity"][None],
-                       expression=fit["expression"][None] if model.n_expression else None).vertices
-        fitted_landmarks = fit_camera.project(model.landmarks(fitted))[0]
-        out: dict[str, list[Tensor]] = {}
-        for _ in range(n):
-            box = chip_box(fitted_landmarks, g, settings)
-            # background: the photo's chip with the original face's footprint inpainted
-            background = crop_photo(photo, box, S)
-            cam0 = crop_camera(fit_camera, box, S)
-            alpha0 = renderer(fitted[:, region], cam0, colors=torch.ones_like(fitted[:, region])).alpha[0]
-            mask = (alpha0 > 0).numpy().astype(np.uint8) * 255
-            r = max(1, round(INPAINT_DILATE * S))
-            mask = cv2.dilate(mask, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * r + 1, 2 * r + 1)))
-            background = cv2.inpaint(background, mask, 3, cv2.INPAINT_TELEA)
-            # the new face
-            ypr = (2 * torch.rand(3, generator=g, dtype=torch.float64) - 1) * torch.deg2rad(limits)
-            identity = fit["identity"] + settings.identity_jitter * torch.randn(
-                fit["identity"].shape, generator=g, dtype=torch.float64).to(dtype)
-            expression = random_expression(model, 1, g, settings.expression_probability)[0]
-            light = new_light(fit["light"], g, settings.light_brightness)
-            rotation = matrix_to_axis_angle(euler_to_matrix(ypr.to(dtype))[None])
-            verts = model(identity=identity[None], expression=expression[None] if model.n_expression else None).vertices
-            # the new face's landmark box centred in the chip (as a detector's box would be), ± the shift jitter
-            lm = ScaledOrthographic(cam0.scale, rotation, cam0.translation).project(model.landmarks(verts))[0]
-            lm = lm[model.landmark_mask]
-            centre = (lm.min(0).values + lm.max(0).values) / 2
-            shift = settings.box_shift_jitter * S * (2 * torch.rand(2, generator=g, dtype=torch.float64) - 1)
-            cam = ScaledOrthographic(cam0.scale, rotation, cam0.translation + (S - 1) / 2 - centre + shift.to(dtype))
-            bg = torch.from_numpy(background).to(dtype)[None] / 255
-            image = renderer(verts[:, region], cam, colors=fit["albedo"][None], sh=light[None], background=bg).image
-            lm = cam.project(model.landmarks(verts))[0]
-            lm[~model.landmark_mask] = float("nan")
-            row = {"images": (image[0].clamp(0, 1) * 255).round().to(torch.uint8), "identity": identity,
-                   "expression": expression, "light": light, "rotation": rotation[0], "scale": cam.scale[0],
-                   "translation": cam.translation[0], "landmarks": lm, "ypr": ypr.to(dtype)}
-            for k, v in row.items():
-                out.setdefault(k, []).append(v)
-    return {k: torch.stack(v) for k, v in out.items()}
+    renderer = Renderer(region_triangles(model, fit["region_vertices"]), (settings.size, settings.size))
+    rows = [render_variant(model, fit, photo, draw_variant(model, fit, g, settings), settings, renderer)
+            for _ in range(n)]
+    return {k: torch.stack([r[k] for r in rows]) for k in rows[0]}
 
 
 def region_triangles(model: MorphableModel, region: Tensor) -> Tensor:

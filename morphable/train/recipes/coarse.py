@@ -81,6 +81,7 @@ class DataSection:
             raise ValueError(f"val_every_photo must be >= 2, got {self.val_every_photo}")
         if self.photos < 0:
             raise ValueError(f"photos must be >= 0 (0 = all), got {self.photos}")
+        self.settings()  # VariantSettings checks the rest
 
     def settings(self) -> VariantSettings:
         return VariantSettings(self.size, self.max_yaw_deg, self.max_pitch_deg, self.max_roll_deg,

