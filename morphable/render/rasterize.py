@@ -24,7 +24,10 @@ exactly on a shared edge belong to both triangles). Among the triangles covering
 wins (depth compared as float32); exact depth ties go to the lowest triangle id. Results are therefore
 deterministic and independent of thread count.
 
-Fast path (:func:`rasterize`): every triangle's pixel bounding box is cut into 2 × 2 blocks of pixel
+On CPU tensors the search runs as a compiled loop (:mod:`morphable.render.cpu_kernels`, numba) that
+computes the very same ids as the tensor search described next, which other devices use.
+
+Tensor search (:func:`rasterize` with ``compiled=False``): every triangle's pixel bounding box is cut into 2 × 2 blocks of pixel
 centres, one scan item each (:func:`box_cells`); two scans (every triangle's first block, the other
 blocks of the larger boxes) evaluate the edge functions on the four cells of every item as one
 broadcast tensor op each (edges evaluated in a canonical direction, so shared edges leave no holes:
@@ -416,23 +419,31 @@ def box_cells(nx: Tensor, ny: Tensor, skip_first: bool = False) -> tuple[Tensor,
 @torch.no_grad()
 def rasterize_ids(screen: Tensor, triangles: Tensor, image_size: tuple[int, int], *, cull_backfaces: bool = False,
                   perspective: bool = False, near: float = 1.0, max_candidates: int = 2**22,
-                  corners: tuple[list[Tensor], Tensor] | None = None) -> Tensor:
+                  corners: tuple[list[Tensor], Tensor] | None = None, compiled: bool | None = None) -> Tensor:
     """Visible triangle id per pixel (the non-differentiable half of :func:`rasterize`). ``-> (B, H, W)`` int64.
 
     ``corners``: ``_sorted_corners(triangles)``, which depends on the mesh only (callers may cache it)."""
     return rasterize_ids_facing(screen, triangles, image_size, cull_backfaces=cull_backfaces, perspective=perspective,
-                                near=near, max_candidates=max_candidates, corners=corners)[0]
+                                near=near, max_candidates=max_candidates, corners=corners, compiled=compiled)[0]
 
 
 @torch.no_grad()
 def rasterize_ids_facing(screen: Tensor, triangles: Tensor, image_size: tuple[int, int], *,
                          cull_backfaces: bool = False, perspective: bool = False, near: float = 1.0,
-                         max_candidates: int = 2**22, corners: tuple[list[Tensor], Tensor] | None = None
-                         ) -> tuple[Tensor, Tensor]:
+                         max_candidates: int = 2**22, corners: tuple[list[Tensor], Tensor] | None = None,
+                         compiled: bool | None = None) -> tuple[Tensor, Tensor]:
     """:func:`rasterize_ids` and each triangle's orientation ``(B·F,)`` int8 (−1 front, +1 back, 0 unusable;
-    see ``_setup``), which the soft silhouette reuses instead of gathering the corners again."""
+    see ``_setup``), which the soft silhouette reuses instead of gathering the corners again.
+
+    ``compiled``: use the compiled CPU kernel (:mod:`morphable.render.cpu_kernels`, the same results in a
+    fraction of the time) instead of the tensor search; ``None``: on CPU tensors."""
     H, W = _check_inputs(screen, triangles, image_size)
     B = screen.shape[0]
+    if screen.device.type == "cpu" if compiled is None else compiled:
+        from morphable.render.cpu_kernels import rasterize_ids_facing_cpu  # numba: imported on first render
+
+        return rasterize_ids_facing_cpu(screen, _sorted_corners(triangles) if corners is None else corners, (H, W),
+                                        cull_backfaces=cull_backfaces, perspective=perspective, near=near)
     setups, facing = _setup(screen.detach(), triangles, H, W, cull_backfaces, perspective, near, corners)
     pixels, keys = [], []
     step = max(1, max_candidates // (WINDOW * WINDOW))
@@ -463,7 +474,8 @@ def fragments_from_ids(screen: Tensor, triangles: Tensor, triangle_id: Tensor, p
 
 
 def rasterize(screen: Tensor, triangles: Tensor, image_size: tuple[int, int], *, cull_backfaces: bool = False,
-              perspective: bool = False, near: float = 1.0, max_candidates: int = 2**22) -> Fragments:
+              perspective: bool = False, near: float = 1.0, max_candidates: int = 2**22,
+              compiled: bool | None = None) -> Fragments:
     """Rasterise a batch of meshes given in screen space.
 
     Args:
@@ -475,12 +487,13 @@ def rasterize(screen: Tensor, triangles: Tensor, image_size: tuple[int, int], *,
         perspective: ``screen`` comes from a perspective camera: perspective-correct barycentrics,
             hyperbolic depth, and clipping at ``near``.
         near: near-plane distance in mm (perspective only).
-        max_candidates: most (triangle, pixel) pairs tested at once; bounds the memory used.
+        max_candidates: most (triangle, pixel) pairs the tensor search tests at once; bounds its memory.
+        compiled: the compiled CPU search instead of the tensor one (same ids; ``None``: on CPU).
     Returns:
         :class:`Fragments`; barycentrics and depth are differentiable w.r.t. ``screen``.
     """
     tri = rasterize_ids(screen, triangles, image_size, cull_backfaces=cull_backfaces, perspective=perspective,
-                        near=near, max_candidates=max_candidates)
+                        near=near, max_candidates=max_candidates, compiled=compiled)
     return fragments_from_ids(screen, triangles, tri, perspective)
 
 

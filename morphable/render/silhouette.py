@@ -184,7 +184,7 @@ def _nearest_edge(a: Tensor, b: Tensor, batch: Tensor, boundary: Tensor,
     cell under it (a head mesh has thousands of fold edges inside its rendered silhouette, hidden behind the
     front surface); the boxes' pixels are then listed in one flat pass (:func:`box_cells`, chunks of at most
     ``max_candidates``), tested against the boundary mask and the distance, and reduced per pixel to the
-    smallest ``(distance, index)`` key.
+    smallest ``(squared distance, index)`` key.
 
     Args:
         a, b: ``(S, 2)`` segment end points (px); batch: ``(S,)`` their image.
@@ -231,11 +231,11 @@ def _nearest_edge(a: Tensor, b: Tensor, batch: Tensor, boundary: Tensor,
         py = ry.index_select(0, item) + dy.to(a.dtype)
         t = ((px * sx + py * sy) / ab2.index_select(0, item)).clamp(0, 1)
         ex, ey = px - t * sx, py - t * sy
-        dist = (ex * ex + ey * ey).sqrt()
-        hit = flat_nonzero(compare(dist, "<=", REACH))
+        dist2 = ex * ex + ey * ey  # squared: no square root, whose rounding differs between libraries
+        hit = flat_nonzero(compare(dist2, "<=", REACH * REACH))
         pixels.append(pix.index_select(0, hit))
         edge = keep.index_select(0, item.index_select(0, hit))
-        keys.append((_sortable_key(dist.index_select(0, hit)) << TRIANGLE_BITS) | edge)
+        keys.append((_sortable_key(dist2.index_select(0, hit)) << TRIANGLE_BITS) | edge)
     pix, key = (torch.cat(pixels), torch.cat(keys)) if len(pixels) > 1 else (pixels[0], keys[0])
     # per-pixel minimum key; only the entries written are read back
     best = torch.full((B * H * W,), 2**62, dtype=torch.int64, device=a.device)  # above every key
@@ -292,7 +292,8 @@ def nearest_edge_reference(a: Tensor, b: Tensor, batch: Tensor, boundary: Tensor
 
 
 def soft_silhouette(screen: Tensor, triangles: Tensor, triangle_id: Tensor, topology: EdgeTopology, *,
-                    perspective: bool = False, facing: Tensor | None = None) -> Silhouette:
+                    perspective: bool = False, facing: Tensor | None = None,
+                    compiled: bool | None = None) -> Silhouette:
     """Anti-aliased coverage (see module docstring).
 
     Args:
@@ -303,6 +304,9 @@ def soft_silhouette(screen: Tensor, triangles: Tensor, triangle_id: Tensor, topo
         perspective: whether ``screen`` comes from a perspective camera.
         facing: ``(B·F,)`` int8 triangle orientations from the rasteriser
             (:func:`~morphable.render.rasterize.rasterize_ids_facing`), or ``None`` to compute them.
+        compiled: search the nearest edges with the compiled CPU kernel
+            (:func:`~morphable.render.cpu_kernels.nearest_edge_cpu`, the same result) instead of
+            :func:`_nearest_edge`; ``None``: on CPU tensors.
     """
     B, H, W = triangle_id.shape
     if triangles.shape[0] * 3 >= 2**TRIANGLE_BITS:
@@ -315,7 +319,12 @@ def soft_silhouette(screen: Tensor, triangles: Tensor, triangle_id: Tensor, topo
     if sh.numel() == 0 or not bool(boundary.any()):
         return Silhouette(alpha.view(B, H, W), extended.view(B, H, W))
     a, b, _ = _edge_geometry(screen.detach(), topology, sb, sh)
-    pix, e = _nearest_edge(a, b, sb, boundary)
+    if screen.device.type == "cpu" if compiled is None else compiled:
+        from morphable.render.cpu_kernels import nearest_edge_cpu  # numba: imported on first render
+
+        pix, e = nearest_edge_cpu(a, b, sb, boundary, REACH)
+    else:
+        pix, e = _nearest_edge(a, b, sb, boundary)
     half = sh.index_select(0, e)
     # the chosen edge of each pixel, differentiably (one gather per pixel, not per silhouette edge)
     a, b, c = _edge_geometry(screen, topology, sb.index_select(0, e), half)

@@ -90,8 +90,8 @@ class TestHandScenes:
         assert (out[0][~m] == 0).all()
 
 
-def _check_against_reference(screen, triangles, size, **kwargs):
-    frag = rasterize(screen, triangles, size, **kwargs)
+def _check_against_reference(screen, triangles, size, compiled=None, **kwargs):
+    frag = rasterize(screen, triangles, size, compiled=compiled, **kwargs)
     ref, margin = rasterize_reference(screen, triangles, size, **kwargs)
     fast = frag.triangle_id
     fast_margin = frag.barycentric.abs().amin(-1).detach()
@@ -112,52 +112,58 @@ def _check_against_reference(screen, triangles, size, **kwargs):
     return frag, int(covered_diff.sum())
 
 
+@pytest.fixture(params=[True, False], ids=["compiled", "tensor"])
+def compiled(request):
+    """Both searches: the compiled CPU kernel and the tensor one (other devices' path)."""
+    return request.param
+
+
 class TestAgainstReference:
     @pytest.mark.parametrize("rotation", [(0.0, 0.0, 0.0), (0.2, 0.7, 0.1), (-0.4, -1.2, 0.3)])
-    def test_ict_orthographic(self, ict_mesh, rotation):
+    def test_ict_orthographic(self, ict_mesh, rotation, compiled):
         vertices, triangles = ict_mesh
         cam = ScaledOrthographic(torch.tensor([48 / 330.0], dtype=f64), torch.tensor([rotation], dtype=f64),
                                  torch.tensor([[23.7, 25.2]], dtype=f64))
         screen = cam.project_with_depth(vertices[None])
-        frag, _ = _check_against_reference(screen, triangles, (48, 48), cull_backfaces=True)
+        frag, _ = _check_against_reference(screen, triangles, (48, 48), compiled, cull_backfaces=True)
         assert frag.mask.sum() > 600
 
     @pytest.mark.parametrize("rotation", [(0.1, 0.4, 0.0), (0.0, -2.5, 0.0)])
-    def test_ict_perspective_without_culling(self, ict_mesh, rotation):
+    def test_ict_perspective_without_culling(self, ict_mesh, rotation, compiled):
         vertices, triangles = ict_mesh
         cam = Perspective(torch.tensor([70.0], dtype=f64), torch.tensor([[23.5, 23.5]], dtype=f64),
                           torch.tensor([rotation], dtype=f64), torch.tensor([[0.0, 20.0, -600.0]], dtype=f64))
         screen = cam.project_with_depth(vertices[None])
-        frag, _ = _check_against_reference(screen, triangles, (48, 48), perspective=True)
+        frag, _ = _check_against_reference(screen, triangles, (48, 48), compiled, perspective=True)
         assert frag.mask.sum() > 300
 
     def test_small_chunks_give_the_same_result(self):
         v, f = icosphere(2, radius=20.0)
         screen = (v + torch.tensor([24.0, 24.0, 50.0], dtype=f64))[None]
-        a = rasterize(screen, f, (48, 48)).triangle_id
-        b = rasterize(screen, f, (48, 48), max_candidates=7).triangle_id
+        a = rasterize(screen, f, (48, 48), compiled=False).triangle_id
+        b = rasterize(screen, f, (48, 48), max_candidates=7, compiled=False).triangle_id
         assert torch.equal(a, b)
 
-    def test_batch_equals_single_renders(self):
+    def test_batch_equals_single_renders(self, compiled):
         v, f = icosphere(2, radius=15.0)
         s1 = (v + torch.tensor([20.0, 18.0, 50.0], dtype=f64))[None]
         s2 = (v * 0.7 + torch.tensor([12.0, 25.0, 50.0], dtype=f64))[None]
-        both = rasterize(torch.cat([s1, s2]), f, (40, 36), cull_backfaces=True)
+        both = rasterize(torch.cat([s1, s2]), f, (40, 36), cull_backfaces=True, compiled=compiled)
         for i, s in enumerate((s1, s2)):
-            one = rasterize(s, f, (40, 36), cull_backfaces=True)
+            one = rasterize(s, f, (40, 36), cull_backfaces=True, compiled=compiled)
             assert torch.equal(both.triangle_id[i], one.triangle_id[0])
             assert torch.allclose(both.barycentric[i], one.barycentric[0])
 
-    def test_float32_and_big_close_up_triangles(self):
+    def test_float32_and_big_close_up_triangles(self, compiled):
         # triangles much larger than the image: covered everywhere they should be, scanned in chunks
         screen = torch.tensor([[[-500.0, -400.0, 3.0], [900.0, -300.0, 4.0], [-200.0, 800.0, 5.0]]])
-        frag = rasterize(screen, torch.tensor([[0, 1, 2]]), (30, 40), max_candidates=1000)
+        frag = rasterize(screen, torch.tensor([[0, 1, 2]]), (30, 40), max_candidates=1000, compiled=compiled)
         ref, _ = rasterize_reference(screen, torch.tensor([[0, 1, 2]]), (30, 40))
         assert torch.equal(frag.triangle_id, ref) and frag.mask.all()
         assert frag.barycentric.dtype == torch.float32
 
 
-def test_near_plane_clipping_matches_ray_casting():
+def test_near_plane_clipping_matches_ray_casting(compiled):
     """A triangle crossing the camera plane: covered pixels = rays hitting it at depth >= near."""
     H = W = 24
     f_px, c = 20.0, 11.5
@@ -168,7 +174,7 @@ def test_near_plane_clipping_matches_ray_casting():
     assert (screen[0, :, 2] < 0).any() and (screen[0, :, 2] > 0).any()
     counts = []
     for near in (1.0, 12.0):
-        frag = rasterize(screen, torch.tensor([[0, 1, 2]]), (H, W), perspective=True, near=near)
+        frag = rasterize(screen, torch.tensor([[0, 1, 2]]), (H, W), perspective=True, near=near, compiled=compiled)
         a, b, cc = tri3d
         normal = torch.linalg.cross(b - a, cc - a)
         expected = torch.zeros(H, W, dtype=torch.bool)
@@ -261,7 +267,7 @@ def test_fragments_detach_and_input_checks():
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, f64])
-def test_watertight_on_edges_through_pixel_centres(dtype):
+def test_watertight_on_edges_through_pixel_centres(dtype, compiled):
     """Shared edges through pixel centres leave no holes (edges are evaluated in one canonical direction)."""
     n = 9  # a UV-square grid as a texture layout produces it: cell diagonals pass through pixel centres
     t = (torch.linspace(-1, 1, n, dtype=f64) + 1) / 2 * 47
@@ -277,7 +283,7 @@ def test_watertight_on_edges_through_pixel_centres(dtype):
     fan = torch.tensor([[0, 1 + i, 1 + (i + 1) % 8] for i in range(8)]) + pts.shape[0]
     xy = torch.cat([pts, fan_pts])
     screen = torch.cat([xy, torch.full((xy.shape[0], 1), 7.0, dtype=f64)], -1)[None].to(dtype)
-    frag = rasterize(screen, torch.cat([tris, fan]), (50, 52))
+    frag = rasterize(screen, torch.cat([tris, fan]), (50, 52), compiled=compiled)
     mask = frag.mask[0]
     lo, hi = 0.0, 47.0
     ys, xs = torch.meshgrid(torch.arange(50.0), torch.arange(52.0), indexing="ij")
@@ -286,9 +292,9 @@ def test_watertight_on_edges_through_pixel_centres(dtype):
     assert torch.equal(mask, in_grid | in_fan)
 
 
-def test_non_finite_vertices_drop_only_their_triangles():
+def test_non_finite_vertices_drop_only_their_triangles(compiled):
     screen = torch.tensor([[[1.0, 1, 5], [8, 1, 5], [1, 8, 5], [math.nan, 3, 5], [9, 9, 5], [math.inf, 2, 5]]])
     tris = torch.tensor([[0, 2, 1], [0, 3, 4], [1, 2, 4], [5, 1, 4]])
-    ids = rasterize(screen, tris, (10, 10)).triangle_id
+    ids = rasterize(screen, tris, (10, 10), compiled=compiled).triangle_id
     assert torch.equal(ids, rasterize_reference(screen, tris, (10, 10))[0])
     assert set(ids.unique().tolist()) == {-1, 0, 2}
