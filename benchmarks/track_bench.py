@@ -106,7 +106,7 @@ def main() -> None:
         if args.meshes:
             (Path(tmp) / "m").mkdir()
             with Clock() as meshes:
-                write_track(vt, args.video, Path(tmp) / "m", model, "ict", max_side=args.max_side, meshes=True,
+                write_track(vt, args.video, Path(tmp) / "m", model, "ict", max_side=args.max_side, meshes=("obj",),
                             overlay=False)
             print(f"OBJ sequence (+ params): {meshes.wall / N * 1000:.0f} ms/frame")
         if args.frames_png:

@@ -1,6 +1,7 @@
 """``morphable track VIDEO``: one face through a video — one identity for the clip, a pose and an expression
 per frame (:mod:`morphable.fitting.track`) — written as ``params.jsonl`` (one params record per frame),
-``overlay.mp4`` and, with ``--meshes obj``, ``meshes/frame_NNNNN.obj``.
+``overlay.mp4`` and, with ``--meshes obj``, ``meshes/frame_NNNNN.obj``, with ``--meshes glb``, ``track.glb``
+(the clip's mesh with its expressions as morph targets, animated: :mod:`morphable.io.glb_animation`).
 
 Pipeline (what :func:`track_video` runs; ``docs/tracking.md``):
 
@@ -16,7 +17,7 @@ Pipeline (what :func:`track_video` runs; ``docs/tracking.md``):
    listed at the end.
 4. **Write** (the working copies kept from step 1, or decoded again for long videos): per frame a params
    line, an overlay frame (the shaded face, input landmarks green, fitted red; held frames framed in red)
-   and optionally the posed mesh.
+   and optionally the posed mesh (OBJ per frame, or one animated GLB for the clip).
 
 A video that cannot be read is one error line and exit status 1.
 """
@@ -328,10 +329,13 @@ def overlay_frame(frame: np.ndarray, vt: VideoTrack, n: int, mesh: OverlayMesh) 
 
 
 def write_track(vt: VideoTrack, video: str | Path, folder: Path, model, model_name: str, *, max_side: int | None,
-                meshes: bool = False, overlay: bool = True, progress: bool = False) -> None:
-    """Write ``params.jsonl``, ``overlay.mp4`` and (``meshes``) ``meshes/frame_NNNNN.obj`` into an existing
-    ``folder`` (module docstring, step 4). The posed meshes are in the view frame, mm, +y up: the frame's
-    rotation applied and the model origin placed where the camera puts it relative to the image centre."""
+                meshes: tuple[str, ...] = (), overlay: bool = True, progress: bool = False) -> None:
+    """Write ``params.jsonl``, ``overlay.mp4`` and the meshes into an existing ``folder`` (module docstring, step
+    4). ``meshes``: formats among ``obj`` (``meshes/frame_NNNNN.obj``, one posed mesh per frame) and ``glb``
+    (``track.glb``: the clip identity's mesh, the expression basis as morph targets, the per-frame expression
+    weights and head pose as its animation). The posed meshes are in the view
+    frame, mm (GLB: m), +y up: the frame's rotation applied and the model origin placed where the camera puts
+    it relative to the image centre."""
     import imageio.v2 as imageio
     import torch
     from tqdm import tqdm
@@ -339,6 +343,7 @@ def write_track(vt: VideoTrack, video: str | Path, folder: Path, model, model_na
     from morphable.io import Mesh, write_obj
     from morphable.io.atomic import atomic_write
 
+    formats = tuple(meshes)
     mesh = OverlayMesh(vt, model)
     faces = model.polygons if model.polygons is not None else model.triangles.tolist()
     N = len(vt.landmarks)
@@ -346,8 +351,9 @@ def write_track(vt: VideoTrack, video: str | Path, folder: Path, model, model_na
     if overlay:
         writer = imageio.get_writer(folder / "overlay.mp4", fps=vt.fps, codec="libx264", quality=7,
                                     macro_block_size=2, ffmpeg_log_level="error")
-    if meshes:
+    if "obj" in formats:
         (folder / "meshes").mkdir()
+    rotations, shifts = [], []
     bar = tqdm(desc="writing", unit="frame", total=N, file=sys.stderr, disable=not progress, leave=False)
     try:
         with atomic_write(folder / "params.jsonl", "w") as lines:
@@ -358,13 +364,16 @@ def write_track(vt: VideoTrack, video: str | Path, folder: Path, model, model_na
                 lines.write(json.dumps(frame_params(vt, n, model, model_name, str(video))) + "\n")
                 if writer is not None:
                     writer.append_data(overlay_frame(frame, vt, n, mesh))
-                if meshes:
+                if formats:
                     cam = vt.track.camera
                     R = cam.rotation_matrix[n]
                     H, W = frame.shape[:2]
                     s = float(cam.scale[n])
                     shift = torch.tensor([(float(cam.translation[n, 0]) - (W - 1) / 2) / s,
                                           -(float(cam.translation[n, 1]) - (H - 1) / 2) / s, 0.0], dtype=R.dtype)
+                    rotations.append(R.double().numpy())
+                    shifts.append(shift.double().numpy())
+                if "obj" in formats:
                     posed = frame_vertices(vt, n, model) @ R.T + shift
                     write_obj(folder / "meshes" / f"frame_{n:05d}.obj", Mesh(vertices=posed.numpy(), faces=faces))
                 bar.update(1)
@@ -372,6 +381,29 @@ def write_track(vt: VideoTrack, video: str | Path, folder: Path, model, model_na
         bar.close()
         if writer is not None:
             writer.close()
+    if "glb" in formats:
+        write_track_glb(vt, folder / "track.glb", model, np.stack(rotations), np.stack(shifts))
+
+
+def write_track_glb(vt: VideoTrack, path: Path, model, rotations: np.ndarray, shifts: np.ndarray) -> None:
+    """``track.glb``: the clip identity's mesh (expression 0), the model's expression basis as morph targets,
+    and per frame (at ``n / fps`` s) the expression weights and the head pose ``rotations (N, 3, 3)``,
+    ``shifts (N, 3)`` mm — so frame ``n`` shows ``R_n (base + Σ_k β_nk E_k) + shift_n``, the OBJ export's mesh."""
+    import torch
+
+    from morphable.io.glb_animation import write_animated_glb
+
+    tr = vt.track
+    with torch.no_grad():
+        base = model(identity=tr.identity[None].to(model.mean.dtype)).vertices[0].double().numpy()
+    if model.n_expression:
+        targets = model.expression_basis.double().permute(2, 0, 1).numpy()  # (Ke, V, 3)
+        weights = tr.expression[:len(rotations)].double().numpy()
+    else:
+        targets, weights = np.zeros((0, len(base), 3)), np.zeros((len(rotations), 0))
+    write_animated_glb(path, base, model.triangles.numpy(), targets, weights, np.arange(len(rotations)) / vt.fps,
+                       rotations=rotations, translations=shifts, target_names=model.expression_names
+                       if model.n_expression else None)
 
 
 @click.command("track")
@@ -386,13 +418,14 @@ def write_track(vt: VideoTrack, video: str | Path, folder: Path, model, model_na
               help="dlib detector for full-frame detections (first frame, and whenever the face is lost).")
 @click.option("--max-side", default=MAX_SIDE, show_default=True, type=click.IntRange(64, 100000),
               help="Frames are tracked on a copy with at most this longest side (results in original pixels).")
-@click.option("--meshes", type=click.Choice(["none", "obj"]), default="none", show_default=True,
-              help="Also write the posed mesh of every frame (meshes/frame_NNNNN.obj).")
+@click.option("--meshes", type=click.Choice(["none", "obj", "glb"]), multiple=True, default=("none",),
+              show_default=True, help="Also write the posed meshes: obj (meshes/frame_NNNNN.obj, one per frame) "
+              "and/or glb (track.glb, one animated mesh: expressions as morph targets); repeatable.")
 @click.option("--no-flow", is_flag=True, help="Leave out the optical-flow term E_flow.")
 @click.option("--no-overlay", is_flag=True, help="Skip overlay.mp4.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars or info lines (errors still shown).")
 def track(video: Path, model_name: str, output: Path | None, shape_from: str, detector: str, max_side: int,
-          meshes: str, no_flow: bool, no_overlay: bool, quiet: bool) -> None:
+          meshes: tuple[str, ...], no_flow: bool, no_overlay: bool, quiet: bool) -> None:
     """Track the face in VIDEO: one identity, per-frame pose and expression; params.jsonl + overlay.mp4."""
     from morphable.cli.fit import messages
     from morphable.reconstruct import check_output_folder, fresh_folder, load_face_model
@@ -404,8 +437,8 @@ def track(video: Path, model_name: str, output: Path | None, shape_from: str, de
         vt = track_video(video, model, label, shape_from=shape_from, max_side=max_side, detector=detector,
                          flow=not no_flow, progress=not quiet)
         with fresh_folder(output) as tmp:
-            write_track(vt, video, tmp, model, label, max_side=max_side, meshes=meshes == "obj",
-                        overlay=not no_overlay, progress=not quiet)
+            write_track(vt, video, tmp, model, label, max_side=max_side,
+                        meshes=tuple(m for m in meshes if m != "none"), overlay=not no_overlay, progress=not quiet)
     N = len(vt.landmarks)
     click.echo(f"wrote {output}/ ({N} frames, identity from {vt.shape_from}, "
                f"{sum(s != 'tracked' for s in vt.sources)} full detections)")

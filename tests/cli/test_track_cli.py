@@ -1,5 +1,6 @@
 """``morphable track``: bad videos are one error line; a short real clip with a blank frame is tracked,
-the blank frame held and reported, and every output written."""
+the blank frame held and reported, and every output written (the animated GLB's frames equal the OBJ
+sequence's meshes)."""
 from __future__ import annotations
 
 import json
@@ -8,8 +9,10 @@ import numpy as np
 from click.testing import CliRunner
 
 from morphable.cli import cli
+from morphable.io import read_obj
 from morphable.io.params import upgrade_params
 from tests.conftest import data_file
+from tests.io.test_glb_animation import accessor, read_glb
 
 OBAMA = "3DDFA/demo@obama/obama.mp4"
 
@@ -46,7 +49,8 @@ def test_short_clip_with_a_blank_frame(tmp_path):
             writer.append_data(frame)
     out = tmp_path / "out"
     result = CliRunner().invoke(cli, ["track", str(video), "-o", str(out), "--model", "sfm", "--shape-from",
-                                      "landmarks", "--detector", "hog", "--max-side", "480", "--meshes", "obj", "-q"])
+                                      "landmarks", "--detector", "hog", "--max-side", "480", "--meshes", "obj", "--meshes", "glb",
+                                      "-q"])
     assert result.exit_code == 0, result.output
     assert "held (no face found, interpolated from neighbours): 1 of 7 frames: 4" in result.output
     records = [json.loads(line) for line in (out / "params.jsonl").read_text().splitlines()]
@@ -71,3 +75,20 @@ def test_short_clip_with_a_blank_frame(tmp_path):
     overlay.close()
     assert len(frames) == 7 and frames[0].shape == (270, 480, 3)
     assert sorted(p.name for p in (out / "meshes").iterdir()) == [f"frame_{n:05d}.obj" for n in range(7)]
+    # track.glb: base + Σ weights · targets, rotated and moved per frame, is each frame's OBJ mesh (m vs mm)
+    from scipy.spatial.transform import Rotation
+
+    gltf, binary = read_glb((out / "track.glb").read_bytes())
+    primitive = gltf["meshes"][0]["primitives"][0]
+    base = accessor(gltf, binary, primitive["attributes"]["POSITION"])
+    targets = np.stack([accessor(gltf, binary, t["POSITION"]) for t in primitive["targets"]])
+    samplers = {c["target"]["path"]: gltf["animations"][0]["samplers"][c["sampler"]]
+                for c in gltf["animations"][0]["channels"]}
+    assert np.allclose(accessor(gltf, binary, samplers["weights"]["input"])[:, 0], np.arange(7) / 25, atol=1e-6)
+    weights = accessor(gltf, binary, samplers["weights"]["output"]).reshape(7, len(targets))
+    q = accessor(gltf, binary, samplers["rotation"]["output"])
+    T = accessor(gltf, binary, samplers["translation"]["output"])
+    for n in (0, 4, 6):
+        shape = base + np.einsum("k,kvc->vc", weights[n], targets)
+        posed = (shape @ Rotation.from_quat(q[n]).as_matrix().T + T[n]) * 1000
+        assert np.abs(posed - read_obj(out / "meshes" / f"frame_{n:05d}.obj").vertices).max() < 0.01  # mm
