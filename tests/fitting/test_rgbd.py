@@ -145,7 +145,7 @@ def test_depth_fit_recovers_the_shape_where_landmarks_alone_cannot():
     rgb_only = fit_landmarks(model, landmarks[None], contour=False)
     err_rgbd = shape_error_mm(fit.identity, fit.expression, (identity, expression))
     err_rgb = shape_error_mm(rgb_only.identity[0], rgb_only.expression[0], (identity, expression))
-    assert err_rgbd <= 0.15, (err_rgbd, err_rgb)
+    assert err_rgbd <= 0.1, (err_rgbd, err_rgb)  # 0.031 vs 0.78 mm (seeds 6–8: 0.026–0.052 vs 0.47–0.73)
     assert err_rgbd < 0.25 * err_rgb, (err_rgbd, err_rgb)
     assert angle_error_deg(fit.camera.rotation_matrix, cam.rotation_matrix)[0] < 0.5
     assert (fit.camera.translation - cam.translation).norm() < 1.0
