@@ -4,8 +4,8 @@ a face chip → the coarse model's parameters χ = {α_id, α_exp, α_alb, s} (g
 t_y} (pose) and L (SH light), the seed's "Inverse Rendering - Coarse" unknowns.
 
 The paper's CoarseNet is a ResNet at 224 px (about 20 ms per frame on a GPU). Ours must run in ≤ 5 ms on two
-CPU threads, so it is a plain 7-layer strided CNN (3 × 3 convolutions, batch norm, ReLU; ~0.5 M weights,
-~45 MFLOPs) on a 96 px chip, trained from scratch on the inverse-rendered data
+CPU threads, so it is a plain 7-layer strided CNN (3 × 3 convolutions, batch norm, ReLU; 0.78 M weights,
+46 M multiply-adds) on a 96 px chip, trained from scratch on the inverse-rendered data
 (:mod:`morphable.train.inverse_rendered`; recipe :mod:`morphable.train.recipes.coarse`).
 
 Output layout (:func:`coarse_layout`, a :class:`~morphable.nets.layout.ParamLayout`, in this order):

@@ -110,7 +110,7 @@ class VariantSettings:
     light_brightness: float = 0.15
     box_scale_jitter: float = 0.1
     box_shift_jitter: float = 0.05
-    identity_jitter: float = 0.5
+    identity_jitter: float = 1.0
 
     def __post_init__(self) -> None:
         if self.size < 16:
