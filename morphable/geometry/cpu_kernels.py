@@ -4,7 +4,7 @@
 accumulates ``(v1 − v0) × (v2 − v0)`` into the three corners, then one normalisation per vertex (and the
 transposed loops for the gradient), instead of about thirty tensor passes with sparse products. The
 sums run in the input dtype, face by face, so results equal the sparse and index-add paths to rounding.
-Compiled on first use and cached on disk beside this file (numba ``cache=True``).
+Compiled (IEEE division: ``error_model="numpy"``) on first use and cached on disk beside this file (numba ``cache=True``).
 """
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, error_model="numpy")
 def _normals_forward(vertices, triangles, eps):  # pragma: no cover - compiled
     """``vertices (B, V, 3)``, ``triangles (F, 3)`` -> unit normals ``(B, V, 3)`` and the norms ``(B, V)`` of the
     unnormalised sums."""
@@ -42,7 +42,7 @@ def _normals_forward(vertices, triangles, eps):  # pragma: no cover - compiled
     return out, norm
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, error_model="numpy")
 def _normals_backward(vertices, triangles, out, norm, grad, eps):  # pragma: no cover - compiled
     """Gradient ``(B, V, 3)`` of ``Σ grad · out`` with respect to the vertices.
 

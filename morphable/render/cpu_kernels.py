@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, error_model="numpy")
 def _sortable_key(depth) -> np.int64:  # pragma: no cover - compiled
     """float32 ``depth`` -> int64 in [0, 2**32) with the float order, -0.0 below +0.0 and NaNs outside the
     infinities (rasterize._sortable_key). Only the rare z-tests that a float comparison cannot decide use it."""
@@ -36,7 +36,7 @@ def _sortable_key(depth) -> np.int64:  # pragma: no cover - compiled
     return b + np.int64(2**31)
 
 
-@numba.njit(cache=True, inline="always")
+@numba.njit(cache=True, error_model="numpy", inline="always")
 def _nearer(depth, best) -> bool:  # pragma: no cover - compiled
     """Whether float32 ``depth`` has a smaller z-buffer key than ``best`` (ids decide exact ties: the earlier
     triangle, already in the buffer, keeps the pixel)."""
@@ -47,7 +47,7 @@ def _nearer(depth, best) -> bool:  # pragma: no cover - compiled
     return _sortable_key(depth) < _sortable_key(best)  # ±0 and NaN
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, error_model="numpy")
 def _all_finite(screen) -> bool:  # pragma: no cover - compiled
     for v in range(screen.shape[0]):
         for c in range(3):
@@ -56,7 +56,7 @@ def _all_finite(screen) -> bool:  # pragma: no cover - compiled
     return True
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, error_model="numpy")
 def _raster_image(screen, corners, parity, H, W, cull, perspective, near, zdepth, zid,
                   facing):  # pragma: no cover - compiled
     """z-buffer one mesh ``screen`` ``(V, 3)`` into ``zdepth`` (float32) and ``zid`` (int32 triangle id, −1
@@ -143,7 +143,7 @@ def _raster_image(screen, corners, parity, H, W, cull, perspective, near, zdepth
                     zid[p] = f
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, error_model="numpy")
 def _rasterize(screen, corners, parity, H, W, cull, perspective, near):  # pragma: no cover - compiled
     """Every mesh of the batch ``screen`` ``(B, V, 3)``. ``-> (ids (B, H·W) int32, facing (B, F) int8)``."""
     B = screen.shape[0]
@@ -176,54 +176,224 @@ def rasterize_ids_facing_cpu(screen: Tensor, corners: tuple[list[Tensor], Tensor
     return torch.from_numpy(ids).view(B, H, W).long(), torch.from_numpy(facing).view(-1)
 
 
-@numba.njit(cache=True)
-def _nearest_edge(a, b, batch, boundary, reach):  # pragma: no cover - compiled
-    """For every boundary pixel, the nearest segment within ``reach`` (ties: the lowest index), as
-    silhouette._nearest_edge computes it. ``-> (B·H·W,)`` int64 segment index, −1 where none."""
+@numba.njit(cache=True, error_model="numpy")
+def _segment_search(screen, b, h, index, half_vertices, boundary, reach, best, winner):  # pragma: no cover - compiled
+    """Offer half-edge ``h`` of image ``b`` (its end points' screen positions) as candidate ``index`` to every
+    boundary pixel within ``reach``, as silhouette._nearest_edge does: box grown by ``reach``, squared distance
+    to the segment, float32 keys, the earlier candidate kept on ties."""
     B, H, W = boundary.shape
-    dt = a.dtype.type
+    dt = screen.dtype.type
     zero, one, r, r2 = dt(0.0), dt(1.0), dt(reach), dt(reach * reach)
+    va, vb = half_vertices[0, h], half_vertices[1, h]
+    ax, ay, bx, by = screen[b, va, 0], screen[b, va, 1], screen[b, vb, 0], screen[b, vb, 1]
+    if not (np.isfinite(ax) and np.isfinite(ay) and np.isfinite(bx) and np.isfinite(by)):
+        return
+    lox, loy = max(np.ceil(min(ax, bx) - r), zero), max(np.ceil(min(ay, by) - r), zero)
+    hix, hiy = min(np.floor(max(ax, bx) + r), dt(W - 1)), min(np.floor(max(ay, by) + r), dt(H - 1))
+    if not (hix - lox + one >= one and hiy - loy + one >= one):
+        return
+    sx, sy = bx - ax, by - ay
+    ab2 = max(sx * sx + sy * sy, dt(1e-12))
+    rx, ry = lox - ax, loy - ay  # box origin − a
+    base = b * H * W
+    for dy in range(np.int64(hiy - loy) + 1):
+        py = ry + dt(dy)
+        row = base + (np.int64(loy) + dy) * W + np.int64(lox)
+        for dx in range(np.int64(hix - lox) + 1):
+            p = row + dx
+            if not boundary.flat[p]:
+                continue
+            px = rx + dt(dx)
+            t = min(max((px * sx + py * sy) / ab2, zero), one)
+            ex, ey = px - t * sx, py - t * sy
+            dist2 = ex * ex + ey * ey  # squared, as the tensor search
+            if dist2 <= r2 and np.float32(dist2) < best[p]:  # keys compare float32 distances
+                best[p] = np.float32(dist2)
+                winner[p] = index
+                winner[best.shape[0] + p] = h
+
+
+@numba.njit(cache=True, error_model="numpy")
+def _silhouette_search(screen, facing, first, second, first_face, second_face, has_second, half_vertices, boundary,
+                       reach):  # pragma: no cover - compiled
+    """silhouette.silhouette_edges + _nearest_edge in one pass: the silhouette half-edges of every image (folds
+    between front and back faces, boundary edges), offered in the tensor search's candidate order (every image's
+    first sides, then every image's second sides) so that ties resolve identically. ``-> (B·H·W,)`` winning
+    half-edge per pixel, −1 where none."""
+    B, H, W = boundary.shape
+    E = first.shape[0]
     best = np.full(B * H * W, np.inf, np.float32)
-    index = np.full(B * H * W, np.int64(-1))
-    for s in range(a.shape[0]):
-        ax, ay, bx, by = a[s, 0], a[s, 1], b[s, 0], b[s, 1]
-        if not (np.isfinite(ax) and np.isfinite(ay) and np.isfinite(bx) and np.isfinite(by)):
-            continue
-        lox, loy = max(np.ceil(min(ax, bx) - r), zero), max(np.ceil(min(ay, by) - r), zero)
-        hix, hiy = min(np.floor(max(ax, bx) + r), dt(W - 1)), min(np.floor(max(ay, by) + r), dt(H - 1))
-        if not (hix - lox + one >= one and hiy - loy + one >= one):
-            continue
-        sx, sy = bx - ax, by - ay
-        ab2 = max(sx * sx + sy * sy, dt(1e-12))
-        rx, ry = lox - ax, loy - ay  # box origin − a
-        base = batch[s] * H * W
-        for dy in range(np.int64(hiy - loy) + 1):
-            py = ry + dt(dy)
-            row = base + (np.int64(loy) + dy) * W + np.int64(lox)
-            for dx in range(np.int64(hix - lox) + 1):
-                p = row + dx
-                if not boundary.flat[p]:
+    winner = np.full(2 * B * H * W, np.int64(-1))  # [candidate index | half-edge]
+    index = 0
+    for side in range(2):
+        for b in range(B):
+            for e in range(E):
+                f1 = facing[b, first_face[e]]
+                f2 = facing[b, second_face[e]] if has_second[e] else np.int8(0)
+                if f1 == f2:
                     continue
-                px = rx + dt(dx)
-                t = min(max((px * sx + py * sy) / ab2, zero), one)
-                ex, ey = px - t * sx, py - t * sy
-                dist2 = ex * ex + ey * ey  # squared, as the tensor search
-                if dist2 <= r2 and np.float32(dist2) < best[p]:  # keys compare float32 distances
-                    best[p] = np.float32(dist2)
-                    index[p] = s
-    return index
+                if side == 0 and f1 != 0:
+                    _segment_search(screen, b, first[e], index, half_vertices, boundary, reach, best, winner)
+                    index += 1
+                elif side == 1 and f2 != 0:
+                    _segment_search(screen, b, second[e], index, half_vertices, boundary, reach, best, winner)
+                    index += 1
+    return winner[B * H * W:]
 
 
-def nearest_edge_cpu(a: Tensor, b: Tensor, batch: Tensor, boundary: Tensor, reach: float) -> tuple[Tensor, Tensor]:
-    """:func:`~morphable.render.silhouette._nearest_edge` on CPU tensors (same results).
+def silhouette_search_cpu(screen: Tensor, facing: Tensor, topology, boundary: Tensor,
+                          reach: float) -> tuple[Tensor, Tensor]:
+    """The silhouette half-edges (:func:`~morphable.render.silhouette.silhouette_edges`) and each boundary pixel's
+    nearest one within ``reach`` (:func:`~morphable.render.silhouette._nearest_edge`) in one compiled pass, on
+    CPU tensors; the same result as those two.
 
     Args:
-        a, b: ``(S, 2)`` segment end points (px); batch: ``(S,)`` int64 their image; boundary: ``(B, H, W)`` bool.
+        screen: ``(B, V, 3)`` screen-space vertices; facing: ``(B·F,)`` int8 triangle orientations;
+        topology: the mesh's :class:`~morphable.render.silhouette.EdgeTopology`; boundary: ``(B, H, W)`` bool.
     Returns:
-        packed ``(pix, index)``, both ``(N,)`` int64: flat pixel ids ``b·H·W + y·W + x`` (increasing) and the
-        index into ``a`` of their nearest segment.
+        packed ``(pix, half_edge)``, both ``(N,)`` int64: flat pixel ids ``b·H·W + y·W + x`` (increasing) and
+        their nearest silhouette half-edge ``3 f + i``.
     """
-    index = torch.from_numpy(_nearest_edge(a.detach().contiguous().numpy(), b.detach().contiguous().numpy(),
-                                           batch.contiguous().numpy(), boundary.contiguous().numpy(), reach))
-    pix = torch.from_numpy(np.flatnonzero(index.numpy() >= 0))
-    return pix, index.index_select(0, pix)
+    B = screen.shape[0]
+    t = topology
+    half = torch.from_numpy(_silhouette_search(
+        screen.detach().contiguous().numpy(), facing.view(B, -1).numpy(), t.first.numpy(), t.second.numpy(),
+        t.first_face.numpy(), t.second_face.numpy(), t.has_second.numpy(), t.half_vertices.numpy(),
+        boundary.contiguous().numpy(), reach))
+    pix = torch.from_numpy(np.flatnonzero(half.numpy() >= 0))
+    return pix, half.index_select(0, pix)
+
+
+_FAST = {"nsz", "arcp", "contract", "afn", "reassoc"}  # shading only: IEEE infinities and NaNs kept
+
+
+@numba.njit(cache=True, error_model="numpy", fastmath=_FAST, inline="always")
+def _pixel(screen, normals, colors, triangles, b, f, px, py, perspective, eps):  # pragma: no cover - compiled
+    """One packed pixel's forward quantities (render.deferred, steps 1–2, as scalars): corner ids, barycentrics
+    λ, ``area2 = Σ w``, ``inv = Σ q`` (perspective; 1 otherwise), the unit normal m, ``|n|``,
+    ``1 / max(|n|, eps)`` and the albedo ρ."""
+    i0, i1, i2 = triangles[f, 0], triangles[f, 1], triangles[f, 2]
+    x0, y0, x1, y1, x2, y2 = screen[b, i0, 0], screen[b, i0, 1], screen[b, i1, 0], screen[b, i1, 1], \
+        screen[b, i2, 0], screen[b, i2, 1]
+    # w_i = (x_k − x_j)(py − y_j) − (y_k − y_j)(px − x_j), (j, k) = (i + 1, i + 2)
+    w0 = (x2 - x1) * (py - y1) - (y2 - y1) * (px - x1)
+    w1 = (x0 - x2) * (py - y2) - (y0 - y2) * (px - x2)
+    w2 = (x1 - x0) * (py - y0) - (y1 - y0) * (px - x0)
+    area2 = w0 + w1 + w2
+    if perspective:
+        l0, l1, l2 = w0 / (area2 * screen[b, i0, 2]), w1 / (area2 * screen[b, i1, 2]), w2 / (area2 * screen[b, i2, 2])
+        inv = l0 + l1 + l2
+        l0, l1, l2 = l0 / inv, l1 / inv, l2 / inv
+    else:
+        l0, l1, l2 = w0 / area2, w1 / area2, w2 / area2
+        inv = area2 / area2
+    nx = l0 * normals[b, i0, 0] + l1 * normals[b, i1, 0] + l2 * normals[b, i2, 0]
+    ny = l0 * normals[b, i0, 1] + l1 * normals[b, i1, 1] + l2 * normals[b, i2, 1]
+    nz = l0 * normals[b, i0, 2] + l1 * normals[b, i1, 2] + l2 * normals[b, i2, 2]
+    r0 = l0 * colors[b, i0, 0] + l1 * colors[b, i1, 0] + l2 * colors[b, i2, 0]
+    r1 = l0 * colors[b, i0, 1] + l1 * colors[b, i1, 1] + l2 * colors[b, i2, 1]
+    r2 = l0 * colors[b, i0, 2] + l1 * colors[b, i1, 2] + l2 * colors[b, i2, 2]
+    length = np.sqrt(nx * nx + ny * ny + nz * nz)
+    scale = 1 / max(length, eps)
+    return (i0, i1, i2, l0, l1, l2, area2, inv, nx * scale, ny * scale, nz * scale, length, scale, r0, r1, r2)
+
+
+@numba.njit(cache=True, error_model="numpy", fastmath=_FAST)
+def _sh_shade_forward(screen, normals, colors, K, beta, triangles, batch, face, centres, perspective,
+                      eps):  # pragma: no cover - compiled
+    """Packed SH-shaded colours ``(P, 3)`` (render.deferred: barycentrics, interpolation, Lᵀφ(m) = Kᵀψ(m) + β
+    with ψ = (m_x, m_y, m_z, m_x m_y, m_y m_z, m_x m_z, m_z², m_x² − m_y²))."""
+    P = face.shape[0]
+    out = np.empty((P, 3), screen.dtype)
+    for p in range(P):
+        b = batch[p]
+        _, _, _, _, _, _, _, _, mx, my, mz, _, _, r0, r1, r2 = _pixel(
+            screen, normals, colors, triangles, b, face[p], centres[p, 0], centres[p, 1], perspective, eps)
+        bk = b if K.shape[0] > 1 else 0
+        k = K[bk]
+        psi3, psi4, psi5, psi6, psi7 = mx * my, my * mz, mx * mz, mz * mz, mx * mx - my * my
+        for c in range(3):
+            s = (beta[bk, c] + k[0, c] * mx + k[1, c] * my + k[2, c] * mz + k[3, c] * psi3 + k[4, c] * psi4
+                 + k[5, c] * psi5 + k[6, c] * psi6 + k[7, c] * psi7)
+            out[p, c] = (r0 if c == 0 else (r1 if c == 1 else r2)) * s
+    return out
+
+
+@numba.njit(cache=True, error_model="numpy", fastmath=_FAST)
+def _sh_shade_backward(screen, normals, colors, K, beta, triangles, batch, face, centres, perspective, eps,
+                       grad):  # pragma: no cover - compiled
+    """Gradients of ``Σ grad · colour`` for :func:`_sh_shade_forward`: ``(screen, normals, colors)`` with the
+    inputs' shapes, and per pixel ``ψ`` ``(P, 8)`` and ``∂/∂s`` ``(P, 3)`` (``∂/∂K = Σ_p ψ ⊗ ∂/∂s`` and
+    ``∂/∂β = Σ_p ∂/∂s`` are sums over each image's pixels, left to a matrix product). Each pixel's forward
+    quantities are recomputed instead of stored."""
+    P = face.shape[0]
+    g_screen, g_normals, g_colors = np.zeros_like(screen), np.zeros_like(normals), np.zeros_like(colors)
+    psi_all, g_s_all = np.empty((P, 8), screen.dtype), np.empty((P, 3), screen.dtype)
+    g_rho = np.empty(3, screen.dtype)
+    g_psi = np.empty(8, screen.dtype)
+    for p in range(P):
+        b = batch[p]
+        px, py = centres[p, 0], centres[p, 1]
+        i0, i1, i2, l0, l1, l2, area2, inv, mx, my, mz, length, scale, r0, r1, r2 = _pixel(
+            screen, normals, colors, triangles, b, face[p], px, py, perspective, eps)
+        k = K[b if K.shape[0] > 1 else 0]
+        psi = psi_all[p]
+        g_s = g_s_all[p]
+        psi[0], psi[1], psi[2], psi[3] = mx, my, mz, mx * my
+        psi[4], psi[5], psi[6], psi[7] = my * mz, mx * mz, mz * mz, mx * mx - my * my
+        for c in range(3):
+            acc = beta[b if K.shape[0] > 1 else 0, c]
+            for j in range(8):
+                acc += k[j, c] * psi[j]
+            g_rho[c] = grad[p, c] * acc
+            g_s[c] = grad[p, c] * (r0 if c == 0 else (r1 if c == 1 else r2))
+        for j in range(8):
+            g_psi[j] = k[j, 0] * g_s[0] + k[j, 1] * g_s[1] + k[j, 2] * g_s[2]
+        # (∂ψ/∂m)ᵀ g_ψ, then through m = n / max(|n|, eps): (I − m mᵀ) g / |n| (g / eps where clamped)
+        gmx = g_psi[0] + my * g_psi[3] + mz * g_psi[5] + 2 * mx * g_psi[7]
+        gmy = g_psi[1] + mx * g_psi[3] + mz * g_psi[4] - 2 * my * g_psi[7]
+        gmz = g_psi[2] + my * g_psi[4] + mx * g_psi[5] + 2 * mz * g_psi[6]
+        dot = gmx * mx + gmy * my + gmz * mz if length >= eps else 0.0
+        gnx, gny, gnz = (gmx - mx * dot) * scale, (gmy - my * dot) * scale, (gmz - mz * dot) * scale
+        # corners: attribute gradients λ_i g, and g_λ_i = g_n · N_i + g_ρ · ρ_i
+        g_l0 = g_l1 = g_l2 = 0.0
+        for i in range(3):
+            v, li = (i0, l0) if i == 0 else ((i1, l1) if i == 1 else (i2, l2))
+            gl = (gnx * normals[b, v, 0] + gny * normals[b, v, 1] + gnz * normals[b, v, 2]
+                  + g_rho[0] * colors[b, v, 0] + g_rho[1] * colors[b, v, 1] + g_rho[2] * colors[b, v, 2])
+            if i == 0:
+                g_l0 = gl
+            elif i == 1:
+                g_l1 = gl
+            else:
+                g_l2 = gl
+            g_normals[b, v, 0] += li * gnx
+            g_normals[b, v, 1] += li * gny
+            g_normals[b, v, 2] += li * gnz
+            g_colors[b, v, 0] += li * g_rho[0]
+            g_colors[b, v, 1] += li * g_rho[1]
+            g_colors[b, v, 2] += li * g_rho[2]
+        lam_dot = l0 * g_l0 + l1 * g_l1 + l2 * g_l2
+        if perspective:  # λ_i = q_i / Σq, q_i = w_i / (A d_i), A = Σ w
+            d0, d1, d2 = screen[b, i0, 2], screen[b, i1, 2], screen[b, i2, 2]
+            q0, q1, q2 = l0 * inv, l1 * inv, l2 * inv
+            gq0, gq1, gq2 = (g_l0 - lam_dot) / inv, (g_l1 - lam_dot) / inv, (g_l2 - lam_dot) / inv
+            g_screen[b, i0, 2] -= gq0 * q0 / d0
+            g_screen[b, i1, 2] -= gq1 * q1 / d1
+            g_screen[b, i2, 2] -= gq2 * q2 / d2
+            g_area = -(gq0 * q0 + gq1 * q1 + gq2 * q2) / area2
+            gw0, gw1, gw2 = gq0 / (area2 * d0) + g_area, gq1 / (area2 * d1) + g_area, gq2 / (area2 * d2) + g_area
+        else:
+            gw0, gw1, gw2 = (g_l0 - lam_dot) / area2, (g_l1 - lam_dot) / area2, (g_l2 - lam_dot) / area2
+        dx0, dy0 = px - screen[b, i0, 0], py - screen[b, i0, 1]
+        dx1, dy1 = px - screen[b, i1, 0], py - screen[b, i1, 1]
+        dx2, dy2 = px - screen[b, i2, 0], py - screen[b, i2, 1]
+        # corner c is the k of w_{c+1} and the j of w_{c+2}: ∂w_i/∂x_k = dy_j, ∂w_i/∂x_j = −dy_k,
+        # ∂w_i/∂y_k = −dx_j, ∂w_i/∂y_j = dx_k
+        g_screen[b, i0, 0] += gw1 * dy2 - gw2 * dy1
+        g_screen[b, i0, 1] += gw2 * dx1 - gw1 * dx2
+        g_screen[b, i1, 0] += gw2 * dy0 - gw0 * dy2
+        g_screen[b, i1, 1] += gw0 * dx2 - gw2 * dx0
+        g_screen[b, i2, 0] += gw0 * dy1 - gw1 * dy0
+        g_screen[b, i2, 1] += gw1 * dx0 - gw0 * dx1
+    return g_screen, g_normals, g_colors, psi_all, g_s_all

@@ -9,7 +9,8 @@ For each packed pixel ``p`` (batch ``b``, triangle ``f``, pixel centre ``(px, py
 3. SH Lambertian shading ``c = ρ ⊙ (Lᵀ φ(m))`` (Ramamoorthi & Hanrahan 2001;
    :func:`~morphable.render.shading.sh_basis`).
 
-:func:`sh_shade_packed` does all of it in one ``torch.autograd.Function`` whose hand-written backward
+:func:`sh_shade_packed` does all of it in one ``torch.autograd.Function`` with a hand-written backward: on CPU
+two compiled loops over the pixels (:mod:`morphable.render.cpu_kernels`), elsewhere tensor code whose backward
 accumulates the screen-vertex, normal and colour gradients of the three corners with a single
 ``index_add`` (autograd would record ~100 small gathers, products and scatters over the packed pixels:
 the CPU renderer's main cost). :func:`sh_shade_packed_reference` is the same computation in plain
@@ -45,7 +46,8 @@ def sh_shade_packed_reference(screen: Tensor, normals: Tensor, colors: Tensor | 
 
 
 def sh_shade_packed(screen: Tensor, normals: Tensor, colors: Tensor | None, sh: Tensor, triangles: Tensor,
-                    batch: Tensor, face: Tensor, centres: Tensor, perspective: bool) -> Tensor:
+                    batch: Tensor, face: Tensor, centres: Tensor, perspective: bool, *,
+                    compiled: bool | None = None) -> Tensor:
     """SH-shaded colour of packed pixels (see module docstring), differentiable in the first four arguments.
 
     Args:
@@ -57,12 +59,55 @@ def sh_shade_packed(screen: Tensor, normals: Tensor, colors: Tensor | None, sh: 
         batch, face: ``(P,)`` int64 batch index and triangle id of each pixel.
         centres: ``(P, 2)`` pixel centres ``(x, y)``.
         perspective: perspective-correct barycentrics.
+        compiled: the compiled CPU loops (``True``) or the tensor implementation (``False``); ``None``: compiled
+            on CPU tensors.
     Returns:
         ``(P, 3)`` linear RGB.
     """
     if colors is None:
         colors = torch.ones_like(normals)  # white albedo: its gradient is never asked for
+    if screen.device.type == "cpu" if compiled is None else compiled:
+        return _ShadePackedCompiled.apply(screen, normals, colors, sh, triangles, batch, face, centres, perspective)
     return _ShadePacked.apply(screen, normals, colors, sh, triangles, batch, face, centres, perspective)
+
+
+class _ShadePackedCompiled(torch.autograd.Function):
+    """:func:`sh_shade_packed` as two compiled CPU loops over the packed pixels
+    (:mod:`morphable.render.cpu_kernels`): the forward, and a backward that recomputes each pixel's forward
+    quantities and scatters its corner gradients directly (nothing but the inputs is stored)."""
+
+    @staticmethod
+    def forward(ctx, screen, normals, colors, sh, triangles, batch, face, centres, perspective):  # type: ignore[override]
+        from morphable.render.cpu_kernels import _sh_shade_forward  # numba: imported on first render
+
+        dtype = screen.dtype
+        K, beta = _quadratic(sh.detach().to(dtype))
+        arrays = [t.detach().to(dtype).contiguous().numpy() for t in (screen, normals, colors)]
+        ids = [t.contiguous().numpy() for t in (triangles, batch, face, centres)]
+        ctx.arrays, ctx.ids, ctx.KB, ctx.perspective = arrays, ids, (K.numpy(), beta.numpy()), perspective
+        ctx.dtypes, ctx.sh_batch = (dtype, normals.dtype, colors.dtype, sh.dtype), sh.shape[0]
+        return torch.from_numpy(_sh_shade_forward(*arrays, *ctx.KB, *ids, perspective, _EPS))
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad):  # type: ignore[override]
+        from morphable.render.cpu_kernels import _sh_shade_backward
+
+        g = grad.to(ctx.dtypes[0]).contiguous().numpy()
+        g_screen, g_normals, g_colors, psi, g_s = (torch.from_numpy(t) for t in _sh_shade_backward(
+            *ctx.arrays, *ctx.KB, *ctx.ids, ctx.perspective, _EPS, g))
+        g_sh = None
+        if ctx.needs_input_grad[3]:  # ∂/∂K = Σ_p ψ ⊗ ∂/∂s, ∂/∂β = Σ_p ∂/∂s, per image of the light
+            if ctx.KB[0].shape[0] == 1:
+                g_K, g_beta = (psi.t() @ g_s)[None], g_s.sum(0)[None]
+            else:
+                batch = torch.from_numpy(ctx.ids[1])
+                g_K = g_s.new_zeros(ctx.KB[0].shape).index_add_(0, batch, psi[:, :, None] * g_s[:, None, :])
+                g_beta = g_s.new_zeros(ctx.KB[1].shape).index_add_(0, batch, g_s)
+            g_sh = _quadratic_backward(g_K, g_beta)
+            g_sh = (g_sh if ctx.sh_batch == g_sh.shape[0] else g_sh.sum(0, keepdim=True)).to(ctx.dtypes[3])
+        return (g_screen, g_normals.to(ctx.dtypes[1]), g_colors.to(ctx.dtypes[2]), g_sh,
+                None, None, None, None, None)
 
 
 def _image_bounds(batch: Tensor, B: int) -> list[int] | None:

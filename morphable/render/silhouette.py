@@ -304,9 +304,9 @@ def soft_silhouette(screen: Tensor, triangles: Tensor, triangle_id: Tensor, topo
         perspective: whether ``screen`` comes from a perspective camera.
         facing: ``(B·F,)`` int8 triangle orientations from the rasteriser
             (:func:`~morphable.render.rasterize.rasterize_ids_facing`), or ``None`` to compute them.
-        compiled: search the nearest edges with the compiled CPU kernel
-            (:func:`~morphable.render.cpu_kernels.nearest_edge_cpu`, the same result) instead of
-            :func:`_nearest_edge`; ``None``: on CPU tensors.
+        compiled: find the silhouette edges and each boundary pixel's nearest one with the compiled CPU kernel
+            (:func:`~morphable.render.cpu_kernels.silhouette_search_cpu`, the same result) instead of
+            :func:`silhouette_edges` and :func:`_nearest_edge`; ``None``: on CPU tensors.
     """
     B, H, W = triangle_id.shape
     if triangles.shape[0] * 3 >= 2**TRIANGLE_BITS:
@@ -315,19 +315,24 @@ def soft_silhouette(screen: Tensor, triangles: Tensor, triangle_id: Tensor, topo
     alpha = covered.to(screen.dtype).reshape(-1)
     extended = torch.full((B * H * W,), -1, dtype=torch.int64, device=screen.device)
     boundary = _boundary(covered)
-    sb, sh = silhouette_edges(screen, triangles, topology, perspective, facing)
-    if sh.numel() == 0 or not bool(boundary.any()):
+    if not bool(boundary.any()):
         return Silhouette(alpha.view(B, H, W), extended.view(B, H, W))
-    a, b, _ = _edge_geometry(screen.detach(), topology, sb, sh)
     if screen.device.type == "cpu" if compiled is None else compiled:
-        from morphable.render.cpu_kernels import nearest_edge_cpu  # numba: imported on first render
+        from morphable.render.cpu_kernels import silhouette_search_cpu  # numba: imported on first render
 
-        pix, e = nearest_edge_cpu(a, b, sb, boundary, REACH)
+        if facing is None:
+            facing = triangle_facing(screen, topology, perspective)
+        pix, half = silhouette_search_cpu(screen, facing, topology, boundary, REACH)
+        batch = torch.floor(pix.to(torch.float64) / (H * W)).to(torch.int64)  # exact (integer division is slow)
     else:
+        sb, sh = silhouette_edges(screen, triangles, topology, perspective, facing)
+        if sh.numel() == 0:
+            return Silhouette(alpha.view(B, H, W), extended.view(B, H, W))
+        a, b, _ = _edge_geometry(screen.detach(), topology, sb, sh)
         pix, e = _nearest_edge(a, b, sb, boundary)
-    half = sh.index_select(0, e)
+        half, batch = sh.index_select(0, e), sb.index_select(0, e)
     # the chosen edge of each pixel, differentiably (one gather per pixel, not per silhouette edge)
-    a, b, c = _edge_geometry(screen, topology, sb.index_select(0, e), half)
+    a, b, c = _edge_geometry(screen, topology, batch, half)
     p = pixel_coordinates(pix, H, W)[1].to(screen.dtype)
     sd = _signed_distance(a, b, c, p)
     inside = covered.reshape(-1).index_select(0, pix)

@@ -1,14 +1,13 @@
 """The compiled CPU kernels compute exactly what the tensor searches compute (bit for bit: same ids, same
-orientations, same nearest edges), on scenes built to hit every rule: overlapping triangles at equal depth,
+orientations, same silhouette), on scenes built to hit every rule: overlapping triangles at equal depth,
 depths of ±0, triangles behind the camera, non-finite vertices, culling on and off, both dtypes, batches."""
 import math
 
 import pytest
 import torch
 
-from morphable.render.cpu_kernels import nearest_edge_cpu
 from morphable.render.rasterize import rasterize_ids_facing
-from morphable.render.silhouette import REACH, EdgeTopology, _boundary, _edge_geometry, _nearest_edge, silhouette_edges
+from morphable.render.silhouette import EdgeTopology, _boundary, soft_silhouette
 from tests.render.conftest import icosphere
 
 
@@ -62,22 +61,34 @@ def test_compiled_rasteriser_breaks_exact_ties_like_the_z_buffer_keys():
         assert set(covered.tolist()) <= {order.index(2), min(order.index(0), order.index(1))}
 
 
-def test_compiled_nearest_edge_search_equals_the_tensor_search(ict_mesh):
-    from morphable.geometry.camera import ScaledOrthographic
+@pytest.mark.parametrize("perspective", [False, True])
+def test_compiled_silhouette_search_equals_the_tensor_search(ict_mesh, perspective):
+    """Same silhouette edges, same nearest edge per boundary pixel: identical alpha and extrapolation ids (and
+    so identical gradients), on the ICT head (thousands of folds inside its silhouette, long boundary edges) and
+    an ellipsoid batch, in both dtypes."""
+    from morphable.geometry.camera import Perspective, ScaledOrthographic
 
     vertices, f = ict_mesh
-    for v, f, size, rot in ((vertices, f, 64, (0.1, 0.6, 0.0)), (*icosphere(2, radius=140.0), 24, (0.3, -0.4, 0.1))):
-        cam = ScaledOrthographic(torch.tensor([size / 330.0], dtype=v.dtype), torch.tensor([rot], dtype=v.dtype),
-                                 torch.tensor([[size / 2 - 0.5, size / 2 + 1.0]], dtype=v.dtype))
-        screen = cam.project_with_depth(v[None])
+    ico, ico_f = icosphere(2, radius=140.0)
+    for v, tris, size, rot in ((vertices[None], f, 64, [[0.1, 0.6, 0.0]]),
+                               (ico[None].repeat(2, 1, 1) * torch.tensor([1.0, 1.2, 0.9], dtype=ico.dtype), ico_f, 24,
+                                [[0.3, -0.4, 0.1], [-0.2, 0.9, 0.3]])):
+        B = v.shape[0]
+        rot = torch.tensor(rot, dtype=v.dtype)
+        if perspective:
+            cam = Perspective(torch.full((B,), 3.0 * size, dtype=v.dtype), torch.full((B, 2), size / 2 - 0.5, dtype=v.dtype),
+                              rot, torch.tensor([[0.0, 10.0, -1000.0]], dtype=v.dtype).repeat(B, 1))
+        else:
+            cam = ScaledOrthographic(torch.full((B,), size / 330.0, dtype=v.dtype), rot,
+                                     torch.full((B, 2), size / 2 - 0.3, dtype=v.dtype))
+        screen = cam.project_with_depth(v)
         screen = screen.float() if size == 64 else screen  # both dtypes
-        ids, facing = rasterize_ids_facing(screen, f, (size, size), cull_backfaces=True)
-        topo = EdgeTopology.build(f)
-        sb, sh = silhouette_edges(screen, f, topo, False, facing)
-        a, b, _ = _edge_geometry(screen, topo, sb, sh)
-        boundary = _boundary(ids >= 0)
-        pix, index = nearest_edge_cpu(a, b, sb, boundary, REACH)
-        ref_pix, ref_index = _nearest_edge(a, b, sb, boundary)
-        order = torch.argsort(ref_pix)
-        assert torch.equal(pix, ref_pix[order]) and torch.equal(index, ref_index[order])
-        assert pix.numel() > 0.9 * int(boundary.sum())
+        ids, facing = rasterize_ids_facing(screen, tris, (size, size), cull_backfaces=True, perspective=perspective)
+        topo = EdgeTopology.build(tris)
+        fast = soft_silhouette(screen, tris, ids, topo, perspective=perspective, facing=facing, compiled=True)
+        ref = soft_silhouette(screen, tris, ids, topo, perspective=perspective, facing=facing, compiled=False)
+        own = soft_silhouette(screen, tris, ids, topo, perspective=perspective, compiled=True)  # its own facing
+        assert torch.equal(fast.alpha, ref.alpha) and torch.equal(fast.extended_id, ref.extended_id)
+        assert torch.equal(own.alpha, ref.alpha) and torch.equal(own.extended_id, ref.extended_id)
+        soft = (fast.alpha > 0) & (fast.alpha < 1)
+        assert soft.sum() > 0.5 * int(_boundary(ids >= 0).sum()) and (fast.extended_id >= 0).sum() > 10

@@ -41,11 +41,17 @@ def _packed_scene(perspective: bool, batch: int = 2, size: int = 14):
     return (screen.detach(), normals.detach(), colors, sh), f, batch_p, flat[pix], centres
 
 
+@pytest.fixture(params=[True, False], ids=["compiled", "tensor"])
+def compiled(request):
+    """Both implementations: the compiled CPU loops and the tensor code (other devices' path)."""
+    return request.param
+
+
 @pytest.mark.parametrize("perspective", [False, True])
-def test_fused_equals_autograd_reference_values_and_gradients(perspective):
+def test_fused_equals_autograd_reference_values_and_gradients(perspective, compiled):
     inputs, f, batch, face, centres = _packed_scene(perspective)
     leaves = [t.clone().requires_grad_(True) for t in inputs]
-    fused = sh_shade_packed(*leaves, f, batch, face, centres, perspective)
+    fused = sh_shade_packed(*leaves, f, batch, face, centres, perspective, compiled=compiled)
     ref = sh_shade_packed_reference(*leaves, f, batch, face, centres, perspective)
     assert fused.shape == (face.numel(), 3)
     assert torch.allclose(fused, ref, atol=1e-12)
@@ -59,7 +65,7 @@ def test_fused_equals_autograd_reference_values_and_gradients(perspective):
 
 @pytest.mark.parametrize("perspective", [False, True])
 @pytest.mark.parametrize("shared_sh", [False, True])
-def test_fused_gradcheck(perspective, shared_sh):
+def test_fused_gradcheck(perspective, shared_sh, compiled):
     inputs, f, batch, face, centres = _packed_scene(perspective)
     screen, normals, colors, sh = inputs
     if shared_sh:
@@ -68,16 +74,16 @@ def test_fused_gradcheck(perspective, shared_sh):
     args = [t.clone().requires_grad_(True) for t in (screen, normals, colors, sh)]
 
     def fn(*x):
-        return sh_shade_packed(*x, f, batch[keep], face[keep], centres[keep], perspective)
+        return sh_shade_packed(*x, f, batch[keep], face[keep], centres[keep], perspective, compiled=compiled)
 
     assert torch.autograd.gradcheck(fn, args, atol=1e-6, fast_mode=True)
 
 
-def test_white_albedo_and_renderer_uses_the_same_shading():
+def test_white_albedo_and_renderer_uses_the_same_shading(compiled):
     """``colors=None`` shades white; the renderer's image equals the reference shading composited by alpha."""
     inputs, f, batch, face, centres = _packed_scene(False, batch=1)
     screen, normals, _, sh = inputs
-    fused = sh_shade_packed(screen, normals, None, sh, f, batch, face, centres, False)
+    fused = sh_shade_packed(screen, normals, None, sh, f, batch, face, centres, False, compiled=compiled)
     ref = sh_shade_packed_reference(screen, normals, None, sh, f, batch, face, centres, False)
     assert torch.allclose(fused, ref, atol=1e-12)
 
