@@ -81,7 +81,8 @@ def scene(model, seed: int, off_model: bool):
     return depth, landmarks, cam, vertices[0], seen
 
 
-def aligned_error(fitted: torch.Tensor, truth: torch.Tensor, face: torch.Tensor, seen: torch.Tensor) -> tuple[float, float]:
+def aligned_error(fitted: torch.Tensor, truth: torch.Tensor, face: torch.Tensor,
+                  seen: torch.Tensor) -> tuple[float, float]:
     """Mean vertex distance (mm) over the ``face`` region and over its seen part, after a similarity
     alignment over the region."""
     from morphable.geometry.align import umeyama
@@ -91,7 +92,8 @@ def aligned_error(fitted: torch.Tensor, truth: torch.Tensor, face: torch.Tensor,
     return float(e.mean()), float(e[seen[face].numpy()].mean())
 
 
-def surface_error(fitted: torch.Tensor, camera, truth: torch.Tensor, true_camera, face_mesh, seen: torch.Tensor) -> float:
+def surface_error(fitted: torch.Tensor, camera, truth: torch.Tensor, true_camera, face_mesh,
+                  seen: torch.Tensor) -> float:
     """Mean distance (mm) from the seen true ``face`` vertices to the fitted face surface, both in the camera frame."""
     from morphable.geometry.closest_point import closest_points
 
@@ -135,7 +137,8 @@ def main() -> None:
         t_ref = time.perf_counter() - t0
         s_fit = surface_error(fit.vertices, fit.camera, truth, cam, face_mesh, seen)
         s_ref = surface_error(refined.vertices, fit.camera, truth, cam, face_mesh, seen)
-        v_fit, v_ref = aligned_error(fit.vertices, truth, face, seen)[1], aligned_error(refined.vertices, truth, face, seen)[1]
+        v_fit = aligned_error(fit.vertices, truth, face, seen)[1]
+        v_ref = aligned_error(refined.vertices, truth, face, seen)[1]
         rows.append((e_d[0], e_rgb[0], s_fit, s_ref))
         print(f"{seed:4d} | {e_d[0]:.3f} / {e_d[1]:.3f} | {e_rgb[0]:.3f} / {e_rgb[1]:.3f} | {t_fit:.1f} || "
               f"{s_fit:.3f} → {s_ref:.3f}, {v_fit:.3f} → {v_ref:.3f}, {t_ref:.1f}", flush=True)

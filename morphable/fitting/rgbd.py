@@ -398,7 +398,8 @@ def refine_basis(model: MorphableModel, fit: RGBDFit, depth: Tensor, *, w_reg: f
     s = np.zeros(Vf)
     for step in range(iterations + 1):
         X = base + torch.from_numpy(Nm @ s).reshape(Vf, 3)
-        pairs = depth_pairs(X @ R.T + t, face.triangles, points, focal, principal_point, max_distance_mm=max_distance_mm)
+        pairs = depth_pairs(X @ R.T + t, face.triangles, points, focal, principal_point,
+                            max_distance_mm=max_distance_mm)
         if step == iterations:
             break
         M = pixel_matrix(pairs, R, Vf) @ Nm

@@ -49,8 +49,8 @@ def test_short_clip_with_a_blank_frame(tmp_path):
             writer.append_data(frame)
     out = tmp_path / "out"
     result = CliRunner().invoke(cli, ["track", str(video), "-o", str(out), "--model", "sfm", "--shape-from",
-                                      "landmarks", "--detector", "hog", "--max-side", "480", "--meshes", "obj", "--meshes", "glb",
-                                      "-q"])
+                                      "landmarks", "--detector", "hog", "--max-side", "480", "--meshes", "obj",
+                                      "--meshes", "glb", "-q"])
     assert result.exit_code == 0, result.output
     assert "held (no face found, interpolated from neighbours): 1 of 7 frames: 4" in result.output
     records = [json.loads(line) for line in (out / "params.jsonl").read_text().splitlines()]

@@ -69,7 +69,8 @@ def test_frames_read_back_from_the_accessors_equal_the_input(tmp_path):
     deltas = [accessor(gltf, binary, t["POSITION"]) for t in primitive["targets"]]
     for i in [primitive["attributes"]["POSITION"]] + [t["POSITION"] for t in primitive["targets"]]:
         data = accessor(gltf, binary, i)  # POSITION accessors must carry exact bounds
-        assert np.allclose(gltf["accessors"][i]["min"], data.min(0)) and np.allclose(gltf["accessors"][i]["max"], data.max(0))
+        bounds = gltf["accessors"][i]
+        assert np.allclose(bounds["min"], data.min(0)) and np.allclose(bounds["max"], data.max(0))
     assert np.array_equal(accessor(gltf, binary, primitive["indices"]).reshape(-1, 3), model.triangles.numpy())
     assert gltf["meshes"][0]["extras"]["targetNames"] == ["a", "b", "c"]
     # the animation: one time accessor, weights frame-major, quaternions x, y, z, w
@@ -77,7 +78,8 @@ def test_frames_read_back_from_the_accessors_equal_the_input(tmp_path):
     by_path = {c["target"]["path"]: animation["samplers"][c["sampler"]] for c in animation["channels"]}
     assert set(by_path) == {"weights", "rotation", "translation"}
     t = accessor(gltf, binary, by_path["weights"]["input"])[:, 0]
-    assert np.allclose(t, times, atol=1e-7) and gltf["accessors"][by_path["weights"]["input"]]["max"][0] == pytest.approx(0.2)
+    assert np.allclose(t, times, atol=1e-7)
+    assert gltf["accessors"][by_path["weights"]["input"]]["max"][0] == pytest.approx(0.2)
     w = accessor(gltf, binary, by_path["weights"]["output"]).reshape(len(times), -1)
     q = accessor(gltf, binary, by_path["rotation"]["output"])
     T = accessor(gltf, binary, by_path["translation"]["output"])
