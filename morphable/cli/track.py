@@ -358,6 +358,7 @@ def write_track(vt: VideoTrack, video: str | Path, folder: Path, model, model_na
     if "obj" in formats:
         (folder / "meshes").mkdir()
     rotations, shifts = [], []
+    all_rotations = vt.track.camera.rotation_matrix if formats else None  # (N, 3, 3), converted once
     bar = tqdm(desc="writing", unit="frame", total=N, file=sys.stderr, disable=not progress, leave=False)
     try:
         with atomic_write(folder / "params.jsonl", "w") as lines:
@@ -370,7 +371,7 @@ def write_track(vt: VideoTrack, video: str | Path, folder: Path, model, model_na
                     writer.append_data(overlay_frame(frame, vt, n, mesh))
                 if formats:
                     cam = vt.track.camera
-                    R = cam.rotation_matrix[n]
+                    R = all_rotations[n]
                     H, W = frame.shape[:2]
                     s = float(cam.scale[n])
                     shift = torch.tensor([(float(cam.translation[n, 0]) - (W - 1) / 2) / s,
