@@ -32,7 +32,8 @@ projective association is not chased by 150 free coefficients from a pose a few 
 ``E_regA(A′) = w_Areg ‖A′ − A‖² + w_Asmo ‖Δ(A′ − A)‖²``, after the coefficient fit, for one depth frame.
 
 Not here: the photometric term (E_col); :func:`fit_rgbd` is the geometric counterpart of the RGB-only
-landmark fit, which the tests and ``benchmarks/rgbd_bench.py`` compare it with.
+landmark fit, which the tests and ``benchmarks/rgbd_bench.py`` compare it with. Everything runs in float64
+on the CPU (the sparse Jacobians and the refinement's solve are scipy's).
 """
 from __future__ import annotations
 
