@@ -503,7 +503,8 @@ def fit_photometric(model: MorphableModel, images: Tensor, landmarks: Tensor, *,
         verts = out.vertices
         if displacement is not None:
             verts = verts + displacement[..., None] * vertex_normals(verts, tri, incidence=tables.incidence)
-        albedo = out.colors if has_basis else var.expand(vertex_albedo())
+        rho = None if has_basis else vertex_albedo()  # (1|B, V_r, 3), also the albedo priors' argument
+        albedo = out.colors if has_basis else var.expand(rho)
         cam = var.camera(f)
         rend = renderer(verts, cam, colors=albedo, sh=var.light, background=target)
         m = (rend.alpha > 0).to(dtype)
@@ -524,7 +525,6 @@ def fit_photometric(model: MorphableModel, images: Tensor, landmarks: Tensor, *,
             total = total + config.w_albedo_coeffs * e_alb
             terms["albedo_prior"] = e_alb.item()
         else:
-            rho = vertex_albedo()
             e_smooth = laplacian_loss(rho, laplacian) / sub.n_vertices
             e_sym = vertex_symmetry_loss(rho, mirror)
             e_mean = ((var.albedo - mean_skin_colour[:1] if var.shared else var.albedo - mean_skin_colour) ** 2).sum(-1).mean()

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from morphable.models.functional import barycentric_points, blend
+from morphable.models.functional import barycentric_points, blend, blend_rows
 
 N_LANDMARKS = 68
 
@@ -148,6 +148,7 @@ class MorphableModel(nn.Module):
             self.set_region(key, ids)
         self.register_buffer("symmetry", None if symmetry is None else _as_tensor(symmetry, torch.int64).reshape(V))
         self.metadata = dict(metadata or {})
+        self._rows: dict[str, tuple[tuple, Tensor]] = {}  # bases as component rows, for _blend
 
     @staticmethod
     def _basis(x: Any, V: int, name: str, dtype: torch.dtype) -> Tensor:
@@ -219,15 +220,31 @@ class MorphableModel(nn.Module):
         albedo = self._coeffs(albedo, self.n_albedo, B, "albedo")
         verts = self.mean.expand(B, -1, -1)
         if identity is not None:
-            verts = verts + blend(identity, self.identity_basis[..., : identity.shape[1]])
+            verts = verts + self._blend("identity_basis", identity)
         if expression is not None and expression.shape[1]:
-            verts = verts + blend(expression, self.expression_basis[..., : expression.shape[1]])
+            verts = verts + self._blend("expression_basis", expression)
         colors = None
         if self.albedo_mean is not None:
             colors = self.albedo_mean.expand(B, -1, -1)
             if albedo is not None and albedo.shape[1]:
-                colors = colors + blend(albedo, self.albedo_basis[..., : albedo.shape[1]])
+                colors = colors + self._blend("albedo_basis", albedo)
         return ModelOutput(vertices=verts, colors=colors)
+
+    def _blend(self, name: str, coeffs: Tensor) -> Tensor:
+        """``coeffs`` ``(B, K)`` times the first ``K`` components of basis ``name`` -> ``(B, V, 3)``.
+
+        A constant basis is multiplied as component rows (:func:`blend_rows`), a ``(K, V, 3)`` copy made once
+        and remade when the buffer changes (moved, cast, or edited in place); a basis that requires grad (being
+        learned), or coefficients of a wider dtype, go through :func:`blend` on the buffer itself."""
+        basis = getattr(self, name)
+        if basis.requires_grad or torch.promote_types(coeffs.dtype, basis.dtype) != basis.dtype:
+            return blend(coeffs, basis[..., : coeffs.shape[1]])
+        key = (basis.data_ptr(), basis._version, basis.dtype, basis.device, tuple(basis.shape))
+        cached = self._rows.get(name)
+        if cached is None or cached[0] != key:
+            cached = (key, basis.permute(2, 0, 1).contiguous())
+            self._rows[name] = cached
+        return blend_rows(coeffs.to(basis.dtype), cached[1])
 
     def landmarks(self, vertices: Tensor) -> Tensor:
         """The 68 iBUG landmarks of a batch of meshes. ``(B, V, 3) -> (B, 68, 3)`` (undefined rows = 0·)."""
