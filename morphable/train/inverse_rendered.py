@@ -93,7 +93,7 @@ CROP_SCALE = 1.8
 INPAINT_DILATE = 0.06
 """The original face's footprint is dilated by this fraction of the chip side before inpainting."""
 FIT_VERSION = 1
-VARIANT_VERSION = 2
+VARIANT_VERSION = 3
 
 
 @dataclass(frozen=True)
@@ -254,31 +254,60 @@ def draw_variant(model: MorphableModel, fit: dict[str, Tensor], generator: torch
             "light": light, "shift": shift.to(dtype)}
 
 
+def place_faces(model: MorphableModel, renderer: Renderer, region: Tensor, albedo: Tensor, backgrounds: Tensor,
+                scale: Tensor, ypr: Tensor, identity: Tensor, expression: Tensor, light: Tensor,
+                shift: Tensor) -> dict[str, Tensor]:
+    """Render a batch of new faces into chips, each moved so that its landmark box is centred in the chip
+    + ``shift`` (as a detector's box would place it), composited with the anti-aliased silhouette.
+
+    Args:
+        renderer: a :class:`Renderer` of ``region_triangles(model, region)`` at the chip size ``S``.
+        region: ``(V_r,)`` the drawn vertices; albedo: ``(B, V_r, 3)``; backgrounds: ``(B, S, S, 3)`` in [0, 1].
+        scale: ``(B,)`` chip px/mm; ypr: ``(B, 3)`` rad; identity ``(B, K)``; expression ``(B, Ke)``;
+        light ``(B, 9, 3)``; shift ``(B, 2)`` px.
+    Returns:
+        ``images`` ``(B, S, S, 3)`` in [0, 1], ``rotation`` ``(B, 3)`` axis-angle, ``translation`` ``(B, 2)``
+        chip px, ``landmarks`` ``(B, 68, 2)`` chip px (NaN where the model has none).
+    """
+    S = backgrounds.shape[1]
+    defined = model.landmark_mask
+    rotation = matrix_to_axis_angle(euler_to_matrix(ypr))
+    verts = model(identity=identity, expression=expression if model.n_expression else None).vertices
+    # the landmark box's centre at zero translation; the translation then puts it at the chip's centre
+    lm = ScaledOrthographic(scale, rotation, torch.zeros_like(shift)).project(model.landmarks(verts))[:, defined]
+    centre = (lm.min(1).values + lm.max(1).values) / 2
+    cam = ScaledOrthographic(scale, rotation, (S - 1) / 2 - centre + shift)
+    image = renderer(verts[:, region], cam, colors=albedo, sh=light, background=backgrounds).image.clamp(0, 1)
+    landmarks = cam.project(model.landmarks(verts))
+    landmarks[:, ~defined] = float("nan")
+    return {"images": image, "rotation": rotation, "translation": cam.translation, "landmarks": landmarks}
+
+
 def render_variant(model: MorphableModel, fit: dict[str, Tensor], photo: np.ndarray, variant: dict[str, Tensor],
                    settings: VariantSettings, renderer: Renderer | None = None) -> dict[str, Tensor]:
     """Render one variant (:func:`draw_variant`'s choices) of a photo's fit into its chip.
 
     The chip is the photo's square around the fitted landmarks (:func:`chip_box`, its side scaled by
-    ``1 + box_scale_jitter · box_scale``), the original face's footprint dilated and inpainted; the new face is
-    moved so that its landmark box is centred in the chip + ``shift``, and composited with the renderer's
-    anti-aliased silhouette.
+    ``1 + box_scale_jitter · box_scale``), the original face's footprint dilated and inpainted (kept as
+    ``backgrounds``); the new face is placed by :func:`place_faces`.
 
     Returns:
-        ``image`` ``(S, S, 3)`` uint8 and the ground truth: ``identity``, ``expression``, ``light``, ``ypr``,
-        ``rotation`` ``(3,)`` axis-angle, ``scale`` ``()`` chip px/mm, ``translation`` ``(2,)`` chip px,
-        ``landmarks`` ``(68, 2)`` chip px (NaN where the model has none).
+        ``images`` ``(S, S, 3)`` uint8, ``backgrounds`` ``(S, S, 3)`` uint8, and the ground truth:
+        ``identity``, ``expression``, ``light``, ``ypr``, ``rotation`` ``(3,)`` axis-angle, ``scale`` ``()``
+        chip px/mm, ``translation`` ``(2,)`` chip px, ``landmarks`` ``(68, 2)`` chip px (NaN where the model
+        has none).
     """
     import cv2
 
     S, dtype = settings.size, model.mean.dtype
     region = fit["region_vertices"]
     renderer = renderer or Renderer(region_triangles(model, region), (S, S))
-    defined = model.landmark_mask
     fit_camera = ScaledOrthographic(fit["scale"], fit["rotation"][None], fit["translation"][None])
     with torch.no_grad():
         fitted = model(identity=fit["identity"][None],
                        expression=fit["expression"][None] if model.n_expression else None).vertices
-        box = chip_box(fit_camera.project(model.landmarks(fitted))[0][defined], float(variant["box_scale"]), settings)
+        points = fit_camera.project(model.landmarks(fitted))[0][model.landmark_mask]
+        box = chip_box(points, float(variant["box_scale"]), settings)
         # background: the photo's chip with the original face's footprint inpainted
         background = crop_photo(photo, box, S)
         cam0 = crop_camera(fit_camera, box, S)
@@ -287,20 +316,14 @@ def render_variant(model: MorphableModel, fit: dict[str, Tensor], photo: np.ndar
         r = max(1, round(INPAINT_DILATE * S))
         mask = cv2.dilate(mask, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * r + 1, 2 * r + 1)))
         background = cv2.inpaint(background, mask, 3, cv2.INPAINT_TELEA)
-        # the new face, its landmark box centred in the chip (as a detector's box would place it) + shift
-        rotation = matrix_to_axis_angle(euler_to_matrix(variant["ypr"])[None])
-        expression = variant["expression"][None] if model.n_expression else None
-        verts = model(identity=variant["identity"][None], expression=expression).vertices
-        lm = ScaledOrthographic(cam0.scale, rotation, cam0.translation).project(model.landmarks(verts))[0][defined]
-        centre = (lm.min(0).values + lm.max(0).values) / 2
-        cam = ScaledOrthographic(cam0.scale, rotation, cam0.translation + (S - 1) / 2 - centre + variant["shift"])
         bg = torch.from_numpy(background).to(dtype)[None] / 255
-        image = renderer(verts[:, region], cam, colors=fit["albedo"][None], sh=variant["light"][None], background=bg).image
-        landmarks = cam.project(model.landmarks(verts))[0]
-        landmarks[~defined] = float("nan")
-    return {"images": (image[0].clamp(0, 1) * 255).round().to(torch.uint8), "identity": variant["identity"],
-            "expression": variant["expression"], "light": variant["light"], "ypr": variant["ypr"],
-            "rotation": rotation[0], "scale": cam.scale[0], "translation": cam.translation[0], "landmarks": landmarks}
+        out = place_faces(model, renderer, region, fit["albedo"][None], bg, cam0.scale, variant["ypr"][None],
+                          variant["identity"][None], variant["expression"][None], variant["light"][None],
+                          variant["shift"][None])
+    return {"images": (out["images"][0] * 255).round().to(torch.uint8), "backgrounds": torch.from_numpy(background),
+            "identity": variant["identity"], "expression": variant["expression"], "light": variant["light"],
+            "ypr": variant["ypr"], "rotation": out["rotation"][0], "scale": cam0.scale[0],
+            "translation": out["translation"][0], "landmarks": out["landmarks"][0]}
 
 
 def synthesize_variants(model: MorphableModel, fit: dict[str, Tensor], photo: np.ndarray, n: int, seed: int,
@@ -311,7 +334,8 @@ def synthesize_variants(model: MorphableModel, fit: dict[str, Tensor], photo: np
         model: the fitted model; fit: :func:`fit_photo`'s record; photo: the working photo ``(H, W, 3)`` uint8.
         seed: seeds every draw (a generator per photo: the same seed gives the same variants).
     Returns:
-        :func:`render_variant`'s entries stacked: ``images`` ``(n, S, S, 3)`` uint8, ``identity`` ``(n, K)``,
+        :func:`render_variant`'s entries stacked: ``images`` and ``backgrounds`` ``(n, S, S, 3)`` uint8,
+        ``identity`` ``(n, K)``,
         ``expression`` ``(n, Ke)``, ``light`` ``(n, 9, 3)``, ``ypr`` ``(n, 3)``, ``rotation`` ``(n, 3)``,
         ``scale`` ``(n,)``, ``translation`` ``(n, 2)``, ``landmarks`` ``(n, 68, 2)``.
     """
@@ -340,8 +364,8 @@ def build_set(model: MorphableModel, model_name: str, photos: tuple[str, ...] | 
 
     Returns:
         :func:`synthesize_variants`'s tensors over all photos (photo-major) plus ``photo`` ``(N,)`` the row of
-        each chip's photo in ``albedo`` ``(P, V_r, 3)`` (the fits' albedos, P photos kept), and
-        ``region_vertices`` ``(V_r,)``.
+        each chip's photo in ``albedo`` ``(P, V_r, 3)``, ``fit_identity`` ``(P, K)`` and ``fit_light``
+        ``(P, 9, 3)`` (the fits of the P photos kept), and ``region_vertices`` ``(V_r,)``.
     Raises:
         InputError: a photo is missing from the corpus, or none of them has a face.
     """
@@ -352,7 +376,7 @@ def build_set(model: MorphableModel, model_name: str, photos: tuple[str, ...] | 
     root = corpus_root() if root is None else Path(root)
     cache = cache_root() if cache is None else Path(cache)
     parts: list[dict[str, Tensor]] = []
-    albedos, rows, bad = [], [], []
+    albedos, identities, lights, rows, bad = [], [], [], [], []
     spec = dict(model=model_name, n_vertices=model.n_vertices, variants=variants, version=VARIANT_VERSION,
                 **asdict(settings))
     for i, photo in enumerate(tqdm(photos, desc=f"coarse data ({name})", disable=not progress, leave=False)):
@@ -370,6 +394,8 @@ def build_set(model: MorphableModel, model_name: str, photos: tuple[str, ...] | 
                                                                  variants, photo_seed, settings))
         data["photo"] = torch.full((variants,), len(albedos), dtype=torch.int64)
         albedos.append(fit["albedo"])
+        identities.append(fit["identity"])
+        lights.append(fit["light"])
         region = fit["region_vertices"]
         for r in range(variants):
             yaw, pitch, roll = (math.degrees(float(a)) for a in data["ypr"][r])
@@ -384,6 +410,8 @@ def build_set(model: MorphableModel, model_name: str, photos: tuple[str, ...] | 
             f.write(json.dumps(row) + "\n")
     out = {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
     out["albedo"] = torch.stack(albedos)
+    out["fit_identity"] = torch.stack(identities)
+    out["fit_light"] = torch.stack(lights)
     out["region_vertices"] = region
     return out
 

@@ -38,8 +38,8 @@ from morphable.nets.coarse import (ALBEDO_MODES, CoarseNet, albedo_basis, coarse
 from morphable.render.renderer import Renderer
 from morphable.train.config import OptimConfig, ScheduleConfig, TrainConfig
 from morphable.train.data.cache import cache_root
-from morphable.train.inverse_rendered import (TRAIN_PHOTOS, VariantSettings, region_triangles, aligned_error_mm,
-                                              build_set)
+from morphable.train.inverse_rendered import (TRAIN_PHOTOS, VariantSettings, aligned_error_mm, build_set,
+                                              draw_variant, place_faces, region_triangles)
 from morphable.train.recipes.base import Recipe, frozen_model
 
 
@@ -55,9 +55,12 @@ class ModelSection:
 @dataclass(frozen=True)
 class DataSection:
     """variants: chips per training photo; val_variants: per validation photo; val_every_photo: every this
-    many-th of :data:`TRAIN_PHOTOS` (from the last of each run of that length) is a validation photo; the rest
-    are :class:`~morphable.train.inverse_rendered.VariantSettings`; cache: folder ("" =
-    ``$MORPHABLE_HOME/train-cache``)."""
+    many-th of :data:`TRAIN_PHOTOS` (from the last of each run of that length) is a validation photo; online:
+    every training chip is drawn afresh at each step (new pose, identity, expression, light and shift
+    rendered over a cached chip's inpainted background, :func:`~morphable.train.inverse_rendered.place_faces`)
+    instead of read from the cached variants; the rest are
+    :class:`~morphable.train.inverse_rendered.VariantSettings`; cache: folder ("" =
+    ``$MORPHABLE_HOME/train-cache``); photos: use only the first this many of :data:`TRAIN_PHOTOS` (0 = all)."""
 
     variants: int = 64
     val_variants: int = 16
@@ -71,6 +74,7 @@ class DataSection:
     box_scale_jitter: float = 0.1
     box_shift_jitter: float = 0.05
     identity_jitter: float = 1.0
+    online: bool = True
     cache: str = ""
     photos: int = 0
 
@@ -168,15 +172,40 @@ class CoarseRecipe(Recipe):
     def model(self) -> nn.Module:
         return self.net
 
-    def batch(self, step: int, generator: torch.Generator) -> Tensor:
-        """Indices ``(loss.batch,)`` of training chips."""
-        return torch.randint(len(self.train_set["images"]), (self.config.loss.batch,), generator=generator)
+    def batch(self, step: int, generator: torch.Generator) -> dict[str, Tensor]:
+        """``index`` ``(loss.batch,)`` of training chips and, online, each one's new draws
+        (:func:`~morphable.train.inverse_rendered.draw_variant`: ``ypr``, ``identity``, ``expression``, ``light``,
+        ``shift``)."""
+        data = self.train_set
+        index = torch.randint(len(data["images"]), (self.config.loss.batch,), generator=generator)
+        if not self.config.data.online:
+            return {"index": index}
+        settings = self.config.data.settings()
+        draws = [draw_variant(self.face_model, {"identity": data["fit_identity"][p], "light": data["fit_light"][p]},
+                              generator, settings) for p in data["photo"][index].tolist()]
+        return {"index": index, **{k: torch.stack([d[k] for d in draws])
+                                   for k in ("ypr", "identity", "expression", "light", "shift")}}
 
-    def terms(self, data: dict[str, Tensor], index: Tensor) -> tuple[dict[str, Tensor], Tensor, object]:
-        """Loss terms for chips ``index`` of a set, the flat prediction and the prediction's render."""
-        images = data["images"][index].float() / 255
+    def chips(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
+        """The batch's chips ``(B, S, S, 3)`` in [0, 1] and flat targets ``(B, layout.size)``: cached, or
+        online the new faces rendered over the cached chips' backgrounds (rounded to 8 bits like the cache)."""
+        data, index = self.train_set, batch["index"]
+        if not self.config.data.online:
+            return data["images"][index].float() / 255, data["targets"][index]
+        photo = data["photo"][index]
+        with torch.no_grad():
+            out = place_faces(self.face_model, self.renderer, self.region, data["albedo"][photo],
+                              data["backgrounds"][index].float() / 255, data["scale"][index], batch["ypr"],
+                              batch["identity"], batch["expression"], batch["light"], batch["shift"])
+        targets = encode(self.layout, self.config.data.size, ypr=batch["ypr"], translation=out["translation"],
+                         scale=data["scale"][index], identity=batch["identity"], expression=batch["expression"],
+                         albedo_coefficients=data["albedo_coefficients"][photo], light=batch["light"])
+        return (out["images"] * 255).round() / 255, targets
+
+    def terms(self, images: Tensor, targets: Tensor) -> tuple[dict[str, Tensor], Tensor, object]:
+        """Loss terms for chips ``(B, S, S, 3)`` and their flat targets, the flat prediction and its render."""
         raw = self.net.raw(images)
-        target = (data["targets"][index] - self.net.mean) / self.net.std
+        target = (targets - self.net.mean) / self.net.std
         sq = (raw - target) ** 2
         blocks = {name: sq[:, self.layout.slice(name)].mean() for name in self.layout.names}
         y = self.net.mean + self.net.std * raw
@@ -189,9 +218,9 @@ class CoarseRecipe(Recipe):
         terms = {"param": sum(blocks.values()), "photometric": photo, **{f"param_{k}": v for k, v in blocks.items()}}
         return terms, y, rend
 
-    def loss(self, batch: Tensor, step: int) -> dict[str, Tensor]:
+    def loss(self, batch: dict[str, Tensor], step: int) -> dict[str, Tensor]:
         w = self.config.loss
-        terms, _, _ = self.terms(self.train_set, batch)
+        terms, _, _ = self.terms(*self.chips(batch))
         ramp = min(1.0, max(0.0, (step - w.photometric_start) / max(w.photometric_ramp, 1)))
         return {"loss": w.param * terms["param"] + ramp * w.photometric * terms["photometric"], **terms}
 
@@ -206,16 +235,15 @@ class CoarseRecipe(Recipe):
         """Held-out validation photos' chips: the loss terms, the vertex error (mm, after a similarity
         alignment) and the error of the mean face for scale, yaw error (degrees)."""
         data = self.val_set
-        index = torch.arange(len(data["images"]))
         was = self.net.training
         self.net.eval()
         try:
             with torch.no_grad():
-                terms, y, _ = self.terms(data, index)
+                terms, y, _ = self.terms(data["images"].float() / 255, data["targets"])
                 m = self.face_model
                 truth = m(identity=data["identity"], expression=data["expression"] if m.n_expression else None).vertices
                 err = aligned_error_mm(self.predicted_vertices(y), truth)
-                mean_face = m.mean[None].expand(len(index), -1, -1)
+                mean_face = m.mean[None].expand(len(truth), -1, -1)
                 err0 = aligned_error_mm(mean_face, truth)
                 yaw = (y[:, self.layout.slice("rotation")][:, 0] - data["ypr"][:, 0]).abs().rad2deg()
         finally:
@@ -223,7 +251,7 @@ class CoarseRecipe(Recipe):
         return {**{k: float(v) for k, v in terms.items()}, "vertex_err_mm": float(err.mean()),
                 "mean_face_err_mm": float(err0.mean()), "yaw_err_deg": float(yaw.mean())}
 
-    def image_grid(self, batch: Tensor, step: int) -> Tensor | None:
+    def image_grid(self, batch: dict[str, Tensor], step: int) -> Tensor | None:
         """Rows: validation chips, the prediction rendered over them."""
         from morphable.train.logging import tile_images
 
@@ -232,7 +260,7 @@ class CoarseRecipe(Recipe):
         self.net.eval()
         try:
             with torch.no_grad():
-                _, _, rend = self.terms(self.val_set, index)
+                _, _, rend = self.terms(self.val_set["images"][index].float() / 255, self.val_set["targets"][index])
         finally:
             self.net.train(was)
         chips = self.val_set["images"][index].float() / 255
