@@ -1,10 +1,10 @@
 """CoarseNet (Guo, Zhang et al., "CNN-based Real-time Dense Face Reconstruction with Inverse-rendered
-Photo-realistic Face Images", TPAMI 2018, Sec. 4; seed ``zhang-deep-3d-face-modeling.txt``, "CoarseNet"):
+Photo-realistic Face Images", TPAMI 2018; seed ``zhang-deep-3d-face-modeling.txt``, "CoarseNet"):
 a face chip → the coarse model's parameters χ = {α_id, α_exp, α_alb, s} (geometry), {pitch, yaw, roll, t_x,
 t_y} (pose) and L (SH light), the seed's "Inverse Rendering - Coarse" unknowns.
 
-The paper's CoarseNet is a ResNet at 224 px (about 20 ms per frame on a GPU). Ours must run in ≤ 5 ms on two
-CPU threads, so it is a plain 7-layer strided CNN (3 × 3 convolutions, batch norm, ReLU; 0.78 M weights,
+The seed reports 20 ms per frame for the paper's networks. Ours must run in ≤ 5 ms on two CPU threads,
+so it is a plain 7-layer strided CNN (3 × 3 convolutions, batch norm, ReLU; 0.78 M weights,
 46 M multiply-adds) on a 96 px chip, trained from scratch on the inverse-rendered data
 (:mod:`morphable.train.inverse_rendered`; recipe :mod:`morphable.train.recipes.coarse`).
 

@@ -1,5 +1,5 @@
 """Photo-realistic synthetic training pairs by inverse rendering (Guo, Zhang et al., "CNN-based Real-time Dense
-Face Reconstruction with Inverse-rendered Photo-realistic Face Images", TPAMI 2018, Sec. 3–4; seed
+Face Reconstruction with Inverse-rendered Photo-realistic Face Images", TPAMI 2018; seed
 ``zhang-deep-3d-face-modeling.txt``: "Synthesize large-scale training pairs including input image and output
 3D face models").
 

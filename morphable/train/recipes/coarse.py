@@ -1,4 +1,4 @@
-"""CoarseNet training (Guo, Zhang et al., TPAMI 2018, Sec. 4; seed ``zhang-deep-3d-face-modeling.txt``):
+"""CoarseNet training (Guo, Zhang et al., TPAMI 2018; seed ``zhang-deep-3d-face-modeling.txt``):
 ``morphable train coarse -o RUN`` trains :class:`~morphable.nets.coarse.CoarseNet` on photo-realistic
 inverse-rendered chips (:mod:`morphable.train.inverse_rendered`) with
 
@@ -15,13 +15,14 @@ eighth photo, whose variants are the validation set (so validation never sees a 
 benchmark's held-out photos are never loaded here. First run: about 75 photometric fits (~3–8 s each on
 one thread) and the variants are cached (``data.cache``); later runs read them.
 
-Defaults: the seed gives no network, loss weights or schedule for CoarseNet (the paper fine-tunes a ResNet
-at 224 px on ~100k images of 300W-LP faces). Ours, and why: a 96 px chip and a small CNN trained from
-scratch (≤ 5 ms per face on two CPU threads, :mod:`morphable.nets.coarse`); 64 variants of 58 photos
-(all our corpus allows after the held-out split; the variants add pose, expression, light and identity
-jitter); Adam at 1e-3 with a cosine schedule and 3000 steps of 32 chips, sized to train within an hour on
-one CPU thread; photometric weight 1 after a parameter-only start (:class:`LossSection`): E_con is ~0.3
-against a parameter loss of ~5, a refinement of the parameter loss, not a replacement.
+Defaults: the seed names CoarseNet but gives no architecture, loss weights or schedule for it. Ours, and
+why: a 96 px chip and a small CNN trained from scratch (≤ 5 ms per face on two CPU threads,
+:mod:`morphable.nets.coarse`); 64 variants of 58 photos (what our corpus allows after the held-out split;
+the variants add pose, expression, light and identity jitter, and training draws new faces over them every
+step); Adam at 1e-3 with a cosine schedule and 2000 steps of 32 chips (the validation error was flat after
+~1000 steps of a 3000-step run), sized to train within an hour on one CPU thread; photometric weight 1 after a
+parameter-only start (:class:`LossSection`): E_con is ~0.3 against a parameter loss of ~5, a refinement of
+the parameter loss, not a replacement.
 """
 from __future__ import annotations
 
@@ -119,7 +120,7 @@ class CoarseConfig:
     loss: LossSection = LossSection()
     optim: OptimConfig = OptimConfig(name="adam", lr=1e-3, grad_clip=10.0)
     schedule: ScheduleConfig = ScheduleConfig(name="cosine", warmup_steps=100, min_lr_ratio=0.02)
-    train: TrainConfig = TrainConfig(steps=3000, log_every=25, val_every=500, checkpoint_every=250, image_every=1000)
+    train: TrainConfig = TrainConfig(steps=2000, log_every=25, val_every=500, checkpoint_every=250, image_every=1000)
 
 
 def split_photos(photos: tuple[str, ...], every: int, limit: int = 0) -> tuple[list[str], list[str]]:
