@@ -28,6 +28,7 @@ The last line is ``RESULT n=<faces> rgbd_err_mm= rgb_err_mm= ratio= surface_fit_
 from __future__ import annotations
 
 import argparse
+import copy
 import time
 
 import numpy as np
@@ -64,7 +65,7 @@ def scene(model, seed: int, off_model: bool):
     cam = Perspective(torch.tensor([FOCAL], dtype=f64), torch.tensor([CENTRE], dtype=f64),
                       matrix_to_axis_angle(euler_to_matrix(angles[None].deg2rad())),
                       torch.tensor([[0.0, 0.0, -DISTANCE]], dtype=f64))
-    m = model.double()
+    m = copy.deepcopy(model).double()  # a float64 copy: Module.double() would convert the caller's model in place
     vertices = m(identity=identity[None], expression=expression[None]).vertices
     if off_model:
         face = torch.as_tensor(model.regions["face"])
