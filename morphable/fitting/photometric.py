@@ -77,20 +77,21 @@ class Stage:
 
 
 DEFAULT_SCHEDULE = (
-    Stage(80, 36, ("pose", "shape", "light", "albedo_lowfreq")),  # geometry, pose, light and smooth albedo
-    Stage(128, 6, ("albedo", "light")),                           # per-vertex albedo, geometry held
+    Stage(96, 36, ("pose", "shape", "light", "albedo_lowfreq")),  # geometry, pose, light and smooth albedo
+    Stage(160, 10, ("albedo", "light")),                          # per-vertex albedo, geometry held
 )
 """Chosen on ``benchmarks/photometric_bench.py --tune`` (its held-out seeds, never its test seeds): the
 vertex error changes only while shape moves; with the light and smooth albedo solved linearly first, the
 old rigid (64 px) and albedo-only (96 px) stages left it unchanged and a joint 160 px stage after 40 steps at
-96 px did not lower it. At these sizes a step costs mostly per tensor operation and per triangle (18k), not
-per pixel. On 20 tuning faces (improvement over the sparse fit; CPU s per face at 1 thread on the loaded
-machine, same code): 36 steps at 96 px + 10 at 160 px (the previous default) 0.389 (1.65 s); 36 at 80 + 6 at
-128 **0.428 (1.45 s)**; 30 at 80 + 6 at 128 0.403 (1.39 s); 30 at 64 + 6 at 128 0.393 (1.38 s); 30 at 96 + 6
-at 128 0.364 (1.33 s). The figure moves by ±0.03 with the floating-point order of the reductions (thread
-count, library versions), so the longer 80 px stage was taken for its margin. The per-vertex albedo stage
-stays above 96 px: with 2 steps at 96 px the synthetic albedo error was as low, but the rendering error on
-real photos (``benchmarks/photometric_real.py``) rose by about 15 %."""
+96 px did not lower it. On 20 tuning faces 24 steps at 96 px reached an improvement over the sparse fit of
+0.34, 36 steps 0.40 (the old 93-step schedule: see ``docs/performance.md``).
+
+Cheaper schedules were tried again once steps got cheaper (20 tuning faces, improvement; CPU s per face at
+1 thread on the loaded machine): 36 at 80 px + 6 at 128 px 0.428 (1.45 s) against this schedule's 0.389
+(1.65 s); 30 at 80 + 6 at 128 0.403; 30 at 64 + 6 at 128 0.393; 30 at 96 + 6 at 128 0.364. None was kept: on
+real photos (``benchmarks/photometric_real.py``, 12 photos, mean rendering error, same code) this schedule
+gives 0.1056 (better than the appearance-only anchor on 12 of 12), 36 at 80 + 10 at 160 0.1095 (8 of 12) and
+36 at 80 + 6 at 128 0.1148 (7 of 12): real photos need the 96 px geometry and the 160 px albedo stage."""
 
 
 @dataclass(frozen=True)
