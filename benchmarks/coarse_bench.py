@@ -20,7 +20,7 @@ error is printed for scale; per-yaw-bin errors (|yaw| 0–30°, 30–60°, 60–
     flock /tmp/team/bench.lock python benchmarks/coarse_bench.py --weights RUN/coarse-sfm.pt [--variants 2] [--threads 2]
         [--detected]
 
-``--detected`` adds the photometric fit from dlib's own landmarks (found on the chip upscaled 4×; profile
+``--time-only`` prints CoarseNet's time alone at 1 and 2 threads (no data, no fits). ``--detected`` adds the photometric fit from dlib's own landmarks (found on the chip upscaled 4×; profile
 chips mostly have none), scored on the chips where a face was found, beside CoarseNet on the same chips.
 
 Last line: ``RESULT n= coarse_ms= coarse_err_mm= photometric_err_mm= ratio_err= photometric_s= speedup=
@@ -73,11 +73,34 @@ def detected_fit(model, chips: torch.Tensor, truth: torch.Tensor, coarse_err: np
         print(f"dlib landmarks: no face found on any of the {len(chips)} chips")
 
 
+def time_only(net, rounds: int) -> None:
+    """CoarseNet's forward time (batch 1, random chips) at 1 and 2 threads: median of 200 calls, best of
+    ``rounds`` rounds."""
+    x = torch.rand(1, net.size, net.size, 3)
+    with torch.no_grad():
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            for _ in range(20):
+                net(x)
+            medians = []
+            for _ in range(rounds):
+                ts = []
+                for _ in range(200):
+                    t0 = time.perf_counter()
+                    net(x)
+                    ts.append(time.perf_counter() - t0)
+                medians.append(float(np.median(ts)))
+            print(f"threads={threads} coarse_ms={1e3 * min(medians):.3f} (round medians: "
+                  f"{' '.join(f'{1e3 * m:.2f}' for m in medians)}) load={os.getloadavg()[0]:.1f}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--weights", required=True, help="a CoarseNet file (morphable train coarse's RUN/coarse-<model>.pt)")
     parser.add_argument("--variants", type=int, default=2, help="chips per held-out photo")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--time-only", action="store_true",
+                        help="only CoarseNet's time on random chips at 1 and 2 threads (200 calls a round)")
     parser.add_argument("--rounds", type=int, default=5, help="timing rounds over all chips (the best median counts)")
     parser.add_argument("--landmark-noise", type=float, default=0.5, help="px, on the photometric fit's landmarks")
     parser.add_argument("--detected", action="store_true",
@@ -85,6 +108,9 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     net = load_coarse(args.weights)
+    if args.time_only:
+        time_only(net, args.rounds)
+        return
     config = json.loads(net.meta.get("config", "{}"))
     data_cfg = config.get("data", {})
     fields = VariantSettings.__dataclass_fields__
