@@ -17,11 +17,12 @@ Error (same metric for both): mean vertex distance (mm) of the whole model's mes
 a similarity alignment (Umeyama), :func:`~morphable.train.inverse_rendered.aligned_error_mm`. The mean face's
 error is printed for scale; per-yaw-bin errors (|yaw| 0–30°, 30–60°, 60–90°) too.
 
-    flock /tmp/team/bench.lock python benchmarks/coarse_bench.py --weights RUN/coarse-sfm.pt [--variants 2] [--threads 2]
-        [--detected]
+    flock /tmp/team/bench.lock python benchmarks/coarse_bench.py --weights RUN/coarse-sfm.pt [--variants 2]
+        [--threads 2] [--detected] [--time-only]
 
-``--time-only`` prints CoarseNet's time alone at 1 and 2 threads (no data, no fits). ``--detected`` adds the photometric fit from dlib's own landmarks (found on the chip upscaled 4×; profile
-chips mostly have none), scored on the chips where a face was found, beside CoarseNet on the same chips.
+``--time-only`` prints CoarseNet's time alone at 1 and 2 threads (no data, no fits). ``--detected`` adds
+the photometric fit from dlib's own landmarks (found on the chip upscaled 4×; some chips have
+none), scored on the chips where a face was found, beside CoarseNet on the same chips.
 
 Last line: ``RESULT n= coarse_ms= coarse_err_mm= photometric_err_mm= ratio_err= photometric_s= speedup=
 mean_face_err_mm=``.
@@ -96,7 +97,8 @@ def time_only(net, rounds: int) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--weights", required=True, help="a CoarseNet file (morphable train coarse's RUN/coarse-<model>.pt)")
+    parser.add_argument("--weights", required=True,
+                        help="a CoarseNet file (morphable train coarse's RUN/coarse-<model>.pt)")
     parser.add_argument("--variants", type=int, default=2, help="chips per held-out photo")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--time-only", action="store_true",

@@ -72,7 +72,8 @@ def albedo_basis(model: MorphableModel, albedo_modes: int = ALBEDO_MODES) -> tup
 
 
 def project_albedo(albedo: Tensor, basis: Tensor) -> Tensor:
-    """Least-squares coefficients ``(B, 1 + M, 3)`` of per-vertex albedos ``(B, V_r, 3)`` in ``basis`` ``(V_r, 1 + M)``."""
+    """Least-squares coefficients ``(B, 1 + M, 3)`` of per-vertex albedos ``(B, V_r, 3)`` in ``basis``
+    ``(V_r, 1 + M)``."""
     return torch.linalg.lstsq(basis.to(albedo).expand(albedo.shape[0], -1, -1), albedo).solution
 
 
@@ -98,7 +99,8 @@ class CoarseParams:
 def encode(layout: ParamLayout, size: int, *, ypr: Tensor, translation: Tensor, scale: Tensor, identity: Tensor,
            expression: Tensor, albedo_coefficients: Tensor, light: Tensor) -> Tensor:
     """Parameters → the flat ``(B, layout.size)`` vector the network regresses (inverse of :func:`decode`)."""
-    return layout.join({"rotation": ypr, "translation": translation / size, "log_scale": (scale * 100 / size).log()[:, None],
+    return layout.join({"rotation": ypr, "translation": translation / size,
+                        "log_scale": (scale * 100 / size).log()[:, None],
                         "identity": identity, "expression": expression,
                         "albedo": albedo_coefficients.reshape(len(ypr), -1), "light": light.reshape(len(ypr), 27)})
 

@@ -15,15 +15,16 @@ Each variant of a photo (:func:`synthesize_variants`) re-renders the fitted face
 * a new SH light: :func:`~morphable.train.synthetic.random_light`'s direction and colour, its ambient band
   scaled per channel to the fit's (the photo's exposure and white balance are kept) × a brightness in
   [0.85, 1.15];
-* (a deviation, ``identity_jitter``) the fitted identity + N(0, σ²) noise: our corpus has about seventy
-  training photos against the paper's thousands, and a network that sees seventy identities learns them by
+* (a deviation, ``identity_jitter``) the fitted identity + N(0, σ²) noise: our corpus has about sixty
+  training photos against the paper's thousands, and a network that sees sixty identities learns them by
   heart; the albedo stays the photo's, so the pixels stay photo-real;
 
-into a square chip of ``size`` px of the photo (the fitted landmarks' box × 1.8, its scale jittered), moved so
-that the new face's landmark box is centred in the chip ± a jitter, as a detector's box would place it. The background is the photo's own: the original face's
-rendered footprint (dilated) is filled by OpenCV's inpainting (Telea) and the new face composited over it
-with the renderer's anti-aliased silhouette. Each chip keeps its ground truth: identity, expression, the
-per-photo albedo, light, and the chip camera (axis-angle rotation, px/mm scale, px translation).
+into a square chip of ``size`` px of the photo (the fitted landmarks' box × 1.8, its scale jittered), moved
+so that the new face's landmark box is centred in the chip ± a jitter, as a detector's box would place it.
+The background is the photo's own: the original face's rendered footprint (dilated) is filled by OpenCV's
+inpainting (Telea) and the new face composited over it with the renderer's anti-aliased silhouette. Each
+chip keeps its ground truth: identity, expression, the per-photo albedo, light, and the chip camera
+(axis-angle rotation, px/mm scale, px translation), and its inpainted background (for online re-rendering).
 
 Everything a variant draws comes from a ``torch.Generator`` seeded by (``seed``, photo index), so a set is
 reproduced bit for bit by its settings; per-photo fits and per-photo variant files are cached under
@@ -249,7 +250,8 @@ def draw_variant(model: MorphableModel, fit: dict[str, Tensor], generator: torch
         fit["identity"].shape, generator=generator, dtype=torch.float64).to(dtype)
     expression = random_expression(model, 1, generator, settings.expression_probability)[0]
     light = new_light(fit["light"], generator, settings.light_brightness)
-    shift = settings.box_shift_jitter * settings.size * (2 * torch.rand(2, generator=generator, dtype=torch.float64) - 1)
+    u = 2 * torch.rand(2, generator=generator, dtype=torch.float64) - 1
+    shift = settings.box_shift_jitter * settings.size * u
     return {"box_scale": box_scale, "ypr": ypr.to(dtype), "identity": identity, "expression": expression,
             "light": light, "shift": shift.to(dtype)}
 

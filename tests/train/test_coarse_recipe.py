@@ -48,7 +48,8 @@ def stand_in_photos(tmp_path, monkeypatch):
 
 def _overrides(cache):
     return [f"data.cache={cache}", "data.variants=6", "data.val_variants=4", "data.val_every_photo=4",
-            "data.online=false", "loss.batch=8", "loss.photometric_start=10", "loss.photometric_ramp=10", "optim.lr=3e-3",
+            "data.online=false", "loss.batch=8", "loss.photometric_start=10", "loss.photometric_ramp=10",
+            "optim.lr=3e-3",
             "schedule.name=constant", "schedule.warmup_steps=5", "train.steps=40", "train.log_every=1",
             "train.val_every=40", "train.checkpoint_every=40", "train.image_every=0"]
 

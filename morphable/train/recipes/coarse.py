@@ -7,7 +7,8 @@ inverse-rendered chips (:mod:`morphable.train.inverse_rendered`) with
   (each block weighs the same whatever its length or units);
 * a **rendered photometric loss**: the predicted face (geometry, chip camera, smooth albedo, SH light)
   rendered by our differentiable renderer over the input chip, and the seed's
-  E_con = 1/|P| Σ_p ‖C_S(p) − C_I(p)‖ (the robust L2,1 form of :func:`~morphable.losses.photometric.photometric_loss`)
+  E_con = 1/|P| Σ_p ‖C_S(p) − C_I(p)‖ (the robust L2,1 form of
+  :func:`~morphable.losses.photometric.photometric_loss`)
   over the rendered face pixels.
 
 Data: the training variants come from :data:`~morphable.train.inverse_rendered.TRAIN_PHOTOS` except every
@@ -99,7 +100,8 @@ class LossSection:
     """param: weight of the parameter loss; photometric: of the rendered E_con, reached linearly from 0 between
     steps ``photometric_start`` and ``photometric_start + photometric_ramp`` (with the term on from step 1, the global
     gradient norm rose to hundreds within 250 steps, against ~5 for the parameter loss alone, and with
-    gradient clipping the net stopped learning: the renderer's gradients on an untrained net's predictions); batch: chips per step."""
+    gradient clipping the net stopped learning: the renderer's gradients on an untrained net's predictions);
+    batch: chips per step."""
 
     param: float = 1.0
     photometric: float = 1.0
