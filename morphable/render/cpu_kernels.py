@@ -19,27 +19,10 @@ writable (numba's ``cache=True``).
 """
 from __future__ import annotations
 
-import threading
-
 import numba
 import numpy as np
 import torch
 from torch import Tensor
-
-# numba's own pthread pool: its OpenMP layer and torch's OpenMP runtime spin against each other on a small
-# machine (measured 12 ms against 1 ms per call with two threads); the pool is not safe for concurrent launches,
-# so kernels launched from other Python threads run on one thread (:func:`chunks`).
-numba.config.THREADING_LAYER = "workqueue"
-
-
-def chunks() -> int:
-    """How many threads a parallel kernel may use now: torch's thread count (bounded by numba's pool) from the
-    main thread, 1 from any other thread."""
-    if threading.current_thread() is not threading.main_thread():
-        return 1
-    n = max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS))
-    numba.set_num_threads(n)
-    return n
 
 @numba.njit(cache=True, error_model="numpy")
 def _sortable_key(depth) -> np.int64:  # pragma: no cover - compiled
@@ -315,26 +298,14 @@ def _pixel(screen, normals, colors, triangles, b, f, px, py, perspective, eps): 
     return (i0, i1, i2, l0, l1, l2, area2, inv, nx * scale, ny * scale, nz * scale, length, scale, r0, r1, r2)
 
 
-@numba.njit(cache=True, error_model="numpy", fastmath=_FAST, parallel=True)
-def _sh_shade_forward(screen, normals, colors, K, beta, triangles, batch, face, centres, perspective, eps,
-                      chunks):  # pragma: no cover - compiled
+@numba.njit(cache=True, error_model="numpy", fastmath=_FAST)
+def _sh_shade_forward(screen, normals, colors, K, beta, triangles, batch, face, centres, perspective,
+                      eps):  # pragma: no cover - compiled
     """Packed SH-shaded colours ``(P, 3)`` (render.deferred: barycentrics, interpolation, Lᵀφ(m) = Kᵀψ(m) + β
-    with ψ = (m_x, m_y, m_z, m_x m_y, m_y m_z, m_x m_z, m_z², m_x² − m_y²)); the pixels in ``chunks``
-    contiguous ranges, one per thread."""
+    with ψ = (m_x, m_y, m_z, m_x m_y, m_y m_z, m_x m_z, m_z², m_x² − m_y²))."""
     P = face.shape[0]
     out = np.empty((P, 3), screen.dtype)
-    step = (P + chunks - 1) // chunks
-    for chunk in numba.prange(chunks):
-        _shade_range(screen, normals, colors, K, beta, triangles, batch, face, centres, perspective, eps, out,
-                     chunk * step, min(P, (chunk + 1) * step))
-    return out
-
-
-@numba.njit(cache=True, error_model="numpy", fastmath=_FAST)
-def _shade_range(screen, normals, colors, K, beta, triangles, batch, face, centres, perspective, eps, out, start,
-                 end):  # pragma: no cover - compiled
-    """:func:`_sh_shade_forward` of pixels ``[start, end)`` into ``out``."""
-    for p in range(start, end):
+    for p in range(P):
         b = batch[p]
         _, _, _, _, _, _, _, _, mx, my, mz, _, _, r0, r1, r2 = _pixel(
             screen, normals, colors, triangles, b, face[p], centres[p, 0], centres[p, 1], perspective, eps)
@@ -345,41 +316,22 @@ def _shade_range(screen, normals, colors, K, beta, triangles, batch, face, centr
             s = (beta[bk, c] + k[0, c] * mx + k[1, c] * my + k[2, c] * mz + k[3, c] * psi3 + k[4, c] * psi4
                  + k[5, c] * psi5 + k[6, c] * psi6 + k[7, c] * psi7)
             out[p, c] = (r0 if c == 0 else (r1 if c == 1 else r2)) * s
-
-
-@numba.njit(cache=True, error_model="numpy", fastmath=_FAST, parallel=True)
-def _sh_shade_backward(screen, normals, colors, K, beta, triangles, batch, face, centres, perspective, eps, grad,
-                       chunks):  # pragma: no cover - compiled
-    """Gradients of ``Σ grad · colour`` for :func:`_sh_shade_forward`: ``(screen, normals, colors)`` with the
-    inputs' shapes, and per pixel ``ψ`` ``(P, 8)`` and ``∂/∂s`` ``(P, 3)`` (``∂/∂K = Σ_p ψ ⊗ ∂/∂s`` and
-    ``∂/∂β = Σ_p ∂/∂s`` are sums over each image's pixels, left to a matrix product). Each pixel's forward
-    quantities are recomputed instead of stored. The pixels in ``chunks`` contiguous ranges, one per thread,
-    each scattering into its own vertex-gradient buffers, summed at the end."""
-    P = face.shape[0]
-    B, V = screen.shape[0], screen.shape[1]
-    g_screen = np.zeros((chunks, B, V, 3), screen.dtype)
-    g_normals = np.zeros((chunks, B, V, 3), screen.dtype)
-    g_colors = np.zeros((chunks, B, V, 3), screen.dtype)
-    psi_all, g_s_all = np.empty((P, 8), screen.dtype), np.empty((P, 3), screen.dtype)
-    step = (P + chunks - 1) // chunks
-    for chunk in numba.prange(chunks):
-        _shade_backward_range(screen, normals, colors, K, beta, triangles, batch, face, centres, perspective, eps,
-                              grad, g_screen[chunk], g_normals[chunk], g_colors[chunk], psi_all, g_s_all,
-                              chunk * step, min(P, (chunk + 1) * step))
-    for chunk in range(1, chunks):
-        g_screen[0] += g_screen[chunk]
-        g_normals[0] += g_normals[chunk]
-        g_colors[0] += g_colors[chunk]
-    return g_screen[0], g_normals[0], g_colors[0], psi_all, g_s_all
+    return out
 
 
 @numba.njit(cache=True, error_model="numpy", fastmath=_FAST)
-def _shade_backward_range(screen, normals, colors, K, beta, triangles, batch, face, centres, perspective, eps, grad,
-                          g_screen, g_normals, g_colors, psi_all, g_s_all, start, end):  # pragma: no cover - compiled
-    """:func:`_sh_shade_backward` of pixels ``[start, end)``, accumulating into the given buffers."""
+def _sh_shade_backward(screen, normals, colors, K, beta, triangles, batch, face, centres, perspective, eps,
+                       grad):  # pragma: no cover - compiled
+    """Gradients of ``Σ grad · colour`` for :func:`_sh_shade_forward`: ``(screen, normals, colors)`` with the
+    inputs' shapes, and per pixel ``ψ`` ``(P, 8)`` and ``∂/∂s`` ``(P, 3)`` (``∂/∂K = Σ_p ψ ⊗ ∂/∂s`` and
+    ``∂/∂β = Σ_p ∂/∂s`` are sums over each image's pixels, left to a matrix product). Each pixel's forward
+    quantities are recomputed instead of stored."""
+    P = face.shape[0]
+    g_screen, g_normals, g_colors = np.zeros_like(screen), np.zeros_like(normals), np.zeros_like(colors)
+    psi_all, g_s_all = np.empty((P, 8), screen.dtype), np.empty((P, 3), screen.dtype)
     g_rho = np.empty(3, screen.dtype)
     g_psi = np.empty(8, screen.dtype)
-    for p in range(start, end):
+    for p in range(P):
         b = batch[p]
         px, py = centres[p, 0], centres[p, 1]
         i0, i1, i2, l0, l1, l2, area2, inv, mx, my, mz, length, scale, r0, r1, r2 = _pixel(
@@ -444,3 +396,4 @@ def _shade_backward_range(screen, normals, colors, K, beta, triangles, batch, fa
         g_screen[b, i1, 1] += gw0 * dx2 - gw2 * dx0
         g_screen[b, i2, 0] += gw0 * dy1 - gw1 * dy0
         g_screen[b, i2, 1] += gw1 * dx0 - gw0 * dx1
+    return g_screen, g_normals, g_colors, psi_all, g_s_all

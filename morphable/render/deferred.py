@@ -78,7 +78,7 @@ class _ShadePackedCompiled(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, screen, normals, colors, sh, triangles, batch, face, centres, perspective):  # type: ignore[override]
-        from morphable.render.cpu_kernels import _sh_shade_forward, chunks  # numba: imported on first render
+        from morphable.render.cpu_kernels import _sh_shade_forward  # numba: imported on first render
 
         dtype = screen.dtype
         K, beta = _quadratic(sh.detach().to(dtype))
@@ -86,16 +86,16 @@ class _ShadePackedCompiled(torch.autograd.Function):
         ids = [t.contiguous().numpy() for t in (triangles, batch, face, centres)]
         ctx.arrays, ctx.ids, ctx.KB, ctx.perspective = arrays, ids, (K.numpy(), beta.numpy()), perspective
         ctx.dtypes, ctx.sh_batch = (dtype, normals.dtype, colors.dtype, sh.dtype), sh.shape[0]
-        return torch.from_numpy(_sh_shade_forward(*arrays, *ctx.KB, *ids, perspective, _EPS, chunks()))
+        return torch.from_numpy(_sh_shade_forward(*arrays, *ctx.KB, *ids, perspective, _EPS))
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad):  # type: ignore[override]
-        from morphable.render.cpu_kernels import _sh_shade_backward, chunks
+        from morphable.render.cpu_kernels import _sh_shade_backward
 
         g = grad.to(ctx.dtypes[0]).contiguous().numpy()
         g_screen, g_normals, g_colors, psi, g_s = (torch.from_numpy(t) for t in _sh_shade_backward(
-            *ctx.arrays, *ctx.KB, *ctx.ids, ctx.perspective, _EPS, g, chunks()))
+            *ctx.arrays, *ctx.KB, *ctx.ids, ctx.perspective, _EPS, g))
         g_sh = None
         if ctx.needs_input_grad[3]:  # ∂/∂K = Σ_p ψ ⊗ ∂/∂s, ∂/∂β = Σ_p ∂/∂s, per image of the light
             if ctx.KB[0].shape[0] == 1:
