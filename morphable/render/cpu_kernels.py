@@ -1,21 +1,27 @@
-"""Compiled CPU kernels (numba) for the renderer's two non-differentiable searches: the z-buffer
-rasterisation of triangle ids and the nearest silhouette edge of each boundary pixel.
+"""Compiled CPU kernels (numba) for the renderer: the z-buffer rasterisation of triangle ids, the silhouette
+search (silhouette edges and each boundary pixel's nearest one), and the SH shading of the packed pixels with
+its backward pass.
 
-They compute *exactly* what the vectorised PyTorch searches of :mod:`morphable.render.rasterize` and
-:mod:`morphable.render.silhouette` compute (same float arithmetic in the same order, same z-buffer keys and
-tie rules; the tests compare the two bit for bit), but as plain loops: one pass over each triangle's pixel
-box instead of building candidate lists, which on a CPU costs a handful of tensor passes per candidate.
-A 224² render of a 35k-vertex mesh rasterises in about 1 ms here against 12–14 ms for the tensor version.
-The tensor versions stay the path for other devices (CUDA) and the reference these are tested against,
-beside the brute-force references (:func:`~morphable.render.rasterize.rasterize_reference`,
+The two searches compute *exactly* what the vectorised PyTorch searches of :mod:`morphable.render.rasterize`
+and :mod:`morphable.render.silhouette` compute (same float arithmetic in the same order, same z-buffer keys
+and tie rules; the tests compare the two bit for bit), but as plain loops: one pass over each triangle's
+pixel box instead of building candidate lists, which on a CPU costs a handful of tensor passes per
+candidate. A 224² render of a 35k-vertex mesh rasterises in about 2.5 ms here against 12–14 ms for the
+tensor version. The shading kernels equal :func:`~morphable.render.deferred.sh_shade_packed_reference` to
+rounding (tested with values, gradients and ``gradcheck``). The tensor versions stay the path for other
+devices (CUDA) and the references these are tested against, beside the brute-force references
+(:func:`~morphable.render.rasterize.rasterize_reference`,
 :func:`~morphable.render.silhouette.nearest_edge_reference`).
 
-Arithmetic: every quantity the tensor path computes in the screen dtype (float32 normally) is computed
-here in that dtype too: numba keeps float32 arithmetic in float32 and, without ``fastmath``, neither fuses
-multiply–adds nor reorders sums, so the results match the tensor kernels' IEEE operations exactly.
+Arithmetic of the searches: every quantity the tensor path computes in the screen dtype (float32 normally)
+is computed here in that dtype too: numba keeps float32 arithmetic in float32 and, without ``fastmath``,
+neither fuses multiply–adds nor reorders sums, so the results match the tensor kernels' IEEE operations
+exactly. Division is IEEE (``error_model="numpy"``: no exception on a zero divisor). The shading kernels may
+reassociate (``fastmath`` without the no-NaN/no-infinity flags).
 
-The kernels are compiled on first use (a few seconds) and cached on disk beside this file when it is
-writable (numba's ``cache=True``).
+All kernels run on one thread (numba's parallel layers measured slower here: ``docs/performance.md``). They
+are compiled on first use (a few seconds) and cached on disk beside this file when it is writable (numba's
+``cache=True``).
 """
 from __future__ import annotations
 
