@@ -82,7 +82,28 @@ def _stn_tiny(folder: Path) -> list[str]:
             "loss.batch=8"]
 
 
-TINY: dict[str, Callable[[Path], list[str]]] = {"genova": _genova_tiny, "ringnet": _ringnet_tiny, "stn": _stn_tiny}
+def _sir_tiny(folder: Path) -> list[str]:
+    """SIR at its test size (tests/train/test_sir_recipe.py), stage 2 (pixel and face-recognition terms) from the
+    first step: 3 example photos as identity rows of two made-up people (``b`` held out), 2 as landmark rows,
+    3 synthetic identities."""
+    from morphable.models.registry import mirror
+    from morphable.train.data.prepare import prepare_dataset
+
+    root = mirror()
+    photos = sorted((root / EXAMPLE_PHOTOS).glob("*.png"))[:3] if root is not None else []
+    if len(photos) < 3:
+        raise FileNotFoundError(f"no example photos: {EXAMPLE_PHOTOS} not under MORPHABLE_MIRROR ({root})")
+    ident = folder / "ident"
+    prepare_dataset(photos, ident, identities={photos[0].stem: "a", photos[1].stem: "a", photos[2].stem: "b"},
+                    progress=False)
+    return [f"data.cache={folder / 'cache'}", f"data.identity_real={ident}", "data.train_identities=a",
+            f"data.landmark_real={_real_faces(folder, 2)}", "data.synthetic_identities=3", "data.synthetic_images=2",
+            "data.synthetic_val_identities=2", "data.real_identity_share=0.5", "batch.identities=2", "batch.images=2",
+            "batch.landmark=2", "batch.pixel=2", "stages.stage1_steps=0", "net.hidden=32"]
+
+
+TINY: dict[str, Callable[[Path], list[str]]] = {"genova": _genova_tiny, "ringnet": _ringnet_tiny, "sir": _sir_tiny,
+                                                "stn": _stn_tiny}
 """Tiny configurations of recipes that do not define ``tiny_overrides`` themselves."""
 
 
