@@ -39,12 +39,6 @@ def skew(v: Tensor) -> Tensor:
     return torch.stack([o, -z, y, z, o, -x, -y, x, o], dim=-1).reshape(*v.shape[:-1], 3, 3)
 
 
-# vec([r]_x) = _SKEW @ r: the cross-product matrix as one product (row-major 3 × 3 entries)
-_SKEW = torch.tensor([[0, 0, 0], [0, 0, -1], [0, 1, 0],
-                      [0, 0, 1], [0, 0, 0], [-1, 0, 0],
-                      [0, -1, 0], [1, 0, 0], [0, 0, 0]], dtype=torch.float64)
-
-
 def _rodrigues_coefficients(s, lib=torch):
     """``a = sin θ/θ``, ``b = (1 − cos θ)/θ²`` and their derivatives with respect to ``s = θ²`` (Taylor series
     below ``s = 1e-8``, where the closed forms lose all precision); ``lib``: ``torch`` or ``numpy``."""
