@@ -119,9 +119,7 @@ class ShapeWarp:
         self.points = model.mean.detach().double()
         self.mirror = model.symmetry
         self.ids = model.regions[region] if region in model.regions else torch.arange(model.n_vertices)
-        with torch.no_grad():
-            eye = torch.eye(model.n_identity, dtype=model.mean.dtype, device=model.mean.device)
-            basis = (model(identity=eye).vertices - model.mean[None])[:, self.ids]  # (K, V_r, 3)
+        basis = model.identity_basis.detach()[self.ids].permute(2, 0, 1)  # (K, V_r, 3)
         E = basis.reshape(model.n_identity, -1).double()  # rows: coefficient k's displacement
         self.projection = torch.linalg.solve(E @ E.T + ridge * torch.eye(len(E), dtype=torch.float64), E)  # (K, 3V_r)
 
