@@ -50,21 +50,34 @@ def _csr_apply(matrix: Tensor, x: Tensor) -> Tensor:
     return out.reshape(-1, B, K).permute(1, 0, 2)
 
 
+class _VertexNormalsCompiled(torch.autograd.Function):
+    """Area-weighted unit vertex normals as compiled CPU loops, forward and backward
+    (:mod:`morphable.geometry.cpu_kernels`)."""
+
+    @staticmethod
+    def forward(ctx, vertices: Tensor, triangles: Tensor, eps: float) -> Tensor:  # type: ignore[override]
+        from morphable.geometry.cpu_kernels import vertex_normals_cpu  # numba: imported on first use
+
+        out, norm = vertex_normals_cpu(vertices, triangles, eps)
+        ctx.save_for_backward(vertices, triangles, out, norm)
+        ctx.eps = eps
+        return out
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad: Tensor):  # type: ignore[override]
+        from morphable.geometry.cpu_kernels import vertex_normals_backward_cpu
+
+        return vertex_normals_backward_cpu(*ctx.saved_tensors, grad, ctx.eps), None, None
+
+
 class _VertexNormals(torch.autograd.Function):
-    """Area-weighted unit vertex normals with a hand-written backward pass (no autograd graph of the
-    intermediate face quantities): compiled loops on CPU (:mod:`morphable.geometry.cpu_kernels`), sparse
-    products elsewhere (``compiled=False`` forces them)."""
+    """Area-weighted unit vertex normals with a hand-written backward pass (sparse products, no
+    autograd graph of the intermediate face quantities: several times cheaper on CPU)."""
 
     @staticmethod
     def forward(ctx, vertices: Tensor, triangles: Tensor, inc: "VertexFaceIncidence",  # type: ignore[override]
-                eps: float, compiled: bool) -> Tensor:
-        ctx.compiled, ctx.eps = compiled, eps
-        if compiled:
-            from morphable.geometry.cpu_kernels import vertex_normals_cpu  # numba: imported on first use
-
-            out, norm = vertex_normals_cpu(vertices, triangles, eps)
-            ctx.save_for_backward(vertices, triangles, out, norm)
-            return out
+                eps: float) -> Tensor:
         B, V = vertices.shape[:2]
         flat = vertices.reshape(B * V, 3)  # row gathers of a 2-D tensor: about twice as fast as along dim 1
         v0, v1, v2 = (flat.index_select(0, ids).view(B, -1, 3) for ids in inc.corner_ids(B))
@@ -73,17 +86,12 @@ class _VertexNormals(torch.autograd.Function):
         norm = s.norm(dim=-1, keepdim=True)
         out = s / norm.clamp_min(eps)  # clamp: isolated vertices stay 0, no nan
         ctx.save_for_backward(a, b, out, norm)
-        ctx.inc = inc
+        ctx.inc, ctx.eps = inc, eps
         return out
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad: Tensor):  # type: ignore[override]
-        if ctx.compiled:
-            from morphable.geometry.cpu_kernels import vertex_normals_backward_cpu
-
-            vertices, triangles, out, norm = ctx.saved_tensors
-            return vertex_normals_backward_cpu(vertices, triangles, out, norm, grad, ctx.eps), None, None, None, None
         a, b, out, norm = ctx.saved_tensors
         inc, eps = ctx.inc, ctx.eps
         big = norm >= eps
@@ -92,7 +100,7 @@ class _VertexNormals(torch.autograd.Function):
         gn = _csr_apply(inc.transpose, gs)  # (B, F, 3)
         ga, gb = _cross(b, gn), _cross(gn, a)  # n = a × b: ∂/∂a = b × g, ∂/∂b = g × a
         gv = _csr_apply(inc.corners, torch.cat([-(ga + gb), ga, gb], dim=1))  # corners 0, 1, 2 in one product
-        return gv, None, None, None, None
+        return gv, None, None, None
 
 
 class VertexFaceIncidence:
@@ -154,8 +162,9 @@ def vertex_normals(vertices: Tensor, triangles: Tensor, eps: float = 1e-12, *,
     """
     if incidence is not None:
         _check(vertices, triangles)
-        compiled = vertices.device.type == "cpu" if compiled is None else compiled
-        return _VertexNormals.apply(vertices, triangles, incidence, eps, compiled)
+        if vertices.device.type == "cpu" if compiled is None else compiled:
+            return _VertexNormalsCompiled.apply(vertices, triangles, eps)
+        return _VertexNormals.apply(vertices, triangles, incidence, eps)
     n = face_areas_normals(vertices, triangles)  # (B, F, 3), |n| ∝ area: the weighting
     B, V = vertices.shape[:2]
     acc = vertices.new_zeros(B, V, 3)
