@@ -31,6 +31,7 @@ from os import PathLike
 import numpy as np
 import torch
 
+from morphable.geometry.mesh import vertex_normals
 from morphable.geometry.rotation import matrix_to_quaternion
 from morphable.io.atomic import atomic_write
 
@@ -76,14 +77,11 @@ class _Buffer:
 
 
 def _normals(vertices: np.ndarray, triangles: np.ndarray) -> np.ndarray:
-    """Area-weighted unit vertex normals ``(V, 3)``; +z for vertices in no triangle (glTF requires unit normals)."""
-    v = vertices[triangles]
-    n = np.cross(v[:, 1] - v[:, 0], v[:, 2] - v[:, 0])
-    acc = np.zeros_like(vertices)
-    for corner in range(3):
-        np.add.at(acc, triangles[:, corner], n)
-    length = np.linalg.norm(acc, axis=1, keepdims=True)
-    return np.where(length > 0, acc / np.where(length > 0, length, 1.0), np.array([0.0, 0.0, 1.0]))
+    """Area-weighted unit vertex normals ``(V, 3)`` (:func:`~morphable.geometry.mesh.vertex_normals`); +z for
+    vertices in no triangle (glTF requires unit normals)."""
+    n = vertex_normals(torch.from_numpy(vertices)[None], torch.from_numpy(triangles))[0].numpy()
+    n[~n.any(1)] = (0.0, 0.0, 1.0)
+    return n
 
 
 def animated_glb_bytes(base: np.ndarray, triangles: np.ndarray, targets: np.ndarray, weights: np.ndarray,
