@@ -18,7 +18,7 @@ from morphable.geometry.laplacian import SparseOperator, uniform_laplacian
 from morphable.geometry.mesh import VertexFaceIncidence
 faces = np.array([[0, 1, 2], [0, 2, 3]])
 op = SparseOperator(uniform_laplacian(faces, 4))
-VertexFaceIncidence(torch.as_tensor(faces), 4)
+VertexFaceIncidence(torch.as_tensor(faces), 4).corners  # the CSR matrices are built on first use
 print(float((op @ torch.ones(4, 1)).abs().sum()))
 """
 
