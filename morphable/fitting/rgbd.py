@@ -51,7 +51,7 @@ from morphable.geometry.align import umeyama
 from morphable.geometry.camera import Perspective
 from morphable.geometry.laplacian import uniform_laplacian
 from morphable.geometry.mesh import submesh, vertex_normals
-from morphable.geometry.rotation import axis_angle_to_matrix, matrix_to_axis_angle
+from morphable.geometry.rotation import axis_angle_to_matrix, matrix_to_axis_angle, skew
 from morphable.models.base import MorphableModel
 from morphable.render.rasterize import rasterize
 
@@ -106,9 +106,10 @@ def back_project(depth: Tensor, focal: float, principal_point: tuple[float, floa
 
 
 def _project(Xc: Tensor, focal: float, principal_point: tuple[float, float]) -> Tensor:
-    """Camera-frame points ``(N, 3)`` → ``(N, 3)`` of ``(u px, v px, depth mm)`` (:meth:`Perspective.project_view`)."""
-    d = -Xc[:, 2]
-    return torch.stack([focal * Xc[:, 0] / d + principal_point[0], -focal * Xc[:, 1] / d + principal_point[1], d], 1)
+    """Camera-frame points ``(N, 3)`` → ``(N, 3)`` of ``(u px, v px, depth mm)``: :meth:`Perspective.project_view`
+    of the intrinsics."""
+    zero = Xc.new_zeros(1, 3)
+    return Perspective(Xc.new_tensor([focal]), Xc.new_tensor([principal_point]), zero, zero).project_view(Xc[None])[0]
 
 
 def depth_pairs(vertices: Tensor, triangles: Tensor, points: Tensor, focal: float,
@@ -202,15 +203,8 @@ def landmark_jacobian(model_points: Tensor, rotation: Tensor, translation: Tenso
     Jp[:, 0, 0], Jp[:, 0, 2] = focal / d, focal * Xc[:, 0] / d**2
     Jp[:, 1, 1], Jp[:, 1, 2] = -focal / d, -focal * Xc[:, 1] / d**2
     # ∂X_c/∂(ω, t, c) = [−[R X]_×, I, R B]
-    JX = torch.cat([-_skew(RX), torch.eye(3, dtype=Xc.dtype).expand(len(Xc), 3, 3), rotation @ basis], -1)
+    JX = torch.cat([-skew(RX), torch.eye(3, dtype=Xc.dtype).expand(len(Xc), 3, 3), rotation @ basis], -1)
     return res, ((Jp @ JX) * mm[:, None, None]).reshape(-1, JX.shape[-1])
-
-
-def _skew(P: Tensor) -> Tensor:
-    """``(N, 3)`` → ``(N, 3, 3)`` cross-product matrices, ``[p]_× v = p × v``."""
-    S = torch.zeros(len(P), 3, 3, dtype=P.dtype)
-    S[:, 0, 1], S[:, 0, 2], S[:, 1, 2] = -P[:, 2], P[:, 1], -P[:, 0]
-    return S - S.transpose(1, 2)
 
 
 def _face_mesh(model: MorphableModel):
@@ -362,12 +356,15 @@ def refine_basis(model: MorphableModel, fit: RGBDFit, depth: Tensor, *, w_reg: f
     For one frame the depth sees ``A′`` only through ``δ = (A′ − A) c``, and among all ``A′`` with a given ``δ``
     the one closest to ``A`` (smallest E_regA: both of its terms are squared norms of a linear map of ``A′ − A``,
     row by row minimised by the minimum-norm solution) is ``A′ = A + δ cᵀ / ‖c‖²``, where
-    ``E_regA = (w_Areg ‖δ‖² + w_Asmo ‖Δδ‖²) / ‖c‖²``. So the refinement is a sparse linear least-squares
-    problem in ``δ (V_face·3)``, re-linearised ``iterations`` times (each re-rasterises the pairs):
-    ``(MᵀWM + (w_Areg I + w_Asmo ΔᵀΔ) / ‖c‖²) δ = MᵀW (M δ₀ − r)`` with ``M`` = :func:`pixel_matrix`, ``W`` the
-    Geman–McClure weights over σ_geo², ``r`` the residuals at ``δ₀``; Δ is the face mesh's uniform graph Laplacian
-    (:func:`~morphable.geometry.laplacian.uniform_laplacian`: each vertex minus the mean of its neighbours).
-    Vertices the depth does not see keep ``δ`` from the smoothness term alone (decaying away from the seen part).
+    ``E_regA = (w_Areg ‖δ‖² + w_Asmo ‖Δδ‖²) / ‖c‖²``. ``δ = N s`` is restricted to the fitted face's unit
+    vertex normals ``N (3V_face, V_face)`` (free 3-D offsets slide vertices tangentially, which depth cannot
+    see), so the refinement is a sparse linear least-squares problem in ``s (V_face,)`` mm, re-linearised
+    ``iterations`` times (each re-rasterises the pairs):
+    ``(NᵀMᵀWMN + (w_Areg I + w_Asmo (ΔN)ᵀΔN) / ‖c‖²) s = NᵀMᵀW (M N s₀ − r)`` with ``M`` = :func:`pixel_matrix`,
+    ``W`` the Geman–McClure weights over σ_geo², ``r`` the residuals at ``s₀``; Δ is the face mesh's uniform graph
+    Laplacian (:func:`~morphable.geometry.laplacian.uniform_laplacian`: each vertex minus the mean of its
+    neighbours). Vertices the depth does not see keep ``s`` from the smoothness term alone (decaying away from
+    the seen part).
 
     Args:
         fit: the coefficient fit (:func:`fit_rgbd`) of the same ``depth`` and camera.
