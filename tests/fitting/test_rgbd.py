@@ -186,7 +186,7 @@ def test_refined_basis_minimises_its_energy_and_recovers_an_off_model_bump():
     model = face_model()
     depth, landmarks, cam, _, _, truth = scene(off_basis=True)
     fit = fit_rgbd(model, depth, FOCAL, CENTRE, landmarks)
-    w_reg, w_smooth = 1.0, 100.0  # this coarse grid (~9 mm edges) needs less smoothing than ICT's defaults
+    w_reg, w_smooth = 1.0, 100.0  # refine_basis's defaults, written out for the energy below
     refined = refine_basis(model, fit, depth, w_reg=w_reg, w_smooth=w_smooth, iterations=1)
     # (1) one step solves the linearised E_geo + E_regA: its gradient in the offset (along the fitted
     # normals, the refinement's unknowns) vanishes there, computed here by autograd from the energy's terms
