@@ -345,7 +345,6 @@ def write_track(vt: VideoTrack, video: str | Path, folder: Path, model, model_na
     from morphable.io import Mesh, write_obj
     from morphable.io.atomic import atomic_write
 
-    formats = tuple(meshes)
     mesh = OverlayMesh(vt, model)
     faces = model.polygons if model.polygons is not None else model.triangles.tolist()
     N = len(vt.landmarks)
@@ -355,10 +354,10 @@ def write_track(vt: VideoTrack, video: str | Path, folder: Path, model, model_na
         # 2.05 → 0.80 s for obama.mp4) and no larger a file (268 vs 281 kB), so the encoder keeps up with the tracker
         writer = imageio.get_writer(folder / "overlay.mp4", fps=vt.fps, codec="libx264", quality=7,
                                     macro_block_size=2, ffmpeg_log_level="error", output_params=["-preset", "veryfast"])
-    if "obj" in formats:
+    if "obj" in meshes:
         (folder / "meshes").mkdir()
-    rotations, shifts = [], []
-    all_rotations = vt.track.camera.rotation_matrix if formats else None  # (N, 3, 3), converted once
+    shifts = []
+    rotations = vt.track.camera.rotation_matrix if meshes else None  # (N, 3, 3), converted once
     bar = tqdm(desc="writing", unit="frame", total=N, file=sys.stderr, disable=not progress, leave=False)
     try:
         with atomic_write(folder / "params.jsonl", "w") as lines:
@@ -369,16 +368,15 @@ def write_track(vt: VideoTrack, video: str | Path, folder: Path, model, model_na
                 lines.write(json.dumps(frame_params(vt, n, model, model_name, str(video))) + "\n")
                 if writer is not None:
                     writer.append_data(overlay_frame(frame, vt, n, mesh))
-                if formats:
+                if meshes:
                     cam = vt.track.camera
-                    R = all_rotations[n]
+                    R = rotations[n]
                     H, W = frame.shape[:2]
                     s = float(cam.scale[n])
                     shift = torch.tensor([(float(cam.translation[n, 0]) - (W - 1) / 2) / s,
                                           -(float(cam.translation[n, 1]) - (H - 1) / 2) / s, 0.0], dtype=R.dtype)
-                    rotations.append(R.double().numpy())
                     shifts.append(shift.double().numpy())
-                if "obj" in formats:
+                if "obj" in meshes:
                     posed = frame_vertices(vt, n, model) @ R.T + shift
                     write_obj(folder / "meshes" / f"frame_{n:05d}.obj", Mesh(vertices=posed.numpy(), faces=faces))
                 bar.update(1)
@@ -386,8 +384,8 @@ def write_track(vt: VideoTrack, video: str | Path, folder: Path, model, model_na
         bar.close()
         if writer is not None:
             writer.close()
-    if "glb" in formats:
-        write_track_glb(vt, folder / "track.glb", model, np.stack(rotations), np.stack(shifts))
+    if "glb" in meshes:
+        write_track_glb(vt, folder / "track.glb", model, rotations[:len(shifts)].double().numpy(), np.stack(shifts))
 
 
 def write_track_glb(vt: VideoTrack, path: Path, model, rotations: np.ndarray, shifts: np.ndarray) -> None:
