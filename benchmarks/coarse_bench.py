@@ -115,6 +115,7 @@ def main() -> None:
         return
     config = json.loads(net.meta.get("config", "{}"))
     data_cfg = config.get("data", {})
+    data_cfg = data_cfg.get("variant", data_cfg)  # weights trained before data.variant held them flat in data
     fields = VariantSettings.__dataclass_fields__
     settings = VariantSettings(**{k: v for k, v in data_cfg.items() if k in fields})
     if settings.size != net.size:

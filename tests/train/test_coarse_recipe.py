@@ -82,7 +82,7 @@ def test_bad_settings_are_config_errors():
     with pytest.raises(ConfigError, match="val_every_photo"):
         load_config(recipe_module.CoarseConfig, None, ["data.val_every_photo=1"])
     with pytest.raises(ConfigError, match="max_yaw_deg"):
-        load_config(recipe_module.CoarseConfig, None, ["data.max_yaw_deg=100"])
+        load_config(recipe_module.CoarseConfig, None, ["data.variant.max_yaw_deg=100"])
 
 
 def test_online_chips_match_their_targets(stand_in_photos):

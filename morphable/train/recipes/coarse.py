@@ -57,25 +57,17 @@ class ModelSection:
 @dataclass(frozen=True)
 class DataSection:
     """variants: chips per training photo; val_variants: per validation photo; val_every_photo: every this
-    many-th of :data:`TRAIN_PHOTOS` (from the last of each run of that length) is a validation photo; online:
-    every training chip is drawn afresh at each step (new pose, identity, expression, light and shift
-    rendered over a cached chip's inpainted background, :func:`~morphable.train.inverse_rendered.place_faces`)
-    instead of read from the cached variants; the rest are
-    :class:`~morphable.train.inverse_rendered.VariantSettings`; cache: folder ("" =
-    ``$MORPHABLE_HOME/train-cache``); photos: use only the first this many of :data:`TRAIN_PHOTOS` (0 = all)."""
+    many-th of :data:`TRAIN_PHOTOS` (from the last of each run of that length) is a validation photo; variant:
+    how chips are re-rendered (:class:`~morphable.train.inverse_rendered.VariantSettings`, overridden as
+    ``data.variant.max_yaw_deg=...``); online: every training chip is drawn afresh at each step (new pose,
+    identity, expression, light and shift rendered over a cached chip's inpainted background,
+    :func:`~morphable.train.inverse_rendered.place_faces`) instead of read from the cached variants; cache: folder
+    ("" = ``$MORPHABLE_HOME/train-cache``); photos: use only the first this many of :data:`TRAIN_PHOTOS` (0 = all)."""
 
     variants: int = 64
     val_variants: int = 16
     val_every_photo: int = 8
-    size: int = 96
-    max_yaw_deg: float = 90.0
-    max_pitch_deg: float = 20.0
-    max_roll_deg: float = 15.0
-    expression_probability: float = 0.5
-    light_brightness: float = 0.15
-    box_scale_jitter: float = 0.1
-    box_shift_jitter: float = 0.05
-    identity_jitter: float = 1.0
+    variant: VariantSettings = VariantSettings()
     online: bool = True
     cache: str = ""
     photos: int = 0
@@ -87,12 +79,6 @@ class DataSection:
             raise ValueError(f"val_every_photo must be >= 2, got {self.val_every_photo}")
         if self.photos < 0:
             raise ValueError(f"photos must be >= 0 (0 = all), got {self.photos}")
-        self.settings()  # VariantSettings checks the rest
-
-    def settings(self) -> VariantSettings:
-        return VariantSettings(self.size, self.max_yaw_deg, self.max_pitch_deg, self.max_roll_deg,
-                               self.expression_probability, self.light_brightness, self.box_scale_jitter,
-                               self.box_shift_jitter, self.identity_jitter)
 
 
 @dataclass(frozen=True)
@@ -147,15 +133,15 @@ class CoarseRecipe(Recipe):
         self.layout = coarse_layout(m.n_identity, m.n_expression, cfg.model.albedo_modes)
         self.basis, region = albedo_basis(m, cfg.model.albedo_modes)
         self.region = region
-        self.renderer = Renderer(region_triangles(m, region), (cfg.data.size, cfg.data.size))
+        self.renderer = Renderer(region_triangles(m, region), (cfg.data.variant.size, cfg.data.variant.size))
         train_photos, val_photos = split_photos(TRAIN_PHOTOS, cfg.data.val_every_photo, cfg.data.photos)
-        settings, cache = cfg.data.settings(), cache_root(cfg.data.cache)
+        settings, cache = cfg.data.variant, cache_root(cfg.data.cache)
         seed = cfg.train.seed
         self.train_set = self._prepare(build_set(m, cfg.model.name, train_photos, cfg.data.variants, 2 * seed + 1,
                                                  settings, name="train", cache=cache, progress=True))
         self.val_set = self._prepare(build_set(m, cfg.model.name, val_photos, cfg.data.val_variants, 2 * seed + 2,
                                                settings, name="val", cache=cache, progress=True))
-        self.net = CoarseNet(cfg.model.name, self.layout, cfg.data.size)
+        self.net = CoarseNet(cfg.model.name, self.layout, cfg.data.variant.size)
         targets = self.train_set["targets"]
         self.net.mean.copy_(targets.mean(0))
         self.net.std.copy_(targets.std(0).clamp_min(1e-3))
@@ -166,7 +152,7 @@ class CoarseRecipe(Recipe):
             raise ValueError("coarse recipe: the cached fits' region differs from the albedo basis's")
         coeffs = project_albedo(data["albedo"], self.basis)  # (P, 1 + M, 3)
         data["albedo_coefficients"] = coeffs
-        data["targets"] = encode(self.layout, self.config.data.size, ypr=data["ypr"], translation=data["translation"],
+        data["targets"] = encode(self.layout, self.config.data.variant.size, ypr=data["ypr"], translation=data["translation"],
                                  scale=data["scale"], identity=data["identity"], expression=data["expression"],
                                  albedo_coefficients=coeffs[data["photo"]], light=data["light"])
         return data
@@ -183,9 +169,8 @@ class CoarseRecipe(Recipe):
         index = torch.randint(len(data["images"]), (self.config.loss.batch,), generator=generator)
         if not self.config.data.online:
             return {"index": index}
-        settings = self.config.data.settings()
         draws = [draw_variant(self.face_model, {"identity": data["fit_identity"][p], "light": data["fit_light"][p]},
-                              generator, settings) for p in data["photo"][index].tolist()]
+                              generator, self.config.data.variant) for p in data["photo"][index].tolist()]
         return {"index": index, **{k: torch.stack([d[k] for d in draws])
                                    for k in ("ypr", "identity", "expression", "light", "shift")}}
 
@@ -200,7 +185,7 @@ class CoarseRecipe(Recipe):
             out = place_faces(self.face_model, self.renderer, self.region, data["albedo"][photo],
                               data["backgrounds"][index].float() / 255, data["scale"][index], batch["ypr"],
                               batch["identity"], batch["expression"], batch["light"], batch["shift"])
-        targets = encode(self.layout, self.config.data.size, ypr=batch["ypr"], translation=out["translation"],
+        targets = encode(self.layout, self.config.data.variant.size, ypr=batch["ypr"], translation=out["translation"],
                          scale=data["scale"][index], identity=batch["identity"], expression=batch["expression"],
                          albedo_coefficients=data["albedo_coefficients"][photo], light=batch["light"])
         return (out["images"] * 255).round() / 255, targets
@@ -212,7 +197,7 @@ class CoarseRecipe(Recipe):
         sq = (raw - target) ** 2
         blocks = {name: sq[:, self.layout.slice(name)].mean() for name in self.layout.names}
         y = self.net.mean + self.net.std * raw
-        p = decode(self.layout, self.config.data.size, y)
+        p = decode(self.layout, self.config.data.variant.size, y)
         m = self.face_model
         verts = m(identity=p.identity, expression=p.expression if m.n_expression else None).vertices[:, self.region]
         albedo = self.basis.to(y) @ p.albedo_coefficients  # (B, V_r, 3)
