@@ -43,6 +43,7 @@ from morphable.train.data.cache import cache_root
 from morphable.train.inverse_rendered import (TRAIN_PHOTOS, VariantSettings, aligned_error_mm, build_set,
                                               draw_variant, place_faces, region_triangles)
 from morphable.train.recipes.base import Recipe, frozen_model
+from morphable.train.recipes.genova import evaluating
 
 
 @dataclass(frozen=True)
@@ -131,9 +132,9 @@ class CoarseRecipe(Recipe):
         self.face_model, self.model_label = frozen_model(cfg.model.name)
         m = self.face_model
         self.layout = coarse_layout(m.n_identity, m.n_expression, cfg.model.albedo_modes)
-        self.basis, region = albedo_basis(m, cfg.model.albedo_modes)
-        self.region = region
-        self.renderer = Renderer(region_triangles(m, region), (cfg.data.variant.size, cfg.data.variant.size))
+        self.basis, self.region = albedo_basis(m, cfg.model.albedo_modes)
+        self.size = cfg.data.variant.size
+        self.renderer = Renderer(region_triangles(m, self.region), (self.size, self.size))
         train_photos, val_photos = split_photos(TRAIN_PHOTOS, cfg.data.val_every_photo, cfg.data.photos)
         settings, cache = cfg.data.variant, cache_root(cfg.data.cache)
         seed = cfg.train.seed
@@ -141,7 +142,11 @@ class CoarseRecipe(Recipe):
                                                  settings, name="train", cache=cache, progress=True))
         self.val_set = self._prepare(build_set(m, cfg.model.name, val_photos, cfg.data.val_variants, 2 * seed + 2,
                                                settings, name="val", cache=cache, progress=True))
-        self.net = CoarseNet(cfg.model.name, self.layout, cfg.data.variant.size)
+        v = self.val_set
+        self.val_truth = m(identity=v["identity"], expression=v["expression"] if m.n_expression else None).vertices
+        mean_face = m.mean[None].expand(len(self.val_truth), -1, -1)
+        self.mean_face_err_mm = float(aligned_error_mm(mean_face, self.val_truth).mean())
+        self.net = CoarseNet(cfg.model.name, self.layout, self.size)
         targets = self.train_set["targets"]
         self.net.mean.copy_(targets.mean(0))
         self.net.std.copy_(targets.std(0).clamp_min(1e-3))
@@ -152,7 +157,7 @@ class CoarseRecipe(Recipe):
             raise ValueError("coarse recipe: the cached fits' region differs from the albedo basis's")
         coeffs = project_albedo(data["albedo"], self.basis)  # (P, 1 + M, 3)
         data["albedo_coefficients"] = coeffs
-        data["targets"] = encode(self.layout, self.config.data.variant.size, ypr=data["ypr"], translation=data["translation"],
+        data["targets"] = encode(self.layout, self.size, ypr=data["ypr"], translation=data["translation"],
                                  scale=data["scale"], identity=data["identity"], expression=data["expression"],
                                  albedo_coefficients=coeffs[data["photo"]], light=data["light"])
         return data
@@ -185,7 +190,7 @@ class CoarseRecipe(Recipe):
             out = place_faces(self.face_model, self.renderer, self.region, data["albedo"][photo],
                               data["backgrounds"][index].float() / 255, data["scale"][index], batch["ypr"],
                               batch["identity"], batch["expression"], batch["light"], batch["shift"])
-        targets = encode(self.layout, self.config.data.variant.size, ypr=batch["ypr"], translation=out["translation"],
+        targets = encode(self.layout, self.size, ypr=batch["ypr"], translation=out["translation"],
                          scale=data["scale"][index], identity=batch["identity"], expression=batch["expression"],
                          albedo_coefficients=data["albedo_coefficients"][photo], light=batch["light"])
         return (out["images"] * 255).round() / 255, targets
@@ -197,7 +202,7 @@ class CoarseRecipe(Recipe):
         sq = (raw - target) ** 2
         blocks = {name: sq[:, self.layout.slice(name)].mean() for name in self.layout.names}
         y = self.net.mean + self.net.std * raw
-        p = decode(self.layout, self.config.data.variant.size, y)
+        p = decode(self.layout, self.size, y)
         m = self.face_model
         verts = m(identity=p.identity, expression=p.expression if m.n_expression else None).vertices[:, self.region]
         albedo = self.basis.to(y) @ p.albedo_coefficients  # (B, V_r, 3)
@@ -223,35 +228,21 @@ class CoarseRecipe(Recipe):
         """Held-out validation photos' chips: the loss terms, the vertex error (mm, after a similarity
         alignment) and the error of the mean face for scale, yaw error (degrees)."""
         data = self.val_set
-        was = self.net.training
-        self.net.eval()
-        try:
-            with torch.no_grad():
-                terms, y, _ = self.terms(data["images"].float() / 255, data["targets"])
-                m = self.face_model
-                truth = m(identity=data["identity"], expression=data["expression"] if m.n_expression else None).vertices
-                err = aligned_error_mm(self.predicted_vertices(y), truth)
-                mean_face = m.mean[None].expand(len(truth), -1, -1)
-                err0 = aligned_error_mm(mean_face, truth)
-                yaw = (y[:, self.layout.slice("rotation")][:, 0] - data["ypr"][:, 0]).abs().rad2deg()
-        finally:
-            self.net.train(was)
+        with torch.no_grad(), evaluating(self.net):
+            terms, y, _ = self.terms(data["images"].float() / 255, data["targets"])
+            err = aligned_error_mm(self.predicted_vertices(y), self.val_truth)
+            yaw = (y[:, self.layout.slice("rotation")][:, 0] - data["ypr"][:, 0]).abs().rad2deg()
         return {**{k: float(v) for k, v in terms.items()}, "vertex_err_mm": float(err.mean()),
-                "mean_face_err_mm": float(err0.mean()), "yaw_err_deg": float(yaw.mean())}
+                "mean_face_err_mm": self.mean_face_err_mm, "yaw_err_deg": float(yaw.mean())}
 
     def image_grid(self, batch: dict[str, Tensor], step: int) -> Tensor | None:
         """Rows: validation chips, the prediction rendered over them."""
         from morphable.train.logging import tile_images
 
         index = torch.arange(0, len(self.val_set["images"]), max(1, len(self.val_set["images"]) // 8))[:8]
-        was = self.net.training
-        self.net.eval()
-        try:
-            with torch.no_grad():
-                _, _, rend = self.terms(self.val_set["images"][index].float() / 255, self.val_set["targets"][index])
-        finally:
-            self.net.train(was)
         chips = self.val_set["images"][index].float() / 255
+        with torch.no_grad(), evaluating(self.net):
+            _, _, rend = self.terms(chips, self.val_set["targets"][index])
         return tile_images(torch.cat([chips, rend.image.clamp(0, 1)]), columns=len(index))
 
     def finish(self, run_dir: Path) -> None:
