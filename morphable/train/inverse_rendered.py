@@ -50,6 +50,7 @@ from torch import Tensor
 
 from morphable.errors import InputError
 from morphable.geometry.camera import ScaledOrthographic
+from morphable.geometry.mesh import submesh
 from morphable.geometry.rotation import euler_to_matrix, matrix_to_axis_angle
 from morphable.models.base import MorphableModel
 from morphable.render.renderer import Renderer
@@ -349,11 +350,9 @@ def synthesize_variants(model: MorphableModel, fit: dict[str, Tensor], photo: np
 
 
 def region_triangles(model: MorphableModel, region: Tensor) -> Tensor:
-    """The model's triangles whose corners are all in ``region`` ``(V_r,)``, as region vertex ids ``(F_r, 3)``."""
-    local = torch.full((model.n_vertices,), -1, dtype=torch.int64)
-    local[region] = torch.arange(len(region))
-    tri = local[model.triangles]
-    return tri[(tri >= 0).all(1)]
+    """The model's triangles whose corners are all in ``region`` ``(V_r,)`` (sorted, as the photometric fit's
+    ``region_vertices``), as region vertex ids ``(F_r, 3)``: :func:`~morphable.geometry.mesh.submesh`'s."""
+    return submesh(model.triangles, region, model.n_vertices).triangles
 
 
 def build_set(model: MorphableModel, model_name: str, photos: tuple[str, ...] | list[str], variants: int, seed: int,
