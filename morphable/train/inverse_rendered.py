@@ -122,10 +122,13 @@ class VariantSettings:
 
 
 def corpus_root() -> Path:
-    """The photo corpus: ``$MORPHABLE_MIRROR`` (or ``$MORPHABLE_TEST_DATA``), default ``../shared/data``."""
+    """The photo corpus: ``$MORPHABLE_MIRROR`` (:func:`~morphable.models.registry.mirror`, or
+    ``$MORPHABLE_TEST_DATA``), default ``../shared/data``."""
     import os
 
-    return Path(os.environ.get("MORPHABLE_MIRROR") or os.environ.get("MORPHABLE_TEST_DATA") or "../shared/data")
+    from morphable.models.registry import mirror
+
+    return mirror() or Path(os.environ.get("MORPHABLE_TEST_DATA") or "../shared/data")
 
 
 def working_photo(path: str | Path) -> tuple[np.ndarray, float]:
@@ -219,9 +222,9 @@ def crop_photo(photo: np.ndarray, box: tuple[float, float, float], size: int) ->
     return cv2.warpAffine(small, M, (size, size), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
 
 
-def random_expression(model: MorphableModel, n: int, generator: torch.Generator, probability: float) -> Tensor:
-    """``(n, Ke)``: blendshape weights active with ``probability``, uniform in [0, 1]; PCA: N(0, 1)."""
-    shape = (n, model.n_expression)
+def random_expression(model: MorphableModel, generator: torch.Generator, probability: float) -> Tensor:
+    """``(Ke,)``: blendshape weights active with ``probability``, uniform in [0, 1]; PCA: N(0, 1)."""
+    shape = (model.n_expression,)
     if model.expression_kind != "blendshapes":
         return torch.randn(*shape, generator=generator, dtype=torch.float64).to(model.mean.dtype)
     on = torch.rand(*shape, generator=generator, dtype=torch.float64) < probability
@@ -249,7 +252,7 @@ def draw_variant(model: MorphableModel, fit: dict[str, Tensor], generator: torch
     ypr = (2 * torch.rand(3, generator=generator, dtype=torch.float64) - 1) * torch.deg2rad(limits)
     identity = fit["identity"] + settings.identity_jitter * torch.randn(
         fit["identity"].shape, generator=generator, dtype=torch.float64).to(dtype)
-    expression = random_expression(model, 1, generator, settings.expression_probability)[0]
+    expression = random_expression(model, generator, settings.expression_probability)
     light = new_light(fit["light"], generator, settings.light_brightness)
     u = 2 * torch.rand(2, generator=generator, dtype=torch.float64) - 1
     shift = settings.box_shift_jitter * settings.size * u
