@@ -278,7 +278,7 @@ def place_faces(model: MorphableModel, renderer: Renderer, region: Tensor, albed
     S = backgrounds.shape[1]
     defined = model.landmark_mask
     rotation = matrix_to_axis_angle(euler_to_matrix(ypr))
-    verts = model(identity=identity, expression=expression if model.n_expression else None).vertices
+    verts = model(identity=identity, expression=expression).vertices
     # the landmark box's centre at zero translation; the translation then puts it at the chip's centre
     lm = ScaledOrthographic(scale, rotation, torch.zeros_like(shift)).project(model.landmarks(verts))[:, defined]
     centre = (lm.min(1).values + lm.max(1).values) / 2
@@ -310,8 +310,7 @@ def render_variant(model: MorphableModel, fit: dict[str, Tensor], photo: np.ndar
     renderer = renderer or Renderer(region_triangles(model, region), (S, S))
     fit_camera = ScaledOrthographic(fit["scale"], fit["rotation"][None], fit["translation"][None])
     with torch.no_grad():
-        fitted = model(identity=fit["identity"][None],
-                       expression=fit["expression"][None] if model.n_expression else None).vertices
+        fitted = model(identity=fit["identity"][None], expression=fit["expression"][None]).vertices
         points = fit_camera.project(model.landmarks(fitted))[0][model.landmark_mask]
         box = chip_box(points, float(variant["box_scale"]), settings)
         # background: the photo's chip with the original face's footprint inpainted

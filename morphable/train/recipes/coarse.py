@@ -143,7 +143,7 @@ class CoarseRecipe(Recipe):
         self.val_set = self._prepare(build_set(m, cfg.model.name, val_photos, cfg.data.val_variants, 2 * seed + 2,
                                                settings, name="val", cache=cache, progress=True))
         v = self.val_set
-        self.val_truth = m(identity=v["identity"], expression=v["expression"] if m.n_expression else None).vertices
+        self.val_truth = m(identity=v["identity"], expression=v["expression"]).vertices
         mean_face = m.mean[None].expand(len(self.val_truth), -1, -1)
         self.mean_face_err_mm = float(aligned_error_mm(mean_face, self.val_truth).mean())
         self.net = CoarseNet(cfg.model.name, self.layout, self.size)
@@ -204,7 +204,7 @@ class CoarseRecipe(Recipe):
         y = self.net.mean + self.net.std * raw
         p = decode(self.layout, self.size, y)
         m = self.face_model
-        verts = m(identity=p.identity, expression=p.expression if m.n_expression else None).vertices[:, self.region]
+        verts = m(identity=p.identity, expression=p.expression).vertices[:, self.region]
         albedo = self.basis.to(y) @ p.albedo_coefficients  # (B, V_r, 3)
         rend = self.renderer(verts, p.camera, colors=albedo, sh=p.light, background=images)
         photo = photometric_loss(rend.image, images, (rend.alpha > 0).to(images.dtype))
@@ -221,8 +221,7 @@ class CoarseRecipe(Recipe):
     def predicted_vertices(self, y: Tensor) -> Tensor:
         """Full-model vertices ``(B, V, 3)`` of flat predictions ``y``."""
         p = self.layout.split(y)
-        m = self.face_model
-        return m(identity=p["identity"], expression=p["expression"] if m.n_expression else None).vertices
+        return self.face_model(identity=p["identity"], expression=p["expression"]).vertices
 
     def validate(self, step: int) -> dict[str, float]:
         """Held-out validation photos' chips: the loss terms, the vertex error (mm, after a similarity
