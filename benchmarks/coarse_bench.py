@@ -14,7 +14,7 @@ seed. Both methods see the same chip:
   oracle advantage CoarseNet does not get. Its time (median, sparse + photometric fit) is the anchor.
 
 Error (same metric for both): mean vertex distance (mm) of the whole model's mesh to the ground truth after
-a similarity alignment (Umeyama), :func:`~morphable.train.inverse_rendered.aligned_error_mm`. The mean face's
+a similarity alignment (Umeyama), :func:`~morphable.eval.shape_error.aligned_error`. The mean face's
 error is printed for scale; per-yaw-bin errors (|yaw| 0–30°, 30–60°, 60–90°) too.
 
     flock /tmp/team/bench.lock python benchmarks/coarse_bench.py --weights RUN/coarse-sfm.pt [--variants 2]
@@ -38,10 +38,11 @@ import numpy as np
 import torch
 
 import morphable
+from morphable.eval.shape_error import aligned_error
 from morphable.fitting.landmarks import fit_landmarks
 from morphable.fitting.photometric import fit_photometric
 from morphable.nets.coarse import load_coarse
-from morphable.train.inverse_rendered import HELD_OUT_PHOTOS, VariantSettings, aligned_error_mm, build_set
+from morphable.train.inverse_rendered import HELD_OUT_PHOTOS, VariantSettings, build_set
 
 BENCH_SEED = 7919
 """Seed of the held-out variants (the recipe's sets use 2·seed + 1 and 2·seed + 2 on other photos)."""
@@ -66,7 +67,7 @@ def detected_fit(model, chips: torch.Tensor, truth: torch.Tensor, coarse_err: np
         lm = rescale_pixels(torch.as_tensor(chosen[0][1].landmarks, dtype=chips.dtype), 0.25)[None]
         fit = fit_photometric(model, chips[i:i + 1], lm, init=fit_landmarks(model, lm))
         found.append(i)
-        errs.append(float(aligned_error_mm(fit.vertices, truth[i:i + 1])[0]))
+        errs.append(float(aligned_error(fit.vertices, truth[i:i + 1])[0]))
     if found:
         print(f"dlib landmarks: a face found on {len(found)}/{len(chips)} chips; there the photometric fit "
               f"{np.mean(errs):.3f} mm, CoarseNet {coarse_err[found].mean():.3f} mm")
@@ -143,8 +144,8 @@ def main() -> None:
         y = torch.cat(preds)
         p = net.layout.split(y)
         coarse_v = model(identity=p["identity"], expression=p["expression"]).vertices
-    coarse_err = aligned_error_mm(coarse_v, truth).numpy()
-    mean_err = aligned_error_mm(model.mean[None].expand(n, -1, -1), truth).numpy()
+    coarse_err = aligned_error(coarse_v, truth).numpy()
+    mean_err = aligned_error(model.mean[None].expand(n, -1, -1), truth).numpy()
 
     g = torch.Generator().manual_seed(BENCH_SEED)
     photo_err, photo_s = [], []
@@ -154,7 +155,7 @@ def main() -> None:
         t0 = time.perf_counter()
         fit = fit_photometric(model, chips[i:i + 1], lm, init=fit_landmarks(model, lm, contour=False))
         photo_s.append(time.perf_counter() - t0)
-        photo_err.append(float(aligned_error_mm(fit.vertices, truth[i:i + 1])[0]))
+        photo_err.append(float(aligned_error(fit.vertices, truth[i:i + 1])[0]))
         print(f"chip {i:3d} yaw {np.degrees(float(data['ypr'][i, 0])):6.1f}: coarse {coarse_err[i]:.2f} mm "
               f"{1e3 * times[i]:.2f} ms  photometric {photo_err[-1]:.2f} mm {photo_s[-1]:.2f} s  "
               f"mean face {mean_err[i]:.2f} mm", flush=True)

@@ -34,9 +34,9 @@ import numpy as np
 import torch
 
 import morphable
+from morphable.eval.shape_error import aligned_distances
 from morphable.fitting.landmarks import fit_landmarks
 from morphable.fitting.photometric import PhotometricConfig, fit_photometric
-from morphable.geometry.align import umeyama
 from morphable.geometry.mesh import vertex_normals
 from morphable.models.region import restrict
 from morphable.render.shading import sh_basis
@@ -45,12 +45,6 @@ from morphable.train.synthetic import synthetic_face
 SIZE = 224
 TUNE_SEED = 1000
 """Offset of the tuning faces' seed (``--tune``): a stream disjoint from the test faces'."""
-
-
-def aligned_error(fitted: torch.Tensor, truth: torch.Tensor) -> float:
-    """Mean vertex distance (mm) after the similarity that best maps ``fitted`` onto ``truth``."""
-    f, t = fitted.detach().double().numpy(), truth.detach().double().numpy()
-    return float(np.linalg.norm(umeyama(f, t).apply(f) - t, axis=1).mean())
 
 
 def albedo_light_recovery(fit, albedo, light, verts_true, cam_true) -> tuple[float, float]:
@@ -94,8 +88,8 @@ def main() -> None:
         cpu_seconds.append(time.process_time() - c0)
         sparse_seconds.append(t1 - t0)
         steps.append(len(fit.history))
-        sparse_err.append(aligned_error(sparse.vertices[0], face.vertices[0]))
-        photo_err.append(aligned_error(fit.vertices[0], face.vertices[0]))
+        sparse_err.append(float(aligned_distances(sparse.vertices[0], face.vertices[0]).mean()))
+        photo_err.append(float(aligned_distances(fit.vertices[0], face.vertices[0]).mean()))
         ra, lc = albedo_light_recovery(fit, face.albedo, face.light, face.vertices, face.camera)
         rel_albedo.append(ra)
         light_corr.append(lc)

@@ -86,10 +86,9 @@ def aligned_error(fitted: torch.Tensor, truth: torch.Tensor, face: torch.Tensor,
                   seen: torch.Tensor) -> tuple[float, float]:
     """Mean vertex distance (mm) over the ``face`` region and over its seen part, after a similarity
     alignment over the region."""
-    from morphable.geometry.align import umeyama
+    from morphable.eval.shape_error import aligned_distances
 
-    a, b = fitted[face].double().numpy(), truth[face].numpy()
-    e = np.linalg.norm(umeyama(a, b).apply(a) - b, axis=1)
+    e = aligned_distances(fitted[face], truth[face])
     return float(e.mean()), float(e[seen[face].numpy()].mean())
 
 

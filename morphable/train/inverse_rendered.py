@@ -417,15 +417,3 @@ def build_set(model: MorphableModel, model_name: str, photos: tuple[str, ...] | 
     out["fit_light"] = torch.stack(lights)
     out["region_vertices"] = region
     return out
-
-
-def aligned_error_mm(predicted: Tensor, truth: Tensor) -> Tensor:
-    """Mean vertex distance ``(B,)`` (mm) of ``predicted`` ``(B, V, 3)`` to ``truth`` ``(B, V, 3)`` after the
-    similarity that best maps one onto the other (Umeyama), the metric of ``benchmarks/photometric_bench.py``:
-    shape error with pose and size factored out."""
-    from morphable.geometry.align import umeyama
-
-    out = []
-    for p, t in zip(predicted.detach().double().cpu().numpy(), truth.detach().double().cpu().numpy()):
-        out.append(np.linalg.norm(umeyama(p, t).apply(p) - t, axis=1).mean())
-    return torch.tensor(out, dtype=torch.float64)

@@ -34,13 +34,14 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from morphable.eval.shape_error import aligned_error
 from morphable.losses.photometric import photometric_loss
 from morphable.nets.coarse import (ALBEDO_MODES, CoarseNet, albedo_basis, coarse_layout, decode, encode,
                                    project_albedo, save_coarse)
 from morphable.render.renderer import Renderer
 from morphable.train.config import OptimConfig, ScheduleConfig, TrainConfig
 from morphable.train.data.cache import cache_root
-from morphable.train.inverse_rendered import (TRAIN_PHOTOS, VariantSettings, aligned_error_mm, build_set,
+from morphable.train.inverse_rendered import (TRAIN_PHOTOS, VariantSettings, build_set,
                                               draw_variant, place_faces, region_triangles)
 from morphable.train.recipes.base import Recipe, frozen_model
 from morphable.train.recipes.genova import evaluating
@@ -145,7 +146,7 @@ class CoarseRecipe(Recipe):
         v = self.val_set
         self.val_truth = m(identity=v["identity"], expression=v["expression"]).vertices
         mean_face = m.mean[None].expand(len(self.val_truth), -1, -1)
-        self.mean_face_err_mm = float(aligned_error_mm(mean_face, self.val_truth).mean())
+        self.mean_face_err_mm = float(aligned_error(mean_face, self.val_truth).mean())
         self.net = CoarseNet(cfg.model.name, self.layout, self.size)
         targets = self.train_set["targets"]
         self.net.mean.copy_(targets.mean(0))
@@ -229,7 +230,7 @@ class CoarseRecipe(Recipe):
         data = self.val_set
         with torch.no_grad(), evaluating(self.net):
             terms, y, _ = self.terms(data["images"].float() / 255, data["targets"])
-            err = aligned_error_mm(self.predicted_vertices(y), self.val_truth)
+            err = aligned_error(self.predicted_vertices(y), self.val_truth)
             yaw = (y[:, self.layout.slice("rotation")][:, 0] - data["ypr"][:, 0]).abs().rad2deg()
         return {**{k: float(v) for k, v in terms.items()}, "vertex_err_mm": float(err.mean()),
                 "mean_face_err_mm": self.mean_face_err_mm, "yaw_err_deg": float(yaw.mean())}
