@@ -14,7 +14,7 @@ seed. Both methods see the same chip:
   oracle advantage CoarseNet does not get. Its time (median, sparse + photometric fit) is the anchor.
 
 Error (same metric for both): mean vertex distance (mm) of the whole model's mesh to the ground truth after
-a similarity alignment (Umeyama), :func:`~morphable.eval.shape_error.aligned_error`. The mean face's
+a similarity alignment (Umeyama), :func:`~morphable.geometry.align.aligned_error`. The mean face's
 error is printed for scale; per-yaw-bin errors (|yaw| 0–30°, 30–60°, 60–90°) too.
 
     flock /tmp/team/bench.lock python benchmarks/coarse_bench.py --weights RUN/coarse-sfm.pt [--variants 2]
@@ -38,9 +38,9 @@ import numpy as np
 import torch
 
 import morphable
-from morphable.eval.shape_error import aligned_error
 from morphable.fitting.landmarks import fit_landmarks
 from morphable.fitting.photometric import fit_photometric
+from morphable.geometry.align import aligned_error
 from morphable.nets.coarse import load_coarse
 from morphable.train.inverse_rendered import HELD_OUT_PHOTOS, VariantSettings, build_set
 

@@ -34,9 +34,9 @@ import numpy as np
 import torch
 
 import morphable
-from morphable.eval.shape_error import aligned_distances
 from morphable.fitting.landmarks import fit_landmarks
 from morphable.fitting.photometric import PhotometricConfig, fit_photometric
+from morphable.geometry.align import aligned_distances
 from morphable.geometry.mesh import vertex_normals
 from morphable.models.region import restrict
 from morphable.render.shading import sh_basis

@@ -86,7 +86,7 @@ def aligned_error(fitted: torch.Tensor, truth: torch.Tensor, face: torch.Tensor,
                   seen: torch.Tensor) -> tuple[float, float]:
     """Mean vertex distance (mm) over the ``face`` region and over its seen part, after a similarity
     alignment over the region."""
-    from morphable.eval.shape_error import aligned_distances
+    from morphable.geometry.align import aligned_distances
 
     e = aligned_distances(fitted[face], truth[face])
     return float(e.mean()), float(e[seen[face].numpy()].mean())

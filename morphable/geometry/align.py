@@ -112,6 +112,21 @@ def umeyama(source: np.ndarray, target: np.ndarray, *, scale: bool = True,
     return Similarity(c, rotation, my - c * rotation @ mx)   # eq. 41
 
 
+def aligned_distances(predicted: torch.Tensor | np.ndarray, truth: torch.Tensor | np.ndarray) -> np.ndarray:
+    """Shape error with pose and size factored out: per-vertex distances ``(V,)`` (the input unit, mm for model
+    meshes) of ``predicted`` ``(V, 3)`` to ``truth`` ``(V, 3)`` after the :func:`umeyama` similarity that best
+    maps the one onto the other (float64). The metric of the synthetic benchmarks (``photometric_bench.py``,
+    ``rgbd_bench.py``, ``coarse_bench.py``) and of CoarseNet's validation, where the true vertices are known."""
+    p, t = (x.detach().double().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x, np.float64)
+            for x in (predicted, truth))
+    return np.linalg.norm(umeyama(p, t).apply(p) - t, axis=1)
+
+
+def aligned_error(predicted: torch.Tensor, truth: torch.Tensor) -> torch.Tensor:
+    """Mean :func:`aligned_distances` per mesh: ``(B, V, 3), (B, V, 3) -> (B,)`` float64."""
+    return torch.tensor([aligned_distances(p, t).mean() for p, t in zip(predicted, truth)], dtype=torch.float64)
+
+
 @dataclass(frozen=True)
 class IcpResult:
     """Outcome of :func:`icp`.

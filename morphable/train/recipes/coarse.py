@@ -34,7 +34,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from morphable.eval.shape_error import aligned_error
+from morphable.geometry.align import aligned_error
 from morphable.losses.photometric import photometric_loss
 from morphable.nets.coarse import (ALBEDO_MODES, CoarseNet, albedo_basis, coarse_layout, decode, encode,
                                    project_albedo, save_coarse)

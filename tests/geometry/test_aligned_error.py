@@ -1,9 +1,10 @@
-"""Shape error after similarity alignment: zero for similar copies, unchanged by a similarity of the prediction."""
+"""Shape error after similarity alignment (``geometry.align.aligned_error``): zero for similar copies, unchanged
+by a similarity of the prediction."""
 import math
 
 import torch
 
-from morphable.eval.shape_error import aligned_distances, aligned_error
+from morphable.geometry.align import aligned_distances, aligned_error
 from morphable.geometry.rotation import axis_angle_to_matrix
 
 
