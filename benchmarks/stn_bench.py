@@ -43,7 +43,7 @@ from morphable.fitting.stn import FIXED_LANDMARKS, fit_stn, initial_theta, mean_
 from morphable.io.image import read_image, write_image
 from morphable.losses.symmetry import symmetry_loss
 from morphable.models.resample import model_uv, uv_grid
-from morphable.nets.stn_localiser import flatten_faces, landmark_box, load_localiser
+from morphable.nets.stn_localiser import landmark_box, load_localiser
 from morphable.reconstruct import working_copy
 from morphable.render.stn import SpatialTransformer3DMM, Theta
 
