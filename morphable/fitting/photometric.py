@@ -33,6 +33,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -269,8 +270,12 @@ def symmetric_harmonics(vertices: Tensor, triangles: Tensor, mirror: Tensor, k: 
         return vertices.new_zeros(len(vertices), 0)
     L = cotangent_laplacian(vertices.detach().double().cpu().numpy(), triangles.cpu().numpy())
     n = min(2 * k + 8, len(vertices) - 2)  # about half the eigenvectors are symmetric
-    _, U = spla.eigsh(L, k=n, sigma=-1e-6, which="LM")  # smallest eigenvalues first
-    U = torch.as_tensor(U[:, 1:])  # drop the constant
+    # a fixed start vector (ARPACK's default is random) and a fixed sign per mode: the same basis in every
+    # process, so fits and everything trained on them are reproducible
+    v0 = np.random.default_rng(0).uniform(0.5, 1.5, L.shape[0])
+    _, U = spla.eigsh(L, k=n, sigma=-1e-6, which="LM", v0=v0)  # smallest eigenvalues first
+    U = U[:, 1:] * np.sign(U[np.abs(U).argmax(0)[1:], np.arange(1, n)])  # drop the constant; largest entry > 0
+    U = torch.as_tensor(U)
     paired = mirror >= 0
     sym = U.clone()
     sym[paired] = 0.5 * (U[paired] + U[mirror[paired]])

@@ -54,24 +54,35 @@ def _overrides(cache):
             "train.val_every=40", "train.checkpoint_every=40", "train.image_every=0"]
 
 
+def _training_set_param_loss(recipe) -> float:
+    """The parameter loss over all training chips, with batch statistics (40 steps are too few for batch
+    norm's running averages)."""
+    data = recipe.train_set
+    with torch.no_grad():
+        terms, _, _ = recipe.terms(data["images"].float() / 255, data["targets"])
+    return float(terms["param"])
+
+
 def test_tiny_run_lowers_the_loss_and_exports(stand_in_photos):
     tmp = stand_in_photos
     torch.manual_seed(0)
     run = tmp / "run"
     train("coarse", run, overrides=_overrides(tmp / "cache"), progress=False)
     rows = [r for r in read_log(run / "log.jsonl") if "loss" in r and not r.get("validation")]
-    first = sum(r["loss"] for r in rows[:5]) / 5
-    last = sum(r["loss"] for r in rows[-5:]) / 5
-    print(f"training loss {first:.3f} -> {last:.3f}")
-    assert last < 0.75 * first
-    assert all(r["photometric"] > 0 for r in rows)
+    assert len(rows) == 40 and all(r["photometric"] > 0 for r in rows)
     after = json.loads((run / "summary.json").read_text())["metrics"]
     net = load_coarse(run / "coarse-sfm.pt")
     assert json.loads(net.meta["metrics"]) == after
-    # the exported weights reproduce the run's validation
+    # the whole training set, before (a fresh net) and after: a deterministic measure, unlike the logged
+    # losses of 8-chip batches, whose last steps vary ±10% with the BLAS thread count
     recipe = recipe_module.CoarseRecipe(load_config(recipe_module.CoarseConfig, None, _overrides(tmp / "cache")), tmp)
+    before_loss = _training_set_param_loss(recipe)
     recipe.net.load_state_dict(net.state_dict())
+    # the exported weights reproduce the run's validation (before a training-mode pass moves the running stats)
     assert recipe.validate(40)["vertex_err_mm"] == pytest.approx(after["vertex_err_mm"], rel=1e-5)
+    after_loss = _training_set_param_loss(recipe)
+    print(f"training-set parameter loss {before_loss:.3f} -> {after_loss:.3f}")
+    assert after_loss < 0.7 * before_loss
     # validation used the fourth photo only, which training never saw
     assert recipe.val_set["images"].shape[0] == 4 and recipe.train_set["images"].shape[0] == 18
 
