@@ -25,13 +25,20 @@ size with early stopping; per-vertex albedo is initialised from the photo when a
 (Zhang's ρ = β ρ_c + (1 − β) C_I / (Lᵀφ(n)), β = 0.65). Renderers are built once per image size and
 region and reused by every step, stage and fit. An optional fine stage fits per-vertex displacements
 along the normals, ``E(d) = E_con + μ₁‖d‖² + μ₂‖L d‖₁``.
+
+**RGB-D** (``depth=``, the seed's RGB-D tracker, Guo et al. arXiv 1808.05323, Eq. 2 and 5): depth images
+registered with the photos add ``w_geo · E_geo``, the robust point-to-plane distance between the face mesh and
+the back-projected depth (``fitting/rgbd.py``: per-pixel association by rasterising the mesh into the depth
+camera at every step, Geman–McClure weights). The camera is then the sensor's pinhole (:class:`Perspective`,
+rotation and a 3-D translation in mm fitted, the intrinsics fixed) and the start is :func:`fit_rgbd`'s
+geometric fit; every stage that moves geometry, and the fine stage, keeps E_geo.
 """
 from __future__ import annotations
 
 import weakref
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 import numpy as np
 import torch
@@ -39,7 +46,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from morphable.fitting.landmarks import LandmarkFit, fit_landmarks
-from morphable.geometry.camera import ScaledOrthographic, rescale_pixels
+from morphable.fitting.rgbd import RegisteredDepth, back_project, fit_rgbd, point_to_plane_energy
+from morphable.geometry.camera import Camera, Perspective, ScaledOrthographic, rescale_pixels
 from morphable.geometry.laplacian import SparseOperator, uniform_laplacian
 from morphable.geometry.mesh import VertexFaceIncidence, vertex_normals
 from morphable.geometry.uv import mirror_pairs, symmetry_pairs
@@ -123,6 +131,13 @@ class PhotometricConfig:
         w_identity_feature: weight of Genova et al.'s identity loss, 1 − cos between the face-recognition
             descriptors (``identity/``, dlib's ResNet) of the photo's and the rendering's aligned face chips
             at each stage's size (0 = off; it costs a network forward/backward per step).
+        w_geo: weight of E_geo (per mm², the robust mean point-to-plane distance) when a depth image is given.
+        geo_shape_lr_scale: with depth, the identity and expression learning rates × this: the start
+            (:func:`fit_rgbd`) is already metric, and Adam's first steps of ±lr per coordinate moved it away
+            (synthetic ICT RGB-D, seeds 100–101 of ``benchmarks/rgbd_bench.py``, ``w_geo`` 1: mean error
+            0.198 mm at 0.3 against 0.234 mm at 1; ``w_geo`` 0.1, 3 and 10 gave 0.38, 0.29 and 0.37 mm at 1).
+        geo_robust_mm, geo_max_distance_mm, geo_max_pixels: its Geman–McClure scale, the distance beyond which
+            a depth pair is an outlier, and the most pairs per image and step (a random subset; seeded).
     """
 
     schedule: tuple[Stage, ...] = DEFAULT_SCHEDULE
@@ -152,6 +167,11 @@ class PhotometricConfig:
     mu1: float = 1e-3
     mu2: float = 1e-3
     w_identity_feature: float = 0.0
+    w_geo: float = 1.0
+    geo_shape_lr_scale: float = 0.3
+    geo_robust_mm: float = 1.0
+    geo_max_distance_mm: float = 10.0
+    geo_max_pixels: int = 8000
     region: str | None = "face"
 
 
@@ -165,7 +185,8 @@ class PhotometricFit:
         albedo: ``(B, V_r, 3)`` per-vertex linear-RGB albedo on the fitted region's vertices.
         albedo_coefficients: ``(B, K_alb)`` for models with an albedo basis, else ``None``.
         light: ``(B, 9, 3)`` SH radiance coefficients (``render/shading.py``; view frame).
-        camera: :class:`ScaledOrthographic` in the photo's pixels.
+        camera: :class:`ScaledOrthographic` in the photo's pixels; with depth, the sensor's :class:`Perspective`
+            (model → camera pose in mm).
         vertices: ``(B, V, 3)`` the full model's fitted vertices, mm.
         region_vertices: ``(V_r,)`` ids of the fitted region's vertices in the full model.
         region_triangles: ``(F_r, 3)`` the region's triangles (region vertex ids).
@@ -182,7 +203,7 @@ class PhotometricFit:
     albedo: Tensor
     albedo_coefficients: Tensor | None
     light: Tensor
-    camera: ScaledOrthographic
+    camera: Camera
     vertices: Tensor
     region_vertices: Tensor
     region_triangles: Tensor
@@ -350,16 +371,19 @@ def region_terms(model: MorphableModel, region: str | None, albedo_modes: int) -
 class _Variables:
     """The optimised tensors and how they expand to the batch (shared identity/albedo or per image)."""
 
-    def __init__(self, init: LandmarkFit, albedo: Tensor, light: Tensor, albedo_coeffs: Tensor | None,
-                 shared: bool, albedo_modes: Tensor):
-        B = init.identity.shape[0]
+    def __init__(self, camera: Camera, identity: Tensor, expression: Tensor, albedo: Tensor, light: Tensor,
+                 albedo_coeffs: Tensor | None, shared: bool, albedo_modes: Tensor):
+        B = identity.shape[0]
         self.B, self.shared = B, shared
-        ident = init.identity.mean(0, keepdim=True) if shared else init.identity
-        self.rotation = init.camera.rotation.detach().clone().requires_grad_(True)
-        self.translation = init.camera.translation.detach().clone().requires_grad_(True)
-        self.log_scale = init.camera.scale.log().detach().clone().requires_grad_(True)
+        ident = identity.mean(0, keepdim=True) if shared else identity
+        # a pinhole keeps its intrinsics and fits a 3-D translation (mm); a scaled orthographic camera fits
+        # log(scale) and a 2-D translation (px)
+        self.intrinsics = camera if isinstance(camera, Perspective) else None
+        self.rotation = camera.rotation.detach().clone().requires_grad_(True)
+        self.translation = camera.translation.detach().clone().requires_grad_(True)
+        self.log_scale = None if self.intrinsics else camera.scale.log().detach().clone().requires_grad_(True)
         self.identity = ident.detach().clone().requires_grad_(True)
-        self.expression = init.expression.detach().clone().requires_grad_(True)
+        self.expression = expression.detach().clone().requires_grad_(True)
         self.albedo = (albedo[:1] if shared else albedo).detach().clone().requires_grad_(True)
         self.albedo_coeffs = None if albedo_coeffs is None else albedo_coeffs.detach().clone().requires_grad_(True)
         self.albedo_modes = albedo_modes.detach().clone().requires_grad_(True)
@@ -368,14 +392,17 @@ class _Variables:
     def expand(self, x: Tensor) -> Tensor:
         return x.expand(self.B, *x.shape[1:]) if self.shared else x
 
-    def camera(self, f: float = 1.0) -> ScaledOrthographic:
+    def camera(self, f: float = 1.0) -> Camera:
+        if self.intrinsics is not None:
+            c = self.intrinsics
+            return Perspective(c.focal, c.principal_point, self.rotation, self.translation).rescaled(f)
         return ScaledOrthographic(self.log_scale.exp(), self.rotation, self.translation).rescaled(f)
 
 
 def fit_photometric(model: MorphableModel, images: Tensor, landmarks: Tensor, *, init: LandmarkFit | None = None,
                     config: PhotometricConfig = PhotometricConfig(), shared_identity: bool = False,
                     albedo: Tensor | None = None, light: Tensor | None = None,
-                    identity_net: torch.nn.Module | None = None,
+                    identity_net: torch.nn.Module | None = None, depth: RegisteredDepth | None = None,
                     on_step: Callable[[int, Stage, dict[str, float]], None] | None = None) -> PhotometricFit:
     """Fit a model to photos by inverse rendering (see the module docstring).
 
@@ -392,6 +419,9 @@ def fit_photometric(model: MorphableModel, images: Tensor, landmarks: Tensor, *,
         light: optional starting SH light ``(B, 9, 3)``; default: solved linearly from the photo.
         identity_net: the face-recognition network for ``config.w_identity_feature`` (default: a
             :class:`~morphable.identity.DlibFaceNet` built on first use).
+        depth: depth images registered with ``images`` (:class:`~morphable.fitting.rgbd.RegisteredDepth`,
+            ``(B, H, W)`` mm): adds E_geo, fits the sensor's pinhole camera and starts from :func:`fit_rgbd`
+            (``init`` then only gives the landmark correspondences).
         on_step: called after every Adam step with the stage's index, the stage and that step's energy
             terms (for progress bars; early stopping may end a stage before ``stage.iterations`` steps).
     Returns:
@@ -404,8 +434,20 @@ def fit_photometric(model: MorphableModel, images: Tensor, landmarks: Tensor, *,
     images = images.to(dtype)
     landmarks = landmarks.to(dtype)
     B, H, W = images.shape[:3]
+    if depth is not None and tuple(depth.depth.shape) != (B, H, W):
+        raise ValueError(f"fit_photometric: expected depth (B, H, W) = {(B, H, W)} (registered with the images), "
+                         f"got {tuple(depth.depth.shape)}")
     if init is None:
         init = fit_landmarks(model, landmarks)
+    start_camera, start_identity, start_expression = init.camera, init.identity, init.expression
+    if depth is not None:  # the geometric RGB-D fit: metric shape and the pinhole pose
+        rgbd = [fit_rgbd(model, depth.depth[b], depth.focal, depth.principal_point, landmarks[b]) for b in range(B)]
+        start_camera = Perspective(torch.full((B,), float(depth.focal), dtype=dtype),
+                                   torch.tensor([list(depth.principal_point)] * B, dtype=dtype),
+                                   torch.cat([r.camera.rotation for r in rgbd]).to(dtype),
+                                   torch.cat([r.camera.translation for r in rgbd]).to(dtype))
+        start_identity = torch.stack([r.identity for r in rgbd]).to(dtype)
+        start_expression = torch.stack([r.expression for r in rgbd]).to(dtype)
 
     tables = region_terms(model, config.region, config.albedo_modes)
     sub, tri, region_ids, laplacian, mirror, harmonics = (tables.model, tables.model.triangles, tables.vertex_ids,
@@ -425,7 +467,7 @@ def fit_photometric(model: MorphableModel, images: Tensor, landmarks: Tensor, *,
     f_obs = min(1.0, OBSERVE_SIZE / max(H, W))
     photo_obs = _resize(images, (max(1, round(H * f_obs)), max(1, round(W * f_obs))))
 
-    def observe(identity: Tensor, expression: Tensor, camera: ScaledOrthographic) -> tuple[Tensor, Tensor, Tensor]:
+    def observe(identity: Tensor, expression: Tensor, camera: Camera) -> tuple[Tensor, Tensor, Tensor]:
         """Photo colours at the vertices, their weights (visible × skin) and view-frame normals, read from
         the photo shrunk to at most ``OBSERVE_SIZE`` px."""
         verts = sub(identity=identity, expression=expression if sub.n_expression else None).vertices
@@ -444,12 +486,12 @@ def fit_photometric(model: MorphableModel, images: Tensor, landmarks: Tensor, *,
         return sample_image(photo_obs, proj), weight, normals
 
     with torch.no_grad():
-        observed, weight_v, normals_v = observe(init.identity, init.expression, init.camera)
+        observed, weight_v, normals_v = observe(start_identity, start_expression, start_camera)
         w = weight_v / weight_v.sum(1, keepdim=True).clamp_min(1e-12)
         mean_skin_colour = (observed * w[..., None]).sum(1, keepdim=True)  # (B, 1, 3)
         if has_basis:
             albedo_coeffs = torch.zeros(B, sub.n_albedo, dtype=dtype)
-            albedo0 = sub(identity=init.identity, albedo=albedo_coeffs).colors
+            albedo0 = sub(identity=start_identity, albedo=albedo_coeffs).colors
         else:
             albedo_coeffs = None
             albedo0 = mean_skin_colour.expand(B, sub.n_vertices, 3) if albedo is None else albedo.to(dtype)
@@ -462,18 +504,22 @@ def fit_photometric(model: MorphableModel, images: Tensor, landmarks: Tensor, *,
                 if light is None:
                     light0 = solve_light(normals_v, albedo0 * (1 + harmonics @ modes0), observed, weight_v)
 
-    var = _Variables(init, albedo0, light0, albedo_coeffs, shared_identity, modes0)
+    var = _Variables(start_camera, start_identity, start_expression, albedo0, light0, albedo_coeffs, shared_identity,
+                     modes0)
 
     def vertex_albedo() -> Tensor:
         """``(1|B, V_r, 3)`` per-vertex factor ⊙ (1 + smooth symmetric modes)."""
         return var.albedo * (1 + harmonics @ var.albedo_modes)
 
+    shape_lr = config.geo_shape_lr_scale if depth is not None else 1.0
     tensors = {"rotation": (var.rotation, config.lr_rotation), "translation": (var.translation, config.lr_translation),
-               "log_scale": (var.log_scale, config.lr_log_scale), "identity": (var.identity, config.lr_identity),
-               "expression": (var.expression, config.lr_expression), "light": (var.light, config.lr_light),
+               "identity": (var.identity, shape_lr * config.lr_identity),
+               "expression": (var.expression, shape_lr * config.lr_expression), "light": (var.light, config.lr_light),
                "albedo": (var.albedo_coeffs if has_basis else var.albedo, config.lr_albedo),
                "albedo_lowfreq": (var.albedo_coeffs if has_basis else var.albedo_modes, config.lr_albedo)}
-    groups = {"pose": ("rotation", "translation", "log_scale"),
+    if var.log_scale is not None:
+        tensors["log_scale"] = (var.log_scale, config.lr_log_scale)
+    groups = {"pose": ("rotation", "translation") + (("log_scale",) if var.log_scale is not None else ()),
               "shape": ("identity", "expression") if sub.n_expression else ("identity",),
               "light": ("light",), "albedo": ("albedo",), "albedo_lowfreq": ("albedo_lowfreq",)}
     # one Adam over every variable for the whole schedule: a stage moves only its variables (the others
@@ -502,9 +548,23 @@ def fit_photometric(model: MorphableModel, images: Tensor, landmarks: Tensor, *,
         with torch.no_grad():
             return net(extract_face_chips(target, rescale_pixels(chip_landmarks, f)))
 
+    if depth is not None:
+        depth_points = [back_project(depth.depth[b], depth.focal, depth.principal_point) for b in range(B)]
+        pair_generator = torch.Generator().manual_seed(0)  # the subsets of depth pairs: the same in every run
+
+    def geo_energy(verts: Tensor) -> Tensor:
+        """E_geo (mm²) of the region meshes ``(B, V_r, 3)``, the mean over the images."""
+        Xc = var.camera().transform(verts)
+        return torch.stack([point_to_plane_energy(Xc[b], tri, depth_points[b], depth.focal, depth.principal_point,
+                                                  robust_scale_mm=config.geo_robust_mm,
+                                                  max_distance_mm=config.geo_max_distance_mm,
+                                                  max_pixels=config.geo_max_pixels, generator=pair_generator)
+                            for b in range(B)]).mean()
+
     def energy(size: int, target: Tensor, renderer: Renderer, skin_w: Tensor | None,
                displacement: Tensor | None = None,
-               target_descriptor: Tensor | None = None) -> tuple[Tensor, dict[str, float], object, Tensor]:
+               target_descriptor: Tensor | None = None) -> tuple[Tensor, dict[str, float], object, Tensor | None]:
+        """The total energy, its named terms, the rendering and E_geo (``None`` without depth)."""
         f = size / max(H, W)
         ident = var.expand(var.identity)
         out = sub(identity=ident, expression=var.expression if sub.n_expression else None,
@@ -544,8 +604,13 @@ def fit_photometric(model: MorphableModel, images: Tensor, landmarks: Tensor, *,
             e_idf = identity_loss(target_descriptor, net(extract_face_chips(rend.image, rescale_pixels(chip_landmarks, f))))
             total = total + config.w_identity_feature * e_idf
             terms["identity_feature"] = e_idf.item()
+        e_geo = None
+        if depth is not None:
+            e_geo = geo_energy(verts)
+            total = total + config.w_geo * e_geo
+            terms["geo_mm2"] = e_geo.item()
         terms["total"] = total.item()
-        return total, terms, rend, verts
+        return total, terms, rend, e_geo
 
     history: list[dict[str, float]] = []
     with torch.no_grad():  # the starting point, scored like the result below (full size, no skin mask)
@@ -618,10 +683,12 @@ def fit_photometric(model: MorphableModel, images: Tensor, landmarks: Tensor, *,
         opt = torch.optim.Adam([d], lr=0.05)
         for _ in range(config.detail_iterations):
             opt.zero_grad()
-            _, terms, rend, _ = energy(max(H, W), target, renderer, None, displacement=d)
+            _, terms, rend, e_geo = energy(max(H, W), target, renderer, None, displacement=d)
             m = (rend.alpha > 0).to(dtype)
             e = photometric_loss(rend.image, target, m, kind=config.robust) + config.mu1 * (d ** 2).mean() \
                 + config.mu2 * laplacian_loss(d, laplacian, p=1) / sub.n_vertices
+            if e_geo is not None:
+                e = e + config.w_geo * e_geo
             e.backward()
             opt.step()
             history.append({**terms, "detail_total": e.item(), "size": max(H, W)})
@@ -635,11 +702,12 @@ def fit_photometric(model: MorphableModel, images: Tensor, landmarks: Tensor, *,
         albedo = (sub(identity=ident, albedo=var.expand(var.albedo_coeffs)).colors if has_basis
                   else var.expand(vertex_albedo())).detach()
     final_terms["initial"] = initial_terms
+    camera = var.camera()
     return PhotometricFit(
         identity=ident, expression=var.expression.detach(), albedo=albedo,
         albedo_coefficients=None if not has_basis else var.expand(var.albedo_coeffs).detach(),
         light=var.light.detach(),
-        camera=ScaledOrthographic(var.log_scale.exp().detach(), var.rotation.detach(), var.translation.detach()),
+        camera=type(camera)(*(getattr(camera, k.name).detach() for k in fields(camera))),
         vertices=full, region_vertices=region_ids, region_triangles=tri, displacement=displacement,
         render=rend.image.detach(), alpha=rend.alpha.detach(), energies=final_terms, history=history,
     )

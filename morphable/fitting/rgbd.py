@@ -95,6 +95,22 @@ class DepthPairs:
     residual: Tensor
 
 
+@dataclass(frozen=True)
+class RegisteredDepth:
+    """Depth images registered with photos: the same pixel grid and the same pinhole camera (an RGB-D
+    sensor's depth aligned to its colour camera), for :func:`~morphable.fitting.photometric.fit_photometric`'s
+    E_geo.
+
+    Attributes:
+        depth: ``(B, H, W)`` mm along the viewing axis (NaN, 0 or inf = hole).
+        focal: px; principal_point: ``(c_x, c_y)`` px.
+    """
+
+    depth: Tensor
+    focal: float
+    principal_point: tuple[float, float]
+
+
 def back_project(depth: Tensor, focal: float, principal_point: tuple[float, float]) -> Tensor:
     """``(H, W)`` depth (mm along the viewing axis; NaN/0/inf = hole) → ``(H, W, 3)`` camera-frame points
     (mm; the camera looks along −z, as :class:`Perspective`), NaN at holes."""
@@ -151,6 +167,36 @@ def geman_mcclure_weights(residual: Tensor, scale: float) -> Tensor:
     """IRLS weights of the Geman–McClure loss ``ρ(r) = (r²/2) / (1 + r²/s²)``: ``w = ρ′(r)/r = 1 / (1 + r²/s²)²``
     (``(N,)`` → ``(N,)``; 1 at r = 0, 1/4 at r = s, → 0 for outliers)."""
     return 1.0 / (1.0 + (residual / scale) ** 2) ** 2
+
+
+def point_to_plane_energy(vertices: Tensor, triangles: Tensor, points: Tensor, focal: float,
+                          principal_point: tuple[float, float], *, robust_scale_mm: float = 1.0,
+                          max_distance_mm: float = 10.0, max_pixels: int | None = None,
+                          generator: torch.Generator | None = None) -> Tensor:
+    """E_geo of one mesh as a differentiable scalar (mm²), for gradient-based fits:
+    ``Σ_x w_x r_x² / Σ_x w_x`` with ``r_x = n_x · (X_x − q_x)``.
+
+    The pairs (:func:`depth_pairs`: triangle, barycentrics, sensor point ``q_x``, normal ``n_x``) and the
+    Geman–McClure weights ``w_x`` (:func:`geman_mcclure_weights`) are taken at the current mesh and held
+    fixed; ``X_x`` is the barycentric combination of the differentiable ``vertices``. With ``w`` fixed, the
+    gradient of ``½ Σ w r²`` is that of ``Σ ρ(r)`` (``ρ′(r) = w r``): an IRLS step's energy.
+
+    Args:
+        vertices: ``(V, 3)`` mesh in the camera frame (mm), any float dtype, may require grad.
+        triangles, points, focal, principal_point, max_distance_mm, max_pixels, generator: as :func:`depth_pairs`.
+        robust_scale_mm: the Geman–McClure scale ``s``.
+    Returns:
+        ``()`` in ``vertices``' dtype; 0 (with a zero gradient) when no pixel pairs.
+    """
+    pairs = depth_pairs(vertices.detach().double(), triangles, points, focal, principal_point,
+                        max_distance_mm=max_distance_mm, max_pixels=max_pixels, generator=generator)
+    if pairs.residual.numel() == 0:
+        return vertices.sum() * 0
+    dtype = vertices.dtype
+    X = (pairs.barycentric.to(dtype)[..., None] * vertices[pairs.corners]).sum(1)  # out[n] = Σ_i b[n,i] · V[corners[n,i]]
+    r = (pairs.normals.to(dtype) * (X - pairs.points.to(dtype))).sum(-1)
+    w = geman_mcclure_weights(pairs.residual, robust_scale_mm).to(dtype)
+    return (w * r**2).sum() / w.sum().clamp_min(1e-12)
 
 
 def pixel_matrix(pairs: DepthPairs, rotation: Tensor, n_vertices: int) -> sp.csr_matrix:
