@@ -35,10 +35,20 @@ from morphable.geometry.camera import ScaledOrthographic
 from morphable.models.base import MorphableModel
 from morphable.nets.fine import base_maps, displace
 from morphable.render.renderer import Renderer
-from morphable.train.data.cache import cache_root, cached, settings_key
 from morphable.train import inverse_rendered
-from morphable.train.inverse_rendered import (VariantSettings, build_set, cached_fit, chip_box, crop_camera,
-                                              crop_photo, draw_variant, place_faces, region_triangles, working_photo)
+from morphable.train.data.cache import cache_root, cached, settings_key
+from morphable.train.inverse_rendered import (
+    VariantSettings,
+    build_set,
+    cached_fit,
+    chip_box,
+    crop_camera,
+    crop_photo,
+    draw_variant,
+    place_faces,
+    region_triangles,
+    working_photo,
+)
 
 DETAIL_SIDE = 192
 """Side (px) of the face square the detail stage fits: twice the 96 px chip, so the detail comes from more

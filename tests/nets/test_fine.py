@@ -9,7 +9,15 @@ import morphable
 from morphable.errors import ModelFileError
 from morphable.geometry.camera import ScaledOrthographic
 from morphable.geometry.mesh import vertex_normals
-from morphable.nets.fine import BaseMaps, FineNet, base_maps, displace, load_fine, save_fine, vertex_displacement
+from morphable.nets.fine import (
+    BaseMaps,
+    FineNet,
+    base_maps,
+    displace,
+    load_fine,
+    save_fine,
+    vertex_displacement,
+)
 from morphable.train import inverse_rendered as ir
 from tests.conftest import data_file
 from tests.train._coarse_data import synthetic_fit

@@ -15,6 +15,7 @@ from morphable.train.recipes.base import Recipe
 # name -> "module:Class"
 RECIPES: dict[str, str] = {
     "coarse": "morphable.train.recipes.coarse:CoarseRecipe",
+    "fine": "morphable.train.recipes.fine:FineRecipe",
     "genova": "morphable.train.recipes.genova:GenovaRecipe",
     "ringnet": "morphable.train.recipes.ringnet:RingNetRecipe",
     "sir": "morphable.train.recipes.sir:SIRRecipe",
