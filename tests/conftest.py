@@ -29,6 +29,16 @@ def data():
     return data_file
 
 
+@pytest.fixture(scope="module")
+def sfm():
+    """The Surrey Face Model (``morphable.load_model("sfm")``, converted from the corpus); one per test module,
+    skipped without the corpus."""
+    import morphable
+
+    data_file("eos/share/sfm_shape_3448.bin")
+    return morphable.load_model("sfm")
+
+
 def _skip_or_fail(message: str) -> None:
     if REQUIRE_DATA:
         pytest.fail(message)

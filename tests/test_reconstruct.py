@@ -28,12 +28,6 @@ def _nme(points, truth):
 
 
 @pytest.fixture(scope="module")
-def sfm():
-    data_file("eos/share/sfm_shape_3448.bin")
-    return morphable.load_model("sfm")
-
-
-@pytest.fixture(scope="module")
 def photo():
     return data_file(f"{LFPW}/image_0001.png"), data_file(f"{LFPW}/image_0001.pts")
 

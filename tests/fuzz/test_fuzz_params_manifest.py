@@ -29,13 +29,7 @@ LFPW = "superviseddescent/examples/data/ibug_lfpw_trainset"
 
 
 # --- seeds --------------------------------------------------------------------------------------------
-@pytest.fixture(scope="session")
-def sfm():
-    data_file("eos/share/sfm_shape_3448.bin")
-    return morphable.load_model("sfm")
-
-
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def fit_folder(sfm, tmp_path_factory) -> Path:
     """A reconstruction's output folder (``params.json`` + ``arrays.npz``) from one corpus photo."""
     rec = morphable.reconstruct(data_file(f"{LFPW}/image_0001.png"), sfm, landmarks=data_file(f"{LFPW}/image_0001.pts"),

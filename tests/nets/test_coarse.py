@@ -5,19 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-import morphable
 from morphable.errors import ModelFileError
 from morphable.nets.coarse import (CoarseNet, albedo_basis, coarse_layout, decode, encode, load_coarse,
                                    project_albedo, save_coarse)
 from morphable.train import inverse_rendered as ir
-from tests.conftest import data_file
 from tests.train._coarse_data import synthetic_fit
-
-
-@pytest.fixture(scope="module")
-def sfm():
-    data_file("eos/share/sfm_shape_3448.bin")
-    return morphable.load_model("sfm")
 
 
 def test_ground_truth_parameters_rerender_the_chip(sfm):

@@ -56,14 +56,6 @@ def test_landmark_box_rule():
     torch.testing.assert_close(centre, torch.tensor([50.0, 100.0 + BOX_SHIFT * 200.0]))
 
 
-@pytest.fixture(scope="module")
-def sfm():
-    import morphable
-
-    data_file("eos/share/sfm_shape_3448.bin")
-    return morphable.load_model("sfm")
-
-
 def test_zero_output_is_the_mean_face_where_the_crop_rule_puts_it(sfm):
     """A fresh localiser (zero head) gives the nominal θ: the frontal mean face's landmarks projected with
     it have a landmark box whose crop square is exactly the crop."""

@@ -10,18 +10,10 @@ import pytest
 import torch
 from PIL import Image
 
-import morphable
 from morphable.errors import InputError
 from morphable.geometry.rotation import axis_angle_to_matrix, matrix_to_euler
 from morphable.train import inverse_rendered as ir
-from tests.conftest import data_file
 from tests.train._coarse_data import synthetic_fit
-
-
-@pytest.fixture(scope="module")
-def sfm():
-    data_file("eos/share/sfm_shape_3448.bin")
-    return morphable.load_model("sfm")
 
 
 @pytest.fixture(scope="module")

@@ -13,15 +13,6 @@ from morphable.nets.stn_localiser import load_localiser
 from morphable.render.stn import SpatialTransformer3DMM, Theta
 from morphable.train.recipes.stn import STNConfig, STNRecipe, synthetic_groups
 from morphable.train.trainer import train
-from tests.conftest import data_file
-
-
-@pytest.fixture(scope="module")
-def sfm():
-    import morphable
-
-    data_file("eos/share/sfm_shape_3448.bin")
-    return morphable.load_model("sfm")
 
 
 def test_losses_are_lowest_at_the_true_theta(sfm):
