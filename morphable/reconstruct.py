@@ -773,8 +773,57 @@ def _albedo_texture(model, pfit, b: int, texel_map) -> np.ndarray:
     return (colours.clamp(0, 1) * 255).round().to(torch.uint8).cpu().numpy()
 
 
-def _photometric(model, faces, landmarks, fit, *, multi_view: bool, config, progress: bool):
-    """Inverse rendering from ``fit``, with a tqdm bar over its steps."""
+def check_depth_size(depth: np.ndarray, face: FaceInput, path: str | PathLike) -> None:
+    """Raise :class:`InputError` naming the depth file ``path`` when ``depth`` ``(H, W)`` is not the size of
+    ``face``'s original photo (RGB-D depth must be registered with the colour image)."""
+    if tuple(depth.shape) != tuple(face.image_size):
+        raise InputError(path, f"depth image is {depth.shape[1]}×{depth.shape[0]} px but {face.image} is "
+                               f"{face.image_size[1]}×{face.image_size[0]}: it must be registered with the photo")
+
+
+def working_depth(faces: Sequence[FaceInput], depths: Sequence[np.ndarray], focal: float,
+                  principal_point: tuple[float, float] | None, dtype):
+    """Depth images registered with the faces' photos, moved to the working copies' pixels: a
+    :class:`~morphable.fitting.rgbd.RegisteredDepth` whose rows line up with :func:`_stacked_photos`.
+
+    Args:
+        faces: the faces (their working copies); depths: per face, ``(H, W)`` mm (NaN = hole) on the original
+            photo's pixel grid (``face.image_size``); focal, principal_point: the pinhole in the original
+            photo's pixels (default principal point: the photo's centre).
+    Raises:
+        ValueError: a depth image whose size is not its photo's, or faces whose photos were shrunk by different
+            factors or have different principal points (one pinhole serves the batch).
+    """
+    import cv2
+    import torch
+
+    from morphable.fitting.rgbd import RegisteredDepth
+    from morphable.geometry.camera import rescale_pixels
+
+    H = max(f.photo.shape[0] for f in faces)
+    W = max(f.photo.shape[1] for f in faces)
+    out = torch.full((len(faces), H, W), float("nan"), dtype=dtype)
+    pinholes = set()
+    for i, (f, d) in enumerate(zip(faces, depths, strict=True)):
+        if tuple(d.shape) != tuple(f.image_size):
+            raise ValueError(f"the depth image is {d.shape[1]}×{d.shape[0]} px and {f.image} "
+                             f"{f.image_size[1]}×{f.image_size[0]}: depth must be registered with the photo")
+        h, w = f.photo.shape[:2]
+        small = d if (h, w) == tuple(d.shape) else cv2.resize(d, (w, h), interpolation=cv2.INTER_NEAREST)
+        out[i, :h, :w] = torch.from_numpy(np.ascontiguousarray(small)).to(dtype)
+        c = principal_point if principal_point is not None else ((f.image_size[1] - 1) / 2, (f.image_size[0] - 1) / 2)
+        pinholes.add((focal / f.working_scale,
+                      tuple(float(x) for x in rescale_pixels(np.asarray(c, np.float64), 1 / f.working_scale))))
+    if len(pinholes) > 1:
+        raise ValueError("depth: the photos' pinholes differ in the working copies (photos of different sizes); "
+                         "fit them one at a time")
+    (f_w, c_w), = pinholes
+    return RegisteredDepth(out, f_w, c_w)
+
+
+def _photometric(model, faces, landmarks, fit, *, multi_view: bool, config, progress: bool, depth=None):
+    """Inverse rendering from ``fit``, with a tqdm bar over its steps (and E_geo against ``depth``, a
+    :class:`~morphable.fitting.rgbd.RegisteredDepth` in the working pixels, when given)."""
     from tqdm import tqdm
 
     from morphable.fitting.photometric import PhotometricConfig, fit_photometric
@@ -795,7 +844,7 @@ def _photometric(model, faces, landmarks, fit, *, multi_view: bool, config, prog
 
     try:
         return fit_photometric(model, _stacked_photos(faces, landmarks.dtype), landmarks, init=fit,
-                               shared_identity=multi_view, config=config, on_step=on_step)
+                               shared_identity=multi_view, config=config, depth=depth, on_step=on_step)
     finally:
         bar.n = bar.total
         bar.close()
@@ -805,13 +854,18 @@ def reconstruct_faces(faces: Sequence[FaceInput], model: MorphableModel, model_n
                       shape_from: str = "regressor", multi_view: bool = False, perspective: bool = False,
                       photometric: bool = False, photometric_config=None, iterations: int = 5,
                       texture_size: int = 512, progress: bool = False,
-                      timings: dict[str, float] | None = None, method: str = "fit") -> list[Reconstruction]:
+                      timings: dict[str, float] | None = None, method: str = "fit",
+                      depths: Sequence[np.ndarray] | None = None, focal: float | None = None,
+                      principal_point: tuple[float, float] | None = None) -> list[Reconstruction]:
     """Fit a batch of faces (one photo's faces, or all views of one person with ``multi_view``);
     ``method``: ``fit`` (landmark fit), ``regress`` or ``regress+fit`` (RingNet), ``sir`` (SIR prior + fit; see
-    :func:`_landmark_fit`).
+    :func:`_landmark_fit`). With ``depths`` (per face, the depth image registered with its photo, mm, NaN =
+    holes; :func:`~morphable.io.depth.read_depth`) and the sensor's ``focal`` / ``principal_point`` (original
+    photo px), the photometric fit adds E_geo and fits that pinhole (:func:`working_depth`).
 
     Raises:
-        ValueError: a face cannot be fitted (e.g. fewer than 4 usable landmarks).
+        ValueError: a face cannot be fitted (e.g. fewer than 4 usable landmarks), or depth given without
+            ``photometric`` or ``focal``, or not registered with its photo.
     """
     import torch
 
@@ -824,8 +878,11 @@ def reconstruct_faces(faces: Sequence[FaceInput], model: MorphableModel, model_n
         raise ValueError(f"reconstruct: shape_from must be one of {SHAPE_FROM}, got {shape_from!r}")
     if photometric and perspective:
         raise ValueError("reconstruct: photometric fitting uses a scaled-orthographic camera (not perspective)")
+    if depths is not None and (not photometric or focal is None):
+        raise ValueError("reconstruct: depth images need the photometric fit and the sensor's focal length")
     timings = dict(timings or {})
     dtype = model.mean.dtype
+    depth = None if depths is None else working_depth(faces, depths, focal, principal_point, dtype)
     landmarks = torch.as_tensor(np.stack([f.landmarks for f in faces]), dtype=dtype)
     t0 = time.perf_counter()
     fit, used = _landmark_fit(model, model_name, faces, landmarks, shape_from=shape_from, multi_view=multi_view,
@@ -837,7 +894,7 @@ def reconstruct_faces(faces: Sequence[FaceInput], model: MorphableModel, model_n
     if photometric:
         t0 = time.perf_counter()
         pfit = _photometric(model, faces, landmarks, fit, multi_view=multi_view, config=photometric_config,
-                            progress=progress)
+                            progress=progress, depth=depth)
         timings["photometric"] = time.perf_counter() - t0
     geometry = pfit if pfit is not None else fit
     texel_map = cached_texel_map(model, texture_size) if model.uv is not None else None
@@ -906,7 +963,9 @@ def reconstruct(image, model: str | MorphableModel = "ict", *, landmarks=None, f
                 shape_from: str = "regressor", photometric: bool = False, perspective: bool = False,
                 progress: bool = False, iterations: int = 5, texture_size: int = 512,
                 max_side: int | None = MAX_SIDE, detector: str = "auto", photometric_config=None,
-                name: str | None = None, model_name: str | None = None) -> Reconstruction | list[Reconstruction]:
+                name: str | None = None, model_name: str | None = None, depth=None, focal: float | None = None,
+                principal_point: tuple[float, float] | None = None,
+                depth_unit_mm: float = 1.0) -> Reconstruction | list[Reconstruction]:
     """Reconstruct the face in a photo (see the module docstring for the pipeline).
 
     Args:
@@ -926,6 +985,9 @@ def reconstruct(image, model: str | MorphableModel = "ict", *, landmarks=None, f
         photometric_config: a :class:`~morphable.fitting.photometric.PhotometricConfig`.
         name: what to call the photo in the outputs (default: its path, or ``"array"``).
         model_name: what to record as the model with a loaded ``model`` (default: ``model.name``).
+        depth: a depth image registered with the photo (RGB-D): a file (:func:`~morphable.io.depth.read_depth`,
+            values × ``depth_unit_mm``) or an ``(H, W)`` array in mm (NaN = hole); needs ``photometric`` and the
+            sensor's ``focal`` (px) and optionally ``principal_point`` (px; default the photo's centre).
     Returns:
         One :class:`Reconstruction`, or a list (largest face first) with ``face="all"``.
     Raises:
@@ -945,10 +1007,21 @@ def reconstruct(image, model: str | MorphableModel = "ict", *, landmarks=None, f
     t2 = time.perf_counter()
     steps.update(1)
     steps.set_description("fitting")
+    depths = None
+    if depth is not None:
+        from morphable.io.depth import read_depth
+
+        if isinstance(depth, str | PathLike):
+            d = read_depth(depth, depth_unit_mm)
+            check_depth_size(d, faces[0], depth)
+        else:
+            d = np.asarray(depth, np.float32)
+        depths = [d] * len(faces)
     recs = reconstruct_faces(faces, face_model, label, shape_from=shape_from, perspective=perspective,
                              photometric=photometric, photometric_config=photometric_config, iterations=iterations,
                              texture_size=texture_size, progress=progress,
-                             timings={"load": t1 - t0, "detect": t2 - t1})
+                             timings={"load": t1 - t0, "detect": t2 - t1}, depths=depths, focal=focal,
+                             principal_point=principal_point)
     steps.update(1)
     steps.close()
     return recs if str(face).lower() == "all" else recs[0]

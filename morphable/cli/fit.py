@@ -20,6 +20,10 @@ photos' folders and rank 0 reports the failures of all of them (:mod:`morphable.
 With ``--photometric`` the landmark fit is refined by inverse rendering (progress per stage on stderr
 unless ``--quiet``): the mesh then carries the fitted albedo (``albedo.png``; ``texture.png`` is still the
 photo's texture), ``comparison.png`` shows photo | render | difference and ``energy.png`` the energy curve.
+With ``--depth`` (one depth image per photo, registered with it, e.g. an RGB-D sensor's aligned depth; 16-bit
+PNG / TIFF or ``.npy``, values × ``--depth-unit`` mm) and the sensor's ``--focal`` (and ``--principal-point``)
+in the photo's pixels, the photometric fit adds the depth term E_geo and fits that pinhole camera
+(:func:`~morphable.fitting.photometric.fit_photometric`'s ``depth``): metric shape and pose.
 """
 from __future__ import annotations
 
@@ -99,6 +103,15 @@ def face_option(value: str) -> str | int:
               help="Refine each fit with a perspective camera (focal = the photo's longer side).")
 @click.option("--photometric", is_flag=True,
               help="Refine by inverse rendering (SH light, albedo): adds albedo.png, comparison.png, energy.png.")
+@click.option("--depth", "depth_files", multiple=True, type=click.Path(path_type=Path),
+              help="Depth image registered with each photo (16-bit PNG/TIFF or .npy), in the photos' order; "
+                   "needs --photometric and --focal.")
+@click.option("--focal", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="The depth sensor's focal length in the photo's pixels (with --depth).")
+@click.option("--principal-point", type=(float, float), default=None,
+              help="The depth sensor's principal point CX CY in the photo's pixels (default: the photo's centre).")
+@click.option("--depth-unit", type=click.FloatRange(min=0, min_open=True), default=1.0, show_default=True,
+              help="Millimetres per stored depth value (e.g. 0.2 for 5000 units per metre).")
 @click.option("--detector", type=click.Choice(["auto", "hog", "cnn"]), default="auto", show_default=True,
               help="dlib face detector; auto = HOG, then the CNN when HOG finds no face.")
 @click.option("--iterations", default=5, show_default=True, type=click.IntRange(0, 100),
@@ -111,14 +124,24 @@ def face_option(value: str) -> str | int:
 @click.option("--no-report", is_flag=True, help="Skip report.html (and its turntable renders).")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars or info lines (errors still shown).")
 def fit(images: tuple[Path, ...], model_name: str, output: Path, landmark_files: tuple[Path, ...], face: str | int,
-        all_faces: bool, shape_from: str, method: str, multi_view: bool, perspective: bool, photometric: bool, detector: str,
-        iterations: int, texture_size: int, max_side: int, no_report: bool, quiet: bool) -> None:
+        all_faces: bool, shape_from: str, method: str, multi_view: bool, perspective: bool, photometric: bool,
+        depth_files: tuple[Path, ...], focal: float | None, principal_point: tuple[float, float] | None,
+        depth_unit: float, detector: str, iterations: int, texture_size: int, max_side: int, no_report: bool,
+        quiet: bool) -> None:
     """Reconstruct the faces in IMAGES: mesh, texture, GLB, params, overlay and report per face."""
     if all_faces:
         face = "all"
     if landmark_files and len(landmark_files) != len(images):
         raise click.UsageError(f"--landmarks: got {len(landmark_files)} files for {len(images)} images "
                                "(give one per image, in the same order)")
+    if depth_files and len(depth_files) != len(images):
+        raise click.UsageError(f"--depth: got {len(depth_files)} files for {len(images)} images "
+                               "(give one per image, in the same order)")
+    if depth_files and not (photometric and focal):
+        raise click.UsageError("--depth refines the photometric fit with the sensor's pinhole: give --photometric "
+                               "and --focal")
+    if (focal or principal_point) and not depth_files:
+        raise click.UsageError("--focal and --principal-point describe the depth sensor: give --depth too")
     if multi_view and face == "all":
         raise click.UsageError("--multi-view fits one person: it cannot be combined with --face all / --all-faces")
     if photometric and perspective:
@@ -137,10 +160,11 @@ def fit(images: tuple[Path, ...], model_name: str, output: Path, landmark_files:
     distributed.init()  # under torchrun: this process fits its share of the photos
     mine = _my_photos(len(images), multi_view)
     with messages(quiet):
+        depth = (tuple(depth_files[i] for i in mine), focal, principal_point, depth_unit) if depth_files else None
         failures = _run([images[i] for i in mine], [names[i] for i in mine], model_name, output,
                         [landmark_files[i] for i in mine] if landmark_files else (), face, shape_from, multi_view,
                         perspective, photometric, detector, iterations, texture_size, max_side, not no_report,
-                        not quiet and distributed.is_main(), method) if mine else []
+                        not quiet and distributed.is_main(), method, depth) if mine else []
     failures = [line for share in distributed.gather_objects(failures) for line in share]
     if not distributed.is_main():  # rank 0 reports for all
         return
@@ -162,19 +186,21 @@ def _my_photos(n: int, multi_view: bool) -> range:
 
 
 def _run(images, names, model_name, output, landmark_files, face, shape_from, multi_view, perspective, photometric,
-         detector, iterations, texture_size, max_side, report, progress, method="fit") -> list[str]:
-    """Find, fit and save every photo's faces; returns one failure line per photo that failed."""
+         detector, iterations, texture_size, max_side, report, progress, method="fit", depth=None) -> list[str]:
+    """Find, fit and save every photo's faces; returns one failure line per photo that failed. ``depth``:
+    ``(depth files per photo, focal, principal point, mm per unit)`` or ``None``."""
     import time
 
     from tqdm import tqdm
 
-    from morphable.reconstruct import find_faces, load_face_model, reconstruct_faces, save_all
+    from morphable.io.depth import read_depth
+    from morphable.reconstruct import check_depth_size, find_faces, load_face_model, reconstruct_faces, save_all
 
     t0 = time.perf_counter()
     model, label = load_face_model(model_name)
     load_s = time.perf_counter() - t0
     failures: list[str] = []
-    found = []  # (photo number, faces, detection seconds)
+    found = []  # (photo number, faces, detection seconds, depth image or None)
     # one bar over the stages of all photos: detect each, then fit + write each (a group = one fit)
     stages = tqdm(total=2 * len(images), unit="step", file=sys.stderr, disable=not progress, leave=False)
     for i, path in enumerate(images):
@@ -183,29 +209,36 @@ def _run(images, names, model_name, output, landmark_files, face, shape_from, mu
         try:
             faces = find_faces(path, landmarks=landmark_files[i] if landmark_files else None,
                                face=face, detector=detector, max_side=max_side)
+            d = None
+            if depth is not None:
+                d = read_depth(depth[0][i], depth[3])
+                check_depth_size(d, faces[0], depth[0][i])
         except MorphableError as err:
             failures.append(str(err))
             stages.update(1)  # no fitting step for this photo
             continue
         finally:
             stages.update(1)
-        found.append((i, faces, time.perf_counter() - t0))
+        found.append((i, faces, time.perf_counter() - t0, d))
     groups = [found] if multi_view and found else [[x] for x in found]
     for group in groups:
-        faces = [f for _, fs, _ in group for f in fs]
-        timings = {"load": load_s, "detect": sum(s for _, _, s in group) / len(group)}
+        faces = [f for _, fs, _, _ in group for f in fs]
+        depths = [d for _, fs, _, d in group for _ in fs] if depth is not None else None
+        timings = {"load": load_s, "detect": sum(s for _, _, s, _ in group) / len(group)}
         stages.set_description(f"{images[group[0][0]].name}{' + others' if len(group) > 1 else ''}: fitting")
         try:
             recs = reconstruct_faces(faces, model, label, shape_from=shape_from, multi_view=multi_view, method=method,
                                      perspective=perspective, photometric=photometric, iterations=iterations,
-                                     texture_size=texture_size, progress=progress, timings=timings)
+                                     texture_size=texture_size, progress=progress, timings=timings, depths=depths,
+                                     focal=None if depth is None else depth[1],
+                                     principal_point=None if depth is None else depth[2])
         except ValueError as err:  # e.g. fewer than 4 usable landmarks
             failures.append(f"{', '.join(dict.fromkeys(f.image for f in faces))}: cannot fit ({err})")
             stages.update(len(group))
             continue
         stages.set_description(f"{images[group[0][0]].name}: writing")
         if multi_view:
-            for (i, _, _), rec in zip(group, recs):
+            for (i, _, _, _), rec in zip(group, recs):
                 stages.write(f"wrote {rec.save(output / names[i], report=report)}/", file=sys.stdout)
         elif face == "all":
             for folder in save_all(recs, output / names[group[0][0]], report=report):
