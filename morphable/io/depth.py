@@ -7,7 +7,7 @@ reading. Stored forms:
   and the TUM / NYU RGB-D datasets write: each value × ``unit_mm`` (1 for millimetre maps, e.g. 0.2 for TUM's
   5000 units per metre), 0 = no reading;
 * ``.npy``: a 2-D float or integer array × ``unit_mm``; 0, negative and non-finite values = no reading
-  (read without pickle).
+  (:func:`~morphable.io.safe_npz.read_npy`: no pickle, the header's size checked before reading).
 """
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from morphable.errors import InputError
+from morphable.io.safe_npz import read_npy
 
 DEPTH_SUFFIXES = (".png", ".tif", ".tiff", ".npy")
 
@@ -42,7 +43,7 @@ def read_depth(path: str | PathLike, unit_mm: float = 1.0) -> np.ndarray:
         raise InputError(path, f"unknown depth format {suffix!r} (expected one of {', '.join(DEPTH_SUFFIXES)})")
     try:
         if suffix == ".npy":
-            raw = np.load(path, allow_pickle=False)
+            raw = read_npy(path, error=InputError)  # the header's size checked against the file's, no pickle
         else:
             from PIL import Image
 

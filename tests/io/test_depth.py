@@ -39,7 +39,7 @@ def test_bad_depth_files(tmp_path):
     (tmp_path / "junk.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
     (tmp_path / "d.exr").write_bytes(b"")
     cases = {"eight.png": "16- or 32-bit", "empty.png": "no reading", "cube.npy": "2-D numeric",
-             "objects.npy": "cannot read depth", "junk.png": "cannot read depth", "d.exr": "unknown depth format",
+             "objects.npy": "not a readable .npy", "junk.png": "cannot read depth", "d.exr": "unknown depth format",
              "absent.png": "no such depth file"}
     for name, message in cases.items():
         with pytest.raises(InputError, match=message) as err:
