@@ -773,12 +773,21 @@ def _albedo_texture(model, pfit, b: int, texel_map) -> np.ndarray:
     return (colours.clamp(0, 1) * 255).round().to(torch.uint8).cpu().numpy()
 
 
+def _depth_size_problem(depth: np.ndarray, face: FaceInput) -> str | None:
+    """What is wrong when ``depth`` ``(H, W)`` is not the size of ``face``'s original photo (RGB-D depth must be
+    registered with the colour image), else ``None``."""
+    if tuple(depth.shape) == tuple(face.image_size):
+        return None
+    return (f"depth image is {depth.shape[1]}×{depth.shape[0]} px but {face.image} is "
+            f"{face.image_size[1]}×{face.image_size[0]}: it must be registered with the photo")
+
+
 def check_depth_size(depth: np.ndarray, face: FaceInput, path: str | PathLike) -> None:
-    """Raise :class:`InputError` naming the depth file ``path`` when ``depth`` ``(H, W)`` is not the size of
-    ``face``'s original photo (RGB-D depth must be registered with the colour image)."""
-    if tuple(depth.shape) != tuple(face.image_size):
-        raise InputError(path, f"depth image is {depth.shape[1]}×{depth.shape[0]} px but {face.image} is "
-                               f"{face.image_size[1]}×{face.image_size[0]}: it must be registered with the photo")
+    """Raise :class:`InputError` naming the depth file ``path`` when ``depth`` is not registered with ``face``'s
+    photo (:func:`_depth_size_problem`)."""
+    problem = _depth_size_problem(depth, face)
+    if problem:
+        raise InputError(path, problem)
 
 
 def working_depth(faces: Sequence[FaceInput], depths: Sequence[np.ndarray], focal: float,
@@ -805,9 +814,9 @@ def working_depth(faces: Sequence[FaceInput], depths: Sequence[np.ndarray], foca
     out = torch.full((len(faces), H, W), float("nan"), dtype=dtype)
     pinholes = set()
     for i, (f, d) in enumerate(zip(faces, depths, strict=True)):
-        if tuple(d.shape) != tuple(f.image_size):
-            raise ValueError(f"the depth image is {d.shape[1]}×{d.shape[0]} px and {f.image} "
-                             f"{f.image_size[1]}×{f.image_size[0]}: depth must be registered with the photo")
+        problem = _depth_size_problem(d, f)
+        if problem:
+            raise ValueError(problem)
         h, w = f.photo.shape[:2]
         small = d if (h, w) == tuple(d.shape) else cv2.resize(d, (w, h), interpolation=cv2.INTER_NEAREST)
         out[i, :h, :w] = torch.from_numpy(np.ascontiguousarray(small)).to(dtype)
