@@ -252,9 +252,7 @@ class OverlayMesh:
 
         from morphable.geometry.mesh import submesh, vertex_normals
 
-        ids = model.regions.get("face")
-        ids = torch.arange(model.n_vertices) if ids is None else torch.as_tensor(ids, dtype=torch.int64)
-        cut = submesh(model.triangles, ids, model.n_vertices)
+        cut = submesh(model.triangles, model.region_ids("face"), model.n_vertices)
         v = cut.vertex_ids
         f64 = torch.float64
         self.base = model.mean.to(f64)[v] + model.identity_basis.to(f64)[v] @ vt.track.identity  # (n, 3) mm

@@ -33,19 +33,12 @@ from morphable.losses.identity import roc_auc
 from morphable.models.base import MorphableModel
 
 
-def face_region_ids(model: MorphableModel, region: str = "face") -> Tensor:
-    """(R,) int64 vertex ids of the model's ``region`` (ICT: ``"face"``, 9 409 vertices); all vertices when
-    the model has no such region (SFM, whose mesh is the face only)."""
-    ids = model.regions.get(region)
-    return torch.arange(model.n_vertices, device=model.mean.device) if ids is None else ids
-
-
 def neutral_face_meshes(model: MorphableModel, identity: Tensor, region: str = "face") -> Tensor:
     """Neutral meshes of identity coefficients, restricted to a region.
 
     Args:
         identity: (N, K) standardised identity coefficients (K ≤ the model's count).
-        region: a name in ``model.regions`` (all vertices when absent, see :func:`face_region_ids`).
+        region: a name in ``model.regions`` (all vertices when absent: :meth:`MorphableModel.region_ids`).
     Returns:
         (N, R, 3) mm, model space: ``model(identity=identity, expression=None)`` on the region.
     """
@@ -53,7 +46,7 @@ def neutral_face_meshes(model: MorphableModel, identity: Tensor, region: str = "
         raise ValueError(f"neutral_face_meshes: identity must be (N, K), got {tuple(identity.shape)}")
     with torch.no_grad():
         vertices = model(identity=identity.to(model.mean.dtype), expression=None).vertices
-    return vertices[:, face_region_ids(model, region)]
+    return vertices[:, model.region_ids(region)]
 
 
 def rigid_align(source: np.ndarray, target: np.ndarray) -> Similarity:

@@ -354,7 +354,7 @@ def region_terms(model: MorphableModel, region: str | None, albedo_modes: int) -
     cache = _REGION_CACHE.setdefault(model, {})
     if key in cache:
         return cache[key]
-    ids = model.regions[region] if region is not None and region in model.regions else torch.arange(model.n_vertices)
+    ids = model.region_ids(region)
     sub = restrict(model, ids)
     tri = sub.triangles
     # an involution: the model's symmetry list where it is mutual, else nearest mirrored vertices

@@ -255,9 +255,7 @@ def landmark_jacobian(model_points: Tensor, rotation: Tensor, translation: Tenso
 
 def _face_mesh(model: MorphableModel):
     """The ``face`` region as a submesh (all vertices when the model has no such region)."""
-    ids = model.regions.get("face")
-    ids = torch.arange(model.n_vertices) if ids is None else torch.as_tensor(ids, dtype=torch.int64)
-    return submesh(model.triangles, ids, model.n_vertices)
+    return submesh(model.triangles, model.region_ids("face"), model.n_vertices)
 
 
 def fit_rgbd(model: MorphableModel, depth: Tensor, focal: float, principal_point: tuple[float, float],

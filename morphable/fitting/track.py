@@ -253,8 +253,7 @@ class _ClipModel:
         if self.contour:
             self.region_mean = terms.region_mean + terms.region_basis[..., :K] @ a
             self.region_basis = terms.region_basis[..., K:]
-        ids = model.regions.get("face")
-        ids = torch.arange(model.n_vertices) if ids is None else torch.as_tensor(ids, dtype=torch.int64)
+        ids = model.region_ids("face")
         g = torch.Generator().manual_seed(0)
         pick = ids[torch.randperm(ids.numel(), generator=g)[:config.flow_points]]
         shape = model.mean.to(f64) + model.identity_basis.to(f64) @ a

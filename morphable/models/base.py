@@ -163,6 +163,12 @@ class MorphableModel(nn.Module):
         self.register_buffer(f"region_{key}", t)
         self.regions[key] = t
 
+    def region_ids(self, key: str | None) -> Tensor:
+        """The vertex ids ``(n,)`` int64 of region ``key``, or all ``(V,)`` vertices when the model has no such
+        region (or ``key`` is ``None``): SFM's mesh, for one, is the face only."""
+        ids = self.regions.get(key)
+        return torch.arange(self.n_vertices, device=self.mean.device) if ids is None else ids
+
     def _apply(self, fn, recurse=True):  # keep ``regions`` pointing at the moved buffers
         out = super()._apply(fn, recurse)
         self.regions = {k: getattr(self, f"region_{k}") for k in self.regions}

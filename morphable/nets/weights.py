@@ -63,5 +63,5 @@ def load_weights(name_or_path: str | PathLike) -> dict:
     except Exception as err:  # torch raises many kinds for a corrupt or foreign file
         raise ModelFileError(path, f"not a readable weights file ({type(err).__name__}: {err})") from None
     if not isinstance(data, dict) or "format" not in data or "state" not in data:
-        raise ModelFileError(path, f"not a morphable weights file (no 'format'/'state' entries)")
+        raise ModelFileError(path, "not a morphable weights file (no 'format'/'state' entries)")
     return data

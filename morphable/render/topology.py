@@ -14,7 +14,6 @@ from __future__ import annotations
 import hashlib
 from collections import OrderedDict
 
-import torch
 from torch import Tensor
 
 from morphable.geometry.mesh import VertexFaceIncidence

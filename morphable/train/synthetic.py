@@ -118,7 +118,7 @@ class ShapeWarp:
     def __init__(self, model: MorphableModel, region: str = "face", ridge: float = 1e-3):
         self.points = model.mean.detach().double()
         self.mirror = model.symmetry
-        self.ids = model.regions[region] if region in model.regions else torch.arange(model.n_vertices)
+        self.ids = model.region_ids(region)
         basis = model.identity_basis.detach()[self.ids].permute(2, 0, 1)  # (K, V_r, 3)
         E = basis.reshape(model.n_identity, -1).double()  # rows: coefficient k's displacement
         self.projection = torch.linalg.solve(E @ E.T + ridge * torch.eye(len(E), dtype=torch.float64), E)  # (K, 3V_r)

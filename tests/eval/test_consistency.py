@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import torch
 
-from morphable.eval.consistency import (face_region_ids, identity_consistency, neutral_face_meshes, rigid_align,
+from morphable.eval.consistency import (identity_consistency, neutral_face_meshes, rigid_align,
                                         rigid_distance_matrix, rigid_rms_distance, same_different_auc)
 from morphable.geometry.rotation import axis_angle_to_matrix
 from morphable.losses.identity import roc_auc_pairs
@@ -89,7 +89,8 @@ def test_neutral_face_meshes_use_the_region():
     meshes = neutral_face_meshes(model, alpha)
     assert meshes.shape == (1, 6, 3)
     np.testing.assert_allclose(meshes[0].numpy(), (model.mean + model.identity_basis @ alpha[0])[:6].numpy())
-    assert face_region_ids(model, "nose").tolist() == list(range(10))       # no such region: all vertices
+    assert model.region_ids("nose").tolist() == list(range(10))       # no such region: all vertices
+    assert model.region_ids("face").tolist() == list(range(6))
 
 
 def test_identity_consistency_separates_coefficients_but_not_invisible_meshes():

@@ -9,7 +9,7 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-from morphable.geometry.laplacian import SparseOperator, uniform_laplacian
+from morphable.geometry.laplacian import SparseOperator
 
 SCRIPT = """
 import warnings, numpy as np, torch

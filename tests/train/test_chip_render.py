@@ -5,7 +5,7 @@ import torch
 from morphable.geometry.camera import ScaledOrthographic
 from morphable.geometry.rotation import matrix_to_axis_angle
 from morphable.identity.alignment import chip_template, extract_face_chips, similarity_transform
-from morphable.train.chip_render import ChipRenderer, Lighting, random_background, random_lighting, random_rotation
+from morphable.train.chip_render import ChipRenderer, random_background, random_lighting, random_rotation
 from morphable.train.synthetic import draw_synthetic_chips
 from tests.fitting._synthetic import real_model
 

@@ -195,7 +195,6 @@ class GenovaRecipe(Recipe):
 
     def __init__(self, config: GenovaConfig, run_dir: Path):
         super().__init__(config, run_dir)
-        import morphable
 
         cfg = config
         self.face_model, self.model_label = frozen_model(cfg.model.name)
@@ -409,7 +408,7 @@ def synthetic_features(renderer: ChipRenderer, albedo_space: LowFrequencyAlbedo,
 
 
 def _face_ids(model) -> Tensor:
-    return model.regions.get("face", torch.arange(model.n_vertices))
+    return model.region_ids("face")
 
 
 def synthetic_shape_errors(regressor: GenovaRegressor, model, data: dict[str, Tensor]) -> dict[str, float]:

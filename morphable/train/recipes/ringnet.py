@@ -190,7 +190,6 @@ class RingNetRecipe(Recipe):
 
     def __init__(self, config: RingNetConfig, run_dir: Path):
         super().__init__(config, run_dir)
-        import morphable
 
         cfg = config
         if cfg.ring.size < 3:
@@ -423,7 +422,7 @@ class RingNetRecipe(Recipe):
         eye = (gt[:, 36] - gt[:, 45]).norm(dim=-1)
         inner = [i for i in range(17, 68) if self.face_model.landmark_mask[i]]
         nme = ((pred[:, inner] - gt[:, inner]).norm(dim=-1).mean(-1) / eye).mean()
-        ids = self.face_model.regions.get("face", torch.arange(self.face_model.n_vertices))
+        ids = self.face_model.region_ids("face")
         Vp = self.face_model(identity=params["shape"]).vertices[:, ids]
         Vt = self.face_model(identity=v["shape"]).vertices[:, ids]
         R = axis_angle_to_matrix(params["rotation"]) @ axis_angle_to_matrix(v["rotation"]).transpose(1, 2)

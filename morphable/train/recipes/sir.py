@@ -201,7 +201,6 @@ class SIRRecipe(Recipe):
 
     def __init__(self, config: SIRConfig, run_dir: Path):
         super().__init__(config, run_dir)
-        import morphable
         from morphable.nets.encoders import DlibEncoder
         from morphable.train.recipes.genova import drawn_albedo_space
 
@@ -393,7 +392,7 @@ class SIRRecipe(Recipe):
         return out
 
     def loss(self, batch: dict[str, Tensor], step: int) -> dict[str, Tensor]:
-        cfg, L = self.config, self.config.loss
+        L = self.config.loss
         parts = [batch["identity"]] + [batch[k] for k in ("landmark", "pixel") if k in batch]
         rows = torch.cat(parts)
         n_id = len(batch["identity"])
@@ -501,7 +500,7 @@ class SIRRecipe(Recipe):
         finally:
             self.net.train(was)
         m = self.face_model
-        ids = m.regions.get("face", torch.arange(m.n_vertices))
+        ids = m.region_ids("face")
         Vp = m(identity=self._pad(params["shape"])).vertices[:, ids]
         Vt = m(identity=self._pad(v["shape"])).vertices[:, ids]
         gt = v["landmarks"]

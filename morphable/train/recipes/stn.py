@@ -220,7 +220,6 @@ class STNRecipe(Recipe):
 
     def __init__(self, config: STNConfig, run_dir: Path):
         super().__init__(config, run_dir)
-        import morphable
         from morphable.models.resample import model_uv, uv_grid
 
         cfg = config
