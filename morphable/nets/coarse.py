@@ -37,13 +37,11 @@ from os import PathLike
 import torch
 from torch import Tensor, nn
 
-from morphable.errors import ModelFileError
 from morphable.geometry.camera import ScaledOrthographic
 from morphable.geometry.rotation import euler_to_matrix, matrix_to_axis_angle
-from morphable.io.atomic import atomic_write
 from morphable.models.base import MorphableModel
 from morphable.nets.layout import ParamLayout
-from morphable.nets.weights import load_weights
+from morphable.nets.weights import load_net, save_net
 
 FORMAT = "morphable-coarsenet"
 VERSION = 1
@@ -160,12 +158,9 @@ class CoarseNet(nn.Module):
 
 
 def save_coarse(net: CoarseNet, path: str | PathLike, meta: dict | None = None) -> None:
-    """Write the weights, buffers and layout atomically (``torch.load(weights_only=True)``-safe)."""
-    data = {"format": FORMAT, "version": VERSION, "model_name": net.model_name, "size": net.size,
-            "layout": [[n, int(k)] for n, k in net.layout.blocks],
-            "state": {k: v.float().contiguous() for k, v in net.state_dict().items()}, "meta": dict(meta or {})}
-    with atomic_write(path) as f:
-        torch.save(data, f)
+    """Write the weights, buffers and layout atomically (:func:`~morphable.nets.weights.save_net`)."""
+    save_net(net, path, FORMAT, VERSION, {"model_name": net.model_name, "size": net.size,
+                                          "layout": [[n, int(k)] for n, k in net.layout.blocks]}, meta)
 
 
 def load_coarse(name_or_path: str | PathLike) -> CoarseNet:
@@ -174,15 +169,8 @@ def load_coarse(name_or_path: str | PathLike) -> CoarseNet:
     Raises:
         ModelFileError: missing, corrupt or inconsistent file (one line naming it).
     """
-    data = load_weights(name_or_path)
-    if data.get("format") != FORMAT or data.get("version") != VERSION:
-        raise ModelFileError(str(name_or_path), f"not a CoarseNet file (format {data.get('format')!r}, "
-                             f"version {data.get('version')!r})")
-    try:
+    def build(data: dict) -> CoarseNet:
         layout = ParamLayout(tuple((str(n), int(k)) for n, k in data["layout"]))
-        net = CoarseNet(str(data["model_name"]), layout, int(data["size"]))
-        net.load_state_dict(data["state"])
-    except (KeyError, RuntimeError, TypeError, ValueError) as err:
-        raise ModelFileError(str(name_or_path), f"inconsistent CoarseNet weights ({err})") from None
-    net.meta = dict(data.get("meta", {}))
-    return net.eval()
+        return CoarseNet(str(data["model_name"]), layout, int(data["size"]))
+
+    return load_net(name_or_path, FORMAT, VERSION, "CoarseNet", build)

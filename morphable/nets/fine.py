@@ -27,11 +27,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from morphable.errors import ModelFileError
 from morphable.geometry.camera import ScaledOrthographic
 from morphable.geometry.mesh import vertex_normals
-from morphable.io.atomic import atomic_write
-from morphable.nets.weights import load_weights
+from morphable.nets.weights import load_net, save_net
 from morphable.render.renderer import Renderer
 from morphable.render.texture import sample_image
 
@@ -156,12 +154,9 @@ def vertex_displacement(dmap: Tensor, maps: BaseMaps) -> Tensor:
 
 
 def save_fine(net: FineNet, path: str | PathLike, meta: dict | None = None) -> None:
-    """Write the weights and buffers atomically (``torch.load(weights_only=True)``-safe)."""
-    data = {"format": FORMAT, "version": VERSION, "model_name": net.model_name, "size": net.size,
-            "widths": list(net.widths), "state": {k: v.float().contiguous() for k, v in net.state_dict().items()},
-            "meta": dict(meta or {})}
-    with atomic_write(path) as f:
-        torch.save(data, f)
+    """Write the weights and buffers atomically (:func:`~morphable.nets.weights.save_net`)."""
+    save_net(net, path, FORMAT, VERSION, {"model_name": net.model_name, "size": net.size,
+                                          "widths": list(net.widths)}, meta)
 
 
 def load_fine(name_or_path: str | PathLike) -> FineNet:
@@ -170,14 +165,6 @@ def load_fine(name_or_path: str | PathLike) -> FineNet:
     Raises:
         ModelFileError: missing, corrupt or inconsistent file (one line naming it).
     """
-    data = load_weights(name_or_path)
-    if data.get("format") != FORMAT or data.get("version") != VERSION:
-        raise ModelFileError(str(name_or_path), f"not a FineNet file (format {data.get('format')!r}, "
-                             f"version {data.get('version')!r})")
-    try:
-        net = FineNet(str(data["model_name"]), int(data["size"]), tuple(int(w) for w in data["widths"]))
-        net.load_state_dict(data["state"])
-    except (KeyError, RuntimeError, TypeError, ValueError) as err:
-        raise ModelFileError(str(name_or_path), f"inconsistent FineNet weights ({err})") from None
-    net.meta = dict(data.get("meta", {}))
-    return net.eval()
+    return load_net(name_or_path, FORMAT, VERSION, "FineNet",
+                    lambda data: FineNet(str(data["model_name"]), int(data["size"]),
+                                         tuple(int(w) for w in data["widths"])))

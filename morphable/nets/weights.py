@@ -6,12 +6,15 @@ and strings, read with ``torch.load(weights_only=True)`` (no code runs on load).
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from os import PathLike
 from pathlib import Path
 
 import torch
+from torch import nn
 
 from morphable.errors import ModelFileError
+from morphable.io.atomic import atomic_write
 from morphable.models.registry import sha256_file
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
@@ -65,3 +68,37 @@ def load_weights(name_or_path: str | PathLike) -> dict:
     if not isinstance(data, dict) or "format" not in data or "state" not in data:
         raise ModelFileError(path, "not a morphable weights file (no 'format'/'state' entries)")
     return data
+
+
+def save_net(net: nn.Module, path: str | PathLike, format: str, version: int, header: dict,
+             meta: dict | None = None) -> None:
+    """Write a network's file atomically: ``format``, ``version``, the ``header`` entries (what rebuilds the
+    module: sizes, layouts), its state dict in float32 and ``meta`` (provenance), all
+    ``torch.load(weights_only=True)``-safe."""
+    data = {"format": format, "version": version, **header,
+            "state": {k: v.float().contiguous() for k, v in net.state_dict().items()}, "meta": dict(meta or {})}
+    with atomic_write(path) as f:
+        torch.save(data, f)
+
+
+def load_net(name_or_path: str | PathLike, format: str, version: int, label: str,
+             build: Callable[[dict], nn.Module]) -> nn.Module:
+    """A network from :func:`save_net`'s file (or a shipped name), in eval mode, ``meta`` attached.
+
+    Args:
+        format, version: what the file must declare; label: the network's name for messages ("CoarseNet").
+        build: the module from the file's entries (its state is loaded after).
+    Raises:
+        ModelFileError: missing, corrupt, foreign or inconsistent file (one line naming it).
+    """
+    data = load_weights(name_or_path)
+    if data.get("format") != format or data.get("version") != version:
+        raise ModelFileError(str(name_or_path), f"not a {label} file (format {data.get('format')!r}, "
+                             f"version {data.get('version')!r})")
+    try:
+        net = build(data)
+        net.load_state_dict(data["state"])
+    except (KeyError, RuntimeError, TypeError, ValueError) as err:
+        raise ModelFileError(str(name_or_path), f"inconsistent {label} weights ({err})") from None
+    net.meta = dict(data.get("meta", {}))
+    return net.eval()

@@ -54,13 +54,13 @@ def _overrides(cache):
             "train.val_every=40", "train.checkpoint_every=40", "train.image_every=0"]
 
 
-def _training_set_param_loss(recipe) -> float:
-    """The parameter loss over all training chips, with batch statistics (40 steps are too few for batch
-    norm's running averages)."""
+def _training_set_loss(recipe) -> float:
+    """The training objective's geometry terms (parameter + shape loss, their default weights 1) over all
+    training chips, with batch statistics (40 steps are too few for batch norm's running averages)."""
     data = recipe.train_set
     with torch.no_grad():
         terms, _, _ = recipe.terms(data["images"].float() / 255, data["targets"])
-    return float(terms["param"])
+    return float(terms["param"] + terms["shape_mm"])
 
 
 def test_tiny_run_lowers_the_loss_and_exports(stand_in_photos):
@@ -76,13 +76,13 @@ def test_tiny_run_lowers_the_loss_and_exports(stand_in_photos):
     # the whole training set, before (a fresh net) and after: a deterministic measure, unlike the logged
     # losses of 8-chip batches, whose last steps vary ±10% with the BLAS thread count
     recipe = recipe_module.CoarseRecipe(load_config(recipe_module.CoarseConfig, None, _overrides(tmp / "cache")), tmp)
-    before_loss = _training_set_param_loss(recipe)
+    before_loss = _training_set_loss(recipe)
     recipe.net.load_state_dict(net.state_dict())
     # the exported weights reproduce the run's validation (before a training-mode pass moves the running stats)
     assert recipe.validate(40)["vertex_err_mm"] == pytest.approx(after["vertex_err_mm"], rel=1e-5)
-    after_loss = _training_set_param_loss(recipe)
-    print(f"training-set parameter loss {before_loss:.3f} -> {after_loss:.3f}")
-    assert after_loss < 0.7 * before_loss
+    after_loss = _training_set_loss(recipe)
+    print(f"training-set loss {before_loss:.3f} -> {after_loss:.3f}")
+    assert after_loss < 0.85 * before_loss  # 14.0 -> 10.2-10.9 at 1, 2 and 4 threads
     # validation used the fourth photo only, which training never saw
     assert recipe.val_set["images"].shape[0] == 4 and recipe.train_set["images"].shape[0] == 18
 

@@ -57,20 +57,18 @@ class ModelSection:
 
 
 @dataclass(frozen=True)
-class DataSection:
-    """variants: chips per training photo; val_variants: per validation photo; val_every_photo: every this
+class PhotoSetSection:
+    """The inverse-rendered photo sets (this recipe's and the fine recipe's data sections build on it).
+    variants: chips per training photo; val_variants: per validation photo; val_every_photo: every this
     many-th of :data:`TRAIN_PHOTOS` (from the last of each run of that length) is a validation photo; variant:
     how chips are re-rendered (:class:`~morphable.train.inverse_rendered.VariantSettings`, overridden as
-    ``data.variant.max_yaw_deg=...``); online: every training chip is drawn afresh at each step (new pose,
-    identity, expression, light and shift rendered over a cached chip's inpainted background,
-    :func:`~morphable.train.inverse_rendered.place_faces`) instead of read from the cached variants; cache: folder
-    ("" = ``$MORPHABLE_HOME/train-cache``); photos: use only the first this many of :data:`TRAIN_PHOTOS` (0 = all)."""
+    ``data.variant.max_yaw_deg=...``); cache: folder ("" = ``$MORPHABLE_HOME/train-cache``); photos: use only
+    the first this many of :data:`TRAIN_PHOTOS` (0 = all)."""
 
     variants: int = 64
     val_variants: int = 16
     val_every_photo: int = 8
     variant: VariantSettings = VariantSettings()
-    online: bool = True
     cache: str = ""
     photos: int = 0
 
@@ -84,14 +82,26 @@ class DataSection:
 
 
 @dataclass(frozen=True)
+class DataSection(PhotoSetSection):
+    """:class:`PhotoSetSection`, and online: every training chip is drawn afresh at each step (new pose,
+    identity, expression, light and shift rendered over a cached chip's inpainted background,
+    :func:`~morphable.train.inverse_rendered.place_faces`) instead of read from the cached variants."""
+
+    online: bool = True
+
+
+@dataclass(frozen=True)
 class LossSection:
     """param: weight of the parameter loss; photometric: of the rendered E_con, reached linearly from 0 between
     steps ``photometric_start`` and ``photometric_start + photometric_ramp`` (with the term on from step 1, the global
     gradient norm rose to hundreds within 250 steps, against ~5 for the parameter loss alone, and with
     gradient clipping the net stopped learning: the renderer's gradients on an untrained net's predictions);
-    batch: chips per step."""
+    batch: chips per step; shape: weight of the shape loss, the mean distance (mm) between the predicted and the
+    true model-space vertices (identity and expression; pose excluded), which weights the coefficients by what
+    they move instead of equally (``docs/coarse.md``: with it the benchmark's error fell from 5.84 to 4.84 mm)."""
 
     param: float = 1.0
+    shape: float = 1.0
     photometric: float = 1.0
     photometric_start: int = 1000
     photometric_ramp: int = 500
@@ -205,18 +215,23 @@ class CoarseRecipe(Recipe):
         y = self.net.mean + self.net.std * raw
         p = decode(self.layout, self.size, y)
         m = self.face_model
-        verts = m(identity=p.identity, expression=p.expression).vertices[:, self.region]
+        full = m(identity=p.identity, expression=p.expression).vertices
+        verts = full[:, self.region]
         albedo = self.basis.to(y) @ p.albedo_coefficients  # (B, V_r, 3)
         rend = self.renderer(verts, p.camera, colors=albedo, sh=p.light, background=images)
         photo = photometric_loss(rend.image, images, (rend.alpha > 0).to(images.dtype))
-        terms = {"param": sum(blocks.values()), "photometric": photo, **{f"param_{k}": v for k, v in blocks.items()}}
+        truth = decode(self.layout, self.size, targets)
+        shape = (full - m(identity=truth.identity, expression=truth.expression).vertices).norm(dim=-1).mean()
+        terms = {"param": sum(blocks.values()), "photometric": photo, "shape_mm": shape,
+                 **{f"param_{k}": v for k, v in blocks.items()}}
         return terms, y, rend
 
     def loss(self, batch: dict[str, Tensor], step: int) -> dict[str, Tensor]:
         w = self.config.loss
         terms, _, _ = self.terms(*self.chips(batch))
         ramp = min(1.0, max(0.0, (step - w.photometric_start) / max(w.photometric_ramp, 1)))
-        return {"loss": w.param * terms["param"] + ramp * w.photometric * terms["photometric"], **terms}
+        return {"loss": w.param * terms["param"] + ramp * w.photometric * terms["photometric"]
+                + w.shape * terms["shape_mm"], **terms}
 
     # ----------------------------------------------------------------------------------- validation
     def predicted_vertices(self, y: Tensor) -> Tensor:

@@ -37,9 +37,9 @@ from morphable.train.fine_data import (
     draw_fine,
     render_fine,
 )
-from morphable.train.inverse_rendered import TRAIN_PHOTOS, VariantSettings
+from morphable.train.inverse_rendered import TRAIN_PHOTOS
 from morphable.train.recipes.base import Recipe, frozen_model
-from morphable.train.recipes.coarse import split_photos
+from morphable.train.recipes.coarse import PhotoSetSection, split_photos
 from morphable.train.recipes.genova import evaluating
 
 VALIDATION_SEED_OFFSET = 7717
@@ -54,28 +54,12 @@ class ModelSection:
 
 
 @dataclass(frozen=True)
-class DataSection:
-    """variants / val_variants: cached backgrounds per training / validation photo; val_every_photo: every
-    this many-th of :data:`TRAIN_PHOTOS` validates (as the coarse recipe's split); variant: the re-rendering
-    ranges (:class:`~morphable.train.inverse_rendered.VariantSettings`); detail: how displacements are drawn
-    (:class:`~morphable.train.fine_data.DetailSettings`); cache: folder ("" = ``$MORPHABLE_HOME/train-cache``);
-    photos: only the first this many of :data:`TRAIN_PHOTOS` (0 = all)."""
+class DataSection(PhotoSetSection):
+    """The coarse recipe's photo sets (:class:`~morphable.train.recipes.coarse.PhotoSetSection`: variants /
+    val_variants are cached backgrounds per training / validation photo), and detail: how displacements are
+    drawn (:class:`~morphable.train.fine_data.DetailSettings`)."""
 
-    variants: int = 64
-    val_variants: int = 16
-    val_every_photo: int = 8
-    variant: VariantSettings = VariantSettings()
     detail: DetailSettings = DetailSettings()
-    cache: str = ""
-    photos: int = 0
-
-    def __post_init__(self) -> None:
-        if self.variants < 1 or self.val_variants < 1:
-            raise ValueError(f"variants and val_variants must be >= 1, got {self.variants}, {self.val_variants}")
-        if self.val_every_photo < 2:
-            raise ValueError(f"val_every_photo must be >= 2, got {self.val_every_photo}")
-        if self.photos < 0:
-            raise ValueError(f"photos must be >= 0 (0 = all), got {self.photos}")
 
 
 @dataclass(frozen=True)
