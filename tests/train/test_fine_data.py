@@ -8,13 +8,11 @@ import pytest
 import torch
 from PIL import Image
 
-import morphable
 from morphable.errors import InputError
 from morphable.geometry.camera import ScaledOrthographic
 from morphable.nets.fine import base_maps, displace, vertex_displacement
 from morphable.train import fine_data as fd
 from morphable.train import inverse_rendered as ir
-from tests.conftest import data_file
 from tests.train._coarse_data import synthetic_fit
 
 PHOTOS = ("p0.png", "p1.png", "p2.png", "p3.png")
@@ -24,12 +22,6 @@ def bumps(model, region: torch.Tensor, amplitude: float = 1.0, period_mm: float 
     """``(V_r,)`` a smooth displacement (mm) over the mean face: a checkerboard of bumps."""
     p = model.mean[region]
     return amplitude * torch.sin(2 * math.pi * p[:, 0] / period_mm) * torch.sin(2 * math.pi * p[:, 1] / period_mm)
-
-
-@pytest.fixture(scope="module")
-def sfm():
-    data_file("eos/share/sfm_shape_3448.bin")
-    return morphable.load_model("sfm")
 
 
 def stand_in_corpus(tmp_path, monkeypatch, model, offset: float = 0.0):

@@ -14,7 +14,7 @@ from morphable.train.config import ConfigError, load_config
 from morphable.train.recipes import fine as recipe_module
 from morphable.train.recipes import get_recipe
 from morphable.train.trainer import train
-from tests.train.test_fine_data import PHOTOS, sfm, stand_in_corpus  # noqa: F401  (sfm: a fixture)
+from tests.train.test_fine_data import PHOTOS, stand_in_corpus
 
 
 def _overrides(cache):
@@ -24,7 +24,7 @@ def _overrides(cache):
             "train.checkpoint_every=30", "train.image_every=0"]
 
 
-def test_tiny_run_lowers_the_error_and_exports(sfm, tmp_path, monkeypatch):  # noqa: F811
+def test_tiny_run_lowers_the_error_and_exports(sfm, tmp_path, monkeypatch):
     """The stand-in details are bumps on a 0.8 mm inflation (the part 30 steps can learn: the bumps need
     hundreds of steps to be read from shading)."""
     stand_in_corpus(tmp_path, monkeypatch, sfm, offset=0.8)
