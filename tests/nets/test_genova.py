@@ -88,7 +88,7 @@ def test_shipped_ict_regressor_separates_people(data):
         image = read_image(folder / name)
         (_, det), *_ = detect_faces(image)[0]
         lm = torch.as_tensor(np.asarray(det.landmarks), dtype=torch.float32)[None]
-        mu.append(reg.predict_identity(torch.as_tensor(image, dtype=torch.float32)[None] / 255, lm)[0])
+        mu.append(reg.predict_identity(torch.tensor(image, dtype=torch.float32)[None] / 255, lm)[0])
     same, different = (mu[0] - mu[1]).norm(), min((mu[0] - mu[2]).norm(), (mu[1] - mu[2]).norm())
     assert same < 0.8 * different
     assert 1.0 < mu[0].norm() < 20.0  # a real face, neither the mean nor wildly off the prior
