@@ -25,11 +25,10 @@ import torch
 from torch import Tensor, nn
 
 from morphable.errors import ModelFileError
-from morphable.io.atomic import atomic_write
+from morphable.nets import weights
 from morphable.nets.encoders import POOLED_DIM, DlibEncoder
 from morphable.nets.layout import ParamLayout
-from morphable.nets import weights
-from morphable.nets.weights import SHIPPED, load_weights, shipped_path
+from morphable.nets.weights import SHIPPED, load_net, save_net, shipped_path
 
 FORMAT = "morphable-genova"
 VERSION = 1
@@ -131,30 +130,20 @@ class GenovaRegressor(nn.Module):
 
 def save_regressor(regressor: GenovaRegressor, path: str | PathLike, meta: dict | None = None) -> None:
     """Write ``regressor`` atomically; weights stored as float16 (package data stays small), buffers as float32."""
-    state = {k: (v.half() if k.startswith("decoder.mlp") else v.float()).contiguous()
-             for k, v in regressor.state_dict().items()}
-    data = {"format": FORMAT, "version": VERSION, "model_name": regressor.model_name,
-            "n_identity": regressor.layout.sizeof("identity"), "n_albedo": regressor.layout.sizeof("albedo"),
-            "hidden": regressor.hidden, "prior_precision": regressor.prior_precision,
-            "albedo_modes": regressor.albedo_modes, "state": state, "meta": dict(meta or {})}
-    with atomic_write(path) as f:
-        torch.save(data, f)
+    save_net(regressor, path, FORMAT, VERSION,
+             {"model_name": regressor.model_name, "n_identity": regressor.layout.sizeof("identity"),
+              "n_albedo": regressor.layout.sizeof("albedo"), "hidden": regressor.hidden,
+              "prior_precision": regressor.prior_precision, "albedo_modes": regressor.albedo_modes}, meta,
+             half=lambda k, v: k.startswith("decoder.mlp"))
 
 
-def regressor_from_weights(data: dict, source: str) -> GenovaRegressor:
-    """Build a :class:`GenovaRegressor` from a loaded weights dictionary (see :func:`save_regressor`)."""
-    if data.get("format") != FORMAT or data.get("version") != VERSION:
-        raise ModelFileError(source, f"not a Genova regressor file (format {data.get('format')!r}, "
-                             f"version {data.get('version')!r})")
-    try:
-        reg = GenovaRegressor(str(data["model_name"]), int(data["n_identity"]), int(data["n_albedo"]),
-                              hidden=int(data["hidden"]), prior_precision=float(data["prior_precision"]),
-                              albedo_modes=int(data["albedo_modes"]))
-        reg.load_state_dict({k: v.float() for k, v in data["state"].items()})
-    except (KeyError, RuntimeError, TypeError, ValueError) as err:
-        raise ModelFileError(source, f"inconsistent Genova regressor weights ({err})") from None
-    reg.meta = dict(data.get("meta", {}))
-    return reg.eval()
+def _load(name_or_path: str) -> GenovaRegressor:
+    """A :class:`GenovaRegressor` from :func:`save_regressor`'s file (or a shipped name)."""
+    return load_net(name_or_path, FORMAT, VERSION, "Genova regressor",
+                    lambda data: GenovaRegressor(str(data["model_name"]), int(data["n_identity"]),
+                                                 int(data["n_albedo"]), hidden=int(data["hidden"]),
+                                                 prior_precision=float(data["prior_precision"]),
+                                                 albedo_modes=int(data["albedo_modes"])))
 
 
 def has_regressor(model_name: str) -> bool:
@@ -166,7 +155,7 @@ def has_regressor(model_name: str) -> bool:
 def _shipped_regressor(key: str, entry: tuple[str, str], folder: str) -> GenovaRegressor:
     """One instance per shipped entry (name, file, sha256, folder) and process: ``morphable fit`` over many
     photos checks the sha256, reads the file and builds dlib's network once, not once per photo."""
-    return regressor_from_weights(load_weights(key), key)
+    return _load(key)
 
 
 def load_regressor(name_or_path: str | PathLike = "ict") -> GenovaRegressor:
@@ -183,4 +172,4 @@ def load_regressor(name_or_path: str | PathLike = "ict") -> GenovaRegressor:
     if Path(text).suffix == "" and not Path(text).exists():
         known = ", ".join(k.removeprefix("genova-") for k in sorted(SHIPPED) if k.startswith("genova-")) or "none"
         raise ModelFileError(text, f"no shipped Genova regressor for this model (shipped: {known})")
-    return regressor_from_weights(load_weights(text), text)
+    return _load(text)

@@ -57,12 +57,12 @@ from morphable.identity.dlib_resnet import (  # dlib's own layer runners: one de
     Layers,
 )
 from morphable.identity.dlib_serialization import BLOCKS, NUM_CONVS
-from morphable.io.atomic import atomic_write
 from morphable.models.base import MorphableModel
 from morphable.models.flame import Flame
 from morphable.models.functional import barycentric_points
 from morphable.nets.heads import IterativeErrorFeedback
 from morphable.nets.layout import ParamLayout
+from morphable.nets.weights import load_net, save_net
 
 FORMAT = "morphable-ringnet"
 VERSION = 1
@@ -439,14 +439,11 @@ class RingNetDecoder(nn.Module):
 # ------------------------------------------------------------------------------------------------ weights
 def save_ringnet(net: RingNet, path: str | PathLike, meta: dict | None = None) -> None:
     """Write ``net`` atomically (regressor and tuned weights float16, buffers float32)."""
-    state = {k: (v.half() if k.startswith(("regressor.mlp", "trunk.tuned")) else v.float()).contiguous()
-             for k, v in net.state_dict().items()}
-    data = {"format": FORMAT, "version": VERSION, "model_name": net.model_name,
-            "layout": [[n, int(k)] for n, k in net.layout.blocks], "finetune_blocks": net.trunk.finetune_blocks,
-            "hidden": net.hidden, "iterations": net.iterations, "scale0": float(net.scale0),
-            "centre0": [float(c) for c in net.centre0], "state": state, "meta": dict(meta or {})}
-    with atomic_write(path) as f:
-        torch.save(data, f)
+    save_net(net, path, FORMAT, VERSION,
+             {"model_name": net.model_name, "layout": [[n, int(k)] for n, k in net.layout.blocks],
+              "finetune_blocks": net.trunk.finetune_blocks, "hidden": net.hidden, "iterations": net.iterations,
+              "scale0": float(net.scale0), "centre0": [float(c) for c in net.centre0]}, meta,
+             half=lambda k, v: k.startswith(("regressor.mlp", "trunk.tuned")))
 
 
 def load_ringnet(path: str | PathLike, net: DlibFaceNet | None = None) -> RingNet:
@@ -455,21 +452,13 @@ def load_ringnet(path: str | PathLike, net: DlibFaceNet | None = None) -> RingNe
     Raises:
         ModelFileError: missing, unreadable or inconsistent file.
     """
-    from morphable.nets.weights import load_weights
-
-    data = load_weights(path)
-    if data.get("format") != FORMAT or data.get("version") != VERSION:
-        raise ModelFileError(path, f"not a RingNet weights file (format {data.get('format')!r})")
-    try:
+    def build(data: dict) -> RingNet:
         layout = ParamLayout(tuple((str(n), int(k)) for n, k in data["layout"]))
-        out = RingNet(str(data["model_name"]), layout, float(data["scale0"]), tuple(data["centre0"]),
-                      finetune_blocks=int(data["finetune_blocks"]), hidden=int(data["hidden"]),
-                      iterations=int(data["iterations"]), net=net)
-        out.load_state_dict({k: v.float() for k, v in data["state"].items()})
-    except (KeyError, RuntimeError, TypeError, ValueError) as err:
-        raise ModelFileError(path, f"inconsistent RingNet weights ({err})") from None
-    out.meta = dict(data.get("meta", {}))
-    return out.eval()
+        return RingNet(str(data["model_name"]), layout, float(data["scale0"]), tuple(data["centre0"]),
+                       finetune_blocks=int(data["finetune_blocks"]), hidden=int(data["hidden"]),
+                       iterations=int(data["iterations"]), net=net)
+
+    return load_net(path, FORMAT, VERSION, "RingNet", build)
 
 
 

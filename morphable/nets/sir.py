@@ -44,10 +44,10 @@ from morphable.geometry.camera import ScaledOrthographic
 from morphable.geometry.rotation import axis_angle_to_matrix, matrix_to_axis_angle
 from morphable.identity.alignment import chip_template, extract_face_chips, similarity_transform
 from morphable.identity.dlib_resnet import CHIP_PADDING, CHIP_SIZE, DlibFaceNet
-from morphable.io.atomic import atomic_write
 from morphable.models.base import MorphableModel
 from morphable.nets.layout import ParamLayout
 from morphable.nets.ringnet import FEATURE_DIM, DlibTrunk
+from morphable.nets.weights import load_net, save_net
 
 FORMAT = "morphable-sir"
 VERSION = 1
@@ -238,15 +238,12 @@ def new_sir(model: MorphableModel, model_name: str, albedo_size: int, **kwargs) 
 # ------------------------------------------------------------------------------------------------ weights
 def save_sir(net: SIRNet, path: str | PathLike, meta: dict | None = None) -> None:
     """Write ``net`` atomically: trainable weights float16, buffers float32, no trunk (dlib's packaged weights)."""
-    state = {k: (v.half() if v.is_floating_point() and not k.startswith("feature_") else v.float()).contiguous()
-             for k, v in net.state_dict().items() if not k.startswith("trunk.")}
-    data = {"format": FORMAT, "version": VERSION, "model_name": net.model_name,
-            "layouts": {name: [[n, int(k)] for n, k in lay.blocks] for name, lay in net.layouts.items()},
-            "hidden": net.hidden, "dropout": net.dropout, "albedo_modes": net.albedo_modes,
-            "n_identity": int(net.n_identity), "prior_precision": float(net.prior_precision), "state": state,
-            "meta": dict(meta or {})}
-    with atomic_write(path) as f:
-        torch.save(data, f)
+    save_net(net, path, FORMAT, VERSION,
+             {"model_name": net.model_name,
+              "layouts": {name: [[n, int(k)] for n, k in lay.blocks] for name, lay in net.layouts.items()},
+              "hidden": net.hidden, "dropout": net.dropout, "albedo_modes": net.albedo_modes,
+              "n_identity": int(net.n_identity), "prior_precision": float(net.prior_precision)}, meta,
+             half=lambda k, v: v.is_floating_point() and not k.startswith("feature_"), skip=("trunk.",))
 
 
 def load_sir(path: str | PathLike, net: DlibFaceNet | None = None) -> SIRNet:
@@ -256,24 +253,15 @@ def load_sir(path: str | PathLike, net: DlibFaceNet | None = None) -> SIRNet:
     Raises:
         ModelFileError: missing, unreadable or inconsistent file.
     """
-    from morphable.nets.weights import load_weights
-
-    data = load_weights(path)
-    if data.get("format") != FORMAT or data.get("version") != VERSION:
-        raise ModelFileError(path, f"not a SIR weights file (format {data.get('format')!r})")
-    try:
+    def build(data: dict) -> SIRNet:
         layouts = {name: ParamLayout(tuple((str(n), int(k)) for n, k in blocks))
                    for name, blocks in data["layouts"].items()}
-        out = SIRNet(str(data["model_name"]), layouts, int(data["n_identity"]), hidden=int(data["hidden"]), dropout=float(data["dropout"]),
-                     albedo_modes=int(data["albedo_modes"]), net=net)
-        missing, unexpected = out.load_state_dict({k: v.float() for k, v in data["state"].items()}, strict=False)
-        if unexpected or any(not k.startswith("trunk.") for k in missing):
-            raise ValueError(f"missing {missing}, unexpected {unexpected}")
+        out = SIRNet(str(data["model_name"]), layouts, int(data["n_identity"]), hidden=int(data["hidden"]),
+                     dropout=float(data["dropout"]), albedo_modes=int(data["albedo_modes"]), net=net)
         out.prior_precision = float(data["prior_precision"])
-    except (KeyError, RuntimeError, TypeError, ValueError) as err:
-        raise ModelFileError(path, f"inconsistent SIR weights ({err})") from None
-    out.meta = dict(data.get("meta", {}))
-    return out.eval()
+        return out
+
+    return load_net(path, FORMAT, VERSION, "SIR", build, skipped=("trunk.",))
 
 
 @lru_cache(maxsize=None)

@@ -32,12 +32,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from morphable.errors import ModelFileError
 from morphable.identity.dlib_resnet import CHIP_SIZE, DlibFaceNet
-from morphable.io.atomic import atomic_write
 from morphable.models.base import MorphableModel
 from morphable.nets.layout import ParamLayout
-from morphable.nets.weights import load_weights
+from morphable.nets.weights import load_net, save_net
 from morphable.render.stn import SpatialTransformer3DMM, STNOutput, Theta
 
 FORMAT = "morphable-stn-localiser"
@@ -267,12 +265,9 @@ def flatten_faces(localiser: STNLocaliser, stn: SpatialTransformer3DMM, images: 
 
 def save_localiser(localiser: STNLocaliser, path: str | PathLike, meta: dict | None = None) -> None:
     """Write the trainable weights and buffers (not the dlib network, which ships on its own) atomically."""
-    state = {k: v.float().contiguous() for k, v in localiser.state_dict().items() if not k.startswith("trunk.net.")}
-    data = {"format": FORMAT, "version": VERSION, "model_name": localiser.model_name, "n_shape": localiser.n_shape,
-            "trunk": localiser.trunk_name, "crop_size": localiser.crop_size, "hidden": localiser.hidden, "state": state,
-            "meta": dict(meta or {})}
-    with atomic_write(path) as f:
-        torch.save(data, f)
+    save_net(localiser, path, FORMAT, VERSION,
+             {"model_name": localiser.model_name, "n_shape": localiser.n_shape, "trunk": localiser.trunk_name,
+              "crop_size": localiser.crop_size, "hidden": localiser.hidden}, meta, skip=("trunk.net.",))
 
 
 def load_localiser(name_or_path: str | PathLike, net: DlibFaceNet | None = None) -> STNLocaliser:
@@ -281,20 +276,8 @@ def load_localiser(name_or_path: str | PathLike, net: DlibFaceNet | None = None)
     Raises:
         ModelFileError: unknown name, missing, corrupt or inconsistent file.
     """
-    data = load_weights(name_or_path)
-    source = str(name_or_path)
-    if data.get("format") != FORMAT or data.get("version") != VERSION:
-        raise ModelFileError(source, f"not a 3DMM-STN localiser file (format {data.get('format')!r}, "
-                             f"version {data.get('version')!r})")
-    try:
-        state = {k: v.float() for k, v in data["state"].items()}
-        loc = STNLocaliser(str(data["model_name"]), int(data["n_shape"]), str(data["trunk"]),
-                           tuple(state["nominal"].tolist()), int(data["crop_size"]), int(data["hidden"]), net=net)
-        missing, unexpected = loc.load_state_dict(state, strict=False)
-        missing = [k for k in missing if not k.startswith("trunk.net.")]
-        if missing or unexpected:
-            raise ValueError(f"missing {missing}, unexpected {unexpected}")
-    except (KeyError, RuntimeError, TypeError, ValueError) as err:
-        raise ModelFileError(source, f"inconsistent 3DMM-STN localiser weights ({err})") from None
-    loc.meta = dict(data.get("meta", {}))
-    return loc.eval()
+    return load_net(name_or_path, FORMAT, VERSION, "3DMM-STN localiser",
+                    lambda data: STNLocaliser(str(data["model_name"]), int(data["n_shape"]), str(data["trunk"]),
+                                              tuple(data["state"]["nominal"].float().tolist()),
+                                              int(data["crop_size"]), int(data["hidden"]), net=net),
+                    skipped=("trunk.net.",))

@@ -71,23 +71,32 @@ def load_weights(name_or_path: str | PathLike) -> dict:
 
 
 def save_net(net: nn.Module, path: str | PathLike, format: str, version: int, header: dict,
-             meta: dict | None = None) -> None:
-    """Write a network's file atomically: ``format``, ``version``, the ``header`` entries (what rebuilds the
-    module: sizes, layouts), its state dict in float32 and ``meta`` (provenance), all
-    ``torch.load(weights_only=True)``-safe."""
-    data = {"format": format, "version": version, **header,
-            "state": {k: v.float().contiguous() for k, v in net.state_dict().items()}, "meta": dict(meta or {})}
+             meta: dict | None = None, *, half: Callable[[str, torch.Tensor], bool] | None = None,
+             skip: tuple[str, ...] = ()) -> None:
+    """Write a network's file atomically, ``torch.load(weights_only=True)``-safe.
+
+    Args:
+        format, version: what :func:`load_net` will require; header: the entries that rebuild the module
+            (sizes, layouts); meta: provenance (the command, the resolved config, metrics).
+        half: which state entries to store as float16 (``(name, tensor) -> bool``; package data stays small);
+            the rest is stored as float32.
+        skip: state-dict prefixes not written (e.g. a frozen trunk whose weights ship on their own).
+    """
+    state = {k: (v.half() if half is not None and half(k, v) else v.float()).contiguous()
+             for k, v in net.state_dict().items() if not k.startswith(skip)}
+    data = {"format": format, "version": version, **header, "state": state, "meta": dict(meta or {})}
     with atomic_write(path) as f:
         torch.save(data, f)
 
 
 def load_net(name_or_path: str | PathLike, format: str, version: int, label: str,
-             build: Callable[[dict], nn.Module]) -> nn.Module:
+             build: Callable[[dict], nn.Module], *, skipped: tuple[str, ...] = ()) -> nn.Module:
     """A network from :func:`save_net`'s file (or a shipped name), in eval mode, ``meta`` attached.
 
     Args:
         format, version: what the file must declare; label: the network's name for messages ("CoarseNet").
-        build: the module from the file's entries (its state is loaded after).
+        build: the module from the file's entries; its state is then loaded (as float32).
+        skipped: the prefixes :func:`save_net` did not write (the module built them).
     Raises:
         ModelFileError: missing, corrupt, foreign or inconsistent file (one line naming it).
     """
@@ -97,7 +106,10 @@ def load_net(name_or_path: str | PathLike, format: str, version: int, label: str
                              f"version {data.get('version')!r})")
     try:
         net = build(data)
-        net.load_state_dict(data["state"])
+        missing, unexpected = net.load_state_dict({k: v.float() for k, v in data["state"].items()}, strict=False)
+        missing = [k for k in missing if not k.startswith(skipped)] if skipped else missing
+        if missing or unexpected:
+            raise ValueError(f"missing {missing}, unexpected {unexpected}")
     except (KeyError, RuntimeError, TypeError, ValueError) as err:
         raise ModelFileError(str(name_or_path), f"inconsistent {label} weights ({err})") from None
     net.meta = dict(data.get("meta", {}))
