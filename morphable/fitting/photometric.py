@@ -49,7 +49,7 @@ from morphable.fitting.landmarks import LandmarkFit, fit_landmarks
 from morphable.fitting.rgbd import RegisteredDepth, back_project, fit_rgbd, point_to_plane_energy
 from morphable.geometry.camera import Camera, Perspective, ScaledOrthographic, rescale_pixels
 from morphable.geometry.laplacian import SparseOperator, uniform_laplacian
-from morphable.geometry.mesh import VertexFaceIncidence, vertex_normals
+from morphable.geometry.mesh import VertexFaceIncidence, displace, vertex_normals
 from morphable.geometry.uv import mirror_pairs, symmetry_pairs
 from morphable.losses.photometric import photometric_loss, skin_mask
 from morphable.losses.prior import prior_loss
@@ -571,7 +571,7 @@ def fit_photometric(model: MorphableModel, images: Tensor, landmarks: Tensor, *,
                   albedo=var.expand(var.albedo_coeffs) if has_basis else None)
         verts = out.vertices
         if displacement is not None:
-            verts = verts + displacement[..., None] * vertex_normals(verts, tri, incidence=tables.incidence)
+            verts = displace(verts, tri, displacement, incidence=tables.incidence)
         rho = None if has_basis else vertex_albedo()  # (1|B, V_r, 3), also the albedo priors' argument
         albedo = out.colors if has_basis else var.expand(rho)
         cam = var.camera(f)

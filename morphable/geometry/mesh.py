@@ -190,6 +190,14 @@ def vertex_normals(vertices: Tensor, triangles: Tensor, eps: float = 1e-12, *,
     return acc / acc.norm(dim=-1, keepdim=True).clamp_min(eps)  # clamp: isolated vertices stay 0, no nan
 
 
+def displace(vertices: Tensor, triangles: Tensor, displacement: Tensor, *,
+             incidence: VertexFaceIncidence | None = None) -> Tensor:
+    """``v + d · n``: vertices ``(B, V, 3)`` mm moved by ``displacement`` ``(B, V)`` mm along their area-weighted
+    unit normals (:func:`vertex_normals` of ``triangles`` ``(F, 3)``), as the photometric fit's detail stage
+    displaces them. Returns ``(B, V, 3)``."""
+    return vertices + displacement[..., None] * vertex_normals(vertices, triangles, incidence=incidence)
+
+
 def edges(triangles: Tensor) -> Tensor:
     """Unique undirected edges ``(E, 2)`` int64, each as ``(low id, high id)``, sorted lexicographically."""
     return edge_topology(triangles)[0]

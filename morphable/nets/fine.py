@@ -16,7 +16,7 @@ is "no detail", the coarse mesh) and scaled by the training targets' spread (buf
 
 Export (:meth:`FineNet.refine`): the map read at the projected coarse vertices that the chip sees
 (bilinear, :func:`~morphable.render.texture.sample_image`), those vertices moved along their normals
-(:func:`displace`); vertices the chip does not see keep their coarse position.
+(:func:`~morphable.geometry.mesh.displace`); vertices the chip does not see keep their coarse position.
 """
 from __future__ import annotations
 
@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from morphable.geometry.camera import ScaledOrthographic
-from morphable.geometry.mesh import vertex_normals
+from morphable.geometry.mesh import displace
 from morphable.nets.weights import load_net, save_net
 from morphable.render.renderer import Renderer
 from morphable.render.texture import sample_image
@@ -39,13 +39,6 @@ WIDTHS = (16, 32, 48, 64)
 """U-Net widths per level (full, 1/2, 1/4, 1/8 resolution)."""
 IN_CHANNELS = 7
 """RGB (3), the coarse mesh's view-frame normals (3), its coverage mask (1)."""
-
-
-def displace(vertices: Tensor, triangles: Tensor, displacement: Tensor) -> Tensor:
-    """``v + d · n``: vertices ``(B, V, 3)`` mm moved by ``displacement`` ``(B, V)`` mm along their area-weighted
-    unit normals (:func:`~morphable.geometry.mesh.vertex_normals` of ``triangles`` ``(F, 3)``), as the
-    photometric fit's detail stage displaces them. Returns ``(B, V, 3)``."""
-    return vertices + displacement[..., None] * vertex_normals(vertices, triangles)
 
 
 @dataclass(frozen=True)

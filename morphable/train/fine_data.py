@@ -33,7 +33,7 @@ from torch import Tensor
 from morphable.errors import InputError
 from morphable.geometry.camera import ScaledOrthographic
 from morphable.models.base import MorphableModel
-from morphable.nets.fine import base_maps, displace
+from morphable.nets.fine import base_maps
 from morphable.render.renderer import Renderer
 from morphable.train import inverse_rendered
 from morphable.train.data.cache import cache_root, cached, settings_key
@@ -182,17 +182,6 @@ def draw_fine(model: MorphableModel, data: dict[str, Tensor], index: Tensor, gen
     return {"index": index, **out}
 
 
-class _Displaced:
-    """A :class:`Renderer` call that draws its vertices displaced along their normals
-    (:func:`~morphable.nets.fine.displace`), for :func:`~morphable.train.inverse_rendered.place_faces`."""
-
-    def __init__(self, renderer: Renderer, displacement: Tensor):
-        self.renderer, self.displacement = renderer, displacement
-
-    def __call__(self, vertices: Tensor, camera: ScaledOrthographic, **kwargs) -> object:
-        return self.renderer(displace(vertices, self.renderer.triangles, self.displacement), camera, **kwargs)
-
-
 class FineRenderers:
     """The two renderers of a model's fitted region at the chip size: ``shaded`` (anti-aliased, for the chips)
     and ``hard`` (for :func:`~morphable.nets.fine.base_maps`)."""
@@ -219,11 +208,11 @@ def render_fine(model: MorphableModel, renderers: FineRenderers, data: dict[str,
     d = draws["gain"][:, None] * data["displacement"][draws["source"]]
     scale = data["scale"][index]
     with torch.no_grad():
-        out = place_faces(model, _Displaced(renderers.shaded, d), region, data["albedo"][photo],
+        out = place_faces(model, renderers.shaded, region, data["albedo"][photo],
                           data["backgrounds"][index].to(d.dtype) / 255, scale, draws["ypr"], draws["identity"],
-                          draws["expression"], draws["light"], draws["shift"])
+                          draws["expression"], draws["light"], draws["shift"], displacement=d)
         camera = ScaledOrthographic(scale, out["rotation"], out["translation"])
-        vertices = model(identity=draws["identity"], expression=draws["expression"]).vertices[:, region]
+        vertices = out["vertices"]
         maps = base_maps(renderers.hard, vertices, camera, d)
     return {"images": (out["images"] * 255).round() / 255, "normals": maps.normals, "mask": maps.mask,
             "target": maps.attribute, "displacement": d, "visible": maps.visible, "points": maps.points,

@@ -50,7 +50,7 @@ from torch import Tensor
 
 from morphable.errors import InputError
 from morphable.geometry.camera import ScaledOrthographic
-from morphable.geometry.mesh import submesh
+from morphable.geometry.mesh import displace, submesh
 from morphable.geometry.rotation import euler_to_matrix, matrix_to_axis_angle
 from morphable.models.base import MorphableModel
 from morphable.render.renderer import Renderer
@@ -262,7 +262,7 @@ def draw_variant(model: MorphableModel, fit: dict[str, Tensor], generator: torch
 
 def place_faces(model: MorphableModel, renderer: Renderer, region: Tensor, albedo: Tensor, backgrounds: Tensor,
                 scale: Tensor, ypr: Tensor, identity: Tensor, expression: Tensor, light: Tensor,
-                shift: Tensor) -> dict[str, Tensor]:
+                shift: Tensor, displacement: Tensor | None = None) -> dict[str, Tensor]:
     """Render a batch of new faces into chips, each moved so that its landmark box is centred in the chip
     + ``shift`` (as a detector's box would place it), composited with the anti-aliased silhouette.
 
@@ -270,10 +270,13 @@ def place_faces(model: MorphableModel, renderer: Renderer, region: Tensor, albed
         renderer: a :class:`Renderer` of ``region_triangles(model, region)`` at the chip size ``S``.
         region: ``(V_r,)`` the drawn vertices; albedo: ``(B, V_r, 3)``; backgrounds: ``(B, S, S, 3)`` in [0, 1].
         scale: ``(B,)`` chip px/mm; ypr: ``(B, 3)`` rad; identity ``(B, K)``; expression ``(B, Ke)``;
-        light ``(B, 9, 3)``; shift ``(B, 2)`` px.
+        light ``(B, 9, 3)``; shift ``(B, 2)`` px; displacement: optional ``(B, V_r)`` mm, the faces drawn
+        displaced along their normals (:func:`~morphable.geometry.mesh.displace`; the placement is the
+        undisplaced face's).
     Returns:
         ``images`` ``(B, S, S, 3)`` in [0, 1], ``rotation`` ``(B, 3)`` axis-angle, ``translation`` ``(B, 2)``
-        chip px, ``landmarks`` ``(B, 68, 2)`` chip px (NaN where the model has none).
+        chip px, ``landmarks`` ``(B, 68, 2)`` chip px (NaN where the model has none), ``vertices``
+        ``(B, V_r, 3)`` the undisplaced region (mm, model space).
     """
     S = backgrounds.shape[1]
     defined = model.landmark_mask
@@ -283,10 +286,12 @@ def place_faces(model: MorphableModel, renderer: Renderer, region: Tensor, albed
     lm = ScaledOrthographic(scale, rotation, torch.zeros_like(shift)).project(model.landmarks(verts))[:, defined]
     centre = (lm.min(1).values + lm.max(1).values) / 2
     cam = ScaledOrthographic(scale, rotation, (S - 1) / 2 - centre + shift)
-    image = renderer(verts[:, region], cam, colors=albedo, sh=light, background=backgrounds).image.clamp(0, 1)
+    drawn = verts[:, region] if displacement is None else displace(verts[:, region], renderer.triangles, displacement)
+    image = renderer(drawn, cam, colors=albedo, sh=light, background=backgrounds).image.clamp(0, 1)
     landmarks = cam.project(model.landmarks(verts))
     landmarks[:, ~defined] = float("nan")
-    return {"images": image, "rotation": rotation, "translation": cam.translation, "landmarks": landmarks}
+    return {"images": image, "rotation": rotation, "translation": cam.translation, "landmarks": landmarks,
+            "vertices": verts[:, region]}
 
 
 def render_variant(model: MorphableModel, fit: dict[str, Tensor], photo: np.ndarray, variant: dict[str, Tensor],

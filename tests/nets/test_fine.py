@@ -8,12 +8,11 @@ import torch
 import morphable
 from morphable.errors import ModelFileError
 from morphable.geometry.camera import ScaledOrthographic
-from morphable.geometry.mesh import vertex_normals
+from morphable.geometry.mesh import displace, vertex_normals
 from morphable.nets.fine import (
     BaseMaps,
     FineNet,
     base_maps,
-    displace,
     load_fine,
     save_fine,
     vertex_displacement,

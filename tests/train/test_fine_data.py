@@ -10,7 +10,8 @@ from PIL import Image
 
 from morphable.errors import InputError
 from morphable.geometry.camera import ScaledOrthographic
-from morphable.nets.fine import base_maps, displace, vertex_displacement
+from morphable.geometry.mesh import displace
+from morphable.nets.fine import base_maps, vertex_displacement
 from morphable.train import fine_data as fd
 from morphable.train import inverse_rendered as ir
 from tests.train._coarse_data import synthetic_fit
