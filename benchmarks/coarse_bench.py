@@ -30,7 +30,6 @@ mean_face_err_mm=``.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import time
 
@@ -42,7 +41,7 @@ from morphable.fitting.landmarks import fit_landmarks
 from morphable.fitting.photometric import fit_photometric
 from morphable.geometry.align import aligned_error
 from morphable.nets.coarse import load_coarse
-from morphable.train.inverse_rendered import HELD_OUT_PHOTOS, VariantSettings, build_set
+from morphable.train.inverse_rendered import HELD_OUT_PHOTOS, build_set, trained_variant_settings
 
 BENCH_SEED = 7919
 """Seed of the held-out variants (the recipe's sets use 2·seed + 1 and 2·seed + 2 on other photos)."""
@@ -114,13 +113,10 @@ def main() -> None:
     if args.time_only:
         time_only(net, args.rounds)
         return
-    config = json.loads(net.meta.get("config", "{}"))
-    data_cfg = config.get("data", {})
-    data_cfg = data_cfg.get("variant", data_cfg)  # weights trained before data.variant held them flat in data
-    fields = VariantSettings.__dataclass_fields__
-    settings = VariantSettings(**{k: v for k, v in data_cfg.items() if k in fields})
-    if settings.size != net.size:
-        raise SystemExit(f"{args.weights}: chip size {net.size} differs from its data settings' {settings.size}")
+    try:
+        settings = trained_variant_settings(net.meta, net.size)
+    except ValueError as err:
+        raise SystemExit(f"{args.weights}: {err}") from None
     model = morphable.load_model(net.model_name)
     data = build_set(model, net.model_name, HELD_OUT_PHOTOS, args.variants, BENCH_SEED, settings, name="bench",
                      progress=True)

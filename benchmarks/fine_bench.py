@@ -29,7 +29,6 @@ Last line: ``RESULT n= base_err_mm= fine_err_mm= ratio= recovered= floor_err_mm=
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import time
 
@@ -47,7 +46,7 @@ from morphable.train.fine_data import (
     draw_fine,
     render_fine,
 )
-from morphable.train.inverse_rendered import HELD_OUT_PHOTOS, VariantSettings
+from morphable.train.inverse_rendered import HELD_OUT_PHOTOS, trained_variant_settings
 from morphable.train.recipes.fine import evaluate
 
 BENCH_SEED = 7919
@@ -64,11 +63,10 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     net = load_fine(args.weights)
-    config = json.loads(net.meta.get("config", "{}"))
-    fields = VariantSettings.__dataclass_fields__
-    settings = VariantSettings(**{k: v for k, v in config.get("data", {}).get("variant", {}).items() if k in fields})
-    if settings.size != net.size:
-        raise SystemExit(f"{args.weights}: chip size {net.size} differs from its data settings' {settings.size}")
+    try:
+        settings = trained_variant_settings(net.meta, net.size)
+    except ValueError as err:
+        raise SystemExit(f"{args.weights}: {err}") from None
     model = morphable.load_model(net.model_name)
     model.requires_grad_(False)
     data = build_fine_set(model, net.model_name, HELD_OUT_PHOTOS, args.variants, BENCH_SEED, settings, name="bench",

@@ -121,6 +121,22 @@ class VariantSettings:
             raise ValueError(f"VariantSettings.max_yaw_deg must be in [0, 90], got {self.max_yaw_deg}")
 
 
+def trained_variant_settings(meta: dict, size: int) -> VariantSettings:
+    """The re-rendering settings a network was trained with, from its weights file's ``meta["config"]`` (the
+    resolved config as JSON: ``data.variant``, or flat in ``data`` in CoarseNet files from before that section).
+
+    Raises:
+        ValueError: their chip size is not the network's ``size``.
+    """
+    config = json.loads(meta.get("config", "{}")).get("data", {})
+    config = config.get("variant", config)
+    fields = VariantSettings.__dataclass_fields__
+    settings = VariantSettings(**{k: v for k, v in config.items() if k in fields})
+    if settings.size != size:
+        raise ValueError(f"chip size {size} differs from its data settings' {settings.size}")
+    return settings
+
+
 def corpus_root() -> Path:
     """The photo corpus: ``$MORPHABLE_MIRROR`` (:func:`~morphable.models.registry.mirror`, or
     ``$MORPHABLE_TEST_DATA``), default ``../shared/data``."""
