@@ -136,6 +136,7 @@ def main() -> None:
     face_mesh = submesh(model.triangles, face, model.n_vertices)
     rows = []
     print("seed | RGB-D face / seen (mm) | RGB-only face / seen | fit s | photometric + depth / RGB-only face, s "
+          "(colour energy with / without depth) "
           "|| off-model: surface fit → refined (mm), vertex seen fit → refined, refine s")
     for seed in range(args.first_seed, args.first_seed + args.faces):
         depth, landmarks, cam, truth, seen, image = scene(model, seed, off_model=False)
@@ -162,7 +163,8 @@ def main() -> None:
         v_ref = aligned_error(refined.vertices, truth, face, seen)[1]
         rows.append((e_d[0], e_rgb[0], s_fit, s_ref, e_pd, e_prgb))
         print(f"{seed:4d} | {e_d[0]:.3f} / {e_d[1]:.3f} | {e_rgb[0]:.3f} / {e_rgb[1]:.3f} | {t_fit:.1f} | "
-              f"{e_pd:.3f} / {e_prgb:.3f}, {t_pd:.1f} || "
+              f"{e_pd:.3f} / {e_prgb:.3f}, {t_pd:.1f} ({photo_d.energies['photometric']:.4f} / "
+              f"{photo_rgb.energies['photometric']:.4f}) || "
               f"{s_fit:.3f} → {s_ref:.3f}, {v_fit:.3f} → {v_ref:.3f}, {t_ref:.1f}", flush=True)
     r = np.asarray(rows)
     print(f"max error: RGB-D {r[:, 0].max():.3f} mm, photometric + depth {r[:, 4].max():.3f} mm; refinement lowers "

@@ -32,6 +32,7 @@ import sys
 from collections.abc import Iterable
 from contextlib import contextmanager
 from pathlib import Path
+from typing import NamedTuple
 
 import click
 
@@ -69,6 +70,16 @@ def _output_names(paths: Iterable[Path]) -> list[str]:
         seen[p.stem] = n
         names.append(p.stem if n == 1 else f"{p.stem}-{n}")
     return names
+
+
+class DepthOptions(NamedTuple):
+    """``--depth`` and its sensor options: a depth file per photo, the focal length and principal point (photo
+    px; ``None``: the photo's centre), millimetres per stored depth value."""
+
+    files: tuple[Path, ...]
+    focal: float
+    principal_point: tuple[float, float] | None
+    unit_mm: float
 
 
 def face_option(value: str) -> str | int:
@@ -160,7 +171,8 @@ def fit(images: tuple[Path, ...], model_name: str, output: Path, landmark_files:
     distributed.init()  # under torchrun: this process fits its share of the photos
     mine = _my_photos(len(images), multi_view)
     with messages(quiet):
-        depth = (tuple(depth_files[i] for i in mine), focal, principal_point, depth_unit) if depth_files else None
+        depth = DepthOptions(tuple(depth_files[i] for i in mine), focal, principal_point, depth_unit) \
+            if depth_files else None
         failures = _run([images[i] for i in mine], [names[i] for i in mine], model_name, output,
                         [landmark_files[i] for i in mine] if landmark_files else (), face, shape_from, multi_view,
                         perspective, photometric, detector, iterations, texture_size, max_side, not no_report,
@@ -188,7 +200,7 @@ def _my_photos(n: int, multi_view: bool) -> range:
 def _run(images, names, model_name, output, landmark_files, face, shape_from, multi_view, perspective, photometric,
          detector, iterations, texture_size, max_side, report, progress, method="fit", depth=None) -> list[str]:
     """Find, fit and save every photo's faces; returns one failure line per photo that failed. ``depth``:
-    ``(depth files per photo, focal, principal point, mm per unit)`` or ``None``."""
+    :class:`DepthOptions` or ``None``."""
     import time
 
     from tqdm import tqdm
@@ -211,8 +223,8 @@ def _run(images, names, model_name, output, landmark_files, face, shape_from, mu
                                face=face, detector=detector, max_side=max_side)
             d = None
             if depth is not None:
-                d = read_depth(depth[0][i], depth[3])
-                check_depth_size(d, faces[0], depth[0][i])
+                d = read_depth(depth.files[i], depth.unit_mm)
+                check_depth_size(d, faces[0], depth.files[i])
         except MorphableError as err:
             failures.append(str(err))
             stages.update(1)  # no fitting step for this photo
@@ -230,8 +242,8 @@ def _run(images, names, model_name, output, landmark_files, face, shape_from, mu
             recs = reconstruct_faces(faces, model, label, shape_from=shape_from, multi_view=multi_view, method=method,
                                      perspective=perspective, photometric=photometric, iterations=iterations,
                                      texture_size=texture_size, progress=progress, timings=timings, depths=depths,
-                                     focal=None if depth is None else depth[1],
-                                     principal_point=None if depth is None else depth[2])
+                                     focal=None if depth is None else depth.focal,
+                                     principal_point=None if depth is None else depth.principal_point)
         except ValueError as err:  # e.g. fewer than 4 usable landmarks
             failures.append(f"{', '.join(dict.fromkeys(f.image for f in faces))}: cannot fit ({err})")
             stages.update(len(group))
