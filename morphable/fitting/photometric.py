@@ -57,7 +57,7 @@ from morphable.losses.smoothness import laplacian_loss
 from morphable.losses.symmetry import vertex_symmetry_loss
 from morphable.models.base import MorphableModel
 from morphable.models.region import restrict
-from morphable.render.renderer import Renderer
+from morphable.render.renderer import FixedGeometry, Renderer
 from morphable.render.shading import SH_AMBIENT, sh_basis
 from morphable.render.texture import sample_image
 
@@ -83,6 +83,17 @@ class Stage:
     size: int
     iterations: int
     variables: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class _HeldGeometry:
+    """A stage's fixed geometry (:func:`fit_photometric`): its rasterisation, the region vertices ``(B, V_r, 3)``,
+    and the constant geometry terms (landmark, identity and expression priors; E_geo or ``None``)."""
+
+    fixed: FixedGeometry
+    vertices: Tensor
+    terms: tuple[Tensor, Tensor, Tensor]
+    geo: Tensor | None
 
 
 DEFAULT_SCHEDULE = (
@@ -563,30 +574,51 @@ def fit_photometric(model: MorphableModel, images: Tensor, landmarks: Tensor, *,
                                                   max_pixels=config.geo_max_pixels, generator=pair_generator)
                             for b in range(B)]).mean()
 
-    def energy(size: int, target: Tensor, renderer: Renderer, skin_w: Tensor | None,
+    def geometry_terms(screen: Tensor, ident: Tensor, size: int) -> tuple[Tensor, Tensor, Tensor]:
+        """The landmark term (px² at :data:`REFERENCE_SIZE`) and the identity and expression priors, from the
+        region's screen vertices ``(B, V_r, 2|3)`` at a stage's size."""
+        lmk2d = screen.gather(1, lmk_index[..., None].expand(-1, -1, screen.shape[-1]))[..., :2]
+        d2 = ((lmk2d - rescale_pixels(lmk_target, size / max(H, W))) ** 2).sum(-1) * (REFERENCE_SIZE / size) ** 2
+        e_lan = torch.where(lmk_used, d2, 0.0).sum() / lmk_used.sum().clamp_min(1)
+        e_exp = (var.expression ** 2).sum(-1).mean() if sub.n_expression else ident.new_zeros(())
+        return e_lan, prior_loss(ident), e_exp
+
+    def hold_geometry(size: int, renderer: Renderer) -> _HeldGeometry:
+        """A stage that moves neither pose nor shape: rasterise once, and score its geometry terms once."""
+        with torch.no_grad():
+            ident = var.expand(var.identity)
+            verts = sub(identity=ident, expression=var.expression if sub.n_expression else None).vertices
+            cam = var.camera(size / max(H, W))
+            fixed = renderer.fix_geometry(verts, cam)
+            return _HeldGeometry(fixed, verts, geometry_terms(fixed.coverage.screen, ident, size),
+                                 None if depth is None else geo_energy(verts))
+
+    def energy(size: int, target: Tensor, renderer: Renderer | _HeldGeometry, skin_w: Tensor | None,
                displacement: Tensor | None = None,
                target_descriptor: Tensor | None = None) -> tuple[Tensor, dict[str, float], object, Tensor | None]:
-        """The total energy, its named terms, the rendering and E_geo (``None`` without depth)."""
+        """The total energy, its named terms, the rendering and E_geo (``None`` without depth). In a stage that
+        holds the geometry ``renderer`` is its :class:`_HeldGeometry`: only the albedo and light terms move."""
         f = size / max(H, W)
-        ident = var.expand(var.identity)
-        out = sub(identity=ident, expression=var.expression if sub.n_expression else None,
-                  albedo=var.expand(var.albedo_coeffs) if has_basis else None)
-        verts = out.vertices
-        if displacement is not None:
-            verts = displace(verts, tri, displacement, incidence=tables.incidence)
         rho = None if has_basis else vertex_albedo()  # (1|B, V_r, 3), also the albedo priors' argument
-        albedo = out.colors if has_basis else var.expand(rho)
-        cam = var.camera(f)
-        rend = renderer(verts, cam, colors=albedo, sh=var.light, background=target)
+        if isinstance(renderer, _HeldGeometry):
+            verts, (e_lan, e_id, e_exp) = renderer.vertices, renderer.terms
+            albedo = sub(albedo=var.expand(var.albedo_coeffs)).colors if has_basis else var.expand(rho)
+            rend = renderer.fixed.render(colors=albedo, sh=var.light, background=target)
+        else:
+            ident = var.expand(var.identity)
+            out = sub(identity=ident, expression=var.expression if sub.n_expression else None,
+                      albedo=var.expand(var.albedo_coeffs) if has_basis else None)
+            verts = out.vertices
+            if displacement is not None:
+                verts = displace(verts, tri, displacement, incidence=tables.incidence)
+            albedo = out.colors if has_basis else var.expand(rho)
+            cam = var.camera(f)
+            rend = renderer(verts, cam, colors=albedo, sh=var.light, background=target)
+            e_lan, e_id, e_exp = geometry_terms(rend.screen, ident, size)  # (the render's projection, reused)
         m = (rend.alpha > 0).to(dtype)
         if skin_w is not None:
             m = m * skin_w
         e_con = photometric_loss(rend.image, target, m, kind=config.robust)
-        lmk2d = cam.project(verts.gather(1, lmk_index[..., None].expand(-1, -1, 3)))
-        d2 = ((lmk2d - rescale_pixels(lmk_target, f)) ** 2).sum(-1) * (REFERENCE_SIZE / size) ** 2
-        e_lan = torch.where(lmk_used, d2, 0.0).sum() / lmk_used.sum().clamp_min(1)
-        e_id = prior_loss(ident)
-        e_exp = (var.expression ** 2).sum(-1).mean() if sub.n_expression else ident.new_zeros(())
         total = config.w_photo * e_con + config.w_landmark * e_lan + config.w_identity * e_id
         total = total + (config.w_blendshape if blendshapes else config.w_expression) * e_exp
         terms = {"photometric": e_con.item(), "landmark_px2": e_lan.item(), "identity_prior": e_id.item(),
@@ -608,7 +640,7 @@ def fit_photometric(model: MorphableModel, images: Tensor, landmarks: Tensor, *,
             terms["identity_feature"] = e_idf.item()
         e_geo = None
         if depth is not None:
-            e_geo = geo_energy(verts)
+            e_geo = renderer.geo if isinstance(renderer, _HeldGeometry) else geo_energy(verts)
             total = total + config.w_geo * e_geo
             terms["geo_mm2"] = e_geo.item()
         terms["total"] = total.item()
@@ -646,6 +678,8 @@ def fit_photometric(model: MorphableModel, images: Tensor, landmarks: Tensor, *,
                 var.albedo.copy_(factor.mean(0, keepdim=True) if var.shared else factor)
             albedo_from_photo = True
         active = {id(tensors[name][0]) for group in stage.variables for name in groups[group]}
+        if not {"pose", "shape"} & set(stage.variables):  # rasterise once, then only re-shade
+            renderer = hold_geometry(size, renderer)
         for key, (t, _) in unique.items():
             t.requires_grad_(key in active)
         best = float("inf")

@@ -23,6 +23,10 @@ and shading as one autograd node with a hand-written backward
 buffers other than the image and alpha (depth, normals, barycentrics, albedo, UV, PNCC) are built the
 first time they are read (:class:`RenderOutput`), so renders whose caller only needs the image skip them.
 
+A mesh that does not move can be rasterised once and shaded many times with new albedo and SH light
+(:meth:`Renderer.fix_geometry`, :class:`FixedGeometry`): steps 1–3, the barycentrics and the unit normals are
+kept, and each shading is an interpolation and a ``(P, 9)`` matrix product (the photometric fit's albedo stage).
+
 All buffers are differentiable where it makes sense (image, alpha, depth, normals, UV, PNCC) with
 respect to vertices, camera parameters, albedo/texture and lights.
 """
@@ -232,6 +236,24 @@ def _scatter(values: Tensor, pix: Tensor, total: int, fill: float = 0.0) -> Tens
     return out.index_put((pix,), values)
 
 
+@dataclass(frozen=True)
+class _Coverage:
+    """What a render's geometry decides (steps 1–3): view ``(B, V, 3)`` and screen ``(B, V, 3)`` vertices,
+    triangle ids and soft alpha ``(B, H, W)``, and the packed pixels to shade: flat ids, triangle, batch
+    ``(P,)`` and centres ``(P, 2)``."""
+
+    view: Tensor
+    screen: Tensor
+    ids: Tensor
+    alpha: Tensor
+    pix: Tensor
+    face: Tensor
+    batch: Tensor
+    centres: Tensor
+    perspective: bool
+    topology: MeshTopology
+
+
 class Renderer(nn.Module):
     """Differentiable renderer for one mesh topology (the configuration lives here; maths in functions).
 
@@ -290,35 +312,13 @@ class Renderer(nn.Module):
             visibility: also return per-vertex visibility (from this render's z-buffer).
             visibility_tolerance_mm: its depth slack (see ``vertex_visibility``).
         """
-        if vertices.dim() != 3 or vertices.shape[-1] != 3:
-            raise ValueError(f"Renderer: expected vertices (B, V, 3), got {tuple(vertices.shape)}")
-        B = vertices.shape[0]
+        g = self._rasterize(vertices, camera)
         H, W = self.image_size
-        perspective = isinstance(camera, Perspective)
-        tri = self.triangles
-        view = camera.transform(vertices)  # view frame (mm; orthographic: rotation only)
-        screen = camera.project_view(view)  # = camera.project_with_depth(vertices), without rotating twice
+        tri, perspective, B = self.triangles, g.perspective, vertices.shape[0]
+        ids, alpha, pix, face, batch, centres = g.ids, g.alpha, g.pix, g.face, g.batch, g.centres
+        screen, view = g.screen, g.view
 
-        key = (tri.data_ptr(), tri._version, tuple(tri.shape), tri.device)  # looked up again if the buffer changes
-        if self._topology is None or self._topology[0] != key:
-            self._topology = (key, mesh_topology(tri))
-        topology = self._topology[1]
-        ids, facing = rasterize_ids_facing(screen, tri, (H, W), cull_backfaces=self.cull_backfaces,
-                                           perspective=perspective, near=self.near, corners=topology.sorted_corners)
-        if self.soft_silhouette:
-            sil = soft_silhouette(screen, tri, ids, topology.edges, perspective=perspective, facing=facing)
-            # extended ids are −1 on covered pixels, ids −1 off them
-            alpha, shade_ids = sil.alpha, torch.maximum(ids, sil.extended_id)
-        else:
-            alpha, shade_ids = compare(ids, ">=", 0).to(vertices.dtype), ids
-
-        # packed pixels to shade: covered + extrapolated just outside the silhouette
-        flat = shade_ids.reshape(-1)
-        pix = flat_nonzero(compare(flat, ">=", 0))
-        face = flat.index_select(0, pix)
-        batch, centres = pixel_coordinates(pix, H, W)
-
-        normals_v = vertex_normals(view, tri, incidence=topology.incidence(view.shape[1]))
+        normals_v = vertex_normals(view, tri, incidence=g.topology.incidence(view.shape[1]))
         if texture is not None and self.uv is None:
             raise ValueError("Renderer: a texture needs UV coordinates (give uv to the Renderer)")
         if sh is not None and lights is None and (colors is not None or texture is None):
@@ -337,6 +337,42 @@ class Renderer(nn.Module):
             vis = visibility_from_ids(screen, tri, ids, tolerance_mm=visibility_tolerance_mm, perspective=perspective)
         buffers = _CoveredBuffers(self, screen, normals_v, colors, texture, ids, perspective)
         return RenderOutput(image, alpha, ids, screen, vis, buffers)
+
+    def _rasterize(self, vertices: Tensor, camera: Camera) -> "_Coverage":
+        """Steps 1–3 of the pipeline: view and screen vertices, triangle ids, soft alpha and the packed pixels
+        to shade (covered ones and those extrapolated just outside the silhouette)."""
+        if vertices.dim() != 3 or vertices.shape[-1] != 3:
+            raise ValueError(f"Renderer: expected vertices (B, V, 3), got {tuple(vertices.shape)}")
+        H, W = self.image_size
+        perspective = isinstance(camera, Perspective)
+        tri = self.triangles
+        view = camera.transform(vertices)  # view frame (mm; orthographic: rotation only)
+        screen = camera.project_view(view)  # = camera.project_with_depth(vertices), without rotating twice
+
+        key = (tri.data_ptr(), tri._version, tuple(tri.shape), tri.device)  # looked up again if the buffer changes
+        if self._topology is None or self._topology[0] != key:
+            self._topology = (key, mesh_topology(tri))
+        topology = self._topology[1]
+        ids, facing = rasterize_ids_facing(screen, tri, (H, W), cull_backfaces=self.cull_backfaces,
+                                           perspective=perspective, near=self.near, corners=topology.sorted_corners)
+        if self.soft_silhouette:
+            sil = soft_silhouette(screen, tri, ids, topology.edges, perspective=perspective, facing=facing)
+            # extended ids are −1 on covered pixels, ids −1 off them
+            alpha, shade_ids = sil.alpha, torch.maximum(ids, sil.extended_id)
+        else:
+            alpha, shade_ids = compare(ids, ">=", 0).to(vertices.dtype), ids
+        flat = shade_ids.reshape(-1)
+        pix = flat_nonzero(compare(flat, ">=", 0))
+        batch, centres = pixel_coordinates(pix, H, W)
+        return _Coverage(view, screen, ids, alpha, pix, flat.index_select(0, pix), batch, centres, perspective, topology)
+
+    def fix_geometry(self, vertices: Tensor, camera: Camera) -> "FixedGeometry":
+        """Rasterise once for SH shading of changing albedo and light on a mesh that does not move
+        (no gradient reaches ``vertices`` or ``camera``): see :class:`FixedGeometry`."""
+        with torch.no_grad():
+            g = self._rasterize(vertices, camera)
+            normals_v = vertex_normals(g.view, self.triangles, incidence=g.topology.incidence(g.view.shape[1]))
+        return FixedGeometry(self, g, normals_v)
 
     def _shade_unfused(self, screen: Tensor, view: Tensor, normals_v: Tensor, colors: Tensor | None,
                        texture: Tensor | None, sh: Tensor | None, lights: PointLights | None, batch: Tensor,
@@ -372,10 +408,14 @@ def _sh_packed(normals: Tensor, albedo: Tensor, sh: Tensor, batch: Tensor) -> Te
     """SH shading ``ρ ⊙ (Lᵀ φ(n))`` of packed pixels (unit normals ``(P, 3)``, batch index ``(P,)``)."""
     if sh.dim() != 3 or sh.shape[1:] != (9, 3):
         raise ValueError(f"Renderer: expected sh of shape (B, 9, 3), got {tuple(sh.shape)}")
-    phi = sh_basis(normals)  # (P, 9); the normals are unit already
+    return albedo * _sh_radiance(sh_basis(normals), sh, batch)  # the normals are unit already
+
+
+def _sh_radiance(phi: Tensor, sh: Tensor, batch: Tensor) -> Tensor:
+    """``Lᵀ φ`` of packed pixels: SH basis ``(P, 9)``, light ``(1|B, 9, 3)``, batch index ``(P,)`` -> ``(P, 3)``."""
     if int(sh.shape[0]) == 1:
-        return albedo * (phi @ sh[0])
-    return albedo * torch.einsum("pk,pkc->pc", phi, sh.index_select(0, batch))  # Σ_k φ[p,k] L[b(p),k,c]
+        return phi @ sh[0]
+    return torch.einsum("pk,pkc->pc", phi, sh.index_select(0, batch))  # Σ_k φ[p,k] L[b(p),k,c]
 
 
 def _phong_packed(normals: Tensor, positions: Tensor, albedo: Tensor, lights: PointLights, batch: Tensor,
@@ -396,3 +436,53 @@ def _sample_packed(texture: Tensor, batch: Tensor, points: Tensor) -> Tensor:
         m = (batch == b).nonzero(as_tuple=True)[0]
         out = out.index_put((m,), sample_image(texture[b:b + 1], points[m][None])[0])
     return out
+
+
+class FixedGeometry:
+    """A render whose geometry is held fixed, shaded again and again with new per-vertex albedo and SH light
+    (:meth:`Renderer.fix_geometry`).
+
+    Rasterisation, silhouette, barycentrics and unit normals depend on the vertices and the camera only, so
+    they are computed once; each :meth:`render` then costs an interpolation of the albedo and a ``(P, 9)``
+    matrix product, differentiable in ``colors`` and ``sh``. It gives what :class:`Renderer` gives for the same
+    mesh, camera, albedo and light (tested against it), at a fraction of the cost: the photometric fit's
+    albedo stage holds the geometry fixed for all its steps.
+    """
+
+    def __init__(self, renderer: Renderer, coverage: _Coverage, normals_v: Tensor):
+        g = coverage
+        self.renderer, self.coverage, self.normals_v = renderer, g, normals_v
+        B, V = g.screen.shape[:2]
+        self.bary, _ = barycentric_at(g.screen, renderer.triangles, g.batch, g.face, g.centres, g.perspective)
+        self.corner = renderer.triangles.index_select(0, g.face) + (g.batch * V)[:, None]  # (P, 3) flat vertex ids
+        n = _gather_interpolate(normals_v, renderer.triangles, g.batch, g.face, self.bary)
+        self.phi = sh_basis(n / n.norm(dim=-1, keepdim=True).clamp_min(1e-12))  # (P, 9); zero normals stay 0
+        self.alpha_p = g.alpha.reshape(-1).index_select(0, g.pix)[:, None]
+
+    def render(self, *, colors: Tensor | None = None, sh: Tensor,
+               background: Tensor | float = 0.0) -> RenderOutput:
+        """Shade the fixed geometry.
+
+        Args:
+            colors: ``(B, V, 3)`` or ``(1, V, 3)`` per-vertex albedo (``None``: white).
+            sh: ``(B, 9, 3)`` or ``(1, 9, 3)`` SH lighting.
+            background: as in :meth:`Renderer.forward`.
+        Returns:
+            a :class:`RenderOutput` (no visibility) whose image is differentiable in ``colors`` and ``sh``.
+        """
+        g = self.coverage
+        B, V = g.screen.shape[:2]
+        H, W = self.renderer.image_size
+        if colors is None:
+            albedo_p = torch.ones_like(self.bary)
+        else:
+            if colors.dim() != 3 or colors.shape[1:] != (V, 3) or colors.shape[0] not in (1, B):
+                raise ValueError(f"FixedGeometry: expected colors (B, {V}, 3), got {tuple(colors.shape)}")
+            colors = colors.expand(B, V, 3)
+            albedo_p = _gather_interpolate(colors, self.renderer.triangles, g.batch, g.face, self.bary.to(colors.dtype))
+        if sh.dim() != 3 or sh.shape[1:] != (9, 3) or sh.shape[0] not in (1, B):
+            raise ValueError(f"FixedGeometry: expected sh (B, 9, 3), got {tuple(sh.shape)}")
+        color_p = albedo_p * _sh_radiance(self.phi.to(albedo_p.dtype), sh, g.batch)
+        image = _composite(color_p, self.alpha_p.to(color_p.dtype), g.pix, background, (B, H, W), color_p)
+        buffers = _CoveredBuffers(self.renderer, g.screen, self.normals_v, colors, None, g.ids, g.perspective)
+        return RenderOutput(image, g.alpha, g.ids, g.screen, None, buffers)

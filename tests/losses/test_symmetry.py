@@ -25,3 +25,22 @@ def test_vertex_symmetry():
     assert vertex_symmetry_loss(values, mirror).item() == pytest.approx(4.0)
     x = torch.randn(1, 3, 2, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(lambda v: vertex_symmetry_loss(v, mirror), (x,))
+
+
+def test_vertex_symmetry_batched_and_weighted_matches_loops():
+    g = torch.Generator().manual_seed(1)
+    B, V, C = 3, 7, 2
+    values = torch.randn(B, V, C, generator=g, dtype=torch.float64, requires_grad=True)
+    mirror = torch.tensor([4, -1, 3, 2, 0, 5, -1])  # a pair, a self-mirrored vertex, two unpaired
+    weights = torch.rand(B, V, generator=g, dtype=torch.float64)
+    num = den = 0.0
+    for b in range(B):
+        for i in range(V):
+            if mirror[i] >= 0:
+                num += weights[b, i] * ((values[b, i] - values[b, mirror[i]]) ** 2).sum()
+                den += weights[b, i] * C
+    with torch.no_grad():
+        assert vertex_symmetry_loss(values, mirror, weights).item() == pytest.approx(float(num / den), rel=1e-12)
+        plain = sum(((values[b, i] - values[b, mirror[i]]) ** 2).sum() for b in range(B) for i in range(V) if mirror[i] >= 0)
+        assert vertex_symmetry_loss(values, mirror).item() == pytest.approx(float(plain / (B * 5 * C)), rel=1e-12)
+    assert torch.autograd.gradcheck(lambda v: vertex_symmetry_loss(v, mirror, weights), (values,))

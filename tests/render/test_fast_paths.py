@@ -17,13 +17,7 @@ f64 = torch.float64
 def _ellipsoid_screen(perspective: bool, size: int = 24):
     v, f = icosphere(2)
     v = (v * torch.tensor([1.0, 1.2, 0.9], dtype=f64))[None].repeat(2, 1, 1)
-    rot = torch.tensor([[0.3, -0.4, 0.1], [-0.2, 0.9, 0.3]], dtype=f64)
-    if perspective:
-        cam = Perspective(torch.full((2,), 50.0, dtype=f64), torch.full((2, 2), size / 2 - 0.5, dtype=f64), rot,
-                          torch.tensor([[0.1, -0.2, -6.0], [0.0, 0.3, -5.0]], dtype=f64))
-    else:
-        cam = ScaledOrthographic(torch.full((2,), 8.0, dtype=f64), rot, torch.full((2, 2), size / 2 - 0.3, dtype=f64))
-    return cam.project_with_depth(v), f
+    return _ellipsoid_camera(perspective, size).project_with_depth(v), f
 
 
 def _ict_screen(ict_mesh, size: int = 64):
@@ -180,3 +174,40 @@ def test_compare_equals_torch_comparisons():
             assert got.dtype == torch.bool and torch.equal(got, fn(x.t(), other if isinstance(other, float) else other.t()))
     ids = torch.tensor([-1, 0, 5, -1])
     assert torch.equal(compare(ids, ">=", 0), ids >= 0)
+
+
+@pytest.mark.parametrize("perspective", [False, True])
+def test_fixed_geometry_shades_like_a_full_render(perspective):
+    """``Renderer.fix_geometry`` rasterises once and re-shades: image, alpha and the gradients with respect to
+    albedo and light equal a full render's (the fused shading kernel's), for two images with their own light,
+    and for one light and one albedo shared by both."""
+    cam = _ellipsoid_camera(perspective)
+    v, f = icosphere(2)
+    v = (v * torch.tensor([1.0, 1.2, 0.9], dtype=f64))[None].repeat(2, 1, 1)
+    g = torch.Generator().manual_seed(3)
+    r = Renderer(f, (24, 24))
+    fixed = r.fix_geometry(v, cam)
+    bg = torch.rand(2, 24, 24, 3, dtype=f64, generator=g)
+    for B_light, B_albedo in ((2, 2), (1, 1)):
+        colors = (0.3 + 0.6 * torch.rand(B_albedo, v.shape[1], 3, dtype=f64, generator=g)).requires_grad_(True)
+        sh = (0.3 * torch.randn(B_light, 9, 3, dtype=f64, generator=g)).requires_grad_(True)
+        full = r(v, cam, colors=colors.expand(2, -1, -1), sh=sh, background=bg)
+        again = fixed.render(colors=colors, sh=sh, background=bg)
+        assert torch.equal(again.alpha, full.alpha) and torch.equal(again.triangle_id, full.triangle_id)
+        assert ((full.alpha > 0) & (full.alpha < 1)).any()  # the soft silhouette's extrapolated pixels too
+        assert torch.allclose(again.image, full.image, atol=1e-12)
+        w = torch.rand(full.image.shape, dtype=f64, generator=g)
+        expected = torch.autograd.grad((full.image * w).sum(), (colors, sh))
+        got = torch.autograd.grad((again.image * w).sum(), (colors, sh))
+        for a, b in zip(got, expected):
+            assert torch.allclose(a, b, atol=1e-10)
+    with pytest.raises(ValueError, match="FixedGeometry: expected sh"):
+        fixed.render(colors=None, sh=torch.zeros(3, 9, 3, dtype=f64))
+
+
+def _ellipsoid_camera(perspective: bool, size: int = 24):
+    rot = torch.tensor([[0.3, -0.4, 0.1], [-0.2, 0.9, 0.3]], dtype=f64)
+    if perspective:
+        return Perspective(torch.full((2,), 50.0, dtype=f64), torch.full((2, 2), size / 2 - 0.5, dtype=f64), rot,
+                           torch.tensor([[0.1, -0.2, -6.0], [0.0, 0.3, -5.0]], dtype=f64))
+    return ScaledOrthographic(torch.full((2,), 8.0, dtype=f64), rot, torch.full((2, 2), size / 2 - 0.3, dtype=f64))
