@@ -274,9 +274,10 @@ _FAST = {"nsz", "arcp", "contract", "afn", "reassoc"}  # shading only: IEEE infi
 
 
 @numba.njit(cache=True, error_model="numpy", fastmath=_FAST, inline="always")
-def _pixel(screen, normals, colors, triangles, b, f, px, py, perspective, eps):  # pragma: no cover - compiled
+def _pixel(screen, normals, colors, triangles, b, f, px, py, perspective, eps, tiny):  # pragma: no cover - compiled
     """One packed pixel's forward quantities (render.deferred, steps 1–2, as scalars): corner ids, barycentrics
-    λ, ``area2 = Σ w``, ``inv = Σ q`` (perspective; 1 otherwise), the unit normal m, ``|n|``,
+    λ (clamped to the triangle, :func:`~morphable.render.rasterize.barycentric_at`: ``λ_i = c_i / Σ c``,
+    ``c_i = max(s w_i / d_i, 0)``), whether ``s = −1``, ``Σ c``, the unit normal m, ``|n|``,
     ``1 / max(|n|, eps)`` and the albedo ρ."""
     i0, i1, i2 = triangles[f, 0], triangles[f, 1], triangles[f, 2]
     x0, y0, x1, y1, x2, y2 = screen[b, i0, 0], screen[b, i0, 1], screen[b, i1, 0], screen[b, i1, 1], \
@@ -285,14 +286,18 @@ def _pixel(screen, normals, colors, triangles, b, f, px, py, perspective, eps): 
     w0 = (x2 - x1) * (py - y1) - (y2 - y1) * (px - x1)
     w1 = (x0 - x2) * (py - y2) - (y0 - y2) * (px - x2)
     w2 = (x1 - x0) * (py - y0) - (y1 - y0) * (px - x0)
-    area2 = w0 + w1 + w2
+    flip = w0 + w1 + w2 < 0  # s = −1 (negations, not products: float32 stays float32)
+    if flip:
+        w0, w1, w2 = -w0, -w1, -w2
     if perspective:
-        l0, l1, l2 = w0 / (area2 * screen[b, i0, 2]), w1 / (area2 * screen[b, i1, 2]), w2 / (area2 * screen[b, i2, 2])
-        inv = l0 + l1 + l2
-        l0, l1, l2 = l0 / inv, l1 / inv, l2 / inv
-    else:
-        l0, l1, l2 = w0 / area2, w1 / area2, w2 / area2
-        inv = area2 / area2
+        w0, w1, w2 = w0 / screen[b, i0, 2], w1 / screen[b, i1, 2], w2 / screen[b, i2, 2]
+    c0 = w0 if w0 > 0 else w0 * 0
+    c1 = w1 if w1 > 0 else w1 * 0
+    c2 = w2 if w2 > 0 else w2 * 0
+    total = c0 + c1 + c2
+    if not total > tiny:
+        total = tiny
+    l0, l1, l2 = c0 / total, c1 / total, c2 / total
     nx = l0 * normals[b, i0, 0] + l1 * normals[b, i1, 0] + l2 * normals[b, i2, 0]
     ny = l0 * normals[b, i0, 1] + l1 * normals[b, i1, 1] + l2 * normals[b, i2, 1]
     nz = l0 * normals[b, i0, 2] + l1 * normals[b, i1, 2] + l2 * normals[b, i2, 2]
@@ -301,12 +306,12 @@ def _pixel(screen, normals, colors, triangles, b, f, px, py, perspective, eps): 
     r2 = l0 * colors[b, i0, 2] + l1 * colors[b, i1, 2] + l2 * colors[b, i2, 2]
     length = np.sqrt(nx * nx + ny * ny + nz * nz)
     scale = 1 / max(length, eps)
-    return (i0, i1, i2, l0, l1, l2, area2, inv, nx * scale, ny * scale, nz * scale, length, scale, r0, r1, r2)
+    return (i0, i1, i2, l0, l1, l2, flip, total, nx * scale, ny * scale, nz * scale, length, scale, r0, r1, r2)
 
 
 @numba.njit(cache=True, error_model="numpy", fastmath=_FAST)
 def _sh_shade_forward(screen, normals, colors, K, beta, triangles, batch, face, centres, perspective,
-                      eps):  # pragma: no cover - compiled
+                      eps, tiny):  # pragma: no cover - compiled
     """Packed SH-shaded colours ``(P, 3)`` (render.deferred: barycentrics, interpolation, Lᵀφ(m) = Kᵀψ(m) + β
     with ψ = (m_x, m_y, m_z, m_x m_y, m_y m_z, m_x m_z, m_z², m_x² − m_y²))."""
     P = face.shape[0]
@@ -314,7 +319,7 @@ def _sh_shade_forward(screen, normals, colors, K, beta, triangles, batch, face, 
     for p in range(P):
         b = batch[p]
         _, _, _, _, _, _, _, _, mx, my, mz, _, _, r0, r1, r2 = _pixel(
-            screen, normals, colors, triangles, b, face[p], centres[p, 0], centres[p, 1], perspective, eps)
+            screen, normals, colors, triangles, b, face[p], centres[p, 0], centres[p, 1], perspective, eps, tiny)
         bk = b if K.shape[0] > 1 else 0
         k = K[bk]
         psi3, psi4, psi5, psi6, psi7 = mx * my, my * mz, mx * mz, mz * mz, mx * mx - my * my
@@ -327,7 +332,7 @@ def _sh_shade_forward(screen, normals, colors, K, beta, triangles, batch, face, 
 
 @numba.njit(cache=True, error_model="numpy", fastmath=_FAST)
 def _sh_shade_backward(screen, normals, colors, K, beta, triangles, batch, face, centres, perspective, eps,
-                       grad):  # pragma: no cover - compiled
+                       tiny, grad):  # pragma: no cover - compiled
     """Gradients of ``Σ grad · colour`` for :func:`_sh_shade_forward`: ``(screen, normals, colors)`` with the
     inputs' shapes, and per pixel ``ψ`` ``(P, 8)`` and ``∂/∂s`` ``(P, 3)`` (``∂/∂K = Σ_p ψ ⊗ ∂/∂s`` and
     ``∂/∂β = Σ_p ∂/∂s`` are sums over each image's pixels, left to a matrix product). Each pixel's forward
@@ -340,8 +345,8 @@ def _sh_shade_backward(screen, normals, colors, K, beta, triangles, batch, face,
     for p in range(P):
         b = batch[p]
         px, py = centres[p, 0], centres[p, 1]
-        i0, i1, i2, l0, l1, l2, area2, inv, mx, my, mz, length, scale, r0, r1, r2 = _pixel(
-            screen, normals, colors, triangles, b, face[p], px, py, perspective, eps)
+        i0, i1, i2, l0, l1, l2, flip, total, mx, my, mz, length, scale, r0, r1, r2 = _pixel(
+            screen, normals, colors, triangles, b, face[p], px, py, perspective, eps, tiny)
         k = K[b if K.shape[0] > 1 else 0]
         psi = psi_all[p]
         g_s = g_s_all[p]
@@ -379,18 +384,21 @@ def _sh_shade_backward(screen, normals, colors, K, beta, triangles, batch, face,
             g_colors[b, v, 0] += li * g_rho[0]
             g_colors[b, v, 1] += li * g_rho[1]
             g_colors[b, v, 2] += li * g_rho[2]
+        # λ_i = c_i / Σc: ∂/∂c_i = (g_λi − λ·g_λ) / Σc where c_i > 0 (0 where clamped); c_i = s w_i / d_i
         lam_dot = l0 * g_l0 + l1 * g_l1 + l2 * g_l2
-        if perspective:  # λ_i = q_i / Σq, q_i = w_i / (A d_i), A = Σ w
+        gc0 = (g_l0 - lam_dot) / total if l0 > 0 else lam_dot * 0
+        gc1 = (g_l1 - lam_dot) / total if l1 > 0 else lam_dot * 0
+        gc2 = (g_l2 - lam_dot) / total if l2 > 0 else lam_dot * 0
+        if perspective:
             d0, d1, d2 = screen[b, i0, 2], screen[b, i1, 2], screen[b, i2, 2]
-            q0, q1, q2 = l0 * inv, l1 * inv, l2 * inv
-            gq0, gq1, gq2 = (g_l0 - lam_dot) / inv, (g_l1 - lam_dot) / inv, (g_l2 - lam_dot) / inv
-            g_screen[b, i0, 2] -= gq0 * q0 / d0
-            g_screen[b, i1, 2] -= gq1 * q1 / d1
-            g_screen[b, i2, 2] -= gq2 * q2 / d2
-            g_area = -(gq0 * q0 + gq1 * q1 + gq2 * q2) / area2
-            gw0, gw1, gw2 = gq0 / (area2 * d0) + g_area, gq1 / (area2 * d1) + g_area, gq2 / (area2 * d2) + g_area
+            g_screen[b, i0, 2] -= gc0 * l0 * total / d0
+            g_screen[b, i1, 2] -= gc1 * l1 * total / d1
+            g_screen[b, i2, 2] -= gc2 * l2 * total / d2
+            gw0, gw1, gw2 = gc0 / d0, gc1 / d1, gc2 / d2
         else:
-            gw0, gw1, gw2 = (g_l0 - lam_dot) / area2, (g_l1 - lam_dot) / area2, (g_l2 - lam_dot) / area2
+            gw0, gw1, gw2 = gc0, gc1, gc2
+        if flip:
+            gw0, gw1, gw2 = -gw0, -gw1, -gw2
         dx0, dy0 = px - screen[b, i0, 0], py - screen[b, i0, 1]
         dx1, dy1 = px - screen[b, i1, 0], py - screen[b, i1, 1]
         dx2, dy2 = px - screen[b, i2, 0], py - screen[b, i2, 1]

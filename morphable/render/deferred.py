@@ -2,8 +2,8 @@
 
 For each packed pixel ``p`` (batch ``b``, triangle ``f``, pixel centre ``(px, py)``):
 
-1. barycentrics ``λ`` of the pixel centre in the screen-space triangle (Genova et al. 2018, §3.2; valid
-   outside the triangle too), perspective-correct when asked
+1. barycentrics ``λ`` of the pixel centre in the screen-space triangle, perspective-correct when asked, and
+   clamped to the triangle for the pixels shaded just outside the silhouette
    (:func:`~morphable.render.rasterize.barycentric_at`);
 2. interpolated view-frame normal ``n = Σ λ_i N_i``, unit ``m = n / |n|``, and albedo ``ρ = Σ λ_i ρ_i``;
 3. SH Lambertian shading ``c = ρ ⊙ (Lᵀ φ(m))`` (Ramamoorthi & Hanrahan 2001;
@@ -88,7 +88,9 @@ class _ShadePackedCompiled(torch.autograd.Function):
         ids = [t.contiguous().numpy() for t in (triangles, batch, face, centres.to(dtype))]
         ctx.arrays, ctx.ids, ctx.KB, ctx.perspective = arrays, ids, (K.numpy(), beta.numpy()), perspective
         ctx.dtypes, ctx.sh_batch = (dtype, normals.dtype, colors.dtype, sh.dtype), sh.shape[0]
-        return torch.from_numpy(_sh_shade_forward(*arrays, *ctx.KB, *ids, perspective, _EPS))
+        tiny = arrays[0].dtype.type(torch.finfo(dtype).tiny)  # typed: float32 arithmetic stays float32
+        ctx.tiny = tiny
+        return torch.from_numpy(_sh_shade_forward(*arrays, *ctx.KB, *ids, perspective, _EPS, tiny))
 
     @staticmethod
     @torch.autograd.function.once_differentiable
@@ -97,7 +99,7 @@ class _ShadePackedCompiled(torch.autograd.Function):
 
         g = grad.to(ctx.dtypes[0]).contiguous().numpy()
         g_screen, g_normals, g_colors, psi, g_s = (torch.from_numpy(t) for t in _sh_shade_backward(
-            *ctx.arrays, *ctx.KB, *ctx.ids, ctx.perspective, _EPS, g))
+            *ctx.arrays, *ctx.KB, *ctx.ids, ctx.perspective, _EPS, ctx.tiny, g))
         g_sh = None
         if ctx.needs_input_grad[3]:  # ∂/∂K = Σ_p ψ ⊗ ∂/∂s, ∂/∂β = Σ_p ∂/∂s, per image of the light
             if ctx.KB[0].shape[0] == 1:
@@ -181,14 +183,11 @@ class _ShadePacked(torch.autograd.Function):
         for i in range(3):
             j, k = (i + 1) % 3, (i + 2) % 3
             w.append(((x[k] - x[j]).mul_(dy[j])).sub_((y[k] - y[j]).mul_(dx[j])))
-        area2 = w[0] + w[1] + w[2]
-        if perspective:
-            q = [w[i] / (area2 * d[i]) for i in range(3)]
-            inv = q[0] + q[1] + q[2]
-            lam = [qi / inv for qi in q]
-        else:
-            q, inv = None, None
-            lam = [wi.div_(area2) for wi in w]
+        # clamped barycentrics (rasterize.barycentric_at): λ_i = c_i / Σc, c_i = max(s w_i / d_i, 0)
+        sign = torch.where(w[0] + w[1] + w[2] < 0, -1.0, 1.0).to(dtype)
+        c = [(w[i].mul_(sign).div_(d[i]) if perspective else w[i].mul_(sign)).clamp_min_(0) for i in range(3)]
+        total = (c[0] + c[1] + c[2]).clamp_min_(torch.finfo(dtype).tiny)
+        lam = [ci.div_(total) for ci in c]
         n_rho = at[0][o:o + 6] * lam[0]  # (6, P): interpolated normal, albedo
         n_rho.addcmul_(at[1][o:o + 6], lam[1]).addcmul_(at[2][o:o + 6], lam[2])
         n, rho = n_rho[:3], n_rho[3:]
@@ -216,8 +215,8 @@ class _ShadePacked(torch.autograd.Function):
         out = torch.empty(P, 3, dtype=dtype, device=screen.device)
         for ch in range(3):  # written column by column: the (P, 3) result contiguous, without a transposing copy
             torch.mul(rho[ch], s[ch], out=out[:, ch])
-        ctx.save_for_backward(sh, batch, *corner, *dx, *dy, s, rho, psi, length, scale, area2, *lam, *at)
-        ctx.q, ctx.inv, ctx.bounds = q, inv, bounds
+        ctx.save_for_backward(sh, batch, *corner, *dx, *dy, s, rho, psi, length, scale, sign, total, *lam, *at)
+        ctx.bounds = bounds
         ctx.perspective, ctx.shape, ctx.dtypes = perspective, (B, V), (screen.dtype, normals.dtype, colors.dtype)
         return out
 
@@ -226,9 +225,9 @@ class _ShadePacked(torch.autograd.Function):
     def backward(ctx, grad):  # type: ignore[override]
         sh, batch, *rest = ctx.saved_tensors
         corner, dx, dy = rest[0:3], rest[3:6], rest[6:9]
-        s, rho, psi, length, scale, area2 = rest[9:15]
-        lam, at = rest[15:18], rest[18:21]
-        q, inv, bounds = ctx.q, ctx.inv, ctx.bounds
+        s, rho, psi, length, scale, sign, total = rest[9:16]
+        lam, at = rest[16:19], rest[19:22]
+        bounds = ctx.bounds
         B, V = ctx.shape
         dtype = s.dtype
         P = s.shape[1]
@@ -275,15 +274,15 @@ class _ShadePacked(torch.autograd.Function):
         lam_dot = lam[0] * g_lam[0]
         lam_dot.addcmul_(lam[1], g_lam[1]).addcmul_(lam[2], g_lam[2])
         G = torch.empty(9, 3, P, dtype=dtype, device=s.device)  # (attribute, corner, P)
-        if ctx.perspective:  # λ_i = q_i / Σq, q_i = w_i / (A d_i), A = Σ w
-            g_q = [(g_lam[i] - lam_dot) / inv for i in range(3)]
-            for i in range(3):
-                torch.mul(g_q[i], q[i] / at[i][2], out=G[2, i]).neg_()
-            g_area = -(g_q[0] * q[0] + g_q[1] * q[1] + g_q[2] * q[2]) / area2
-            g_w = [g_q[i] / (area2 * at[i][2]) + g_area for i in range(3)]
-        else:  # λ_i = w_i / A (depth is not used by the colour)
+        # λ_i = c_i / Σc: ∂/∂c_i = (g_λi − λ·g_λ) / Σc where c_i > 0, 0 where clamped; c_i = s w_i / d_i
+        g_c = [(g_lam[i] - lam_dot).div_(total).mul_(lam[i] > 0) for i in range(3)]
+        if ctx.perspective:
+            for i in range(3):  # ∂c_i/∂d_i = −c_i / d_i, c_i = λ_i Σc
+                torch.mul(g_c[i], lam[i] * total / at[i][2], out=G[2, i]).neg_()
+            g_w = [(g_c[i] * sign).div_(at[i][2]) for i in range(3)]
+        else:  # (depth is not used by the colour)
             G[2].zero_()
-            g_w = [(g_lam[i] - lam_dot).div_(area2) for i in range(3)]
+            g_w = [g_c[i].mul_(sign) for i in range(3)]
         # ∂w_i/∂x_k = py − y_j, ∂w_i/∂x_j = y_k − py, ∂w_i/∂y_k = x_j − px, ∂w_i/∂y_j = px − x_k; corner c is the
         # k of w_{c+1} (j = c + 2) and the j of w_{c+2} (k = c + 1)
         for c in range(3):

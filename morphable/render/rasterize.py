@@ -4,8 +4,9 @@ Deferred shading (Genova et al. 2018, "Unsupervised Training for 3D Morphable Mo
 after tf_mesh_renderer): a non-differentiable search picks each pixel's triangle, then the pixel's
 barycentric coordinates are recomputed *differentiably* from the screen-space vertex positions of that
 triangle, so attribute interpolation (:func:`interpolate`) carries gradients to vertex positions.
-The formulas stay valid outside a triangle (negative barycentrics: Genova's extension), which
-:mod:`morphable.render.silhouette` uses for pixels just beyond a silhouette.
+Pixels just beyond a silhouette (:mod:`morphable.render.silhouette`) are shaded from the edge's triangle
+with its barycentrics clamped to the triangle (:func:`barycentric_at`; Genova's extension extrapolates them,
+which diverges on the nearly edge-on triangles that make silhouettes).
 
 Screen space (see ``geometry/camera.py``): ``screen[..., 0:2]`` = ``(u, v)`` pixels, x right, y down,
 pixel centres at integer coordinates; ``screen[..., 2]`` = depth in mm, larger is farther.
@@ -99,7 +100,13 @@ def barycentric_at(screen: Tensor, triangles: Tensor, batch: Tensor, triangle_id
                    perspective: bool) -> tuple[Tensor, Tensor]:
     """Differentiable barycentrics and depth of given pixel centres in given triangles.
 
-    Valid inside and outside the triangle (Genova's extension to negative barycentrics).
+    Inside the triangle these are the (perspective-correct) barycentrics. Outside it (the pixels shaded just
+    beyond the silhouette) they are clamped to the triangle: ``λ_i = max(s w_i / d_i, 0) / Σ_j max(s w_j / d_j, 0)``
+    with ``w_i`` the signed areas, ``s`` the triangle's orientation and ``d_i = 1`` for orthographic cameras,
+    which equals ``w_i / d_i / Σ_j w_j / d_j`` inside and never divides by the triangle's area. Genova et al.'s
+    unclamped extension (negative barycentrics) grows like ``distance / height``: silhouette triangles are
+    nearly edge-on, and their extrapolated colours were unbounded (NaN where one was exactly edge-on). The
+    depth is the triangle plane's, extrapolated.
 
     Args:
         screen: ``(B, V, 3)`` screen-space vertices ``(u, v, depth)``.
@@ -119,12 +126,14 @@ def barycentric_at(screen: Tensor, triangles: Tensor, batch: Tensor, triangle_id
     w = [(x[(i + 2) % 3] - x[(i + 1) % 3]) * (py - y[(i + 1) % 3])
          - (y[(i + 2) % 3] - y[(i + 1) % 3]) * (px - x[(i + 1) % 3]) for i in range(3)]
     area2 = w[0] + w[1] + w[2]
+    sign = torch.where(area2 < 0, -1.0, 1.0).to(screen.dtype)
+    c = [(sign * w[i] / d[i] if perspective else sign * w[i]).clamp_min(0) for i in range(3)]
+    bary = torch.stack(c, dim=-1) / (c[0] + c[1] + c[2]).clamp_min(torch.finfo(screen.dtype).tiny)[:, None]
     if perspective:
-        q = [w[i] / (area2 * d[i]) for i in range(3)]  # b_i / d_i, affine in screen space
-        inv_depth = q[0] + q[1] + q[2]
-        return torch.stack(q, dim=-1) / inv_depth[:, None], 1.0 / inv_depth
-    b = torch.stack(w, dim=-1) / area2[:, None]
-    return b, (b[:, 0] * d[0] + b[:, 1] * d[1] + b[:, 2] * d[2])
+        inv_depth = (w[0] / d[0] + w[1] / d[1] + w[2] / d[2]) / area2  # Σ b_i / d_i, affine in screen space
+        return bary, 1.0 / inv_depth
+    b = [w[i] / area2 for i in range(3)]
+    return bary, (b[0] * d[0] + b[1] * d[1] + b[2] * d[2])
 
 
 def interpolate(attributes: Tensor, fragments: Fragments, triangles: Tensor) -> Tensor:

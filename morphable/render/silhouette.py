@@ -15,8 +15,9 @@ is the one of anti-aliasing-based silhouette gradients (Laine et al. 2020, nvdif
 per-pixel form.
 
 A silhouette edge is a mesh edge between a front- and a back-facing triangle, or a boundary edge
-(one triangle). A background pixel near the silhouette is shaded by extrapolating the attributes of the
-edge's triangle (Genova's negative barycentrics), returned as ``extended_id``.
+(one triangle). A background pixel near the silhouette is shaded from the attributes of the edge's
+triangle (returned as ``extended_id``), at the pixel's barycentrics clamped to that triangle
+(:func:`~morphable.render.rasterize.barycentric_at`).
 """
 from __future__ import annotations
 

@@ -6,8 +6,10 @@ import torch
 
 import morphable
 from morphable.fitting.landmarks import fit_landmarks
-from morphable.fitting.photometric import (PhotometricConfig, Stage, fit_photometric, region_terms,
+from morphable.fitting.photometric import (ModeSpacePriors, PhotometricConfig, Stage, fit_photometric, region_terms,
                                            solve_albedo_modes, solve_light, symmetric_harmonics)
+from morphable.losses.smoothness import laplacian_loss
+from morphable.losses.symmetry import vertex_symmetry_loss
 from morphable.geometry.align import umeyama
 from morphable.models.region import restrict
 from morphable.render.shading import sh_basis
@@ -74,6 +76,29 @@ def test_albedo_modes_are_the_same_on_every_build(face_model):
     m = terms.model
     again = symmetric_harmonics(m.mean, m.triangles, terms.mirror, 32)
     assert torch.equal(again, terms.harmonics)
+
+
+@pytest.mark.parametrize("batch", [1, 2])
+def test_mode_space_priors_equal_the_per_vertex_losses(face_model, batch):
+    """The smoothness and symmetry priors of ρ_v ⊙ (1 + U c) as quadratic forms in c: the same values and
+    gradients as the per-vertex losses, for an asymmetric, rough ρ_v (the photo-initialised factor)."""
+    terms = region_terms(face_model, None, 32)
+    g = torch.Generator().manual_seed(batch)
+    V = face_model.n_vertices
+    base = 0.3 + 0.6 * torch.rand(batch, V, 3, generator=g, dtype=torch.float64)
+    modes = (0.2 * torch.randn(batch, 32, 3, generator=g, dtype=torch.float64)).requires_grad_(True)
+    U, lap = terms.harmonics.double(), terms.laplacian.to(torch.float64)
+    priors = ModeSpacePriors.build(base, U, lap, terms.mirror)
+    smooth, sym = priors(modes)
+    rho = base * (1 + U @ modes)
+    ref_smooth, ref_sym = laplacian_loss(rho, lap) / V, vertex_symmetry_loss(rho, terms.mirror)
+    assert ref_smooth.item() > 0.1 and ref_sym.item() > 0.01
+    torch.testing.assert_close(smooth, ref_smooth, rtol=1e-10, atol=0)
+    torch.testing.assert_close(sym, ref_sym, rtol=1e-10, atol=0)
+    for got, ref in ((smooth, ref_smooth), (sym, ref_sym)):
+        torch.testing.assert_close(torch.autograd.grad(got, modes, retain_graph=True)[0],
+                                   torch.autograd.grad(ref, modes, retain_graph=True)[0],
+                                   rtol=1e-9, atol=1e-12)
 
 
 def test_photometric_fit_beats_the_landmark_fit_and_recovers_albedo_and_light(face_model):

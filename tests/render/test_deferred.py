@@ -37,7 +37,7 @@ def _packed_scene(perspective: bool, batch: int = 2, size: int = 14):
     flat = torch.where(ids >= 0, ids, sil.extended_id).reshape(-1)
     pix = (flat >= 0).nonzero(as_tuple=True)[0]
     batch_p, centres = pixel_coordinates(pix, size, size)
-    assert (sil.extended_id >= 0).any()  # the scene exercises extrapolated (negative-barycentric) pixels
+    assert (sil.extended_id >= 0).any()  # the scene exercises pixels shaded outside their triangle (clamped)
     return (screen.detach(), normals.detach(), colors, sh), f, batch_p, flat[pix], centres
 
 
@@ -101,3 +101,41 @@ def test_white_albedo_and_renderer_uses_the_same_shading(compiled):
     ref = sh_shade_packed_reference(screen, normals, colors, sh, f, b, flat[pix], centres, False)
     alpha = out.alpha.reshape(-1)[pix, None]
     assert torch.allclose(out.image.reshape(-1, 3)[pix], alpha * ref, atol=1e-10)
+
+
+def test_barycentrics_outside_a_triangle_are_clamped_to_it():
+    """Hand-computed: outside edge ab of (0,0), (4,0), (0,4) the plane's barycentrics (1, 0.25, −0.25) clamp to
+    (0.8, 0.2, 0); inside they are the plane's; in an exactly edge-on (collinear) triangle they stay finite."""
+    from morphable.render.rasterize import barycentric_at
+
+    screen = torch.tensor([[[0.0, 0.0, 5.0], [4.0, 0.0, 5.0], [0.0, 4.0, 5.0],
+                            [0.0, 0.0, 5.0], [2.0, 0.0, 5.0], [4.0, 0.0, 5.0]]], dtype=f64)
+    f = torch.tensor([[0, 1, 2], [3, 4, 5]])
+    face, batch = torch.tensor([0, 0, 1]), torch.zeros(3, dtype=torch.int64)
+    centres = torch.tensor([[1, -1], [1, 1], [1, 1]])
+    for perspective in (False, True):  # equal depths: perspective-correct = screen barycentrics
+        bary, _ = barycentric_at(screen, f, batch, face, centres, perspective)
+        expected = torch.tensor([[0.8, 0.2, 0.0], [0.5, 0.25, 0.25], [0.5, 0.0, 0.5]], dtype=f64)
+        torch.testing.assert_close(bary, expected, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("perspective", [False, True])
+def test_an_edge_on_silhouette_triangle_shades_finite(perspective, compiled):
+    """A pixel shaded from a triangle seen exactly edge-on (zero screen area): Genova's extrapolated
+    barycentrics divide by that area (NaN); the clamped ones give a finite colour and gradient, the same on
+    every path."""
+    screen = torch.tensor([[[0.0, 0.0, 5.0], [2.0, 0.0, 6.0], [4.0, 0.0, 7.0]]], dtype=f64, requires_grad=True)
+    normals = torch.tensor([[[0.0, 0.0, 1.0]] * 3], dtype=f64, requires_grad=True)
+    colors = torch.tensor([[[0.2, 0.4, 0.6], [0.9, 0.9, 0.9], [0.6, 0.4, 0.2]]], dtype=f64, requires_grad=True)
+    sh = sh_directional(torch.tensor([[0.0, 0.0, 1.0]], dtype=f64), torch.full((1, 3), 1.0, dtype=f64), ambient=0.5)
+    args = (torch.tensor([[0, 1, 2]]), torch.zeros(1, dtype=torch.int64), torch.zeros(1, dtype=torch.int64),
+            torch.tensor([[1, 1]]), perspective)
+    out = sh_shade_packed(screen, normals, colors, sh, *args, compiled=compiled)
+    ref = sh_shade_packed_reference(screen, normals, colors, sh, *args)
+    assert torch.isfinite(out).all()
+    torch.testing.assert_close(out, ref, rtol=0, atol=1e-12)
+    g = torch.autograd.grad(out.sum(), (screen, colors))
+    g_ref = torch.autograd.grad(ref.sum(), (screen, colors))
+    for a, b in zip(g, g_ref):
+        assert torch.isfinite(a).all()
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-10)
