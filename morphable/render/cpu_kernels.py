@@ -277,8 +277,11 @@ _FAST = {"nsz", "arcp", "contract", "afn", "reassoc"}  # shading only: IEEE infi
 def _pixel(screen, normals, colors, triangles, b, f, px, py, perspective, eps, tiny):  # pragma: no cover - compiled
     """One packed pixel's forward quantities (render.deferred, steps 1–2, as scalars): corner ids, barycentrics
     λ (clamped to the triangle, :func:`~morphable.render.rasterize.barycentric_at`: ``λ_i = c_i / Σ c``,
-    ``c_i = max(s w_i / d_i, 0)``), whether ``s = −1``, ``Σ c``, the unit normal m, ``|n|``,
-    ``1 / max(|n|, eps)`` and the albedo ρ."""
+    ``c_i = max(s w_i / d_i, 0)``), the orientation ``s = ±1``, ``Σ c`` and its reciprocal, the unit normal m,
+    ``|n|``, ``1 / max(|n|, eps)`` and the albedo ρ. Written branch-free in the screen dtype (``max``, and
+    constants made from ``tiny``): float32 stays float32, and no data-dependent branch stalls the loop."""
+    zero = tiny * 0
+    one = zero + 1
     i0, i1, i2 = triangles[f, 0], triangles[f, 1], triangles[f, 2]
     x0, y0, x1, y1, x2, y2 = screen[b, i0, 0], screen[b, i0, 1], screen[b, i1, 0], screen[b, i1, 1], \
         screen[b, i2, 0], screen[b, i2, 1]
@@ -286,18 +289,13 @@ def _pixel(screen, normals, colors, triangles, b, f, px, py, perspective, eps, t
     w0 = (x2 - x1) * (py - y1) - (y2 - y1) * (px - x1)
     w1 = (x0 - x2) * (py - y2) - (y0 - y2) * (px - x2)
     w2 = (x1 - x0) * (py - y0) - (y1 - y0) * (px - x0)
-    flip = w0 + w1 + w2 < 0  # s = −1 (negations, not products: float32 stays float32)
-    if flip:
-        w0, w1, w2 = -w0, -w1, -w2
+    sign = one if w0 + w1 + w2 >= zero else -one
     if perspective:
         w0, w1, w2 = w0 / screen[b, i0, 2], w1 / screen[b, i1, 2], w2 / screen[b, i2, 2]
-    c0 = w0 if w0 > 0 else w0 * 0
-    c1 = w1 if w1 > 0 else w1 * 0
-    c2 = w2 if w2 > 0 else w2 * 0
-    total = c0 + c1 + c2
-    if not total > tiny:
-        total = tiny
-    l0, l1, l2 = c0 / total, c1 / total, c2 / total
+    c0, c1, c2 = max(sign * w0, zero), max(sign * w1, zero), max(sign * w2, zero)
+    total = max(c0 + c1 + c2, tiny)
+    inv = one / total
+    l0, l1, l2 = c0 * inv, c1 * inv, c2 * inv
     nx = l0 * normals[b, i0, 0] + l1 * normals[b, i1, 0] + l2 * normals[b, i2, 0]
     ny = l0 * normals[b, i0, 1] + l1 * normals[b, i1, 1] + l2 * normals[b, i2, 1]
     nz = l0 * normals[b, i0, 2] + l1 * normals[b, i1, 2] + l2 * normals[b, i2, 2]
@@ -305,8 +303,34 @@ def _pixel(screen, normals, colors, triangles, b, f, px, py, perspective, eps, t
     r1 = l0 * colors[b, i0, 1] + l1 * colors[b, i1, 1] + l2 * colors[b, i2, 1]
     r2 = l0 * colors[b, i0, 2] + l1 * colors[b, i1, 2] + l2 * colors[b, i2, 2]
     length = np.sqrt(nx * nx + ny * ny + nz * nz)
-    scale = 1 / max(length, eps)
-    return (i0, i1, i2, l0, l1, l2, flip, total, nx * scale, ny * scale, nz * scale, length, scale, r0, r1, r2)
+    scale = one / max(length, eps)
+    return (i0, i1, i2, l0, l1, l2, sign, total, inv, nx * scale, ny * scale, nz * scale, length, scale, r0, r1, r2)
+
+
+@numba.njit(cache=True, error_model="numpy", fastmath=_FAST, inline="always")
+def _shading(K, beta, bk, mx, my, mz):  # pragma: no cover - compiled
+    """``s = β + Kᵀψ(m)`` (3 channels) and ψ's five quadratic rows, one image's light ``bk``."""
+    p3, p4, p5, p6, p7 = mx * my, my * mz, mx * mz, mz * mz, mx * mx - my * my
+    s0 = (beta[bk, 0] + K[bk, 0, 0] * mx + K[bk, 1, 0] * my + K[bk, 2, 0] * mz + K[bk, 3, 0] * p3
+          + K[bk, 4, 0] * p4 + K[bk, 5, 0] * p5 + K[bk, 6, 0] * p6 + K[bk, 7, 0] * p7)
+    s1 = (beta[bk, 1] + K[bk, 0, 1] * mx + K[bk, 1, 1] * my + K[bk, 2, 1] * mz + K[bk, 3, 1] * p3
+          + K[bk, 4, 1] * p4 + K[bk, 5, 1] * p5 + K[bk, 6, 1] * p6 + K[bk, 7, 1] * p7)
+    s2 = (beta[bk, 2] + K[bk, 0, 2] * mx + K[bk, 1, 2] * my + K[bk, 2, 2] * mz + K[bk, 3, 2] * p3
+          + K[bk, 4, 2] * p4 + K[bk, 5, 2] * p5 + K[bk, 6, 2] * p6 + K[bk, 7, 2] * p7)
+    return s0, s1, s2, p3, p4, p5, p6, p7
+
+
+@numba.njit(cache=True, error_model="numpy", fastmath=_FAST, inline="always")
+def _psi_gradient(K, bk, gs0, gs1, gs2):  # pragma: no cover - compiled
+    """``∂/∂ψ = K ∂/∂s`` (8 rows) for one pixel of image light ``bk``."""
+    return (K[bk, 0, 0] * gs0 + K[bk, 0, 1] * gs1 + K[bk, 0, 2] * gs2,
+            K[bk, 1, 0] * gs0 + K[bk, 1, 1] * gs1 + K[bk, 1, 2] * gs2,
+            K[bk, 2, 0] * gs0 + K[bk, 2, 1] * gs1 + K[bk, 2, 2] * gs2,
+            K[bk, 3, 0] * gs0 + K[bk, 3, 1] * gs1 + K[bk, 3, 2] * gs2,
+            K[bk, 4, 0] * gs0 + K[bk, 4, 1] * gs1 + K[bk, 4, 2] * gs2,
+            K[bk, 5, 0] * gs0 + K[bk, 5, 1] * gs1 + K[bk, 5, 2] * gs2,
+            K[bk, 6, 0] * gs0 + K[bk, 6, 1] * gs1 + K[bk, 6, 2] * gs2,
+            K[bk, 7, 0] * gs0 + K[bk, 7, 1] * gs1 + K[bk, 7, 2] * gs2)
 
 
 @numba.njit(cache=True, error_model="numpy", fastmath=_FAST)
@@ -316,17 +340,13 @@ def _sh_shade_forward(screen, normals, colors, K, beta, triangles, batch, face, 
     with ψ = (m_x, m_y, m_z, m_x m_y, m_y m_z, m_x m_z, m_z², m_x² − m_y²))."""
     P = face.shape[0]
     out = np.empty((P, 3), screen.dtype)
+    shared = K.shape[0] == 1
     for p in range(P):
         b = batch[p]
-        _, _, _, _, _, _, _, _, mx, my, mz, _, _, r0, r1, r2 = _pixel(
+        _, _, _, _, _, _, _, _, _, mx, my, mz, _, _, r0, r1, r2 = _pixel(
             screen, normals, colors, triangles, b, face[p], centres[p, 0], centres[p, 1], perspective, eps, tiny)
-        bk = b if K.shape[0] > 1 else 0
-        k = K[bk]
-        psi3, psi4, psi5, psi6, psi7 = mx * my, my * mz, mx * mz, mz * mz, mx * mx - my * my
-        for c in range(3):
-            s = (beta[bk, c] + k[0, c] * mx + k[1, c] * my + k[2, c] * mz + k[3, c] * psi3 + k[4, c] * psi4
-                 + k[5, c] * psi5 + k[6, c] * psi6 + k[7, c] * psi7)
-            out[p, c] = (r0 if c == 0 else (r1 if c == 1 else r2)) * s
+        s0, s1, s2, _, _, _, _, _ = _shading(K, beta, 0 if shared else b, mx, my, mz)
+        out[p, 0], out[p, 1], out[p, 2] = r0 * s0, r1 * s1, r2 * s2
     return out
 
 
@@ -336,69 +356,60 @@ def _sh_shade_backward(screen, normals, colors, K, beta, triangles, batch, face,
     """Gradients of ``Σ grad · colour`` for :func:`_sh_shade_forward`: ``(screen, normals, colors)`` with the
     inputs' shapes, and per pixel ``ψ`` ``(P, 8)`` and ``∂/∂s`` ``(P, 3)`` (``∂/∂K = Σ_p ψ ⊗ ∂/∂s`` and
     ``∂/∂β = Σ_p ∂/∂s`` are sums over each image's pixels, left to a matrix product). Each pixel's forward
-    quantities are recomputed instead of stored."""
+    quantities are recomputed instead of stored; every loop is unrolled into scalars (no per-pixel array
+    views or branches)."""
     P = face.shape[0]
     g_screen, g_normals, g_colors = np.zeros_like(screen), np.zeros_like(normals), np.zeros_like(colors)
     psi_all, g_s_all = np.empty((P, 8), screen.dtype), np.empty((P, 3), screen.dtype)
-    g_rho = np.empty(3, screen.dtype)
-    g_psi = np.empty(8, screen.dtype)
+    shared = K.shape[0] == 1
+    zero = tiny * 0
     for p in range(P):
         b = batch[p]
+        bk = 0 if shared else b
         px, py = centres[p, 0], centres[p, 1]
-        i0, i1, i2, l0, l1, l2, flip, total, mx, my, mz, length, scale, r0, r1, r2 = _pixel(
+        i0, i1, i2, l0, l1, l2, sign, total, inv, mx, my, mz, length, scale, r0, r1, r2 = _pixel(
             screen, normals, colors, triangles, b, face[p], px, py, perspective, eps, tiny)
-        k = K[b if K.shape[0] > 1 else 0]
-        psi = psi_all[p]
-        g_s = g_s_all[p]
-        psi[0], psi[1], psi[2], psi[3] = mx, my, mz, mx * my
-        psi[4], psi[5], psi[6], psi[7] = my * mz, mx * mz, mz * mz, mx * mx - my * my
-        for c in range(3):
-            acc = beta[b if K.shape[0] > 1 else 0, c]
-            for j in range(8):
-                acc += k[j, c] * psi[j]
-            g_rho[c] = grad[p, c] * acc
-            g_s[c] = grad[p, c] * (r0 if c == 0 else (r1 if c == 1 else r2))
-        for j in range(8):
-            g_psi[j] = k[j, 0] * g_s[0] + k[j, 1] * g_s[1] + k[j, 2] * g_s[2]
+        s0, s1, s2, p3, p4, p5, p6, p7 = _shading(K, beta, bk, mx, my, mz)
+        psi_all[p, 0], psi_all[p, 1], psi_all[p, 2], psi_all[p, 3] = mx, my, mz, p3
+        psi_all[p, 4], psi_all[p, 5], psi_all[p, 6], psi_all[p, 7] = p4, p5, p6, p7
+        g0, g1, g2 = grad[p, 0], grad[p, 1], grad[p, 2]
+        gr0, gr1, gr2 = g0 * s0, g1 * s1, g2 * s2  # ∂/∂ρ
+        gs0, gs1, gs2 = g0 * r0, g1 * r1, g2 * r2  # ∂/∂s
+        g_s_all[p, 0], g_s_all[p, 1], g_s_all[p, 2] = gs0, gs1, gs2
+        q0, q1, q2, q3, q4, q5, q6, q7 = _psi_gradient(K, bk, gs0, gs1, gs2)
         # (∂ψ/∂m)ᵀ g_ψ, then through m = n / max(|n|, eps): (I − m mᵀ) g / |n| (g / eps where clamped)
-        gmx = g_psi[0] + my * g_psi[3] + mz * g_psi[5] + 2 * mx * g_psi[7]
-        gmy = g_psi[1] + mx * g_psi[3] + mz * g_psi[4] - 2 * my * g_psi[7]
-        gmz = g_psi[2] + my * g_psi[4] + mx * g_psi[5] + 2 * mz * g_psi[6]
-        dot = gmx * mx + gmy * my + gmz * mz if length >= eps else 0.0
+        gmx = q0 + my * q3 + mz * q5 + 2 * mx * q7
+        gmy = q1 + mx * q3 + mz * q4 - 2 * my * q7
+        gmz = q2 + my * q4 + mx * q5 + 2 * mz * q6
+        dot = gmx * mx + gmy * my + gmz * mz if length >= eps else zero
         gnx, gny, gnz = (gmx - mx * dot) * scale, (gmy - my * dot) * scale, (gmz - mz * dot) * scale
         # corners: attribute gradients λ_i g, and g_λ_i = g_n · N_i + g_ρ · ρ_i
-        g_l0 = g_l1 = g_l2 = 0.0
-        for i in range(3):
-            v, li = (i0, l0) if i == 0 else ((i1, l1) if i == 1 else (i2, l2))
-            gl = (gnx * normals[b, v, 0] + gny * normals[b, v, 1] + gnz * normals[b, v, 2]
-                  + g_rho[0] * colors[b, v, 0] + g_rho[1] * colors[b, v, 1] + g_rho[2] * colors[b, v, 2])
-            if i == 0:
-                g_l0 = gl
-            elif i == 1:
-                g_l1 = gl
-            else:
-                g_l2 = gl
+        gl0 = (gnx * normals[b, i0, 0] + gny * normals[b, i0, 1] + gnz * normals[b, i0, 2]
+               + gr0 * colors[b, i0, 0] + gr1 * colors[b, i0, 1] + gr2 * colors[b, i0, 2])
+        gl1 = (gnx * normals[b, i1, 0] + gny * normals[b, i1, 1] + gnz * normals[b, i1, 2]
+               + gr0 * colors[b, i1, 0] + gr1 * colors[b, i1, 1] + gr2 * colors[b, i1, 2])
+        gl2 = (gnx * normals[b, i2, 0] + gny * normals[b, i2, 1] + gnz * normals[b, i2, 2]
+               + gr0 * colors[b, i2, 0] + gr1 * colors[b, i2, 1] + gr2 * colors[b, i2, 2])
+        for v, li in ((i0, l0), (i1, l1), (i2, l2)):
             g_normals[b, v, 0] += li * gnx
             g_normals[b, v, 1] += li * gny
             g_normals[b, v, 2] += li * gnz
-            g_colors[b, v, 0] += li * g_rho[0]
-            g_colors[b, v, 1] += li * g_rho[1]
-            g_colors[b, v, 2] += li * g_rho[2]
+            g_colors[b, v, 0] += li * gr0
+            g_colors[b, v, 1] += li * gr1
+            g_colors[b, v, 2] += li * gr2
         # λ_i = c_i / Σc: ∂/∂c_i = (g_λi − λ·g_λ) / Σc where c_i > 0 (0 where clamped); c_i = s w_i / d_i
-        lam_dot = l0 * g_l0 + l1 * g_l1 + l2 * g_l2
-        gc0 = (g_l0 - lam_dot) / total if l0 > 0 else lam_dot * 0
-        gc1 = (g_l1 - lam_dot) / total if l1 > 0 else lam_dot * 0
-        gc2 = (g_l2 - lam_dot) / total if l2 > 0 else lam_dot * 0
+        lam_dot = l0 * gl0 + l1 * gl1 + l2 * gl2
+        gc0 = (gl0 - lam_dot) * inv if l0 > zero else zero
+        gc1 = (gl1 - lam_dot) * inv if l1 > zero else zero
+        gc2 = (gl2 - lam_dot) * inv if l2 > zero else zero
         if perspective:
             d0, d1, d2 = screen[b, i0, 2], screen[b, i1, 2], screen[b, i2, 2]
             g_screen[b, i0, 2] -= gc0 * l0 * total / d0
             g_screen[b, i1, 2] -= gc1 * l1 * total / d1
             g_screen[b, i2, 2] -= gc2 * l2 * total / d2
-            gw0, gw1, gw2 = gc0 / d0, gc1 / d1, gc2 / d2
+            gw0, gw1, gw2 = sign * gc0 / d0, sign * gc1 / d1, sign * gc2 / d2
         else:
-            gw0, gw1, gw2 = gc0, gc1, gc2
-        if flip:
-            gw0, gw1, gw2 = -gw0, -gw1, -gw2
+            gw0, gw1, gw2 = sign * gc0, sign * gc1, sign * gc2
         dx0, dy0 = px - screen[b, i0, 0], py - screen[b, i0, 1]
         dx1, dy1 = px - screen[b, i1, 0], py - screen[b, i1, 1]
         dx2, dy2 = px - screen[b, i2, 0], py - screen[b, i2, 1]

@@ -88,9 +88,9 @@ class _ShadePackedCompiled(torch.autograd.Function):
         ids = [t.contiguous().numpy() for t in (triangles, batch, face, centres.to(dtype))]
         ctx.arrays, ctx.ids, ctx.KB, ctx.perspective = arrays, ids, (K.numpy(), beta.numpy()), perspective
         ctx.dtypes, ctx.sh_batch = (dtype, normals.dtype, colors.dtype, sh.dtype), sh.shape[0]
-        tiny = arrays[0].dtype.type(torch.finfo(dtype).tiny)  # typed: float32 arithmetic stays float32
-        ctx.tiny = tiny
-        return torch.from_numpy(_sh_shade_forward(*arrays, *ctx.KB, *ids, perspective, _EPS, tiny))
+        # typed scalars: float32 arithmetic stays float32
+        ctx.eps_tiny = arrays[0].dtype.type(_EPS), arrays[0].dtype.type(torch.finfo(dtype).tiny)
+        return torch.from_numpy(_sh_shade_forward(*arrays, *ctx.KB, *ids, perspective, *ctx.eps_tiny))
 
     @staticmethod
     @torch.autograd.function.once_differentiable
@@ -99,7 +99,7 @@ class _ShadePackedCompiled(torch.autograd.Function):
 
         g = grad.to(ctx.dtypes[0]).contiguous().numpy()
         g_screen, g_normals, g_colors, psi, g_s = (torch.from_numpy(t) for t in _sh_shade_backward(
-            *ctx.arrays, *ctx.KB, *ctx.ids, ctx.perspective, _EPS, ctx.tiny, g))
+            *ctx.arrays, *ctx.KB, *ctx.ids, ctx.perspective, *ctx.eps_tiny, g))
         g_sh = None
         if ctx.needs_input_grad[3]:  # ∂/∂K = Σ_p ψ ⊗ ∂/∂s, ∂/∂β = Σ_p ∂/∂s, per image of the light
             if ctx.KB[0].shape[0] == 1:
