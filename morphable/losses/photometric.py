@@ -64,23 +64,24 @@ def skin_mask(image: Tensor, region: Tensor, *, max_mahalanobis: float = 3.0) ->
     """
     c = _chroma(image)
     out = torch.zeros(image.shape[:3], dtype=image.dtype, device=image.device)
+    limit = max_mahalanobis**2
     for b in range(image.shape[0]):
-        keep = region[b]
-        if keep.sum() < 10:
-            out[b] = keep.to(image.dtype)
+        if region[b].sum() < 10:
+            out[b] = region[b].to(image.dtype)
             continue
-        x = c[b][keep]  # robust start: the half of the region nearest the median colour
-        dist = (c[b] - x.median(0).values).norm(dim=-1)
-        keep = keep & (dist <= dist[keep].median())
-        for _ in range(3):  # fit, then refit twice on the inliers
-            x = c[b][keep]
-            mu = x.mean(0)
-            cov = torch.cov((x - mu).T) + 1e-8 * torch.eye(2, dtype=x.dtype, device=x.device)
-            d = c[b] - mu
-            m2 = (d @ torch.linalg.inv(cov) * d).sum(-1)
-            inliers = region[b] & (m2 <= max_mahalanobis**2)
-            if inliers.sum() < 10:
+        pixels = c[b].reshape(-1, 2)
+        x = pixels.index_select(0, region[b].reshape(-1).nonzero().squeeze(1))  # the region's chromaticities
+        dist = (x - x.median(0).values).norm(dim=-1)  # robust start: the half nearest the median colour
+        inliers = x[dist <= dist.median()]
+        for _ in range(3):  # fit, then refit twice on the inliers (scored on the region's pixels only)
+            mu = inliers.mean(0)
+            inv = torch.linalg.inv(torch.cov((inliers - mu).T) + 1e-8 * torch.eye(2, dtype=x.dtype, device=x.device))
+            d = x - mu
+            keep = (d @ inv * d).sum(-1) <= limit
+            if keep.sum() < 10:
                 break
-            keep = inliers
-        out[b] = torch.where(m2 <= max_mahalanobis**2, torch.exp(-0.5 * m2), torch.zeros_like(m2))
+            inliers = x[keep]
+        d = pixels - mu  # the last fit's weights over the whole image
+        m2 = (d @ inv * d).sum(-1).view(c.shape[1:3])
+        out[b] = torch.where(m2 <= limit, torch.exp(-0.5 * m2), torch.zeros_like(m2))
     return out
