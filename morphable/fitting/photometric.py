@@ -87,11 +87,10 @@ class Stage:
 
 @dataclass(frozen=True)
 class _HeldGeometry:
-    """A stage's fixed geometry (:func:`fit_photometric`): its rasterisation, the region vertices ``(B, V_r, 3)``,
-    and the constant geometry terms (landmark, identity and expression priors; E_geo or ``None``)."""
+    """A stage's fixed geometry (:func:`fit_photometric`): its rasterisation and the constant geometry terms
+    (landmark, identity and expression priors; E_geo or ``None``)."""
 
     fixed: FixedGeometry
-    vertices: Tensor
     terms: tuple[Tensor, Tensor, Tensor]
     geo: Tensor | None
 
@@ -640,7 +639,7 @@ def fit_photometric(model: MorphableModel, images: Tensor, landmarks: Tensor, *,
             verts = sub(identity=ident, expression=var.expression if sub.n_expression else None).vertices
             cam = var.camera(size / max(H, W))
             fixed = renderer.fix_geometry(verts, cam)
-            return _HeldGeometry(fixed, verts, geometry_terms(fixed.coverage.screen, ident, size),
+            return _HeldGeometry(fixed, geometry_terms(fixed.coverage.screen, ident, size),
                                  None if depth is None else geo_energy(verts))
 
     def energy(size: int, target: Tensor, renderer: Renderer | _HeldGeometry, skin_w: Tensor | None,
@@ -652,7 +651,7 @@ def fit_photometric(model: MorphableModel, images: Tensor, landmarks: Tensor, *,
         f = size / max(H, W)
         rho = None if has_basis else vertex_albedo()  # (1|B, V_r, 3), also the albedo priors' argument
         if isinstance(renderer, _HeldGeometry):
-            verts, (e_lan, e_id, e_exp) = renderer.vertices, renderer.terms
+            e_lan, e_id, e_exp = renderer.terms
             albedo = sub(albedo=var.expand(var.albedo_coeffs)).colors if has_basis else var.expand(rho)
             rend = renderer.fixed.render(colors=albedo, sh=var.light, background=target)
         else:
@@ -713,13 +712,18 @@ def fit_photometric(model: MorphableModel, images: Tensor, landmarks: Tensor, *,
         h, w = max(1, round(H * f)), max(1, round(W * f))
         target = _resize(images, (h, w))
         renderer = tables.renderer((h, w))
+        # a stage that moves neither pose nor shape rasterises once, then only re-shades
+        held = None if {"pose", "shape"} & set(stage.variables) else hold_geometry(size, renderer)
         skin_w = None
         if config.use_skin_mask:
             with torch.no_grad():
-                verts = sub(identity=var.expand(var.identity),
-                            expression=var.expression if sub.n_expression else None).vertices
-                rend0 = renderer(verts, var.camera(f), colors=torch.ones_like(verts))
-                skin_w = skin_mask(target, rend0.triangle_id >= 0)
+                if held is not None:
+                    covered = held.fixed.coverage.ids >= 0
+                else:
+                    verts = sub(identity=var.expand(var.identity),
+                                expression=var.expression if sub.n_expression else None).vertices
+                    covered = renderer(verts, var.camera(f), colors=torch.ones_like(verts)).triangle_id >= 0
+                skin_w = skin_mask(target, covered)
         target_descriptor = descriptor_target(target, f)
         if "albedo" in stage.variables and not has_basis and not albedo_from_photo and albedo is None:
             with torch.no_grad():  # Zhang et al.: ρ = β ρ_c + (1 − β) C_I / (Lᵀφ(n)) once geometry is fitted
@@ -732,8 +736,8 @@ def fit_photometric(model: MorphableModel, images: Tensor, landmarks: Tensor, *,
                 var.albedo.copy_(factor.mean(0, keepdim=True) if var.shared else factor)
             albedo_from_photo = True
         active = {id(tensors[name][0]) for group in stage.variables for name in groups[group]}
-        if not {"pose", "shape"} & set(stage.variables):  # rasterise once, then only re-shade
-            renderer = hold_geometry(size, renderer)
+        if held is not None:
+            renderer = held
         priors = None
         if "albedo" not in stage.variables and not has_basis:  # ρ_v held: the priors are forms in the modes
             shape = torch.broadcast_shapes(var.albedo.shape[:1], var.albedo_modes.shape[:1]) + var.albedo.shape[1:]

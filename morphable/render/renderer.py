@@ -452,9 +452,7 @@ class FixedGeometry:
     def __init__(self, renderer: Renderer, coverage: _Coverage, normals_v: Tensor):
         g = coverage
         self.renderer, self.coverage, self.normals_v = renderer, g, normals_v
-        B, V = g.screen.shape[:2]
         self.bary, _ = barycentric_at(g.screen, renderer.triangles, g.batch, g.face, g.centres, g.perspective)
-        self.corner = renderer.triangles.index_select(0, g.face) + (g.batch * V)[:, None]  # (P, 3) flat vertex ids
         n = _gather_interpolate(normals_v, renderer.triangles, g.batch, g.face, self.bary)
         self.phi = sh_basis(n / n.norm(dim=-1, keepdim=True).clamp_min(1e-12))  # (P, 9); zero normals stay 0
         self.alpha_p = g.alpha.reshape(-1).index_select(0, g.pix)[:, None]
@@ -479,7 +477,7 @@ class FixedGeometry:
             if colors.dim() != 3 or colors.shape[1:] != (V, 3) or colors.shape[0] not in (1, B):
                 raise ValueError(f"FixedGeometry: expected colors (B, {V}, 3), got {tuple(colors.shape)}")
             colors = colors.expand(B, V, 3)
-            albedo_p = _gather_interpolate(colors, self.renderer.triangles, g.batch, g.face, self.bary.to(colors.dtype))
+            albedo_p = _gather_interpolate(colors, self.renderer.triangles, g.batch, g.face, self.bary)
         if sh.dim() != 3 or sh.shape[1:] != (9, 3) or sh.shape[0] not in (1, B):
             raise ValueError(f"FixedGeometry: expected sh (B, 9, 3), got {tuple(sh.shape)}")
         color_p = albedo_p * _sh_radiance(self.phi.to(albedo_p.dtype), sh, g.batch)
