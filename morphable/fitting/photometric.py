@@ -114,10 +114,13 @@ gives 0.1056 (better than the appearance-only anchor on 12 of 12), 36 at 80 + 10
 
 Once the pixels shaded beyond the silhouette stopped extrapolating their triangles' colours (clamped
 barycentrics, ``render/rasterize.py``) every schedule fitted better, and the joint stage was shortened from
-36 to 30 steps (20 tuning faces: 36 steps 0.484, 30 steps 0.454, 26 0.431, 22 0.403, against 0.444 for 36
-steps before; real photos: 0.0911, 0.0922, 0.0931, all better than the anchor on 12 of 12, against 0.1040
-before). Raising the shape step sizes instead (0.12 / 0.036 with 30 steps, before the fix) was better on the
-tuning faces but worse on the real photos (0.1086, 8 of 12)."""
+36 to 30 steps. The sweep (a scratch script running the benchmark's 20 tuning faces and
+``photometric_real.py``'s photos with the stage length changed) gave on the tuning faces 36 steps 0.484,
+30 steps 0.454, 26 0.431, 22 0.403, against 0.444 for 36 steps before the fix; on the real photos 0.0911,
+0.0922, 0.0931, all better than the anchor on 12 of 12, against 0.1040 before. With this schedule
+``photometric_bench.py --n 20 --tune`` prints improvement 0.462 and ``photometric_real.py --threads 1 --multi``
+0.0922. Raising the shape step sizes instead (0.12 / 0.036 with 30 steps, before the fix) was better on the
+tuning faces but worse on the real photos (0.1086, 8 of 12; the defaults edited for one run)."""
 
 
 @dataclass(frozen=True)
