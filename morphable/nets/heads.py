@@ -6,11 +6,13 @@ details): instead of regressing the parameter vector Θ in one shot, a small MLP
 ``φ`` together with the current estimate ``Θ_t`` and outputs a correction, ``Θ_{t+1} = Θ_t + MLP([φ, Θ_t])``,
 starting from a fixed initial vector ``Θ_0`` (HMR: the mean parameters), for a fixed number of iterations
 (3 in both papers). The MLP is 2 × (FC-512, ReLU, dropout) and a linear output layer, with its weights
-shared across the iterations.
+shared across the iterations. The first layer's product with ``φ`` is the same at every iteration, so it is
+computed once (the iterations then cost only the ``Θ`` columns and the other layers).
 """
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 
@@ -42,6 +44,20 @@ class IterativeErrorFeedback(nn.Module):
                                  nn.Linear(hidden, hidden), nn.ReLU(), nn.Dropout(dropout), nn.Linear(hidden, out_dim))
         nn.init.xavier_uniform_(self.mlp[-1].weight, gain=output_gain)
         nn.init.zeros_(self.mlp[-1].bias)
+        self._split: tuple[tuple, Tensor, Tensor] | None = None
+
+    def _first_layer(self, D: int) -> tuple[Tensor, Tensor]:
+        """The first layer's weight split into its feature columns ``(H, D)`` and its estimate columns,
+        transposed ``(P, H)``. Views while training (gradients flow); without gradients, contiguous copies
+        cached until the weight changes (its version counter keys the cache): a strided slice would be
+        copied by every product."""
+        weight = self.mlp[0].weight
+        if torch.is_grad_enabled():
+            return weight[:, :D], weight[:, D:].T
+        key = (weight._version, weight.data_ptr(), D)
+        if self._split is None or self._split[0] != key:
+            self._split = (key, weight[:, :D].contiguous(), weight[:, D:].T.contiguous())
+        return self._split[1], self._split[2]
 
     def forward(self, features: Tensor, *, all_steps: bool = False) -> Tensor:
         """``(B, D)`` features → ``(B, P)`` final estimate ``Θ_T`` (or ``(T, B, P)`` every ``Θ_t``, t = 1…T,
@@ -49,8 +65,17 @@ class IterativeErrorFeedback(nn.Module):
         if features.dim() != 2:
             raise ValueError(f"IterativeErrorFeedback: expected features (B, D), got {tuple(features.shape)}")
         theta = self.initial.to(features).expand(features.shape[0], -1)
+        second, last = self.mlp[3], self.mlp[6]
+        w_features, w_theta_t = self._first_layer(features.shape[1])
+        # W [φ, Θ] + b = (W_φ φ + b) + W_Θ Θ: the feature part is the same at every iteration
+        from_features = F.linear(features, w_features, self.mlp[0].bias)
         steps = []
         for _ in range(self.iterations):
-            theta = theta + self.mlp(torch.cat([features, theta], dim=1))
+            if self.training:  # with the dropout layers
+                correction = self.mlp[1:](from_features + theta @ w_theta_t)
+            else:
+                h = F.linear(F.relu(from_features + theta @ w_theta_t), second.weight, second.bias).relu_()
+                correction = F.linear(h, last.weight, last.bias)
+            theta = theta + correction
             steps.append(theta)
         return torch.stack(steps) if all_steps else theta

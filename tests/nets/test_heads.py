@@ -18,6 +18,9 @@ def test_iterations_accumulate_corrections_from_the_initial_estimate():
     for t in range(3):
         torch.testing.assert_close(steps[t] - prev, ief.mlp(torch.cat([x, prev], 1)))
         prev = steps[t]
+    # training mode (the module path, dropout 0 here) computes the same recursion
+    torch.testing.assert_close(ief.train()(x, all_steps=True), steps)
+    ief.eval()
     # a zero last layer leaves the initial estimate untouched
     torch.nn.init.zeros_(ief.mlp[-1].weight)
     torch.testing.assert_close(ief(x), init.expand(5, -1))
@@ -46,3 +49,24 @@ def test_learns_a_nonlinear_map():
         loss.backward()
         opt.step()
     assert loss.item() < 0.02 * start
+
+
+def test_cached_first_layer_follows_weight_changes():
+    """Without gradients the first layer's split is cached; an in-place change of the weight (an optimiser
+    step, ``load_state_dict``) must show in the next output."""
+    torch.manual_seed(3)
+    ief = IterativeErrorFeedback(4, 3, hidden=8, iterations=2, dropout=0.0).eval()
+    x = torch.randn(2, 4)
+
+    def by_hand() -> torch.Tensor:
+        theta = torch.zeros(2, 3)
+        for _ in range(2):
+            theta = theta + ief.mlp(torch.cat([x, theta], 1))
+        return theta
+
+    with torch.no_grad():
+        before = ief(x)
+        torch.testing.assert_close(before, by_hand())
+        ief.mlp[0].weight.mul_(-1.5)
+        torch.testing.assert_close(ief(x), by_hand())
+        assert float((ief(x) - before).abs().max()) > 1e-4
