@@ -711,7 +711,7 @@ def _landmark_fit(model, model_name: str, faces: Sequence[FaceInput], landmarks,
 
         from morphable.nets.ringnet import fit_with_ringnet, shared_decoder, shipped_ringnet
 
-        photos = [torch.from_numpy(np.array(f.photo)).to(landmarks.dtype) / 255 for f in faces]
+        photos = [torch.from_numpy(np.array(f.photo)) for f in faces]  # uint8: the network reads the box only
         return fit_with_ringnet(model, shipped_ringnet(model_name), shared_decoder(model), photos, landmarks,
                                 method=method, iterations=iterations), "ringnet"
     if multi_view:

@@ -40,6 +40,7 @@ from torch import Tensor, nn
 from morphable.geometry.camera import ScaledOrthographic
 from morphable.geometry.rotation import euler_to_matrix, matrix_to_axis_angle
 from morphable.models.base import MorphableModel
+from morphable.nets.encoders import strided_cnn
 from morphable.nets.layout import ParamLayout
 from morphable.nets.weights import load_net, save_net
 
@@ -127,13 +128,8 @@ class CoarseNet(nn.Module):
     def __init__(self, model_name: str, layout: ParamLayout, size: int = 96):
         super().__init__()
         self.model_name, self.layout, self.size = model_name, layout, size
-        layers: list[nn.Module] = []
-        cin = 3
-        for width, stride in zip(WIDTHS, STRIDES):
-            layers += [nn.Conv2d(cin, width, 3, stride, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU(inplace=True)]
-            cin = width
-        self.features = nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten())
-        self.head = nn.Sequential(nn.Linear(cin, 256), nn.ReLU(inplace=True), nn.Linear(256, layout.size))
+        self.features = nn.Sequential(*strided_cnn(WIDTHS, STRIDES), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        self.head = nn.Sequential(nn.Linear(WIDTHS[-1], 256), nn.ReLU(inplace=True), nn.Linear(256, layout.size))
         nn.init.zeros_(self.head[-1].weight)  # starts at the targets' mean
         nn.init.zeros_(self.head[-1].bias)
         self.register_buffer("mean", torch.zeros(layout.size))

@@ -4,6 +4,9 @@
 it returns the 256-D globally pooled features before the last fully connected layer (Genova et al. feed
 FaceNet's pre-normalisation avgpool layer to their decoder, Sec. 3.1, finding it better than the final
 embedding) and the 128-D descriptor (used by the identity loss). Its weights never train.
+
+:func:`strided_cnn` builds the other kind of encoder: a plain stack of strided 3 × 3 convolutions trained
+from scratch, small enough for a few milliseconds per face on a CPU (CoarseNet's, RingNet's small trunk).
 """
 from __future__ import annotations
 
@@ -57,3 +60,16 @@ class DlibEncoder(nn.Module):
 def flip_chips(chips: Tensor) -> Tensor:
     """Mirror chips left-right ``(B, S, S, 3)``: a mirrored face is a plausible face (augmentation)."""
     return torch.flip(chips, dims=[2])
+
+
+def strided_cnn(widths: tuple[int, ...], strides: tuple[int, ...], in_channels: int = 3) -> list[nn.Module]:
+    """Layers of a plain CNN: per ``(width, stride)`` a 3 × 3 convolution (padding 1, no bias), batch norm
+    and ReLU. A side ``S`` input ends as ``widths[-1]`` channels at ``S / Π strides`` (rounded up)."""
+    if len(widths) != len(strides):
+        raise ValueError(f"strided_cnn: {len(widths)} widths but {len(strides)} strides")
+    layers: list[nn.Module] = []
+    for width, stride in zip(widths, strides):
+        layers += [nn.Conv2d(in_channels, width, 3, stride, 1, bias=False), nn.BatchNorm2d(width),
+                   nn.ReLU(inplace=True)]
+        in_channels = width
+    return layers

@@ -1,4 +1,5 @@
-"""RingNet: output layout from the model, dlib trunk taps, crop geometry, camera convention, decoder."""
+"""RingNet: output layout from the model, dlib and small trunks, crop geometry and filter, camera convention,
+decoder."""
 import math
 
 import pytest
@@ -10,8 +11,11 @@ from morphable.nets.ringnet import (
     CROP_SCALE,
     CROP_SIZE,
     FEATURE_DIM,
+    SMALL_SIZE,
     RingNetDecoder,
+    SmallTrunk,
     face_crop,
+    face_crop_reference,
     landmark_box,
     load_ringnet,
     new_ringnet,
@@ -108,6 +112,87 @@ def test_face_crop_samples_the_box_and_maps_points_both_ways():
         torch.testing.assert_close(frame.to_photo(torch.tensor([[[0.0, 0.0]]]))[0, 0], box[:2] + half - 0.5)
 
 
+@pytest.mark.parametrize("box, size", [
+    ((10.0, 5.0, 50.0, 45.0), 20),      # shrink 2×
+    ((1.3, 2.2, 59.7, 58.6), 12),       # shrink ~5×, sub-pixel box
+    ((20.3, 11.7, 31.1, 22.5), 24),     # enlarge: bilinear
+    ((-10.0, -7.0, 70.0, 73.0), 16),    # overhangs every edge
+    ((0.0, 0.0, 80.0, 80.0), 40),       # taller than the photo
+    ((-50.0, -50.0, -10.0, -10.0), 8),  # misses the photo
+    ((-30.0, -30.0, 110.0, 110.0), 9),  # shrink ~16×: 4 × 4 block means first, overhanging blocks
+])
+def test_face_crop_is_its_explicit_reference_filter(box, size):
+    image = torch.rand(60, 80, 3, generator=torch.Generator().manual_seed(5))
+    crop, _ = face_crop(image, torch.tensor(box), size)
+    torch.testing.assert_close(crop.double(), face_crop_reference(image, torch.tensor(box), size), atol=2e-6, rtol=0)
+    # uint8 photos: OpenCV's rounded 2 × 2 means, within half a grey level per halving (here at most 2)
+    u8 = (image * 255).round().to(torch.uint8)
+    crop_u8, _ = face_crop(u8, torch.tensor(box), size)
+    assert crop_u8.dtype == torch.float32
+    torch.testing.assert_close(crop_u8.double(), face_crop_reference(u8, torch.tensor(box), size), atol=1.0 / 255, rtol=0)
+
+
+def test_face_crop_filters_as_torch_antialiased_resize():
+    """An independent reference: a box that is the whole photo, shrunk 3×, is F.interpolate's antialiased
+    bilinear resize away from the border (where ours fades to black and torch's renormalises)."""
+    image = torch.rand(96, 96, 3, generator=torch.Generator().manual_seed(6))
+    crop, _ = face_crop(image, torch.tensor([0.0, 0.0, 96.0, 96.0]), 32)
+    ref = torch.nn.functional.interpolate(image.permute(2, 0, 1)[None], size=(32, 32), mode="bilinear",
+                                          antialias=True, align_corners=False)[0].permute(1, 2, 0)
+    torch.testing.assert_close(crop[2:-2, 2:-2], ref[2:-2, 2:-2], atol=1e-5, rtol=0)
+    assert float((crop[0] - ref[0]).abs().max()) > 1e-3  # the border does differ: the check can tell
+
+
+def test_small_trunk_keeps_position_and_predicts_from_64_px_crops(ict, tmp_path):
+    torch.manual_seed(2)
+    small = new_ringnet(ict, "ict", trunk="small", dropout=0.0).eval()
+    assert small.input_size == SMALL_SIZE and isinstance(small.trunk, SmallTrunk)
+    crops = torch.rand(2, SMALL_SIZE, SMALL_SIZE, 3, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        feats = small.trunk(crops)
+        # the flattened 2 × 2 map is not a global pool: moving the content moves the features
+        shifted = small.trunk(torch.roll(crops, 20, dims=2))
+    assert feats.shape == (2, SmallTrunk.dim)
+    assert float((shifted - feats).abs().max()) > 1e-3
+    with pytest.raises(ValueError, match="SmallTrunk: expected crops"):
+        small.trunk(torch.rand(1, CROP_SIZE, CROP_SIZE, 3))
+    with pytest.raises(ValueError, match="finetune_blocks applies to the dlib trunk"):
+        new_ringnet(ict, "ict", trunk="small", finetune_blocks=1)
+    save_ringnet(small, tmp_path / "s.pt", {"command": "test"})
+    again = load_ringnet(tmp_path / "s.pt")
+    assert again.trunk_name == "small"
+    a, b = small(crops), again(crops)
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], atol=1e-3, rtol=1e-2)
+    # a photo: the network reads the box at 64 px, the camera is in the 150 px frame of the same box
+    image = torch.rand(200, 260, 3)
+    box = torch.tensor([40.0, 30.0, 190.0, 180.0])  # 150 px: the crop frame is the photo shifted
+    pred = small.predict(image, box=box)
+    torch.testing.assert_close(pred.frame.factor, torch.tensor([1.0]))
+    torch.testing.assert_close(pred.frame.origin, torch.tensor([[40.0, 30.0]]))
+    torch.testing.assert_close(pred.photo_camera().translation, pred.camera.translation + torch.tensor([[40.0, 30.0]]))
+
+
+def test_small_trunk_folded_inference_is_the_batch_norm_network():
+    torch.manual_seed(7)
+    trunk = SmallTrunk()
+    crops = torch.rand(3, SMALL_SIZE, SMALL_SIZE, 3, generator=torch.Generator().manual_seed(8))
+    trunk.train()
+    trunk(crops)  # running statistics move away from 0 / 1
+    for bn in trunk.body[1::3]:
+        torch.nn.init.uniform_(bn.weight, 0.5, 1.5)
+        torch.nn.init.uniform_(bn.bias, -0.2, 0.2)
+    trunk.eval()
+    with torch.no_grad():
+        folded = trunk(crops)
+        torch.testing.assert_close(folded, trunk.body((crops.permute(0, 3, 1, 2) - 0.5) / 0.25).flatten(1),
+                                   atol=1e-5, rtol=1e-4)
+        trunk.body[0].weight.mul_(2)  # an in-place change (an optimiser step, load_state_dict) refolds
+        torch.testing.assert_close(trunk(crops), trunk.body((crops.permute(0, 3, 1, 2) - 0.5) / 0.25).flatten(1),
+                                   atol=1e-5, rtol=1e-4)
+        assert float((trunk(crops) - folded).abs().max()) > 1e-3
+
+
 def test_camera_in_photo_pixels_and_landmark_box(net):
     box = landmark_box(torch.tensor([[[10.0, 20.0], [50.0, 100.0], [float("nan"), 0.0]]]))
     torch.testing.assert_close(box, torch.tensor([[30 - 64.0, 60 - 64.0, 30 + 64.0, 60 + 64.0]]))
@@ -156,3 +241,37 @@ def test_fit_with_ringnet_regress_and_regress_then_fit(net, ict):
     assert float(both.rms_px[0]) < float(reg.rms_px[0])
     with pytest.raises(ValueError):
         fit_with_ringnet(ict, net, dec, [image], lm, method="fit")
+
+
+def test_shipped_ringnet_places_held_out_afw_faces_better_than_its_zero_output(ict):
+    """The shipped ``ringnet-ict`` (small trunk; AFW is held out of its training) on the first 12 AFW faces,
+    cropped from their annotated landmarks: inner-51 NME (outer-eye normalised) well below the zero output's
+    (the mean face, frontal, where the crop rule puts it), and regress+fit no worse than the plain fit."""
+    from morphable.detect.formats import read_landmarks
+    from morphable.eval.nme import nme, outer_eye_distance
+    from morphable.fitting.landmarks import fit_landmarks
+    from morphable.io.image import read_image
+    from morphable.nets.ringnet import regress_faces, shipped_ringnet
+
+    net = shipped_ringnet("ict")
+    assert net.trunk_name == "small"
+    dec = RingNetDecoder(ict)
+    pts = sorted(data_file("Spinkoo-Face-alignement/afw/afw").glob("*.pts"))[:12]
+    errors = {"regress": [], "zero": [], "fit": [], "regress_fit": []}
+    for p in pts:
+        image = torch.tensor(read_image(p.with_suffix(".jpg"))).float() / 255
+        gt = torch.as_tensor(read_landmarks(p), dtype=torch.float32)[None]
+        reg = regress_faces(net, dec, [image], gt)
+        box = landmark_box(gt)[0]
+        _, frame = face_crop(image, box)
+        zero = {n: torch.zeros(1, k) for n, k in net.layout.blocks}
+        zero_lm = frame.to_photo(dec.landmarks(zero, net.camera(zero)))
+        fit = fit_landmarks(ict, gt)
+        both = fit_landmarks(ict, gt, identity_prior_mean=reg.identity)
+        eye = outer_eye_distance(gt)
+        for name, lm in (("regress", reg.landmarks), ("zero", zero_lm), ("fit", fit.landmarks_fitted),
+                         ("regress_fit", both.landmarks_fitted)):
+            errors[name].append(float(nme(lm[:, 17:].detach(), gt[:, 17:], eye)[0]))
+    mean = {k: sum(v) / len(v) for k, v in errors.items()}
+    assert mean["regress"] < 0.15 and mean["regress"] < 0.6 * mean["zero"], mean
+    assert mean["regress_fit"] < mean["fit"] * 1.02, mean

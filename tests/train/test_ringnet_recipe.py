@@ -78,3 +78,34 @@ def test_unusable_ring_settings_are_one_line_config_errors(tmp_path, override, m
 
     with pytest.raises(ConfigError, match=message):
         train("ringnet", tmp_path / "run", overrides=_overrides(tmp_path / "cache") + [override], progress=False)
+
+
+def test_small_trunk_trains_from_cached_crops_and_exports(tmp_path):
+    """``net.trunk=small``: the cache holds 64 px uint8 crops (not dlib passes), the whole CNN trains, the
+    projection loss falls, and the exported network reads 64 px crops."""
+    data_file("ICT-FaceKit/FaceXModel_vertices_float32.npz")
+    run = tmp_path / "run"
+    train("ringnet", run, overrides=_overrides(tmp_path / "cache", steps=60) + [
+        "net.trunk=small", "optim.lr=1e-3", "net.dropout=0.0", "train.log_every=10"], progress=False)
+    proj = [json.loads(line)["projection"] for line in (run / "log.jsonl").read_text().splitlines()
+            if '"projection"' in line]
+    assert proj[-1] < 0.6 * proj[0]
+    caches = list((tmp_path / "cache").glob("ringnet-synthetic-*.pt"))
+    assert caches
+    rows = torch.load(caches[0], weights_only=True)
+    assert rows["crops"].dtype == torch.uint8 and rows["crops"].shape[1:] == (64, 64, 3) and "boundary" not in rows
+    net = load_ringnet(run / "ringnet-ict.pt")
+    assert net.trunk_name == "small" and net.input_size == 64
+    fresh = torch.load(run / "ringnet-ict.pt", weights_only=True)
+    assert any(k.startswith("trunk.body") for k in fresh["state"])  # the trunk's weights travel with the file
+
+
+def test_small_trunk_rejects_dlib_only_settings(tmp_path):
+    from morphable.train.config import ConfigError
+
+    with pytest.raises(ConfigError, match="net.finetune_blocks: applies to the dlib trunk only"):
+        train("ringnet", tmp_path / "run", overrides=_overrides(tmp_path / "cache") + [
+            "net.trunk=small", "net.finetune_blocks=1"], progress=False)
+    with pytest.raises(ConfigError, match="net.trunk: must be one of dlib, small"):
+        train("ringnet", tmp_path / "run2", overrides=_overrides(tmp_path / "cache") + ["net.trunk=vgg"],
+              progress=False)

@@ -42,6 +42,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -56,6 +57,7 @@ from morphable.nets.ringnet import (
     TAPS,
     FrozenPass,
     RingNet,
+    TRUNKS,
     RingNetDecoder,
     face_crop,
     landmark_box,
@@ -125,14 +127,19 @@ class LossSection:
 
 @dataclass(frozen=True)
 class NetSection:
-    """finetune_blocks: trainable last residual blocks of dlib's trunk (0–4); hidden / iterations: the IEF
+    """trunk: ``dlib`` (the frozen face-recognition ResNet, cached per crop) or ``small`` (a CNN trained from
+    scratch on 80 px crops, :class:`~morphable.nets.ringnet.SmallTrunk`: ≤ 3 ms per face on a CPU);
+    finetune_blocks: trainable last residual blocks of dlib's trunk (0–4); hidden / iterations: the IEF
     regressor (paper: 512 / 3); dropout after each hidden layer (the paper names dropout without a rate;
-    0.5 as in HMR)."""
+    0.5 as in HMR); brightness: small-trunk training multiplies each crop by exp(U(−b, b)) per channel
+    (colour and exposure augmentation; the cached crops are fixed)."""
 
+    trunk: str = "dlib"
     finetune_blocks: int = 0
     hidden: int = 512
     iterations: int = 3
     dropout: float = 0.5
+    brightness: float = 0.2
 
 
 @dataclass(frozen=True)
@@ -173,7 +180,13 @@ class CropRenderer(ChipRenderer):
 
 
 def _frozen_rows(net: RingNet, crops: Tensor, chunk: int) -> dict[str, Tensor]:
-    """The trunk's frozen pass of ``crops`` ``(N, S, S, 3)`` as float16 arrays ``tap<k>`` and ``boundary``."""
+    """What training caches of ``crops`` ``(N, 150, 150, 3)``: for the dlib trunk its frozen pass as float16
+    arrays ``tap<k>`` and ``boundary``; for the small trunk the crops resampled to its input size
+    (:func:`~morphable.nets.ringnet.face_crop` of the whole crop, the filter photos get), uint8 ``crops``."""
+    if net.trunk_name == "small":
+        whole = torch.tensor([0.0, 0.0, CROP_SIZE, CROP_SIZE])
+        small = torch.stack([face_crop(c, whole, net.input_size)[0] for c in crops])
+        return {"crops": (small * 255).round().clamp(0, 255).to(torch.uint8)}
     parts: dict[str, list[Tensor]] = {}
     for i in range(0, len(crops), chunk):
         fp = net.trunk.frozen(crops[i:i + chunk])
@@ -196,8 +209,13 @@ class RingNetRecipe(Recipe):
             raise ConfigError("ring.size", f"R − 1 ≥ 2 images of one person and one of another are needed, got "
                                            f"R = {cfg.ring.size}")
         self.face_model, self.model_label = frozen_model(cfg.model.name)
-        self.net = new_ringnet(self.face_model, self.model_label, finetune_blocks=cfg.net.finetune_blocks,
-                               hidden=cfg.net.hidden, iterations=cfg.net.iterations, dropout=cfg.net.dropout)
+        if cfg.net.trunk not in TRUNKS:
+            raise ConfigError("net.trunk", f"must be one of {', '.join(TRUNKS)}, got {cfg.net.trunk!r}")
+        if cfg.net.trunk == "small" and cfg.net.finetune_blocks:
+            raise ConfigError("net.finetune_blocks", "applies to the dlib trunk only (net.trunk=small trains all)")
+        self.net = new_ringnet(self.face_model, self.model_label, trunk=cfg.net.trunk,
+                               finetune_blocks=cfg.net.finetune_blocks, hidden=cfg.net.hidden,
+                               iterations=cfg.net.iterations, dropout=cfg.net.dropout)
         self.decoder = RingNetDecoder(self.face_model)
         self.renderer = CropRenderer(self.face_model, size=CROP_SIZE)
         from morphable.train.recipes.genova import drawn_albedo_space
@@ -223,10 +241,11 @@ class RingNetRecipe(Recipe):
             raise ConfigError("ring.identities", f"{cfg.ring.identities} identities per batch, but the data has only "
                                                  f"{groups} (synthetic groups + labelled people)")
         self.sampler = IdentitySampler(labels, cfg.ring.identities, K, variants=max(cfg.data.crops, 1))
-        with torch.no_grad():
-            n = len(self.rows["landmarks"])
-            pick = torch.randperm(n, generator=torch.Generator().manual_seed(0))[:2000]
-            self.net.set_feature_statistics(self.net.trunk.tuned(self._frozen(self.rows, pick)).float())
+        if cfg.net.trunk == "dlib":
+            with torch.no_grad():
+                n = len(self.rows["landmarks"])
+                pick = torch.randperm(n, generator=torch.Generator().manual_seed(0))[:2000]
+                self.net.set_feature_statistics(self.net.trunk.tuned(self._frozen(self.rows, pick)).float())
 
     # ----------------------------------------------------------------------------------------- data
     def _synthetic(self, split: str, identities: int, seed: int) -> dict[str, Tensor]:
@@ -235,10 +254,15 @@ class RingNetRecipe(Recipe):
         settings = dict(split=split, seed=seed, model=cfg.model.name, V=self.face_model.n_vertices,
                         identities=identities, images=d.synthetic_images, yaw=d.max_yaw_deg, pitch=d.max_pitch_deg,
                         expr=d.expression_scale, js=d.jitter_scale, jt=d.jitter_shift, tuned=cfg.net.finetune_blocks,
-                        crop=CROP_SIZE, scale=CROP_SCALE, version=1)
+                        crop=CROP_SIZE, scale=CROP_SCALE, version=1, **self._trunk_key())
         key = settings_key(settings)
         return cached(cache_root(cfg.data.cache) / f"ringnet-synthetic-{key}.pt",
                        lambda: self._make_synthetic(identities, torch.Generator().manual_seed(seed)))
+
+    def _trunk_key(self) -> dict:
+        """Cache-key entries of the trunk (none for dlib's, so its existing caches stay valid); the small
+        trunk's caches hold crops in ``face_crop``'s filter (version 2)."""
+        return {} if self.config.net.trunk == "dlib" else {"trunk": "small", "size": self.net.input_size, "resampler": 3}
 
     def _jitter(self, n: int, g: torch.Generator) -> Tensor:
         d = self.config.data
@@ -297,7 +321,7 @@ class RingNetRecipe(Recipe):
             items = read_manifest(Path(folder) / "manifest.jsonl")
             settings = dict(keys=[i.key for i in items], crops=cfg.data.crops, js=cfg.data.jitter_scale,
                             jt=cfg.data.jitter_shift, tuned=cfg.net.finetune_blocks, seed=cfg.train.seed,
-                            w=cfg.data.detected_landmark_weight, version=1)
+                            w=cfg.data.detected_landmark_weight, version=1, **self._trunk_key())
             key = settings_key(settings)
             data = cached(cache_root(cfg.data.cache) / f"ringnet-real-{key}.pt", lambda: self._make_real(items))
             label = f"{folder}:" if len(cfg.data.real.split(",")) > 1 else ""
@@ -313,7 +337,7 @@ class RingNetRecipe(Recipe):
         M = cfg.data.crops
         crops, landmarks, weight = [], [], []
         for item in items:
-            image = torch.tensor(read_image(item.path)).float() / 255
+            image = torch.from_numpy(np.require(read_image(item.path), requirements="W"))  # uint8, as inference reads
             lm = torch.as_tensor(item.landmarks, dtype=torch.float32)[None]
             jitter = self._jitter(M, g)
             jitter[0] = 0.0  # the first crop is the plain crop rule's
@@ -331,8 +355,8 @@ class RingNetRecipe(Recipe):
     def _merge(self, synthetic: dict[str, Tensor], real: list) -> tuple[dict[str, Tensor], list, Tensor, Tensor]:
         """One table of crop rows; per sampled item its first row and row count (1 synthetic, ``crops`` real)."""
         M = self.config.data.crops
-        rows = {k: [synthetic[k]] for k in ("boundary", "landmarks", "weight", *(f"tap{k}" for k in TAPS if
-                                                                                   f"tap{k}" in synthetic))}
+        inputs = ("crops",) if "crops" in synthetic else ("boundary", *(f"tap{k}" for k in TAPS if f"tap{k}" in synthetic))
+        rows = {k: [synthetic[k]] for k in ("landmarks", "weight", *inputs)}
         n_syn = len(synthetic["landmarks"])
         labels: list = [f"synthetic:{int(i)}" for i in synthetic["group"]]
         start = list(range(n_syn))
@@ -359,19 +383,30 @@ class RingNetRecipe(Recipe):
 
     def batch(self, step: int, generator: torch.Generator) -> dict[str, Tensor]:
         """``rows`` ``(P, K)`` crop rows, ``items`` ``(P, K)`` sampled items (synthetic ones first in the item
-        order) and ``synthetic`` ``(P, K)`` bool."""
+        order), ``synthetic`` ``(P, K)`` bool, and for the small trunk ``gain`` ``(P · K, 1, 1, 3)`` (its
+        brightness augmentation)."""
         items, variants = self.sampler.draw(generator)
         rows = self.start[items] + variants % self.count[items]
-        return {"rows": rows, "items": items, "synthetic": items < self.n_synthetic}
+        out = {"rows": rows, "items": items, "synthetic": items < self.n_synthetic}
+        b = self.config.net.brightness
+        if "crops" in self.rows and b > 0:
+            out["gain"] = torch.exp(b * (2 * torch.rand(rows.numel(), 1, 1, 3, generator=generator) - 1))
+        return out
 
-    def _regress(self, rows: dict[str, Tensor], index: Tensor) -> dict[str, Tensor]:
-        return self.net.regress(self.net.trunk.tuned(self._frozen(rows, index)))
+    def _regress(self, rows: dict[str, Tensor], index: Tensor, gain: Tensor | None = None) -> dict[str, Tensor]:
+        """The network on cached rows; small-trunk crops are multiplied by ``gain`` ``(N, 1, 1, 3)`` if given."""
+        if "crops" not in rows:
+            return self.net.regress(self.net.trunk.tuned(self._frozen(rows, index)))
+        crops = rows["crops"][index].float() / 255
+        if gain is not None:
+            crops = (crops * gain).clamp(0, 1)
+        return self.net(crops)
 
     def loss(self, batch: dict[str, Tensor], step: int) -> dict[str, Tensor]:
         cfg = self.config
         P, K = batch["rows"].shape
         flat = batch["rows"].reshape(-1)
-        params = self._regress(self.rows, flat)
+        params = self._regress(self.rows, flat, batch.get("gain"))
         camera = self.net.camera(params)
         target = self.rows["landmarks"][flat]
         pred = self.decoder.landmarks(params, camera, target)
