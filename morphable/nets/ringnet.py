@@ -3,7 +3,10 @@ without 3D Supervision", CVPR 2019): one network from a face crop to camera, pos
 
 Encoder (Sec. 4, "RingNet"): a feature extractor and an iterative-error-feedback regressor.
 
-* **Features**: the paper uses an ImageNet ResNet-50's 2048-D pool; we read our port of dlib's
+* **Features**: the paper uses an ImageNet ResNet-50's 2048-D pool. Two trunks here: :class:`SmallTrunk`
+  (``trunk="small"``, what ``ringnet-ict`` ships), a five-layer CNN trained from scratch on a 64 px sampling
+  of the crop, for a few milliseconds per face on a CPU; and :class:`DlibTrunk` (``trunk="dlib"``, shipped as
+  ``ringnet-ict-dlib``), which reads our port of dlib's
   face-recognition ResNet (:mod:`morphable.identity.dlib_resnet`) at three depths so that pose and position
   survive the global pooling a recognition network is trained to be invariant to: level 2 (block 9,
   128 × 8 × 8), level 1 (block 12, 256 × 4 × 4: dlib zero-pads the 3 × 3 conv output to its pooled
@@ -18,7 +21,8 @@ Encoder (Sec. 4, "RingNet"): a feature extractor and an iterative-error-feedback
   coefficients, at most 100) and ``expression`` (FLAME/PCA: at most 50; blendshape models: all their
   weights): 3 + 6 + 100 + 50 = 159 values for FLAME, as in the paper.
 
-Input: a square crop (:data:`CROP_SIZE` px) of the photo around the face's box, :data:`CROP_SCALE` times the
+Input: a square crop of the photo (:func:`face_crop`, sampled at the trunk's ``input_size``: 150 or 64 px; its
+camera frame is always the :data:`CROP_SIZE` px one) around the face's box, :data:`CROP_SCALE` times the
 larger side of the 68 landmarks' bounding box (:func:`landmark_box`; training adds random scale and
 translation jitter). The crop is not aligned to the landmarks: the network has to find the pose itself.
 
@@ -365,7 +369,7 @@ SMALL_STRIDES = (2, 2, 2, 2, 2)
 
 
 class SmallTrunk(nn.Module):
-    """A small CNN trained from scratch, for ≤ 3 ms per face on two CPU threads (the dlib trunk alone takes
+    """A small CNN trained from scratch, for a few ms per face on two CPU threads (the dlib trunk alone takes
     15–20 ms): a 64 px crop → five 3 × 3 stride-2 convolutions (:data:`SMALL_WIDTHS`; batch norm, ReLU;
     0.25 M weights, 4.6 M multiply-adds) → the final 128 × 2 × 2 map, flattened (``dim`` = 512 values:
     position and pose survive, as in the dlib trunk's 2 × 2 taps). It plays the part of 3DDFA_V2's
@@ -383,10 +387,10 @@ class SmallTrunk(nn.Module):
     def folded(self) -> list[tuple[Tensor, Tensor, int]]:
         """Eval-mode layers with batch norm folded into the convolutions, ``[(weight, bias, stride)]``:
         ``γ (W x − μ) / √(σ² + ε) + β = W' x + b'``. Cached while no parameter or running statistic changes
-        (their version counters key the cache)."""
+        (their version counters and storages key the cache)."""
         convs, norms = self.body[0::3], self.body[1::3]
-        key = tuple(t._version for m in norms for t in (m.weight, m.bias, m.running_mean, m.running_var)) + tuple(
-            c.weight._version for c in convs)
+        tensors = [t for m in norms for t in (m.weight, m.bias, m.running_mean, m.running_var)] + [c.weight for c in convs]
+        key = tuple((t._version, t.data_ptr()) for t in tensors)  # data_ptr: .to() / .double() swap the storage
         if self._folded is None or self._folded[0] != key:
             layers = []
             with torch.no_grad():

@@ -275,3 +275,13 @@ def test_shipped_ringnet_places_held_out_afw_faces_better_than_its_zero_output(i
     mean = {k: sum(v) / len(v) for k, v in errors.items()}
     assert mean["regress"] < 0.15 and mean["regress"] < 0.6 * mean["zero"], mean
     assert mean["regress_fit"] < mean["fit"] * 1.02, mean
+
+
+def test_small_trunk_folded_cache_follows_a_dtype_change():
+    trunk = SmallTrunk().eval()
+    crops = torch.rand(1, SMALL_SIZE, SMALL_SIZE, 3, generator=torch.Generator().manual_seed(9))
+    with torch.no_grad():
+        trunk(crops)  # fills the cache in float32
+        trunk.double()
+        out = trunk(crops.double())
+    assert out.dtype == torch.float64

@@ -128,7 +128,7 @@ class LossSection:
 @dataclass(frozen=True)
 class NetSection:
     """trunk: ``dlib`` (the frozen face-recognition ResNet, cached per crop) or ``small`` (a CNN trained from
-    scratch on 80 px crops, :class:`~morphable.nets.ringnet.SmallTrunk`: ≤ 3 ms per face on a CPU);
+    scratch on 64 px crops, :class:`~morphable.nets.ringnet.SmallTrunk`, a few ms per face on a CPU);
     finetune_blocks: trainable last residual blocks of dlib's trunk (0–4); hidden / iterations: the IEF
     regressor (paper: 512 / 3); dropout after each hidden layer (the paper names dropout without a rate;
     0.5 as in HMR); brightness: small-trunk training multiplies each crop by exp(U(−b, b)) per channel
@@ -260,9 +260,11 @@ class RingNetRecipe(Recipe):
                        lambda: self._make_synthetic(identities, torch.Generator().manual_seed(seed)))
 
     def _trunk_key(self) -> dict:
-        """Cache-key entries of the trunk (none for dlib's, so its existing caches stay valid); the small
-        trunk's caches hold crops in ``face_crop``'s filter (version 2)."""
-        return {} if self.config.net.trunk == "dlib" else {"trunk": "small", "size": self.net.input_size, "resampler": 3}
+        """Cache-key entries of the trunk and of ``face_crop``'s filter (``resampler`` 3: the separable
+        triangle with block means; caches made with an earlier crop are not reused)."""
+        if self.config.net.trunk == "dlib":
+            return {"resampler": 3}
+        return {"trunk": "small", "size": self.net.input_size, "resampler": 3}
 
     def _jitter(self, n: int, g: torch.Generator) -> Tensor:
         d = self.config.data
