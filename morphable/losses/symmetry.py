@@ -49,4 +49,4 @@ def vertex_symmetry_loss(values: Tensor, mirror: Tensor, weights: Tensor | None 
     if weights is None:
         return d.sum() / (d.numel() * C)
     w = weights.to(values.dtype).expand(B, V).reshape(-1).index_select(0, a)
-    return (w * d).sum() / (w.sum() * values.shape[-1]).clamp_min(1e-12)
+    return (w * d).sum() / (w.sum() * C).clamp_min(1e-12)

@@ -70,12 +70,10 @@ class IterativeErrorFeedback(nn.Module):
         # W [φ, Θ] + b = (W_φ φ + b) + W_Θ Θ: the feature part is the same at every iteration
         from_features = F.linear(features, w_features, self.mlp[0].bias)
         steps = []
-        for _ in range(self.iterations):
-            if self.training:  # with the dropout layers
-                correction = self.mlp[1:](from_features + theta @ w_theta_t)
-            else:
-                h = F.linear(F.relu(from_features + theta @ w_theta_t), second.weight, second.bias).relu_()
-                correction = F.linear(h, last.weight, last.bias)
-            theta = theta + correction
+        rate = self.mlp[2].p
+        for _ in range(self.iterations):  # the mlp's layers, functionally (dropout acts in training mode only)
+            h = F.dropout(F.relu(from_features + theta @ w_theta_t), rate, self.training)
+            h = F.dropout(F.relu(F.linear(h, second.weight, second.bias)), rate, self.training)
+            theta = theta + F.linear(h, last.weight, last.bias)
             steps.append(theta)
         return torch.stack(steps) if all_steps else theta
