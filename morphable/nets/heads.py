@@ -71,9 +71,14 @@ class IterativeErrorFeedback(nn.Module):
         from_features = F.linear(features, w_features, self.mlp[0].bias)
         steps = []
         rate = self.mlp[2].p
+        drop = self.training and rate > 0
         for _ in range(self.iterations):  # the mlp's layers, functionally (dropout acts in training mode only)
-            h = F.dropout(F.relu(from_features + theta @ w_theta_t), rate, self.training)
-            h = F.dropout(F.relu(F.linear(h, second.weight, second.bias)), rate, self.training)
+            h = torch.addmm(from_features, theta, w_theta_t).relu_()
+            if drop:
+                h = F.dropout(h, rate, True)
+            h = F.linear(h, second.weight, second.bias).relu_()
+            if drop:
+                h = F.dropout(h, rate, True)
             theta = theta + F.linear(h, last.weight, last.bias)
             steps.append(theta)
         return torch.stack(steps) if all_steps else theta

@@ -124,48 +124,55 @@ class CropFrame:
 
 
 def landmark_box(landmarks: Tensor, scale: float = CROP_SCALE, jitter: Tensor | None = None) -> Tensor:
-    """Square crop boxes ``(B, 4)`` (left, top, right, bottom; px) centred on the 68 landmarks' bounding
-    box ``(B, 68, 2)`` (NaN rows ignored), of side ``scale`` × its larger side.
+    """Square crop boxes ``(B, 4)`` (left, top, right, bottom; px; the landmarks' dtype and device) centred on
+    the 68 landmarks' bounding box ``(B, 68, 2)`` (NaN rows ignored), of side ``scale`` × its larger side.
 
     ``jitter`` ``(B, 3)`` (training augmentation): the side is multiplied by ``exp(jitter[:, 0])`` and the
     centre moved by ``jitter[:, 1:] ×`` the side.
     """
-    seen = torch.isfinite(landmarks).all(-1, keepdim=True)
-    lo = torch.where(seen, landmarks, torch.full_like(landmarks, math.inf)).amin(1)
-    hi = torch.where(seen, landmarks, torch.full_like(landmarks, -math.inf)).amax(1)
-    centre, half = (lo + hi) / 2, scale * (hi - lo).amax(-1, keepdim=True) / 2
+    points = landmarks.detach().cpu().numpy() if isinstance(landmarks, Tensor) else np.asarray(landmarks)
+    seen = np.isfinite(points).all(-1, keepdims=True)  # in numpy: a dozen tiny steps, no gradients needed
+    lo = np.where(seen, points, math.inf).min(1)
+    hi = np.where(seen, points, -math.inf).max(1)
+    centre, half = (lo + hi) / 2, scale * (hi - lo).max(-1, keepdims=True) / 2
     if jitter is not None:
-        half = half * torch.exp(jitter[:, :1].to(half))
-        centre = centre + 2 * half * jitter[:, 1:].to(half)
-    return torch.cat([centre - half, centre + half], -1)
+        jitter = torch.as_tensor(jitter).detach().cpu().numpy().astype(points.dtype)
+        half = half * np.exp(jitter[:, :1])
+        centre = centre + 2 * half * jitter[:, 1:]
+    box = torch.from_numpy(np.concatenate([centre - half, centre + half], -1))
+    return box.to(landmarks.device) if isinstance(landmarks, Tensor) else box
 
 
 def crop_frame(box: Tensor, size: int = CROP_SIZE) -> CropFrame:
     """The :class:`CropFrame` (batch of one, float64) of a ``size`` px crop of the square ``box`` ``(4,)``
     (left, top, right, bottom px on pixel edges: the crop's pixel centres sit half a crop pixel inside it)."""
-    left, top, right, _ = (float(v) for v in box.tolist())
-    factor = size / (right - left)
-    shift = 0.5 / factor - 0.5
-    return CropFrame(torch.tensor([[left + shift, top + shift]], dtype=torch.float64),
-                     torch.tensor([factor], dtype=torch.float64))
+    ox, oy, factor = _crop_geometry(box.tolist(), size)
+    return CropFrame(torch.tensor([[ox, oy]], dtype=torch.float64), torch.tensor([factor], dtype=torch.float64))
 
 
-def _resample_matrix(origin: float, factor: float, size: int, n: int) -> tuple[Tensor, int]:
-    """One axis of :func:`face_crop`: the weights ``(size, m)`` (float32) of crop pixels ``s`` (at source px
+def _resample_matrix(origin: float, factor: float, size: int, n: int) -> tuple[np.ndarray, int]:
+    """One axis of :func:`face_crop`: the weights ``(size, m)`` (float64) of crop pixels ``s`` (at source px
     ``origin + s / factor``, centres at integers) on source pixels ``start … start + m − 1`` (the part of
     ``0 … n − 1`` they reach), and ``start``. The kernel is a triangle of half-width ``max(1, 1 / factor)``
-    px, normalised over all integer positions before the photo's outside is cut away (black there). Built in
-    numpy: a few small arrays, where torch's per-call overhead would dominate."""
+    px, normalised over all integer positions before the photo's outside is cut away (black there)."""
     support = max(1.0, 1.0 / factor)
     lo = math.floor(origin - support)
     hi = math.ceil(origin + (size - 1) / factor + support) + 1
     if hi <= 0 or lo >= n:  # the box misses the photo
-        return torch.zeros(size, 1), 0
+        return np.zeros((size, 1)), 0
     p = (origin - lo) + np.arange(size) / factor  # relative to lo
-    A = np.maximum(0.0, 1 - np.abs(np.arange(hi - lo)[None] - p[:, None]) / support)
-    A /= A.sum(1, keepdims=True)
+    # the band: every integer within the support of each p (its first strictly above p − support), in lo … hi + 1
+    taps = np.floor(p - support).astype(np.intp)[:, None] + np.arange(1, int(2 * support) + 3)
+    weights = np.abs(taps - p[:, None])
+    weights *= -1.0 / support
+    weights += 1.0
+    np.maximum(weights, 0.0, out=weights)
+    weights /= weights.sum(1, keepdims=True)
+    width = hi - lo + 2
+    A = np.zeros((size, width))
+    A.ravel()[(np.arange(size) * width)[:, None] + taps] = weights
     start, stop = max(lo, 0), min(hi, n)
-    return torch.from_numpy(np.ascontiguousarray(A[:, start - lo:stop - lo], dtype=np.float32)), start
+    return A[:, start - lo:stop - lo], start
 
 
 def _block_level(factor: float) -> int:
@@ -175,29 +182,59 @@ def _block_level(factor: float) -> int:
     return int(math.floor(math.log2(shrink / 2))) if shrink >= 4 else 0
 
 
-def _block_means(image: Tensor, top: int, left: int, h: int, w: int, level: int) -> Tensor:
+def _block_means(photo: np.ndarray, top: int, left: int, h: int, w: int, level: int) -> np.ndarray:
     """Means of the 2^L × 2^L blocks ``(h, w, C)`` whose first is photo pixel (``top``, ``left``); zeros beyond
-    the photo. uint8 photos are halved L times by OpenCV's area resize (each a rounded 2 × 2 mean; stays
-    uint8); float photos by an exact average pool."""
+    the photo. uint8 photos are averaged by OpenCV's area resize (an integer factor: exact block means,
+    rounded to uint8); float photos exactly."""
     k = 2 ** level
-    part = image[max(top, 0):top + h * k, max(left, 0):left + w * k]
+    part = photo[max(top, 0):top + h * k, max(left, 0):left + w * k]
     if part.shape[:2] != (h * k, w * k):  # the blocks overhang the photo
-        padded = image.new_zeros(h * k, w * k, image.shape[-1])
+        padded = np.zeros((h * k, w * k, photo.shape[-1]), photo.dtype)
         padded[max(-top, 0):max(-top, 0) + part.shape[0], max(-left, 0):max(-left, 0) + part.shape[1]] = part
         part = padded
     if not level:
         return part
-    if image.dtype == torch.uint8:
+    if photo.dtype == np.uint8:
         import cv2
 
-        blocks = part.numpy()
-        for _ in range(level):
-            blocks = cv2.resize(blocks, (blocks.shape[1] // 2, blocks.shape[0] // 2), interpolation=cv2.INTER_AREA)
-        return torch.from_numpy(blocks.reshape(h, w, -1))
-    return F.avg_pool2d(part.permute(2, 0, 1)[None], k)[0].permute(1, 2, 0)
+        return cv2.resize(part, (w, h), interpolation=cv2.INTER_AREA).reshape(h, w, -1)
+    return part.reshape(h, k, w, k, -1).mean((1, 3))
 
 
-def face_crop(image: Tensor, box: Tensor, size: int = CROP_SIZE) -> tuple[Tensor, CropFrame]:
+def _crop_geometry(box, size: int) -> tuple[float, float, float]:
+    """``(origin x, origin y, factor)`` of :func:`crop_frame`, as floats."""
+    left, top, right, _ = (float(v) for v in box)
+    factor = size / (right - left)
+    shift = 0.5 / factor - 0.5
+    return left + shift, top + shift, factor
+
+
+def _crop(photo: np.ndarray, ox: float, oy: float, factor: float, size: int) -> Tensor:
+    """:func:`face_crop` on a numpy photo ``(H, W, C)`` (uint8 or float) of the crop whose pixel (0, 0) sits at
+    photo px (``ox``, ``oy``), ``factor`` crop px per photo px: ``(C, size, size)`` (float32 for uint8)."""
+    (H, W), C = photo.shape[:2], photo.shape[-1]
+    level = _block_level(factor)
+    k = 2 ** level
+    # block j covers photo px j·k … j·k + k − 1, centred at j·k + (k − 1) / 2
+    Ay, y0 = _resample_matrix((oy - (k - 1) / 2) / k, factor * k, size, -(-H // k))
+    Ax, x0 = _resample_matrix((ox - (k - 1) / 2) / k, factor * k, size, -(-W // k))
+    h, w = Ay.shape[1], Ax.shape[1]
+    blocks = _block_means(photo, y0 * k, x0 * k, h, w, level)
+    dtype = np.float32 if photo.dtype == np.uint8 else photo.dtype
+    if photo.dtype == np.uint8:  # 1/255 rides on the weights
+        Ay = Ay / 255
+    # the products in torch: numpy's BLAS keeps its own threads spinning, which starve torch's on few cores
+    region = torch.from_numpy(blocks.reshape(h, w * C).astype(dtype))
+    rows = torch.from_numpy(Ay.astype(dtype)) @ region                                # (S_y, w · C)
+    rows = rows.view(size, w, C).permute(2, 0, 1).contiguous().view(C * size, w)    # (C · S_y, w): transpose the smaller
+    return (rows @ torch.from_numpy(Ax.T.astype(dtype))).view(C, size, size)          # (C, S_y, S_x)
+
+
+def _as_numpy(image) -> np.ndarray:
+    return image.detach().cpu().numpy() if isinstance(image, Tensor) else np.asarray(image)
+
+
+def face_crop(image, box, size: int = CROP_SIZE) -> tuple[Tensor, CropFrame]:
     """The square ``box`` of a photo resampled to ``size`` × ``size``: bilinear when enlarging, antialiased
     when shrinking, black outside the photo.
 
@@ -206,34 +243,22 @@ def face_crop(image: Tensor, box: Tensor, size: int = CROP_SIZE) -> tuple[Tensor
     antialias=True)``), normalised over all integer positions. A photo shrunk by 4× or more is first averaged
     over 2^L × 2^L blocks (:func:`_block_level`; blocks aligned to multiples of 2^L, zeros beyond the photo)
     and the triangle runs on the block centres, its width in blocks. Each axis is then one ``(size, m)``
-    weight matrix over the ``m`` (block) pixels the box reaches: only the box's part of the photo is read.
-    :func:`face_crop_reference` is the slow, explicit form of the same filter.
+    weight matrix over the ``m`` (block) pixels the box reaches: only the box's part of the photo is read
+    (and converted, for uint8). Computed in numpy (a handful of small products, where torch's per-call
+    overhead would dominate; the two products in torch); no gradients. :func:`face_crop_reference` is the slow, explicit form.
 
     Args:
         image: ``(H, W, C)`` float photo, or uint8 (read as ``/ 255``; its block means are rounded to uint8,
-            within ``L · 0.5 / 255`` of the float path); box: ``(4,)`` left, top, right, bottom px (square,
-            pixel edges: :func:`crop_frame`).
+            within ``0.5 / 255`` of the float path), a CPU tensor or numpy array; box: ``(4,)`` left, top,
+            right, bottom px (square, pixel edges: :func:`crop_frame`).
     Returns:
         crop ``(size, size, C)`` in ``image``'s dtype (float32 for uint8), and its :class:`CropFrame` (batch of
         one).
     """
-    frame = crop_frame(box, size)
-    factor, (ox, oy) = float(frame.factor[0]), frame.origin[0].tolist()
-    (H, W), C = image.shape[:2], image.shape[-1]
-    level = _block_level(factor)
-    k = 2 ** level
-    # block j covers photo px j·k … j·k + k − 1, centred at j·k + (k − 1) / 2
-    Ay, y0 = _resample_matrix((oy - (k - 1) / 2) / k, factor * k, size, -(-H // k))
-    Ax, x0 = _resample_matrix((ox - (k - 1) / 2) / k, factor * k, size, -(-W // k))
-    h, w = Ay.shape[1], Ax.shape[1]
-    region = _block_means(image, y0 * k, x0 * k, h, w, level).reshape(h, w * C)
-    dtype = torch.float32 if image.dtype == torch.uint8 else image.dtype
-    if image.dtype == torch.uint8:  # only the box's part is converted; 1/255 rides on the weights
-        region, Ay = region.to(dtype), Ay / 255
-    rows = Ay.to(dtype) @ region                                                      # (S_y, w · C)
-    rows = rows.view(size, w, C).transpose(0, 1).reshape(w, size * C)                # (w, S_y · C)
-    crop = (Ax.to(dtype) @ rows).view(size, size, C).transpose(0, 1)                 # (S_y, S_x, C)
-    return crop, CropFrame(frame.origin.to(dtype), frame.factor.to(dtype))
+    photo = _as_numpy(image)
+    ox, oy, factor = _crop_geometry(box.tolist() if isinstance(box, Tensor) else box, size)
+    crop = _crop(photo, ox, oy, factor, size).permute(1, 2, 0)
+    return crop, CropFrame(torch.tensor([[ox, oy]], dtype=crop.dtype), torch.tensor([factor], dtype=crop.dtype))
 
 
 def face_crop_reference(image: Tensor, box: Tensor, size: int = CROP_SIZE) -> Tensor:
@@ -388,9 +413,11 @@ class SmallTrunk(nn.Module):
         """Eval-mode layers with batch norm folded into the convolutions, ``[(weight, bias, stride)]``:
         ``γ (W x − μ) / √(σ² + ε) + β = W' x + b'``. Cached while no parameter or running statistic changes
         (their version counters and storages key the cache)."""
-        convs, norms = self.body[0::3], self.body[1::3]
-        tensors = [t for m in norms for t in (m.weight, m.bias, m.running_mean, m.running_var)] + [c.weight for c in convs]
-        key = tuple((t._version, t.data_ptr()) for t in tensors)  # data_ptr: .to() / .double() swap the storage
+        layers = list(self.body)  # (slicing the Sequential would build new modules per call)
+        convs, norms = layers[0::3], layers[1::3]
+        # every parameter and buffer, read from the modules' own tables (cheaper than attribute lookups)
+        key = tuple((t._version, t.data_ptr()) for m in layers for table in (m._parameters, m._buffers)
+                    for t in table.values() if t is not None)  # data_ptr: .to() / .double() swap the storage
         if self._folded is None or self._folded[0] != key:
             layers = []
             with torch.no_grad():
@@ -491,36 +518,48 @@ class RingNet(nn.Module):
         crops, frame = network_crops(self, [image], torch.as_tensor(box, dtype=torch.float32)[None])
         with inference(self):
             params = self(crops)
-            return RingNetPrediction(params, self.camera(params), frame)
+            camera = self.camera(params)
+        return RingNetPrediction(*_ordinary(params, camera), frame)
 
 
 def network_crops(net: RingNet, images, boxes: Tensor) -> tuple[Tensor, CropFrame]:
     """The crops ``net`` reads, ``(B, S, S, 3)`` (S = ``net.input_size``), of square ``boxes`` ``(B, 4)`` in B
-    photos ``(H, W, 3)`` (float in [0, 1], or uint8), and their :class:`CropFrame` in the :data:`CROP_SIZE` frame the
-    cameras live in (the same box at any sampling)."""
-    crops, origins, factors = [], [], []
-    for image, box in zip(images, boxes):
-        image = torch.as_tensor(image)
-        crops.append(face_crop(image if image.dtype == torch.uint8 else image.float(), box, net.input_size)[0])
-        frame = crop_frame(box)
-        origins.append(frame.origin)
-        factors.append(frame.factor)
-    return torch.stack(crops), CropFrame(torch.cat(origins).float(), torch.cat(factors).float())
+    photos ``(H, W, 3)`` (float in [0, 1], or uint8; tensors or numpy arrays), and their :class:`CropFrame` in
+    the :data:`CROP_SIZE` frame the cameras live in (the same box at any sampling)."""
+    crops, geometry = [], []
+    for image, box in zip(images, torch.as_tensor(boxes).tolist()):
+        photo = _as_numpy(image)
+        if photo.dtype != np.uint8:
+            photo = photo.astype(np.float32, copy=False)
+        ox, oy, factor = _crop_geometry(box, net.input_size)
+        crops.append(_crop(photo, ox, oy, factor, net.input_size).permute(1, 2, 0))
+        geometry.append(_crop_geometry(box, CROP_SIZE))
+    frame = torch.tensor(geometry, dtype=torch.float32)
+    return (crops[0][None] if len(crops) == 1 else torch.stack(crops)), CropFrame(frame[:, :2], frame[:, 2])
 
 
 @contextmanager
 def inference(net: nn.Module) -> Iterator[None]:
-    """Eval mode without gradients inside the block; a network in training mode is switched back after
-    (one in eval mode is left alone: switching walks every submodule)."""
+    """Eval mode under ``torch.inference_mode`` inside the block (no autograd bookkeeping: a tenth off a
+    single face's pass); a network in training mode is switched back after (one in eval mode is left alone:
+    switching walks every submodule). Tensors made inside are inference tensors: :func:`_ordinary` copies
+    what leaves."""
     was = net.training
     if was:
         net.eval()
     try:
-        with torch.no_grad():
+        with torch.inference_mode():
             yield
     finally:
         if was:
             net.train()
+
+
+def _ordinary(params: dict[str, Tensor], camera: ScaledOrthographic) -> tuple[dict[str, Tensor], ScaledOrthographic]:
+    """Ordinary copies of parameters and a camera made under :func:`inference` (callers may change them in
+    place or use them in autograd)."""
+    return ({k: v.clone() for k, v in params.items()},
+            ScaledOrthographic(camera.scale.clone(), camera.rotation.clone(), camera.translation.clone()))
 
 
 @dataclass(frozen=True)
@@ -689,8 +728,11 @@ def regress_faces(net: RingNet, decoder: RingNetDecoder, images, landmarks: Tens
     with inference(net):
         params = net(crops)
         camera = net.camera(params)
-        lm = decoder.landmarks(params, camera) if decode else None
-    if lm is not None:
+    params, camera = _ordinary(params, camera)
+    lm = None
+    if decode:  # outside inference mode: the decoder's model may build and keep tables that training uses
+        with torch.no_grad():
+            lm = decoder.landmarks(params, camera)
         lm = torch.where(decoder.model.landmark_mask[None, :, None], frame.to_photo(lm),
                          torch.full_like(lm, math.nan))
     shape = params["shape"]

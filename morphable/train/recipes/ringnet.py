@@ -260,11 +260,12 @@ class RingNetRecipe(Recipe):
                        lambda: self._make_synthetic(identities, torch.Generator().manual_seed(seed)))
 
     def _trunk_key(self) -> dict:
-        """Cache-key entries of the trunk and of ``face_crop``'s filter (``resampler`` 3: the separable
-        triangle with block means; caches made with an earlier crop are not reused)."""
+        """Cache-key entries of the trunk and of ``face_crop``'s filter (``resampler`` 4: the separable
+        triangle with block means, a uint8 photo's rounded once; caches made with an earlier crop are not
+        reused)."""
         if self.config.net.trunk == "dlib":
-            return {"resampler": 3}
-        return {"trunk": "small", "size": self.net.input_size, "resampler": 3}
+            return {"resampler": 4}
+        return {"trunk": "small", "size": self.net.input_size, "resampler": 4}
 
     def _jitter(self, n: int, g: torch.Generator) -> Tensor:
         d = self.config.data
