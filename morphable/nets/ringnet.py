@@ -231,6 +231,7 @@ def _crop(photo: np.ndarray, ox: float, oy: float, factor: float, size: int) -> 
 
 
 def _as_numpy(image) -> np.ndarray:
+    """A photo given as a tensor (its CPU copy, shared when already on the CPU) or array, as a numpy array."""
     return image.detach().cpu().numpy() if isinstance(image, Tensor) else np.asarray(image)
 
 
@@ -244,8 +245,9 @@ def face_crop(image, box, size: int = CROP_SIZE) -> tuple[Tensor, CropFrame]:
     over 2^L × 2^L blocks (:func:`_block_level`; blocks aligned to multiples of 2^L, zeros beyond the photo)
     and the triangle runs on the block centres, its width in blocks. Each axis is then one ``(size, m)``
     weight matrix over the ``m`` (block) pixels the box reaches: only the box's part of the photo is read
-    (and converted, for uint8). Computed in numpy (a handful of small products, where torch's per-call
-    overhead would dominate; the two products in torch); no gradients. :func:`face_crop_reference` is the slow, explicit form.
+    (and converted, for uint8). The weights and block means are built in numpy (small arrays, where torch's
+    per-call overhead would dominate), the two products run in torch; no gradients.
+    :func:`face_crop_reference` is the slow, explicit form.
 
     Args:
         image: ``(H, W, C)`` float photo, or uint8 (read as ``/ 255``; its block means are rounded to uint8,
