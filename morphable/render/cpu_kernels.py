@@ -280,8 +280,8 @@ def _pixel(screen, normals, colors, triangles, b, f, px, py, perspective, eps, t
     ``c_i = max(s w_i / d_i, 0)``), the orientation ``s = ±1``, ``Σ c`` and its reciprocal, the unit normal m,
     ``|n|``, ``1 / max(|n|, eps)`` and the albedo ρ. Written branch-free in the screen dtype (``max``, and
     constants made from ``tiny``): float32 stays float32, and no data-dependent branch stalls the loop."""
-    zero = tiny * 0
-    one = zero + 1
+    zero = tiny - tiny  # (an integer literal would make the arithmetic float64: numba types it int64)
+    one = tiny / tiny
     i0, i1, i2 = triangles[f, 0], triangles[f, 1], triangles[f, 2]
     x0, y0, x1, y1, x2, y2 = screen[b, i0, 0], screen[b, i0, 1], screen[b, i1, 0], screen[b, i1, 1], \
         screen[b, i2, 0], screen[b, i2, 1]
@@ -362,7 +362,7 @@ def _sh_shade_backward(screen, normals, colors, K, beta, triangles, batch, face,
     g_screen, g_normals, g_colors = np.zeros_like(screen), np.zeros_like(normals), np.zeros_like(colors)
     psi_all, g_s_all = np.empty((P, 8), screen.dtype), np.empty((P, 3), screen.dtype)
     shared = K.shape[0] == 1
-    zero = tiny * 0
+    zero = tiny - tiny
     for p in range(P):
         b = batch[p]
         bk = 0 if shared else b
@@ -378,9 +378,9 @@ def _sh_shade_backward(screen, normals, colors, K, beta, triangles, batch, face,
         g_s_all[p, 0], g_s_all[p, 1], g_s_all[p, 2] = gs0, gs1, gs2
         q0, q1, q2, q3, q4, q5, q6, q7 = _psi_gradient(K, bk, gs0, gs1, gs2)
         # (∂ψ/∂m)ᵀ g_ψ, then through m = n / max(|n|, eps): (I − m mᵀ) g / |n| (g / eps where clamped)
-        gmx = q0 + my * q3 + mz * q5 + 2 * mx * q7
-        gmy = q1 + mx * q3 + mz * q4 - 2 * my * q7
-        gmz = q2 + my * q4 + mx * q5 + 2 * mz * q6
+        gmx = q0 + my * q3 + mz * q5 + (mx + mx) * q7
+        gmy = q1 + mx * q3 + mz * q4 - (my + my) * q7
+        gmz = q2 + my * q4 + mx * q5 + (mz + mz) * q6
         dot = gmx * mx + gmy * my + gmz * mz if length >= eps else zero
         gnx, gny, gnz = (gmx - mx * dot) * scale, (gmy - my * dot) * scale, (gmz - mz * dot) * scale
         # corners: attribute gradients λ_i g, and g_λ_i = g_n · N_i + g_ρ · ρ_i

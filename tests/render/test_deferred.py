@@ -64,6 +64,25 @@ def test_fused_equals_autograd_reference_values_and_gradients(perspective, compi
 
 
 @pytest.mark.parametrize("perspective", [False, True])
+def test_compiled_float32_shading_is_the_float64_reference_to_float32_rounding(perspective):
+    """The compiled loops run float32 inputs in float32 (a renderer's usual dtype); values and gradients
+    stay within float32 rounding of the float64 reference."""
+    inputs, f, batch, face, centres = _packed_scene(perspective)
+    leaves32 = [t.float().requires_grad_(True) for t in inputs]
+    leaves64 = [t.clone().requires_grad_(True) for t in inputs]
+    out32 = sh_shade_packed(*leaves32, f, batch, face, centres, perspective, compiled=True)
+    ref = sh_shade_packed_reference(*leaves64, f, batch, face, centres, perspective)
+    assert out32.dtype == torch.float32
+    assert (out32.double() - ref).abs().max() <= 1e-5 * ref.abs().max()
+    w = torch.randn(ref.shape, dtype=f64, generator=torch.Generator().manual_seed(4))
+    g32 = torch.autograd.grad((out32 * w.float()).sum(), leaves32)
+    g64 = torch.autograd.grad((ref * w).sum(), leaves64)
+    for a, b in zip(g32, g64):
+        assert a.dtype == torch.float32
+        assert (a.double() - b).abs().max() <= 1e-4 * b.abs().max()
+
+
+@pytest.mark.parametrize("perspective", [False, True])
 @pytest.mark.parametrize("shared_sh", [False, True])
 def test_fused_gradcheck(perspective, shared_sh, compiled):
     inputs, f, batch, face, centres = _packed_scene(perspective)
