@@ -112,7 +112,8 @@ def consistency(net, decoder, model, folder: Path) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=DATA / "Spinkoo-Face-alignement/afw/afw")
-    parser.add_argument("--weights", type=Path, required=True, help="a shipped name (ringnet-ict, ringnet-ict-dlib) or a ringnet-<model>.pt from morphable train ringnet")
+    parser.add_argument("--weights", type=Path, required=True,
+                        help="a shipped name (ringnet-ict, ringnet-ict-dlib) or a ringnet-<model>.pt from morphable train ringnet")
     parser.add_argument("--n", type=int, default=0, help="at most this many faces (0 = all)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--landmarks", choices=("dlib", "file"), default="dlib")
@@ -181,7 +182,8 @@ def main() -> None:
         print(f"  {k:12s} {ms[k]:8.2f} ms ({ms[k] / ms['fit']:.2f} x fit)   NME inner-51 {100 * err[k]:.2f} %")
     print(f"  {'regress+decode':14s} {ms['regress_decode']:6.2f} ms (the network and its 68 landmarks, for the NME)")
     print(f"RESULT n={n} failed={failed} regress_ms={ms['regress']:.2f} fit_ms={ms['fit']:.2f} "
-          f"regress_fit_ms={ms['regress_fit']:.2f} regress_decode_ms={ms['regress_decode']:.2f} regress_nme={err['regress']:.4f} "
+          f"regress_fit_ms={ms['regress_fit']:.2f} regress_decode_ms={ms['regress_decode']:.2f} "
+          f"regress_nme={err['regress']:.4f} "
           f"regress_fit_nme={err['regress_fit']:.4f} fit_nme={err['fit']:.4f}")
 
 

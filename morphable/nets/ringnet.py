@@ -143,11 +143,11 @@ def landmark_box(landmarks: Tensor, scale: float = CROP_SCALE, jitter: Tensor | 
     return box.to(landmarks.device) if isinstance(landmarks, Tensor) else box
 
 
-def crop_frame(box: Tensor, size: int = CROP_SIZE) -> CropFrame:
-    """The :class:`CropFrame` (batch of one, float64) of a ``size`` px crop of the square ``box`` ``(4,)``
-    (left, top, right, bottom px on pixel edges: the crop's pixel centres sit half a crop pixel inside it)."""
-    ox, oy, factor = _crop_geometry(box.tolist(), size)
-    return CropFrame(torch.tensor([[ox, oy]], dtype=torch.float64), torch.tensor([factor], dtype=torch.float64))
+def crop_frame(box, size: int = CROP_SIZE, dtype: torch.dtype = torch.float64) -> CropFrame:
+    """The :class:`CropFrame` (batch of one) of a ``size`` px crop of the square ``box`` ``(4,)`` (left, top,
+    right, bottom px on pixel edges: the crop's pixel centres sit half a crop pixel inside it)."""
+    ox, oy, factor = _crop_geometry(box.tolist() if isinstance(box, Tensor) else box, size)
+    return CropFrame(torch.tensor([[ox, oy]], dtype=dtype), torch.tensor([factor], dtype=dtype))
 
 
 def _resample_matrix(origin: float, factor: float, size: int, n: int) -> tuple[np.ndarray, int]:
@@ -257,10 +257,9 @@ def face_crop(image, box, size: int = CROP_SIZE) -> tuple[Tensor, CropFrame]:
         crop ``(size, size, C)`` in ``image``'s dtype (float32 for uint8), and its :class:`CropFrame` (batch of
         one).
     """
-    photo = _as_numpy(image)
-    ox, oy, factor = _crop_geometry(box.tolist() if isinstance(box, Tensor) else box, size)
-    crop = _crop(photo, ox, oy, factor, size).permute(1, 2, 0)
-    return crop, CropFrame(torch.tensor([[ox, oy]], dtype=crop.dtype), torch.tensor([factor], dtype=crop.dtype))
+    box = box.tolist() if isinstance(box, Tensor) else box
+    crop = _crop(_as_numpy(image), *_crop_geometry(box, size), size).permute(1, 2, 0)
+    return crop, crop_frame(box, size, crop.dtype)
 
 
 def face_crop_reference(image: Tensor, box: Tensor, size: int = CROP_SIZE) -> Tensor:
@@ -518,10 +517,7 @@ class RingNet(nn.Module):
                 raise ValueError("RingNet.predict: give the face's landmarks or its box")
             box = landmark_box(torch.as_tensor(landmarks, dtype=torch.float32)[None])[0]
         crops, frame = network_crops(self, [image], torch.as_tensor(box, dtype=torch.float32)[None])
-        with inference(self):
-            params = self(crops)
-            camera = self.camera(params)
-        return RingNetPrediction(*_ordinary(params, camera), frame)
+        return RingNetPrediction(*_regress_crops(self, crops), frame)
 
 
 def network_crops(net: RingNet, images, boxes: Tensor) -> tuple[Tensor, CropFrame]:
@@ -544,8 +540,8 @@ def network_crops(net: RingNet, images, boxes: Tensor) -> tuple[Tensor, CropFram
 def inference(net: nn.Module) -> Iterator[None]:
     """Eval mode under ``torch.inference_mode`` inside the block (no autograd bookkeeping: a tenth off a
     single face's pass); a network in training mode is switched back after (one in eval mode is left alone:
-    switching walks every submodule). Tensors made inside are inference tensors: :func:`_ordinary` copies
-    what leaves."""
+    switching walks every submodule). Tensors made inside are inference tensors: :func:`_regress_crops`
+    copies what leaves."""
     was = net.training
     if was:
         net.eval()
@@ -557,9 +553,12 @@ def inference(net: nn.Module) -> Iterator[None]:
             net.train()
 
 
-def _ordinary(params: dict[str, Tensor], camera: ScaledOrthographic) -> tuple[dict[str, Tensor], ScaledOrthographic]:
-    """Ordinary copies of parameters and a camera made under :func:`inference` (callers may change them in
-    place or use them in autograd)."""
+def _regress_crops(net: RingNet, crops: Tensor) -> tuple[dict[str, Tensor], ScaledOrthographic]:
+    """The network's parameters and crop-pixel camera for ``crops``, run under :func:`inference` and returned
+    as ordinary tensors (copies: callers may change them in place or use them in autograd)."""
+    with inference(net):
+        params = net(crops)
+        camera = net.camera(params)
     return ({k: v.clone() for k, v in params.items()},
             ScaledOrthographic(camera.scale.clone(), camera.rotation.clone(), camera.translation.clone()))
 
@@ -689,8 +688,8 @@ def load_ringnet(path: str | PathLike, net: DlibFaceNet | None = None) -> RingNe
     def build(data: dict) -> RingNet:
         layout = ParamLayout(tuple((str(n), int(k)) for n, k in data["layout"]))
         return RingNet(str(data["model_name"]), layout, float(data["scale0"]), tuple(data["centre0"]),
-                       trunk=str(data.get("trunk", "dlib")), finetune_blocks=int(data["finetune_blocks"]), hidden=int(data["hidden"]),
-                       iterations=int(data["iterations"]), net=net)
+                       trunk=str(data.get("trunk", "dlib")), finetune_blocks=int(data["finetune_blocks"]),
+                       hidden=int(data["hidden"]), iterations=int(data["iterations"]), net=net)
 
     return load_net(path, FORMAT, VERSION, "RingNet", build)
 
@@ -727,10 +726,7 @@ def regress_faces(net: RingNet, decoder: RingNetDecoder, images, landmarks: Tens
     """
     landmarks = torch.as_tensor(landmarks, dtype=torch.float32)
     crops, frame = network_crops(net, images, landmark_box(landmarks))
-    with inference(net):
-        params = net(crops)
-        camera = net.camera(params)
-    params, camera = _ordinary(params, camera)
+    params, camera = _regress_crops(net, crops)
     lm = None
     if decode:  # outside inference mode: the decoder's model may build and keep tables that training uses
         with torch.no_grad():
