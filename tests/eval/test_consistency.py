@@ -28,7 +28,9 @@ def test_rigid_align_recovers_rotation_and_translation():
     np.testing.assert_allclose(found.rotation, rotation, atol=1e-10)
     np.testing.assert_allclose(found.translation, translation, atol=1e-8)
     d = rigid_distance_matrix(torch.as_tensor(np.stack([a, b])))
-    assert float(d[0, 1]) < 1e-6 and float(d[1, 0]) < 1e-6
+    # the closed form's difference of squares leaves ~sqrt(eps · |A|² / V) ≈ 1e-6 mm for these ~50 mm clouds
+    # (1.08e-6 on an AMD EPYC's MKL): 1e-5 mm is that rounding, five orders below any face difference
+    assert float(d[0, 1]) < 1e-5 and float(d[1, 0]) < 1e-5
 
 
 @pytest.mark.parametrize("scale", [0.9, 1.15])
