@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from morphable.geometry.rotation import axis_angle_to_matrix
+from morphable.geometry.rotation import axis_angle_to_matrix, rotate_points
 
 
 def _check_points(points: Tensor) -> None:
@@ -74,7 +74,7 @@ class ScaledOrthographic:
     def transform(self, points: Tensor) -> Tensor:
         """Rotate model points into the view frame (mm, no scale). ``(B, N, 3) -> (B, N, 3)``."""
         _check_points(points)
-        return points @ self.rotation_matrix.transpose(-1, -2)
+        return rotate_points(points, self.rotation_matrix)
 
     def project_with_depth(self, points: Tensor) -> Tensor:
         """``(B, N, 3)`` model points -> ``(B, N, 3)`` of ``(u, v, depth)``; depth in mm, larger is farther."""
@@ -140,7 +140,7 @@ class Perspective:
     def transform(self, points: Tensor) -> Tensor:
         """Model points to camera coordinates (mm). ``(B, N, 3) -> (B, N, 3)``."""
         _check_points(points)
-        return points @ self.rotation_matrix.transpose(-1, -2) + self.translation[:, None, :]
+        return rotate_points(points, self.rotation_matrix) + self.translation[:, None, :]
 
     def project_with_depth(self, points: Tensor) -> Tensor:
         """``(B, N, 3)`` -> ``(B, N, 3)`` of ``(u, v, depth)``, depth = −z_c in mm (positive in front).

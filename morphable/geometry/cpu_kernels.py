@@ -95,3 +95,54 @@ def vertex_normals_backward_cpu(vertices: Tensor, triangles: Tensor, out: Tensor
     """Vertex gradient ``(B, V, 3)`` of the normals of :func:`vertex_normals_cpu` given ``grad`` ``(B, V, 3)``."""
     return torch.from_numpy(_normals_backward(vertices.detach().contiguous().numpy(), triangles.contiguous().numpy(),
                                               out.numpy(), norm.numpy(), grad.contiguous().numpy(), eps))
+
+
+@numba.njit(cache=True, error_model="numpy")
+def _rotate_forward(points, R):  # pragma: no cover - compiled
+    """``out[b, n] = R[b] @ points[b, n]``: ``(B, N, 3), (B, 3, 3) -> (B, N, 3)``, in the input dtype."""
+    out = np.empty_like(points)
+    for b in range(points.shape[0]):
+        r00, r01, r02 = R[b, 0, 0], R[b, 0, 1], R[b, 0, 2]
+        r10, r11, r12 = R[b, 1, 0], R[b, 1, 1], R[b, 1, 2]
+        r20, r21, r22 = R[b, 2, 0], R[b, 2, 1], R[b, 2, 2]
+        for n in range(points.shape[1]):
+            x, y, z = points[b, n, 0], points[b, n, 1], points[b, n, 2]
+            out[b, n, 0] = r00 * x + r01 * y + r02 * z
+            out[b, n, 1] = r10 * x + r11 * y + r12 * z
+            out[b, n, 2] = r20 * x + r21 * y + r22 * z
+    return out
+
+
+@numba.njit(cache=True, error_model="numpy")
+def _rotate_backward(points, R, grad, need_points, need_R):  # pragma: no cover - compiled
+    """Gradients of ``Σ grad · _rotate_forward(points, R)``: ``∂/∂points = Rᵀ g`` per point ``(B, N, 3)`` and
+    ``∂/∂R = Σ_n g_n p_nᵀ`` ``(B, 3, 3)`` (summed in float64, then cast); each only when asked (else empty)."""
+    B, N = points.shape[0], points.shape[1]
+    g_points = np.empty_like(points) if need_points else np.empty((0, 0, 3), points.dtype)
+    g_R = np.zeros((B, 3, 3), R.dtype)
+    for b in range(B):
+        r00, r01, r02 = R[b, 0, 0], R[b, 0, 1], R[b, 0, 2]
+        r10, r11, r12 = R[b, 1, 0], R[b, 1, 1], R[b, 1, 2]
+        r20, r21, r22 = R[b, 2, 0], R[b, 2, 1], R[b, 2, 2]
+        s00 = s01 = s02 = s10 = s11 = s12 = s20 = s21 = s22 = 0.0
+        for n in range(N):
+            g0, g1, g2 = grad[b, n, 0], grad[b, n, 1], grad[b, n, 2]
+            if need_points:
+                g_points[b, n, 0] = r00 * g0 + r10 * g1 + r20 * g2
+                g_points[b, n, 1] = r01 * g0 + r11 * g1 + r21 * g2
+                g_points[b, n, 2] = r02 * g0 + r12 * g1 + r22 * g2
+            if need_R:
+                x, y, z = np.float64(points[b, n, 0]), np.float64(points[b, n, 1]), np.float64(points[b, n, 2])
+                s00 += g0 * x
+                s01 += g0 * y
+                s02 += g0 * z
+                s10 += g1 * x
+                s11 += g1 * y
+                s12 += g1 * z
+                s20 += g2 * x
+                s21 += g2 * y
+                s22 += g2 * z
+        g_R[b, 0, 0], g_R[b, 0, 1], g_R[b, 0, 2] = s00, s01, s02
+        g_R[b, 1, 0], g_R[b, 1, 1], g_R[b, 1, 2] = s10, s11, s12
+        g_R[b, 2, 0], g_R[b, 2, 1], g_R[b, 2, 2] = s20, s21, s22
+    return g_points, g_R
