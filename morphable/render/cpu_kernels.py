@@ -19,9 +19,14 @@ neither fuses multiply–adds nor reorders sums, so the results match the tensor
 exactly. Division is IEEE (``error_model="numpy"``: no exception on a zero divisor). The shading kernels may
 reassociate (``fastmath`` without the no-NaN/no-infinity flags).
 
-All kernels run on one thread (numba's parallel layers measured slower here: ``docs/performance.md``). They
-are compiled on first use (a few seconds) and cached on disk beside this file when it is writable (numba's
-``cache=True``).
+Threads: the rasteriser and the shading kernels each have a parallel twin (``*_parallel``, numba
+``parallel=True``) that splits the loop into ``n`` chunks (the rasteriser: triangles dealt round-robin, one
+z-buffer each, merged by the serial rule's order; the shading: pixel ranges, with per-range gradient buffers
+summed after). :func:`~morphable.geometry.kernel_threads.kernel_threads` picks ``n`` from torch's thread count;
+``n = 1`` runs the serial kernel. The parallel rasteriser and shading forward give the serial kernels' results
+bit for bit, the parallel shading backward up to the order of its sums (tested). The silhouette search runs on
+one thread. Kernels are compiled on first use (a few seconds; the parallel ones longer) and cached on disk beside
+this file when it is writable (numba's ``cache=True``).
 """
 from __future__ import annotations
 
@@ -29,6 +34,8 @@ import numba
 import numpy as np
 import torch
 from torch import Tensor
+
+from morphable.geometry.kernel_threads import kernel_threads, launched, work_arrays
 
 @numba.njit(cache=True, error_model="numpy")
 def _sortable_key(depth) -> np.int64:  # pragma: no cover - compiled
@@ -63,10 +70,11 @@ def _all_finite(screen) -> bool:  # pragma: no cover - compiled
 
 
 @numba.njit(cache=True, error_model="numpy")
-def _raster_image(screen, corners, parity, H, W, cull, perspective, near, zdepth, zid,
-                  facing):  # pragma: no cover - compiled
-    """z-buffer one mesh ``screen`` ``(V, 3)`` into ``zdepth`` (float32) and ``zid`` (int32 triangle id, −1
-    empty), both ``(H·W,)``, and write every triangle's orientation into ``facing`` ``(F,)``.
+def _raster_image(screen, corners, parity, H, W, cull, perspective, near, zdepth, zid, facing, first,
+                  step):  # pragma: no cover - compiled
+    """z-buffer the triangles ``first, first + step, …`` of one mesh ``screen`` ``(V, 3)`` into ``zdepth``
+    (float32) and ``zid`` (int32 triangle id, −1 empty), both ``(H·W,)``, and write their orientations into
+    ``facing`` ``(F,)``.
 
     Per triangle, as rasterize._setup/_items/_scan: corners in canonical id order A < B < C, orientation and
     culling, the pixel box, the edge vectors times the sign of their barycentric scale (watertight), and the
@@ -75,7 +83,7 @@ def _raster_image(screen, corners, parity, H, W, cull, perspective, near, zdepth
     dt = screen.dtype.type
     zero, one, nr = dt(0.0), dt(1.0), dt(near)
     finite = _all_finite(screen)
-    for f in range(F):
+    for f in range(first, F, step):
         ia, ib, ic = corners[0, f], corners[1, f], corners[2, f]
         xa, ya, da = screen[ia, 0], screen[ia, 1], screen[ia, 2]
         xb, yb, db = screen[ib, 0], screen[ib, 1], screen[ib, 2]
@@ -157,7 +165,40 @@ def _rasterize(screen, corners, parity, H, W, cull, perspective, near):  # pragm
     facing = np.empty((B, corners.shape[1]), np.int8)
     zdepth = np.empty(H * W, np.float32)
     for b in range(B):
-        _raster_image(screen[b], corners, parity, H, W, cull, perspective, near, zdepth, ids[b], facing[b])
+        _raster_image(screen[b], corners, parity, H, W, cull, perspective, near, zdepth, ids[b], facing[b], 0, 1)
+    return ids, facing
+
+
+@numba.njit(cache=True, error_model="numpy", parallel=True)
+def _rasterize_parallel(screen, corners, parity, H, W, cull, perspective, near, work_depth,
+                        work_ids):  # pragma: no cover - compiled
+    """:func:`_rasterize` with each image's triangles dealt to ``n`` parallel threads (triangle ``f`` to thread
+    ``f mod n``), each with its own z-buffer, merged afterwards by the serial rule's order: the smaller depth key,
+    then the smaller triangle id. The same ids and orientations as the serial kernel. Work buffers from the
+    caller (contents arbitrary): depths ``(n, H·W)`` float32, ids ``(n − 1, H·W)`` int32."""
+    B, F = screen.shape[0], corners.shape[1]
+    n = work_depth.shape[0]
+    ids = np.full((B, H * W), np.int32(-1))
+    facing = np.empty((B, F), np.int8)
+    for b in range(B):
+        for c in numba.prange(n):
+            if c == 0:
+                zid = ids[b]
+            else:
+                zid = work_ids[c - 1]
+                zid[:] = -1
+            _raster_image(screen[b], corners, parity, H, W, cull, perspective, near, work_depth[c], zid, facing[b],
+                          c, n)
+        out = ids[b]
+        for p in numba.prange(H * W):
+            best, depth = out[p], work_depth[0, p]
+            for c in range(1, n):
+                f = work_ids[c - 1, p]
+                if f >= 0:
+                    d = work_depth[c, p]
+                    if best < 0 or _nearer(d, depth) or (not _nearer(depth, d) and f < best):
+                        best, depth = f, d
+            out[p] = best
     return ids, facing
 
 
@@ -178,7 +219,13 @@ def rasterize_ids_facing_cpu(screen: Tensor, corners: tuple[list[Tensor], Tensor
     rows, parity = corners
     c = np.stack([r.numpy() for r in rows])  # (3, F) int32
     p = parity.numpy().astype(s.dtype)
-    ids, facing = _rasterize(s, c, p, H, W, cull_backfaces, perspective, s.dtype.type(near))
+    n = kernel_threads(c.shape[1])
+    if n == 1:
+        ids, facing = _rasterize(s, c, p, H, W, cull_backfaces, perspective, s.dtype.type(near))
+    else:
+        work = work_arrays("raster", (((n, H * W), np.float32), ((n - 1, H * W), np.int32)))
+        ids, facing = _rasterize_parallel(s, c, p, H, W, cull_backfaces, perspective, s.dtype.type(near), *work)
+        launched()
     return torch.from_numpy(ids).view(B, H, W).long(), torch.from_numpy(facing).view(-1)
 
 
@@ -333,37 +380,55 @@ def _psi_gradient(K, bk, gs0, gs1, gs2):  # pragma: no cover - compiled
             K[bk, 7, 0] * gs0 + K[bk, 7, 1] * gs1 + K[bk, 7, 2] * gs2)
 
 
-@numba.njit(cache=True, error_model="numpy", fastmath=_FAST)
-def _sh_shade_forward(screen, normals, colors, K, beta, triangles, batch, face, centres, perspective,
-                      eps, tiny):  # pragma: no cover - compiled
-    """Packed SH-shaded colours ``(P, 3)`` (render.deferred: barycentrics, interpolation, Lᵀφ(m) = Kᵀψ(m) + β
-    with ψ = (m_x, m_y, m_z, m_x m_y, m_y m_z, m_x m_z, m_z², m_x² − m_y²))."""
-    P = face.shape[0]
-    out = np.empty((P, 3), screen.dtype)
+@numba.njit(cache=True, error_model="numpy", fastmath=_FAST, inline="always")
+def _shade_pixels(screen, normals, colors, K, beta, triangles, batch, face, centres, perspective, eps, tiny, lo, hi,
+                  out):  # pragma: no cover - compiled
+    """Packed SH-shaded colours of pixels ``lo:hi`` into ``out`` ``(P, 3)`` (render.deferred: barycentrics,
+    interpolation, Lᵀφ(m) = Kᵀψ(m) + β with ψ = (m_x, m_y, m_z, m_x m_y, m_y m_z, m_x m_z, m_z², m_x² − m_y²))."""
     shared = K.shape[0] == 1
-    for p in range(P):
+    for p in range(lo, hi):
         b = batch[p]
         _, _, _, _, _, _, _, _, _, mx, my, mz, _, _, r0, r1, r2 = _pixel(
             screen, normals, colors, triangles, b, face[p], centres[p, 0], centres[p, 1], perspective, eps, tiny)
         s0, s1, s2, _, _, _, _, _ = _shading(K, beta, 0 if shared else b, mx, my, mz)
         out[p, 0], out[p, 1], out[p, 2] = r0 * s0, r1 * s1, r2 * s2
+
+
+@numba.njit(cache=True, error_model="numpy", fastmath=_FAST)
+def _sh_shade_forward(screen, normals, colors, K, beta, triangles, batch, face, centres, perspective,
+                      eps, tiny):  # pragma: no cover - compiled
+    """Packed SH-shaded colours ``(P, 3)`` of every pixel (:func:`_shade_pixels`), on one thread."""
+    out = np.empty((face.shape[0], 3), screen.dtype)
+    _shade_pixels(screen, normals, colors, K, beta, triangles, batch, face, centres, perspective, eps, tiny, 0,
+                  face.shape[0], out)
+    return out
+
+
+@numba.njit(cache=True, error_model="numpy", fastmath=_FAST, parallel=True)
+def _sh_shade_forward_parallel(screen, normals, colors, K, beta, triangles, batch, face, centres, perspective,
+                               eps, tiny, chunks):  # pragma: no cover - compiled
+    """:func:`_sh_shade_forward` as ``chunks`` ranges of pixels on parallel threads (the same values: each pixel
+    is computed alone)."""
+    P = face.shape[0]
+    out = np.empty((P, 3), screen.dtype)
+    for c in numba.prange(chunks):
+        _shade_pixels(screen, normals, colors, K, beta, triangles, batch, face, centres, perspective, eps, tiny,
+                      c * P // chunks, (c + 1) * P // chunks, out)
     return out
 
 
 @numba.njit(cache=True, error_model="numpy", fastmath=_FAST)
-def _sh_shade_backward(screen, normals, colors, K, beta, triangles, batch, face, centres, perspective, eps,
-                       tiny, grad):  # pragma: no cover - compiled
-    """Gradients of ``Σ grad · colour`` for :func:`_sh_shade_forward`: ``(screen, normals, colors)`` with the
-    inputs' shapes, and per pixel ``ψ`` ``(P, 8)`` and ``∂/∂s`` ``(P, 3)`` (``∂/∂K = Σ_p ψ ⊗ ∂/∂s`` and
-    ``∂/∂β = Σ_p ∂/∂s`` are sums over each image's pixels, left to a matrix product). Each pixel's forward
-    quantities are recomputed instead of stored; every loop is unrolled into scalars (no per-pixel array
-    views or branches)."""
-    P = face.shape[0]
-    g_screen, g_normals, g_colors = np.zeros_like(screen), np.zeros_like(normals), np.zeros_like(colors)
-    psi_all, g_s_all = np.empty((P, 8), screen.dtype), np.empty((P, 3), screen.dtype)
+def _sh_shade_backward_into(screen, normals, colors, K, beta, triangles, batch, face, centres, perspective, eps,
+                            tiny, grad, lo, hi, g_screen, g_normals, g_colors, psi_all,
+                            g_s_all):  # pragma: no cover - compiled
+    """Gradients of ``Σ grad · colour`` for :func:`_sh_shade_forward` from the pixels ``lo:hi``, accumulated into
+    ``(g_screen, g_normals, g_colors)`` (the inputs' shapes), with each pixel's ``ψ`` and ``∂/∂s`` written to its
+    rows of ``psi_all`` ``(P, 8)`` and ``g_s_all`` ``(P, 3)`` (``∂/∂K = Σ_p ψ ⊗ ∂/∂s`` and ``∂/∂β = Σ_p ∂/∂s`` are
+    sums over each image's pixels, left to a matrix product). Each pixel's forward quantities are recomputed
+    instead of stored; every loop is unrolled into scalars (no per-pixel array views or branches)."""
     shared = K.shape[0] == 1
     zero = tiny - tiny
-    for p in range(P):
+    for p in range(lo, hi):
         b = batch[p]
         bk = 0 if shared else b
         px, py = centres[p, 0], centres[p, 1]
@@ -421,4 +486,54 @@ def _sh_shade_backward(screen, normals, colors, K, beta, triangles, batch, face,
         g_screen[b, i1, 1] += gw0 * dx2 - gw2 * dx0
         g_screen[b, i2, 0] += gw0 * dy1 - gw1 * dy0
         g_screen[b, i2, 1] += gw1 * dx0 - gw0 * dx1
+
+@numba.njit(cache=True, error_model="numpy", fastmath=_FAST)
+def _sh_shade_backward(screen, normals, colors, K, beta, triangles, batch, face, centres, perspective, eps, tiny,
+                       grad):  # pragma: no cover - compiled
+    """:func:`_sh_shade_backward_into` of every pixel on one thread, into new arrays:
+    ``-> (g_screen, g_normals, g_colors, ψ (P, 8), ∂/∂s (P, 3))``."""
+    P = face.shape[0]
+    g_screen, g_normals, g_colors = np.zeros_like(screen), np.zeros_like(normals), np.zeros_like(colors)
+    psi_all, g_s_all = np.empty((P, 8), screen.dtype), np.empty((P, 3), screen.dtype)
+    _sh_shade_backward_into(screen, normals, colors, K, beta, triangles, batch, face, centres, perspective, eps, tiny,
+                            grad, 0, P, g_screen, g_normals, g_colors, psi_all, g_s_all)
+    return g_screen, g_normals, g_colors, psi_all, g_s_all
+
+
+@numba.njit(cache=True, error_model="numpy", inline="always")
+def _add_flat(dst, src):  # pragma: no cover - compiled
+    """``dst += src`` for C-contiguous arrays of one shape, as a flat loop."""
+    d, s = dst.ravel(), src.ravel()
+    for i in range(d.shape[0]):
+        d[i] += s[i]
+
+
+@numba.njit(cache=True, error_model="numpy", fastmath=_FAST, parallel=True)
+def _sh_shade_backward_parallel(screen, normals, colors, K, beta, triangles, batch, face, centres, perspective, eps,
+                                tiny, grad, work_screen, work_normals, work_colors):  # pragma: no cover - compiled
+    """:func:`_sh_shade_backward` as ``n`` pixel ranges on parallel threads. The first range accumulates into the
+    new result arrays, range ``c ≥ 1`` into the caller's work arrays ``work_*[c − 1]`` (``(n − 1, *input
+    shape)``, any content), summed into the result afterwards in range order: the sums differ from the serial
+    kernel's by rounding. Reusing the caller's buffers matters: arrays allocated by a worker thread come from
+    its own malloc arena, which returns them to the system, and their page faults cost more than the split
+    gains."""
+    P = face.shape[0]
+    n = work_screen.shape[0] + 1
+    g_screen, g_normals, g_colors = np.zeros_like(screen), np.zeros_like(normals), np.zeros_like(colors)
+    psi_all, g_s_all = np.empty((P, 8), screen.dtype), np.empty((P, 3), screen.dtype)
+    for c in numba.prange(n):
+        if c == 0:
+            a_screen, a_normals, a_colors = g_screen, g_normals, g_colors
+        else:
+            a_screen, a_normals, a_colors = work_screen[c - 1], work_normals[c - 1], work_colors[c - 1]
+            a_screen[:] = 0
+            a_normals[:] = 0
+            a_colors[:] = 0
+        _sh_shade_backward_into(screen, normals, colors, K, beta, triangles, batch, face, centres, perspective, eps,
+                                tiny, grad, c * P // n, (c + 1) * P // n, a_screen, a_normals, a_colors, psi_all,
+                                g_s_all)
+    for c in range(n - 1):
+        _add_flat(g_screen, work_screen[c])
+        _add_flat(g_normals, work_normals[c])
+        _add_flat(g_colors, work_colors[c])
     return g_screen, g_normals, g_colors, psi_all, g_s_all

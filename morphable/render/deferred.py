@@ -21,6 +21,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from morphable.geometry.kernel_threads import kernel_threads, launched, work_arrays
 from morphable.render.rasterize import barycentric_at
 from morphable.render.shading import _C0, _C1, _C2, _C3, _C4, _K0, _K1, _K2, sh_basis
 
@@ -78,7 +79,7 @@ class _ShadePackedCompiled(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, screen, normals, colors, sh, triangles, batch, face, centres, perspective):  # type: ignore[override]
-        from morphable.render.cpu_kernels import _sh_shade_forward  # numba: imported on first render
+        from morphable.render.cpu_kernels import _sh_shade_forward, _sh_shade_forward_parallel  # numba: on first use
 
         dtype = screen.dtype
         K, beta = _quadratic(sh.detach().to(dtype))
@@ -90,16 +91,29 @@ class _ShadePackedCompiled(torch.autograd.Function):
         ctx.dtypes, ctx.sh_batch = (dtype, normals.dtype, colors.dtype, sh.dtype), sh.shape[0]
         # typed scalars: float32 arithmetic stays float32
         ctx.eps_tiny = arrays[0].dtype.type(_EPS), arrays[0].dtype.type(torch.finfo(dtype).tiny)
-        return torch.from_numpy(_sh_shade_forward(*arrays, *ctx.KB, *ids, perspective, *ctx.eps_tiny))
+        chunks = kernel_threads(face.shape[0])
+        if chunks == 1:
+            return torch.from_numpy(_sh_shade_forward(*arrays, *ctx.KB, *ids, perspective, *ctx.eps_tiny))
+        out = _sh_shade_forward_parallel(*arrays, *ctx.KB, *ids, perspective, *ctx.eps_tiny, chunks)
+        launched()
+        return torch.from_numpy(out)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad):  # type: ignore[override]
-        from morphable.render.cpu_kernels import _sh_shade_backward
+        from morphable.render.cpu_kernels import _sh_shade_backward, _sh_shade_backward_parallel
 
         g = grad.to(ctx.dtypes[0]).contiguous().numpy()
-        g_screen, g_normals, g_colors, psi, g_s = (torch.from_numpy(t) for t in _sh_shade_backward(
-            *ctx.arrays, *ctx.KB, *ctx.ids, ctx.perspective, *ctx.eps_tiny, g))
+        P = g.shape[0]
+        chunks = kernel_threads(P)
+        args = (*ctx.arrays, *ctx.KB, *ctx.ids, ctx.perspective, *ctx.eps_tiny, g)
+        if chunks == 1:
+            out = _sh_shade_backward(*args)
+        else:
+            out = _sh_shade_backward_parallel(*args, *work_arrays(
+                "shade", tuple(((chunks - 1, *a.shape), a.dtype) for a in ctx.arrays)))
+            launched()
+        g_screen, g_normals, g_colors, psi, g_s = (torch.from_numpy(t) for t in out)
         g_sh = None
         if ctx.needs_input_grad[3]:  # ∂/∂K = Σ_p ψ ⊗ ∂/∂s, ∂/∂β = Σ_p ∂/∂s, per image of the light
             if ctx.KB[0].shape[0] == 1:

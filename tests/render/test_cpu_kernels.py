@@ -1,8 +1,13 @@
 """The compiled CPU kernels compute exactly what the tensor searches compute (bit for bit: same ids, same
 orientations, same silhouette), on scenes built to hit every rule: overlapping triangles at equal depth,
-depths of ±0, triangles behind the camera, non-finite vertices, culling on and off, both dtypes, batches."""
+depths of ±0, triangles behind the camera, non-finite vertices, culling on and off, both dtypes, batches; the
+rasteriser both serially and split over parallel chunks. A whole render at two threads equals one at one thread,
+and a forked child renders after its parent ran the parallel kernels."""
 import math
+import multiprocessing
+import os
 
+import numba
 import pytest
 import torch
 
@@ -28,10 +33,22 @@ def _soup(seed: int, dtype, perspective: bool, count: int = 60, size: int = 32) 
     return screen, tris
 
 
+@pytest.fixture(params=[1, 3], ids=["serial", "3-chunks"])
+def chunks(request, monkeypatch):
+    """The compiled kernels serially, or split into 3 parallel chunks whatever this machine's core count (numba runs
+    the chunks on the threads it has): the split's merge, not the machine, is under test."""
+    import morphable.render.cpu_kernels as ck
+    import morphable.render.deferred as deferred
+
+    for module in (ck, deferred):
+        monkeypatch.setattr(module, "kernel_threads", lambda items: request.param)
+    return request.param
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("perspective", [False, True])
 @pytest.mark.parametrize("cull", [False, True])
-def test_compiled_rasteriser_equals_the_tensor_search(dtype, perspective, cull):
+def test_compiled_rasteriser_equals_the_tensor_search(dtype, perspective, cull, chunks):
     for seed in range(4):
         screen, tris = _soup(seed, dtype, perspective)
         if seed == 3:
@@ -45,8 +62,9 @@ def test_compiled_rasteriser_equals_the_tensor_search(dtype, perspective, cull):
         assert (ids >= 0).sum() > 100  # the scene covers the image
 
 
-def test_compiled_rasteriser_breaks_exact_ties_like_the_z_buffer_keys():
-    """Coplanar copies of one triangle: the lowest id wins ties; depth −0.0 beats +0.0 (the keys' order)."""
+def test_compiled_rasteriser_breaks_exact_ties_like_the_z_buffer_keys(chunks):
+    """Coplanar copies of one triangle: the lowest id wins ties; depth −0.0 beats +0.0 (the keys' order). Split
+    into 3 chunks, each copy is z-buffered by another thread and the merge must apply the same rule."""
     pts = torch.tensor([[1.0, 1.0], [9.0, 1.0], [1.0, 9.0]])
     screen = torch.cat([torch.cat([pts, torch.full((3, 1), z)], 1) for z in (0.0, 0.0, -0.0)])[None]
     tris = torch.tensor([[0, 2, 1], [3, 5, 4], [6, 8, 7]])
@@ -92,3 +110,83 @@ def test_compiled_silhouette_search_equals_the_tensor_search(ict_mesh, perspecti
         assert torch.equal(own.alpha, ref.alpha) and torch.equal(own.extended_id, ref.extended_id)
         soft = (fast.alpha > 0) & (fast.alpha < 1)
         assert soft.sum() > 0.5 * int(_boundary(ids >= 0).sum()) and (fast.extended_id >= 0).sum() > 10
+
+
+def _sphere_render(threads: int, requires_grad: bool = True):
+    """A 96² SH render of a 5 120-triangle ellipsoid (over the parallel kernels' 4 096-item threshold) at ``threads``
+    torch threads: image and the gradients of a weighted sum for vertices, colours and light."""
+    from morphable.geometry.camera import ScaledOrthographic
+    from morphable.render import Renderer, sh_directional
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        v, f = icosphere(4, radius=40.0, dtype=torch.float32)
+        v = (v * torch.tensor([1.0, 1.2, 0.9]))[None].requires_grad_(requires_grad)
+        colors = (0.5 + 0.4 * torch.sin(v.detach() / 7)).requires_grad_(requires_grad)
+        sh = sh_directional(torch.tensor([[0.3, 0.5, 1.0]]), torch.full((1, 3), 2.0), ambient=0.3)
+        sh = sh.requires_grad_(requires_grad)
+        cam = ScaledOrthographic(torch.tensor([0.9]), torch.tensor([[0.2, -0.3, 0.1]]), torch.tensor([[47.5, 47.0]]))
+        out = Renderer(f, (96, 96))(v, cam, colors=colors, sh=sh)
+        if not requires_grad:
+            return out.image.detach(), ()
+        w = torch.linspace(0.0, 1.0, out.image.numel()).view(out.image.shape)
+        return out.image.detach(), torch.autograd.grad((out.image * w).sum(), (v, colors, sh))
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_a_render_at_two_threads_equals_the_one_thread_render(monkeypatch):
+    """At two torch threads the rasteriser and the shading run their parallel kernels: the same image (each pixel
+    is computed alone, the z-buffer merge keeps the serial order) and the same gradients up to the order of the
+    per-chunk sums."""
+    if numba.config.NUMBA_NUM_THREADS < 2:
+        pytest.skip("numba has one thread here (NUMBA_NUM_THREADS=1): no parallel kernel to compare")
+    import morphable.render.cpu_kernels as ck
+
+    used = []
+    for name in ("_rasterize_parallel", "_sh_shade_forward_parallel", "_sh_shade_backward_parallel"):
+        kernel = getattr(ck, name)
+        monkeypatch.setattr(ck, name, lambda *a, _k=kernel, _n=name: used.append(_n) or _k(*a))
+    one_image, one_grads = _sphere_render(1)
+    assert used == []
+    two_image, two_grads = _sphere_render(2)
+    assert sorted(set(used)) == ["_rasterize_parallel", "_sh_shade_backward_parallel", "_sh_shade_forward_parallel"]
+    assert (one_image.sum(-1) > 0).sum() > 4096  # enough packed pixels for the parallel shading
+    assert torch.equal(two_image, one_image)
+    for a, b in zip(two_grads, one_grads):
+        assert a.abs().max() > 0
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5 * float(b.abs().max()))
+
+
+def _render_in_child(queue) -> None:
+    from morphable.geometry.kernel_threads import kernel_threads
+
+    torch.set_num_threads(2)  # no torch operation runs at this count: the parent's OpenMP pool is gone in the child
+    threads = kernel_threads(10**6)  # the rule's answer for a forked child, were torch allowed two threads
+    torch.set_num_threads(1)  # as torch's DataLoader workers do
+    image, _ = _sphere_render(1, requires_grad=False)
+    queue.put((threads, image.numpy()))
+
+
+def test_a_forked_child_renders_after_the_parent_ran_the_parallel_kernels():
+    """GNU OpenMP is not fork-safe: numba's OpenMP layer terminates a forked child that launches a parallel kernel
+    after its parent did. The kernels' thread rule keeps such a child on the serial kernels: it renders, and gets
+    the parent's image."""
+    from morphable.geometry import kernel_threads
+
+    parent, _ = _sphere_render(2, requires_grad=False)
+    if kernel_threads._launch_pid != os.getpid():
+        pytest.skip("the parent ran no parallel kernel here (one numba thread): nothing to guard")
+    ctx = multiprocessing.get_context("fork")
+    queue = ctx.Queue()
+    child = ctx.Process(target=_render_in_child, args=(queue,))
+    child.start()
+    try:
+        threads, image = queue.get(timeout=120)
+    finally:
+        child.join(30)
+        if child.is_alive():
+            child.kill()
+    assert child.exitcode == 0 and threads == 1
+    assert torch.equal(torch.from_numpy(image), parent)
