@@ -247,10 +247,11 @@ def test_axis_angle_closed_form_gradient_equals_autograd_of_the_formula(scale):
     assert axis_angle_to_matrix(r.detach().float()).dtype == torch.float32
 
 
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_rotate_points_compiled_path_equals_the_matrix_product(dtype):
-    """Above 4 096 points on CPU the rotation runs as compiled loops: values and both gradients against
-    ``points @ Rᵀ`` under autograd (which it replaces), and the gradient of R alone or of the points alone."""
+def test_rotate_points_equals_the_matrix_product_with_its_gradients(dtype):
+    """``(R Xᵀ)ᵀ`` against ``X Rᵀ`` under autograd: values, and the gradients of R (through the axis-angle) and
+    of the points."""
     from morphable.geometry.rotation import rotate_points
 
     g = torch.Generator().manual_seed(4)
@@ -259,23 +260,11 @@ def test_rotate_points_compiled_path_equals_the_matrix_product(dtype):
     w = torch.randn(2, 5000, 3, generator=g, dtype=D).to(dtype)
     R = axis_angle_to_matrix(r)
     out = rotate_points(p, R)
-    assert type(out.grad_fn).__name__ == "_RotatePointsCPUBackward"
     ref = p @ R.transpose(-1, -2)
+    assert out.shape == ref.shape
     tol = dict(rtol=1e-5, atol=1e-3) if dtype == torch.float32 else dict(rtol=1e-12, atol=1e-10)
     torch.testing.assert_close(out, ref, **tol)
     got = torch.autograd.grad((out * w).sum(), (p, r))
     want = torch.autograd.grad((ref * w).sum(), (p, r))
     for a, b in zip(got, want):
         torch.testing.assert_close(a, b, rtol=1e-4 if dtype == torch.float32 else 1e-10, atol=0)
-    (g_r,) = torch.autograd.grad((rotate_points(p.detach(), axis_angle_to_matrix(r)) * w).sum(), (r,))
-    torch.testing.assert_close(g_r, want[1], rtol=1e-4 if dtype == torch.float32 else 1e-10, atol=0)
-    (g_p,) = torch.autograd.grad((rotate_points(p, R.detach()) * w).sum(), (p,))
-    torch.testing.assert_close(g_p, want[0], rtol=1e-4 if dtype == torch.float32 else 1e-10, atol=0)
-
-
-def test_rotate_points_gradcheck():
-    from morphable.geometry.rotation import rotate_points
-
-    p = torch.randn(1, 4096, 3, dtype=D, requires_grad=True)
-    R = torch.randn(1, 3, 3, dtype=D, requires_grad=True)  # any matrix: the kernel is linear in each argument
-    assert torch.autograd.gradcheck(rotate_points, (p, R), fast_mode=True)
