@@ -279,13 +279,17 @@ def test_shipped_ringnet_places_held_out_afw_faces_better_than_its_zero_output(i
 
 
 def test_small_trunk_folded_cache_follows_a_dtype_change():
+    """After ``.double()`` the folded layers are rebuilt in float64: the output is the float64 batch-norm
+    network's to float64 rounding (a stale float32 cache would either raise or round to float32)."""
     trunk = SmallTrunk().eval()
     crops = torch.rand(1, SMALL_SIZE, SMALL_SIZE, 3, generator=torch.Generator().manual_seed(9))
     with torch.no_grad():
         trunk(crops)  # fills the cache in float32
         trunk.double()
         out = trunk(crops.double())
+        reference = trunk.body((crops.double().permute(0, 3, 1, 2) - 0.5) / 0.25).flatten(1)
     assert out.dtype == torch.float64
+    torch.testing.assert_close(out, reference, rtol=1e-10, atol=1e-10)
 
 
 def test_regress_faces_gives_ordinary_tensors_and_the_network_still_trains(ict):
