@@ -22,8 +22,16 @@ trunk, the frozen trunk's features are kept: a cache keyed by the settings that 
 dlib trunk costs one head and one transformer pass per face and step. No θ label is used in training (the
 true θ of held-out groups only scores validation).
 
+Real photos (``data.real``: comma-separated folders from ``morphable data prepare``; the paper trains on
+300W-LP / UMDFaces photos): ``data.crops`` detector crops per face (:func:`real_crops`, the same box rule and
+jitter as the synthetic crops), cached like the groups. Each step adds ``loss.real_batch`` of them with the
+landmark and symmetry terms (no siamese term: one view per face), weighted by ``loss.real``. A prepared
+folder's landmarks are the annotation where a ``.pts`` file was given and dlib's detection otherwise: a
+detector's landmarks as pseudo-labels, the "landmark loss where landmarks exist" of the seed. Every 8th face
+of each folder is held out of training and scores validation (``real_nme``).
+
 Deviations from the paper, with reasons: the dlib ResNet instead of VGG-Faces (what we ship); synthetic
-identity groups instead of UMDFaces/300W-LP photos (none in our corpus); the transformer samples the
+identity groups beside a few real photos instead of UMDFaces/300W-LP photos (none in our corpus); the transformer samples the
 150 px crop (the photo in inference); loss weights are ours (the paper does not give them): they make the
 terms' gradients comparable at the start (landmarks in px, textures in [0, 1]²).
 """
@@ -90,7 +98,8 @@ class DataSection:
     (and lights) per identity; max_yaw_deg: their yaw range (pitch ±15°, roll ±10°); box_scale_jitter /
     box_shift_jitter: relative error of the simulated detector box (a dlib box is within about ±8 % of the
     landmarks' extent, see :data:`~morphable.nets.stn_localiser.BOX_SCALE`); cache: folder ("" =
-    ``$MORPHABLE_HOME/train-cache``); chunk: faces encoded per trunk call while building the cache."""
+    ``$MORPHABLE_HOME/train-cache``); chunk: faces encoded per trunk call while building the cache; real:
+    comma-separated prepared datasets of real photos ("" = synthetic only); crops: jittered crops per real face."""
 
     identities: int = 400
     val_identities: int = 24
@@ -100,22 +109,29 @@ class DataSection:
     box_shift_jitter: float = 0.08
     cache: str = ""
     chunk: int = 32
+    real: str = ""
+    crops: int = 8
 
     def __post_init__(self) -> None:
         if self.views < 2:
             raise ValueError(f"views must be >= 2 (the siamese loss compares views), got {self.views}")
+        if self.crops < 1:
+            raise ValueError(f"crops must be >= 1 (crops per real face), got {self.crops}")
 
 
 @dataclass(frozen=True)
 class LossSection:
     """Weights (ours; the paper gives none): landmark (per crop px), symmetry and siamese (per intensity²),
-    prior (per unit ‖α‖²); batch: identity groups per step (each with all its views)."""
+    prior (per unit ‖α‖²); batch: identity groups per step (each with all its views); real: weight of the real
+    crops' landmark + symmetry terms; real_batch: real crops per step (with ``data.real``)."""
 
     landmark: float = 1.0
     symmetry: float = 20.0
     siamese: float = 20.0
     prior: float = 0.01
     batch: int = 8
+    real: float = 2.0
+    real_batch: int = 16
 
 
 @dataclass(frozen=True)
@@ -206,6 +222,40 @@ def cached_groups(model: MorphableModel, localiser: STNLocaliser, settings: dict
     return cached(cache / f"stn-groups-{settings_key(settings)}.pt", make)
 
 
+def real_crops(items: list, *, crop: int = 150, crops: int = 8, seed: int = 0, box_scale_jitter: float = 0.1,
+               box_shift_jitter: float = 0.08) -> dict[str, Tensor]:
+    """Detector crops of real faces with their landmarks, as :func:`synthetic_groups` makes them.
+
+    Per face of ``items`` (:class:`~morphable.train.data.manifest.ManifestItem`: photo, 68 landmarks): the
+    box of the crop rule (:func:`landmark_box` of its landmarks), ``crops`` times with the side scaled by
+    ``1 ± box_scale_jitter`` and the centre moved by ``± box_shift_jitter`` of the side (the first crop
+    unjittered), cut and resampled by :func:`~morphable.nets.stn_localiser.crop_faces`.
+
+    Returns:
+        ``images`` ``(N, S, S, 3)`` uint8 and ``landmarks`` ``(N, 68, 2)`` crop px (N = faces · crops, the
+        crops of one face adjacent), ``face`` ``(N,)`` the face's index in ``items``.
+    """
+    from morphable.io.image import read_image
+    from morphable.nets.stn_localiser import crop_faces
+
+    g = torch.Generator().manual_seed(seed)
+    out: dict[str, list[Tensor]] = {"images": [], "landmarks": [], "face": []}
+    for i, item in enumerate(items):
+        photo = torch.from_numpy(np.require(read_image(item.path), requirements="W")).float() / 255
+        lm = torch.as_tensor(item.landmarks, dtype=torch.float64)[None]
+        box = landmark_box(lm)[0]
+        centre, half = (box[:2] + box[2:]) / 2, (box[2:] - box[:2]) / 2
+        scale = 1 + box_scale_jitter * (2 * torch.rand(crops, 1, generator=g, dtype=torch.float64) - 1)
+        shift = box_shift_jitter * 2 * half.max() * (2 * torch.rand(crops, 2, generator=g, dtype=torch.float64) - 1)
+        scale[0], shift[0] = 1.0, 0.0
+        boxes = torch.cat([centre + shift - half * scale, centre + shift + half * scale], -1)
+        images, frame = crop_faces([photo] * crops, boxes, crop)
+        out["images"].append((images * 255).round().to(torch.uint8))
+        out["landmarks"].append(((lm - frame.offset[:, None]) / frame.step[:, None, None]).float())
+        out["face"].append(torch.full((crops,), i))
+    return {k: torch.cat(v) for k, v in out.items()}
+
+
 def rotation_error_deg(a: Tensor, b: Tensor) -> Tensor:
     """Angle ``(B,)`` (degrees) of the rotation between axis-angle ``a`` and ``b`` ``(B, 3)``."""
     R = axis_angle_to_matrix(a) @ axis_angle_to_matrix(b).transpose(-1, -2)
@@ -241,6 +291,7 @@ class STNRecipe(Recipe):
             self.localiser.trunk.std.copy_(f.std(0).clamp_min(float(f.std(0).median())))
         self.defined = self.face_model.landmark_mask.clone()
         self.defined[: FIXED_LANDMARKS.start] = False
+        self.real_train, self.real_val = self._real()
 
     def _groups(self, split: str, identities: int, seed: int) -> dict[str, Tensor]:
         cfg = self.config
@@ -249,6 +300,39 @@ class STNRecipe(Recipe):
                         box_scale=cfg.data.box_scale_jitter, box_shift=cfg.data.box_shift_jitter,
                         trunk=cfg.net.trunk, version=1)
         return cached_groups(self.face_model, self.localiser, settings, cache_root(cfg.data.cache), cfg.data.chunk)
+
+    def _real(self) -> tuple[dict[str, Tensor] | None, dict[str, Tensor] | None]:
+        """The real crops of ``data.real`` (:func:`real_crops`, cached per dataset with the trunk's features):
+        every 8th face of each dataset held out for validation (its unjittered crop only)."""
+        from morphable.train.data.manifest import read_manifest
+
+        cfg = self.config
+        train, val = [], []
+        for folder in filter(None, (f.strip() for f in cfg.data.real.split(","))):
+            items = read_manifest(Path(folder) / "manifest.jsonl")
+            settings = dict(keys=[i.key for i in items], paths=[str(i.path) for i in items], crop=cfg.net.crop,
+                            crops=cfg.data.crops, seed=cfg.train.seed, box_scale=cfg.data.box_scale_jitter,
+                            box_shift=cfg.data.box_shift_jitter, trunk=cfg.net.trunk, version=1)
+
+            def make(items=items) -> dict[str, Tensor]:
+                data = real_crops(items, crop=cfg.net.crop, crops=cfg.data.crops, seed=cfg.train.seed,
+                                  box_scale_jitter=cfg.data.box_scale_jitter,
+                                  box_shift_jitter=cfg.data.box_shift_jitter)
+                if cfg.net.trunk == "dlib":
+                    with torch.no_grad():
+                        data["features"] = torch.cat([self.localiser.trunk.raw(data["images"][i:i + cfg.data.chunk]
+                                                                               .float() / 255)
+                                                      for i in range(0, len(data["images"]), cfg.data.chunk)])
+                return data
+
+            data = cached(cache_root(cfg.data.cache) / f"stn-real-{settings_key(settings)}.pt", make)
+            held = data["face"] % 8 == 0
+            train.append({k: v[~held] for k, v in data.items()})
+            val.append({k: v[held & (torch.arange(len(held)) % cfg.data.crops == 0)] for k, v in data.items()})
+        if not train:
+            return None, None
+        join = lambda parts: {k: torch.cat([p[k] for p in parts]) for k in parts[0]}  # noqa: E731
+        return join(train), join(val)
 
     # --------------------------------------------------------------------------------------- recipe
     def model(self) -> nn.Module:
@@ -278,11 +362,26 @@ class STNRecipe(Recipe):
                 "symmetry": symmetry_loss(tex, mask), "siamese": siamese.mean(),
                 "prior": prior_loss(theta.alpha)}, theta, out
 
+    def real_terms(self, data: dict[str, Tensor], index: Tensor) -> tuple[dict[str, Tensor], object]:
+        """Landmark and symmetry terms of real crops ``index`` (one view each: no siamese term), and the
+        transformer's output."""
+        theta = self.theta(data, index)
+        out = self.stn(data["images"][index].float() / 255, theta)
+        return {"real_landmark": landmark_loss(out.landmarks[:, self.defined], data["landmarks"][index][:, self.defined]),
+                "real_symmetry": symmetry_loss(out.texture, out.mask)}, out
+
     def loss(self, batch: Tensor, step: int) -> dict[str, Tensor]:
         w = self.config.loss
         terms, _, _ = self.terms(self.train_set, batch)
         terms["loss"] = (w.landmark * terms["landmark"] + w.symmetry * terms["symmetry"] + w.siamese * terms["siamese"]
                          + w.prior * terms["prior"])
+        if self.real_train is not None:
+            g = torch.Generator().manual_seed(self.config.train.seed * 100_003 + step)
+            index = torch.randperm(len(self.real_train["images"]), generator=g)[: w.real_batch]
+            real, _ = self.real_terms(self.real_train, index)
+            terms.update(real)
+            terms["loss"] = terms["loss"] + w.real * (w.landmark * real["real_landmark"]
+                                                      + w.symmetry * real["real_symmetry"])
         return terms
 
     # ----------------------------------------------------------------------------------- validation
@@ -303,10 +402,22 @@ class STNRecipe(Recipe):
         D = self.config.model.n_shape
         a, b = theta.alpha.flatten(), data["identity"][:, :D].flatten()
         corr = float(torch.corrcoef(torch.stack([a, b]))[0, 1]) if D else 0.0
+        real = {}
+        if self.real_val is not None and len(self.real_val["images"]):
+            was = self.localiser.training
+            self.localiser.eval()
+            try:
+                with torch.no_grad():
+                    _, out_r = self.real_terms(self.real_val, torch.arange(len(self.real_val["images"])))
+            finally:
+                self.localiser.train(was)
+            target_r = self.real_val["landmarks"][:, self.defined]
+            real = {"real_nme": float(((out_r.landmarks[:, self.defined] - target_r).norm(dim=-1).mean(-1)
+                                       / self.config.net.crop).mean())}
         return {**{k: float(v) for k, v in terms.items()}, "nme": float(err.mean()),
                 "rotation_deg": float(rotation_error_deg(theta.rotation, data["rotation"]).mean()),
                 "scale_rel": float((theta.log_scale - data["log_scale"]).abs().mean()),
-                "alpha_corr": corr}
+                "alpha_corr": corr, **real}
 
     def image_grid(self, batch: Tensor, step: int) -> Tensor | None:
         """Rows: held-out crops, their flattened textures (upsampled to the crop size), their masks."""
