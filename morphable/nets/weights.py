@@ -24,8 +24,8 @@ SHIPPED: dict[str, tuple[str, str]] = {
     # genova-ict: `make genova-ict DATA=../shared/data` (docs/genova.md)
     "genova-ict": ("genova-ict.pt", "83b9b801a3b110668ec22e1ea9caab7ac12a1636a3e722d4c4c7312548c79113"),
     # stn-sfm, stn-sfm-small: the 3DMM-STN localisers (dlib trunk / small CNN), docs/stn.md
-    "stn-sfm": ("stn-sfm.pt", "940cdb6d75085d46f84f73f133305cc8b5534ca395b64e449af7bb2c23b04e0e"),
-    "stn-sfm-small": ("stn-sfm-small.pt", "ea48c7f29eb7dd9e0b4c1f9036fe96c7bb430370e5d871f50dd00f48153b7daf"),
+    "stn-sfm": ("stn-sfm.pt", "d31bb269dae407f2b3e54aa3e3fdfb598045c30278bc35dd7b839a42c6465082"),
+    "stn-sfm-small": ("stn-sfm-small.pt", "79740dba717a96363912d1783ff8c293c7002693277ab5824ee25dc8e2f44f8c"),
     # ringnet-ict-dlib: RingNet on dlib's trunk, the first command in docs/ringnet.md (1000 steps, ~25 min on 2
     # busy cores); ringnet-ict (the default): the small trunk, the second command there
     "ringnet-ict-dlib": ("ringnet-ict-dlib.pt", "3c3ef0b60a4292f27c00e0726fbb59b2b00a4281698893b6904192f729bd9165"),

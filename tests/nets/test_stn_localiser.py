@@ -113,11 +113,11 @@ def test_weights_round_trip_and_bad_files(tmp_path):
 
 @pytest.mark.parametrize("name", ["stn-sfm", "stn-sfm-small"])
 def test_shipped_localisers_place_the_face_in_real_photos(name, sfm):
-    """The shipped weights (sha256 checked), trained on synthetic faces only, on the corpus's LFPW photos
-    (never seen in training): mean error over the 51 non-jawline points, per face box size, below 7 % on
-    average and below the zero output's (the mean face, frontal, at the crop rule's place). A regression
-    guard at the level measured when they shipped (stn-sfm 0.062 vs 0.074; see docs/stn.md: the synthetic
-    to real gap is large), not a quality target."""
+    """The shipped weights (sha256 checked), trained on synthetic faces and 53 corpus photos with dlib's
+    landmarks, on the corpus's LFPW photos (never seen in training): mean error over the 51 non-jawline
+    points, per face box size, below 7 % on average and below the zero output's (the mean face, frontal, at
+    the crop rule's place). A regression guard (the first, synthetic-only weights measured stn-sfm 0.062 vs
+    0.074; see docs/stn.md for the figures of these), not a quality target."""
     from morphable.detect.formats import read_landmarks
     from morphable.eval.nme import bbox_size
     from morphable.io import read_image
@@ -141,4 +141,4 @@ def test_shipped_localisers_place_the_face_in_real_photos(name, sfm):
                 sfm.landmarks(sfm(identity=th.alpha).vertices))[0]
             out.append(float((lm[keep] - gt[keep]).norm(dim=-1).mean()) / size)
     print(f"{name}: NME {[round(e, 3) for e in errors]} (zero output: {[round(e, 3) for e in nominal_errors]})")
-    assert sum(errors) / len(errors) < 0.07 and sum(errors) < 0.95 * sum(nominal_errors)
+    assert sum(errors) / len(errors) < 0.05 and sum(errors) < 0.75 * sum(nominal_errors)
