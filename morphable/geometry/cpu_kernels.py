@@ -95,4 +95,3 @@ def vertex_normals_backward_cpu(vertices: Tensor, triangles: Tensor, out: Tensor
     """Vertex gradient ``(B, V, 3)`` of the normals of :func:`vertex_normals_cpu` given ``grad`` ``(B, V, 3)``."""
     return torch.from_numpy(_normals_backward(vertices.detach().contiguous().numpy(), triangles.contiguous().numpy(),
                                               out.numpy(), norm.numpy(), grad.contiguous().numpy(), eps))
-

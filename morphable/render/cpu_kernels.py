@@ -22,7 +22,7 @@ reassociate (``fastmath`` without the no-NaN/no-infinity flags).
 Threads: the rasteriser and the shading kernels each have a parallel twin (``*_parallel``, numba
 ``parallel=True``) that splits the loop into ``n`` chunks (the rasteriser: triangles dealt round-robin, one
 z-buffer each, merged by the serial rule's order; the shading: pixel ranges, with per-range gradient buffers
-summed after). :func:`~morphable.geometry.kernel_threads.kernel_threads` picks ``n`` from torch's thread count;
+summed after). :func:`~morphable.render.kernel_threads.kernel_threads` picks ``n`` from torch's thread count;
 ``n = 1`` runs the serial kernel. The parallel rasteriser and shading forward give the serial kernels' results
 bit for bit, the parallel shading backward up to the order of its sums (tested). The silhouette search runs on
 one thread. Kernels are compiled on first use (a few seconds; the parallel ones longer) and cached on disk beside
@@ -35,7 +35,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from morphable.geometry.kernel_threads import kernel_threads, launched, work_arrays
+from morphable.render.kernel_threads import kernel_threads, launched, work_arrays
 
 @numba.njit(cache=True, error_model="numpy")
 def _sortable_key(depth) -> np.int64:  # pragma: no cover - compiled

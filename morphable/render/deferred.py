@@ -21,7 +21,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from morphable.geometry.kernel_threads import kernel_threads, launched, work_arrays
+from morphable.render.kernel_threads import kernel_threads, launched, work_arrays
 from morphable.render.rasterize import barycentric_at
 from morphable.render.shading import _C0, _C1, _C2, _C3, _C4, _K0, _K1, _K2, sh_basis
 

@@ -160,7 +160,7 @@ def test_a_render_at_two_threads_equals_the_one_thread_render(monkeypatch):
 
 
 def _render_in_child(queue) -> None:
-    from morphable.geometry.kernel_threads import kernel_threads
+    from morphable.render.kernel_threads import kernel_threads
 
     torch.set_num_threads(2)  # no torch operation runs at this count: the parent's OpenMP pool is gone in the child
     threads = kernel_threads(10**6)  # the rule's answer for a forked child, were torch allowed two threads
@@ -173,7 +173,7 @@ def test_a_forked_child_renders_after_the_parent_ran_the_parallel_kernels():
     """GNU OpenMP is not fork-safe: numba's OpenMP layer terminates a forked child that launches a parallel kernel
     after its parent did. The kernels' thread rule keeps such a child on the serial kernels: it renders, and gets
     the parent's image."""
-    from morphable.geometry import kernel_threads
+    from morphable.render import kernel_threads
 
     parent, _ = _sphere_render(2, requires_grad=False)
     if kernel_threads._launch_pid != os.getpid():

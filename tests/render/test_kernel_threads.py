@@ -1,5 +1,5 @@
-"""The thread rule of the compiled CPU kernels (``morphable.geometry.kernel_threads``) and their reused work
-buffers."""
+"""The thread rule of the renderer's compiled CPU kernels (``morphable.render.kernel_threads``) and their
+reused work buffers."""
 import os
 import threading
 
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from morphable.geometry import kernel_threads as kt
+from morphable.render import kernel_threads as kt
 
 
 @pytest.fixture

@@ -1,8 +1,8 @@
-"""How many threads the compiled CPU kernels (numba, ``parallel=True``) may split their work over.
+"""How many threads the renderer's compiled CPU kernels (numba, ``parallel=True``) may split their work over.
 
-The renderer's and the vertex normals' compiled loops (:mod:`morphable.render.cpu_kernels`,
-:mod:`morphable.geometry.cpu_kernels`) each have a serial kernel and a parallel one that runs ``n`` chunks of
-the same loop (pixels or triangles; per-chunk gradient buffers, summed after) through numba's parallel launcher.
+The rasteriser and the SH shading (:mod:`morphable.render.cpu_kernels`) each have a serial kernel and a
+parallel one that runs ``n`` chunks of the same loop (triangles or pixels; per-chunk z-buffers or gradient
+buffers, merged after) through numba's parallel launcher.
 
 Why this works beside torch: numba's OpenMP threading layer (``omppool``) resolves its OpenMP calls
 (``GOMP_parallel``, ``omp_*``) in the process's global symbol scope first, where torch, imported before numba,
@@ -56,7 +56,7 @@ def launched() -> None:
         _disabled = numba.threading_layer() != "omp"
 
 
-def work_arrays(name: str, layout: tuple[tuple[tuple[int, ...], type], ...]) -> list[np.ndarray]:
+def work_arrays(name: str, layout: tuple[tuple[tuple[int, ...], np.dtype | type], ...]) -> list[np.ndarray]:
     """Scratch arrays ``(shape, dtype)`` for a parallel kernel's per-thread buffers, kept between calls per calling
     thread and per ``name`` (one set each: another layout replaces it); contents arbitrary.
 
