@@ -99,6 +99,7 @@ def test_real_crops_put_the_landmarks_where_the_photo_shows_them(tmp_path):
     data = real_crops([SimpleNamespace(path=tmp_path / "dots.png", landmarks=full)], crop=150, crops=4, seed=1)
     assert data["images"].shape == (4, 150, 150, 3) and data["landmarks"].shape == (4, 68, 2)
     assert not torch.equal(data["landmarks"][0], data["landmarks"][1])  # jittered
+    assert int(data["images"].max()) > 100  # the photo's 8-bit levels kept (a dot spreads over ~2 crop px)
     grey = data["images"].float().mean(-1)
     errors = []
     for c in range(4):
