@@ -60,6 +60,7 @@ from morphable.train.chip_render import random_background, random_rotation
 from morphable.train.config import OptimConfig, ScheduleConfig, TrainConfig
 from morphable.train.data.cache import cache_root, cached, settings_key
 from morphable.train.recipes.base import Recipe, frozen_model
+from morphable.train.recipes.genova import evaluating
 from morphable.train.synthetic import random_albedo, random_light
 
 FIXED_LANDMARKS = slice(17, 68)
@@ -387,37 +388,26 @@ class STNRecipe(Recipe):
     # ----------------------------------------------------------------------------------- validation
     def validate(self, step: int) -> dict[str, float]:
         """Held-out synthetic groups: the loss terms, landmark NME (mean error over the fixed points / crop
-        side), rotation error (degrees), scale error (relative), correlation of α with the truth's first D."""
+        side), rotation error (degrees), scale error (relative), correlation of α with the truth's first D; with
+        ``data.real``, the held-out real faces' NME (``real_nme``)."""
         data = self.val_set
-        index = torch.arange(len(data["images"]))
-        was = self.localiser.training
-        self.localiser.eval()
-        try:
-            with torch.no_grad():
-                terms, theta, out = self.terms(data, index)
-        finally:
-            self.localiser.train(was)
-        target = data["landmarks"][:, self.defined]
-        err = (out.landmarks[:, self.defined] - target).norm(dim=-1).mean(-1) / self.config.net.crop
+        with torch.no_grad(), evaluating(self.localiser):
+            terms, theta, out = self.terms(data, torch.arange(len(data["images"])))
+            has_real = self.real_val is not None and len(self.real_val["images"]) > 0
+            out_r = self.real_terms(self.real_val, torch.arange(len(self.real_val["images"])))[1] if has_real else None
+        err = self._nme(out.landmarks, data["landmarks"])
         D = self.config.model.n_shape
         a, b = theta.alpha.flatten(), data["identity"][:, :D].flatten()
         corr = float(torch.corrcoef(torch.stack([a, b]))[0, 1]) if D else 0.0
-        real = {}
-        if self.real_val is not None and len(self.real_val["images"]):
-            was = self.localiser.training
-            self.localiser.eval()
-            try:
-                with torch.no_grad():
-                    _, out_r = self.real_terms(self.real_val, torch.arange(len(self.real_val["images"])))
-            finally:
-                self.localiser.train(was)
-            target_r = self.real_val["landmarks"][:, self.defined]
-            real = {"real_nme": float(((out_r.landmarks[:, self.defined] - target_r).norm(dim=-1).mean(-1)
-                                       / self.config.net.crop).mean())}
+        real = {"real_nme": float(self._nme(out_r.landmarks, self.real_val["landmarks"]).mean())} if has_real else {}
         return {**{k: float(v) for k, v in terms.items()}, "nme": float(err.mean()),
                 "rotation_deg": float(rotation_error_deg(theta.rotation, data["rotation"]).mean()),
                 "scale_rel": float((theta.log_scale - data["log_scale"]).abs().mean()),
                 "alpha_corr": corr, **real}
+
+    def _nme(self, landmarks: Tensor, target: Tensor) -> Tensor:
+        """Per face ``(B,)``: mean distance over the loss's landmarks / the crop side."""
+        return (landmarks[:, self.defined] - target[:, self.defined]).norm(dim=-1).mean(-1) / self.config.net.crop
 
     def image_grid(self, batch: Tensor, step: int) -> Tensor | None:
         """Rows: held-out crops, their flattened textures (upsampled to the crop size), their masks."""
@@ -427,13 +417,8 @@ class STNRecipe(Recipe):
 
         V = self.config.data.views
         index = torch.arange(min(V * max(1, 8 // V), len(self.val_set["images"])))
-        was = self.localiser.training
-        self.localiser.eval()
-        try:
-            with torch.no_grad():
-                _, _, out = self.terms(self.val_set, index)
-        finally:
-            self.localiser.train(was)
+        with torch.no_grad(), evaluating(self.localiser):
+            _, _, out = self.terms(self.val_set, index)
         S = self.config.net.crop
 
         def up(x: Tensor) -> Tensor:
