@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import urllib.parse
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,17 @@ torch.set_num_threads(min(2, torch.get_num_threads()))
 ROOT = Path(__file__).resolve().parent.parent
 DATA = Path(os.environ.get("MORPHABLE_TEST_DATA", ROOT.parent / "shared" / "data"))
 REQUIRE_DATA = os.environ.get("MORPHABLE_REQUIRE_DATA") == "1"
+
+
+@contextmanager
+def torch_threads(n: int):
+    """torch at ``n`` intra-op threads inside the block, its previous count after."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def data_file(relative: str) -> Path:

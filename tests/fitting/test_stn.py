@@ -14,7 +14,7 @@ from morphable.geometry.rotation import axis_angle_to_matrix, euler_to_matrix, m
 from morphable.models.resample import model_uv, uv_grid
 from morphable.render.stn import SpatialTransformer3DMM
 from morphable.render.renderer import Renderer
-from tests.conftest import data_file
+from tests.conftest import data_file, torch_threads
 from tests.render.test_stn import symmetric_texture
 
 N_SHAPE = 8
@@ -51,10 +51,8 @@ def scene():
 @pytest.fixture
 def one_thread():
     """Many small ops per step: one thread is ~20× faster than two on a busy two-core machine (measured)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+    with torch_threads(1):
+        yield
 
 
 def test_gradient_descent_recovers_theta(scene, one_thread):

@@ -13,6 +13,7 @@ import torch
 
 from morphable.render.rasterize import rasterize_ids_facing
 from morphable.render.silhouette import EdgeTopology, _boundary, soft_silhouette
+from tests.conftest import torch_threads
 from tests.render.conftest import icosphere
 
 
@@ -118,9 +119,7 @@ def _sphere_render(threads: int, requires_grad: bool = True):
     from morphable.geometry.camera import ScaledOrthographic
     from morphable.render import Renderer, sh_directional
 
-    before = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
+    with torch_threads(threads):
         v, f = icosphere(4, radius=40.0, dtype=torch.float32)
         v = (v * torch.tensor([1.0, 1.2, 0.9]))[None].requires_grad_(requires_grad)
         colors = (0.5 + 0.4 * torch.sin(v.detach() / 7)).requires_grad_(requires_grad)
@@ -132,8 +131,6 @@ def _sphere_render(threads: int, requires_grad: bool = True):
             return out.image.detach(), ()
         w = torch.linspace(0.0, 1.0, out.image.numel()).view(out.image.shape)
         return out.image.detach(), torch.autograd.grad((out.image * w).sum(), (v, colors, sh))
-    finally:
-        torch.set_num_threads(before)
 
 
 def test_a_render_at_two_threads_equals_the_one_thread_render(monkeypatch):

@@ -9,14 +9,13 @@ import pytest
 import torch
 
 from morphable.render import kernel_threads as kt
+from tests.conftest import torch_threads
 
 
 @pytest.fixture
 def two_torch_threads():
-    before = torch.get_num_threads()
-    torch.set_num_threads(2)
-    yield
-    torch.set_num_threads(before)
+    with torch_threads(2):
+        yield
 
 
 def test_threads_follow_torch_and_numba_and_stay_serial_for_small_work(two_torch_threads, monkeypatch):
