@@ -70,11 +70,11 @@ def _all_finite(screen) -> bool:  # pragma: no cover - compiled
 
 
 @numba.njit(cache=True, error_model="numpy")
-def _raster_image(screen, corners, parity, H, W, cull, perspective, near, zdepth, zid, facing, first,
-                  step):  # pragma: no cover - compiled
+def _raster_image(screen, corners, parity, H, W, cull, perspective, near, zdepth, zid, facing, first, step,
+                  finite):  # pragma: no cover - compiled
     """z-buffer the triangles ``first, first + step, …`` of one mesh ``screen`` ``(V, 3)`` into ``zdepth``
     (float32) and ``zid`` (int32 triangle id, −1 empty), both ``(H·W,)``, and write their orientations into
-    ``facing`` ``(F,)``.
+    ``facing`` ``(F,)``. ``finite``: :func:`_all_finite` of ``screen`` (then no triangle checks its corners).
 
     Per triangle, as rasterize._setup/_items/_scan: corners in canonical id order A < B < C, orientation and
     culling, the pixel box, the edge vectors times the sign of their barycentric scale (watertight), and the
@@ -82,7 +82,6 @@ def _raster_image(screen, corners, parity, H, W, cull, perspective, near, zdepth
     F = corners.shape[1]
     dt = screen.dtype.type
     zero, one, nr = dt(0.0), dt(1.0), dt(near)
-    finite = _all_finite(screen)
     for f in range(first, F, step):
         ia, ib, ic = corners[0, f], corners[1, f], corners[2, f]
         xa, ya, da = screen[ia, 0], screen[ia, 1], screen[ia, 2]
@@ -165,7 +164,8 @@ def _rasterize(screen, corners, parity, H, W, cull, perspective, near):  # pragm
     facing = np.empty((B, corners.shape[1]), np.int8)
     zdepth = np.empty(H * W, np.float32)
     for b in range(B):
-        _raster_image(screen[b], corners, parity, H, W, cull, perspective, near, zdepth, ids[b], facing[b], 0, 1)
+        _raster_image(screen[b], corners, parity, H, W, cull, perspective, near, zdepth, ids[b], facing[b], 0, 1,
+                      _all_finite(screen[b]))
     return ids, facing
 
 
@@ -181,6 +181,7 @@ def _rasterize_parallel(screen, corners, parity, H, W, cull, perspective, near, 
     ids = np.full((B, H * W), np.int32(-1))
     facing = np.empty((B, F), np.int8)
     for b in range(B):
+        finite = _all_finite(screen[b])  # once per image, not per thread
         for c in numba.prange(n):
             if c == 0:
                 zid = ids[b]
@@ -188,7 +189,7 @@ def _rasterize_parallel(screen, corners, parity, H, W, cull, perspective, near, 
                 zid = work_ids[c - 1]
                 zid[:] = -1
             _raster_image(screen[b], corners, parity, H, W, cull, perspective, near, work_depth[c], zid, facing[b],
-                          c, n)
+                          c, n, finite)
         out = ids[b]
         for p in numba.prange(H * W):
             best, depth = out[p], work_depth[0, p]
