@@ -155,41 +155,71 @@ def pyramid_down(image: torch.Tensor) -> torch.Tensor:
     Output pixel (i, j) is the [1 4 6 4 1]^2 / 256 weighted sum of the 5 x 5 input window centred at
     (2i + 2, 2j + 2).
     """
+    channels = image.shape[2]
     tap = image.new_tensor([1.0, 4.0, 6.0, 4.0, 1.0]) / 16
-    kernel = (tap[:, None] * tap[None, :])[None, None]  # (1, 1, 5, 5)
-    x = image.permute(2, 0, 1)[:, None]  # (C, 1, H, W)
-    return F.conv2d(x, kernel, stride=2)[:, 0].permute(1, 2, 0)
+    kernel = (tap[:, None] * tap[None, :]).expand(channels, 1, 5, 5).contiguous(memory_format=torch.channels_last)
+    # A depthwise convolution on the channels-last view of the (H, W, C) image: 3.5x faster on CPU than
+    # the channels as a batch of one-channel images, and its (h, w, C) result needs no copy.
+    x = image.permute(2, 0, 1)[None]  # (1, C, H, W) view
+    return F.conv2d(x, kernel, stride=2, groups=channels)[0].permute(1, 2, 0)
+
+
+def _inside(points: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """dlib's rule for (..., 2) px points: the 2 x 2 neighbourhood lies in the image, i.e. 0 <= x < W - 1
+    and 0 <= y < H - 1 (floor(x) >= 0 and floor(x) + 1 < W for integer W)."""
+    x, y = points[..., 0], points[..., 1]
+    return (x >= 0) & (x < width - 1) & (y >= 0) & (y < height - 1)
+
+
+def _pixels_to_grid(image: torch.Tensor) -> torch.Tensor:
+    """(2,) scale from px to ``grid_sample``'s [-1, 1] with ``align_corners=True`` (pixel centres at integers)."""
+    height, width = image.shape[:2]
+    return image.new_tensor([2 / max(width - 1, 1), 2 / max(height - 1, 1)])
 
 
 def bilinear_sample(image: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
     """Bilinear interpolation with dlib's rule (black where the 2 x 2 neighbourhood leaves the image).
 
-    Differentiable in the image values and in the sample positions (inside each pixel cell).
+    Differentiable in the image values and in the sample positions (inside each pixel cell): one
+    ``grid_sample`` call and dlib's black-outside mask.
 
     Args:
-        image: (H, W, C). points: (N, 2) px (x right, y down, pixel centres at integers).
+        image: (H, W, C) floating point. points: (N, 2) px (x right, y down, pixel centres at integers).
     Returns:
         (N, C).
     """
-    height, width = image.shape[:2]
-    left, top = torch.floor(points[:, 0]).long(), torch.floor(points[:, 1]).long()
-    inside = (left >= 0) & (top >= 0) & (left + 1 < width) & (top + 1 < height)
-    left, top = left.clamp(0, max(width - 2, 0)), top.clamp(0, max(height - 2, 0))
-    fx = (points[:, 0] - left)[:, None]
-    fy = (points[:, 1] - top)[:, None]
-    flat = image.reshape(height * width, -1)
-    index = top * width + left
-    tl, tr = flat[index], flat[index + 1]
-    bl, br = flat[index + width], flat[index + width + 1]
-    value = (1 - fy) * ((1 - fx) * tl + fx * tr) + fy * ((1 - fx) * bl + fx * br)
-    return value * inside[:, None].to(value)
+    grid = points.to(image.dtype) * _pixels_to_grid(image) - 1
+    value = F.grid_sample(image.permute(2, 0, 1)[None], grid[None, None], mode="bilinear",
+                          padding_mode="border", align_corners=True)[0, :, 0].T
+    return value * _inside(points, *image.shape[:2])[:, None].to(value)
 
 
-def _chip_grid(size: int, like: torch.Tensor) -> torch.Tensor:
-    """(size*size, 2) chip pixel coordinates (x, y), row-major."""
-    r = torch.arange(size, dtype=like.dtype, device=like.device)
-    yy, xx = torch.meshgrid(r, r, indexing="ij")
-    return torch.stack([xx.reshape(-1), yy.reshape(-1)], -1)
+def sample_parallelogram(image: torch.Tensor, origin: torch.Tensor, x_axis: torch.Tensor, y_axis: torch.Tensor,
+                         size: int) -> torch.Tensor:
+    """:func:`bilinear_sample` at the ``size x size`` points ``origin + c x_axis + r y_axis`` (c, r = 0 ..
+    size - 1), as one broadcast sum and one ``grid_sample``; dlib's black-outside mask only when a corner
+    of the parallelogram leaves the image (it is convex). A 150 x 150 chip took 0.9 ms as explicit points,
+    0.35 ms more with ``affine_grid``.
+
+    Args:
+        image: (H, W, C) floating point. origin, x_axis, y_axis: (2,) px, px per chip pixel.
+    Returns:
+        (size, size, C); differentiable in the image and the three vectors.
+    """
+    half = (size - 1) / 2
+    scale = _pixels_to_grid(image)
+    centre = origin + half * (x_axis + y_axis)
+    unit = torch.linspace(-1, 1, size, dtype=image.dtype, device=image.device)  # align_corners=True
+    grid = ((centre * scale - 1) + unit[None, :, None] * (half * x_axis * scale)
+            + unit[:, None, None] * (half * y_axis * scale))[None]  # (1, size, size, 2): row r, column c
+    value = F.grid_sample(image.permute(2, 0, 1)[None], grid, mode="bilinear", padding_mode="border",
+                          align_corners=True)[0].permute(1, 2, 0)
+    steps = origin.new_tensor([[0.0, 0.0], [size - 1, 0.0], [0.0, size - 1], [size - 1, size - 1]])
+    corners = origin + steps[:, :1] * x_axis + steps[:, 1:] * y_axis
+    if bool(_inside(corners.detach(), *image.shape[:2]).all()):
+        return value
+    points = (grid[0].detach() + 1) / scale
+    return value * _inside(points, *image.shape[:2])[..., None].to(value)
 
 
 def extract_face_chips(images: torch.Tensor, landmarks: torch.Tensor, size: int = 150,
@@ -197,18 +227,20 @@ def extract_face_chips(images: torch.Tensor, landmarks: torch.Tensor, size: int 
     """Aligned face chips as dlib's ``get_face_chip(img, shape, size, padding)``, differentiably.
 
     Args:
-        images: (B, H, W, C) float (e.g. RGB in [0, 1]).
+        images: (B, H, W, C) float (e.g. RGB in [0, 1]), or uint8 (read as value / 255: only the crop
+            around each face is converted, so a large photo is never copied whole).
         landmarks: (B, 68, 2) iBUG or (B, 5, 2) dlib 5-point landmarks, px.
         size: chip side (150 for the recognition network). padding: 0.25 for the recognition network.
     Returns:
-        (B, size, size, C) chips; gradients reach ``images`` and ``landmarks``.
+        (B, size, size, C) chips, float32 for uint8 images, else the images' dtype; gradients reach
+        ``images`` and ``landmarks``.
     """
     if images.ndim != 4 or landmarks.ndim != 3 or landmarks.shape[-1] != 2 or len(images) != len(landmarks):
         raise ValueError(f"expected images (B, H, W, C) and landmarks (B, L, 2), got {tuple(images.shape)} "
                          f"and {tuple(landmarks.shape)}")
-    landmarks = landmarks.to(images.dtype)
+    scale = None if images.is_floating_point() else 255.0
+    landmarks = landmarks.to(torch.float32 if scale else images.dtype)
     rects, angles = _chip_rectangles(landmarks, size, padding)
-    grid = _chip_grid(size, images)
     chips = []
     for image, rect, angle in zip(images, rects, angles):
         height, width = image.shape[:2]
@@ -219,6 +251,8 @@ def extract_face_chips(images: torch.Tensor, landmarks: torch.Tensor, size: int 
             down, grow = _rect_down(down), grow * 2 + 2
         left, top, right, bottom = _crop_box(rect.detach(), float(angle.detach()), grow, height, width)
         level_image = image[top:bottom + 1, left:right + 1]
+        if scale is not None:  # the pyramid and the sampling are linear: scale the chip, not the crop
+            level_image = level_image.to(landmarks.dtype)
         # Coarsest pyramid level whose rectangle is still larger than the chip.
         level_rect = rect - rect.new_tensor([left, top, left, top])
         while _area(_rect_down(level_rect.detach())) > size * size:
@@ -230,6 +264,6 @@ def extract_face_chips(images: torch.Tensor, landmarks: torch.Tensor, size: int 
         origin = _rotate(centre, torch.stack([l, t]), cos, sin)
         x_axis = (_rotate(centre, torch.stack([r, t]), cos, sin) - origin) / (size - 1)
         y_axis = (_rotate(centre, torch.stack([l, b]), cos, sin) - origin) / (size - 1)
-        points = origin + grid[:, :1] * x_axis + grid[:, 1:] * y_axis
-        chips.append(bilinear_sample(level_image, points).reshape(size, size, -1))
-    return torch.stack(chips)
+        chips.append(sample_parallelogram(level_image, origin, x_axis, y_axis, size))
+    chips = torch.stack(chips)
+    return chips if scale is None else chips / scale

@@ -13,6 +13,7 @@ from morphable.identity.alignment import (
     chip_template,
     extract_face_chips,
     pyramid_down,
+    sample_parallelogram,
     similarity_transform,
 )
 from tests.conftest import data_file
@@ -132,6 +133,23 @@ def test_bilinear_sample_against_brute_force():
         assert torch.allclose(value, expected, atol=1e-12)
 
 
+@pytest.mark.parametrize("shift", [0.0, 9.0])  # inside the image; partly off it (dlib's black border)
+def test_parallelogram_sampler_matches_the_point_sampler(shift):
+    g = torch.Generator().manual_seed(4)
+    image = torch.rand(30, 40, 3, dtype=torch.float64, generator=g)
+    origin = torch.tensor([8.3 + shift, 2.7 + shift], dtype=torch.float64)
+    x_axis, y_axis = torch.tensor([1.3, 0.4], dtype=torch.float64), torch.tensor([-0.35, 1.15], dtype=torch.float64)
+    size = 17
+    c, r = torch.meshgrid(torch.arange(size, dtype=torch.float64), torch.arange(size, dtype=torch.float64),
+                          indexing="xy")
+    points = origin + c.reshape(-1, 1) * x_axis + r.reshape(-1, 1) * y_axis
+    expected = bilinear_sample(image, points).reshape(size, size, 3)
+    ours = sample_parallelogram(image, origin, x_axis, y_axis, size)
+    assert torch.allclose(ours, expected, atol=1e-12)
+    black = (expected == 0).all(-1).float().mean()
+    assert (black == 0) if shift == 0 else (0.1 < black < 0.9)
+
+
 @pytest.mark.parametrize("size, side, span, depth", [(30, 40, 18.0, 0), (16, 120, 60.0, 2)])
 def test_gradients_wrt_image_and_landmarks(size, side, span, depth, monkeypatch):
     levels = []
@@ -161,3 +179,15 @@ def test_bad_inputs():
         extract_face_chips(torch.zeros(1, 20, 20, 3), torch.zeros(1, 7, 2))
     with pytest.raises(ValueError, match=r"\(B, L, 2\)"):
         extract_face_chips(torch.zeros(1, 20, 20, 3), torch.zeros(68, 2))
+
+
+def test_uint8_photo_gives_the_float_chip():
+    """A uint8 photo is converted crop by crop: the same chip as the whole photo in [0, 1] (float32)."""
+    face = largest_face(data_file("deepface/tests/unit/dataset") / "img1.jpg")  # pyramid levels too
+    photo = torch.from_numpy(np.array(face.image))[None]
+    landmarks = torch.from_numpy(face.landmarks68)[None]
+    ours = extract_face_chips(photo, landmarks)
+    reference = extract_face_chips(photo.float() / 255, landmarks.float())
+    assert ours.dtype == torch.float32 and ours.shape == (1, 150, 150, 3)
+    assert float(ours.std()) > 0.05  # a face, not a black chip
+    assert torch.allclose(ours, reference, atol=1e-6)
