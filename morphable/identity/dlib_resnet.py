@@ -19,6 +19,8 @@ uses. Both follow the input's device and dtype.
 """
 from __future__ import annotations
 
+import threading
+from collections import OrderedDict
 from os import PathLike
 
 import torch
@@ -28,6 +30,7 @@ from torch import nn
 from morphable.identity.dlib_serialization import (
     BLOCKS,
     NUM_CONVS,
+    STEM_FILTERS,
     DlibFaceResNetWeights,
     conv_shapes,
     load_dlib_face_resnet,
@@ -65,6 +68,59 @@ def add_padded(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 def conv_specs() -> list[tuple[int, int]]:
     """(stride, padding) of the 29 convolutions in forward order."""
     return [(stride, 0 if stride != 1 else kernel // 2) for _, _, kernel, stride in conv_shapes()]
+
+
+def conv_input_sizes(batch: int, size: int = CHIP_SIZE) -> list[list[int]]:
+    """The ``(B, C, H, W)`` input of each of the 29 convolutions for ``(B, size, size, 3)`` chips, in forward
+    order (the shape arithmetic of :func:`_trunk`: unpadded stem conv 7x7/2 and max-pool 3x3/2; padded
+    stride-1 convs keep the side; an unpadded stride-2 conv takes it to ``(side - 3) // 2 + 1``, and its
+    block's output is the larger of that and the pooled shortcut's ``side // 2``)."""
+    side = ((size - 7) // 2 + 1 - 3) // 2 + 1
+    sizes, channels = [[batch, 3, size, size]], STEM_FILTERS
+    for filters, stride in BLOCKS:
+        sizes.append([batch, channels, side, side])
+        inner = side if stride == 1 else (side - 3) // 2 + 1
+        sizes.append([batch, filters, inner, inner])
+        side, channels = (inner if stride == 1 else max(inner, side // 2)), filters
+    return sizes
+
+
+class PackedKernels:
+    """oneDNN-blocked copies of the folded kernels for the fused inference path, one set per batch size.
+
+    oneDNN picks a blocked weight layout for each input shape and reorders a plain kernel into it on every
+    call: for this network's 5.6 M weights that was 3–4 ms of a 9 ms single-chip pass on two cores
+    (``benchmarks/regressor_overhead.py``). A set packed for another batch size is slower than none, and
+    one packed under another torch thread count can be 10x slower (oneDNN then falls back to a slow
+    kernel), so the sets are keyed by batch size and thread count (about 7 ms to pack, 22 MB each; the
+    ``capacity`` most recent kept) and by the kernels' identity (storage and version), so new or modified
+    weights are packed again.
+    """
+
+    def __init__(self, capacity: int = 3):
+        self.capacity = capacity
+        self._sets: OrderedDict[tuple, list[torch.Tensor]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, conv_weight: list[torch.Tensor], batch: int) -> list[torch.Tensor]:
+        """The packed float32 kernels for ``batch`` chips of 150 x 150 (mkldnn tensors)."""
+        key = (batch, torch.get_num_threads(), *((w.data_ptr(), w._version) for w in conv_weight))
+        with self._lock:
+            found = self._sets.get(key)
+            if found is not None:
+                self._sets.move_to_end(key)
+                return found
+        packed = [torch._C._nn.mkldnn_reorder_conv2d_weight(w.to(torch.float32).contiguous().to_mkldnn(),
+                                                             [padding] * 2, [stride] * 2, [1, 1], 1, shape)
+                  for w, (stride, padding), shape in zip(conv_weight, conv_specs(), conv_input_sizes(batch))]
+        with self._lock:
+            self._sets[key] = packed
+            while len(self._sets) > self.capacity:
+                self._sets.popitem(last=False)
+        return packed
+
+    def __deepcopy__(self, memo) -> PackedKernels:
+        return PackedKernels(self.capacity)  # a cache: a copy starts empty
 
 
 class Layers:
@@ -157,13 +213,13 @@ def face_descriptor_reference(images: torch.Tensor, weights: DlibFaceResNetWeigh
 
 
 def face_descriptor(images: torch.Tensor, conv_weight: list[torch.Tensor], conv_bias: list[torch.Tensor],
-                    fc_weight: torch.Tensor) -> torch.Tensor:
+                    fc_weight: torch.Tensor, packed: PackedKernels | None = None) -> torch.Tensor:
     """Fast forward pass: (B, 150, 150, 3) chips in [0, 1] -> (B, 128) descriptors (see :func:`face_features`)."""
-    return face_features(images, conv_weight, conv_bias, fc_weight)[1]
+    return face_features(images, conv_weight, conv_bias, fc_weight, packed)[1]
 
 
 def face_features(images: torch.Tensor, conv_weight: list[torch.Tensor], conv_bias: list[torch.Tensor],
-                  fc_weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+                  fc_weight: torch.Tensor, packed: PackedKernels | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Fast forward pass with the affines folded into the convs (see :func:`fold_affines`).
 
     Without gradients, on CPU in float32, the relus and residual sums run fused into oneDNN's
@@ -174,28 +230,30 @@ def face_features(images: torch.Tensor, conv_weight: list[torch.Tensor], conv_bi
         conv_weight, conv_bias: 29 folded kernels (F, C, k, k) and biases (F,); the first also holds the
             input normalisation.
         fc_weight: (128, 256).
+        packed: a cache of the kernels in oneDNN's layout for the fused path (:class:`PackedKernels`).
     Returns:
         pooled (B, 256): the global average pool of the last block (the fc layer's input), and
         descriptors (B, 128) = pooled @ fc_weight.T; both in the input's dtype and device.
     """
-    return _run(*_input_and_layers(images, conv_weight, conv_bias), fc_weight)
+    return _run(*_input_and_layers(images, conv_weight, conv_bias, packed), fc_weight)
 
 
 def face_feature_map(images: torch.Tensor, conv_weight: list[torch.Tensor],
-                     conv_bias: list[torch.Tensor]) -> torch.Tensor:
+                     conv_bias: list[torch.Tensor], packed: PackedKernels | None = None) -> torch.Tensor:
     """(B, 150, 150, 3) images in [0, 1] -> (B, 256, 2, 2): the last block's activations before the global
     pool (the spatial features a localiser needs; same computation paths as :func:`face_features`)."""
-    return _trunk(*_input_and_layers(images, conv_weight, conv_bias))
+    return _trunk(*_input_and_layers(images, conv_weight, conv_bias, packed))
 
 
-def _input_and_layers(images: torch.Tensor, conv_weight: list[torch.Tensor],
-                      conv_bias: list[torch.Tensor]) -> tuple[torch.Tensor, object]:
+def _input_and_layers(images: torch.Tensor, conv_weight: list[torch.Tensor], conv_bias: list[torch.Tensor],
+                      packed: PackedKernels | None = None) -> tuple[torch.Tensor, object]:
     """Channels-last input and the layer implementation for it (fused oneDNN for CPU float32 inference)."""
     _check_chips(images, CHIP_SIZE)
     specs = conv_specs()
     x = images.permute(0, 3, 1, 2).contiguous(memory_format=torch.channels_last)  # a view for NHWC input
     if x.device.type == "cpu" and x.dtype == torch.float32 and not (torch.is_grad_enabled() and x.requires_grad):
-        weight = [w.to(x).contiguous(memory_format=torch.channels_last) for w in conv_weight]
+        weight = (packed.get(conv_weight, x.shape[0]) if packed is not None
+                  else [w.to(x).contiguous(memory_format=torch.channels_last) for w in conv_weight])
         return x, FusedLayers(weight, [b.to(x) for b in conv_bias])
 
     def conv(i: int, x: torch.Tensor) -> torch.Tensor:
@@ -251,13 +309,14 @@ class DlibFaceNet(nn.Module):
             self.register_buffer(f"conv{i}_bias", biases[i])
         self.register_buffer("fc_weight", torch.as_tensor(weights.fc_weight))
         self.requires_grad_(False)
+        self._packed = PackedKernels()
 
     def _folded(self) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         return ([getattr(self, f"conv{i}_weight") for i in range(NUM_CONVS)],
                 [getattr(self, f"conv{i}_bias") for i in range(NUM_CONVS)])
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return face_descriptor(images, *self._folded(), self.fc_weight)
+        return face_descriptor(images, *self._folded(), self.fc_weight, self._packed)
 
     def features(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, 150, 150, 3) chips in [0, 1] -> pooled pre-fc features (B, 256) and descriptors (B, 128).
@@ -265,8 +324,8 @@ class DlibFaceNet(nn.Module):
         The pooled vector is the 256-D global average pool the fc layer maps to the descriptor
         (``descriptor = pooled @ fc_weight.T``): the frozen encoder features of Genova et al. (2018).
         """
-        return face_features(images, *self._folded(), self.fc_weight)
+        return face_features(images, *self._folded(), self.fc_weight, self._packed)
 
     def feature_map(self, images: torch.Tensor) -> torch.Tensor:
         """(B, 150, 150, 3) images in [0, 1] -> (B, 256, 2, 2) activations before the global pool."""
-        return face_feature_map(images, *self._folded())
+        return face_feature_map(images, *self._folded(), self._packed)

@@ -7,9 +7,10 @@ import pytest
 import torch
 
 from morphable.identity import DlibFaceNet, face_descriptor_reference, load_dlib_face_resnet
-from morphable.identity.dlib_resnet import add_padded
+from morphable.identity import dlib_resnet
+from morphable.identity.dlib_resnet import PackedKernels, add_padded, conv_input_sizes, face_features
 from morphable.identity.dlib_serialization import default_weights_path
-from tests.conftest import data_file
+from tests.conftest import data_file, torch_threads
 from tests.identity.faces import largest_face
 
 PHOTOS = ("img1.jpg", "img22.jpg", "img26.jpg")  # three different people
@@ -65,6 +66,37 @@ def test_batch_is_independent_of_its_neighbours(net, chips):
         together = net(x)
         alone = torch.cat([net(x[i:i + 1]) for i in range(len(x))])
     assert (together - alone).abs().max() <= 1e-6
+
+
+def test_conv_input_sizes_are_the_literal_networks(monkeypatch):
+    """The shapes the kernels are packed for: those the literal reference's convolutions receive."""
+    seen = []
+    conv2d = dlib_resnet.F.conv2d
+    monkeypatch.setattr(dlib_resnet.F, "conv2d", lambda x, *a, **k: seen.append(list(x.shape)) or conv2d(x, *a, **k))
+    with torch.no_grad():
+        face_descriptor_reference(torch.rand(2, 150, 150, 3, dtype=torch.float64), load_dlib_face_resnet())
+    assert seen == conv_input_sizes(2)
+
+
+def test_packed_kernels_give_the_plain_fused_result(net, chips):
+    """oneDNN-packed kernels (one set per batch size and thread count, repacked when the weights change)
+    compute what the plain kernels compute."""
+    x = torch.from_numpy(chips).float() / 255
+    weight = [w.clone() for w in net._folded()[0]]
+    bias = net._folded()[1]
+    packed = PackedKernels(capacity=2)
+    with torch.no_grad():
+        for batch, threads in ((3, 2), (1, 2), (1, 1), (3, 2)):
+            with torch_threads(threads):
+                fast = face_features(x[:batch], weight, bias, net.fc_weight, packed)
+                plain = face_features(x[:batch], weight, bias, net.fc_weight)
+            assert all((a - b).abs().max() <= 1e-6 for a, b in zip(fast, plain))
+            assert len(packed._sets) <= 2
+        before = fast[1]
+        weight[7].mul_(1.5)  # in place: the cached set is stale
+        after = face_features(x, weight, bias, net.fc_weight, packed)[1]
+        assert (after - face_features(x, weight, bias, net.fc_weight)[1]).abs().max() <= 1e-6
+        assert (after - before).abs().max() > 1e-3
 
 
 def test_add_prev_zero_pads_the_smaller_input():
