@@ -3,7 +3,8 @@ landmark fit alone, measured in the same run on the same faces.
 
 For each photo with a ``.pts`` file in ``--data`` (AFW by default), after detection (not timed: both
 paths need the landmarks): the anchor is ``fit_landmarks(model, landmarks)``; the default fit is
-``reg.predict_identity(photo, landmarks)`` (dlib chip, one pass of dlib's ResNet, the MLP) followed by
+``reg.predict_identity(photo, landmarks)`` (the uint8 photo as ``morphable fit`` passes it: dlib chip of the
+face's crop, one pass of dlib's ResNet, the MLP) followed by
 ``fit_landmarks(..., identity_prior_mean=μ, lambda_identity=reg.prior_precision)``. One face at a time, as
 ``morphable fit`` runs; medians over faces after one warm-up face.
 
@@ -49,7 +50,7 @@ def main() -> None:
         photo = next((p.with_suffix(s) for s in (".jpg", ".png") if p.with_suffix(s).exists()), None)
         if photo is None:
             continue
-        image = torch.as_tensor(read_image(photo), dtype=torch.float32)[None] / 255
+        image = torch.from_numpy(read_image(photo).copy())[None]  # uint8, as morphable fit passes it
         lm = torch.as_tensor(read_landmarks(p), dtype=torch.float32)[None]
         t0 = time.perf_counter()
         fit_landmarks(model, lm)

@@ -671,15 +671,20 @@ def cached_texel_map(model: MorphableModel, size: int):
 
 
 def _stacked_photos(faces: Sequence[FaceInput], dtype) -> torch.Tensor:
-    """The faces' working photos as one ``(B, h, w, 3)`` batch in [0, 1], zero-padded right/bottom to the
-    largest (padding keeps every photo's pixel coordinates)."""
+    """The faces' working photos as one ``(B, h, w, 3)`` batch, zero-padded right/bottom to the largest
+    (padding keeps every photo's pixel coordinates): in [0, 1] in ``dtype``, or with ``dtype=None`` the
+    uint8 pixels (no copy for a single photo; the regressor converts only the face's crop)."""
     import torch
 
+    if dtype is None and len(faces) == 1:
+        photo = faces[0].photo
+        return torch.from_numpy(photo if photo.flags.writeable else np.array(photo))[None]
     H = max(f.photo.shape[0] for f in faces)
     W = max(f.photo.shape[1] for f in faces)
-    out = torch.zeros(len(faces), H, W, 3, dtype=dtype)
+    out = torch.zeros(len(faces), H, W, 3, dtype=torch.uint8 if dtype is None else dtype)
     for i, f in enumerate(faces):
-        out[i, :f.photo.shape[0], :f.photo.shape[1]] = torch.from_numpy(np.array(f.photo)).to(dtype) / 255
+        pixels = torch.from_numpy(np.array(f.photo))
+        out[i, :f.photo.shape[0], :f.photo.shape[1]] = pixels if dtype is None else pixels.to(dtype) / 255
     return out
 
 
@@ -723,7 +728,7 @@ def _landmark_fit(model, model_name: str, faces: Sequence[FaceInput], landmarks,
     used, kwargs = "landmarks", {}
     reg = _regressor(model_name) if shape_from == "regressor" else None
     if reg is not None:
-        mu = reg.predict_identity(_stacked_photos(faces, landmarks.dtype), landmarks)
+        mu = reg.predict_identity(_stacked_photos(faces, None), landmarks)
         kwargs = {"identity_prior_mean": mu, "lambda_identity": reg.prior_precision}
         used = "regressor"
     fit = fit_landmarks(model, landmarks, iterations=iterations, **kwargs)

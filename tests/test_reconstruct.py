@@ -158,13 +158,15 @@ def test_regressor_centres_the_identity_prior(sfm, photo, monkeypatch):
         prior_precision = 1e6
 
         def predict_identity(self, images, landmarks):
-            seen["shapes"] = (tuple(images.shape), tuple(landmarks.shape), float(images.max()))
+            seen["shapes"] = (tuple(images.shape), tuple(landmarks.shape), images.dtype)
             return target
 
     monkeypatch.setattr(genova, "has_regressor", lambda name: name == "sfm")
     monkeypatch.setattr(genova, "load_regressor", lambda name: Fixed())
     rec = morphable.reconstruct(image, "sfm", landmarks=pts, **FAST)
-    assert rec.shape_from == "regressor" and seen["shapes"][1] == (1, 68, 2) and seen["shapes"][2] <= 1.0
+    # the photo as read (uint8: the regressor converts only the face's crop)
+    assert rec.shape_from == "regressor" and seen["shapes"][1] == (1, 68, 2) and seen["shapes"][2] == torch.uint8
+    assert len(seen["shapes"][0]) == 4 and seen["shapes"][0][0] == 1 and seen["shapes"][0][3] == 3
     np.testing.assert_allclose(rec.identity, target[0].numpy(), atol=1e-3)
     plain = morphable.reconstruct(image, "sfm", landmarks=pts, shape_from="landmarks", **FAST)
     assert plain.shape_from == "landmarks" and np.abs(plain.identity - target[0].numpy()).max() > 0.1

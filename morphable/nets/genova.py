@@ -109,8 +109,10 @@ class GenovaRegressor(nn.Module):
         return self.decoder(pooled)
 
     def predict(self, images: Tensor, landmarks: Tensor) -> dict[str, Tensor]:
-        """Photos ``(B, H, W, 3)`` in [0, 1] and their 68 landmarks ``(B, 68, 2)`` px → ``{"identity", "albedo"}``."""
-        images = torch.as_tensor(images, dtype=torch.float32)
+        """Photos ``(B, H, W, 3)`` (float in [0, 1], or uint8) and their 68 landmarks ``(B, 68, 2)`` px →
+        ``{"identity", "albedo"}``. Pass uint8 photos as read: only each face's crop is converted."""
+        images = torch.as_tensor(images)
+        images = images if images.dtype == torch.uint8 else images.to(torch.float32)
         landmarks = torch.as_tensor(landmarks, dtype=torch.float32)
         if images.dim() != 4 or landmarks.shape != (images.shape[0], 68, 2):
             raise ValueError(f"GenovaRegressor: expected images (B, H, W, 3) and landmarks (B, 68, 2), got "
