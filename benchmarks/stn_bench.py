@@ -3,7 +3,8 @@
 Landmarks (``--data DIR``: photos with ``.pts`` files, e.g. the corpus's AFW faces, held out from training):
 
 * ``linear``: the scaled-orthographic linear landmark fit that gradient descent starts from
-  (:func:`morphable.fitting.stn.initial_theta`, given the ground-truth landmarks);
+  (:func:`morphable.fitting.stn.initial_theta`, given the ground-truth landmarks), in the headline
+  localiser's θ space (D identity components, and the model's expression when the localiser has it);
 * ``gd``: :func:`morphable.fitting.stn.fit_stn` from there (landmarks + prior + symmetry, 100 steps; seconds
   per face on a CPU, so only on the first ``--gd-faces``, and in the correspondence test only when asked);
 * ``localiser``: one pass of the network on the *detector* crop (dlib's HOG box that overlaps the
@@ -45,7 +46,7 @@ from morphable.losses.symmetry import symmetry_loss
 from morphable.models.resample import model_uv, uv_grid
 from morphable.nets.stn_localiser import landmark_box, load_localiser
 from morphable.reconstruct import working_copy
-from morphable.render.stn import SpatialTransformer3DMM, Theta
+from morphable.render.stn import SpatialTransformer3DMM
 
 MAX_SIDE = 800
 """Photos are shrunk to this longer side first (as ``morphable stn-fit`` does with its ``--max-side``)."""
@@ -71,10 +72,6 @@ def detector_box(photo: np.ndarray, gt: np.ndarray) -> np.ndarray | None:
     return best
 
 
-def one(theta: Theta, b: int) -> Theta:
-    return Theta(*(x[b:b + 1] for x in (theta.rotation, theta.translation, theta.log_scale, theta.alpha)))
-
-
 def fixed_nme(pred: torch.Tensor, gt: np.ndarray, defined: torch.Tensor) -> float:
     p = pred.detach().numpy()[FIXED_LANDMARKS][defined.numpy()[FIXED_LANDMARKS]]
     g = gt[FIXED_LANDMARKS][defined.numpy()[FIXED_LANDMARKS]]
@@ -84,8 +81,10 @@ def fixed_nme(pred: torch.Tensor, gt: np.ndarray, defined: torch.Tensor) -> floa
 class Methods:
     """The three ways to θ for one photo, timed."""
 
-    def __init__(self, model, stn: SpatialTransformer3DMM, localisers: dict, n_shape: int, iterations: int):
+    def __init__(self, model, stn: SpatialTransformer3DMM, localisers: dict, n_shape: int, iterations: int,
+                 expression: bool = False):
         self.model, self.stn, self.localisers, self.n_shape, self.iterations = model, stn, localisers, n_shape, iterations
+        self.expression = expression
         self.times: dict[str, list[float]] = {}
 
     def _timed(self, name: str, fn):
@@ -98,7 +97,7 @@ class Methods:
         """``{method: (θ, STNOutput)}`` for one photo ``(H, W, 3)``, its landmarks ``(1, 68, 2)`` and box
         ``(1, 4)`` (gradient descent only when ``gd``)."""
         out = {}
-        lin = self._timed("linear", lambda: initial_theta(self.stn, landmarks, self.n_shape))
+        lin = self._timed("linear", lambda: initial_theta(self.stn, landmarks, self.n_shape, self.expression))
         with torch.no_grad():
             out["linear"] = (lin, self.stn(photo[None], lin))
         if gd:
@@ -209,11 +208,11 @@ def main() -> None:
     first = next(iter(locs.values()))
     model = morphable.load_model(first.model_name)
     stn = SpatialTransformer3DMM(model, uv_grid(model_uv(model), model.triangles, (args.size, args.size)), 128)
-    methods = Methods(model, stn, locs, first.n_shape, args.iterations)
+    methods = Methods(model, stn, locs, first.n_shape, args.iterations, expression=first.n_expression > 0)
     marks = landmark_benchmark(methods, args.data, args.limit, args.gd_faces)
     ms = {k: 1000 * float(np.median(v)) for k, v in methods.times.items()}
     print(f"landmarks: {marks['n']} faces of {args.data} ({marks['fallback']} without a matching dlib box); "
-          f"model {first.model_name}, D = {first.n_shape}")
+          f"model {first.model_name}, D = {first.n_shape}, E = {first.n_expression}")
     print(f"{'method':<34}{'NME (51 pts)':>14}{'NME, GD faces':>15}{'ms/face':>10}{'× linear time':>15}")
     for k in marks["nme"]:
         print(f"{k:<34}{marks['nme'][k]:>14.4f}{marks['nme_gd_faces'][k]:>15.4f}{ms[k]:>10.2f}"

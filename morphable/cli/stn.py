@@ -118,7 +118,9 @@ def stn_fit(images: tuple[Path, ...], model_name: str | None, localiser_name: st
                 "schema": PARAMS_SCHEMA, "version": PARAMS_VERSION, "model": label, "image": str(path),
                 "image_size": {"width": W, "height": H}, "face": found.index, "landmarks_source": found.source,
                 "detection_score": found.score, "shape_from": "stn" if localiser is None else "stn-localiser",
-                "identity": th.alpha[0].detach(), "camera": camera.to_dict(), "landmarks": marks,
+                "identity": th.alpha[0].detach(),
+                **({} if th.expression is None else {"expression": th.expression[0].detach()}),
+                "camera": camera.to_dict(), "landmarks": marks,
                 "landmarks_fitted": fitted_px, "rms_px": rms, "rms_stage": "stn", "working_scale": s,
                 "stn": {"texture_size": size, **({"energy": energy} if energy is not None else
                                                   {"localiser": localiser_name})}})

@@ -1,9 +1,10 @@
-"""Fitting θ = (r, t, log s, α) of a 3DMM spatial transformer to one photo by gradient descent through the
+"""Fitting θ = (r, t, log s, α[, e]) of a 3DMM spatial transformer to one photo by gradient descent through the
 geometric layers — the "simple gradient descent" demo of 3DMM-STN (Bas et al. 2017) — and averaging the
 flattened textures of several photos of one person (the paper's mean flattened images).
 
-Energy: ``w_lmk · E_landmark + w_prior · ‖α‖² + w_sym · E_symmetry`` with the Euclidean landmark loss over the
-fixed (non-jawline) iBUG points, the statistical prior on standardised α, and the bilateral symmetry of the
+Energy: ``w_lmk · E_landmark + w_prior · (‖α‖² + ‖e‖²) + w_sym · E_symmetry`` with the Euclidean landmark loss
+over the fixed (non-jawline) iBUG points, the statistical prior on standardised α (and on the expression e
+when θ has one; blendshape weights are kept in [0, 1] by projection), and the bilateral symmetry of the
 flattened texture over the pixels visible on both sides (``losses/``). θ starts from the linear
 scaled-orthographic landmark fit (``fitting/landmarks.py``), which the descent then refines.
 """
@@ -43,13 +44,15 @@ class STNFit:
     history: list[dict[str, float]]
 
 
-def initial_theta(stn: SpatialTransformer3DMM, landmarks: Tensor, n_shape: int) -> Theta:
-    """θ from the linear landmark fit (pose + first ``n_shape`` identity components, no expression)."""
+def initial_theta(stn: SpatialTransformer3DMM, landmarks: Tensor, n_shape: int, expression: bool = False) -> Theta:
+    """θ from the linear landmark fit: pose + first ``n_shape`` identity components (+ all the model's
+    expression components with ``expression``)."""
     fit = fit_landmarks(stn.model, landmarks, iterations=3, contour=False, identity_components=n_shape,
-                        expression=False)
+                        expression=expression)
     cam = fit.camera
     return Theta(cam.rotation.detach().clone(), cam.translation.detach().clone(),
-                 cam.scale.log().detach().clone(), fit.identity[:, :n_shape].detach().clone())
+                 cam.scale.log().detach().clone(), fit.identity[:, :n_shape].detach().clone(),
+                 fit.expression.detach().clone() if expression else None)
 
 
 def stn_energy(stn: SpatialTransformer3DMM, image: Tensor, landmarks: Tensor, theta: Theta,
@@ -58,7 +61,7 @@ def stn_energy(stn: SpatialTransformer3DMM, image: Tensor, landmarks: Tensor, th
     out = stn(image, theta)
     defined = stn.model.landmark_mask[FIXED_LANDMARKS]
     e_lmk = landmark_loss(out.landmarks[:, FIXED_LANDMARKS][:, defined], landmarks[:, FIXED_LANDMARKS][:, defined])
-    e_prior = prior_loss(theta.alpha)
+    e_prior = prior_loss(theta.alpha) + (0 if theta.expression is None else prior_loss(theta.expression))
     e_sym = symmetry_loss(out.texture, out.mask)
     total = weights.landmark * e_lmk + weights.prior * e_prior + weights.symmetry * e_sym
     terms = {"total": total.item(), "landmark_px": e_lmk.item(), "prior": e_prior.item(), "symmetry": e_sym.item()}
@@ -76,7 +79,7 @@ def fit_stn(stn: SpatialTransformer3DMM, image: Tensor, landmarks: Tensor, *, n_
         n_shape: identity components in α.
         iterations: Adam steps.
         weights: energy weights.
-        init: starting θ (default: :func:`initial_theta`).
+        init: starting θ (default: :func:`initial_theta`, neutral); an ``init`` with an expression fits it too.
     Returns:
         :class:`STNFit`.
     """
@@ -84,17 +87,21 @@ def fit_stn(stn: SpatialTransformer3DMM, image: Tensor, landmarks: Tensor, *, n_
         raise ValueError(f"fit_stn: expected image (B, H, W, C) and landmarks (B, 68, 2), got "
                          f"{tuple(image.shape)} and {tuple(landmarks.shape)}")
     theta0 = init if init is not None else initial_theta(stn, landmarks, n_shape)
-    params = [t.detach().clone().requires_grad_(True) for t in (theta0.rotation, theta0.translation,
-                                                                theta0.log_scale, theta0.alpha)]
-    # per-group steps in natural units: radians, pixels, log-scale, standard deviations
-    opt = torch.optim.Adam([{"params": [params[0]], "lr": 0.005}, {"params": [params[1]], "lr": 0.3},
-                            {"params": [params[2]], "lr": 0.003}, {"params": [params[3]], "lr": 0.03}])
+    fields = [theta0.rotation, theta0.translation, theta0.log_scale, theta0.alpha]
+    fields += [] if theta0.expression is None else [theta0.expression]
+    params = [t.detach().clone().requires_grad_(True) for t in fields]
+    # per-group steps in natural units: radians, pixels, log-scale, standard deviations (expression: weights)
+    opt = torch.optim.Adam([{"params": [p], "lr": lr} for p, lr in zip(params, (0.005, 0.3, 0.003, 0.03, 0.02))])
+    bounded = stn.model.expression_kind == "blendshapes"
     history = []
     for _ in range(iterations):
         opt.zero_grad()
         total, terms, _ = stn_energy(stn, image, landmarks, Theta(*params), weights)
         total.backward()
         opt.step()
+        if len(params) == 5 and bounded:
+            with torch.no_grad():
+                params[4].clamp_(0.0, 1.0)
         history.append(terms)
     theta = Theta(*(p.detach() for p in params))
     with torch.no_grad():

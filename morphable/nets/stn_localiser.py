@@ -1,10 +1,11 @@
 """The localiser of a 3DMM spatial transformer (Bas et al., "3D Morphable Models as Spatial Transformer
-Networks", ICCV-W 2017, Sec. 3.1): a CNN that regresses θ = (r, t, log s, α) from a face crop, so that the
+Networks", ICCV-W 2017, Sec. 3.1): a CNN that regresses θ = (r, t, log s, α[, e]) from a face crop, so that the
 transformer (:class:`~morphable.render.stn.SpatialTransformer3DMM`) resamples the photo into the flattened,
 pose-normalised texture space.
 
-The paper's localiser is VGG-Faces without its classifier plus one fully connected layer with 6 + D outputs.
-Ours is one FC layer (6 + D outputs, named by :func:`stn_layout`; optionally after one hidden layer, which
+The paper's localiser is VGG-Faces without its classifier plus one fully connected layer with 6 + D outputs
+(6 + D + E with its expression model, Sec. 3.2). Ours is one FC layer (6 + D [+ E] outputs, named by
+:func:`stn_layout`; optionally after one hidden layer, which
 stands in for the fine-tuning a frozen trunk does not get) on one of two trunks:
 
 * ``"dlib"``: the frozen face-recognition ResNet we ship (:class:`~morphable.identity.DlibFaceNet`), its last
@@ -20,7 +21,9 @@ calibrated to dlib's detector), for training data without detections.
 
 Outputs are scaled so that a zero head output is the mean face, frontal, where the crop rule puts it:
 ``r = y_r`` (radians), ``t = t₀ + 0.1·S·y_t`` (px), ``log s = log s₀ + 0.1·y_s``, ``α = y_α`` (standard
-deviations); the head starts at zero.
+deviations), and the expression ``e = min(softplus(20 y_e) / 20, 1)`` for blendshape weights in [0, 1]
+(0.035 at zero: nearly neutral, with half the gradient; a sigmoid placed as near zero passed 2 % of it and
+did not learn) or ``e = y_e`` for PCA coefficients; the head starts at zero.
 """
 from __future__ import annotations
 
@@ -53,11 +56,16 @@ that miss the face's centre)."""
 
 OUTPUT_SCALE = 0.1
 """Head outputs for translation (× crop side) and log-scale are multiplied by this (see the module docstring)."""
+EXPRESSION_SHARPNESS = 20.0
+"""Blendshape weights are ``min(softplus(β y) / β, 1)`` with this β: a zero head output is a nearly neutral face."""
+EXPRESSION_KINDS = ("blendshapes", "pca")
 
 
-def stn_layout(n_shape: int) -> ParamLayout:
-    """θ's named blocks: ``rotation`` (3, axis-angle), ``translation`` (2), ``log_scale`` (1), ``alpha`` (D)."""
-    return ParamLayout((("rotation", 3), ("translation", 2), ("log_scale", 1), ("alpha", int(n_shape))))
+def stn_layout(n_shape: int, n_expression: int = 0) -> ParamLayout:
+    """θ's named blocks: ``rotation`` (3, axis-angle), ``translation`` (2), ``log_scale`` (1), ``alpha`` (D),
+    and ``expression`` (E) when ``n_expression`` > 0."""
+    blocks = (("rotation", 3), ("translation", 2), ("log_scale", 1), ("alpha", int(n_shape)))
+    return ParamLayout(blocks + ((("expression", int(n_expression)),) if n_expression else ()))
 
 
 def landmark_box(landmarks: Tensor) -> Tensor:
@@ -121,7 +129,7 @@ def theta_in_photo(theta: Theta, frame: CropFrame) -> Theta:
     """θ in crop pixels → θ in photo pixels: ``s' = step · s``, ``t' = offset + step · t``."""
     step = frame.step.to(theta.translation)
     return Theta(theta.rotation, frame.offset.to(theta.translation) + step[:, None] * theta.translation,
-                 theta.log_scale + step.log(), theta.alpha)
+                 theta.log_scale + step.log(), theta.alpha, theta.expression)
 
 
 def nominal_theta(model: MorphableModel, crop_size: int = CHIP_SIZE) -> tuple[float, float, float]:
@@ -196,17 +204,23 @@ class STNLocaliser(nn.Module):
         crop_size: input crop side (px; 150 for the dlib trunk).
         hidden: 0 for the paper's single FC layer, else one hidden ReLU layer of this width before it.
         net: an existing :class:`DlibFaceNet` to share (dlib trunk only).
+        n_expression: E, the model's first expression components in θ (0: neutral faces only).
+        expression_kind: the model's ``expression_kind`` (``"blendshapes"``: weights in [0, 1]; ``"pca"``).
     """
 
     def __init__(self, model_name: str, n_shape: int, trunk: str, nominal: tuple[float, float, float],
-                 crop_size: int = CHIP_SIZE, hidden: int = 0, net: DlibFaceNet | None = None):
+                 crop_size: int = CHIP_SIZE, hidden: int = 0, net: DlibFaceNet | None = None,
+                 n_expression: int = 0, expression_kind: str = "blendshapes"):
         super().__init__()
         if trunk not in TRUNKS:
             raise ValueError(f"STNLocaliser: trunk must be one of {TRUNKS}, got {trunk!r}")
+        if expression_kind not in EXPRESSION_KINDS:
+            raise ValueError(f"STNLocaliser: expression_kind must be one of {EXPRESSION_KINDS}, got {expression_kind!r}")
         if trunk == "dlib" and crop_size != CHIP_SIZE:
             raise ValueError(f"STNLocaliser: the dlib trunk reads {CHIP_SIZE} px crops, got {crop_size}")
         self.model_name, self.trunk_name, self.crop_size = model_name, trunk, int(crop_size)
-        self.layout = stn_layout(n_shape)
+        self.layout = stn_layout(n_shape, n_expression)
+        self.expression_kind = expression_kind
         self.trunk = DlibTrunk(net) if trunk == "dlib" else SmallTrunk()
         self.hidden = int(hidden)
         last = nn.Linear(self.hidden or self.trunk.dim, self.layout.size)
@@ -221,12 +235,22 @@ class STNLocaliser(nn.Module):
     def n_shape(self) -> int:
         return self.layout.sizeof("alpha")
 
+    @property
+    def n_expression(self) -> int:
+        return self.layout.sizeof("expression") if "expression" in self.layout.names else 0
+
     def theta(self, output: Tensor) -> Theta:
-        """Head output ``(B, 6 + D)`` → :class:`Theta` in crop pixels."""
+        """Head output ``(B, 6 + D [+ E])`` → :class:`Theta` in crop pixels."""
         y = self.layout.split(output)
         S = self.crop_size
+        expression = None
+        if self.n_expression:
+            e = y["expression"]
+            if self.expression_kind == "blendshapes":
+                e = (F.softplus(EXPRESSION_SHARPNESS * e) / EXPRESSION_SHARPNESS).clamp_max(1.0)
+            expression = e
         return Theta(y["rotation"], self.nominal[1:] + OUTPUT_SCALE * S * y["translation"],
-                     self.nominal[0] + OUTPUT_SCALE * y["log_scale"][:, 0], y["alpha"])
+                     self.nominal[0] + OUTPUT_SCALE * y["log_scale"][:, 0], y["alpha"], expression)
 
     def from_features(self, features: Tensor) -> Theta:
         """θ from trunk features ``(B, F)`` (standardised for the dlib trunk)."""
@@ -257,9 +281,7 @@ def flatten_faces(localiser: STNLocaliser, stn: SpatialTransformer3DMM, images: 
     """
     with torch.no_grad():
         theta = localiser.locate(images, boxes)
-        outs = [stn(image[None], Theta(*(x[b:b + 1] for x in (theta.rotation, theta.translation, theta.log_scale,
-                                                                theta.alpha))))
-                for b, image in enumerate(images)]
+        outs = [stn(image[None], theta[b]) for b, image in enumerate(images)]
     return theta, STNOutput(*(torch.cat([getattr(o, f) for o in outs]) for f in ("texture", "mask", "grid", "landmarks")))
 
 
@@ -267,11 +289,13 @@ def save_localiser(localiser: STNLocaliser, path: str | PathLike, meta: dict | N
     """Write the trainable weights and buffers (not the dlib network, which ships on its own) atomically."""
     save_net(localiser, path, FORMAT, VERSION,
              {"model_name": localiser.model_name, "n_shape": localiser.n_shape, "trunk": localiser.trunk_name,
-              "crop_size": localiser.crop_size, "hidden": localiser.hidden}, meta, skip=("trunk.net.",))
+              "crop_size": localiser.crop_size, "hidden": localiser.hidden, "n_expression": localiser.n_expression,
+              "expression_kind": localiser.expression_kind}, meta, skip=("trunk.net.",))
 
 
 def load_localiser(name_or_path: str | PathLike, net: DlibFaceNet | None = None) -> STNLocaliser:
-    """A shipped localiser by name (``"stn-sfm"``, sha256 checked) or a file from :func:`save_localiser`.
+    """A shipped localiser by name (``"stn-sfm"``, sha256 checked) or a file from :func:`save_localiser`
+    (files from before the expression model have none: E = 0).
 
     Raises:
         ModelFileError: unknown name, missing, corrupt or inconsistent file.
@@ -279,5 +303,7 @@ def load_localiser(name_or_path: str | PathLike, net: DlibFaceNet | None = None)
     return load_net(name_or_path, FORMAT, VERSION, "3DMM-STN localiser",
                     lambda data: STNLocaliser(str(data["model_name"]), int(data["n_shape"]), str(data["trunk"]),
                                               tuple(data["state"]["nominal"].float().tolist()),
-                                              int(data["crop_size"]), int(data["hidden"]), net=net),
+                                              int(data["crop_size"]), int(data["hidden"]), net=net,
+                                              n_expression=int(data.get("n_expression", 0)),
+                                              expression_kind=str(data.get("expression_kind", "blendshapes"))),
                     skipped=("trunk.net.",))

@@ -3,11 +3,14 @@
 image formation), so they live in ``render/``; the localiser network that predicts θ is
 :mod:`morphable.nets.stn_localiser`, and the per-photo gradient-descent fit is :mod:`morphable.fitting.stn`.
 
-A localiser predicts θ = (r, t, log s, α); the chain below turns θ into a sampling grid and resamples the
+A localiser predicts θ = (r, t, log s, α, e); the chain below turns θ into a sampling grid and resamples the
 photo into a flattened, pose-normalised texture space:
 
-    α ─► MorphableLayer ─► X (B,N,3) ─► Rotate3D(R(r)) ─► OrthographicProjection ─► LogScale(log s)
-      ─► Translate2D(t) ─► GridLayer ─► BilinearSampler(image) ─► Masking(VisibilityLayer(R, α))
+    α, e ─► MorphableLayer ─► X (B,N,3) ─► Rotate3D(R(r)) ─► OrthographicProjection ─► LogScale(log s)
+      ─► Translate2D(t) ─► GridLayer ─► BilinearSampler(image) ─► Masking(VisibilityLayer(R, α, e))
+
+The expression e is optional (the seed resamples 3DDFA's expression basis onto its UV grid, Sec. 3.2; we use
+the model's own expression basis, whose vertices the UV grid already interpolates).
 
 Each layer is a thin ``nn.Module`` over a differentiable tensor function. Image coordinates follow
 ``DESIGN.md`` (pixel centres at integers, y down): the orthographic projection returns ``(x, −y)`` so that
@@ -29,7 +32,8 @@ from morphable.render.visibility import vertex_visibility
 
 
 class MorphableLayer(nn.Module):
-    """3DMM layer: shape parameters α → points ``X = mean + B α`` on the UV grid (or the mesh vertices).
+    """3DMM layer: shape parameters α (and expression e) → points ``X = mean + B α + E e`` on the UV grid (or
+    the mesh vertices).
 
     Args:
         model: the morphable model (standardised identity basis).
@@ -42,7 +46,7 @@ class MorphableLayer(nn.Module):
         self.grid = grid
 
     def forward(self, alpha: Tensor, expression: Tensor | None = None) -> Tensor:
-        """``(B, K)`` → ``(B, N, 3)`` millimetres."""
+        """``(B, K)`` (and ``(B, E)``, E ≤ the model's expression components) → ``(B, N, 3)`` millimetres."""
         verts = self.model(identity=alpha, expression=expression).vertices
         return verts if self.grid is None else self.grid.points(verts)
 
@@ -118,7 +122,7 @@ class BilinearSampler(nn.Module):
 
 
 class VisibilityLayer(nn.Module):
-    """Self-occlusion layer: ``(R, α) → (B, H', W')`` binary mask of the grid points visible in the view.
+    """Self-occlusion layer: ``(R, α, e) → (B, H', W')`` binary mask of the grid points visible in the view.
 
     A vertex is visible when it faces the camera and wins the z-buffer of an orthographic view of the mesh
     rendered at ``resolution`` pixels across (``render/visibility.py``); a grid point is visible when the
@@ -160,12 +164,21 @@ class Theta:
         translation: ``(B, 2)`` pixels.
         log_scale: ``(B,)`` log of pixels per millimetre.
         alpha: ``(B, K)`` standardised identity coefficients.
+        expression: ``(B, E)`` the model's first E expression coefficients (blendshape weights in [0, 1] or
+            PCA coefficients), or ``None`` for the neutral face.
     """
 
     rotation: Tensor
     translation: Tensor
     log_scale: Tensor
     alpha: Tensor
+    expression: Tensor | None = None
+
+    def __getitem__(self, index) -> Theta:
+        """The faces ``index`` (an int keeps the batch dimension: ``theta[b]`` is a batch of one)."""
+        index = slice(index, index + 1) if isinstance(index, int) else index
+        return Theta(self.rotation[index], self.translation[index], self.log_scale[index], self.alpha[index],
+                     None if self.expression is None else self.expression[index])
 
 
 @dataclass(frozen=True)
@@ -184,7 +197,7 @@ class SpatialTransformer3DMM(nn.Module):
     """The grid generator + sampler chain of a 3DMM-STN.
 
     Args:
-        model: the morphable model (shape only is used).
+        model: the morphable model (shape, and expression when θ has it).
         grid: the :class:`UVGrid` of a symmetric flattening of ``model``.
         visibility_resolution: z-buffer size for the self-occlusion mask.
     """
@@ -211,13 +224,13 @@ class SpatialTransformer3DMM(nn.Module):
     def forward(self, image: Tensor, theta: Theta) -> STNOutput:
         """``image (B, H, W, C)`` in [0, 1] → :class:`STNOutput`."""
         R = self.to_rotation(theta.rotation)
-        verts = self.shape(theta.alpha)
+        verts = self.shape(theta.alpha, theta.expression)
         grid_points = self.image_points(theta, self.grid_def.points(verts), R)
         grid = self.to_grid(grid_points)
         sampled = self.sampler(image, grid)
         H, W = image.shape[1:3]
         inside = ((grid >= 0) & (grid <= grid.new_tensor([W - 1, H - 1]))).all(-1)
-        mask = self.visibility(R, theta.alpha) & inside  # points sampled off the photo are not seen either
+        mask = self.visibility(R, theta.alpha, theta.expression) & inside  # off the photo: not seen either
         landmarks = self.image_points(
             theta, barycentric_points(verts, self.model.landmark_indices, self.model.landmark_weights), R)
         return STNOutput(self.masking(sampled, mask), mask, grid, landmarks)

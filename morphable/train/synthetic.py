@@ -66,6 +66,17 @@ class SyntheticFace:
     camera: ScaledOrthographic
 
 
+def random_expression(model: MorphableModel, rng: np.random.Generator, active: int = 3,
+                      max_weight: float = 0.4) -> Tensor:
+    """``(1, E)`` expression coefficients with ``active`` random components at weights uniform in
+    [0, ``max_weight``] (blendshape weights; zeros ``(1, 0)`` for a model without expressions)."""
+    expr = torch.zeros(1, model.n_expression)
+    if model.n_expression:
+        chosen = rng.choice(model.n_expression, size=min(active, model.n_expression), replace=False)
+        expr[0, chosen] = torch.as_tensor(rng.uniform(0, max_weight, size=len(chosen)), dtype=torch.float32)
+    return expr
+
+
 def synthetic_face(model: MorphableModel, rng: np.random.Generator, *, size: int = 224, identity_scale: float = 1.0,
                    max_yaw_deg: float = 30.0, image_noise: float = 0.01, landmark_noise_px: float = 1.0,
                    identity: Tensor | None = None) -> SyntheticFace:
@@ -75,10 +86,7 @@ def synthetic_face(model: MorphableModel, rng: np.random.Generator, *, size: int
     uniform background."""
     ident = (torch.as_tensor(rng.normal(size=(1, model.n_identity)) * identity_scale, dtype=torch.float32)
              if identity is None else identity)
-    expr = torch.zeros(1, model.n_expression)
-    if model.n_expression:
-        active = rng.choice(model.n_expression, size=min(3, model.n_expression), replace=False)
-        expr[0, active] = torch.as_tensor(rng.uniform(0, 0.4, size=len(active)), dtype=torch.float32)
+    expr = random_expression(model, rng)
     verts = model(identity=ident, expression=expr if model.n_expression else None).vertices
     ypr = torch.tensor([[math.radians(rng.uniform(-max_yaw_deg, max_yaw_deg)), math.radians(rng.uniform(-15, 15)),
                          math.radians(rng.uniform(-10, 10))]])

@@ -72,6 +72,20 @@ def test_gradient_descent_recovers_theta(scene, one_thread):
     assert fit.output.texture.shape == (1, 64, 64, 3)
 
 
+def test_gradient_descent_with_expression_keeps_weights_in_range(scene, one_thread):
+    """θ with the SFM's blendshape weights, started from the linear fit with expression: the weights stay in
+    [0, 1] (projected) and near the neutral truth, the pose is still recovered, and the energy falls."""
+    stn, image, landmarks, cam, _ = scene
+    init = initial_theta(stn, landmarks, N_SHAPE, expression=True)
+    assert init.expression.shape == (1, stn.model.n_expression)
+    fit = fit_stn(stn, image, landmarks, n_shape=N_SHAPE, iterations=30, init=init)
+    e = fit.theta.expression
+    assert e.shape == (1, stn.model.n_expression) and float(e.min()) >= 0 and float(e.max()) <= 1
+    assert float(e.max()) < 0.3  # the face was rendered neutral
+    assert rotation_error_deg(fit.theta.rotation, cam.rotation) < 3.0
+    assert fit.history[-1]["total"] < fit.history[0]["total"]
+
+
 def test_mean_flattened_weights_by_visibility():
     tex = torch.stack([torch.full((2, 2, 3), 0.2), torch.full((2, 2, 3), 0.8)])
     mask = torch.tensor([[[1, 1], [0, 0]], [[1, 0], [1, 0]]], dtype=torch.bool)

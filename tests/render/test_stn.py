@@ -111,6 +111,28 @@ def test_transformer_landmarks_equal_camera_projection(sfm):
     assert out.texture.shape == (2, SIZE, SIZE, 3) and out.mask.shape == (2, SIZE, SIZE)
 
 
+def test_expression_in_theta_moves_the_landmarks_like_the_model(sfm):
+    """θ with the model's expression weights: the transformer's landmarks are the camera projection of the
+    expressive face (not the neutral one), and ``theta[b]`` selects face b."""
+    model, _, stn = sfm
+    g = torch.Generator().manual_seed(1)
+    alpha = torch.randn(2, 6, generator=g)
+    expression = torch.zeros(2, model.n_expression)
+    expression[0, :3] = torch.tensor([0.6, 0.3, 0.8])
+    expression[1, 3:] = 0.5
+    theta = Theta(torch.cat([pose(20, 5, 0), pose(-30, 0, 5)]), torch.tensor([[40.0, 30.0], [20.0, 25.0]]),
+                  torch.tensor([-0.9, -0.8]), alpha, expression)
+    out = stn(torch.rand(2, 60, 80, 3, generator=g), theta)
+    cam = ScaledOrthographic(theta.log_scale.exp(), theta.rotation, theta.translation)
+    expected = cam.project(model.landmarks(model(identity=alpha, expression=expression).vertices))
+    neutral = cam.project(model.landmarks(model(identity=alpha).vertices))
+    seen = model.landmark_mask
+    torch.testing.assert_close(out.landmarks[:, seen], expected[:, seen], atol=1e-4, rtol=0)
+    assert (out.landmarks[:, seen] - neutral[:, seen]).norm(dim=-1).amax(-1).min() > 0.3  # px, both faces
+    second = stn(torch.rand(1, 60, 80, 3, generator=g), theta[1])
+    torch.testing.assert_close(second.landmarks, out.landmarks[1:], atol=1e-5, rtol=0)
+
+
 def test_points_sampled_off_the_photo_are_masked(sfm):
     """A frontal face whose left half (+x, u > 0.5) hangs off the photo's right edge: those texels are masked."""
     _, _, stn = sfm

@@ -12,7 +12,12 @@ geometric losses (Sec. 4):
   (:func:`~morphable.losses.symmetry.symmetry_loss`);
 * **siamese multi-view**: the flattened textures of the views of one face agree where both are visible
   (:func:`~morphable.losses.consistency.multiview_texture_loss`);
-* the **statistical prior** ‖α‖² on the standardised shape coefficients (:func:`~morphable.losses.prior.prior_loss`).
+* the **statistical prior** ‖α‖² on the standardised shape coefficients (:func:`~morphable.losses.prior.prior_loss`),
+  plus ‖e‖² on the expression weights.
+
+With ``model.expression`` (default) θ holds the model's expression components as well (the seed's expression
+model, Sec. 3.2: it resamples 3DDFA's expression basis onto its UV grid; our UV grid interpolates the model's
+own expression basis), and every synthetic view wears a random expression.
 
 Data: synthetic identity groups (:func:`synthetic_groups`): each identity (shape and albedo drawn from the
 model and :func:`~morphable.train.synthetic.random_albedo`) rendered in ``data.views`` poses and lights,
@@ -61,7 +66,7 @@ from morphable.train.config import OptimConfig, ScheduleConfig, TrainConfig
 from morphable.train.data.cache import cache_root, cached, settings_key
 from morphable.train.recipes.base import Recipe, frozen_model
 from morphable.train.recipes.genova import evaluating
-from morphable.train.synthetic import random_albedo, random_light
+from morphable.train.synthetic import random_albedo, random_expression, random_light
 
 FIXED_LANDMARKS = slice(17, 68)
 """iBUG points of the landmark loss: the jawline (0–16) is a pose-dependent contour, left out."""
@@ -69,11 +74,13 @@ FIXED_LANDMARKS = slice(17, 68)
 
 @dataclass(frozen=True)
 class ModelSection:
-    """name: the morphable model; n_shape: D, identity components in θ (the paper's α); texture_size: side
-    of the flattened texture the losses see; visibility_resolution: z-buffer side of the visibility layer."""
+    """name: the morphable model; n_shape: D, identity components in θ (the paper's α); expression: θ also
+    holds all the model's expression components (none for a model without); texture_size: side of the
+    flattened texture the losses see; visibility_resolution: z-buffer side of the visibility layer."""
 
     name: str = "sfm"
     n_shape: int = 10
+    expression: bool = True
     texture_size: int = 32
     visibility_resolution: int = 96
 
@@ -149,12 +156,13 @@ class STNConfig:
 
 def synthetic_groups(model: MorphableModel, identities: int, views: int, seed: int, *, crop: int = 150,
                      max_yaw_deg: float = 60.0, box_scale_jitter: float = 0.1,
-                     box_shift_jitter: float = 0.08) -> dict[str, Tensor]:
+                     box_shift_jitter: float = 0.08, expression: bool = False) -> dict[str, Tensor]:
     """Synthetic identity groups rendered into detector-like crops.
 
     Each identity: shape α ~ N(0, I) over all the model's components, a random albedo
     (:func:`~morphable.train.synthetic.random_albedo`: skin colour, smooth symmetric variation, noise);
-    each view: a pose (yaw ±``max_yaw_deg``, pitch ±15°, roll ±10°), an SH light
+    each view: with ``expression`` its own random expression (:func:`~morphable.train.synthetic.random_expression`:
+    three components at weights up to 0.4), a pose (yaw ±``max_yaw_deg``, pitch ±15°, roll ±10°), an SH light
     (:func:`~morphable.train.synthetic.random_light`), a random background, and the crop of a simulated
     detector box (:func:`landmark_box` of the face's landmarks, side × (1 ± ``box_scale_jitter``), centre
     moved by ± ``box_shift_jitter`` of the side).
@@ -162,8 +170,8 @@ def synthetic_groups(model: MorphableModel, identities: int, views: int, seed: i
     Returns:
         ``images`` ``(N, S, S, 3)`` uint8 (N = identities · views, views of one identity adjacent),
         ``landmarks`` ``(N, 68, 2)`` crop px (NaN where the model has none), ``group`` ``(N,)``,
-        ``identity`` ``(N, K)``, and the true crop θ: ``rotation`` ``(N, 3)``, ``translation`` ``(N, 2)``,
-        ``log_scale`` ``(N,)``.
+        ``identity`` ``(N, K)``, ``expression`` ``(N, E)`` (zeros without ``expression``), and the true crop
+        θ: ``rotation`` ``(N, 3)``, ``translation`` ``(N, 2)``, ``log_scale`` ``(N,)``.
     """
     rng = np.random.default_rng(seed)
     g = torch.Generator().manual_seed(seed)
@@ -172,12 +180,18 @@ def synthetic_groups(model: MorphableModel, identities: int, views: int, seed: i
     for i in range(identities):
         identity = torch.randn(1, model.n_identity, generator=g)
         with torch.no_grad():
-            verts = model(identity=identity).vertices
+            neutral = model(identity=identity).vertices
         albedo = random_albedo(model.mean, model.symmetry, rng)[None]
         rotation = random_rotation(views, g, max_yaw_deg=max_yaw_deg)
         background = random_background(views, g, size=crop)
-        lm3 = model.landmarks(verts)[0]
         for v in range(views):
+            expr = random_expression(model, rng) if expression else torch.zeros(1, model.n_expression)
+            if expression and model.n_expression:
+                with torch.no_grad():
+                    verts = model(identity=identity, expression=expr).vertices
+            else:
+                verts = neutral
+            lm3 = model.landmarks(verts)[0]
             R = rotation[v]
             q = lm3 @ R.T
             q = torch.stack([q[:, 0], -q[:, 1]], -1)  # image orientation at s = 1, t = 0 (mm)
@@ -197,7 +211,7 @@ def synthetic_groups(model: MorphableModel, identities: int, views: int, seed: i
             row = {"images": ((image + noise).clamp(0, 1) * 255).round().to(torch.uint8),
                    "landmarks": camera.project(lm3[None]).where(model.landmark_mask[None, :, None],
                                                                torch.tensor(float("nan"))),
-                   "group": torch.tensor([i]), "identity": identity, "rotation": camera.rotation,
+                   "group": torch.tensor([i]), "identity": identity, "expression": expr, "rotation": camera.rotation,
                    "translation": camera.translation, "log_scale": camera.scale.log()}
             for k, x in row.items():
                 out.setdefault(k, []).append(x)
@@ -213,7 +227,8 @@ def cached_groups(model: MorphableModel, localiser: STNLocaliser, settings: dict
     def make() -> dict[str, Tensor]:
         data = synthetic_groups(model, settings["identities"], settings["views"], settings["seed"],
                                 crop=settings["crop"], max_yaw_deg=settings["yaw"],
-                                box_scale_jitter=settings["box_scale"], box_shift_jitter=settings["box_shift"])
+                                box_scale_jitter=settings["box_scale"], box_shift_jitter=settings["box_shift"],
+                                expression=settings["expression"])
         if settings["trunk"] == "dlib":
             with torch.no_grad():
                 data["features"] = torch.cat([localiser.trunk.raw(data["images"][i:i + chunk].float() / 255)
@@ -282,7 +297,9 @@ class STNRecipe(Recipe):
         self.stn = SpatialTransformer3DMM(self.face_model, uv_grid(model_uv(self.face_model), self.face_model.triangles,
                                                                    (size, size)), cfg.model.visibility_resolution)
         self.localiser = STNLocaliser(self.model_label, cfg.model.n_shape, cfg.net.trunk,
-                                      nominal_theta(self.face_model, cfg.net.crop), cfg.net.crop, cfg.net.hidden)
+                                      nominal_theta(self.face_model, cfg.net.crop), cfg.net.crop, cfg.net.hidden,
+                                      n_expression=self.face_model.n_expression if cfg.model.expression else 0,
+                                      expression_kind=self.face_model.expression_kind or "blendshapes")
         self.train_set = self._groups("train", cfg.data.identities, cfg.train.seed * 2 + 1)
         self.val_set = self._groups("val", cfg.data.val_identities, cfg.train.seed * 2 + 2)
         if cfg.net.trunk == "dlib":
@@ -299,7 +316,7 @@ class STNRecipe(Recipe):
         settings = dict(split=split, seed=seed, identities=identities, views=cfg.data.views, model=cfg.model.name,
                         n_vertices=self.face_model.n_vertices, crop=cfg.net.crop, yaw=cfg.data.max_yaw_deg,
                         box_scale=cfg.data.box_scale_jitter, box_shift=cfg.data.box_shift_jitter,
-                        trunk=cfg.net.trunk, version=1)
+                        trunk=cfg.net.trunk, expression=cfg.model.expression, version=2)
         return cached_groups(self.face_model, self.localiser, settings, cache_root(cfg.data.cache), cfg.data.chunk)
 
     def _real(self) -> tuple[dict[str, Tensor] | None, dict[str, Tensor] | None]:
@@ -361,7 +378,8 @@ class STNRecipe(Recipe):
         siamese = torch.stack([multiview_texture_loss(tex[i:i + V], mask[i:i + V]) for i in range(0, len(index), V)])
         return {"landmark": landmark_loss(out.landmarks[:, self.defined], target),
                 "symmetry": symmetry_loss(tex, mask), "siamese": siamese.mean(),
-                "prior": prior_loss(theta.alpha)}, theta, out
+                "prior": prior_loss(theta.alpha) + (0 if theta.expression is None else prior_loss(theta.expression))}, \
+            theta, out
 
     def real_terms(self, data: dict[str, Tensor], index: Tensor) -> tuple[dict[str, Tensor], object]:
         """Landmark and symmetry terms of real crops ``index`` (one view each: no siamese term), and the
@@ -388,8 +406,9 @@ class STNRecipe(Recipe):
     # ----------------------------------------------------------------------------------- validation
     def validate(self, step: int) -> dict[str, float]:
         """Held-out synthetic groups: the loss terms, landmark NME (mean error over the fixed points / crop
-        side), rotation error (degrees), scale error (relative), correlation of α with the truth's first D; with
-        ``data.real``, the held-out real faces' NME (``real_nme``)."""
+        side), rotation error (degrees), scale error (relative), correlation of α with the truth's first D, mean
+        absolute error of the expression weights (with ``model.expression``); with ``data.real``, the held-out
+        real faces' NME (``real_nme``)."""
         data = self.val_set
         with torch.no_grad(), evaluating(self.localiser):
             terms, theta, out = self.terms(data, torch.arange(len(data["images"])))
@@ -399,11 +418,13 @@ class STNRecipe(Recipe):
         D = self.config.model.n_shape
         a, b = theta.alpha.flatten(), data["identity"][:, :D].flatten()
         corr = float(torch.corrcoef(torch.stack([a, b]))[0, 1]) if D else 0.0
-        real = {"real_nme": float(self._nme(out_r.landmarks, self.real_val["landmarks"]).mean())} if has_real else {}
+        extra = {"real_nme": float(self._nme(out_r.landmarks, self.real_val["landmarks"]).mean())} if has_real else {}
+        if theta.expression is not None:
+            extra["expression_mae"] = float((theta.expression - data["expression"]).abs().mean())
         return {**{k: float(v) for k, v in terms.items()}, "nme": float(err.mean()),
                 "rotation_deg": float(rotation_error_deg(theta.rotation, data["rotation"]).mean()),
                 "scale_rel": float((theta.log_scale - data["log_scale"]).abs().mean()),
-                "alpha_corr": corr, **real}
+                "alpha_corr": corr, **extra}
 
     def _nme(self, landmarks: Tensor, target: Tensor) -> Tensor:
         """Per face ``(B,)``: mean distance over the loss's landmarks / the crop side."""
