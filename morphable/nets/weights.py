@@ -23,9 +23,12 @@ SHIPPED: dict[str, tuple[str, str]] = {
     # name: (file name, sha256); reproduce with the command stored in the file (``meta["command"]``)
     # genova-ict: `make genova-ict DATA=../shared/data` (docs/genova.md)
     "genova-ict": ("genova-ict.pt", "83b9b801a3b110668ec22e1ea9caab7ac12a1636a3e722d4c4c7312548c79113"),
-    # stn-sfm, stn-sfm-small: the 3DMM-STN localisers (dlib trunk / small CNN), docs/stn.md
-    "stn-sfm": ("stn-sfm.pt", "d31bb269dae407f2b3e54aa3e3fdfb598045c30278bc35dd7b839a42c6465082"),
-    "stn-sfm-small": ("stn-sfm-small.pt", "79740dba717a96363912d1783ff8c293c7002693277ab5824ee25dc8e2f44f8c"),
+    # stn-sfm, stn-sfm-small, stn-ict, stn-ict-small: the 3DMM-STN localisers with the expression model (dlib
+    # trunk / small CNN), the commands in docs/stn.md
+    "stn-sfm": ("stn-sfm.pt", "301d17e922bc2f70158a0c120dff3a05c7c26fde61ef1e96307e06e2bb52fb06"),
+    "stn-sfm-small": ("stn-sfm-small.pt", "a56d72f29ced9fe000aa9f23fe0da1328a176f065f1e92e1b217a87cd76257ae"),
+    "stn-ict": ("stn-ict.pt", "5d5b4189ca4532e62f69e3c50f97ee201fe5c4b89c0b4ab13bb5744a103c25b8"),
+    "stn-ict-small": ("stn-ict-small.pt", "58d26cb8719e0c6127eb62ec967917714dcd9a59a1e1222136ee3ed4d73dba50"),
     # ringnet-ict-dlib: RingNet on dlib's trunk, the first command in docs/ringnet.md (1000 steps, ~25 min on 2
     # busy cores); ringnet-ict (the default): the small trunk, the second command there
     "ringnet-ict-dlib": ("ringnet-ict-dlib.pt", "3c3ef0b60a4292f27c00e0726fbb59b2b00a4281698893b6904192f729bd9165"),
