@@ -104,7 +104,9 @@ class PackedKernels:
 
     def get(self, conv_weight: list[torch.Tensor], batch: int) -> list[torch.Tensor]:
         """The packed float32 kernels for ``batch`` chips of 150 x 150 (mkldnn tensors)."""
-        key = (batch, torch.get_num_threads(), *((w.data_ptr(), w._version) for w in conv_weight))
+        # inference tensors cannot change in place outside inference mode and keep no version counter
+        key = (batch, torch.get_num_threads(),
+               *((w.data_ptr(), 0 if w.is_inference() else w._version) for w in conv_weight))
         with self._lock:
             found = self._sets.get(key)
             if found is not None:

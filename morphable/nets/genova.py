@@ -119,11 +119,13 @@ class GenovaRegressor(nn.Module):
                              f"{tuple(images.shape)} and {tuple(landmarks.shape)}")
         was = self.training
         self.eval()
+        encoder = self.encoder  # built (lazily) outside inference mode: its buffers must stay ordinary tensors
         try:
-            with torch.no_grad():
-                return self.decoder(self.encoder.encode_photos(images, landmarks).pooled)
+            with torch.inference_mode():  # ~0.5 ms less per face than no_grad (no version counters)
+                out = self.decoder(encoder.encode_photos(images, landmarks).pooled)
         finally:
             self.train(was)
+        return {k: v.clone() for k, v in out.items()}  # ordinary tensors (the caller may need autograd)
 
     def predict_identity(self, images: Tensor, landmarks: Tensor) -> Tensor:
         """``(B, K)`` standardised identity coefficients (see :meth:`predict`)."""

@@ -70,6 +70,16 @@ def test_predict_from_photos_matches_features_of_the_chips():
     enc = DlibEncoder()
     want = reg(enc(DlibEncoder.chips(photos, lm)).pooled)["identity"]
     torch.testing.assert_close(got, want)
+    # predict runs in inference mode, but hands back ordinary tensors, and the encoder it built on first use
+    # keeps ordinary buffers: gradients still flow through it afterwards
+    assert not got.is_inference() and not reg.encoder.net.conv0_weight.is_inference()
+    chips = DlibEncoder.chips(photos, lm).requires_grad_(True)
+    reg(reg.encoder(chips).pooled)["identity"].sum().backward()
+    assert chips.grad is not None and chips.grad.abs().sum() > 0
+    # and a uint8 photo (as ``morphable fit`` passes it) gives the float photo's prediction
+    photos8 = (photos * 255).round().to(torch.uint8)
+    torch.testing.assert_close(reg.predict_identity(photos8, lm), reg.predict_identity(photos8.float() / 255, lm),
+                               atol=1e-5, rtol=1e-5)
 
 
 def test_shipped_ict_regressor_separates_people(data):
