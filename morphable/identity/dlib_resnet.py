@@ -15,7 +15,8 @@ network, 29 convolutions; weights public domain, read by :mod:`morphable.identit
 Two implementations of the same maths: :func:`face_descriptor_reference` runs every layer as dlib does
 (normalise, conv + bias, then the affine); :func:`face_descriptor` folds the input normalisation and each
 affine into the convs (:func:`fold_affines`) and runs channels-last, which is what :class:`DlibFaceNet`
-uses. Both follow the input's device and dtype.
+uses (for CPU float32 inference with its kernels packed once in oneDNN's layout, :class:`PackedKernels`).
+Both follow the input's device and dtype.
 """
 from __future__ import annotations
 
@@ -121,8 +122,8 @@ class PackedKernels:
                 self._sets.popitem(last=False)
         return packed
 
-    def __deepcopy__(self, memo) -> PackedKernels:
-        return PackedKernels(self.capacity)  # a cache: a copy starts empty
+    def __reduce__(self):
+        return PackedKernels, (self.capacity,)  # a cache: a copy (deepcopy, pickle) starts empty
 
 
 class Layers:

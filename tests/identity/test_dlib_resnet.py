@@ -97,6 +97,13 @@ def test_packed_kernels_give_the_plain_fused_result(net, chips):
         after = face_features(x, weight, bias, net.fc_weight, packed)[1]
         assert (after - face_features(x, weight, bias, net.fc_weight)[1]).abs().max() <= 1e-6
         assert (after - before).abs().max() > 1e-3
+    # a cache: copies and pickles start empty (the module stays copyable and picklable)
+    import copy
+    import pickle
+
+    assert len(packed._sets) > 0 and copy.deepcopy(packed)._sets == {}
+    again = pickle.loads(pickle.dumps(packed))
+    assert again.capacity == 2 and again._sets == {}
 
 
 def test_add_prev_zero_pads_the_smaller_input():
