@@ -4,9 +4,9 @@ transformer (:class:`~morphable.render.stn.SpatialTransformer3DMM`) resamples th
 pose-normalised texture space.
 
 The paper's localiser is VGG-Faces without its classifier plus one fully connected layer with 6 + D outputs
-(6 + D + E with its expression model, Sec. 3.2). Ours is one FC layer (6 + D [+ E] outputs, named by
-:func:`stn_layout`; optionally after one hidden layer, which
-stands in for the fine-tuning a frozen trunk does not get) on one of two trunks:
+(6 + D + E with the expression model of its code, resampled from 3DDFA's). Ours is one FC layer (6 + D [+ E]
+outputs, named by :func:`stn_layout`; optionally after one hidden layer, which stands in for the fine-tuning a
+frozen trunk does not get) on one of two trunks:
 
 * ``"dlib"``: the frozen face-recognition ResNet we ship (:class:`~morphable.identity.DlibFaceNet`), its last
   block's activations *before* the global pool (256 × 2 × 2: the pool would discard where the face is);
@@ -215,7 +215,8 @@ class STNLocaliser(nn.Module):
         if trunk not in TRUNKS:
             raise ValueError(f"STNLocaliser: trunk must be one of {TRUNKS}, got {trunk!r}")
         if expression_kind not in EXPRESSION_KINDS:
-            raise ValueError(f"STNLocaliser: expression_kind must be one of {EXPRESSION_KINDS}, got {expression_kind!r}")
+            raise ValueError(f"STNLocaliser: expression_kind must be one of {EXPRESSION_KINDS}, "
+                             f"got {expression_kind!r}")
         if trunk == "dlib" and crop_size != CHIP_SIZE:
             raise ValueError(f"STNLocaliser: the dlib trunk reads {CHIP_SIZE} px crops, got {crop_size}")
         self.model_name, self.trunk_name, self.crop_size = model_name, trunk, int(crop_size)

@@ -9,8 +9,9 @@ photo into a flattened, pose-normalised texture space:
     α, e ─► MorphableLayer ─► X (B,N,3) ─► Rotate3D(R(r)) ─► OrthographicProjection ─► LogScale(log s)
       ─► Translate2D(t) ─► GridLayer ─► BilinearSampler(image) ─► Masking(VisibilityLayer(R, α, e))
 
-The expression e is optional (the seed resamples 3DDFA's expression basis onto its UV grid, Sec. 3.2; we use
-the model's own expression basis, whose vertices the UV grid already interpolates).
+The expression e is optional (the seed's code resamples 3DDFA's expression basis onto its UV grid,
+``prepareExpressionBFM``; we use the model's own expression basis, whose vertices the UV grid already
+interpolates).
 
 Each layer is a thin ``nn.Module`` over a differentiable tensor function. Image coordinates follow
 ``DESIGN.md`` (pixel centres at integers, y down): the orthographic projection returns ``(x, −y)`` so that

@@ -72,7 +72,8 @@ def test_conv_input_sizes_are_the_literal_networks(monkeypatch):
     """The shapes the kernels are packed for: those the literal reference's convolutions receive."""
     seen = []
     conv2d = dlib_resnet.F.conv2d
-    monkeypatch.setattr(dlib_resnet.F, "conv2d", lambda x, *a, **k: seen.append(list(x.shape)) or conv2d(x, *a, **k))
+    monkeypatch.setattr(dlib_resnet.F, "conv2d",
+                        lambda x, *a, **k: seen.append(list(x.shape)) or conv2d(x, *a, **k))
     with torch.no_grad():
         face_descriptor_reference(torch.rand(2, 150, 150, 3, dtype=torch.float64), load_dlib_face_resnet())
     assert seen == conv_input_sizes(2)

@@ -16,7 +16,7 @@ geometric losses (Sec. 4):
   plus ‖e‖² on the expression weights.
 
 With ``model.expression`` (default) θ holds the model's expression components as well (the seed's expression
-model, Sec. 3.2: it resamples 3DDFA's expression basis onto its UV grid; our UV grid interpolates the model's
+model: its code resamples 3DDFA's expression basis onto its UV grid; our UV grid interpolates the model's
 own expression basis), and every synthetic view wears a random expression.
 
 Data: synthetic identity groups (:func:`synthetic_groups`): each identity (shape and albedo drawn from the
