@@ -23,11 +23,11 @@ SHIPPED: dict[str, tuple[str, str]] = {
     # name: (file name, sha256); reproduce with the command stored in the file (``meta["command"]``)
     # genova-ict: `make genova-ict DATA=../shared/data` (docs/genova.md)
     "genova-ict": ("genova-ict.pt", "83b9b801a3b110668ec22e1ea9caab7ac12a1636a3e722d4c4c7312548c79113"),
-    # stn-sfm, stn-sfm-small, stn-ict, stn-ict-small: the 3DMM-STN localisers with the expression model (dlib
-    # trunk / small CNN), the commands in docs/stn.md
-    "stn-sfm": ("stn-sfm.pt", "301d17e922bc2f70158a0c120dff3a05c7c26fde61ef1e96307e06e2bb52fb06"),
+    # stn-sfm, stn-sfm-small, stn-ict, stn-ict-small: the 3DMM-STN localisers (dlib trunk, neutral θ / small CNN
+    # with the expression model), the commands in docs/stn.md
+    "stn-sfm": ("stn-sfm.pt", "db6c17cdf2949e7053a6d85302f280e79306fa405874f3330c89790077ed8cb2"),
     "stn-sfm-small": ("stn-sfm-small.pt", "a56d72f29ced9fe000aa9f23fe0da1328a176f065f1e92e1b217a87cd76257ae"),
-    "stn-ict": ("stn-ict.pt", "5d5b4189ca4532e62f69e3c50f97ee201fe5c4b89c0b4ab13bb5744a103c25b8"),
+    "stn-ict": ("stn-ict.pt", "4e7ea3ad3f553b0091ca217cf795994fb28cdde74ff0efc338665451517f91da"),
     "stn-ict-small": ("stn-ict-small.pt", "58d26cb8719e0c6127eb62ec967917714dcd9a59a1e1222136ee3ed4d73dba50"),
     # ringnet-ict-dlib: RingNet on dlib's trunk, the first command in docs/ringnet.md (1000 steps, ~25 min on 2
     # busy cores); ringnet-ict (the default): the small trunk, the second command there
