@@ -92,14 +92,14 @@ def fit_stn(stn: SpatialTransformer3DMM, image: Tensor, landmarks: Tensor, *, n_
     params = [t.detach().clone().requires_grad_(True) for t in fields]
     # per-group steps in natural units: radians, pixels, log-scale, standard deviations (expression: weights)
     opt = torch.optim.Adam([{"params": [p], "lr": lr} for p, lr in zip(params, (0.005, 0.3, 0.003, 0.03, 0.02))])
-    bounded = stn.model.expression_kind == "blendshapes"
+    bounded = theta0.expression is not None and stn.model.expression_kind == "blendshapes"  # weights in [0, 1]
     history = []
     for _ in range(iterations):
         opt.zero_grad()
         total, terms, _ = stn_energy(stn, image, landmarks, Theta(*params), weights)
         total.backward()
         opt.step()
-        if len(params) == 5 and bounded:
+        if bounded:
             with torch.no_grad():
                 params[4].clamp_(0.0, 1.0)
         history.append(terms)

@@ -17,6 +17,7 @@ Determinism contract (what makes ``--resume`` bit-identical):
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -98,6 +99,17 @@ class Recipe:
         command = shlex.join(["morphable", *sys.argv[1:]]) if Path(sys.argv[0]).name == "morphable" \
             else f"morphable train {self.name} -o {run_dir} (from Python; the resolved config is in 'config')"
         return {"command": command, "config": json.dumps(asdict(self.config)), "metrics": json.dumps(metrics)}
+
+
+@contextmanager
+def evaluating(module: nn.Module):
+    """``module`` in eval mode (no dropout) inside the block, its previous mode after."""
+    was = module.training
+    module.eval()
+    try:
+        yield module
+    finally:
+        module.train(was)
 
 
 def frozen_model(name: str) -> tuple[nn.Module, str]:

@@ -43,8 +43,7 @@ from morphable.train.config import OptimConfig, ScheduleConfig, TrainConfig
 from morphable.train.data.cache import cache_root
 from morphable.train.inverse_rendered import (TRAIN_PHOTOS, VariantSettings, build_set,
                                               draw_variant, place_faces, region_triangles)
-from morphable.train.recipes.base import Recipe, frozen_model
-from morphable.train.recipes.genova import evaluating
+from morphable.train.recipes.base import Recipe, evaluating, frozen_model
 
 
 @dataclass(frozen=True)

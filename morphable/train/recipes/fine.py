@@ -38,9 +38,8 @@ from morphable.train.fine_data import (
     render_fine,
 )
 from morphable.train.inverse_rendered import TRAIN_PHOTOS
-from morphable.train.recipes.base import Recipe, frozen_model
+from morphable.train.recipes.base import Recipe, evaluating, frozen_model
 from morphable.train.recipes.coarse import PhotoSetSection, split_photos
-from morphable.train.recipes.genova import evaluating
 
 VALIDATION_SEED_OFFSET = 7717
 """The validation chips are drawn from ``train.seed + VALIDATION_SEED_OFFSET`` (never the training stream)."""

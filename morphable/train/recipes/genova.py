@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,7 +43,7 @@ from morphable.nets.genova import GenovaRegressor, save_regressor
 from morphable.train.chip_render import ChipRenderer, random_background, random_lighting, random_rotation
 from morphable.train.config import OptimConfig, ScheduleConfig, TrainConfig
 from morphable.train.data.cache import cache_root, cached, settings_key
-from morphable.train.recipes.base import Recipe, frozen_model
+from morphable.train.recipes.base import Recipe, evaluating, frozen_model
 from morphable.train.synthetic import ShapeWarp, draw_synthetic_chips
 
 
@@ -141,17 +140,6 @@ def _initial_state(path: str) -> dict[str, Tensor]:
         return {k: v.float() for k, v in load_weights(path)["state"].items()}
     except ModelFileError:
         return load_checkpoint(path)["model"]
-
-
-@contextmanager
-def evaluating(module: nn.Module):
-    """``module`` in eval mode (no dropout) inside the block, its previous mode after."""
-    was = module.training
-    module.eval()
-    try:
-        yield module
-    finally:
-        module.train(was)
 
 
 def drawn_albedo_space(renderer: ChipRenderer, modes: int) -> LowFrequencyAlbedo:

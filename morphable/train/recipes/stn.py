@@ -64,8 +64,7 @@ from morphable.render.stn import SpatialTransformer3DMM, Theta
 from morphable.train.chip_render import random_background, random_rotation
 from morphable.train.config import OptimConfig, ScheduleConfig, TrainConfig
 from morphable.train.data.cache import cache_root, cached, settings_key
-from morphable.train.recipes.base import Recipe, frozen_model
-from morphable.train.recipes.genova import evaluating
+from morphable.train.recipes.base import Recipe, evaluating, frozen_model
 from morphable.train.synthetic import random_albedo, random_expression, random_light
 
 FIXED_LANDMARKS = slice(17, 68)
