@@ -92,8 +92,8 @@ class PackedKernels:
     oneDNN picks a blocked weight layout for each input shape and reorders a plain kernel into it on every
     call: for this network's 5.6 M weights that was 3–4 ms of a 9 ms single-chip pass on two cores
     (``benchmarks/regressor_overhead.py``). A set packed for another batch size is slower than none, and
-    one packed under another torch thread count can be 10x slower (oneDNN then falls back to a slow
-    kernel), so the sets are keyed by batch size and thread count (about 7 ms to pack, 22 MB each; the
+    one packed under another torch thread count was 7x slower (63 vs 9 ms at one thread; we did not
+    establish why), so the sets are keyed by batch size and thread count (about 7 ms to pack, 22 MB each; the
     ``capacity`` most recent kept) and by the kernels' identity (storage and version), so new or modified
     weights are packed again.
     """
