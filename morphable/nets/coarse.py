@@ -4,8 +4,10 @@ a face chip → the coarse model's parameters χ = {α_id, α_exp, α_alb, s} (g
 t_y} (pose) and L (SH light), the seed's "Inverse Rendering - Coarse" unknowns.
 
 The seed reports 20 ms per frame for the paper's networks. Ours must run in ≤ 5 ms on two CPU threads,
-so it is a plain 7-layer strided CNN (3 × 3 convolutions, batch norm, ReLU; 0.78 M weights,
-46 M multiply-adds) on a 96 px chip, trained from scratch on the inverse-rendered data
+so it is a plain 7-layer strided CNN (3 × 3 convolutions, batch norm, ReLU) on a 96 px chip whose last
+3 × 3 × 256 map is flattened into a 256-unit hidden layer (1.31 M weights, 46 M multiply-adds; ``docs/coarse.md``:
+flattening lowered the validation error from 5.18 to 4.80 mm against global average pooling, which kept
+0.78 M weights), trained from scratch on the inverse-rendered data
 (:mod:`morphable.train.inverse_rendered`; recipe :mod:`morphable.train.recipes.coarse`).
 
 Output layout (:func:`coarse_layout`, a :class:`~morphable.nets.layout.ParamLayout`, in this order):
@@ -32,7 +34,10 @@ smooth-albedo modes).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 from os import PathLike
+
+import numpy as np
 
 import torch
 from torch import Tensor, nn
@@ -48,9 +53,52 @@ FORMAT = "morphable-coarsenet"
 VERSION = 1
 WIDTHS = (24, 48, 48, 96, 96, 160, 256)
 STRIDES = (2, 2, 1, 2, 1, 2, 2)
-"""Convolution widths and strides: a 96 px chip ends as 3 × 3 × 256 before the global average pool."""
+"""Convolution widths and strides: a 96 px chip ends as 3 × 3 × 256 before the head."""
+HEADS = ("flatten", "pool")
+"""How the last feature map reaches the 256-unit hidden layer: ``flatten`` keeps where each feature is (the
+3 × 3 × 256 map, flattened; ``docs/coarse.md``: lower validation error than ``pool``), ``pool`` averages it
+over the map (global average pooling; CoarseNet files from before the choice)."""
 ALBEDO_MODES = 32
 """M, the smooth albedo modes besides the constant (the photometric fit's ``albedo_modes``)."""
+
+
+CROP_SCALE = 1.8
+"""Chip side / the longer side of the fitted landmarks' box."""
+
+
+def crop_camera(camera: ScaledOrthographic, box: tuple[float, float, float], size: int) -> ScaledOrthographic:
+    """The camera of a photo seen in the chip of ``box`` (edges px, :func:`chip_square`) at ``size`` px: the
+    box's left/top edge maps onto the chip's (−½), so ``chip = (x − left) · size / side − ½``."""
+    left, top, side = box
+    k = size / side
+    shift = torch.tensor([left * k + 0.5, top * k + 0.5], dtype=camera.translation.dtype)
+    return ScaledOrthographic(camera.scale * k, camera.rotation, camera.translation * k - shift)
+
+
+def crop_photo(photo: np.ndarray, box: tuple[float, float, float], size: int) -> np.ndarray:
+    """The chip ``(size, size, 3)`` uint8 of ``box`` (:func:`chip_square`): the photo shrunk by area averaging,
+    then shifted with bilinear interpolation (borders replicated), the same mapping as :func:`crop_camera`."""
+    import cv2
+
+    left, top, side = box
+    k = size / side
+    small = cv2.resize(photo, (max(1, round(photo.shape[1] * k)), max(1, round(photo.shape[0] * k))),
+                       interpolation=cv2.INTER_AREA if k < 1 else cv2.INTER_LINEAR)
+    # per axis the resize maps x to x_s = (x + ½)·k' − ½ (k' the rounded size's factor), and the chip is
+    # (x − left)·k − ½, so chip = (k/k')·x_s + ½·k/k' − ½·k − left·k − ½
+    kx, ky = small.shape[1] / photo.shape[1], small.shape[0] / photo.shape[0]
+    M = np.array([[k / kx, 0, 0.5 * k / kx - 0.5 * k - left * k - 0.5],
+                  [0, k / ky, 0.5 * k / ky - 0.5 * k - top * k - 0.5]], dtype=np.float64)
+    return cv2.warpAffine(small, M, (size, size), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+
+
+def chip_square(points: Tensor, scale: float = 1.0) -> tuple[float, float, float]:
+    """CoarseNet's chip in a photo: ``(left edge, top edge, side)`` px of the square about the centre of
+    landmarks' ``(L, 2)`` box, side :data:`CROP_SCALE` × the box's longer side × ``scale``."""
+    lo, hi = points.min(0).values, points.max(0).values
+    side = CROP_SCALE * float((hi - lo).max()) * scale
+    cx, cy = float(lo[0] + hi[0]) / 2, float(lo[1] + hi[1]) / 2
+    return cx - side / 2, cy - side / 2, side
 
 
 def coarse_layout(n_identity: int, n_expression: int, albedo_modes: int = ALBEDO_MODES) -> ParamLayout:
@@ -121,15 +169,23 @@ class CoarseNet(nn.Module):
         model_name: the morphable model the outputs belong to (recorded, checked by users).
         layout: the output layout (:func:`coarse_layout`).
         size: chip side (px).
+        head: :data:`HEADS`: flatten the last feature map, or average it.
     Attributes:
         mean, std: ``(layout.size,)`` buffers: the training targets' statistics (``y = mean + std ⊙ raw``).
     """
 
-    def __init__(self, model_name: str, layout: ParamLayout, size: int = 96):
+    def __init__(self, model_name: str, layout: ParamLayout, size: int = 96, head: str = "flatten"):
         super().__init__()
-        self.model_name, self.layout, self.size = model_name, layout, size
-        self.features = nn.Sequential(*strided_cnn(WIDTHS, STRIDES), nn.AdaptiveAvgPool2d(1), nn.Flatten())
-        self.head = nn.Sequential(nn.Linear(WIDTHS[-1], 256), nn.ReLU(inplace=True), nn.Linear(256, layout.size))
+        if head not in HEADS:
+            raise ValueError(f"CoarseNet: head must be one of {', '.join(HEADS)}, got {head!r}")
+        self.model_name, self.layout, self.size, self.head_kind = model_name, layout, size, head
+        side = size
+        for stride in STRIDES:
+            side = (side - 1) // stride + 1  # 3 × 3 convolutions, padding 1
+        pool = [nn.AdaptiveAvgPool2d(1)] if head == "pool" else []
+        n_features = WIDTHS[-1] * (1 if head == "pool" else side * side)
+        self.features = nn.Sequential(*strided_cnn(WIDTHS, STRIDES), *pool, nn.Flatten())
+        self.head = nn.Sequential(nn.Linear(n_features, 256), nn.ReLU(inplace=True), nn.Linear(256, layout.size))
         nn.init.zeros_(self.head[-1].weight)  # starts at the targets' mean
         nn.init.zeros_(self.head[-1].bias)
         self.register_buffer("mean", torch.zeros(layout.size))
@@ -153,10 +209,27 @@ class CoarseNet(nn.Module):
         return decode(self.layout, self.size, self(images))
 
 
+def stored_half(name: str, value: Tensor) -> bool:
+    """Whether a state entry is stored as float16: the convolution and linear weights (package data stays
+    small, 2.6 MB); batch-norm parameters and statistics, biases and the output standardisation stay float32."""
+    return name.endswith(".weight") and value.dim() > 1
+
+
+def round_to_stored(net: CoarseNet) -> None:
+    """Round the weights :func:`stored_half` stores as float16 to float16 in place, so the network computes
+    what its saved file will (training records its final metrics after this)."""
+    with torch.no_grad():
+        for name, value in net.state_dict().items():
+            if stored_half(name, value):
+                value.copy_(value.half().to(value.dtype))
+
+
 def save_coarse(net: CoarseNet, path: str | PathLike, meta: dict | None = None) -> None:
-    """Write the weights, buffers and layout atomically (:func:`~morphable.nets.weights.save_net`)."""
-    save_net(net, path, FORMAT, VERSION, {"model_name": net.model_name, "size": net.size,
-                                          "layout": [[n, int(k)] for n, k in net.layout.blocks]}, meta)
+    """Write the weights (:func:`stored_half` as float16), buffers and layout atomically
+    (:func:`~morphable.nets.weights.save_net`)."""
+    save_net(net, path, FORMAT, VERSION, {"model_name": net.model_name, "size": net.size, "head": net.head_kind,
+                                          "layout": [[n, int(k)] for n, k in net.layout.blocks]}, meta,
+             half=stored_half)
 
 
 def load_coarse(name_or_path: str | PathLike) -> CoarseNet:
@@ -167,6 +240,108 @@ def load_coarse(name_or_path: str | PathLike) -> CoarseNet:
     """
     def build(data: dict) -> CoarseNet:
         layout = ParamLayout(tuple((str(n), int(k)) for n, k in data["layout"]))
-        return CoarseNet(str(data["model_name"]), layout, int(data["size"]))
+        return CoarseNet(str(data["model_name"]), layout, int(data["size"]), str(data.get("head", "pool")))
 
     return load_net(name_or_path, FORMAT, VERSION, "CoarseNet", build)
+
+
+METHODS = ("coarse", "coarse+fit")
+"""``morphable fit --method``: CoarseNet alone, or the landmark fit with its identity prior at CoarseNet's."""
+
+
+@lru_cache(maxsize=None)
+def shipped_coarse(model_name: str) -> CoarseNet:
+    """The shipped ``coarse-<model_name>`` network (sha256 checked; one shared instance per process, do not
+    modify it).
+
+    Raises:
+        ModelFileError: no CoarseNet ships for this model, or its file is missing or corrupt.
+    """
+    from morphable.nets.weights import shipped_key
+
+    return load_coarse(shipped_key("coarse", "CoarseNet", model_name))
+
+
+def photo_chips(net: CoarseNet, model: MorphableModel, photos, landmarks: Tensor
+                ) -> tuple[Tensor, list[tuple[float, float, float]]]:
+    """The network's chips of B faces, cut as its training chips were
+    (:func:`chip_square`: a square of 1.8 × the box of the model's defined
+    landmarks, here the detected ones, about their box's centre; no jitter).
+
+    Args:
+        photos: B photos ``(H, W, 3)`` uint8 or float in [0, 1] (sizes may differ); landmarks: ``(B, 68, 2)``
+            photo px.
+    Returns:
+        chips ``(B, S, S, 3)`` float32 in [0, 1] and each chip's ``(left, top, side)`` box in photo px.
+    """
+    chips, boxes = [], []
+    for photo, points in zip(photos, torch.as_tensor(landmarks, dtype=torch.float64)):
+        photo = np.asarray(photo)
+        if photo.dtype != np.uint8:
+            photo = (np.clip(photo, 0, 1) * 255).round().astype(np.uint8)
+        points = points[model.landmark_mask]
+        points = points[torch.isfinite(points).all(-1)]
+        if len(points) < 2:
+            raise ValueError("CoarseNet: a face needs at least two landmarks to place its chip")
+        box = chip_square(points)
+        chips.append(torch.from_numpy(crop_photo(np.ascontiguousarray(photo), box, net.size)))
+        boxes.append(box)
+    return torch.stack(chips).float() / 255, boxes
+
+
+def chip_camera_to_photo(camera: ScaledOrthographic, boxes: list[tuple[float, float, float]],
+                         size: int) -> ScaledOrthographic:
+    """The inverse of :func:`crop_camera`: cameras in the chips' px → in the
+    photos' px (``photo = (chip + ½) · side / size + (left, top)``)."""
+    box = torch.tensor(boxes, dtype=camera.scale.dtype)  # (B, 3)
+    k = size / box[:, 2]
+    translation = (camera.translation + 0.5) / k[:, None] + box[:, :2]
+    return ScaledOrthographic(camera.scale / k, camera.rotation, translation)
+
+
+def fit_with_coarse(model: MorphableModel, net: CoarseNet, photos, landmarks: Tensor, *, method: str = "coarse",
+                    iterations: int = 5, lambda_identity: float = 1.0):
+    """``morphable fit --method coarse|coarse+fit`` as a :class:`~morphable.fitting.landmarks.LandmarkFit`.
+
+    * ``coarse``: the network alone on each face's chip (:func:`photo_chips`): its identity, expression and
+      camera (mapped to photo px); the fitted landmarks are the model's projected by it; the network gives no
+      posterior, so ``identity_covariance`` is the prior's (the identity matrix), and ``rms_px`` compares its
+      landmarks with the detected ones.
+    * ``coarse+fit``: the landmark fit (:func:`~morphable.fitting.landmarks.fit_landmarks`) with its identity
+      prior centred at CoarseNet's identity, precision ``lambda_identity``.
+
+    Args:
+        model: the network's model (``net.model_name``); photos: B photos ``(H, W, 3)`` uint8 or float in
+            [0, 1]; landmarks: ``(B, 68, 2)`` detected, photo px.
+    """
+    from morphable.fitting.landmarks import LandmarkFit, fit_landmarks
+
+    if method not in METHODS:
+        raise ValueError(f"fit_with_coarse: method must be one of {METHODS}, got {method!r}")
+    if model.n_identity != net.layout.sizeof("identity") or model.n_expression != net.layout.sizeof("expression"):
+        raise ValueError(f"fit_with_coarse: the network regresses {net.model_name!r}'s parameters, not this model's")
+    landmarks = torch.as_tensor(landmarks, dtype=model.mean.dtype)
+    chips, boxes = photo_chips(net, model, photos, landmarks)
+    with torch.inference_mode():
+        p = net.predict(chips)
+    identity = p.identity.clone().to(landmarks)
+    if method == "coarse+fit":
+        return fit_landmarks(model, landmarks, iterations=iterations, identity_prior_mean=identity,
+                             lambda_identity=lambda_identity)
+    expression = p.expression.clone().to(landmarks)
+    camera = chip_camera_to_photo(ScaledOrthographic(p.camera.scale.clone(), p.camera.rotation.clone(),
+                                                     p.camera.translation.clone()), boxes, net.size)
+    camera = ScaledOrthographic(camera.scale.to(landmarks), camera.rotation.to(landmarks),
+                                camera.translation.to(landmarks))
+    B = len(landmarks)
+    with torch.no_grad():
+        fitted = camera.project(model.landmarks(model(identity=identity, expression=expression).vertices))
+    fitted = torch.where(model.landmark_mask[None, :, None], fitted, torch.full_like(fitted, float("nan")))
+    ok = torch.isfinite(fitted).all(-1) & torch.isfinite(landmarks).all(-1)
+    sq = torch.where(ok, ((fitted - landmarks) ** 2).sum(-1), torch.zeros_like(fitted[..., 0]))
+    rms = (sq.sum(1) / ok.sum(1).clamp_min(1)).sqrt()
+    ids = torch.where(model.landmark_mask, model.landmark_indices[:, 0], -1).expand(B, -1)
+    K = model.n_identity
+    return LandmarkFit(identity=identity, expression=expression, camera=camera, landmarks_fitted=fitted,
+                       landmark_ids=ids, identity_covariance=torch.eye(K, dtype=landmarks.dtype).expand(B, K, K),
+                       rms_px=rms, contour_fitted=False, model=model)

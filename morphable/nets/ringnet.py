@@ -50,7 +50,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from morphable.errors import ModelFileError
 from morphable.fitting.contour import CONTOUR_IDS, contour_correspondences, contour_terms, flame_dynamic_contour
 from morphable.geometry.camera import ScaledOrthographic
 from morphable.geometry.rotation import axis_angle_to_matrix
@@ -749,13 +748,9 @@ def shipped_ringnet(model_name: str) -> RingNet:
     Raises:
         ModelFileError: no RingNet ships for this model, or its file is missing or corrupt.
     """
-    from morphable.nets.weights import SHIPPED
+    from morphable.nets.weights import shipped_key
 
-    key = f"ringnet-{model_name}"
-    if key not in SHIPPED:
-        known = ", ".join(k.removeprefix("ringnet-") for k in sorted(SHIPPED) if k.startswith("ringnet-")) or "none"
-        raise ModelFileError(key, f"no shipped RingNet for model {model_name!r} (shipped: {known})")
-    return load_ringnet(key)
+    return load_ringnet(shipped_key("ringnet", "RingNet", model_name))
 
 
 @lru_cache(maxsize=None)

@@ -88,7 +88,7 @@ def fit_detail(model: MorphableModel, fit: dict[str, Tensor], photo: np.ndarray,
     Args:
         model: the fitted model; fit: :func:`~morphable.train.inverse_rendered.fit_photo`'s record;
         photo: the working photo ``(H, W, 3)`` uint8 (:func:`~morphable.train.inverse_rendered.working_photo`).
-        side: the square's side (px): the fitted landmarks' box × ``CROP_SCALE``, resampled.
+        side: the square's side (px): the fitted landmarks' box × ``nets.coarse.CROP_SCALE``, resampled.
         iterations: detail-stage steps; mu2: its Laplacian weight (:data:`DETAIL_MU2`).
     Returns:
         ``displacement`` ``(V_r,)`` mm along the normals on ``fit["region_vertices"]``, and ``photometric``

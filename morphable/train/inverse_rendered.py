@@ -53,6 +53,7 @@ from morphable.geometry.camera import ScaledOrthographic
 from morphable.geometry.mesh import displace, submesh
 from morphable.geometry.rotation import euler_to_matrix, matrix_to_axis_angle
 from morphable.models.base import MorphableModel
+from morphable.nets.coarse import chip_square, crop_camera, crop_photo
 from morphable.render.renderer import Renderer
 from morphable.train.data.cache import cache_root, cached, settings_key
 from morphable.train.synthetic import random_light
@@ -90,8 +91,6 @@ Never trained on."""
 
 WORKING_SIDE = 512
 """Longer side (px) of the copy of a photo that detection and the fit run on (as ``reconstruct``'s)."""
-CROP_SCALE = 1.8
-"""Chip side / the longer side of the fitted landmarks' box."""
 INPAINT_DILATE = 0.06
 """The original face's footprint is dilated by this fraction of the chip side before inpainting."""
 FIT_VERSION = 1
@@ -204,38 +203,9 @@ def cached_fit(model: MorphableModel, model_name: str, photo: str, root: Path, c
 
 
 def chip_box(points: Tensor, box_scale: float, settings: VariantSettings) -> tuple[float, float, float]:
-    """The chip's square in the photo: ``(left edge, top edge, side)`` px around landmarks ``(L, 2)``: their
-    box's centre, side :data:`CROP_SCALE` × its longer side × (1 + ``box_scale_jitter · box_scale``)."""
-    lo, hi = points.min(0).values, points.max(0).values
-    side = CROP_SCALE * float((hi - lo).max()) * (1 + settings.box_scale_jitter * box_scale)
-    cx, cy = float(lo[0] + hi[0]) / 2, float(lo[1] + hi[1]) / 2
-    return cx - side / 2, cy - side / 2, side
-
-
-def crop_camera(camera: ScaledOrthographic, box: tuple[float, float, float], size: int) -> ScaledOrthographic:
-    """The camera of a photo seen in the chip of ``box`` (edges px, :func:`chip_box`) at ``size`` px: the box's
-    left/top edge maps onto the chip's (−½), so ``chip = (x − left) · size / side − ½``."""
-    left, top, side = box
-    k = size / side
-    shift = torch.tensor([left * k + 0.5, top * k + 0.5], dtype=camera.translation.dtype)
-    return ScaledOrthographic(camera.scale * k, camera.rotation, camera.translation * k - shift)
-
-
-def crop_photo(photo: np.ndarray, box: tuple[float, float, float], size: int) -> np.ndarray:
-    """The chip ``(size, size, 3)`` uint8 of ``box`` (:func:`chip_box`): the photo shrunk by area averaging, then
-    shifted with bilinear interpolation (borders replicated), the same mapping as :func:`crop_camera`."""
-    import cv2
-
-    left, top, side = box
-    k = size / side
-    small = cv2.resize(photo, (max(1, round(photo.shape[1] * k)), max(1, round(photo.shape[0] * k))),
-                       interpolation=cv2.INTER_AREA if k < 1 else cv2.INTER_LINEAR)
-    # per axis the resize maps x to x_s = (x + ½)·k' − ½ (k' the rounded size's factor), and the chip is
-    # (x − left)·k − ½, so chip = (k/k')·x_s + ½·k/k' − ½·k − left·k − ½
-    kx, ky = small.shape[1] / photo.shape[1], small.shape[0] / photo.shape[0]
-    M = np.array([[k / kx, 0, 0.5 * k / kx - 0.5 * k - left * k - 0.5],
-                  [0, k / ky, 0.5 * k / ky - 0.5 * k - top * k - 0.5]], dtype=np.float64)
-    return cv2.warpAffine(small, M, (size, size), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+    """:func:`~morphable.nets.coarse.chip_square` with the side scaled by ``1 + box_scale_jitter · box_scale``
+    (``box_scale`` in [−1, 1], a variant's draw)."""
+    return chip_square(points, 1 + settings.box_scale_jitter * box_scale)
 
 
 def random_expression(model: MorphableModel, generator: torch.Generator, probability: float) -> Tensor:

@@ -2,12 +2,13 @@
 synthesized chip, the albedo projection, weights files and bad input."""
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
 from morphable.errors import ModelFileError
 from morphable.nets.coarse import (CoarseNet, albedo_basis, coarse_layout, decode, encode, load_coarse,
-                                   project_albedo, save_coarse)
+                                   project_albedo, round_to_stored, save_coarse)
 from morphable.train import inverse_rendered as ir
 from tests.train._coarse_data import synthetic_fit
 
@@ -57,17 +58,23 @@ def test_albedo_projection_recovers_albedos_in_the_span(sfm):
     assert float((basis.double().T @ rest).abs().max()) < 1e-8 * float(noise.abs().sum())
 
 
-def test_weights_round_trip_and_bad_files(tmp_path):
+@pytest.mark.parametrize("head", ["flatten", "pool"])
+def test_weights_round_trip_and_bad_files(tmp_path, head):
     layout = coarse_layout(5, 2, 3)
-    net = CoarseNet("sfm", layout, 32)
+    net = CoarseNet("sfm", layout, 32, head)
     torch.nn.init.normal_(net.head[-1].weight, std=0.1)
     net.mean.normal_()
     net.eval()
     x = torch.rand(2, 32, 32, 3)
     save_coarse(net, tmp_path / "c.pt", {"command": "x"})
     back = load_coarse(tmp_path / "c.pt")
-    torch.testing.assert_close(back(x), net(x))
-    assert back.layout == layout and back.meta == {"command": "x"} and back.size == 32
+    # convolution and linear weights are stored as float16: the file computes what the rounded net does
+    assert not torch.equal(back(x), net(x))
+    round_to_stored(net)
+    torch.testing.assert_close(back(x), net(x), rtol=0, atol=0)
+    stored = torch.load(tmp_path / "c.pt", weights_only=True)["state"]
+    assert stored["head.0.weight"].dtype == torch.float16 and stored["features.1.running_var"].dtype == torch.float32
+    assert back.layout == layout and back.meta == {"command": "x"} and back.size == 32 and back.head_kind == head
     (tmp_path / "bad.pt").write_bytes(b"not a torch file")
     with pytest.raises(ModelFileError, match="bad.pt"):
         load_coarse(tmp_path / "bad.pt")
@@ -77,3 +84,98 @@ def test_weights_round_trip_and_bad_files(tmp_path):
         load_coarse(tmp_path / "wrong.pt")
     with pytest.raises(ValueError, match=r"expected chips \(B, 32, 32, 3\)"):
         net(torch.rand(2, 3, 32, 32))
+
+
+def test_heads_see_the_last_map_whole_or_averaged(tmp_path):
+    """``flatten`` feeds the hidden layer the whole last map (3 × 3 × 256 for 96 px; 1 × 1 for 32 px, where
+    the two heads coincide in size); a file from before the choice (no ``head`` entry) is a ``pool`` net."""
+    layout = coarse_layout(5, 2, 3)
+    assert CoarseNet("sfm", layout, 96, "flatten").head[0].in_features == 9 * 256
+    assert CoarseNet("sfm", layout, 96, "pool").head[0].in_features == 256
+    assert CoarseNet("sfm", layout, 100, "flatten").head[0].in_features == 16 * 256  # sides 50 25 25 13 13 7 4
+    flat = CoarseNet("sfm", layout, 96, "flatten").eval()
+    x = torch.rand(1, 96, 96, 3)
+    feats = flat.features(((x.permute(0, 3, 1, 2) - 0.5) / 0.25).contiguous(memory_format=torch.channels_last))
+    assert feats.shape == (1, 9 * 256)
+    pool = CoarseNet("sfm", layout, 96, "pool").eval()
+    save_coarse(pool, tmp_path / "p.pt")
+    data = torch.load(tmp_path / "p.pt", weights_only=True)
+    del data["head"]
+    torch.save(data, tmp_path / "old.pt")
+    assert load_coarse(tmp_path / "old.pt").head_kind == "pool"
+    with pytest.raises(ValueError, match="head must be one of"):
+        CoarseNet("sfm", layout, 96, "max")
+
+
+def _oracle_net(sfm, fit, photo_landmarks, size=96, head="flatten"):
+    """A CoarseNet whose output is constant: the fit's parameters in the chip that :func:`photo_chips` cuts
+    around ``photo_landmarks`` (computed with the training data's own :func:`crop_camera`)."""
+    from morphable.geometry.camera import ScaledOrthographic
+    from morphable.geometry.rotation import axis_angle_to_matrix, matrix_to_euler
+
+    layout = coarse_layout(sfm.n_identity, sfm.n_expression)
+    box = ir.chip_box(photo_landmarks[sfm.landmark_mask].double(), 0.0, ir.VariantSettings(size=size))
+    camera = ir.crop_camera(ScaledOrthographic(fit["scale"], fit["rotation"][None], fit["translation"][None]),
+                            box, size)
+    ypr = matrix_to_euler(axis_angle_to_matrix(camera.rotation))
+    basis, _ = albedo_basis(sfm)
+    y = encode(layout, size, ypr=ypr, translation=camera.translation, scale=camera.scale,
+               identity=fit["identity"][None], expression=fit["expression"][None],
+               albedo_coefficients=torch.zeros(1, basis.shape[1], 3), light=fit["light"][None])
+    net = CoarseNet("sfm", layout, size, head).eval()
+    net.mean.copy_(y[0])
+    return net
+
+
+def test_fit_with_coarse_maps_the_chip_prediction_to_photo_pixels(sfm):
+    """``--method coarse``: a network that predicts a synthetic photo's true parameters in the chip cut around
+    its landmarks yields a fit whose landmarks land on the photo's true ones (the chip box, the chip → photo
+    camera and the landmark projection together), the true shape, and ``coarse+fit`` refits from there."""
+    from morphable.geometry.align import aligned_error
+    from morphable.nets.coarse import chip_camera_to_photo, fit_with_coarse
+
+    from morphable.fitting.landmarks import fit_landmarks
+
+    fit, photo = synthetic_fit(sfm, seed=5, size=200)
+    ok = sfm.landmark_mask
+    lm = torch.where(ok[:, None], fit["landmarks"].double(), float("nan"))  # a detector's: the model's 50 points
+    net = _oracle_net(sfm, fit, lm)
+    out = fit_with_coarse(sfm, net, [photo], lm[None].float(), method="coarse")
+    assert float((out.landmarks_fitted[0, ok] - lm[ok]).norm(dim=-1).max()) < 1e-2  # px
+    assert torch.isnan(out.landmarks_fitted[0, ~ok]).all()
+    torch.testing.assert_close(out.identity[0], fit["identity"].to(out.identity))
+    torch.testing.assert_close(out.camera.scale, fit["scale"].to(out.camera.scale), rtol=1e-5, atol=0)
+    assert float(out.rms_px[0]) < 1e-2
+    truth = sfm(identity=fit["identity"][None], expression=fit["expression"][None]).vertices
+    assert float(aligned_error(out.vertices, truth)[0]) < 1e-3  # mm
+    # coarse+fit: the landmark fit's prior centred at the (here true) identity keeps it (0.03 mm), where the
+    # prior at the mean face gives 2.7 mm
+    refit = fit_with_coarse(sfm, net, [photo], lm[None].float(), method="coarse+fit")
+    plain = fit_landmarks(sfm, lm[None].float())
+    assert float(aligned_error(refit.vertices, truth)[0]) < 0.2 < 0.1 * float(aligned_error(plain.vertices, truth)[0])
+    # chip_camera_to_photo undoes crop_camera for any box
+    from morphable.geometry.camera import ScaledOrthographic
+    cam = ScaledOrthographic(torch.tensor([0.7, 1.1]), torch.randn(2, 3), torch.randn(2, 2) * 30)
+    boxes = [(12.5, -3.0, 140.0), (0.0, 40.0, 77.0)]
+    chip = [ir.crop_camera(ScaledOrthographic(cam.scale[i:i + 1], cam.rotation[i:i + 1], cam.translation[i:i + 1]),
+                           boxes[i], 96) for i in range(2)]
+    back = chip_camera_to_photo(ScaledOrthographic(torch.cat([c.scale for c in chip]), cam.rotation,
+                                                   torch.cat([c.translation for c in chip])), boxes, 96)
+    torch.testing.assert_close(back.translation, cam.translation, rtol=0, atol=1e-4)
+    torch.testing.assert_close(back.scale, cam.scale)
+
+
+def test_fit_with_coarse_bad_input(sfm):
+    from morphable.nets.coarse import fit_with_coarse, shipped_coarse
+
+    net = CoarseNet("sfm", coarse_layout(sfm.n_identity, sfm.n_expression), 96).eval()
+    photo = np.zeros((120, 120, 3), np.uint8)
+    with pytest.raises(ValueError, match="method must be one of"):
+        fit_with_coarse(sfm, net, [photo], torch.zeros(1, 68, 2), method="regress")
+    with pytest.raises(ValueError, match="at least two landmarks"):
+        fit_with_coarse(sfm, net, [photo], torch.full((1, 68, 2), float("nan")))
+    other = CoarseNet("ict", coarse_layout(100, 53), 96)
+    with pytest.raises(ValueError, match="not this model's"):
+        fit_with_coarse(sfm, other, [photo], torch.zeros(1, 68, 2))
+    with pytest.raises(ModelFileError, match="no shipped CoarseNet for model 'ict'"):
+        shipped_coarse("ict")

@@ -117,3 +117,26 @@ def test_online_chips_match_their_targets(stand_in_photos):
     inside = out.alpha >= 1
     assert inside.sum() > 8 * 1000
     assert float((out.image - images).abs().max(-1).values[inside].max()) < 2.5 / 255
+
+
+def test_landmark_term_measures_chip_pixels(stand_in_photos):
+    """``loss.landmarks``' term is the mean distance (chip px) of the model's landmarks projected by the
+    prediction and by the truth: 0 for a prediction equal to the truth, 5 px for one moved by (3, 4) px; the
+    shape term ignores the move."""
+    tmp = stand_in_photos
+    recipe = recipe_module.CoarseRecipe(load_config(recipe_module.CoarseConfig, None, _overrides(tmp / "cache")), tmp)
+    net = recipe.net.eval()
+    targets = recipe.val_set["targets"][:1].float()
+    chip = recipe.val_set["images"][:1].float() / 255
+    torch.nn.init.zeros_(net.head[-1].weight)
+    torch.nn.init.zeros_(net.head[-1].bias)
+    net.mean.copy_(targets[0])
+    net.std.fill_(1.0)
+    moved = targets.clone()
+    moved[:, recipe.layout.slice("translation")] -= torch.tensor([3.0, 4.0]) / 96
+    with torch.no_grad():
+        same, _, _ = recipe.terms(chip, targets)
+        off, _, _ = recipe.terms(chip, moved)
+    assert float(same["landmarks_px"]) < 1e-4 and float(same["shape_mm"]) < 1e-4
+    assert float(off["landmarks_px"]) == pytest.approx(5.0, abs=1e-3)
+    assert float(off["shape_mm"]) < 1e-4
