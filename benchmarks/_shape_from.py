@@ -1,10 +1,13 @@
-"""Where the fidelity benchmarks take a face's identity from: ``--shape-from landmarks|regressor``.
+"""Where the fidelity benchmarks take a face's identity from: ``--shape-from landmarks|regressor|coarse``.
 
 * ``landmarks``: the plain landmark fit, ``fit_landmarks(model, landmarks)`` (identity prior N(0, I)).
 * ``regressor``: Genova et al.'s regressor (``morphable.nets.genova``) predicts the identity ``μ`` from the
   photo's face-recognition features; the landmark fit then solves pose, expression and contour with the
   identity prior centred at ``μ`` with precision ``λ`` (``reg.prior_precision``, or ``--lambda-identity``).
   ``--regressor PATH`` evaluates any trained weights file instead of the shipped ones.
+* ``coarse``: Zhang et al.'s CoarseNet (``morphable.nets.coarse``) predicts the identity from the face's chip;
+  the landmark fit then runs with its prior centred there (precision ``--lambda-identity``, default 1), as
+  ``morphable fit --method coarse+fit``. ``--coarse PATH`` evaluates a trained file instead of the shipped one.
 
 The default is ``regressor`` when shipped weights exist for the model (or ``--regressor`` is given), else
 ``landmarks``.
@@ -20,11 +23,14 @@ from morphable.nets.genova import has_regressor, load_regressor
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--shape-from", choices=("regressor", "landmarks"), default=None,
+    parser.add_argument("--shape-from", choices=("regressor", "landmarks", "coarse"), default=None,
                         help="identity source (default: regressor when one is available, else landmarks)")
     parser.add_argument("--regressor", default=None, help="regressor weights file (default: the shipped ones)")
     parser.add_argument("--lambda-identity", type=float, default=None,
-                        help="identity prior precision around the regressed identity (default: the regressor's)")
+                        help="identity prior precision around the regressed identity (default: the regressor's; "
+                             "coarse: 1)")
+    parser.add_argument("--coarse", default=None,
+                        help="CoarseNet weights file for --shape-from coarse (default: the shipped coarse-<model>)")
 
 
 class ShapeSource:
@@ -32,7 +38,7 @@ class ShapeSource:
 
     def __init__(self, model, args: argparse.Namespace):
         self.model = model
-        self.regressor = None
+        self.regressor = self.coarse = None
         self.lambda_identity = args.lambda_identity
         mode = args.shape_from
         if mode is None:
@@ -47,13 +53,29 @@ class ShapeSource:
                                      f"coefficients, not {model.name}'s (pass --model {self.regressor.model_name})")
             if self.lambda_identity is None:
                 self.lambda_identity = float(self.regressor.prior_precision)
+        if mode == "coarse":
+            from morphable.nets.coarse import load_coarse, shipped_coarse
+
+            self.coarse = load_coarse(args.coarse) if args.coarse is not None else shipped_coarse(model.name)
+            if self.coarse.model_name != model.name:
+                raise MorphableError(f"CoarseNet {args.coarse} predicts {self.coarse.model_name} coefficients, "
+                                     f"not {model.name}'s (pass --model {self.coarse.model_name})")
+            if self.lambda_identity is None:
+                self.lambda_identity = 1.0
         self.mode = mode
+        weights = args.coarse if mode == "coarse" else args.regressor
         self.label = "landmarks" if mode == "landmarks" else (
-            f"regressor (lambda {self.lambda_identity:g}, weights {args.regressor or 'shipped'})")
+            f"{mode} (lambda {self.lambda_identity:g}, weights {weights or 'shipped'})")
 
     def predict(self, image: torch.Tensor, landmarks: torch.Tensor) -> torch.Tensor | None:
         """The regressor's identity ``(1, K)`` for one photo ``(1, H, W, 3)`` in [0, 1] with its landmarks
         ``(1, 68, 2)`` px; None in ``landmarks`` mode."""
+        if self.coarse is not None:
+            from morphable.nets.coarse import photo_chips
+
+            chips, _ = photo_chips(self.coarse, self.model, image, landmarks)
+            with torch.no_grad():
+                return self.coarse.predict(chips).identity.to(torch.float64)
         if self.regressor is None:
             return None
         with torch.no_grad():
@@ -61,10 +83,10 @@ class ShapeSource:
 
     def fit(self, landmarks: torch.Tensor, prior_mean: torch.Tensor | None):
         """The landmark fit of ``(B, 68, 2)`` landmarks, with the identity prior centred at ``prior_mean``
-        ``(B, K)`` in ``regressor`` mode."""
+        ``(B, K)`` in ``regressor`` and ``coarse`` modes."""
         from morphable.fitting import fit_landmarks
 
-        if self.regressor is None:
+        if prior_mean is None:
             return fit_landmarks(self.model, landmarks)
         return fit_landmarks(self.model, landmarks, identity_prior_mean=prior_mean,
                              lambda_identity=self.lambda_identity)

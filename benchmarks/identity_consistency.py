@@ -132,7 +132,7 @@ def main() -> None:
     fit = source.fit(lmk, prior)
 
     if prior is not None:
-        print(report_line("regressor alone (mu)", identity_consistency(model, prior, labels, region=args.region)))
+        print(report_line(f"{source.mode} alone (mu)", identity_consistency(model, prior, labels, region=args.region)))
     report = identity_consistency(model, fit.identity, labels, descriptors=descriptors(images, lmk), region=args.region)
     print(report_line(f"fit ({source.mode})", report))
     print(f"{'dlib descriptors (ceiling)':40s} auc {report.auc_descriptor:.3f}")

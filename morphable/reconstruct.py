@@ -701,7 +701,8 @@ def _regressor(model_name: str):
 def _landmark_fit(model, model_name: str, faces: Sequence[FaceInput], landmarks, *, shape_from: str,
                   multi_view: bool, perspective: bool, iterations: int, method: str = "fit"):
     """The landmark fit (regressor prior where available), or with ``method`` ``regress`` / ``regress+fit``
-    the shipped RingNet (:func:`morphable.nets.ringnet.fit_with_ringnet`). Returns ``(fit, shape_from used)``."""
+    the shipped RingNet (:func:`morphable.nets.ringnet.fit_with_ringnet`), ``coarse`` / ``coarse+fit`` the
+    shipped CoarseNet (:func:`morphable.nets.coarse.fit_with_coarse`). Returns ``(fit, shape_from used)``."""
     from morphable.fitting.landmarks import fit_landmarks
 
     if method == "sir":  # SIR hook (nets/sir.py): the landmark fit with its prior centred at the SIR shape
@@ -711,6 +712,11 @@ def _landmark_fit(model, model_name: str, faces: Sequence[FaceInput], landmarks,
 
         photos = [torch.from_numpy(np.array(f.photo)).to(landmarks.dtype) / 255 for f in faces]
         return fit_with_sir(model, shipped_sir(model_name), photos, landmarks, iterations=iterations), "sir"
+    if method in ("coarse", "coarse+fit"):  # Zhang's CoarseNet (nets/coarse.py) on each face's chip
+        from morphable.nets.coarse import fit_with_coarse, shipped_coarse
+
+        return fit_with_coarse(model, shipped_coarse(model_name), [f.photo for f in faces], landmarks,
+                               method=method, iterations=iterations), "coarse"
     if method != "fit":
         import torch
 
@@ -872,7 +878,8 @@ def reconstruct_faces(faces: Sequence[FaceInput], model: MorphableModel, model_n
                       depths: Sequence[np.ndarray] | None = None, focal: float | None = None,
                       principal_point: tuple[float, float] | None = None) -> list[Reconstruction]:
     """Fit a batch of faces (one photo's faces, or all views of one person with ``multi_view``);
-    ``method``: ``fit`` (landmark fit), ``regress`` or ``regress+fit`` (RingNet), ``sir`` (SIR prior + fit; see
+    ``method``: ``fit`` (landmark fit), ``regress`` or ``regress+fit`` (RingNet), ``sir`` (SIR prior + fit),
+    ``coarse`` or ``coarse+fit`` (CoarseNet; see
     :func:`_landmark_fit`). With ``depths`` (per face, the depth image registered with its photo, mm, NaN =
     holes; :func:`~morphable.io.depth.read_depth`) and the sensor's ``focal`` / ``principal_point`` (original
     photo px), the photometric fit adds E_geo and fits that pinhole (:func:`working_depth`).

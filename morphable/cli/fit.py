@@ -106,9 +106,11 @@ def face_option(value: str) -> str | int:
 @click.option("--all-faces", is_flag=True, help="Alias of --face all (DIR/<stem>/face<i>/).")
 @click.option("--shape-from", type=click.Choice(["regressor", "landmarks"]), default="regressor", show_default=True,
               help="Identity prior: a learned regressor's prediction where one exists for the model, or none.")
-@click.option("--method", type=click.Choice(["fit", "regress", "regress+fit", "sir"]), default="fit", show_default=True,
+@click.option("--method", type=click.Choice(["fit", "regress", "regress+fit", "sir", "coarse", "coarse+fit"]),
+              default="fit", show_default=True,
               help="fit: landmark fit; regress: the RingNet network alone; regress+fit: the fit from its shape; "
-                   "sir: the landmark fit with its identity prior at the SIR network's shape.")
+                   "sir: the landmark fit with its identity prior at the SIR network's shape; coarse: CoarseNet "
+                   "alone (--model sfm); coarse+fit: the landmark fit with its identity prior at CoarseNet's.")
 @click.option("--multi-view", is_flag=True, help="All photos show one person: fit one shared identity.")
 @click.option("--perspective", is_flag=True,
               help="Refine each fit with a perspective camera (focal = the photo's longer side).")
