@@ -23,6 +23,12 @@ error is printed for scale; per-yaw-bin errors (|yaw| 0–30°, 30–60°, 60–
 ``--time-only`` prints CoarseNet's time alone at 1 and 2 threads (no data, no fits). ``--detected`` adds
 the photometric fit from dlib's own landmarks (found on the chip upscaled 4×; some chips have
 none), scored on the chips where a face was found, beside CoarseNet on the same chips.
+``--landmark-sweep 0,0.5,1,1.5,2`` adds what landmark accuracy CoarseNet's error corresponds to: the sparse
+landmark fit (no photometric term) from the true landmarks + N(0, σ²) px noise at each σ, beside the mean
+distance (chip px) of CoarseNet's own projected landmarks to the true ones. ``--occlusion`` scores both methods
+again on the same chips with an occluder each (a rectangle of 20–50 % of the side near the centre, filled with
+another chip's background: the distribution ``data.occlusion`` trains with), adding
+``coarse_occluded_err_mm= photometric_occluded_err_mm=`` to the last line.
 
 Last line: ``RESULT n= coarse_ms= coarse_err_mm= photometric_err_mm= ratio_err= photometric_s= speedup=
 mean_face_err_mm=``.
@@ -40,8 +46,9 @@ import morphable
 from morphable.fitting.landmarks import fit_landmarks
 from morphable.fitting.photometric import fit_photometric
 from morphable.geometry.align import aligned_error
-from morphable.nets.coarse import load_coarse
-from morphable.train.inverse_rendered import HELD_OUT_PHOTOS, build_set, trained_variant_settings
+from morphable.nets.coarse import CoarseParams, decode, load_coarse
+from morphable.train.inverse_rendered import (HELD_OUT_PHOTOS, build_set, draw_occluders, occlude,
+                                              trained_variant_settings)
 
 BENCH_SEED = 7919
 """Seed of the held-out variants (the recipe's sets use 2·seed + 1 and 2·seed + 2 on other photos)."""
@@ -72,6 +79,55 @@ def detected_fit(model, chips: torch.Tensor, truth: torch.Tensor, coarse_err: np
               f"{np.mean(errs):.3f} mm, CoarseNet {coarse_err[found].mean():.3f} mm")
     else:
         print(f"dlib landmarks: no face found on any of the {len(chips)} chips")
+
+
+def landmark_sweep(model, data: dict, truth: torch.Tensor, coarse: CoarseParams, sigmas: list[float]) -> None:
+    """The sparse landmark fit's error (mm) from the chips' true landmarks + N(0, σ²) px noise per σ, and
+    CoarseNet's landmark distance (chip px): how precise landmarks would have to be for a fit to match it."""
+    full = model(identity=coarse.identity, expression=coarse.expression).vertices
+    defined = model.landmark_mask
+    mine = coarse.camera.project(model.landmarks(full))[:, defined]
+    dist = (mine - data["landmarks"][:, defined]).norm(dim=-1)
+    print(f"CoarseNet's landmarks: mean distance {float(dist.mean()):.2f} px to the true ones "
+          f"(rms {float(dist.pow(2).mean().sqrt()):.2f} px)")
+    g = torch.Generator().manual_seed(BENCH_SEED + 1)
+    for sigma in sigmas:
+        errs = []
+        for i in range(len(truth)):
+            lm = data["landmarks"][i:i + 1]
+            fit = fit_landmarks(model, lm + sigma * torch.randn(lm.shape, generator=g), contour=False)
+            errs.append(float(aligned_error(fit.vertices, truth[i:i + 1])[0]))
+        print(f"landmark fit from true landmarks + {sigma:g} px noise: {np.mean(errs):.3f} mm")
+
+
+def occluded(model, net, data: dict, chips: torch.Tensor, truth: torch.Tensor,
+             landmark_noise: float) -> tuple[float, float]:
+    """Mean error (mm) of CoarseNet and of the photometric fit (true landmarks + noise, as on clean chips) on
+    the same chips, each with an occluder (:func:`~morphable.train.inverse_rendered.draw_occluders`, the
+    training augmentation's distribution, seeded) filled with the next chip's background."""
+    g = torch.Generator().manual_seed(BENCH_SEED + 2)
+    occ = draw_occluders(len(chips), net.size, g, probability=1.0)
+    hidden = occlude(chips, occ, data["backgrounds"].roll(1, 0).float() / 255)
+    with torch.no_grad():
+        p = net.layout.split(torch.cat([net(hidden[i:i + 1]) for i in range(len(hidden))]))
+        c_err = aligned_error(model(identity=p["identity"], expression=p["expression"]).vertices, truth)
+    p_err = []
+    for i in range(len(chips)):
+        lm = data["landmarks"][i:i + 1] + landmark_noise * torch.randn(data["landmarks"][i:i + 1].shape, generator=g)
+        fit = fit_photometric(model, hidden[i:i + 1], lm, init=fit_landmarks(model, lm, contour=False))
+        p_err.append(float(aligned_error(fit.vertices, truth[i:i + 1])[0]))
+    return float(c_err.mean()), float(np.mean(p_err))
+
+
+def _sigmas(text: str) -> list[float]:
+    """``--landmark-sweep``'s comma-separated noise levels (px, >= 0)."""
+    try:
+        sigmas = [float(s) for s in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+    if any(s < 0 for s in sigmas):
+        raise argparse.ArgumentTypeError(f"noise levels must be >= 0 px, got {text!r}")
+    return sigmas
 
 
 def time_only(net, rounds: int) -> None:
@@ -105,6 +161,10 @@ def main() -> None:
                         help="only CoarseNet's time on random chips at 1 and 2 threads (200 calls a round)")
     parser.add_argument("--rounds", type=int, default=5, help="timing rounds over all chips (the best median counts)")
     parser.add_argument("--landmark-noise", type=float, default=0.5, help="px, on the photometric fit's landmarks")
+    parser.add_argument("--landmark-sweep", type=_sigmas, default=[],
+                        help="comma-separated px noise levels: the sparse landmark fit's error at each (see above)")
+    parser.add_argument("--occlusion", action="store_true",
+                        help="also score both methods on the chips with an occluder each (see above)")
     parser.add_argument("--detected", action="store_true",
                         help="also fit from dlib's landmarks on the chip (4x upscaled), as a photo pipeline would")
     args = parser.parse_args()
@@ -158,6 +218,14 @@ def main() -> None:
     photo_err = np.array(photo_err)
     if args.detected:
         detected_fit(model, chips, truth, coarse_err)
+    if args.landmark_sweep:
+        landmark_sweep(model, data, truth, decode(net.layout, net.size, y), args.landmark_sweep)
+    extra = ""
+    if args.occlusion:
+        c_occ, p_occ = occluded(model, net, data, chips, truth, args.landmark_noise)
+        print(f"occluded chips: CoarseNet {c_occ:.3f} mm (clean {coarse_err.mean():.3f}), photometric fit "
+              f"{p_occ:.3f} mm (clean {photo_err.mean():.3f})")
+        extra = f" coarse_occluded_err_mm={c_occ:.3f} photometric_occluded_err_mm={p_occ:.3f}"
     yaw = np.abs(np.degrees(data["ypr"][:, 0].numpy()))
     for lo, hi in YAW_BINS:
         sel = (yaw >= lo) & (yaw < hi)
@@ -172,7 +240,7 @@ def main() -> None:
           f"speed-up {p_s * 1e3 / c_ms:.0f}x")
     print(f"RESULT n={n} coarse_ms={c_ms:.3f} coarse_err_mm={c_err:.3f} photometric_err_mm={p_err:.3f} "
           f"ratio_err={c_err / p_err:.3f} photometric_s={p_s:.3f} speedup={p_s * 1e3 / c_ms:.0f} "
-          f"mean_face_err_mm={float(mean_err.mean()):.3f}")
+          f"mean_face_err_mm={float(mean_err.mean()):.3f}{extra}")
 
 
 if __name__ == "__main__":

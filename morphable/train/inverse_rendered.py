@@ -280,6 +280,40 @@ def place_faces(model: MorphableModel, renderer: Renderer, region: Tensor, albed
             "vertices": verts[:, region]}
 
 
+OCCLUDER_SIDE = (0.2, 0.5)
+"""An occluder's width and height, each uniform in this range × the chip side."""
+OCCLUDER_SPREAD = 0.3
+"""An occluder's centre lies uniformly within ± this fraction of the chip side of the chip's centre (the face
+fills about the middle 55 % of a chip cut at 1.8 × its landmark box)."""
+
+
+def draw_occluders(n: int, size: int, generator: torch.Generator, probability: float) -> dict[str, Tensor]:
+    """Random occluders for ``n`` chips of ``size`` px (the seed's "data augmentation ... occlusion"): ``on``
+    ``(n,)`` bool, each chip occluded with ``probability``; ``box`` ``(n, 4)`` integer px ``x0, y0, x1, y1``
+    (end exclusive) of an axis-aligned rectangle of :data:`OCCLUDER_SIDE` near the centre
+    (:data:`OCCLUDER_SPREAD`), clipped to the chip."""
+    on = torch.rand(n, generator=generator, dtype=torch.float64) < probability
+    lo, hi = OCCLUDER_SIDE
+    wh = (lo + (hi - lo) * torch.rand(n, 2, generator=generator, dtype=torch.float64)) * size
+    centre = (0.5 + OCCLUDER_SPREAD * (2 * torch.rand(n, 2, generator=generator, dtype=torch.float64) - 1)) * size
+    box = torch.cat([centre - wh / 2, centre + wh / 2], 1).round().clamp(0, size).long()
+    return {"on": on, "box": box}
+
+
+def occlude(images: Tensor, occluders: dict[str, Tensor], fill: Tensor) -> Tensor:
+    """``images`` ``(B, S, S, C)`` with each ``on`` chip's ``box`` (:func:`draw_occluders`) replaced by the same
+    rectangle of ``fill`` ``(B, S, S, C)`` (e.g. other chips' backgrounds: natural texture, not a flat
+    colour a network could learn to ignore). A new tensor; the ground truth is unchanged (the face is
+    still there, hidden)."""
+    if images.shape != fill.shape:
+        raise ValueError(f"occlude: images {tuple(images.shape)} and fill {tuple(fill.shape)} differ")
+    S = images.shape[1]
+    ys, xs = torch.arange(S)[:, None], torch.arange(S)[None, :]
+    x0, y0, x1, y1 = (occluders["box"][:, k, None, None] for k in range(4))
+    inside = (xs >= x0) & (xs < x1) & (ys >= y0) & (ys < y1) & occluders["on"][:, None, None]
+    return torch.where(inside[..., None], fill, images)
+
+
 def render_variant(model: MorphableModel, fit: dict[str, Tensor], photo: np.ndarray, variant: dict[str, Tensor],
                    settings: VariantSettings, renderer: Renderer | None = None) -> dict[str, Tensor]:
     """Render one variant (:func:`draw_variant`'s choices) of a photo's fit into its chip.

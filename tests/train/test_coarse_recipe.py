@@ -140,3 +140,48 @@ def test_landmark_term_measures_chip_pixels(stand_in_photos):
     assert float(same["landmarks_px"]) < 1e-4 and float(same["shape_mm"]) < 1e-4
     assert float(off["landmarks_px"]) == pytest.approx(5.0, abs=1e-3)
     assert float(off["shape_mm"]) < 1e-4
+
+
+@pytest.mark.parametrize("identity_from", ["photo", "any"])
+def test_online_identity_source(stand_in_photos, identity_from):
+    """``data.identity_from``: without jitter, an online face's identity is its own photo's fitted identity
+    (``photo``) or some training photo's, not always its own (``any``)."""
+    tmp = stand_in_photos
+    overrides = [o for o in _overrides(tmp / "cache") if o != "data.online=false"]
+    overrides += ["data.variant.identity_jitter=0", f"data.identity_from={identity_from}", "loss.batch=32"]
+    recipe = recipe_module.CoarseRecipe(load_config(recipe_module.CoarseConfig, None, overrides), tmp)
+    data = recipe.train_set
+    batch = recipe.batch(1, torch.Generator().manual_seed(0))
+    fits = data["fit_identity"]
+    # which fitted identity each face has (distinct stand-in fits are far apart)
+    source = torch.cdist(batch["identity"].double(), fits.double()).argmin(1)
+    torch.testing.assert_close(batch["identity"], fits[source])
+    own = data["photo"][batch["index"]]
+    if identity_from == "photo":
+        assert torch.equal(source, own)
+    else:
+        assert 0 < int((source != own).sum()) < len(own)
+    with pytest.raises(ConfigError, match="identity_from"):
+        load_config(recipe_module.CoarseConfig, None, ["data.identity_from=other"])
+
+
+def test_occlusion_hides_part_of_the_online_chips(stand_in_photos):
+    """``data.occlusion=1``: every online chip differs from the same draw without occluders exactly inside its
+    box, where it shows the next chip's background; the targets are the same."""
+    tmp = stand_in_photos
+    overrides = [o for o in _overrides(tmp / "cache") if o != "data.online=false"] + ["data.occlusion=1"]
+    recipe = recipe_module.CoarseRecipe(load_config(recipe_module.CoarseConfig, None, overrides), tmp)
+    batch = recipe.batch(1, torch.Generator().manual_seed(0))
+    images, targets = recipe.chips(batch)
+    clean = {k: v for k, v in batch.items() if not k.startswith("occluder_")}
+    clean_images, clean_targets = recipe.chips(clean)
+    torch.testing.assert_close(targets, clean_targets)
+    fill = recipe.train_set["backgrounds"][batch["index"].roll(1)].float() / 255
+    for i in range(len(images)):
+        x0, y0, x1, y1 = batch["occluder_box"][i].tolist()
+        torch.testing.assert_close(images[i, y0:y1, x0:x1], fill[i, y0:y1, x0:x1])
+        outside = torch.ones(images.shape[1:3], dtype=torch.bool)
+        outside[y0:y1, x0:x1] = False
+        torch.testing.assert_close(images[i][outside], clean_images[i][outside])
+    with pytest.raises(ConfigError, match="occlusion"):
+        load_config(recipe_module.CoarseConfig, None, ["data.occlusion=1.5"])

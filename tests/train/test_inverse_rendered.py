@@ -121,3 +121,31 @@ def test_bad_settings_are_errors():
         ir.VariantSettings(size=8)
     with pytest.raises(ValueError, match="max_yaw_deg"):
         ir.VariantSettings(max_yaw_deg=120)
+
+
+def test_occluders_replace_exactly_their_boxes():
+    """draw_occluders / occlude: an occluded chip equals the fill inside its box and the image outside; a chip
+    without an occluder is untouched; boxes have 20–50 % sides near the centre; the draw is seeded."""
+    n, S = 400, 96
+    occ = ir.draw_occluders(n, S, torch.Generator().manual_seed(3), probability=0.5)
+    again = ir.draw_occluders(n, S, torch.Generator().manual_seed(3), probability=0.5)
+    assert torch.equal(occ["box"], again["box"]) and torch.equal(occ["on"], again["on"])
+    assert 0.4 < float(occ["on"].float().mean()) < 0.6
+    x0, y0, x1, y1 = occ["box"].T
+    w, h = (x1 - x0).float(), (y1 - y0).float()
+    assert float(w.min()) >= 0.2 * S - 1 and float(w.max()) <= 0.5 * S + 1
+    assert float(h.min()) >= 0.2 * S - 1 and float(h.max()) <= 0.5 * S + 1
+    centre = (occ["box"][:, :2] + occ["box"][:, 2:]).float() / 2
+    assert float((centre - S / 2).abs().max()) <= 0.3 * S + 1
+    images = torch.rand(n, S, S, 3)
+    fill = torch.rand(n, S, S, 3) + 2  # disjoint values
+    out = ir.occlude(images, occ, fill)
+    for i in range(0, n, 37):
+        mask = torch.zeros(S, S, dtype=torch.bool)
+        if occ["on"][i]:
+            a, b, c, d = occ["box"][i].tolist()
+            mask[b:d, a:c] = True
+        assert torch.equal(out[i][mask], fill[i][mask])
+        assert torch.equal(out[i][~mask], images[i][~mask])
+    with pytest.raises(ValueError, match="differ"):
+        ir.occlude(images, occ, fill[:, :10])

@@ -44,8 +44,8 @@ from morphable.nets.coarse import (ALBEDO_MODES, HEADS, CoarseNet, albedo_basis,
 from morphable.render.renderer import Renderer
 from morphable.train.config import OptimConfig, ScheduleConfig, TrainConfig
 from morphable.train.data.cache import cache_root
-from morphable.train.inverse_rendered import (TRAIN_PHOTOS, VariantSettings, build_set,
-                                              draw_variant, place_faces, region_triangles)
+from morphable.train.inverse_rendered import (TRAIN_PHOTOS, VariantSettings, build_set, draw_occluders,
+                                              draw_variant, occlude, place_faces, region_triangles)
 from morphable.train.recipes.base import Recipe, evaluating, frozen_model
 
 
@@ -62,6 +62,10 @@ class ModelSection:
     def __post_init__(self) -> None:
         if self.head not in HEADS:
             raise ValueError(f"head must be one of {', '.join(HEADS)}, got {self.head!r}")
+
+
+IDENTITY_FROM = ("photo", "any")
+"""Values of :attr:`DataSection.identity_from`."""
 
 
 @dataclass(frozen=True)
@@ -93,9 +97,24 @@ class PhotoSetSection:
 class DataSection(PhotoSetSection):
     """:class:`PhotoSetSection`, and online: every training chip is drawn afresh at each step (new pose,
     identity, expression, light and shift rendered over a cached chip's inpainted background,
-    :func:`~morphable.train.inverse_rendered.place_faces`) instead of read from the cached variants."""
+    :func:`~morphable.train.inverse_rendered.place_faces`) instead of read from the cached variants;
+    identity_from: online, whose fitted identity a new face's identity jitters about: ``photo``, the chip's own
+    photo's, or ``any``, a training photo drawn at random, so that no texture tells its identity (the network
+    cannot learn the training photos' identities by their look and must read the shape); occlusion: the
+    probability that a training chip gets an occluder, a rectangle of 20–50 % of the chip side near its
+    centre filled with another chip's background (:func:`~morphable.train.inverse_rendered.draw_occluders`;
+    the seed's "data augmentation ... occlusion")."""
 
     online: bool = True
+    identity_from: str = "photo"
+    occlusion: float = 0.0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.identity_from not in IDENTITY_FROM:
+            raise ValueError(f"identity_from must be one of {', '.join(IDENTITY_FROM)}, got {self.identity_from!r}")
+        if not 0 <= self.occlusion <= 1:
+            raise ValueError(f"occlusion must be a probability in [0, 1], got {self.occlusion}")
 
 
 @dataclass(frozen=True)
@@ -192,19 +211,39 @@ class CoarseRecipe(Recipe):
     def batch(self, step: int, generator: torch.Generator) -> dict[str, Tensor]:
         """``index`` ``(loss.batch,)`` of training chips and, online, each one's new draws
         (:func:`~morphable.train.inverse_rendered.draw_variant`: ``ypr``, ``identity``, ``expression``, ``light``,
-        ``shift``)."""
+        ``shift``; the identity about the fit of ``data.identity_from``'s photo) and, with ``data.occlusion``,
+        ``occluder_on`` / ``occluder_box`` (:func:`~morphable.train.inverse_rendered.draw_occluders`)."""
         data = self.train_set
         index = torch.randint(len(data["images"]), (self.config.loss.batch,), generator=generator)
+        occluders = {}
+        if self.config.data.occlusion > 0:
+            occluders = {f"occluder_{k}": v for k, v in draw_occluders(
+                len(index), self.size, generator, self.config.data.occlusion).items()}
         if not self.config.data.online:
-            return {"index": index}
-        draws = [draw_variant(self.face_model, {"identity": data["fit_identity"][p], "light": data["fit_light"][p]},
-                              generator, self.config.data.variant) for p in data["photo"][index].tolist()]
-        return {"index": index, **{k: torch.stack([d[k] for d in draws])
-                                   for k in ("ypr", "identity", "expression", "light", "shift")}}
+            return {"index": index, **occluders}
+        photos = data["photo"][index]
+        identity_of = photos
+        if self.config.data.identity_from == "any":
+            identity_of = torch.randint(len(data["fit_identity"]), photos.shape, generator=generator)
+        draws = [draw_variant(self.face_model, {"identity": data["fit_identity"][q], "light": data["fit_light"][p]},
+                              generator, self.config.data.variant)
+                 for p, q in zip(photos.tolist(), identity_of.tolist())]
+        return {"index": index, **occluders, **{k: torch.stack([d[k] for d in draws])
+                                                for k in ("ypr", "identity", "expression", "light", "shift")}}
 
     def chips(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
         """The batch's chips ``(B, S, S, 3)`` in [0, 1] and flat targets ``(B, layout.size)``: cached, or
-        online the new faces rendered over the cached chips' backgrounds (rounded to 8 bits like the cache)."""
+        online the new faces rendered over the cached chips' backgrounds (rounded to 8 bits like the cache);
+        with ``data.occlusion``, the batch's occluders drawn over them (filled from the next chip's
+        background)."""
+        images, targets = self._clean_chips(batch)
+        if "occluder_on" not in batch:
+            return images, targets
+        fill = self.train_set["backgrounds"][batch["index"].roll(1)].float() / 255
+        return occlude(images, {"on": batch["occluder_on"], "box": batch["occluder_box"]}, fill), targets
+
+    def _clean_chips(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
+        """:meth:`chips` before occlusion."""
         data, index = self.train_set, batch["index"]
         if not self.config.data.online:
             return data["images"][index].float() / 255, data["targets"][index]
