@@ -17,7 +17,8 @@ Each variant of a photo (:func:`synthesize_variants`) re-renders the fitted face
   [0.85, 1.15];
 * (a deviation, ``identity_jitter``) the fitted identity + N(0, σ²) noise: our corpus has about sixty
   training photos against the paper's thousands, and a network that sees sixty identities learns them by
-  heart; the albedo stays the photo's, so the pixels stay photo-real;
+  heart; the albedo stays the photo's, so the pixels stay photo-real (CoarseNet's training goes further and
+  jitters about a random training photo's fit, ``data.identity_from`` in :mod:`~morphable.train.recipes.coarse`);
 
 into a square chip of ``size`` px of the photo (the fitted landmarks' box × 1.8, its scale jittered), moved
 so that the new face's landmark box is centred in the chip ± a jitter, as a detector's box would place it.

@@ -102,7 +102,7 @@ def test_online_chips_match_their_targets(stand_in_photos):
     from morphable.nets.coarse import decode
 
     tmp = stand_in_photos
-    overrides = [o for o in _overrides(tmp / "cache") if o != "data.online=false"]
+    overrides = [o for o in _overrides(tmp / "cache") if o != "data.online=false"] + ["data.occlusion=0"]
     recipe = recipe_module.CoarseRecipe(load_config(recipe_module.CoarseConfig, None, overrides), tmp)
     g = torch.Generator().manual_seed(0)
     batch = recipe.batch(1, g)
