@@ -28,7 +28,8 @@ landmark fit (no photometric term) from the true landmarks + N(0, σ²) px noise
 distance (chip px) of CoarseNet's own projected landmarks to the true ones. ``--occlusion`` scores both methods
 again on the same chips with an occluder each (a rectangle of 20–50 % of the side near the centre, filled with
 another chip's background: the distribution ``data.occlusion`` trains with), adding
-``coarse_occluded_err_mm= photometric_occluded_err_mm=`` to the last line.
+``coarse_occluded_err_mm= photometric_occluded_err_mm=`` to the last line. ``--decompose`` prints CoarseNet's
+error with its identity or its expression replaced by the truth, and with the training mean identity.
 
 Last line: ``RESULT n= coarse_ms= coarse_err_mm= photometric_err_mm= ratio_err= photometric_s= speedup=
 mean_face_err_mm=``.
@@ -46,7 +47,8 @@ import morphable
 from morphable.fitting.landmarks import fit_landmarks
 from morphable.fitting.photometric import fit_photometric
 from morphable.geometry.align import aligned_error
-from morphable.nets.coarse import CoarseParams, decode, load_coarse
+from morphable.geometry.camera import ScaledOrthographic
+from morphable.nets.coarse import decode, load_coarse
 from morphable.train.inverse_rendered import (HELD_OUT_PHOTOS, build_set, draw_occluders, occlude,
                                               trained_variant_settings)
 
@@ -81,12 +83,47 @@ def detected_fit(model, chips: torch.Tensor, truth: torch.Tensor, coarse_err: np
         print(f"dlib landmarks: no face found on any of the {len(chips)} chips")
 
 
-def landmark_sweep(model, data: dict, truth: torch.Tensor, coarse: CoarseParams, sigmas: list[float]) -> None:
+def photometric_fit(model, chip: torch.Tensor, landmarks: torch.Tensor, truth: torch.Tensor, noise: float,
+                    generator: torch.Generator) -> tuple[float, float]:
+    """The photometric fit of one chip ``(1, S, S, 3)`` from its true landmarks ``(1, 68, 2)`` + N(0, noise²) px
+    (the sparse fit without contour search as its start): its error (mm) against ``truth`` ``(1, V, 3)`` and
+    its time (s)."""
+    lm = landmarks + noise * torch.randn(landmarks.shape, generator=generator)
+    t0 = time.perf_counter()
+    fit = fit_photometric(model, chip, lm, init=fit_landmarks(model, lm, contour=False))
+    seconds = time.perf_counter() - t0
+    return float(aligned_error(fit.vertices, truth)[0]), seconds
+
+
+def coarse_vertices(model, net, y: torch.Tensor) -> torch.Tensor:
+    """The model's vertices ``(B, V, 3)`` (mm) for CoarseNet's flat outputs ``y`` ``(B, layout.size)``."""
+    p = net.layout.split(y)
+    with torch.no_grad():
+        return model(identity=p["identity"], expression=p["expression"]).vertices
+
+
+def decompose(model, net, data: dict, truth: torch.Tensor, y: torch.Tensor) -> None:
+    """Where CoarseNet's error comes from: the error (mm) with its identity or its expression swapped for the
+    truth, and with the training targets' mean identity (the network's output buffer) in place of its own."""
+    p = net.layout.split(y)
+    mean_identity = net.layout.split(net.mean[None])["identity"].expand_as(p["identity"])
+    rows = (("predicted identity, true expression", p["identity"], data["expression"]),
+            ("true identity, predicted expression", data["identity"], p["expression"]),
+            ("training mean identity, true expression", mean_identity, data["expression"]),
+            ("true identity, neutral expression", data["identity"], torch.zeros_like(data["expression"])))
+    for name, identity, expression in rows:
+        with torch.no_grad():
+            err = aligned_error(model(identity=identity, expression=expression).vertices, truth)
+        print(f"decompose: {name}: {float(err.mean()):.3f} mm")
+
+
+def landmark_sweep(model, data: dict, truth: torch.Tensor, vertices: torch.Tensor, camera: ScaledOrthographic,
+                   sigmas: list[float]) -> None:
     """The sparse landmark fit's error (mm) from the chips' true landmarks + N(0, σ²) px noise per σ, and
-    CoarseNet's landmark distance (chip px): how precise landmarks would have to be for a fit to match it."""
-    full = model(identity=coarse.identity, expression=coarse.expression).vertices
+    CoarseNet's landmark distance (chip px; its ``vertices`` ``(B, V, 3)`` seen by its chip ``camera``): how
+    precise landmarks would have to be for a fit to match it."""
     defined = model.landmark_mask
-    mine = coarse.camera.project(model.landmarks(full))[:, defined]
+    mine = camera.project(model.landmarks(vertices))[:, defined]
     dist = (mine - data["landmarks"][:, defined]).norm(dim=-1)
     print(f"CoarseNet's landmarks: mean distance {float(dist.mean()):.2f} px to the true ones "
           f"(rms {float(dist.pow(2).mean().sqrt()):.2f} px)")
@@ -109,13 +146,10 @@ def occluded(model, net, data: dict, chips: torch.Tensor, truth: torch.Tensor,
     occ = draw_occluders(len(chips), net.size, g, probability=1.0)
     hidden = occlude(chips, occ, data["backgrounds"].roll(1, 0).float() / 255)
     with torch.no_grad():
-        p = net.layout.split(torch.cat([net(hidden[i:i + 1]) for i in range(len(hidden))]))
-        c_err = aligned_error(model(identity=p["identity"], expression=p["expression"]).vertices, truth)
-    p_err = []
-    for i in range(len(chips)):
-        lm = data["landmarks"][i:i + 1] + landmark_noise * torch.randn(data["landmarks"][i:i + 1].shape, generator=g)
-        fit = fit_photometric(model, hidden[i:i + 1], lm, init=fit_landmarks(model, lm, contour=False))
-        p_err.append(float(aligned_error(fit.vertices, truth[i:i + 1])[0]))
+        y = torch.cat([net(hidden[i:i + 1]) for i in range(len(hidden))])
+    c_err = aligned_error(coarse_vertices(model, net, y), truth)
+    p_err = [photometric_fit(model, hidden[i:i + 1], data["landmarks"][i:i + 1], truth[i:i + 1], landmark_noise, g)[0]
+             for i in range(len(chips))]
     return float(c_err.mean()), float(np.mean(p_err))
 
 
@@ -165,6 +199,8 @@ def main() -> None:
                         help="comma-separated px noise levels: the sparse landmark fit's error at each (see above)")
     parser.add_argument("--occlusion", action="store_true",
                         help="also score both methods on the chips with an occluder each (see above)")
+    parser.add_argument("--decompose", action="store_true",
+                        help="also CoarseNet's error with its identity or expression swapped for the truth")
     parser.add_argument("--detected", action="store_true",
                         help="also fit from dlib's landmarks on the chip (4x upscaled), as a photo pipeline would")
     args = parser.parse_args()
@@ -198,20 +234,17 @@ def main() -> None:
             rounds.append(times)
         times = min(rounds, key=np.median)  # the round least disturbed by other processes
         y = torch.cat(preds)
-        p = net.layout.split(y)
-        coarse_v = model(identity=p["identity"], expression=p["expression"]).vertices
+    coarse_v = coarse_vertices(model, net, y)
     coarse_err = aligned_error(coarse_v, truth).numpy()
     mean_err = aligned_error(model.mean[None].expand(n, -1, -1), truth).numpy()
 
     g = torch.Generator().manual_seed(BENCH_SEED)
     photo_err, photo_s = [], []
     for i in range(n):
-        lm = data["landmarks"][i:i + 1]
-        lm = lm + args.landmark_noise * torch.randn(lm.shape, generator=g)
-        t0 = time.perf_counter()
-        fit = fit_photometric(model, chips[i:i + 1], lm, init=fit_landmarks(model, lm, contour=False))
-        photo_s.append(time.perf_counter() - t0)
-        photo_err.append(float(aligned_error(fit.vertices, truth[i:i + 1])[0]))
+        err, seconds = photometric_fit(model, chips[i:i + 1], data["landmarks"][i:i + 1], truth[i:i + 1],
+                                       args.landmark_noise, g)
+        photo_err.append(err)
+        photo_s.append(seconds)
         print(f"chip {i:3d} yaw {np.degrees(float(data['ypr'][i, 0])):6.1f}: coarse {coarse_err[i]:.2f} mm "
               f"{1e3 * times[i]:.2f} ms  photometric {photo_err[-1]:.2f} mm {photo_s[-1]:.2f} s  "
               f"mean face {mean_err[i]:.2f} mm", flush=True)
@@ -219,7 +252,9 @@ def main() -> None:
     if args.detected:
         detected_fit(model, chips, truth, coarse_err)
     if args.landmark_sweep:
-        landmark_sweep(model, data, truth, decode(net.layout, net.size, y), args.landmark_sweep)
+        landmark_sweep(model, data, truth, coarse_v, decode(net.layout, net.size, y).camera, args.landmark_sweep)
+    if args.decompose:
+        decompose(model, net, data, truth, y)
     extra = ""
     if args.occlusion:
         c_occ, p_occ = occluded(model, net, data, chips, truth, args.landmark_noise)
