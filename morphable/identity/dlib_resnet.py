@@ -86,6 +86,21 @@ def conv_input_sizes(batch: int, size: int = CHIP_SIZE) -> list[list[int]]:
     return sizes
 
 
+def feature_map_shape(blocks: int = len(BLOCKS), size: int = CHIP_SIZE) -> tuple[int, int, int]:
+    """``(C, h, w)`` of the activations after the first ``blocks`` residual blocks for ``size`` px chips
+    (:func:`conv_input_sizes`' arithmetic): 14 (all) → (256, 2, 2), 13 → (256, 4, 4), 10 → (128, 8, 8)."""
+    if not 1 <= blocks <= len(BLOCKS):
+        raise ValueError(f"blocks must be in [1, {len(BLOCKS)}], got {blocks}")
+    if blocks == len(BLOCKS):
+        filters, stride = BLOCKS[-1]
+        _, _, side, _ = conv_input_sizes(1, size)[-2]
+        inner = side if stride == 1 else (side - 3) // 2 + 1
+        side = inner if stride == 1 else max(inner, side // 2)
+        return filters, side, side
+    _, channels, side, _ = conv_input_sizes(1, size)[1 + 2 * blocks]  # the next block's input
+    return channels, side, side
+
+
 class PackedKernels:
     """oneDNN-blocked copies of the folded kernels for the fused inference path, one set per batch size.
 
@@ -174,11 +189,17 @@ def _run(x: torch.Tensor, layers, fc_weight: torch.Tensor) -> tuple[torch.Tensor
     return pooled, pooled @ fc_weight.to(pooled).T
 
 
-def _trunk(x: torch.Tensor, layers) -> torch.Tensor:
-    """Stem and residual blocks: (B, 3, H, W) -> the last block's activations (B, 256, h, w)."""
-    x = F.max_pool2d(layers.conv_relu(0, x), kernel_size=3, stride=2)
-    index = 1
-    for _, stride in BLOCKS:
+def _trunk(x: torch.Tensor, layers, blocks: int = len(BLOCKS)) -> torch.Tensor:
+    """Stem and the first ``blocks`` residual blocks: (B, 3, H, W) -> their activations (B, C, h, w) (all 14:
+    the last block's, (B, 256, h, w))."""
+    return run_blocks(F.max_pool2d(layers.conv_relu(0, x), kernel_size=3, stride=2), layers, 0, blocks)
+
+
+def run_blocks(x: torch.Tensor, layers, first: int, last: int) -> torch.Tensor:
+    """Residual blocks ``first`` … ``last - 1`` (0-based; block k runs convolutions 1 + 2k and 2 + 2k) on the
+    activations (B, C, h, w) after block ``first`` (after the stem for 0)."""
+    index = 1 + 2 * first
+    for _, stride in BLOCKS[first:last]:
         y = layers.conv_relu(index, x)
         if stride == 1:
             x = layers.conv_add_relu(index + 1, y, x)
@@ -242,10 +263,14 @@ def face_features(images: torch.Tensor, conv_weight: list[torch.Tensor], conv_bi
 
 
 def face_feature_map(images: torch.Tensor, conv_weight: list[torch.Tensor],
-                     conv_bias: list[torch.Tensor], packed: PackedKernels | None = None) -> torch.Tensor:
+                     conv_bias: list[torch.Tensor], packed: PackedKernels | None = None,
+                     blocks: int = len(BLOCKS)) -> torch.Tensor:
     """(B, 150, 150, 3) images in [0, 1] -> (B, 256, 2, 2): the last block's activations before the global
-    pool (the spatial features a localiser needs; same computation paths as :func:`face_features`)."""
-    return _trunk(*_input_and_layers(images, conv_weight, conv_bias, packed))
+    pool (the spatial features a localiser needs; same computation paths as :func:`face_features`); with
+    ``blocks`` < 14, the activations after that many residual blocks instead (:func:`feature_map_shape`)."""
+    if not 1 <= blocks <= len(BLOCKS):
+        raise ValueError(f"blocks must be in [1, {len(BLOCKS)}], got {blocks}")
+    return _trunk(*_input_and_layers(images, conv_weight, conv_bias, packed), blocks)
 
 
 def _input_and_layers(images: torch.Tensor, conv_weight: list[torch.Tensor], conv_bias: list[torch.Tensor],
@@ -329,6 +354,32 @@ class DlibFaceNet(nn.Module):
         """
         return face_features(images, *self._folded(), self.fc_weight, self._packed)
 
-    def feature_map(self, images: torch.Tensor) -> torch.Tensor:
-        """(B, 150, 150, 3) images in [0, 1] -> (B, 256, 2, 2) activations before the global pool."""
-        return face_feature_map(images, *self._folded(), self._packed)
+    def feature_map(self, images: torch.Tensor, blocks: int = len(BLOCKS)) -> torch.Tensor:
+        """(B, 150, 150, 3) images in [0, 1] -> (B, 256, 2, 2) activations before the global pool, or after
+        the first ``blocks`` residual blocks (:func:`feature_map_shape`)."""
+        return face_feature_map(images, *self._folded(), self._packed, blocks)
+
+
+class DlibBlocks(nn.Module):
+    """Residual blocks ``first`` … ``last - 1`` of :class:`DlibFaceNet` as trainable layers (fine-tuning), their
+    kernels and biases initialised from its folded ones: activations (B, C, h, w) after block ``first`` →
+    after block ``last`` (:func:`feature_map_shape`). Plain autograd convolutions (:class:`Layers`)."""
+
+    def __init__(self, net: DlibFaceNet, first: int, last: int):
+        super().__init__()
+        if not 0 <= first < last <= len(BLOCKS):
+            raise ValueError(f"DlibBlocks: need 0 <= first < last <= {len(BLOCKS)}, got {first}, {last}")
+        self.first, self.last = int(first), int(last)
+        weight, bias = net._folded()
+        convs = range(1 + 2 * self.first, 1 + 2 * self.last)
+        self.weight = nn.ParameterList([nn.Parameter(weight[i].detach().clone().contiguous()) for i in convs])
+        self.bias = nn.ParameterList([nn.Parameter(bias[i].detach().clone()) for i in convs])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        specs, offset = conv_specs(), 1 + 2 * self.first
+
+        def conv(i: int, x: torch.Tensor) -> torch.Tensor:
+            stride, padding = specs[i]
+            return F.conv2d(x, self.weight[i - offset], self.bias[i - offset], stride=stride, padding=padding)
+
+        return run_blocks(x, Layers(conv), self.first, self.last)

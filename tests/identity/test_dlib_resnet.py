@@ -8,7 +8,8 @@ import torch
 
 from morphable.identity import DlibFaceNet, face_descriptor_reference, load_dlib_face_resnet
 from morphable.identity import dlib_resnet
-from morphable.identity.dlib_resnet import PackedKernels, add_padded, conv_input_sizes, face_features
+from morphable.identity.dlib_resnet import (DlibBlocks, PackedKernels, add_padded, conv_input_sizes, face_features,
+                                            feature_map_shape)
 from morphable.identity.dlib_serialization import default_weights_path
 from tests.conftest import data_file, torch_threads
 from tests.identity.faces import largest_face
@@ -77,6 +78,63 @@ def test_conv_input_sizes_are_the_literal_networks(monkeypatch):
     with torch.no_grad():
         face_descriptor_reference(torch.rand(2, 150, 150, 3, dtype=torch.float64), load_dlib_face_resnet())
     assert seen == conv_input_sizes(2)
+
+
+@pytest.mark.parametrize("blocks", [13, 10, 7])
+def test_intermediate_feature_maps_are_the_literal_networks(monkeypatch, net, chips, blocks):
+    """``feature_map(x, blocks)``: the activations the literal reference's next block receives (the input of
+    its convolution ``1 + 2 · blocks``), in float64 (plain path) and float32 (fused oneDNN path), of the
+    shape :func:`feature_map_shape` says."""
+    seen = []
+    conv2d = dlib_resnet.F.conv2d
+    monkeypatch.setattr(dlib_resnet.F, "conv2d", lambda x, *a, **k: seen.append(x) or conv2d(x, *a, **k))
+    x = torch.from_numpy(chips[:2]).double() / 255
+    with torch.no_grad():
+        face_descriptor_reference(x, load_dlib_face_resnet())
+    monkeypatch.undo()
+    reference = seen[1 + 2 * blocks]
+    with torch.no_grad():
+        fast64, fast32 = net.feature_map(x, blocks), net.feature_map(x.float(), blocks)
+    assert tuple(fast64.shape[1:]) == tuple(reference.shape[1:]) == feature_map_shape(blocks)
+    assert (fast64 - reference).abs().max() <= 1e-6 * reference.abs().max()  # (the folded kernels are float32)
+    assert (fast32.double() - reference).abs().max() <= 1e-5 * reference.abs().max()
+    with pytest.raises(ValueError, match="blocks"):
+        net.feature_map(x, 15)
+
+
+def test_trainable_blocks_continue_the_network_with_true_gradients(net, chips):
+    """:class:`DlibBlocks` initialised from the network: blocks 7–9 on the activations after block 7 give those
+    after block 10 (float64); the last two blocks' (a stride-2 one, with dlib's zero-padded shortcut)
+    derivatives along random directions of the input and of a kernel match central differences."""
+    x = torch.from_numpy(chips[:2]).double() / 255
+    with torch.no_grad():
+        after7, after10 = net.feature_map(x, 7), net.feature_map(x, 10)
+        tuned = DlibBlocks(net, 7, 10).double()(after7)
+    assert (tuned - after10).abs().max() <= 1e-9 * after10.abs().max()
+    blocks = DlibBlocks(net, 12, 14).double()
+    with torch.no_grad():
+        start = net.feature_map(x[:1], 12).clone()
+    g = torch.Generator().manual_seed(0)
+    weight = blocks.weight[2]  # the stride-2 block's first kernel
+    for _ in range(3):
+        v, w = torch.randn(start.shape, generator=g, dtype=torch.float64), torch.randn(weight.shape, generator=g,
+                                                                                        dtype=torch.float64)
+        u = torch.randn(1, *feature_map_shape(14), generator=g, dtype=torch.float64)
+        inp = start.clone().requires_grad_(True)
+        (blocks(inp) * u).sum().backward()
+        analytic = float((inp.grad * v).sum() + (weight.grad * w).sum())
+        weight.grad = None
+        eps = 1e-6
+        with torch.no_grad():
+            def f(sign: float) -> float:
+                weight.add_(sign * eps * w)
+                out = float((blocks(start + sign * eps * v) * u).sum())
+                weight.sub_(sign * eps * w)
+                return out
+            numeric = (f(1.0) - f(-1.0)) / (2 * eps)
+        assert analytic == pytest.approx(numeric, rel=1e-5, abs=1e-8)
+    with pytest.raises(ValueError, match="first < last"):
+        DlibBlocks(net, 10, 10)
 
 
 def test_packed_kernels_give_the_plain_fused_result(net, chips):
