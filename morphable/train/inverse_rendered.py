@@ -21,7 +21,11 @@ Each variant of a photo (:func:`synthesize_variants`) re-renders the fitted face
   jitters about a random training photo's fit, ``data.identity_from`` in :mod:`~morphable.train.recipes.coarse`);
 
 into a square chip of ``size`` px of the photo (the fitted landmarks' box × 1.8, its scale jittered), moved
-so that the new face's landmark box is centred in the chip ± a jitter, as a detector's box would place it.
+so that the new face's landmark box is centred in the chip ± a jitter, as a detector's box would place it
+(``framing="chip"``, CoarseNet's input). With ``framing="detector"`` (the 3DMM-STN localiser's input,
+:mod:`~morphable.nets.stn_localiser`) the new face is scaled and placed instead so that the chip is the detector
+crop of its own landmarks: :data:`~morphable.nets.stn_localiser.CROP_MARGIN` × the side of their dlib-like box
+(:func:`~morphable.nets.stn_localiser.landmark_box`) about the box's centre, the side and the centre jittered.
 The background is the photo's own: the original face's rendered footprint (dilated) is filled by OpenCV's
 inpainting (Telea) and the new face composited over it with the renderer's anti-aliased silhouette. Each
 chip keeps its ground truth: identity, expression, the per-photo albedo, light, and the chip camera
@@ -98,11 +102,16 @@ FIT_VERSION = 1
 VARIANT_VERSION = 3
 
 
+FRAMINGS = ("chip", "detector")
+"""Where a new face is put in its chip (see the module docstring): CoarseNet's chip or the STN localiser's
+detector crop."""
+
+
 @dataclass(frozen=True)
 class VariantSettings:
     """How a photo's fit is re-rendered (see the module docstring). Angles in degrees; ``box_*_jitter``:
     relative chip-box scale / shift (of the side) errors; ``identity_jitter``: σ of the noise added to the
-    standardised identity (0 = the fit's own)."""
+    standardised identity (0 = the fit's own); ``framing``: one of :data:`FRAMINGS`."""
 
     size: int = 96
     max_yaw_deg: float = 90.0
@@ -113,8 +122,11 @@ class VariantSettings:
     box_scale_jitter: float = 0.1
     box_shift_jitter: float = 0.05
     identity_jitter: float = 1.0
+    framing: str = "chip"
 
     def __post_init__(self) -> None:
+        if self.framing not in FRAMINGS:
+            raise ValueError(f"VariantSettings.framing must be one of {FRAMINGS}, got {self.framing!r}")
         if self.size < 16:
             raise ValueError(f"VariantSettings.size must be >= 16 px, got {self.size}")
         if not 0 <= self.max_yaw_deg <= 90:
@@ -249,9 +261,15 @@ def draw_variant(model: MorphableModel, fit: dict[str, Tensor], generator: torch
 
 def place_faces(model: MorphableModel, renderer: Renderer, region: Tensor, albedo: Tensor, backgrounds: Tensor,
                 scale: Tensor, ypr: Tensor, identity: Tensor, expression: Tensor, light: Tensor,
-                shift: Tensor, displacement: Tensor | None = None) -> dict[str, Tensor]:
+                shift: Tensor, displacement: Tensor | None = None, *, framing: str = "chip",
+                box_factor: Tensor | None = None) -> dict[str, Tensor]:
     """Render a batch of new faces into chips, each moved so that its landmark box is centred in the chip
     + ``shift`` (as a detector's box would place it), composited with the anti-aliased silhouette.
+
+    With ``framing="detector"`` ``scale`` is replaced: each face is scaled so that the chip is
+    :data:`~morphable.nets.stn_localiser.CROP_MARGIN` × ``box_factor`` ``(B,)`` × the side of the dlib-like box of
+    its landmarks (:func:`~morphable.nets.stn_localiser.landmark_box`), and that box's centre (not the
+    landmarks') is put at the chip's centre + ``shift``: the chip is the detector crop of a box of that size.
 
     Args:
         renderer: a :class:`Renderer` of ``region_triangles(model, region)`` at the chip size ``S``.
@@ -261,24 +279,37 @@ def place_faces(model: MorphableModel, renderer: Renderer, region: Tensor, albed
         displaced along their normals (:func:`~morphable.geometry.mesh.displace`; the placement is the
         undisplaced face's).
     Returns:
-        ``images`` ``(B, S, S, 3)`` in [0, 1], ``rotation`` ``(B, 3)`` axis-angle, ``translation`` ``(B, 2)``
-        chip px, ``landmarks`` ``(B, 68, 2)`` chip px (NaN where the model has none), ``vertices``
-        ``(B, V_r, 3)`` the undisplaced region (mm, model space).
+        ``images`` ``(B, S, S, 3)`` in [0, 1], ``rotation`` ``(B, 3)`` axis-angle, ``scale`` ``(B,)`` chip px/mm,
+        ``translation`` ``(B, 2)`` chip px, ``landmarks`` ``(B, 68, 2)`` chip px (NaN where the model has none),
+        ``vertices`` ``(B, V_r, 3)`` the undisplaced region (mm, model space).
     """
+    if framing not in FRAMINGS:
+        raise ValueError(f"framing must be one of {FRAMINGS}, got {framing!r}")
     S = backgrounds.shape[1]
     defined = model.landmark_mask
     rotation = matrix_to_axis_angle(euler_to_matrix(ypr))
     verts = model(identity=identity, expression=expression).vertices
-    # the landmark box's centre at zero translation; the translation then puts it at the chip's centre
-    lm = ScaledOrthographic(scale, rotation, torch.zeros_like(shift)).project(model.landmarks(verts))[:, defined]
-    centre = (lm.min(1).values + lm.max(1).values) / 2
+    if framing == "detector":
+        from morphable.nets.stn_localiser import CROP_MARGIN, landmark_box
+
+        unit = ScaledOrthographic(torch.ones_like(scale), rotation, torch.zeros_like(shift)).project(
+            model.landmarks(verts))
+        unit[:, ~defined] = float("nan")
+        box = landmark_box(unit)  # mm in the image plane
+        factor = torch.ones_like(scale) if box_factor is None else box_factor.to(scale.dtype)
+        scale = S / (CROP_MARGIN * (box[:, 2:] - box[:, :2]).amax(-1) * factor)
+        centre = scale[:, None] * (box[:, :2] + box[:, 2:]) / 2
+    else:
+        # the landmark box's centre at zero translation; the translation then puts it at the chip's centre
+        lm = ScaledOrthographic(scale, rotation, torch.zeros_like(shift)).project(model.landmarks(verts))[:, defined]
+        centre = (lm.min(1).values + lm.max(1).values) / 2
     cam = ScaledOrthographic(scale, rotation, (S - 1) / 2 - centre + shift)
     drawn = verts[:, region] if displacement is None else displace(verts[:, region], renderer.triangles, displacement)
     image = renderer(drawn, cam, colors=albedo, sh=light, background=backgrounds).image.clamp(0, 1)
     landmarks = cam.project(model.landmarks(verts))
     landmarks[:, ~defined] = float("nan")
-    return {"images": image, "rotation": rotation, "translation": cam.translation, "landmarks": landmarks,
-            "vertices": verts[:, region]}
+    return {"images": image, "rotation": rotation, "scale": cam.scale, "translation": cam.translation,
+            "landmarks": landmarks, "vertices": verts[:, region]}
 
 
 OCCLUDER_SIDE = (0.2, 0.5)
@@ -321,7 +352,8 @@ def render_variant(model: MorphableModel, fit: dict[str, Tensor], photo: np.ndar
 
     The chip is the photo's square around the fitted landmarks (:func:`chip_box`, its side scaled by
     ``1 + box_scale_jitter · box_scale``), the original face's footprint dilated and inpainted (kept as
-    ``backgrounds``); the new face is placed by :func:`place_faces`.
+    ``backgrounds``); the new face is placed by :func:`place_faces` (with ``settings.framing``; a detector
+    crop's side is scaled by the same ``1 + box_scale_jitter · box_scale``).
 
     Returns:
         ``images`` ``(S, S, 3)`` uint8, ``backgrounds`` ``(S, S, 3)`` uint8, and the ground truth:
@@ -348,12 +380,13 @@ def render_variant(model: MorphableModel, fit: dict[str, Tensor], photo: np.ndar
         mask = cv2.dilate(mask, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * r + 1, 2 * r + 1)))
         background = cv2.inpaint(background, mask, 3, cv2.INPAINT_TELEA)
         bg = torch.from_numpy(background).to(dtype)[None] / 255
+        factor = 1 + settings.box_scale_jitter * variant["box_scale"].reshape(1)
         out = place_faces(model, renderer, region, fit["albedo"][None], bg, cam0.scale, variant["ypr"][None],
                           variant["identity"][None], variant["expression"][None], variant["light"][None],
-                          variant["shift"][None])
+                          variant["shift"][None], framing=settings.framing, box_factor=factor)
     return {"images": (out["images"][0] * 255).round().to(torch.uint8), "backgrounds": torch.from_numpy(background),
             "identity": variant["identity"], "expression": variant["expression"], "light": variant["light"],
-            "ypr": variant["ypr"], "rotation": out["rotation"][0], "scale": cam0.scale[0],
+            "ypr": variant["ypr"], "rotation": out["rotation"][0], "scale": out["scale"][0],
             "translation": out["translation"][0], "landmarks": out["landmarks"][0]}
 
 
@@ -408,6 +441,8 @@ def build_set(model: MorphableModel, model_name: str, photos: tuple[str, ...] | 
     albedos, identities, lights, rows, bad = [], [], [], [], []
     spec = dict(model=model_name, n_vertices=model.n_vertices, variants=variants, version=VARIANT_VERSION,
                 **asdict(settings))
+    if settings.framing == "chip":  # the key of sets made before framing existed
+        del spec["framing"]
     for i, photo in enumerate(tqdm(photos, desc=f"coarse data ({name})", disable=not progress, leave=False)):
         try:
             fit = cached_fit(model, model_name, photo, root, cache)

@@ -72,6 +72,49 @@ def test_variant_with_the_fits_own_parameters_reproduces_the_photo(sfm, fit_and_
     assert min(errs, key=errs.get) == (0.0, 0.0), errs
 
 
+@pytest.mark.parametrize("box_scale, shift", [(0.0, (0.0, 0.0)), (1.0, (6.0, -4.0)), (-1.0, (-5.0, 3.0))])
+def test_detector_framed_variant_is_the_detector_crop_of_its_own_landmarks(sfm, fit_and_photo, box_scale, shift):
+    """``framing="detector"``: cutting the chip again by the localiser's inference path (:func:`landmark_box` of
+    the variant's landmarks, :func:`crop_faces`) finds the chip itself, moved by ``shift`` and scaled by the box
+    jitter (a box ``1 + 0.1 · box_scale`` times the rule's side made the chip, so the rule's crop is that much
+    smaller), and the same pixels where the jitter is zero."""
+    from morphable.nets.stn_localiser import crop_faces, landmark_box
+
+    fit, photo = fit_and_photo
+    S = 120
+    settings = ir.VariantSettings(size=S, framing="detector", box_scale_jitter=0.1)
+    variant = ir.draw_variant(sfm, fit, torch.Generator().manual_seed(3), settings)
+    variant.update(box_scale=torch.tensor(box_scale), shift=torch.tensor(shift))
+    out = ir.render_variant(sfm, fit, photo, variant, settings)
+    chip = out["images"].float() / 255
+    crop, frame = crop_faces([chip], landmark_box(out["landmarks"][None].double()), S)
+    step, offset = float(frame.step[0]), frame.offset[0]
+    print(f"box_scale {box_scale}, shift {shift}: step {step:.4f}, offset {offset.tolist()}")
+    assert step == pytest.approx(1 / (1 + 0.1 * box_scale), abs=1 / S)  # the side is rounded to whole px
+    # the rule's box centre is the chip's centre + shift; its crop corner is rounded to whole px
+    torch.testing.assert_close(offset.float(), torch.tensor(shift) + (1 - step) * S / 2, atol=0.6, rtol=0)
+    if box_scale == 0 and shift == (0.0, 0.0):
+        moved = float((chip.roll(1, dims=1) - chip).abs().mean())
+        same = float((crop[0] - chip).abs().mean())
+        assert same < 0.1 * moved, (same, moved)
+
+
+def test_detector_framed_landmarks_are_the_transformers_at_the_true_theta(sfm, fit_and_photo):
+    """The 3DMM-STN's landmark layer at a detector-framed variant's true θ (rotation, translation, log scale,
+    identity, expression) projects exactly onto the stored landmarks: the two cameras agree."""
+    from morphable.models.resample import model_uv, uv_grid
+    from morphable.render.stn import SpatialTransformer3DMM, Theta
+
+    fit, photo = fit_and_photo
+    data = ir.synthesize_variants(sfm, fit, photo, 3, seed=4, settings=ir.VariantSettings(size=100, framing="detector"))
+    stn = SpatialTransformer3DMM(sfm, uv_grid(model_uv(sfm), sfm.triangles, (16, 16)), 64)
+    theta = Theta(data["rotation"], data["translation"], data["scale"].log(), data["identity"], data["expression"])
+    with torch.no_grad():
+        landmarks = stn(data["images"].float() / 255, theta).landmarks
+    seen = sfm.landmark_mask
+    torch.testing.assert_close(landmarks[:, seen], data["landmarks"][:, seen], atol=1e-3, rtol=0)
+
+
 def test_build_set_caches_and_writes_the_manifest(sfm, tmp_path, monkeypatch):
     fits = {}
     for i in range(2):
@@ -121,6 +164,8 @@ def test_bad_settings_are_errors():
         ir.VariantSettings(size=8)
     with pytest.raises(ValueError, match="max_yaw_deg"):
         ir.VariantSettings(max_yaw_deg=120)
+    with pytest.raises(ValueError, match="framing"):
+        ir.VariantSettings(framing="tight")
 
 
 def test_occluders_replace_exactly_their_boxes():
