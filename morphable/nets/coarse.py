@@ -48,6 +48,7 @@ from morphable.models.base import MorphableModel
 from morphable.nets.encoders import strided_cnn
 from morphable.nets.layout import ParamLayout
 from morphable.nets.weights import load_net, save_net
+from morphable.nets.weights import round_to_stored as rounded
 
 FORMAT = "morphable-coarsenet"
 VERSION = 1
@@ -216,12 +217,9 @@ def stored_half(name: str, value: Tensor) -> bool:
 
 
 def round_to_stored(net: CoarseNet) -> None:
-    """Round the weights :func:`stored_half` stores as float16 to float16 in place, so the network computes
-    what its saved file will (training records its final metrics after this)."""
-    with torch.no_grad():
-        for name, value in net.state_dict().items():
-            if stored_half(name, value):
-                value.copy_(value.half().to(value.dtype))
+    """Round the weights :func:`stored_half` stores as float16 to float16 in place
+    (:func:`~morphable.nets.weights.round_to_stored`)."""
+    rounded(net, stored_half)
 
 
 def save_coarse(net: CoarseNet, path: str | PathLike, meta: dict | None = None) -> None:

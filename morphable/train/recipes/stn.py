@@ -35,7 +35,19 @@ folder's landmarks are the annotation where a ``.pts`` file was given and dlib's
 detector's landmarks as pseudo-labels, the "landmark loss where landmarks exist" of the seed. Every 8th face
 of each folder is held out of training and scores validation (``real_nme``).
 
-Deviations from the paper, with reasons: the dlib ResNet instead of VGG-Faces (what we ship); synthetic
+Photo-real synthetic crops (``data.photoreal``: variants per photo, 0 = off; :func:`photoreal_crops`): the
+inverse-rendered data of Zhang et al.'s CoarseNet (:mod:`~morphable.train.inverse_rendered`), framed as detector
+crops. Each training photo's photometric fit (identity, albedo, light) is re-rendered with a new pose (yaw up to
+``data.max_yaw_deg``), expression, light and a jittered identity into its own inpainted background. Unlike the
+synthetic groups their textures are a photo's, and unlike the real photos they cover large yaw with exact
+landmarks. The photos are :data:`STN_PHOTOS` (the inverse-rendering training photos without deepface's, whose
+people score the benchmark's dense correspondence). Each step adds ``loss.photoreal_batch`` of them with the
+landmark and symmetry terms, weighted by ``loss.photoreal``; the variants of every 8th photo are held out
+(``photoreal_nme``).
+
+Deviations from the paper, with reasons: the dlib ResNet instead of VGG-Faces (what we ship), cut after its
+third stage (``net.blocks=10``: its last stage ends in a 2 × 2 map, too coarse to place a face) with that stage
+fine-tuned (``net.tune=3``; the paper fine-tunes the whole network, we cache the frozen blocks' output); synthetic
 identity groups beside a few real photos instead of UMDFaces/300W-LP photos (none in our corpus); the transformer samples the
 150 px crop (the photo in inference); loss weights are ours (the paper does not give them): they make the
 terms' gradients comparable at the start (landmarks in px, textures in [0, 1]²).
@@ -57,18 +69,24 @@ from morphable.losses.landmark import landmark_loss
 from morphable.losses.prior import prior_loss
 from morphable.losses.symmetry import symmetry_loss
 from morphable.models.base import MorphableModel
-from morphable.nets.stn_localiser import (TRUNKS, STNLocaliser, crop_square, landmark_box, nominal_theta,
-                                          save_localiser)
+from morphable.nets.stn_localiser import (DLIB_BLOCKS, TRUNKS, STNLocaliser, crop_square, landmark_box,
+                                          nominal_theta, round_to_half, save_localiser)
 from morphable.render.renderer import Renderer
 from morphable.render.stn import SpatialTransformer3DMM, Theta
 from morphable.train.chip_render import random_background, random_rotation
 from morphable.train.config import OptimConfig, ScheduleConfig, TrainConfig
 from morphable.train.data.cache import cache_root, cached, settings_key
+from morphable.train.inverse_rendered import DEEPFACE, TRAIN_PHOTOS, VARIANT_VERSION, VariantSettings, build_set
 from morphable.train.recipes.base import Recipe, evaluating, frozen_model
 from morphable.train.synthetic import random_albedo, random_expression, random_light
 
 FIXED_LANDMARKS = slice(17, 68)
 """iBUG points of the landmark loss: the jawline (0–16) is a pose-dependent contour, left out."""
+
+STN_PHOTOS: tuple[str, ...] = tuple(p for p in TRAIN_PHOTOS if not p.startswith(DEEPFACE))
+"""Photos of the photo-real synthetic crops (``data.photoreal``): the inverse-rendering training photos
+(:data:`~morphable.train.inverse_rendered.TRAIN_PHOTOS`) without deepface's, which the benchmark's dense
+correspondence test scores. AFW, the landmark benchmark, is in neither."""
 
 
 @dataclass(frozen=True)
@@ -88,15 +106,28 @@ class ModelSection:
 class NetSection:
     """trunk: ``dlib`` (frozen ResNet + FC, the paper's design) or ``small`` (a CNN from scratch); crop: input
     side (px); hidden: width of a hidden layer before the FC (0 = the paper's single FC layer; the paper
-    fine-tunes VGG-Faces, our trunk is frozen, and a hidden layer gives the head the capacity back)."""
+    fine-tunes VGG-Faces, our trunk is frozen, and a hidden layer gives the head the capacity back); blocks:
+    the dlib trunk's residual blocks run (14 = all: its 256 × 2 × 2 map; 13: the 256 × 4 × 4 map; 10: the
+    128 × 8 × 8 map, see :class:`~morphable.nets.stn_localiser.DlibTrunk`); tune: the last this-many of them
+    trained (fine-tuned from dlib's weights; 0 = all frozen). The small trunk ignores both."""
 
     trunk: str = "dlib"
     crop: int = 150
     hidden: int = 256
+    blocks: int = 10
+    tune: int = 3
 
     def __post_init__(self) -> None:
         if self.trunk not in TRUNKS:
             raise ValueError(f"trunk must be one of {TRUNKS}, got {self.trunk!r}")
+        if not 0 <= self.tune < self.blocks:
+            raise ValueError(f"tune must be in [0, blocks={self.blocks}), got {self.tune}")
+
+    def dlib_depth(self) -> dict[str, int]:
+        """``blocks`` and ``tune`` for :class:`~morphable.nets.stn_localiser.STNLocaliser` (the small trunk has none)."""
+        if self.trunk != "dlib":
+            return {"blocks": DLIB_BLOCKS, "tune": 0}
+        return {"blocks": self.blocks, "tune": self.tune}
 
 
 @dataclass(frozen=True)
@@ -106,7 +137,8 @@ class DataSection:
     box_shift_jitter: relative error of the simulated detector box (a dlib box is within about ±8 % of the
     landmarks' extent, see :data:`~morphable.nets.stn_localiser.BOX_SCALE`); cache: folder ("" =
     ``$MORPHABLE_HOME/train-cache``); chunk: faces encoded per trunk call while building the cache; real:
-    comma-separated prepared datasets of real photos ("" = synthetic only); crops: jittered crops per real face."""
+    comma-separated prepared datasets of real photos ("" = synthetic only); crops: jittered crops per real face;
+    photoreal: inverse-rendered photo-real crops per photo of :data:`STN_PHOTOS` (0 = none)."""
 
     identities: int = 400
     val_identities: int = 24
@@ -118,8 +150,11 @@ class DataSection:
     chunk: int = 32
     real: str = ""
     crops: int = 8
+    photoreal: int = 40
 
     def __post_init__(self) -> None:
+        if self.photoreal < 0:
+            raise ValueError(f"photoreal must be >= 0 (crops per photo), got {self.photoreal}")
         if self.views < 2:
             raise ValueError(f"views must be >= 2 (the siamese loss compares views), got {self.views}")
         if self.crops < 1:
@@ -130,7 +165,8 @@ class DataSection:
 class LossSection:
     """Weights (ours; the paper gives none): landmark (per crop px), symmetry and siamese (per intensity²),
     prior (per unit ‖α‖²); batch: identity groups per step (each with all its views); real: weight of the real
-    crops' landmark + symmetry terms; real_batch: real crops per step (with ``data.real``)."""
+    crops' landmark + symmetry terms; real_batch: real crops per step (with ``data.real``); photoreal,
+    photoreal_batch: the same for the photo-real synthetic crops (with ``data.photoreal``)."""
 
     landmark: float = 1.0
     symmetry: float = 20.0
@@ -139,6 +175,8 @@ class LossSection:
     batch: int = 8
     real: float = 2.0
     real_batch: int = 16
+    photoreal: float = 2.0
+    photoreal_batch: int = 16
 
 
 @dataclass(frozen=True)
@@ -271,6 +309,29 @@ def real_crops(items: list, *, crop: int = 150, crops: int = 8, seed: int = 0, b
     return {k: torch.cat(v) for k, v in out.items()}
 
 
+def photoreal_crops(model: MorphableModel, model_name: str, variants: int, seed: int, *, crop: int = 150,
+                    max_yaw_deg: float = 60.0, box_scale_jitter: float = 0.1, box_shift_jitter: float = 0.08,
+                    photos: tuple[str, ...] | list[str] = STN_PHOTOS, cache: Path | None = None,
+                    root: Path | None = None) -> dict[str, Tensor]:
+    """Photo-real synthetic detector crops: :func:`~morphable.train.inverse_rendered.build_set` variants of
+    ``photos`` with ``framing="detector"`` (each new face's crop is the :func:`landmark_box` rule's of its
+    landmarks, the side × (1 ± ``box_scale_jitter``), the centre moved by ± ``box_shift_jitter`` of the box
+    side, as :func:`synthetic_groups` jitters), yaw ±``max_yaw_deg``, the variant defaults otherwise. ``cache``
+    and ``root``: ``build_set``'s (default: the training cache and the corpus).
+
+    Returns:
+        ``images`` ``(N, S, S, 3)`` uint8, ``landmarks`` ``(N, 68, 2)`` crop px (NaN where the model has none),
+        ``photo`` ``(N,)`` the photo's index among those with a face, ``rotation`` ``(N, 3)`` (N = photos ·
+        ``variants``, a photo's adjacent).
+    """
+    from morphable.nets.stn_localiser import CROP_MARGIN
+
+    settings = VariantSettings(size=crop, max_yaw_deg=max_yaw_deg, box_scale_jitter=box_scale_jitter,
+                               box_shift_jitter=box_shift_jitter / CROP_MARGIN, framing="detector")
+    data = build_set(model, model_name, photos, variants, seed, settings, name="stn", cache=cache, root=root)
+    return {k: data[k] for k in ("images", "landmarks", "photo", "rotation")}
+
+
 def rotation_error_deg(a: Tensor, b: Tensor) -> Tensor:
     """Angle ``(B,)`` (degrees) of the rotation between axis-angle ``a`` and ``b`` ``(B, 3)``."""
     R = axis_angle_to_matrix(a) @ axis_angle_to_matrix(b).transpose(-1, -2)
@@ -298,11 +359,17 @@ class STNRecipe(Recipe):
         self.localiser = STNLocaliser(self.model_label, cfg.model.n_shape, cfg.net.trunk,
                                       nominal_theta(self.face_model, cfg.net.crop), cfg.net.crop, cfg.net.hidden,
                                       n_expression=self.face_model.n_expression if cfg.model.expression else 0,
-                                      expression_kind=self.face_model.expression_kind or "blendshapes")
+                                      expression_kind=self.face_model.expression_kind or "blendshapes",
+                                      **cfg.net.dlib_depth())
         self.train_set = self._groups("train", cfg.data.identities, cfg.train.seed * 2 + 1)
         self.val_set = self._groups("val", cfg.data.val_identities, cfg.train.seed * 2 + 2)
+        self.photoreal_train, self.photoreal_val = self._photoreal()
         if cfg.net.trunk == "dlib":
-            f = self.train_set["features"]
+            raw = self.train_set["features"]
+            if self.photoreal_train is not None:
+                raw = torch.cat([raw, self.photoreal_train["features"]])
+            with torch.no_grad():  # the head's input at the start (through the tuned blocks' initial weights)
+                f = torch.cat([self.localiser.trunk.lift(raw[i:i + 256]) for i in range(0, len(raw), 256)])
             self.localiser.trunk.mean.copy_(f.mean(0))
             # features nearly constant on synthetic faces must not blow up on photos: std floored at the median
             self.localiser.trunk.std.copy_(f.std(0).clamp_min(float(f.std(0).median())))
@@ -315,8 +382,42 @@ class STNRecipe(Recipe):
         settings = dict(split=split, seed=seed, identities=identities, views=cfg.data.views, model=cfg.model.name,
                         n_vertices=self.face_model.n_vertices, crop=cfg.net.crop, yaw=cfg.data.max_yaw_deg,
                         box_scale=cfg.data.box_scale_jitter, box_shift=cfg.data.box_shift_jitter,
-                        trunk=cfg.net.trunk, expression=cfg.model.expression, version=2)
+                        **self._trunk_key(), expression=cfg.model.expression, version=2)
         return cached_groups(self.face_model, self.localiser, settings, cache_root(cfg.data.cache), cfg.data.chunk)
+
+    def _trunk_key(self) -> dict:
+        """The trunk's entries in the caches' keys (its depth only when not the default: older caches stay valid)."""
+        net = self.config.net
+        depth = net.dlib_depth()
+        frozen = depth["blocks"] - depth["tune"]  # the cached features are the frozen blocks'
+        return dict(trunk=net.trunk, **({} if frozen == DLIB_BLOCKS else {"blocks": frozen}))
+
+    def _features(self, data: dict[str, Tensor]) -> dict[str, Tensor]:
+        """``data`` with the dlib trunk's raw features ``features`` ``(N, 1024)`` of its images (dlib trunk only)."""
+        if self.config.net.trunk == "dlib":
+            chunk = self.config.data.chunk
+            with torch.no_grad():
+                data["features"] = torch.cat([self.localiser.trunk.raw(data["images"][i:i + chunk].float() / 255)
+                                              for i in range(0, len(data["images"]), chunk)])
+        return data
+
+    def _photoreal(self) -> tuple[dict[str, Tensor] | None, dict[str, Tensor] | None]:
+        """:func:`photoreal_crops` (``data.photoreal`` per photo; cached with the trunk's features), the variants
+        of every 8th photo held out for validation."""
+        cfg = self.config
+        if not cfg.data.photoreal:
+            return None, None
+        cache = cache_root(cfg.data.cache)
+        settings = dict(model=cfg.model.name, n_vertices=self.face_model.n_vertices, variants=cfg.data.photoreal,
+                        seed=cfg.train.seed, crop=cfg.net.crop, yaw=cfg.data.max_yaw_deg,
+                        box_scale=cfg.data.box_scale_jitter, box_shift=cfg.data.box_shift_jitter,
+                        **self._trunk_key(), photos=list(STN_PHOTOS), variant_version=VARIANT_VERSION, version=1)
+        data = cached(cache / f"stn-photoreal-{settings_key(settings)}.pt", lambda: self._features(photoreal_crops(
+            self.face_model, cfg.model.name, cfg.data.photoreal, cfg.train.seed, crop=cfg.net.crop,
+            max_yaw_deg=cfg.data.max_yaw_deg, box_scale_jitter=cfg.data.box_scale_jitter,
+            box_shift_jitter=cfg.data.box_shift_jitter, photos=STN_PHOTOS, cache=cache)))
+        held = data["photo"] % 8 == 0
+        return {k: v[~held] for k, v in data.items()}, {k: v[held] for k, v in data.items()}
 
     def _real(self) -> tuple[dict[str, Tensor] | None, dict[str, Tensor] | None]:
         """The real crops of ``data.real`` (:func:`real_crops`, cached per dataset with the trunk's features):
@@ -329,18 +430,12 @@ class STNRecipe(Recipe):
             items = read_manifest(Path(folder) / "manifest.jsonl")
             settings = dict(keys=[i.key for i in items], paths=[str(i.path) for i in items], crop=cfg.net.crop,
                             crops=cfg.data.crops, seed=cfg.train.seed, box_scale=cfg.data.box_scale_jitter,
-                            box_shift=cfg.data.box_shift_jitter, trunk=cfg.net.trunk, version=1)
+                            box_shift=cfg.data.box_shift_jitter, **self._trunk_key(), version=1)
 
             def make(items=items) -> dict[str, Tensor]:
-                data = real_crops(items, crop=cfg.net.crop, crops=cfg.data.crops, seed=cfg.train.seed,
-                                  box_scale_jitter=cfg.data.box_scale_jitter,
-                                  box_shift_jitter=cfg.data.box_shift_jitter)
-                if cfg.net.trunk == "dlib":
-                    with torch.no_grad():
-                        data["features"] = torch.cat([self.localiser.trunk.raw(data["images"][i:i + cfg.data.chunk]
-                                                                               .float() / 255)
-                                                      for i in range(0, len(data["images"]), cfg.data.chunk)])
-                return data
+                return self._features(real_crops(items, crop=cfg.net.crop, crops=cfg.data.crops, seed=cfg.train.seed,
+                                                 box_scale_jitter=cfg.data.box_scale_jitter,
+                                                 box_shift_jitter=cfg.data.box_shift_jitter))
 
             data = cached(cache_root(cfg.data.cache) / f"stn-real-{settings_key(settings)}.pt", make)
             held = data["face"] % 8 == 0
@@ -364,7 +459,7 @@ class STNRecipe(Recipe):
     def theta(self, data: dict[str, Tensor], index: Tensor) -> Theta:
         """θ (crop px) of faces ``index`` of a set: from cached features (dlib trunk) or the images."""
         if self.config.net.trunk == "dlib":
-            return self.localiser.from_features(self.localiser.trunk.standardise(data["features"][index]))
+            return self.localiser.from_features(self.localiser.trunk.features(data["features"][index]))
         return self.localiser(data["images"][index].float() / 255)
 
     def terms(self, data: dict[str, Tensor], index: Tensor) -> tuple[dict[str, Tensor], Theta, object]:
@@ -380,26 +475,31 @@ class STNRecipe(Recipe):
                 "prior": prior_loss(theta.alpha) + (0 if theta.expression is None else prior_loss(theta.expression))}, \
             theta, out
 
-    def real_terms(self, data: dict[str, Tensor], index: Tensor) -> tuple[dict[str, Tensor], object]:
-        """Landmark and symmetry terms of real crops ``index`` (one view each: no siamese term), and the
-        transformer's output."""
+    def single_terms(self, data: dict[str, Tensor], index: Tensor,
+                     prefix: str) -> tuple[dict[str, Tensor], Theta, object]:
+        """Landmark and symmetry terms (``<prefix>_landmark``, ``<prefix>_symmetry``) of single crops ``index``
+        (real or photo-real: one view each, no siamese term), θ and the transformer's output."""
         theta = self.theta(data, index)
         out = self.stn(data["images"][index].float() / 255, theta)
-        return {"real_landmark": landmark_loss(out.landmarks[:, self.defined], data["landmarks"][index][:, self.defined]),
-                "real_symmetry": symmetry_loss(out.texture, out.mask)}, out
+        target = data["landmarks"][index][:, self.defined]
+        return {f"{prefix}_landmark": landmark_loss(out.landmarks[:, self.defined], target),
+                f"{prefix}_symmetry": symmetry_loss(out.texture, out.mask)}, theta, out
 
     def loss(self, batch: Tensor, step: int) -> dict[str, Tensor]:
         w = self.config.loss
         terms, _, _ = self.terms(self.train_set, batch)
         terms["loss"] = (w.landmark * terms["landmark"] + w.symmetry * terms["symmetry"] + w.siamese * terms["siamese"]
                          + w.prior * terms["prior"])
-        if self.real_train is not None:
-            g = torch.Generator().manual_seed(self.config.train.seed * 100_003 + step)
-            index = torch.randperm(len(self.real_train["images"]), generator=g)[: w.real_batch]
-            real, _ = self.real_terms(self.real_train, index)
-            terms.update(real)
-            terms["loss"] = terms["loss"] + w.real * (w.landmark * real["real_landmark"]
-                                                      + w.symmetry * real["real_symmetry"])
+        g = torch.Generator().manual_seed(self.config.train.seed * 100_003 + step)
+        for prefix, data, weight, size in (("real", self.real_train, w.real, w.real_batch),
+                                           ("photoreal", self.photoreal_train, w.photoreal, w.photoreal_batch)):
+            if data is None:
+                continue
+            index = torch.randperm(len(data["images"]), generator=g)[:size]
+            single, _, _ = self.single_terms(data, index, prefix)
+            terms.update(single)
+            terms["loss"] = terms["loss"] + weight * (w.landmark * single[f"{prefix}_landmark"]
+                                                      + w.symmetry * single[f"{prefix}_symmetry"])
         return terms
 
     # ----------------------------------------------------------------------------------- validation
@@ -407,17 +507,24 @@ class STNRecipe(Recipe):
         """Held-out synthetic groups: the loss terms, landmark NME (mean error over the fixed points / crop
         side), rotation error (degrees), scale error (relative), correlation of α with the truth's first D, mean
         absolute error of the expression weights (with ``model.expression``); with ``data.real``, the held-out
-        real faces' NME (``real_nme``)."""
+        real faces' NME (``real_nme``); with ``data.photoreal``, the held-out photos' photo-real crops' NME and
+        rotation error (``photoreal_nme``, ``photoreal_rotation_deg``)."""
         data = self.val_set
+        extra: dict[str, float] = {}
         with torch.no_grad(), evaluating(self.localiser):
             terms, theta, out = self.terms(data, torch.arange(len(data["images"])))
-            has_real = self.real_val is not None and len(self.real_val["images"]) > 0
-            out_r = self.real_terms(self.real_val, torch.arange(len(self.real_val["images"])))[1] if has_real else None
+            for prefix, single in (("real", self.real_val), ("photoreal", self.photoreal_val)):
+                if single is None or not len(single["images"]):
+                    continue
+                _, theta_s, out_s = self.single_terms(single, torch.arange(len(single["images"])), prefix)
+                extra[f"{prefix}_nme"] = float(self._nme(out_s.landmarks, single["landmarks"]).mean())
+                if "rotation" in single:
+                    extra[f"{prefix}_rotation_deg"] = float(rotation_error_deg(
+                        theta_s.rotation, single["rotation"].to(theta_s.rotation.dtype)).mean())
         err = self._nme(out.landmarks, data["landmarks"])
         D = self.config.model.n_shape
         a, b = theta.alpha.flatten(), data["identity"][:, :D].flatten()
         corr = float(torch.corrcoef(torch.stack([a, b]))[0, 1]) if D else 0.0
-        extra = {"real_nme": float(self._nme(out_r.landmarks, self.real_val["landmarks"]).mean())} if has_real else {}
         if theta.expression is not None:
             extra["expression_mae"] = float((theta.expression - data["expression"]).abs().mean())
         return {**{k: float(v) for k, v in terms.items()}, "nme": float(err.mean()),
@@ -449,7 +556,9 @@ class STNRecipe(Recipe):
         return tile_images(torch.cat([crops, up(out.texture.clamp(0, 1)), up(masks)]), columns=len(index))
 
     def finish(self, run_dir: Path) -> None:
-        """Export ``RUN/stn-<model>-<trunk>.pt`` with its provenance and held-out metrics."""
+        """Export ``RUN/stn-<model>-<trunk>.pt`` with its provenance and held-out metrics (of the weights as stored:
+        :func:`~morphable.nets.stn_localiser.round_to_half` first)."""
+        round_to_half(self.localiser)
         metrics = self.validate(self.config.train.steps)
         meta = self.provenance(run_dir, metrics)
         save_localiser(self.localiser, Path(run_dir) / f"stn-{self.model_label}-{self.config.net.trunk}.pt", meta)
