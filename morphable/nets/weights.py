@@ -25,9 +25,9 @@ SHIPPED: dict[str, tuple[str, str]] = {
     "genova-ict": ("genova-ict.pt", "83b9b801a3b110668ec22e1ea9caab7ac12a1636a3e722d4c4c7312548c79113"),
     # stn-sfm, stn-sfm-small, stn-ict, stn-ict-small: the 3DMM-STN localisers (dlib trunk, neutral θ / small CNN
     # with the expression model), the commands in docs/stn.md
-    "stn-sfm": ("stn-sfm.pt", "db6c17cdf2949e7053a6d85302f280e79306fa405874f3330c89790077ed8cb2"),
-    "stn-sfm-small": ("stn-sfm-small.pt", "a56d72f29ced9fe000aa9f23fe0da1328a176f065f1e92e1b217a87cd76257ae"),
-    "stn-ict": ("stn-ict.pt", "4e7ea3ad3f553b0091ca217cf795994fb28cdde74ff0efc338665451517f91da"),
+    "stn-sfm": ("stn-sfm.pt", "9a205a575fb17d6f6cab2c2499e3089d7273be91278487c014f0add0e5af29d3"),
+    "stn-sfm-small": ("stn-sfm-small.pt", "399962f7ab9a7afe167831a96a1ad5a37ae993a6b0153d45931df05ee1e3a808"),
+    "stn-ict": ("stn-ict.pt", "cdfb22889149d544433e062487237b6f3265fd339eaa58d23721d1e88fe46de7"),
     "stn-ict-small": ("stn-ict-small.pt", "58d26cb8719e0c6127eb62ec967917714dcd9a59a1e1222136ee3ed4d73dba50"),
     # ringnet-ict-dlib: RingNet on dlib's trunk, the first command in docs/ringnet.md (1000 steps, ~25 min on 2
     # busy cores); ringnet-ict (the default): the small trunk, the second command there
@@ -108,6 +108,15 @@ def save_net(net: nn.Module, path: str | PathLike, format: str, version: int, he
     data = {"format": format, "version": version, **header, "state": state, "meta": dict(meta or {})}
     with atomic_write(path) as f:
         torch.save(data, f)
+
+
+def round_to_stored(net: nn.Module, half: Callable[[str, torch.Tensor], bool]) -> None:
+    """Round the state entries ``half`` selects (what :func:`save_net` stores as float16) to float16 in place, so
+    the network computes what its saved file will (training records its final metrics after this)."""
+    with torch.no_grad():
+        for name, value in net.state_dict().items():
+            if half(name, value):
+                value.copy_(value.half().to(value.dtype))
 
 
 def load_net(name_or_path: str | PathLike, format: str, version: int, label: str,
