@@ -27,7 +27,7 @@ SHIPPED: dict[str, tuple[str, str]] = {
     # with the expression model), the commands in docs/stn.md
     "stn-sfm": ("stn-sfm.pt", "9a205a575fb17d6f6cab2c2499e3089d7273be91278487c014f0add0e5af29d3"),
     "stn-sfm-small": ("stn-sfm-small.pt", "399962f7ab9a7afe167831a96a1ad5a37ae993a6b0153d45931df05ee1e3a808"),
-    "stn-ict": ("stn-ict.pt", "cdfb22889149d544433e062487237b6f3265fd339eaa58d23721d1e88fe46de7"),
+    "stn-ict": ("stn-ict.pt", "ff146e1d7e3349ac062edb64e25e3da52d76f5014d3337af89ceb6cd5190960e"),
     "stn-ict-small": ("stn-ict-small.pt", "58d26cb8719e0c6127eb62ec967917714dcd9a59a1e1222136ee3ed4d73dba50"),
     # ringnet-ict-dlib: RingNet on dlib's trunk, the first command in docs/ringnet.md (1000 steps, ~25 min on 2
     # busy cores); ringnet-ict (the default): the small trunk, the second command there
