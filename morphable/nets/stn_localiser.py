@@ -8,8 +8,10 @@ The paper's localiser is VGG-Faces without its classifier plus one fully connect
 outputs, named by :func:`stn_layout`; optionally after one hidden layer, which stands in for the fine-tuning a
 frozen trunk does not get) on one of two trunks:
 
-* ``"dlib"``: the frozen face-recognition ResNet we ship (:class:`~morphable.identity.DlibFaceNet`), its last
-  block's activations *before* the global pool (256 × 2 × 2: the pool would discard where the face is);
+* ``"dlib"``: the face-recognition ResNet we ship (:class:`~morphable.identity.DlibFaceNet`), its activations
+  *before* the global pool (the pool would discard where the face is) after ``blocks`` of its 14 residual
+  blocks, the last ``tune`` of them fine-tuned (:class:`DlibTrunk`; the shipped localisers: 10 and 3, the
+  128 × 8 × 8 map; all 14 end in a 256 × 2 × 2 map, too coarse to place a face);
 * ``"small"``: a small CNN trained from scratch (four stride-2 3 × 3 convolutions on a 64 px copy of the crop;
   the ResNet has 29 at 150 px).
 

@@ -69,8 +69,8 @@ from morphable.losses.landmark import landmark_loss
 from morphable.losses.prior import prior_loss
 from morphable.losses.symmetry import symmetry_loss
 from morphable.models.base import MorphableModel
-from morphable.nets.stn_localiser import (DLIB_BLOCKS, TRUNKS, STNLocaliser, crop_square, landmark_box,
-                                          nominal_theta, round_to_half, save_localiser)
+from morphable.nets.stn_localiser import (CROP_MARGIN, DLIB_BLOCKS, TRUNKS, STNLocaliser, crop_square,
+                                          landmark_box, nominal_theta, round_to_half, save_localiser)
 from morphable.render.renderer import Renderer
 from morphable.render.stn import SpatialTransformer3DMM, Theta
 from morphable.train.chip_render import random_background, random_rotation
@@ -104,9 +104,9 @@ class ModelSection:
 
 @dataclass(frozen=True)
 class NetSection:
-    """trunk: ``dlib`` (frozen ResNet + FC, the paper's design) or ``small`` (a CNN from scratch); crop: input
-    side (px); hidden: width of a hidden layer before the FC (0 = the paper's single FC layer; the paper
-    fine-tunes VGG-Faces, our trunk is frozen, and a hidden layer gives the head the capacity back); blocks:
+    """trunk: ``dlib`` (the pretrained ResNet + FC, the paper's design) or ``small`` (a CNN from scratch); crop:
+    input side (px); hidden: width of a hidden layer before the FC (0 = the paper's single FC layer; the paper
+    fine-tunes all of VGG-Faces, we tune a few blocks, and a hidden layer gives the head capacity back); blocks:
     the dlib trunk's residual blocks run (14 = all: its 256 × 2 × 2 map; 13: the 256 × 4 × 4 map; 10: the
     128 × 8 × 8 map, see :class:`~morphable.nets.stn_localiser.DlibTrunk`); tune: the last this-many of them
     trained (fine-tuned from dlib's weights; 0 = all frozen). The small trunk ignores both."""
@@ -324,8 +324,6 @@ def photoreal_crops(model: MorphableModel, model_name: str, variants: int, seed:
         ``photo`` ``(N,)`` the photo's index among those with a face, ``rotation`` ``(N, 3)`` (N = photos ·
         ``variants``, a photo's adjacent).
     """
-    from morphable.nets.stn_localiser import CROP_MARGIN
-
     settings = VariantSettings(size=crop, max_yaw_deg=max_yaw_deg, box_scale_jitter=box_scale_jitter,
                                box_shift_jitter=box_shift_jitter / CROP_MARGIN, framing="detector")
     data = build_set(model, model_name, photos, variants, seed, settings, name="stn", cache=cache, root=root)
