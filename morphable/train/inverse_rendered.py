@@ -59,6 +59,7 @@ from morphable.geometry.mesh import displace, submesh
 from morphable.geometry.rotation import euler_to_matrix, matrix_to_axis_angle
 from morphable.models.base import MorphableModel
 from morphable.nets.coarse import chip_square, crop_camera, crop_photo
+from morphable.nets.stn_localiser import CROP_MARGIN, landmark_box
 from morphable.render.renderer import Renderer
 from morphable.train.data.cache import cache_root, cached, settings_key
 from morphable.train.synthetic import random_light
@@ -290,8 +291,6 @@ def place_faces(model: MorphableModel, renderer: Renderer, region: Tensor, albed
     rotation = matrix_to_axis_angle(euler_to_matrix(ypr))
     verts = model(identity=identity, expression=expression).vertices
     if framing == "detector":
-        from morphable.nets.stn_localiser import CROP_MARGIN, landmark_box
-
         unit = ScaledOrthographic(torch.ones_like(scale), rotation, torch.zeros_like(shift)).project(
             model.landmarks(verts))
         unit[:, ~defined] = float("nan")

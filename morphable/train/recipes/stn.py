@@ -255,22 +255,26 @@ def synthetic_groups(model: MorphableModel, identities: int, views: int, seed: i
     return {k: torch.cat(v) for k, v in out.items()}
 
 
+def with_trunk_features(localiser: STNLocaliser, data: dict[str, Tensor], chunk: int = 32) -> dict[str, Tensor]:
+    """``data`` with ``features`` ``(N, F)``: the dlib trunk's frozen-block activations of its ``images``
+    (:meth:`~morphable.nets.stn_localiser.DlibTrunk.raw`, ``chunk`` crops per call); unchanged for the small trunk."""
+    if localiser.trunk_name == "dlib":
+        with torch.no_grad():
+            data["features"] = torch.cat([localiser.trunk.raw(data["images"][i:i + chunk].float() / 255)
+                                          for i in range(0, len(data["images"]), chunk)])
+    return data
+
+
 def cached_groups(model: MorphableModel, localiser: STNLocaliser, settings: dict, cache: Path,
                   chunk: int = 32) -> dict[str, Tensor]:
-    """:func:`synthetic_groups` with ``settings``, plus the dlib trunk's raw features ``features`` ``(N, 1024)``
-    when the localiser has that trunk, cached as ``cache/stn-groups-<hash>.pt`` (atomic; a corrupt file is
-    made again)."""
+    """:func:`synthetic_groups` with ``settings``, plus :func:`with_trunk_features`, cached as
+    ``cache/stn-groups-<hash>.pt`` (atomic; a corrupt file is made again)."""
 
     def make() -> dict[str, Tensor]:
-        data = synthetic_groups(model, settings["identities"], settings["views"], settings["seed"],
-                                crop=settings["crop"], max_yaw_deg=settings["yaw"],
-                                box_scale_jitter=settings["box_scale"], box_shift_jitter=settings["box_shift"],
-                                expression=settings["expression"])
-        if settings["trunk"] == "dlib":
-            with torch.no_grad():
-                data["features"] = torch.cat([localiser.trunk.raw(data["images"][i:i + chunk].float() / 255)
-                                              for i in range(0, len(data["images"]), chunk)])
-        return data
+        return with_trunk_features(localiser, synthetic_groups(
+            model, settings["identities"], settings["views"], settings["seed"], crop=settings["crop"],
+            max_yaw_deg=settings["yaw"], box_scale_jitter=settings["box_scale"],
+            box_shift_jitter=settings["box_shift"], expression=settings["expression"]), chunk)
 
     return cached(cache / f"stn-groups-{settings_key(settings)}.pt", make)
 
@@ -391,13 +395,8 @@ class STNRecipe(Recipe):
         return dict(trunk=net.trunk, **({} if frozen == DLIB_BLOCKS else {"blocks": frozen}))
 
     def _features(self, data: dict[str, Tensor]) -> dict[str, Tensor]:
-        """``data`` with the dlib trunk's raw features ``features`` ``(N, 1024)`` of its images (dlib trunk only)."""
-        if self.config.net.trunk == "dlib":
-            chunk = self.config.data.chunk
-            with torch.no_grad():
-                data["features"] = torch.cat([self.localiser.trunk.raw(data["images"][i:i + chunk].float() / 255)
-                                              for i in range(0, len(data["images"]), chunk)])
-        return data
+        """:func:`with_trunk_features` with ``data.chunk``."""
+        return with_trunk_features(self.localiser, data, self.config.data.chunk)
 
     def _photoreal(self) -> tuple[dict[str, Tensor] | None, dict[str, Tensor] | None]:
         """:func:`photoreal_crops` (``data.photoreal`` per photo; cached with the trunk's features), the variants
