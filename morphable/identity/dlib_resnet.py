@@ -73,12 +73,20 @@ def conv_specs() -> list[tuple[int, int]]:
 
 def conv_input_sizes(batch: int, size: int = CHIP_SIZE) -> list[list[int]]:
     """The ``(B, C, H, W)`` input of each of the 29 convolutions for ``(B, size, size, 3)`` chips, in forward
-    order (the shape arithmetic of :func:`_trunk`: unpadded stem conv 7x7/2 and max-pool 3x3/2; padded
-    stride-1 convs keep the side; an unpadded stride-2 conv takes it to ``(side - 3) // 2 + 1``, and its
-    block's output is the larger of that and the pooled shortcut's ``side // 2``)."""
+    order (the shape arithmetic of :func:`_trunk`: unpadded stem conv 7x7/2 and max-pool 3x3/2, then
+    :func:`block_input_sizes`)."""
     side = ((size - 7) // 2 + 1 - 3) // 2 + 1
-    sizes, channels = [[batch, 3, size, size]], STEM_FILTERS
-    for filters, stride in BLOCKS:
+    return [[batch, 3, size, size]] + block_input_sizes([batch, STEM_FILTERS, side, side], 0, len(BLOCKS))
+
+
+def block_input_sizes(shape: list[int], first: int, last: int) -> list[list[int]]:
+    """The ``(B, C, H, W)`` inputs of the two convolutions of each residual block ``first`` … ``last - 1``, given
+    the activations' ``shape`` after block ``first``: padded stride-1 convs keep the side; an unpadded stride-2
+    conv takes it to ``(side - 3) // 2 + 1``, and its block's output is the larger of that and the pooled
+    shortcut's ``side // 2``."""
+    batch, channels, side, _ = shape
+    sizes = []
+    for filters, stride in BLOCKS[first:last]:
         sizes.append([batch, channels, side, side])
         inner = side if stride == 1 else (side - 3) // 2 + 1
         sizes.append([batch, filters, inner, inner])
@@ -101,6 +109,17 @@ def feature_map_shape(blocks: int = len(BLOCKS), size: int = CHIP_SIZE) -> tuple
     return channels, side, side
 
 
+def check_side(blocks: int, size: int) -> None:
+    """Raise ``ValueError`` unless ``size`` px chips fit the stem and the first ``blocks`` residual blocks (every
+    convolution's padded input at least its kernel: the unpadded stride-2 ones need 3 px)."""
+    feature_map_shape(blocks, size)  # checks blocks
+    kernels = [kernel for _, _, kernel, _ in conv_shapes()]
+    for (_, padding), shape, kernel in zip(conv_specs(), conv_input_sizes(1, size)[:1 + 2 * blocks], kernels):
+        if shape[2] + 2 * padding < kernel:
+            raise ValueError(f"{size} px chips are too small for {blocks} blocks of dlib's network "
+                             f"(a {kernel} x {kernel} convolution gets {shape[2]} px)")
+
+
 class PackedKernels:
     """oneDNN-blocked copies of the folded kernels for the fused inference path, one set per batch size.
 
@@ -118,19 +137,21 @@ class PackedKernels:
         self._sets: OrderedDict[tuple, list[torch.Tensor]] = OrderedDict()
         self._lock = threading.Lock()
 
-    def get(self, conv_weight: list[torch.Tensor], batch: int) -> list[torch.Tensor]:
-        """The packed float32 kernels for ``batch`` chips of 150 x 150 (mkldnn tensors)."""
+    def get(self, conv_weight: list[torch.Tensor], shapes: list[list[int]], first: int = 0) -> list[torch.Tensor]:
+        """The packed float32 kernels (mkldnn tensors) of convolutions ``first``, ``first + 1``, … (``conv_weight``)
+        for inputs of ``shapes`` (:func:`conv_input_sizes`, :func:`block_input_sizes`)."""
         # inference tensors cannot change in place outside inference mode and keep no version counter
-        key = (batch, torch.get_num_threads(),
+        key = (first, tuple(map(tuple, shapes)), torch.get_num_threads(),
                *((w.data_ptr(), 0 if w.is_inference() else w._version) for w in conv_weight))
         with self._lock:
             found = self._sets.get(key)
             if found is not None:
                 self._sets.move_to_end(key)
                 return found
-        packed = [torch._C._nn.mkldnn_reorder_conv2d_weight(w.to(torch.float32).contiguous().to_mkldnn(),
+        specs = conv_specs()[first:first + len(conv_weight)]
+        packed = [torch._C._nn.mkldnn_reorder_conv2d_weight(w.detach().to(torch.float32).contiguous().to_mkldnn(),
                                                              [padding] * 2, [stride] * 2, [1, 1], 1, shape)
-                  for w, (stride, padding), shape in zip(conv_weight, conv_specs(), conv_input_sizes(batch))]
+                  for w, (stride, padding), shape in zip(conv_weight, specs, shapes)]
         with self._lock:
             self._sets[key] = packed
             while len(self._sets) > self.capacity:
@@ -267,20 +288,25 @@ def face_feature_map(images: torch.Tensor, conv_weight: list[torch.Tensor],
                      blocks: int = len(BLOCKS)) -> torch.Tensor:
     """(B, 150, 150, 3) images in [0, 1] -> (B, 256, 2, 2): the last block's activations before the global
     pool (the spatial features a localiser needs; same computation paths as :func:`face_features`); with
-    ``blocks`` < 14, the activations after that many residual blocks instead (:func:`feature_map_shape`)."""
-    if not 1 <= blocks <= len(BLOCKS):
-        raise ValueError(f"blocks must be in [1, {len(BLOCKS)}], got {blocks}")
-    return _trunk(*_input_and_layers(images, conv_weight, conv_bias, packed), blocks)
+    ``blocks`` < 14, the activations after that many residual blocks instead (:func:`feature_map_shape`).
+
+    Square images of another side S run the same convolutions (the network is fully convolutional up to the
+    pool): (B, S, S, 3) -> :func:`feature_map_shape` ``(blocks, S)``; a side that leaves no activations is an
+    error."""
+    side = images.shape[1] if images.ndim == 4 else CHIP_SIZE
+    check_side(blocks, side)
+    return _trunk(*_input_and_layers(images, conv_weight, conv_bias, packed, side), blocks)
 
 
 def _input_and_layers(images: torch.Tensor, conv_weight: list[torch.Tensor], conv_bias: list[torch.Tensor],
-                      packed: PackedKernels | None = None) -> tuple[torch.Tensor, object]:
-    """Channels-last input and the layer implementation for it (fused oneDNN for CPU float32 inference)."""
-    _check_chips(images, CHIP_SIZE)
+                      packed: PackedKernels | None = None, size: int = CHIP_SIZE) -> tuple[torch.Tensor, object]:
+    """Channels-last input and the layer implementation for it (fused oneDNN for CPU float32 inference), for
+    ``(B, size, size, 3)`` images."""
+    _check_chips(images, size)
     specs = conv_specs()
     x = images.permute(0, 3, 1, 2).contiguous(memory_format=torch.channels_last)  # a view for NHWC input
     if x.device.type == "cpu" and x.dtype == torch.float32 and not (torch.is_grad_enabled() and x.requires_grad):
-        weight = (packed.get(conv_weight, x.shape[0]) if packed is not None
+        weight = (packed.get(conv_weight, conv_input_sizes(x.shape[0], size)) if packed is not None
                   else [w.to(x).contiguous(memory_format=torch.channels_last) for w in conv_weight])
         return x, FusedLayers(weight, [b.to(x) for b in conv_bias])
 
@@ -356,14 +382,17 @@ class DlibFaceNet(nn.Module):
 
     def feature_map(self, images: torch.Tensor, blocks: int = len(BLOCKS)) -> torch.Tensor:
         """(B, 150, 150, 3) images in [0, 1] -> (B, 256, 2, 2) activations before the global pool, or after
-        the first ``blocks`` residual blocks (:func:`feature_map_shape`)."""
+        the first ``blocks`` residual blocks (:func:`feature_map_shape`); other square sides run the same
+        convolutions (:func:`face_feature_map`)."""
         return face_feature_map(images, *self._folded(), self._packed, blocks)
 
 
 class DlibBlocks(nn.Module):
     """Residual blocks ``first`` … ``last - 1`` of :class:`DlibFaceNet` as trainable layers (fine-tuning), their
     kernels and biases initialised from its folded ones: activations (B, C, h, w) after block ``first`` →
-    after block ``last`` (:func:`feature_map_shape`). Plain autograd convolutions (:class:`Layers`)."""
+    after block ``last`` (:func:`feature_map_shape`). Plain autograd convolutions (:class:`Layers`) while
+    training; without gradients, on CPU in float32, the fused oneDNN ones (:class:`FusedLayers`) with the kernels
+    packed once per input shape (:class:`PackedKernels`; changed weights are packed again)."""
 
     def __init__(self, net: DlibFaceNet, first: int, last: int):
         super().__init__()
@@ -374,9 +403,16 @@ class DlibBlocks(nn.Module):
         convs = range(1 + 2 * self.first, 1 + 2 * self.last)
         self.weight = nn.ParameterList([nn.Parameter(weight[i].detach().clone().contiguous()) for i in convs])
         self.bias = nn.ParameterList([nn.Parameter(bias[i].detach().clone()) for i in convs])
+        self._packed = PackedKernels()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         specs, offset = conv_specs(), 1 + 2 * self.first
+        if x.device.type == "cpu" and x.dtype == torch.float32 and not torch.is_grad_enabled():
+            x = x.contiguous(memory_format=torch.channels_last)
+            weight = self._packed.get(list(self.weight), block_input_sizes(list(x.shape), self.first, self.last),
+                                      offset)
+            layers = FusedLayers([None] * offset + weight, [None] * offset + [b.detach() for b in self.bias])
+            return run_blocks(x, layers, self.first, self.last)
 
         def conv(i: int, x: torch.Tensor) -> torch.Tensor:
             stride, padding = specs[i]

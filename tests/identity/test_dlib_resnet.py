@@ -165,6 +165,62 @@ def test_packed_kernels_give_the_plain_fused_result(net, chips):
     assert again.capacity == 2 and again._sets == {}
 
 
+@pytest.mark.parametrize("side", [96, 112])
+def test_feature_maps_of_other_sides_are_the_literal_networks(monkeypatch, net, chips, side):
+    """Smaller square inputs (the fast localiser's crops): the fused, packed float32 path's activations after
+    7 and 10 blocks equal the literal float64 network's on the same resampled chips, in the shape
+    :func:`feature_map_shape` computes (the packing shapes follow the side)."""
+    import dataclasses
+
+    x = torch.nn.functional.interpolate(torch.from_numpy(chips[:2]).double().permute(0, 3, 1, 2) / 255,
+                                        size=(side, side), mode="bilinear", antialias=True).permute(0, 2, 3, 1)
+    seen = []
+    conv2d = dlib_resnet.F.conv2d
+
+    class Enough(Exception):
+        """The literal network's input after block 10 is recorded (its last stage does not fit 96 px)."""
+
+    def record(x, *a, **k):
+        seen.append(x)
+        if len(seen) > 1 + 2 * 10:
+            raise Enough
+        return conv2d(x, *a, **k)
+
+    monkeypatch.setattr(dlib_resnet.F, "conv2d", record)
+    with torch.no_grad(), pytest.raises(Enough):
+        face_descriptor_reference(x, dataclasses.replace(load_dlib_face_resnet(), input_size=side))
+    monkeypatch.undo()
+    assert [list(s.shape) for s in seen] == conv_input_sizes(2, side)[:len(seen)]
+    for blocks in (7, 10):
+        reference = seen[1 + 2 * blocks]
+        with torch.no_grad():
+            fast = net.feature_map(x.float().contiguous(), blocks)
+        assert tuple(fast.shape[1:]) == feature_map_shape(blocks, side)
+        assert (fast.double() - reference).abs().max() <= 1e-5 * reference.abs().max()
+    with pytest.raises(ValueError, match="96 px chips are too small for 14 blocks"):  # its last conv would get 2 px
+        net.feature_map(torch.rand(1, 96, 96, 3), 14)
+
+
+def test_trainable_blocks_infer_with_packed_kernels(net, chips):
+    """Without gradients, :class:`DlibBlocks` runs oneDNN's fused convolutions on packed kernels: the same
+    activations as its autograd path (float32), and after an in-place weight change (a training step) the
+    kernels are packed again."""
+    with torch.no_grad():
+        start = net.feature_map(torch.from_numpy(chips).float() / 255, 7)
+    blocks = DlibBlocks(net, 7, 10)
+    plain = blocks(start)  # gradients on: the autograd path
+    assert plain.requires_grad
+    with torch.no_grad():
+        fused = blocks(start)
+        assert (fused - plain.detach()).abs().max() <= 1e-5 * plain.abs().max()
+        assert len(blocks._packed._sets) == 1
+        blocks.weight[2].mul_(0.5)  # block 8's first kernel
+        changed = blocks(start)
+    expected = blocks(start).detach()
+    assert (changed - expected).abs().max() <= 1e-5 * expected.abs().max()
+    assert (changed - fused).abs().max() > 1e-2 * fused.abs().max()
+
+
 def test_add_prev_zero_pads_the_smaller_input():
     a = torch.ones(1, 2, 3, 3)
     b = torch.full((1, 4, 4, 4), 2.0)
