@@ -13,7 +13,8 @@ Landmarks (``--data DIR``: photos with ``.pts`` files, e.g. the corpus's AFW fac
 
 NME: mean distance over the 51 non-jawline iBUG points (the points all three fit; the jawline is a
 pose-dependent contour none of them models) divided by sqrt(w·h) of the ground-truth box (the AFLW2000-3D
-normaliser). Times per face on ``--threads`` threads (2, the target's): the localiser's crop + network;
+normaliser). Times per face on ``--threads`` threads (2, the target's): the localiser's crop (of the uint8
+photo as read) + network;
 gradient descent's whole fit; the linear fit is the anchor the others are divided by.
 
 Dense correspondence (``--deepface DIR``, a folder from ``morphable data prepare`` with identity labels,
@@ -93,9 +94,12 @@ class Methods:
         self.times.setdefault(name, []).append(time.perf_counter() - t)
         return out
 
-    def run(self, photo: torch.Tensor, landmarks: torch.Tensor, box: torch.Tensor, gd: bool = True) -> dict:
-        """``{method: (θ, STNOutput)}`` for one photo ``(H, W, 3)``, its landmarks ``(1, 68, 2)`` and box
-        ``(1, 4)`` (gradient descent only when ``gd``)."""
+    def run(self, pixels: np.ndarray, landmarks: torch.Tensor, box: torch.Tensor, gd: bool = True) -> dict:
+        """``{method: (θ, STNOutput)}`` for one photo ``(H, W, 3)`` uint8 as read, its landmarks ``(1, 68, 2)``
+        and box ``(1, 4)`` (gradient descent only when ``gd``). The localisers crop the uint8 photo, as
+        ``morphable stn-fit`` does; every transformer samples the float copy."""
+        photo = torch.tensor(pixels, dtype=torch.float32) / 255
+        as_read = torch.from_numpy(np.ascontiguousarray(pixels))
         out = {}
         lin = self._timed("linear", lambda: initial_theta(self.stn, landmarks, self.n_shape, self.expression))
         with torch.no_grad():
@@ -106,7 +110,7 @@ class Methods:
             out["gd"] = (fit.theta, fit.output)
         for name, loc in self.localisers.items():
             with torch.no_grad():
-                theta = self._timed(name, lambda: loc.locate([photo], box))
+                theta = self._timed(name, lambda: loc.locate([as_read], box))
                 out[name] = (theta, self.stn(photo[None], theta))
         return out
 
@@ -125,7 +129,7 @@ def landmark_benchmark(methods: Methods, folder: Path, limit: int, gd_faces: int
         if box is None:
             fallback += 1
             box = landmark_box(torch.tensor(gt, dtype=torch.float64)[None])[0].numpy()
-        out = methods.run(torch.tensor(photo, dtype=torch.float32) / 255, torch.tensor(gt, dtype=torch.float32)[None],
+        out = methods.run(photo, torch.tensor(gt, dtype=torch.float32)[None],
                           torch.tensor(box, dtype=torch.float32)[None], gd=len(errors.get("gd", [])) < gd_faces)
         for name, (_, o) in out.items():
             errors.setdefault(name, []).append(fixed_nme(o.landmarks[0], gt, methods.model.landmark_mask))
@@ -161,7 +165,7 @@ def correspondence_benchmark(methods: Methods, folder: Path, figure: Path | None
         photo, scale = working_copy(read_image(it["path"]), MAX_SIDE)
         lm = torch.tensor(it["landmarks"], dtype=torch.float32)[None] / scale
         box = torch.tensor(it["box"], dtype=torch.float32)[None] / scale
-        for name, (_, o) in methods.run(torch.tensor(photo, dtype=torch.float32) / 255, lm, box, gd).items():
+        for name, (_, o) in methods.run(photo, lm, box, gd).items():
             textures.setdefault(name, []).append(o.texture[0].detach())
             masks.setdefault(name, []).append(o.mask[0])
     ids = [it["identity"] for it in items]

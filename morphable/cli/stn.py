@@ -89,7 +89,7 @@ def stn_fit(images: tuple[Path, ...], model_name: str | None, localiser_name: st
             image = torch.tensor(found.photo, dtype=torch.float32)[None] / 255  # a copy: decoded arrays are read-only
             marks_t = torch.as_tensor(found.landmarks, dtype=torch.float32)[None]
             if localiser is not None:
-                th, output = flatten_faces(localiser, stn, [image[0]], landmark_box(marks_t))
+                th, output = flatten_faces(localiser, stn, [torch.tensor(found.photo)], landmark_box(marks_t))
                 energy = None
             else:
                 fit = fit_stn(stn, image, marks_t, n_shape=shape_components, iterations=iterations)

@@ -92,7 +92,7 @@ def random_localiser(tmp_path):
 
 def test_stn_fit_with_a_localiser_is_the_library_call(photo, random_localiser, tmp_path):
     """``--localiser``: the model comes from the weights, params.json holds the θ of
-    :func:`flatten_faces` on the photo and the landmark box, and flattened.png its texture."""
+    :func:`flatten_faces` on the photo as read (uint8) and the landmark box, and flattened.png its texture."""
     import torch
 
     import morphable
@@ -110,7 +110,7 @@ def test_stn_fit_with_a_localiser_is_the_library_call(photo, random_localiser, t
     assert params["model"] == "sfm" and params["shape_from"] == "stn-localiser" and len(params["identity"]) == 4
     model = morphable.load_model("sfm")
     stn = SpatialTransformer3DMM(model, uv_grid(model_uv(model), model.triangles, (32, 32)))
-    photo_t = torch.tensor(read_image(image), dtype=torch.float32) / 255
+    photo_t = torch.tensor(read_image(image))  # uint8, as read
     marks = torch.tensor(read_landmarks(pts), dtype=torch.float32)[None]
     theta, out = flatten_faces(load_localiser(random_localiser), stn, [photo_t], landmark_box(marks))
     np.testing.assert_allclose(params["camera"]["translation"], theta.translation[0].numpy(), atol=1e-3)

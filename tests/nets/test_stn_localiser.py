@@ -37,6 +37,21 @@ def test_crop_pixels_are_the_photo_sampled_at_the_frame():
         torch.testing.assert_close(centre, (boxes[b, :2] + boxes[b, 2:]) / 2, atol=1.0, rtol=0)
 
 
+def test_uint8_photos_crop_as_their_float_copies():
+    """uint8 photos (resampled in uint8, the fast path) give the float copy's crops to about a grey level, inside
+    the photo and for a square that leaves it (zero outside), at both shipped crop sides."""
+    g = torch.Generator().manual_seed(3)
+    photo = (torch.rand(240, 320, 3, generator=g) * 255).round().to(torch.uint8)
+    boxes = torch.tensor([[100.0, 60.0, 200.0, 170.0], [-30.0, -10.0, 90.0, 100.0]])
+    for size in (150, 96):
+        fast, frame = crop_faces([photo, photo], boxes, size)
+        slow, again = crop_faces([photo.float() / 255] * 2, boxes, size)
+        assert fast.dtype == torch.float32 and (fast - slow).abs().max() <= 1.5 / 255  # fixed-point weights
+        assert (fast - slow).abs().mean() <= 0.3 / 255
+        torch.testing.assert_close(frame.offset, again.offset)
+        assert fast[1, 0, 0].eq(0).all()  # the second square starts outside the photo
+
+
 def test_theta_in_photo_composes_with_the_frame():
     g = torch.Generator().manual_seed(1)
     X = torch.randn(2, 30, 3, generator=g, dtype=torch.float64) * 40
