@@ -232,6 +232,31 @@ def test_tuned_blocks_are_trained_saved_and_loaded(tmp_path):
         STNLocaliser("sfm", 3, "dlib", (0.1, 70.0, 80.0), 150, net=net, blocks=10, tune=10)
 
 
+def test_small_dlib_crops_are_trained_saved_and_loaded(tmp_path):
+    """A 96 px dlib localiser (7 blocks, the last 2 tuned: the 64 × 11 × 11 map): the crop path equals the
+    cached-feature path (the tuned blocks' fused inference against their autograd path), and the file keeps the
+    crop side; a side too small for the blocks is refused."""
+    from morphable.identity import DlibFaceNet
+
+    net = DlibFaceNet()
+    loc = STNLocaliser("sfm", 3, "dlib", (0.1, 40.0, 45.0), 96, hidden=8, net=net, blocks=7, tune=2)
+    assert loc.trunk.dim == 64 * 11 * 11 and loc.trunk.raw_shape == (64, 11, 11)
+    torch.nn.init.normal_(loc.head[-1].weight, std=0.01)
+    crops = torch.rand(2, 96, 96, 3)
+    trained = loc.from_features(loc.trunk.features(loc.trunk.raw(crops))).translation  # autograd path
+    loc.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(loc(crops).translation, trained.detach())
+    round_to_half(loc)
+    save_localiser(loc, tmp_path / "s96.pt")
+    again = load_localiser(tmp_path / "s96.pt", net=net)
+    assert (again.crop_size, again.trunk.blocks, again.trunk.tune) == (96, 7, 2)
+    with torch.no_grad():
+        torch.testing.assert_close(again(crops).translation, loc(crops).translation, rtol=0, atol=0)
+    with pytest.raises(ValueError, match="too small"):
+        STNLocaliser("sfm", 3, "dlib", (0.1, 40.0, 45.0), 30, net=net, blocks=10)  # block 8 would get 2 px
+
+
 MODEL_FILES = {"sfm": "eos/share/sfm_shape_3448.bin", "ict": "ICT-FaceKit/FaceXModel_vertices_float32.npz"}
 
 
