@@ -158,7 +158,7 @@ def nominal_theta(model: MorphableModel, crop_size: int = CHIP_SIZE) -> tuple[fl
 class DlibTrunk(nn.Module):
     """The dlib ResNet: crops ``(B, S, S, 3)`` → features ``(B, F)``, standardised by per-feature statistics
     of the training crops. ``size`` S: dlib's 150 px, or smaller crops for speed (the network is convolutional;
-    at 96 px its ten blocks cost about 0.4 × as much and end in a 128 × 6 × 6 map).
+    96 px crops end in a 64 × 11 × 11 map after 7 blocks, 128 × 5 × 5 after 10; docs/stn.md measures both).
 
     ``blocks``: the residual blocks run (:data:`DLIB_BLOCKS`: all 14, the 256 × 2 × 2 map before the global pool,
     F = 1024; 13: the 256 × 4 × 4 map, F = 4096; 10: the 128 × 8 × 8 map, F = 8192;

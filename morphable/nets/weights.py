@@ -25,7 +25,7 @@ SHIPPED: dict[str, tuple[str, str]] = {
     "genova-ict": ("genova-ict.pt", "83b9b801a3b110668ec22e1ea9caab7ac12a1636a3e722d4c4c7312548c79113"),
     # stn-sfm, stn-sfm-small, stn-ict, stn-ict-small: the 3DMM-STN localisers (dlib trunk, neutral θ / small CNN
     # with the expression model), the commands in docs/stn.md
-    "stn-sfm": ("stn-sfm.pt", "fa60d4d961609c3a45a63c6803c926de871cf2cdf2266e8af89e619131727911"),
+    "stn-sfm": ("stn-sfm.pt", "383cbf9f485fcf6475b4d8484bda7fc3fad9131f3fa85466b945e997b6a45e9b"),
     "stn-sfm-small": ("stn-sfm-small.pt", "399962f7ab9a7afe167831a96a1ad5a37ae993a6b0153d45931df05ee1e3a808"),
     "stn-ict": ("stn-ict.pt", "ff146e1d7e3349ac062edb64e25e3da52d76f5014d3337af89ceb6cd5190960e"),
     "stn-ict-small": ("stn-ict-small.pt", "58d26cb8719e0c6127eb62ec967917714dcd9a59a1e1222136ee3ed4d73dba50"),
