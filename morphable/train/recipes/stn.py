@@ -105,7 +105,8 @@ class ModelSection:
 @dataclass(frozen=True)
 class NetSection:
     """trunk: ``dlib`` (the pretrained ResNet + FC, the paper's design) or ``small`` (a CNN from scratch); crop:
-    input side (px); hidden: width of a hidden layer before the FC (0 = the paper's single FC layer; the paper
+    input side (px; dlib's chips are 150, and its trunk reads smaller crops faster and less accurately, see
+    docs/stn.md); hidden: width of a hidden layer before the FC (0 = the paper's single FC layer; the paper
     fine-tunes all of VGG-Faces, we tune a few blocks, and a hidden layer gives the head capacity back); blocks:
     the dlib trunk's residual blocks run (14 = all: its 256 × 2 × 2 map; 13: the 256 × 4 × 4 map; 10: the
     128 × 8 × 8 map, see :class:`~morphable.nets.stn_localiser.DlibTrunk`); tune: the last this-many of them
