@@ -27,7 +27,7 @@ SHIPPED: dict[str, tuple[str, str]] = {
     # with the expression model), the commands in docs/stn.md
     "stn-sfm": ("stn-sfm.pt", "383cbf9f485fcf6475b4d8484bda7fc3fad9131f3fa85466b945e997b6a45e9b"),
     "stn-sfm-small": ("stn-sfm-small.pt", "399962f7ab9a7afe167831a96a1ad5a37ae993a6b0153d45931df05ee1e3a808"),
-    "stn-ict": ("stn-ict.pt", "7bc78f757202007f68ec90b0bfa48081e32cac5be1ca3bc514591ca643fca29b"),
+    "stn-ict": ("stn-ict.pt", "42f7b3d6c5e18884120fd711d9141634653e39fddf684afa84ae93f46b522aa3"),
     "stn-ict-small": ("stn-ict-small.pt", "080865906f2057d04cc1bd23087f1dbc97b2c213cdd87197e5bb3e4cc6e5cc5c"),
     # ringnet-ict-dlib: RingNet on dlib's trunk, the first command in docs/ringnet.md (1000 steps, ~25 min on 2
     # busy cores); ringnet-ict (the default): the small trunk, the second command there
