@@ -121,15 +121,15 @@ def check_side(blocks: int, size: int) -> None:
 
 
 class PackedKernels:
-    """oneDNN-blocked copies of the folded kernels for the fused inference path, one set per batch size.
+    """oneDNN-blocked copies of the folded kernels for the fused inference path, one set per input shape.
 
     oneDNN picks a blocked weight layout for each input shape and reorders a plain kernel into it on every
     call: for this network's 5.6 M weights that was 3–4 ms of a 9 ms single-chip pass on two cores
     (``benchmarks/regressor_overhead.py``). A set packed for another batch size is slower than none, and
     one packed under another torch thread count was 7x slower (63 vs 9 ms at one thread; we did not
-    establish why), so the sets are keyed by batch size and thread count (about 7 ms to pack, 22 MB each; the
-    ``capacity`` most recent kept) and by the kernels' identity (storage and version), so new or modified
-    weights are packed again.
+    establish why), so the sets are keyed by the convolutions' input shapes (batch size and chip side) and the
+    thread count (about 7 ms to pack all 29 kernels, 22 MB; the ``capacity`` most recent sets kept) and by the
+    kernels' identity (storage and version), so new or modified weights are packed again.
     """
 
     def __init__(self, capacity: int = 3):
@@ -291,8 +291,8 @@ def face_feature_map(images: torch.Tensor, conv_weight: list[torch.Tensor],
     ``blocks`` < 14, the activations after that many residual blocks instead (:func:`feature_map_shape`).
 
     Square images of another side S run the same convolutions (the network is fully convolutional up to the
-    pool): (B, S, S, 3) -> :func:`feature_map_shape` ``(blocks, S)``; a side that leaves no activations is an
-    error."""
+    pool): (B, S, S, 3) -> :func:`feature_map_shape` ``(blocks, S)``; a side too small for the blocks is an
+    error (:func:`check_side`)."""
     side = images.shape[1] if images.ndim == 4 else CHIP_SIZE
     check_side(blocks, side)
     return _trunk(*_input_and_layers(images, conv_weight, conv_bias, packed, side), blocks)
@@ -411,6 +411,7 @@ class DlibBlocks(nn.Module):
             x = x.contiguous(memory_format=torch.channels_last)
             weight = self._packed.get(list(self.weight), block_input_sizes(list(x.shape), self.first, self.last),
                                       offset)
+            # FusedLayers indexes by the network's convolution number: the blocks' own start at ``offset``
             layers = FusedLayers([None] * offset + weight, [None] * offset + [b.detach() for b in self.bias])
             return run_blocks(x, layers, self.first, self.last)
 
