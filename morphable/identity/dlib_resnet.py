@@ -73,17 +73,21 @@ def conv_specs() -> list[tuple[int, int]]:
 
 def conv_input_sizes(batch: int, size: int = CHIP_SIZE) -> list[list[int]]:
     """The ``(B, C, H, W)`` input of each of the 29 convolutions for ``(B, size, size, 3)`` chips, in forward
-    order (the shape arithmetic of :func:`_trunk`: unpadded stem conv 7x7/2 and max-pool 3x3/2, then
-    :func:`block_input_sizes`)."""
+    order (the shape arithmetic of :func:`_trunk`: the stem, then :func:`block_input_sizes`)."""
+    return [[batch, 3, size, size]] + block_input_sizes(_stem_output(batch, size), 0, len(BLOCKS))
+
+
+def _stem_output(batch: int, size: int) -> list[int]:
+    """``(B, C, H, W)`` after the unpadded stem conv 7x7/2 and max-pool 3x3/2."""
     side = ((size - 7) // 2 + 1 - 3) // 2 + 1
-    return [[batch, 3, size, size]] + block_input_sizes([batch, STEM_FILTERS, side, side], 0, len(BLOCKS))
+    return [batch, STEM_FILTERS, side, side]
 
 
-def block_input_sizes(shape: list[int], first: int, last: int) -> list[list[int]]:
-    """The ``(B, C, H, W)`` inputs of the two convolutions of each residual block ``first`` … ``last - 1``, given
-    the activations' ``shape`` after block ``first``: padded stride-1 convs keep the side; an unpadded stride-2
-    conv takes it to ``(side - 3) // 2 + 1``, and its block's output is the larger of that and the pooled
-    shortcut's ``side // 2``."""
+def _walk_blocks(shape: list[int], first: int, last: int) -> tuple[list[list[int]], list[int]]:
+    """The inputs of the two convolutions of each residual block ``first`` … ``last - 1``, and the activations'
+    shape after block ``last``, given their ``shape`` after block ``first``: padded stride-1 convs keep the side;
+    an unpadded stride-2 conv takes it to ``(side - 3) // 2 + 1``, and its block's output is the larger of that
+    and the pooled shortcut's ``side // 2``."""
     batch, channels, side, _ = shape
     sizes = []
     for filters, stride in BLOCKS[first:last]:
@@ -91,21 +95,21 @@ def block_input_sizes(shape: list[int], first: int, last: int) -> list[list[int]
         inner = side if stride == 1 else (side - 3) // 2 + 1
         sizes.append([batch, filters, inner, inner])
         side, channels = (inner if stride == 1 else max(inner, side // 2)), filters
-    return sizes
+    return sizes, [batch, channels, side, side]
+
+
+def block_input_sizes(shape: list[int], first: int, last: int) -> list[list[int]]:
+    """The ``(B, C, H, W)`` inputs of the two convolutions of each residual block ``first`` … ``last - 1``, given
+    the activations' ``shape`` after block ``first`` (:func:`_walk_blocks`)."""
+    return _walk_blocks(shape, first, last)[0]
 
 
 def feature_map_shape(blocks: int = len(BLOCKS), size: int = CHIP_SIZE) -> tuple[int, int, int]:
     """``(C, h, w)`` of the activations after the first ``blocks`` residual blocks for ``size`` px chips
-    (:func:`conv_input_sizes`' arithmetic): 14 (all) → (256, 2, 2), 13 → (256, 4, 4), 10 → (128, 8, 8)."""
+    (:func:`_walk_blocks`): 14 (all) → (256, 2, 2), 13 → (256, 4, 4), 10 → (128, 8, 8) at 150 px."""
     if not 1 <= blocks <= len(BLOCKS):
         raise ValueError(f"blocks must be in [1, {len(BLOCKS)}], got {blocks}")
-    if blocks == len(BLOCKS):
-        filters, stride = BLOCKS[-1]
-        _, _, side, _ = conv_input_sizes(1, size)[-2]
-        inner = side if stride == 1 else (side - 3) // 2 + 1
-        side = inner if stride == 1 else max(inner, side // 2)
-        return filters, side, side
-    _, channels, side, _ = conv_input_sizes(1, size)[1 + 2 * blocks]  # the next block's input
+    _, channels, side, _ = _walk_blocks(_stem_output(1, size), 0, blocks)[1]
     return channels, side, side
 
 
@@ -406,7 +410,7 @@ class DlibBlocks(nn.Module):
         self._packed = PackedKernels()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        specs, offset = conv_specs(), 1 + 2 * self.first
+        offset = 1 + 2 * self.first
         if x.device.type == "cpu" and x.dtype == torch.float32 and not torch.is_grad_enabled():
             x = x.contiguous(memory_format=torch.channels_last)
             weight = self._packed.get(list(self.weight), block_input_sizes(list(x.shape), self.first, self.last),
@@ -414,6 +418,8 @@ class DlibBlocks(nn.Module):
             # FusedLayers indexes by the network's convolution number: the blocks' own start at ``offset``
             layers = FusedLayers([None] * offset + weight, [None] * offset + [b.detach() for b in self.bias])
             return run_blocks(x, layers, self.first, self.last)
+
+        specs = conv_specs()
 
         def conv(i: int, x: torch.Tensor) -> torch.Tensor:
             stride, padding = specs[i]

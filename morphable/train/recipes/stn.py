@@ -49,7 +49,7 @@ Deviations from the paper, with reasons: the dlib ResNet instead of VGG-Faces (w
 third stage (``net.blocks=10``: its last stage ends in a 2 × 2 map, too coarse to place a face) with that stage
 fine-tuned (``net.tune=3``; the paper fine-tunes the whole network, we cache the frozen blocks' output); synthetic
 identity groups beside a few real photos instead of UMDFaces/300W-LP photos (none in our corpus); the transformer samples the
-150 px crop (the photo in inference); loss weights are ours (the paper does not give them): they make the
+``net.crop`` px crop (the photo in inference); loss weights are ours (the paper does not give them): they make the
 terms' gradients comparable at the start (landmarks in px, textures in [0, 1]²).
 """
 from __future__ import annotations
