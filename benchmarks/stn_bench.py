@@ -14,7 +14,8 @@ Landmarks (``--data DIR``: photos with ``.pts`` files, e.g. the corpus's AFW fac
 NME: mean distance over the 51 non-jawline iBUG points (the points all three fit; the jawline is a
 pose-dependent contour none of them models) divided by sqrt(w·h) of the ground-truth box (the AFLW2000-3D
 normaliser). Times per face on ``--threads`` threads (2, the target's): the localiser's crop (of the uint8
-photo as read) + network;
+photo as read) + network (``--precision``, as ``morphable stn-fit``'s: auto runs the dlib trunk in bfloat16
+where the CPU has it natively; the RESULT line says which ran);
 gradient descent's whole fit; the linear fit is the anchor the others are divided by.
 
 Dense correspondence (``--deepface DIR``, a folder from ``morphable data prepare`` with identity labels,
@@ -41,6 +42,7 @@ import morphable
 from morphable.detect.formats import read_landmarks
 from morphable.eval.consistency import same_different_auc
 from morphable.eval.nme import bbox_size
+from morphable.identity.dlib_resnet import PRECISIONS, inference_dtype
 from morphable.fitting.stn import FIXED_LANDMARKS, fit_stn, initial_theta, mean_flattened
 from morphable.io.image import read_image, write_image
 from morphable.losses.symmetry import symmetry_loss
@@ -204,11 +206,12 @@ def main() -> None:
     ap.add_argument("--gd-correspondence", action="store_true", help="gradient descent in the correspondence test too")
     ap.add_argument("--size", type=int, default=64, help="flattened texture side")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--precision", choices=PRECISIONS, default="auto", help="the dlib trunk's inference precision")
     ap.add_argument("--figure", type=Path, help="write the per-person mean flattened textures here")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     names = args.localiser or ["stn-sfm"]
-    locs = {f"localiser:{n}": load_localiser(n) for n in names}
+    locs = {f"localiser:{n}": load_localiser(n, precision=args.precision) for n in names}
     first = next(iter(locs.values()))
     model = morphable.load_model(first.model_name)
     stn = SpatialTransformer3DMM(model, uv_grid(model_uv(model), model.triangles, (args.size, args.size)), 128)
@@ -226,7 +229,8 @@ def main() -> None:
     nan = float("nan")  # --gd-faces 0: no gradient-descent figures
     result = {"n": marks["n"], "n_gd": marks["n_gd"], "localiser_ms": ms[head], "gd_ms": ms.get("gd", nan),
               "linear_ms": ms["linear"], "localiser_nme": marks["nme"][head], "gd_nme": marks["nme"].get("gd", nan),
-              "linear_nme": marks["nme"]["linear"], "localiser_vs_linear_nme": marks["nme"][head] / marks["nme"]["linear"]}
+              "linear_nme": marks["nme"]["linear"], "localiser_vs_linear_nme": marks["nme"][head] / marks["nme"]["linear"],
+              "precision": str(inference_dtype(args.precision)).removeprefix("torch.")}
     for n in names[1:]:
         key = Path(n).stem.replace("-", "_")
         result[f"{key}_ms"], result[f"{key}_nme"] = ms[f"localiser:{n}"], marks["nme"][f"localiser:{n}"]

@@ -37,7 +37,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from morphable.identity.dlib_resnet import CHIP_SIZE, DlibBlocks, DlibFaceNet, check_side, feature_map_shape
+from morphable.identity.dlib_resnet import (
+    CHIP_SIZE,
+    DlibBlocks,
+    DlibFaceNet,
+    check_side,
+    feature_map_shape,
+    inference_dtype,
+)
 from morphable.identity.dlib_serialization import BLOCKS
 from morphable.models.base import MorphableModel
 from morphable.nets.layout import ParamLayout
@@ -167,6 +174,11 @@ class DlibTrunk(nn.Module):
     trainable copies (:class:`~morphable.identity.dlib_resnet.DlibBlocks`, fine-tuned as the paper fine-tunes
     VGG-Faces); the others stay frozen, so training caches their output (:meth:`raw`) and runs only the
     tuned blocks (:meth:`features`).
+
+    ``precision`` (attribute; :data:`~morphable.identity.dlib_resnet.PRECISIONS`) sets the convolutions' dtype
+    when no gradient is needed: ``"float32"`` (the default, what training caches and validates with) or
+    ``"auto"`` (bfloat16 on CPUs that have it natively, :func:`~morphable.identity.dlib_resnet.inference_dtype`;
+    :func:`load_localiser` takes it).
     """
 
     def __init__(self, net: DlibFaceNet | None = None, blocks: int = DLIB_BLOCKS, tune: int = 0,
@@ -183,16 +195,17 @@ class DlibTrunk(nn.Module):
         self.tuned = DlibBlocks(self.net, self.blocks - self.tune, self.blocks) if self.tune else None
         self.register_buffer("mean", torch.zeros(self.dim))
         self.register_buffer("std", torch.ones(self.dim))
+        self.precision = "float32"
 
     def raw(self, crops: Tensor) -> Tensor:
         """The frozen blocks' activations, flattened ``(B, C·h·w)`` (what training caches)."""
-        return self.net.feature_map(crops, self.blocks - self.tune).flatten(1)
+        return self.net.feature_map(crops, self.blocks - self.tune, inference_dtype(self.precision)).flatten(1)
 
     def lift(self, raw: Tensor) -> Tensor:
         """:meth:`raw`'s output through the tuned blocks (none: unchanged), unstandardised ``(B, F)``."""
         if self.tuned is None:
             return raw
-        return self.tuned(raw.reshape(-1, *self.raw_shape)).flatten(1)
+        return self.tuned(raw.reshape(-1, *self.raw_shape), inference_dtype(self.precision)).flatten(1)
 
     def standardise(self, x: Tensor) -> Tensor:
         return (x - self.mean) / self.std
@@ -350,15 +363,21 @@ def save_localiser(localiser: STNLocaliser, path: str | PathLike, meta: dict | N
              meta, half=stored_half, skip=("trunk.net.",))
 
 
-def load_localiser(name_or_path: str | PathLike, net: DlibFaceNet | None = None) -> STNLocaliser:
+def load_localiser(name_or_path: str | PathLike, net: DlibFaceNet | None = None,
+                   precision: str = "float32") -> STNLocaliser:
     """A shipped localiser by name (``"stn-sfm"``, sha256 checked) or a file from :func:`save_localiser`
     (files from before the expression model have none: E = 0; files from before ``blocks`` have all 14 and
     no tuned block).
 
+    ``precision``: the dlib trunk's inference precision (:class:`DlibTrunk`; ``"auto"``: bfloat16 on CPUs that
+    have it natively, what ``morphable stn-fit`` uses; the small trunk always runs float32).
+
     Raises:
         ModelFileError: unknown name, missing, corrupt or inconsistent file.
+        ValueError: an unknown ``precision``, or bfloat16 where oneDNN cannot run it.
     """
-    return load_net(name_or_path, FORMAT, VERSION, "3DMM-STN localiser",
+    inference_dtype(precision)  # checks it before the file is read
+    localiser = load_net(name_or_path, FORMAT, VERSION, "3DMM-STN localiser",
                     lambda data: STNLocaliser(str(data["model_name"]), int(data["n_shape"]), str(data["trunk"]),
                                               tuple(data["state"]["nominal"].float().tolist()),
                                               int(data["crop_size"]), int(data["hidden"]), net=net,
@@ -367,3 +386,6 @@ def load_localiser(name_or_path: str | PathLike, net: DlibFaceNet | None = None)
                                               blocks=int(data.get("blocks", DLIB_BLOCKS)),
                                               tune=int(data.get("tune", 0))),
                     skipped=("trunk.net.",))
+    if isinstance(localiser.trunk, DlibTrunk):
+        localiser.trunk.precision = precision
+    return localiser

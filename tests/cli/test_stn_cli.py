@@ -90,9 +90,10 @@ def random_localiser(tmp_path):
     return path
 
 
-def test_stn_fit_with_a_localiser_is_the_library_call(photo, random_localiser, tmp_path):
+def test_stn_fit_with_a_localiser_is_the_library_call(photo, random_localiser, tmp_path, monkeypatch):
     """``--localiser``: the model comes from the weights, params.json holds the θ of
-    :func:`flatten_faces` on the photo as read (uint8) and the landmark box, and flattened.png its texture."""
+    :func:`flatten_faces` on the photo as read (uint8) and the landmark box, and flattened.png its texture.
+    A ``--precision`` the CPU cannot run is refused in one line."""
     import torch
 
     import morphable
@@ -122,3 +123,8 @@ def test_stn_fit_with_a_localiser_is_the_library_call(photo, random_localiser, t
     result = CliRunner().invoke(cli, ["stn-fit", str(image), "--landmarks", str(pts), "-o", str(tmp_path / "o2"),
                                       "--localiser", str(random_localiser), "--model", "ict"])
     assert result.exit_code == 2 and "trained for model 'sfm', not 'ict'" in result.output
+    monkeypatch.setattr(torch.backends.mkldnn, "is_available", lambda: False)  # a CPU without oneDNN
+    result = CliRunner().invoke(cli, ["stn-fit", str(image), "--landmarks", str(pts), "-o", str(tmp_path / "o3"),
+                                      "--localiser", str(random_localiser), "--precision", "bfloat16"])
+    assert result.exit_code == 2 and "--precision: precision 'bfloat16' needs oneDNN" in result.output
+    assert "Traceback" not in result.output and not (tmp_path / "o3").exists()

@@ -9,7 +9,7 @@ import torch
 from morphable.identity import DlibFaceNet, face_descriptor_reference, load_dlib_face_resnet
 from morphable.identity import dlib_resnet
 from morphable.identity.dlib_resnet import (DlibBlocks, PackedKernels, add_padded, conv_input_sizes, face_features,
-                                            feature_map_shape)
+                                            feature_map_shape, inference_dtype, native_bf16)
 from morphable.identity.dlib_serialization import default_weights_path
 from tests.conftest import data_file, torch_threads
 from tests.identity.faces import largest_face
@@ -219,6 +219,45 @@ def test_trainable_blocks_infer_with_packed_kernels(net, chips):
     expected = blocks(start).detach()
     assert (changed - expected).abs().max() <= 1e-5 * expected.abs().max()
     assert (changed - fused).abs().max() > 1e-2 * fused.abs().max()
+
+
+ONEDNN_BF16 = pytest.mark.skipif(
+    not (torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()),
+    reason="oneDNN cannot run bfloat16 convolutions on this CPU (no AVX-512)")
+
+
+@ONEDNN_BF16
+def test_bfloat16_inference_stays_near_float32(net, chips):
+    """The fused path in bfloat16 (``dtype``): the activations after 5, 10 and 14 blocks of real chips, and the
+    trainable blocks' output, within 3 % of float32's in relative L2 norm (measured 0.5–1 %: bfloat16 keeps 8
+    significant bits) but not equal to them (the bfloat16 kernels ran), and returned in float32. Its kernels
+    and biases are kept per dtype beside the float32 ones."""
+    x = torch.from_numpy(chips).float() / 255
+    with torch.no_grad():
+        for blocks in (5, 10, 14):
+            exact, fast = net.feature_map(x, blocks), net.feature_map(x, blocks, torch.bfloat16)
+            assert fast.dtype == torch.float32 and fast.shape == exact.shape
+            assert 1e-4 < float((fast - exact).norm() / exact.norm()) < 0.03
+        trainable = DlibBlocks(net, 5, 10)
+        start = net.feature_map(x, 5)
+        exact, fast = trainable(start), trainable(start, torch.bfloat16)
+        assert fast.dtype == torch.float32 and 1e-4 < float((fast - exact).norm() / exact.norm()) < 0.03
+        assert len(trainable._packed._sets) == 3  # float32 kernels; bfloat16 kernels and biases
+
+
+def test_inference_precision_choice(monkeypatch):
+    """``"auto"`` is bfloat16 exactly where the CPU has it natively; a CPU whose flags cannot be read counts as
+    without it; unknown precisions are refused."""
+    assert inference_dtype("float32") == torch.float32
+    assert inference_dtype("auto") == (torch.bfloat16 if native_bf16() else torch.float32)
+    with pytest.raises(ValueError, match="precision must be one of"):
+        inference_dtype("float16")
+
+    def unreadable(*_):
+        raise OSError("no /proc here")
+
+    monkeypatch.setattr(dlib_resnet.Path, "read_text", unreadable)
+    assert native_bf16.__wrapped__() is False
 
 
 def test_add_prev_zero_pads_the_smaller_input():

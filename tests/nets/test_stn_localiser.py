@@ -294,3 +294,38 @@ def test_shipped_localisers_place_the_face_in_real_photos(name):
             out.append(float((lm[keep] - gt[keep]).norm(dim=-1).mean()) / size)
     print(f"{name}: NME {[round(e, 3) for e in errors]} (zero output: {[round(e, 3) for e in nominal_errors]})")
     assert sum(errors) / len(errors) < 0.05 and sum(errors) < 0.75 * sum(nominal_errors)
+
+
+@pytest.mark.skipif(not (torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()),
+                    reason="oneDNN cannot run bfloat16 convolutions on this CPU (no AVX-512)")
+@pytest.mark.parametrize("name", ["stn-sfm", "stn-ict"])
+def test_bfloat16_localisers_place_the_landmarks_where_float32_does(name):
+    """``precision="bfloat16"`` (what ``"auto"`` picks on CPUs with native bfloat16) on the corpus's LFPW photos:
+    the projected landmarks move by under 0.2 % of the box on average per photo (measured 0.02 %, against an
+    NME of 3.5 %), and they do move (the bfloat16 path ran). The small trunk keeps float32; unknown precisions
+    are refused before the file is read."""
+    import morphable
+    from morphable.detect.formats import read_landmarks
+    from morphable.io import read_image
+
+    folder = data_file("superviseddescent/examples/data/ibug_lfpw_trainset")
+    exact, fast = load_localiser(name), load_localiser(name, precision="bfloat16")
+    assert (exact.trunk.precision, fast.trunk.precision) == ("float32", "bfloat16")
+    data_file(MODEL_FILES[exact.model_name])
+    model = morphable.load_model(exact.model_name)
+    shifts = []
+    for pts in sorted(folder.glob("*.pts")):
+        photo = torch.tensor(read_image(pts.with_suffix(".png")))
+        box = landmark_box(torch.tensor(read_landmarks(pts), dtype=torch.float32)[None])
+        marks = []
+        with torch.no_grad():
+            for loc in (exact, fast):
+                th = loc.locate([photo], box)
+                marks.append(ScaledOrthographic(th.log_scale.exp(), th.rotation, th.translation).project(
+                    model.landmarks(model(identity=th.alpha, expression=th.expression).vertices))[0])
+        shifts.append(float((marks[0] - marks[1]).norm(dim=-1).mean() / (box[0, 2] - box[0, 0])))
+    print(f"{name}: bfloat16 landmark shifts {[round(v, 5) for v in shifts]} of the box")
+    assert all(0 < v < 0.002 for v in shifts)
+    assert not hasattr(load_localiser(f"{name}-small", precision="bfloat16").trunk, "precision")
+    with pytest.raises(ValueError, match="precision must be one of"):
+        load_localiser(name, precision="half")
