@@ -7,7 +7,8 @@ seed. Both methods see the same chip:
 
 * CoarseNet: the chip only, one face per call (batch 1), ``--threads`` torch threads; its time is the
   median wall time of the forward pass over all chips, after a warm-up, in the best of ``--rounds`` rounds
-  (the one least disturbed by other processes on a shared machine; the load average is printed);
+  (the one least disturbed by other processes on a shared machine; the load average is printed); a dlib-trunk
+  network runs at ``--precision`` (auto: bfloat16 where the CPU has it natively, as ``morphable fit`` does);
 * the photometric fit (:func:`~morphable.fitting.photometric.fit_photometric`, the default schedule, the
   project's optimisation): the chip plus its **true** model landmarks + N(0, 0.5 px²) noise (the fixed
   landmark vertices, so the sparse fit runs without contour search, as in ``photometric_bench.py``) — an
@@ -32,7 +33,7 @@ another chip's background: the distribution ``data.occlusion`` trains with), add
 error with its identity or its expression replaced by the truth, and with the training mean identity.
 
 Last line: ``RESULT n= coarse_ms= coarse_err_mm= photometric_err_mm= ratio_err= photometric_s= speedup=
-mean_face_err_mm=``.
+mean_face_err_mm= precision=``.
 """
 from __future__ import annotations
 
@@ -48,6 +49,7 @@ from morphable.fitting.landmarks import fit_landmarks
 from morphable.fitting.photometric import fit_photometric
 from morphable.geometry.align import aligned_error
 from morphable.geometry.camera import ScaledOrthographic
+from morphable.identity.dlib_resnet import PRECISIONS, inference_dtype
 from morphable.nets.coarse import decode, load_coarse
 from morphable.train.inverse_rendered import (HELD_OUT_PHOTOS, build_set, draw_occluders, occlude,
                                               trained_variant_settings)
@@ -191,6 +193,8 @@ def main() -> None:
                         help="a CoarseNet file (morphable train coarse's RUN/coarse-<model>.pt)")
     parser.add_argument("--variants", type=int, default=2, help="chips per held-out photo")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--precision", choices=PRECISIONS, default="auto",
+                        help="a dlib-trunk CoarseNet's inference precision")
     parser.add_argument("--time-only", action="store_true",
                         help="only CoarseNet's time on random chips at 1 and 2 threads (200 calls a round)")
     parser.add_argument("--rounds", type=int, default=5, help="timing rounds over all chips (the best median counts)")
@@ -205,7 +209,8 @@ def main() -> None:
                         help="also fit from dlib's landmarks on the chip (4x upscaled), as a photo pipeline would")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    net = load_coarse(args.weights)
+    net = load_coarse(args.weights, precision=args.precision)
+    precision = str(inference_dtype(args.precision)).removeprefix("torch.") if net.trunk_name == "dlib" else "float32"
     if args.time_only:
         time_only(net, args.rounds)
         return
@@ -275,7 +280,7 @@ def main() -> None:
           f"speed-up {p_s * 1e3 / c_ms:.0f}x")
     print(f"RESULT n={n} coarse_ms={c_ms:.3f} coarse_err_mm={c_err:.3f} photometric_err_mm={p_err:.3f} "
           f"ratio_err={c_err / p_err:.3f} photometric_s={p_s:.3f} speedup={p_s * 1e3 / c_ms:.0f} "
-          f"mean_face_err_mm={float(mean_err.mean()):.3f}{extra}")
+          f"mean_face_err_mm={float(mean_err.mean()):.3f}{extra} precision={precision}")
 
 
 if __name__ == "__main__":

@@ -44,9 +44,11 @@ from torch import Tensor, nn
 
 from morphable.geometry.camera import ScaledOrthographic
 from morphable.geometry.rotation import euler_to_matrix, matrix_to_axis_angle
+from morphable.identity.dlib_resnet import DlibFaceNet, inference_dtype
 from morphable.models.base import MorphableModel
 from morphable.nets.encoders import strided_cnn
 from morphable.nets.layout import ParamLayout
+from morphable.nets.stn_localiser import DlibTrunk
 from morphable.nets.weights import load_net, save_net
 from morphable.nets.weights import round_to_stored as rounded
 
@@ -55,6 +57,10 @@ VERSION = 1
 WIDTHS = (24, 48, 48, 96, 96, 160, 256)
 STRIDES = (2, 2, 1, 2, 1, 2, 2)
 """Convolution widths and strides: a 96 px chip ends as 3 × 3 × 256 before the head."""
+TRUNKS = ("small", "dlib")
+"""CoarseNet's feature extractors: ``small``, the strided CNN from scratch (:data:`WIDTHS`); ``dlib``, dlib's
+ResNet cut after ``blocks`` residual blocks with the last ``tune`` fine-tuned
+(:class:`~morphable.nets.stn_localiser.DlibTrunk`, the 3DMM-STN localiser's trunk)."""
 HEADS = ("flatten", "pool")
 """How the last feature map reaches the 256-unit hidden layer: ``flatten`` keeps where each feature is (the
 3 × 3 × 256 map, flattened; ``docs/coarse.md``: lower validation error than ``pool``), ``pool`` averages it
@@ -170,34 +176,53 @@ class CoarseNet(nn.Module):
         model_name: the morphable model the outputs belong to (recorded, checked by users).
         layout: the output layout (:func:`coarse_layout`).
         size: chip side (px).
-        head: :data:`HEADS`: flatten the last feature map, or average it.
+        head: :data:`HEADS`: flatten the last feature map, or average it (the small trunk; the dlib trunk's map
+            is flattened).
+        trunk: :data:`TRUNKS`.
+        hidden: the hidden layer's width.
+        blocks, tune: the dlib trunk's depth and its fine-tuned last blocks.
+        net: an existing :class:`~morphable.identity.DlibFaceNet` to share (dlib trunk only).
     Attributes:
         mean, std: ``(layout.size,)`` buffers: the training targets' statistics (``y = mean + std ⊙ raw``).
     """
 
-    def __init__(self, model_name: str, layout: ParamLayout, size: int = 96, head: str = "flatten"):
+    def __init__(self, model_name: str, layout: ParamLayout, size: int = 96, head: str = "flatten",
+                 trunk: str = "small", hidden: int = 256, blocks: int = 10, tune: int = 5,
+                 net: DlibFaceNet | None = None):
         super().__init__()
         if head not in HEADS:
             raise ValueError(f"CoarseNet: head must be one of {', '.join(HEADS)}, got {head!r}")
+        if trunk not in TRUNKS:
+            raise ValueError(f"CoarseNet: trunk must be one of {', '.join(TRUNKS)}, got {trunk!r}")
+        if trunk == "dlib" and head != "flatten":
+            raise ValueError("CoarseNet: the dlib trunk's map is flattened (head 'flatten')")
         self.model_name, self.layout, self.size, self.head_kind = model_name, layout, size, head
-        side = size
-        for stride in STRIDES:
-            side = (side - 1) // stride + 1  # 3 × 3 convolutions, padding 1
-        pool = [nn.AdaptiveAvgPool2d(1)] if head == "pool" else []
-        n_features = WIDTHS[-1] * (1 if head == "pool" else side * side)
-        self.features = nn.Sequential(*strided_cnn(WIDTHS, STRIDES), *pool, nn.Flatten())
-        self.head = nn.Sequential(nn.Linear(n_features, 256), nn.ReLU(inplace=True), nn.Linear(256, layout.size))
+        self.trunk_name, self.hidden = trunk, int(hidden)
+        if trunk == "dlib":
+            self.trunk = DlibTrunk(net, blocks, tune, size)
+            n_features = self.trunk.dim
+        else:
+            side = size
+            for stride in STRIDES:
+                side = (side - 1) // stride + 1  # 3 × 3 convolutions, padding 1
+            pool = [nn.AdaptiveAvgPool2d(1)] if head == "pool" else []
+            n_features = WIDTHS[-1] * (1 if head == "pool" else side * side)
+            self.features = nn.Sequential(*strided_cnn(WIDTHS, STRIDES), *pool, nn.Flatten())
+            # channels-last weights: the (B, S, S, 3) chips permuted to NCHW already are; about 30 % faster on CPU
+            self.features.to(memory_format=torch.channels_last)
+        self.head = nn.Sequential(nn.Linear(n_features, self.hidden), nn.ReLU(inplace=True),
+                                  nn.Linear(self.hidden, layout.size))
         nn.init.zeros_(self.head[-1].weight)  # starts at the targets' mean
         nn.init.zeros_(self.head[-1].bias)
         self.register_buffer("mean", torch.zeros(layout.size))
         self.register_buffer("std", torch.ones(layout.size))
-        # channels-last weights: the (B, S, S, 3) chips permuted to NCHW already are; about 30 % faster on CPU
-        self.features.to(memory_format=torch.channels_last)
 
     def raw(self, images: Tensor) -> Tensor:
         """Standardised outputs ``(B, layout.size)`` of chips ``(B, S, S, 3)`` in [0, 1]."""
         if images.dim() != 4 or images.shape[1:] != (self.size, self.size, 3):
             raise ValueError(f"CoarseNet: expected chips (B, {self.size}, {self.size}, 3), got {tuple(images.shape)}")
+        if self.trunk_name == "dlib":
+            return self.head(self.trunk(images.to(self.mean.dtype)))
         x = (images.permute(0, 3, 1, 2).to(self.mean.dtype) - 0.5) / 0.25
         return self.head(self.features(x))
 
@@ -211,9 +236,10 @@ class CoarseNet(nn.Module):
 
 
 def stored_half(name: str, value: Tensor) -> bool:
-    """Whether a state entry is stored as float16: the convolution and linear weights (package data stays
-    small, 2.6 MB); batch-norm parameters and statistics, biases and the output standardisation stay float32."""
-    return name.endswith(".weight") and value.dim() > 1
+    """Whether a state entry is stored as float16: the convolution and linear weights, the dlib trunk's tuned
+    kernels among them (package data stays small, 2.6 MB for the small trunk); batch-norm parameters and
+    statistics, biases, the feature and output standardisation stay float32."""
+    return (name.endswith(".weight") or ".weight." in name) and value.dim() > 1
 
 
 def round_to_stored(net: CoarseNet) -> None:
@@ -225,22 +251,36 @@ def round_to_stored(net: CoarseNet) -> None:
 def save_coarse(net: CoarseNet, path: str | PathLike, meta: dict | None = None) -> None:
     """Write the weights (:func:`stored_half` as float16), buffers and layout atomically
     (:func:`~morphable.nets.weights.save_net`)."""
+    dlib = net.trunk_name == "dlib"
     save_net(net, path, FORMAT, VERSION, {"model_name": net.model_name, "size": net.size, "head": net.head_kind,
-                                          "layout": [[n, int(k)] for n, k in net.layout.blocks]}, meta,
-             half=stored_half)
+                                          "layout": [[n, int(k)] for n, k in net.layout.blocks],
+                                          "trunk": net.trunk_name, "hidden": net.hidden,
+                                          "blocks": net.trunk.blocks if dlib else 0,
+                                          "tune": net.trunk.tune if dlib else 0}, meta,
+             half=stored_half, skip=("trunk.net.",))
 
 
-def load_coarse(name_or_path: str | PathLike) -> CoarseNet:
-    """A CoarseNet from :func:`save_coarse`'s file (or a shipped name), in eval mode.
+def load_coarse(name_or_path: str | PathLike, precision: str = "float32") -> CoarseNet:
+    """A CoarseNet from :func:`save_coarse`'s file (or a shipped name), in eval mode (files from before the
+    dlib trunk: the small one, hidden width 256). ``precision``: the dlib trunk's inference precision
+    (:class:`~morphable.nets.stn_localiser.DlibTrunk`).
 
     Raises:
         ModelFileError: missing, corrupt or inconsistent file (one line naming it).
+        ValueError: an unknown ``precision``, or bfloat16 where oneDNN cannot run it.
     """
+    inference_dtype(precision)  # checks it before the file is read
+
     def build(data: dict) -> CoarseNet:
         layout = ParamLayout(tuple((str(n), int(k)) for n, k in data["layout"]))
-        return CoarseNet(str(data["model_name"]), layout, int(data["size"]), str(data.get("head", "pool")))
+        return CoarseNet(str(data["model_name"]), layout, int(data["size"]), str(data.get("head", "pool")),
+                         str(data.get("trunk", "small")), int(data.get("hidden", 256)), int(data.get("blocks", 10)),
+                         int(data.get("tune", 5)))
 
-    return load_net(name_or_path, FORMAT, VERSION, "CoarseNet", build)
+    net = load_net(name_or_path, FORMAT, VERSION, "CoarseNet", build, skipped=("trunk.net.",))
+    if net.trunk_name == "dlib":
+        net.trunk.precision = precision
+    return net
 
 
 METHODS = ("coarse", "coarse+fit")

@@ -107,6 +107,46 @@ def test_heads_see_the_last_map_whole_or_averaged(tmp_path):
         CoarseNet("sfm", layout, 96, "max")
 
 
+def test_dlib_trunk_is_fine_tuned_saved_and_loaded(tmp_path):
+    """``trunk="dlib"``: the map after ``blocks`` residual blocks of dlib's network (its frozen part shared, the last
+    ``tune`` blocks trainable), standardised, into the head. The tuned kernels get gradients and are written (as
+    float16) with the head, the frozen network is not; the file reloads to the same outputs; a file from before
+    the trunk choice is the small trunk, 256 wide; the dlib map cannot be pooled."""
+    from morphable.identity import DlibFaceNet
+
+    layout = coarse_layout(5, 2, 3)
+    dlib = DlibFaceNet()
+    net = CoarseNet("sfm", layout, 64, trunk="dlib", hidden=16, blocks=4, tune=2, net=dlib)
+    assert net.head[0].in_features == 64 * 7 * 7 and net.trunk.raw_shape == (32, 14, 14)  # feature_map_shape(4, 64)
+    torch.nn.init.normal_(net.head[-1].weight, std=0.1)
+    x = torch.rand(2, 64, 64, 3)
+    net(x).sum().backward()
+    assert all(w.grad is not None and w.grad.abs().sum() > 0 for w in net.trunk.tuned.weight)
+    assert all(b.grad is None for b in dlib.buffers())
+    net.eval()
+    round_to_stored(net)
+    save_coarse(net, tmp_path / "d.pt")
+    stored = torch.load(tmp_path / "d.pt", weights_only=True)["state"]
+    assert not any(k.startswith("trunk.net.") for k in stored)
+    assert stored["trunk.tuned.weight.0"].dtype == torch.float16 and stored["trunk.std"].dtype == torch.float32
+    back = load_coarse(tmp_path / "d.pt")
+    assert (back.trunk_name, back.hidden, back.trunk.blocks, back.trunk.tune) == ("dlib", 16, 4, 2)
+    with torch.no_grad():
+        torch.testing.assert_close(back(x), net(x), rtol=0, atol=0)
+    small = CoarseNet("sfm", layout, 32)
+    save_coarse(small, tmp_path / "s.pt")
+    data = torch.load(tmp_path / "s.pt", weights_only=True)
+    for key in ("trunk", "hidden", "blocks", "tune"):
+        del data[key]
+    torch.save(data, tmp_path / "old.pt")
+    old = load_coarse(tmp_path / "old.pt")
+    assert (old.trunk_name, old.hidden) == ("small", 256)
+    with pytest.raises(ValueError, match="flattened"):
+        CoarseNet("sfm", layout, 64, "pool", trunk="dlib", net=dlib)
+    with pytest.raises(ValueError, match="trunk must be one of"):
+        CoarseNet("sfm", layout, 64, trunk="vgg")
+
+
 def _oracle_net(sfm, fit, photo_landmarks, size=96, head="flatten"):
     """A CoarseNet whose output is constant: the fit's parameters in the chip that :func:`photo_chips` cuts
     around ``photo_landmarks`` (computed with the training data's own :func:`crop_camera`)."""

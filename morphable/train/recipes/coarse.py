@@ -40,8 +40,8 @@ from torch import Tensor, nn
 
 from morphable.geometry.align import aligned_error
 from morphable.losses.photometric import photometric_loss
-from morphable.nets.coarse import (ALBEDO_MODES, HEADS, CoarseNet, albedo_basis, coarse_layout, decode, encode,
-                                   project_albedo, round_to_stored, save_coarse)
+from morphable.nets.coarse import (ALBEDO_MODES, HEADS, TRUNKS, CoarseNet, albedo_basis, coarse_layout, decode,
+                                   encode, project_albedo, round_to_stored, save_coarse)
 from morphable.render.renderer import Renderer
 from morphable.train.config import OptimConfig, ScheduleConfig, TrainConfig
 from morphable.train.data.cache import cache_root
@@ -54,15 +54,25 @@ from morphable.train.recipes.base import Recipe, evaluating, frozen_model
 class ModelSection:
     """name: the morphable model (``sfm``: 3 448 vertices, 8× cheaper to render than ICT's face; see
     ``docs/coarse.md``); albedo_modes: M, the smooth albedo modes the net regresses; head: how the last
-    feature map reaches the output layers (:data:`~morphable.nets.coarse.HEADS`)."""
+    feature map reaches the output layers (:data:`~morphable.nets.coarse.HEADS`); trunk: the feature extractor
+    (:data:`~morphable.nets.coarse.TRUNKS`; ``dlib`` wants ``data.variant.size=150``, its chip side, and reads
+    the map after ``blocks`` residual blocks, the last ``tune`` fine-tuned); hidden: the hidden layer's width."""
 
     name: str = "sfm"
     albedo_modes: int = ALBEDO_MODES
     head: str = "flatten"
+    trunk: str = "small"
+    hidden: int = 256
+    blocks: int = 10
+    tune: int = 5
 
     def __post_init__(self) -> None:
         if self.head not in HEADS:
             raise ValueError(f"head must be one of {', '.join(HEADS)}, got {self.head!r}")
+        if self.trunk not in TRUNKS:
+            raise ValueError(f"trunk must be one of {', '.join(TRUNKS)}, got {self.trunk!r}")
+        if self.hidden < 1:
+            raise ValueError(f"hidden must be >= 1, got {self.hidden}")
 
 
 IDENTITY_FROM = ("photo", "any")
@@ -189,10 +199,26 @@ class CoarseRecipe(Recipe):
         self.val_truth = m(identity=v["identity"], expression=v["expression"]).vertices
         mean_face = m.mean[None].expand(len(self.val_truth), -1, -1)
         self.mean_face_err_mm = float(aligned_error(mean_face, self.val_truth).mean())
-        self.net = CoarseNet(cfg.model.name, self.layout, self.size, cfg.model.head)
+        self.net = CoarseNet(cfg.model.name, self.layout, self.size, cfg.model.head, cfg.model.trunk,
+                             cfg.model.hidden, cfg.model.blocks, cfg.model.tune)
+        if cfg.model.trunk == "dlib":
+            self._standardise_features()
         targets = self.train_set["targets"]
         self.net.mean.copy_(targets.mean(0))
         self.net.std.copy_(targets.std(0).clamp_min(1e-3))
+
+    def _standardise_features(self, n: int = 1024) -> None:
+        """The dlib trunk's feature statistics (the head's input standardisation) over up to ``n`` training chips,
+        through the tuned blocks' initial weights; a standard deviation floored at the median one, so that
+        features nearly constant on these chips do not blow up on others (as the 3DMM-STN recipe does)."""
+        images = self.train_set["images"]
+        pick = torch.linspace(0, len(images) - 1, min(n, len(images))).round().long()
+        trunk = self.net.trunk
+        with torch.no_grad():
+            f = torch.cat([trunk.lift(trunk.raw(images[pick[i:i + 64]].float() / 255))
+                           for i in range(0, len(pick), 64)])
+        trunk.mean.copy_(f.mean(0))
+        trunk.std.copy_(f.std(0).clamp_min(float(f.std(0).median())))
 
     def _prepare(self, data: dict[str, Tensor]) -> dict[str, Tensor]:
         """Add ``targets`` ``(N, layout.size)`` (the flat ground truth) and ``albedo_coefficients`` per photo."""
