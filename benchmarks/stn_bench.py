@@ -229,7 +229,8 @@ def main() -> None:
     nan = float("nan")  # --gd-faces 0: no gradient-descent figures
     result = {"n": marks["n"], "n_gd": marks["n_gd"], "localiser_ms": ms[head], "gd_ms": ms.get("gd", nan),
               "linear_ms": ms["linear"], "localiser_nme": marks["nme"][head], "gd_nme": marks["nme"].get("gd", nan),
-              "linear_nme": marks["nme"]["linear"], "localiser_vs_linear_nme": marks["nme"][head] / marks["nme"]["linear"],
+              "linear_nme": marks["nme"]["linear"],
+              "localiser_vs_linear_nme": marks["nme"][head] / marks["nme"]["linear"],
               "precision": str(inference_dtype(args.precision)).removeprefix("torch.")}
     for n in names[1:]:
         key = Path(n).stem.replace("-", "_")

@@ -487,7 +487,8 @@ class DlibBlocks(nn.Module):
             weight = self._packed.get(list(self.weight), block_input_sizes(list(x.shape), self.first, self.last),
                                       offset, dtype)
             # FusedLayers indexes by the network's convolution number: the blocks' own start at ``offset``
-            layers = FusedLayers([None] * offset + weight, [None] * offset + self._packed.biases(list(self.bias), dtype))
+            bias = self._packed.biases(list(self.bias), dtype)
+            layers = FusedLayers([None] * offset + weight, [None] * offset + bias)
             return run_blocks(x.to(dtype), layers, self.first, self.last).float()
 
         specs = conv_specs()

@@ -378,14 +378,14 @@ def load_localiser(name_or_path: str | PathLike, net: DlibFaceNet | None = None,
     """
     inference_dtype(precision)  # checks it before the file is read
     localiser = load_net(name_or_path, FORMAT, VERSION, "3DMM-STN localiser",
-                    lambda data: STNLocaliser(str(data["model_name"]), int(data["n_shape"]), str(data["trunk"]),
-                                              tuple(data["state"]["nominal"].float().tolist()),
-                                              int(data["crop_size"]), int(data["hidden"]), net=net,
-                                              n_expression=int(data.get("n_expression", 0)),
-                                              expression_kind=str(data.get("expression_kind", "blendshapes")),
-                                              blocks=int(data.get("blocks", DLIB_BLOCKS)),
-                                              tune=int(data.get("tune", 0))),
-                    skipped=("trunk.net.",))
+                         lambda data: STNLocaliser(str(data["model_name"]), int(data["n_shape"]), str(data["trunk"]),
+                                                   tuple(data["state"]["nominal"].float().tolist()),
+                                                   int(data["crop_size"]), int(data["hidden"]), net=net,
+                                                   n_expression=int(data.get("n_expression", 0)),
+                                                   expression_kind=str(data.get("expression_kind", "blendshapes")),
+                                                   blocks=int(data.get("blocks", DLIB_BLOCKS)),
+                                                   tune=int(data.get("tune", 0))),
+                         skipped=("trunk.net.",))
     if isinstance(localiser.trunk, DlibTrunk):
         localiser.trunk.precision = precision
     return localiser
