@@ -8,7 +8,10 @@ so it is a plain 7-layer strided CNN (3 × 3 convolutions, batch norm, ReLU) on 
 3 × 3 × 256 map is flattened into a 256-unit hidden layer (1.31 M weights, 46 M multiply-adds; ``docs/coarse.md``:
 flattening lowered the validation error from 5.18 to 4.80 mm against global average pooling, which kept
 0.78 M weights), trained from scratch on the inverse-rendered data
-(:mod:`morphable.train.inverse_rendered`; recipe :mod:`morphable.train.recipes.coarse`).
+(:mod:`morphable.train.inverse_rendered`; recipe :mod:`morphable.train.recipes.coarse`). The other trunk
+(``trunk="dlib"``) reads 150 px chips with dlib's face-recognition ResNet cut after 10 residual blocks, its
+last 5 fine-tuned (the 3DMM-STN localiser's trunk), its 128 × 8 × 8 map flattened into a 128-unit hidden
+layer (``docs/coarse.md`` compares the two).
 
 Output layout (:func:`coarse_layout`, a :class:`~morphable.nets.layout.ParamLayout`, in this order):
 
@@ -290,14 +293,14 @@ METHODS = ("coarse", "coarse+fit")
 @lru_cache(maxsize=None)
 def shipped_coarse(model_name: str) -> CoarseNet:
     """The shipped ``coarse-<model_name>`` network (sha256 checked; one shared instance per process, do not
-    modify it).
+    modify it), its dlib trunk at precision ``"auto"`` (bfloat16 where the CPU has it natively).
 
     Raises:
         ModelFileError: no CoarseNet ships for this model, or its file is missing or corrupt.
     """
     from morphable.nets.weights import shipped_key
 
-    return load_coarse(shipped_key("coarse", "CoarseNet", model_name))
+    return load_coarse(shipped_key("coarse", "CoarseNet", model_name), precision="auto")
 
 
 def photo_chips(net: CoarseNet, model: MorphableModel, photos, landmarks: Tensor

@@ -33,9 +33,10 @@ SHIPPED: dict[str, tuple[str, str]] = {
     # busy cores); ringnet-ict (the default): the small trunk, the second command there
     "ringnet-ict-dlib": ("ringnet-ict-dlib.pt", "3c3ef0b60a4292f27c00e0726fbb59b2b00a4281698893b6904192f729bd9165"),
     "ringnet-ict": ("ringnet-ict.pt", "f7e2863f8c630bc41f2babe3e4c7ef78eb2063bd63d03011554a5237f2484b7d"),
-    # coarse-sfm: CoarseNet, `morphable train coarse -o RUN --set train.threads=1` (4000 steps, ~22 min on 2 cores
-    # shared with a second run), docs/coarse.md
-    "coarse-sfm": ("coarse-sfm.pt", "625f47da75fbc6189b3659e98905fe9b3bc4fd8177e7f8126b9d2113d314905e"),
+    # coarse-sfm: CoarseNet on dlib's trunk, `morphable train coarse -o RUN --set data.variant.size=150
+    # --set model.trunk=dlib --set model.hidden=128 --set model.tune=7 --set train.threads=1 --set train.steps=7000`
+    # (37 min on 2 cores shared with a second run, data included), docs/coarse.md
+    "coarse-sfm": ("coarse-sfm.pt", "2dfdd57a80b83a803d3ecb7a00c35b560760f325e3398652f529ad5a1f28992b"),
     # sir-ict: the command in docs/sir.md (morphable train sir, 1800 steps, ~10 min on 2 busy cores)
     "sir-ict": ("sir-ict.pt", "6326b306a389dcf2e0ffc27f217110abbcb1f7a59d72eddd00828db4ef5cb4a5"),
 }
