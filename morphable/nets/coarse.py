@@ -10,8 +10,8 @@ flattening lowered the validation error from 5.18 to 4.80 mm against global aver
 0.78 M weights), trained from scratch on the inverse-rendered data
 (:mod:`morphable.train.inverse_rendered`; recipe :mod:`morphable.train.recipes.coarse`). The other trunk
 (``trunk="dlib"``, the shipped ``coarse-sfm``) reads 150 px chips with dlib's face-recognition ResNet cut after
-10 residual blocks, the last ``tune`` of them fine-tuned (7 in the shipped file; the 3DMM-STN localiser's trunk),
-its 128 × 8 × 8 map flattened into a 128-unit hidden layer: 1.5–2 ms per chip on two threads, and 15 % less
+10 residual blocks, the last ``tune`` of them fine-tuned (9 in the shipped file; the 3DMM-STN localiser's trunk),
+its 128 × 8 × 8 map flattened into a 128-unit hidden layer: 1.5–2 ms per chip on two threads, and 16 % less
 vertex error (``docs/coarse.md`` compares the two).
 
 Output layout (:func:`coarse_layout`, a :class:`~morphable.nets.layout.ParamLayout`, in this order):
