@@ -50,12 +50,18 @@ PRECISIONS = ("float32", "bfloat16", "auto")
 """Inference precisions of the fused feature-map path (:func:`inference_dtype`)."""
 
 
+def onednn_bf16() -> bool:
+    """Whether oneDNN can run bfloat16 convolutions here (natively or emulated: an AVX-512 CPU)."""
+    return torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+
+
 @functools.lru_cache(maxsize=None)
 def native_bf16() -> bool:
-    """Whether oneDNN runs bfloat16 convolutions here and the CPU multiplies bfloat16 natively (``avx512_bf16``
-    or ``amx_bf16`` among the flags of Linux's ``/proc/cpuinfo``). Without the native instructions oneDNN
-    emulates bfloat16 on AVX-512, slower than float32; where the flags cannot be read, ``False``."""
-    if not (torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()):
+    """Whether oneDNN runs bfloat16 convolutions here (:func:`onednn_bf16`) and the CPU multiplies bfloat16
+    natively (``avx512_bf16`` or ``amx_bf16`` among the flags of Linux's ``/proc/cpuinfo``). Without the native
+    instructions oneDNN emulates bfloat16 on AVX-512, slower than float32; where the flags cannot be read,
+    ``False``."""
+    if not onednn_bf16():
         return False
     try:
         flags = Path("/proc/cpuinfo").read_text()
@@ -73,8 +79,7 @@ def inference_dtype(precision: str) -> torch.dtype:
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
     if precision == "auto":
         return torch.bfloat16 if native_bf16() else torch.float32
-    if precision == "bfloat16" and not (torch.backends.mkldnn.is_available()
-                                        and torch.ops.mkldnn._is_mkldnn_bf16_supported()):
+    if precision == "bfloat16" and not onednn_bf16():
         raise ValueError("precision 'bfloat16' needs oneDNN's bfloat16 convolutions (an AVX-512 CPU); "
                          "use 'float32' or 'auto'")
     return torch.float32 if precision == "float32" else torch.bfloat16

@@ -50,9 +50,8 @@ from morphable.geometry.camera import ScaledOrthographic
 from morphable.geometry.rotation import euler_to_matrix, matrix_to_axis_angle
 from morphable.identity.dlib_resnet import DlibFaceNet, inference_dtype
 from morphable.models.base import MorphableModel
-from morphable.nets.encoders import strided_cnn
+from morphable.nets.encoders import DlibMapTrunk, strided_cnn
 from morphable.nets.layout import ParamLayout
-from morphable.nets.stn_localiser import DlibTrunk
 from morphable.nets.weights import load_net, save_net
 from morphable.nets.weights import round_to_stored as rounded
 
@@ -64,7 +63,7 @@ STRIDES = (2, 2, 1, 2, 1, 2, 2)
 TRUNKS = ("small", "dlib")
 """CoarseNet's feature extractors: ``small``, the strided CNN from scratch (:data:`WIDTHS`); ``dlib``, dlib's
 ResNet cut after ``blocks`` residual blocks with the last ``tune`` fine-tuned
-(:class:`~morphable.nets.stn_localiser.DlibTrunk`, the 3DMM-STN localiser's trunk)."""
+(:class:`~morphable.nets.encoders.DlibMapTrunk`, the 3DMM-STN localiser's trunk)."""
 HEADS = ("flatten", "pool")
 """How the last feature map reaches the 256-unit hidden layer: ``flatten`` keeps where each feature is (the
 3 × 3 × 256 map, flattened; ``docs/coarse.md``: lower validation error than ``pool``), ``pool`` averages it
@@ -203,7 +202,7 @@ class CoarseNet(nn.Module):
         self.model_name, self.layout, self.size, self.head_kind = model_name, layout, size, head
         self.trunk_name, self.hidden = trunk, int(hidden)
         if trunk == "dlib":
-            self.trunk = DlibTrunk(net, blocks, tune, size)
+            self.trunk = DlibMapTrunk(net, blocks, tune, size)
             n_features = self.trunk.dim
         else:
             side = size
@@ -267,7 +266,7 @@ def save_coarse(net: CoarseNet, path: str | PathLike, meta: dict | None = None) 
 def load_coarse(name_or_path: str | PathLike, precision: str = "float32") -> CoarseNet:
     """A CoarseNet from :func:`save_coarse`'s file (or a shipped name), in eval mode (files from before the
     dlib trunk: the small one, hidden width 256). ``precision``: the dlib trunk's inference precision
-    (:class:`~morphable.nets.stn_localiser.DlibTrunk`).
+    (:class:`~morphable.nets.encoders.DlibMapTrunk`).
 
     Raises:
         ModelFileError: missing, corrupt or inconsistent file (one line naming it).

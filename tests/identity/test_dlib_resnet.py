@@ -9,7 +9,7 @@ import torch
 from morphable.identity import DlibFaceNet, face_descriptor_reference, load_dlib_face_resnet
 from morphable.identity import dlib_resnet
 from morphable.identity.dlib_resnet import (DlibBlocks, PackedKernels, add_padded, conv_input_sizes, face_features,
-                                            feature_map_shape, inference_dtype, native_bf16)
+                                            feature_map_shape, inference_dtype, native_bf16, onednn_bf16)
 from morphable.identity.dlib_serialization import default_weights_path
 from tests.conftest import data_file, torch_threads
 from tests.identity.faces import largest_face
@@ -222,7 +222,7 @@ def test_trainable_blocks_infer_with_packed_kernels(net, chips):
 
 
 ONEDNN_BF16 = pytest.mark.skipif(
-    not (torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()),
+    not onednn_bf16(),
     reason="oneDNN cannot run bfloat16 convolutions on this CPU (no AVX-512)")
 
 

@@ -8,6 +8,7 @@ import torch
 
 from morphable.errors import ModelFileError
 from morphable.geometry.camera import ScaledOrthographic
+from morphable.identity.dlib_resnet import onednn_bf16
 from morphable.nets.stn_localiser import (BOX_SCALE, BOX_SHIFT, CROP_MARGIN, STNLocaliser, crop_faces, landmark_box,
                                           load_localiser, nominal_theta, round_to_half, save_localiser, stn_layout,
                                           theta_in_photo)
@@ -296,7 +297,7 @@ def test_shipped_localisers_place_the_face_in_real_photos(name):
     assert sum(errors) / len(errors) < 0.05 and sum(errors) < 0.75 * sum(nominal_errors)
 
 
-@pytest.mark.skipif(not (torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()),
+@pytest.mark.skipif(not onednn_bf16(),
                     reason="oneDNN cannot run bfloat16 convolutions on this CPU (no AVX-512)")
 @pytest.mark.parametrize("name", ["stn-sfm", "stn-ict"])
 def test_bfloat16_localisers_place_the_landmarks_where_float32_does(name):

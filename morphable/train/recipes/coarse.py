@@ -208,17 +208,15 @@ class CoarseRecipe(Recipe):
         self.net.std.copy_(targets.std(0).clamp_min(1e-3))
 
     def _standardise_features(self, n: int = 1024) -> None:
-        """The dlib trunk's feature statistics (the head's input standardisation) over up to ``n`` training chips,
-        through the tuned blocks' initial weights; a standard deviation floored at the median one, so that
-        features nearly constant on these chips do not blow up on others (as the 3DMM-STN recipe does)."""
+        """The dlib trunk's feature statistics (the head's input standardisation,
+        :meth:`~morphable.nets.encoders.DlibMapTrunk.set_statistics`) over up to ``n`` training chips, through the
+        tuned blocks' initial weights."""
         images = self.train_set["images"]
         pick = torch.linspace(0, len(images) - 1, min(n, len(images))).round().long()
         trunk = self.net.trunk
         with torch.no_grad():
-            f = torch.cat([trunk.lift(trunk.raw(images[pick[i:i + 64]].float() / 255))
-                           for i in range(0, len(pick), 64)])
-        trunk.mean.copy_(f.mean(0))
-        trunk.std.copy_(f.std(0).clamp_min(float(f.std(0).median())))
+            trunk.set_statistics(torch.cat([trunk.lift(trunk.raw(images[pick[i:i + 64]].float() / 255))
+                                            for i in range(0, len(pick), 64)]))
 
     def _prepare(self, data: dict[str, Tensor]) -> dict[str, Tensor]:
         """Add ``targets`` ``(N, layout.size)`` (the flat ground truth) and ``albedo_coefficients`` per photo."""

@@ -69,8 +69,9 @@ from morphable.losses.landmark import landmark_loss
 from morphable.losses.prior import prior_loss
 from morphable.losses.symmetry import symmetry_loss
 from morphable.models.base import MorphableModel
-from morphable.nets.stn_localiser import (CROP_MARGIN, DLIB_BLOCKS, TRUNKS, STNLocaliser, crop_square,
-                                          landmark_box, nominal_theta, round_to_half, save_localiser)
+from morphable.nets.encoders import DLIB_BLOCKS
+from morphable.nets.stn_localiser import (CROP_MARGIN, TRUNKS, STNLocaliser, crop_square, landmark_box, nominal_theta,
+                                          round_to_half, save_localiser)
 from morphable.render.renderer import Renderer
 from morphable.render.stn import SpatialTransformer3DMM, Theta
 from morphable.train.chip_render import random_background, random_rotation
@@ -109,7 +110,7 @@ class NetSection:
     docs/stn.md); hidden: width of a hidden layer before the FC (0 = the paper's single FC layer; the paper
     fine-tunes all of VGG-Faces, we tune a few blocks, and a hidden layer gives the head capacity back); blocks:
     the dlib trunk's residual blocks run (14 = all: its 256 × 2 × 2 map; 13: the 256 × 4 × 4 map; 10: the
-    128 × 8 × 8 map, see :class:`~morphable.nets.stn_localiser.DlibTrunk`); tune: the last this-many of them
+    128 × 8 × 8 map, see :class:`~morphable.nets.encoders.DlibMapTrunk`); tune: the last this-many of them
     trained (fine-tuned from dlib's weights; 0 = all frozen). The small trunk ignores both."""
 
     trunk: str = "dlib"
@@ -258,7 +259,7 @@ def synthetic_groups(model: MorphableModel, identities: int, views: int, seed: i
 
 def with_trunk_features(localiser: STNLocaliser, data: dict[str, Tensor], chunk: int = 32) -> dict[str, Tensor]:
     """``data`` with ``features`` ``(N, F)``: the dlib trunk's frozen-block activations of its ``images``
-    (:meth:`~morphable.nets.stn_localiser.DlibTrunk.raw`, ``chunk`` crops per call); unchanged for the small trunk."""
+    (:meth:`~morphable.nets.encoders.DlibMapTrunk.raw`, ``chunk`` crops per call); unchanged for the small trunk."""
     if localiser.trunk_name == "dlib":
         with torch.no_grad():
             data["features"] = torch.cat([localiser.trunk.raw(data["images"][i:i + chunk].float() / 255)
@@ -371,11 +372,9 @@ class STNRecipe(Recipe):
             raw = self.train_set["features"]
             if self.photoreal_train is not None:
                 raw = torch.cat([raw, self.photoreal_train["features"]])
+            trunk = self.localiser.trunk
             with torch.no_grad():  # the head's input at the start (through the tuned blocks' initial weights)
-                f = torch.cat([self.localiser.trunk.lift(raw[i:i + 256]) for i in range(0, len(raw), 256)])
-            self.localiser.trunk.mean.copy_(f.mean(0))
-            # features nearly constant on synthetic faces must not blow up on photos: std floored at the median
-            self.localiser.trunk.std.copy_(f.std(0).clamp_min(float(f.std(0).median())))
+                trunk.set_statistics(torch.cat([trunk.lift(raw[i:i + 256]) for i in range(0, len(raw), 256)]))
         self.defined = self.face_model.landmark_mask.clone()
         self.defined[: FIXED_LANDMARKS.start] = False
         self.real_train, self.real_val = self._real()
