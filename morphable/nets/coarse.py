@@ -12,7 +12,10 @@ flattening lowered the validation error from 5.18 to 4.80 mm against global aver
 (``trunk="dlib"``, the shipped ``coarse-sfm``) reads 150 px chips with dlib's face-recognition ResNet cut after
 10 residual blocks, the last ``tune`` of them fine-tuned (9 in the shipped file; the 3DMM-STN localiser's trunk),
 its 128 × 8 × 8 map flattened into a 128-unit hidden layer: 1.5–2 ms per chip on two threads, and 16 % less
-vertex error (``docs/coarse.md`` compares the two).
+vertex error (``docs/coarse.md`` compares the two). A dlib-trunk network can have a second, refining stage
+(``refine_blocks``; :class:`~morphable.nets.heads.PointRefiner`, cascaded regression): dlib's finer map
+sampled where the first estimate projects the model's landmarks corrects that estimate. The shipped ``coarse-sfm``
+has one (about 3 ms per chip on two threads; 8 % less benchmark error than the one-stage network: ``docs/coarse.md``).
 
 Output layout (:func:`coarse_layout`, a :class:`~morphable.nets.layout.ParamLayout`, in this order):
 
@@ -49,9 +52,10 @@ from torch import Tensor, nn
 from morphable.geometry.camera import ScaledOrthographic
 from morphable.geometry.rotation import euler_to_matrix, matrix_to_axis_angle
 from morphable.identity.dlib_resnet import DlibFaceNet, inference_dtype
-from morphable.models.base import MorphableModel
+from morphable.models.base import N_LANDMARKS, MorphableModel
 from morphable.nets.encoders import DlibMapTrunk, strided_cnn
 from morphable.nets.layout import ParamLayout
+from morphable.nets.heads import PointRefiner
 from morphable.nets.weights import load_net, save_net
 from morphable.nets.weights import round_to_stored as rounded
 
@@ -185,14 +189,24 @@ class CoarseNet(nn.Module):
         hidden: the hidden layer's width.
         blocks, tune: the dlib trunk's depth and its fine-tuned last blocks.
         net: an existing :class:`~morphable.identity.DlibFaceNet` to share (dlib trunk only).
+        refine_blocks, refine_tune, refine_hidden: with ``refine_blocks`` > 0 (dlib trunk only), a second stage
+            (:class:`~morphable.nets.heads.PointRefiner`) corrects the first stage's estimate from dlib's map
+            after ``refine_blocks`` blocks (the last ``refine_tune`` fine-tuned) sampled at the estimate's
+            ``refine_points`` projected landmarks (the model's defined ones, :meth:`project_landmarks`; their
+            geometry is set by :meth:`set_landmarks`).
     Attributes:
         mean, std: ``(layout.size,)`` buffers: the training targets' statistics (``y = mean + std ⊙ raw``).
+        landmark_mean ``(L, 3)``, landmark_identity ``(K, L, 3)``, landmark_expression ``(Ke, L, 3)``: the
+            model's L defined landmarks (mm) as the mean plus per-coefficient offsets (a refining network only).
     """
 
     def __init__(self, model_name: str, layout: ParamLayout, size: int = 96, head: str = "flatten",
                  trunk: str = "small", hidden: int = 256, blocks: int = 10, tune: int = 5,
-                 net: DlibFaceNet | None = None):
+                 net: DlibFaceNet | None = None, refine_blocks: int = 0, refine_tune: int = 0,
+                 refine_hidden: int = 256, refine_points: int = N_LANDMARKS):
         super().__init__()
+        if refine_blocks and trunk != "dlib":
+            raise ValueError("CoarseNet: the refining stage needs the dlib trunk")
         if head not in HEADS:
             raise ValueError(f"CoarseNet: head must be one of {', '.join(HEADS)}, got {head!r}")
         if trunk not in TRUNKS:
@@ -219,15 +233,79 @@ class CoarseNet(nn.Module):
         nn.init.zeros_(self.head[-1].bias)
         self.register_buffer("mean", torch.zeros(layout.size))
         self.register_buffer("std", torch.ones(layout.size))
+        self.refiner = None
+        if refine_blocks:
+            self.refiner = PointRefiner(self.trunk.net, refine_points, layout.size, size, refine_blocks, refine_tune,
+                                        refine_hidden)
+            sizes = dict(layout.blocks)
+            self.register_buffer("landmark_mean", torch.zeros(refine_points, 3))
+            self.register_buffer("landmark_identity", torch.zeros(sizes["identity"], refine_points, 3))
+            self.register_buffer("landmark_expression", torch.zeros(sizes["expression"], refine_points, 3))
 
-    def raw(self, images: Tensor) -> Tensor:
-        """Standardised outputs ``(B, layout.size)`` of chips ``(B, S, S, 3)`` in [0, 1]."""
+    def set_landmarks(self, model: MorphableModel) -> None:
+        """Store the landmarks ``model`` defines (:attr:`~morphable.models.MorphableModel.landmark_mask`, as many as
+        the refiner's points) as the mean plus per-coefficient offsets (they are linear in the coefficients),
+        which :meth:`project_landmarks` needs (a refining network)."""
+        if self.refiner is None:
+            raise ValueError("CoarseNet: only a refining network keeps landmarks")
+        defined = model.landmark_mask
+        if int(defined.sum()) != self.refiner.n_points:
+            raise ValueError(f"CoarseNet: the refiner reads {self.refiner.n_points} landmarks, the model defines "
+                             f"{int(defined.sum())}")
+        sizes = dict(self.layout.blocks)
+        with torch.no_grad():
+            mean = model.landmarks(model.mean[None])[0, defined]
+            eye = torch.eye(sizes["identity"], dtype=model.mean.dtype)
+            identity = model.landmarks(model(identity=eye).vertices)[:, defined] - mean
+            eye = torch.eye(sizes["expression"], dtype=model.mean.dtype)
+            expression = model.landmarks(model(expression=eye).vertices)[:, defined] - mean
+        self.landmark_mean.copy_(mean)
+        self.landmark_identity.copy_(identity)
+        self.landmark_expression.copy_(expression)
+
+    def project_landmarks(self, y: Tensor) -> Tensor:
+        """The model's defined landmarks (:meth:`set_landmarks`) of flat parameters ``y`` ``(B, layout.size)``
+        projected into the chip ``(B, L, 2)`` px."""
+        p = decode(self.layout, self.size, y)
+        points = (self.landmark_mean + torch.einsum("bk,klc->blc", p.identity, self.landmark_identity)
+                  + torch.einsum("bk,klc->blc", p.expression, self.landmark_expression))
+        return p.camera.project(points)
+
+    def stages(self, images: Tensor) -> list[Tensor]:
+        """Standardised outputs ``(B, layout.size)`` of chips ``(B, S, S, 3)`` in [0, 1] after each stage: the
+        first stage's, and with a refiner the refined one (the refiner sees the first estimate without its
+        gradient: each stage trains on its own loss, as cascades do)."""
         if images.dim() != 4 or images.shape[1:] != (self.size, self.size, 3):
             raise ValueError(f"CoarseNet: expected chips (B, {self.size}, {self.size}, 3), got {tuple(images.shape)}")
-        if self.trunk_name == "dlib":
-            return self.head(self.trunk(images.to(self.mean.dtype)))
-        x = (images.permute(0, 3, 1, 2).to(self.mean.dtype) - 0.5) / 0.25
-        return self.head(self.features(x))
+        if self.trunk_name != "dlib":
+            x = (images.permute(0, 3, 1, 2).to(self.mean.dtype) - 0.5) / 0.25
+            return [self.head(self.features(x))]
+        images = images.to(self.mean.dtype)
+        trains = any(q.requires_grad for q in (*self.trunk.parameters(), *self.head.parameters()))
+        raw = self.trunk.raw(images)
+        with torch.set_grad_enabled(torch.is_grad_enabled() and trains):  # a frozen first stage runs fused
+            first = self.head(self.trunk.features(raw))
+        if self.refiner is None:
+            return [first]
+        estimate = first.detach()
+        points = self.project_landmarks(self.mean + self.std * estimate)
+        second = self.refiner.trunk
+        shared = second.blocks - second.tune == self.trunk.blocks - self.trunk.tune  # the same frozen blocks
+        return [first, estimate + self.refiner(images, points, estimate, raw if shared else None)]
+
+    def set_precision(self, precision: str) -> None:
+        """The dlib trunks' inference precision (:class:`~morphable.nets.encoders.DlibMapTrunk`; the small trunk
+        has none)."""
+        inference_dtype(precision)
+        trunks = [self.trunk] if self.trunk_name == "dlib" else []
+        if self.refiner is not None:
+            trunks.append(self.refiner.trunk)
+        for trunk in trunks:
+            trunk.precision = precision
+
+    def raw(self, images: Tensor) -> Tensor:
+        """Standardised outputs ``(B, layout.size)`` of chips ``(B, S, S, 3)`` in [0, 1] (the last stage's)."""
+        return self.stages(images)[-1]
 
     def forward(self, images: Tensor) -> Tensor:
         """The flat parameter vector ``(B, layout.size)`` (:func:`decode` names it)."""
@@ -251,6 +329,19 @@ def round_to_stored(net: CoarseNet) -> None:
     rounded(net, stored_half)
 
 
+FROZEN = ("trunk.net.", "refiner.trunk.net.")
+"""State prefixes :func:`save_coarse` does not write: dlib's frozen network (it ships on its own)."""
+
+
+def refine_header(net: CoarseNet) -> dict:
+    """The file entries that rebuild a refining stage (none without one; older files have none)."""
+    if net.refiner is None:
+        return {}
+    trunk = net.refiner.trunk
+    return {"refine_blocks": trunk.blocks, "refine_tune": trunk.tune, "refine_hidden": net.refiner.hidden,
+            "refine_points": net.refiner.n_points}
+
+
 def save_coarse(net: CoarseNet, path: str | PathLike, meta: dict | None = None) -> None:
     """Write the weights (:func:`stored_half` as float16), buffers and layout atomically
     (:func:`~morphable.nets.weights.save_net`)."""
@@ -259,8 +350,8 @@ def save_coarse(net: CoarseNet, path: str | PathLike, meta: dict | None = None) 
                                           "layout": [[n, int(k)] for n, k in net.layout.blocks],
                                           "trunk": net.trunk_name, "hidden": net.hidden,
                                           "blocks": net.trunk.blocks if dlib else 0,
-                                          "tune": net.trunk.tune if dlib else 0}, meta,
-             half=stored_half, skip=("trunk.net.",))
+                                          "tune": net.trunk.tune if dlib else 0, **refine_header(net)}, meta,
+             half=stored_half, skip=FROZEN)
 
 
 def load_coarse(name_or_path: str | PathLike, precision: str = "float32") -> CoarseNet:
@@ -278,11 +369,12 @@ def load_coarse(name_or_path: str | PathLike, precision: str = "float32") -> Coa
         layout = ParamLayout(tuple((str(n), int(k)) for n, k in data["layout"]))
         return CoarseNet(str(data["model_name"]), layout, int(data["size"]), str(data.get("head", "pool")),
                          str(data.get("trunk", "small")), int(data.get("hidden", 256)), int(data.get("blocks", 10)),
-                         int(data.get("tune", 5)))
+                         int(data.get("tune", 5)), refine_blocks=int(data.get("refine_blocks", 0)),
+                         refine_tune=int(data.get("refine_tune", 0)), refine_hidden=int(data.get("refine_hidden", 256)),
+                         refine_points=int(data.get("refine_points", N_LANDMARKS)))
 
-    net = load_net(name_or_path, FORMAT, VERSION, "CoarseNet", build, skipped=("trunk.net.",))
-    if net.trunk_name == "dlib":
-        net.trunk.precision = precision
+    net = load_net(name_or_path, FORMAT, VERSION, "CoarseNet", build, skipped=FROZEN)
+    net.set_precision(precision)
     return net
 
 

@@ -8,12 +8,27 @@ starting from a fixed initial vector ``Θ_0`` (HMR: the mean parameters), for a 
 (3 in both papers). The MLP is 2 × (FC-512, ReLU, dropout) and a linear output layer, with its weights
 shared across the iterations. The first layer's product with ``φ`` is the same at every iteration, so it is
 computed once (the iterations then cost only the ``Θ`` columns and the other layers).
+
+:class:`PointRefiner` is a cascade stage that looks at the image again: features sampled where the current
+estimate puts its landmarks → a correction of the estimate (shape-indexed features of cascaded regression: Cao
+et al., "Face Alignment by Explicit Shape Regression", CVPR 2012; Xiong & De la Torre's supervised descent, CVPR
+2013; 3DDFA's pose-adaptive features, Zhu et al., CVPR 2016, Sec. 3.2). A direct regressor reads the whole face at
+once and must place every landmark from a coarse map (CoarseNet's dlib map is 8 × 8 cells of about 19 px on a
+150 px chip). The stage samples a finer map exactly where the first estimate projects the landmarks: each
+point's feature vector is bilinearly interpolated (``grid_sample``, :func:`sample_points`) from dlib's ResNet
+map after ``blocks`` residual blocks (the last ``tune`` fine-tuned, :class:`~morphable.nets.encoders.DlibMapTrunk`),
+so an estimate that misses a contour by a few pixels sees the edge it missed. A two-layer perceptron maps the
+``L`` sampled vectors and the standardised estimate to the correction, its last layer initialised to zero (the
+stage starts as the identity).
 """
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from morphable.identity.dlib_resnet import DlibFaceNet, feature_map_shape
+from morphable.nets.encoders import DlibMapTrunk
 
 
 class IterativeErrorFeedback(nn.Module):
@@ -82,3 +97,48 @@ class IterativeErrorFeedback(nn.Module):
             theta = theta + F.linear(h, last.weight, last.bias)
             steps.append(theta)
         return torch.stack(steps) if all_steps else theta
+
+def sample_points(feature_map: Tensor, points: Tensor, size: int) -> Tensor:
+    """Bilinear samples of a map ``(B, C, h, w)`` covering a ``size`` px chip at ``points`` ``(B, L, 2)`` (chip px,
+    (x, y), 0 = the chip's left / top edge) → ``(B, L, C)``; points outside take the border's value."""
+    grid = (points / size * 2 - 1)[:, :, None, :].to(feature_map.dtype)  # (B, L, 1, 2) in [-1, 1]
+    sampled = F.grid_sample(feature_map, grid, mode="bilinear", padding_mode="border", align_corners=False)
+    return sampled[..., 0].transpose(1, 2)
+
+
+class PointRefiner(nn.Module):
+    """Correction ``(B, n_out)`` of a standardised estimate ``(B, n_out)`` from chips ``(B, S, S, 3)`` in [0, 1]
+    and the estimate's ``n_points`` projected points ``(B, L, 2)`` (chip px); see the module docstring.
+
+    Args:
+        net: dlib's network, shared (frozen) with the first stage's trunk.
+        n_points, n_out: L, and the estimate's length.
+        size: chip side S (px).
+        blocks, tune: the sampled map is dlib's after ``blocks`` residual blocks, the last ``tune`` of them
+            fine-tuned (:class:`~morphable.nets.encoders.DlibMapTrunk`; at 150 px, 7 blocks give 64 × 17 × 17).
+        hidden: the perceptron's hidden width.
+    """
+
+    def __init__(self, net: DlibFaceNet, n_points: int, n_out: int, size: int, blocks: int, tune: int,
+                 hidden: int):
+        super().__init__()
+        self.n_points, self.size, self.hidden = int(n_points), int(size), int(hidden)
+        self.trunk = DlibMapTrunk(net, blocks, tune, size)
+        self.map_shape = feature_map_shape(blocks, size)
+        self.mlp = nn.Sequential(nn.Linear(self.map_shape[0] * self.n_points + n_out, self.hidden),
+                                 nn.ReLU(inplace=True), nn.Linear(self.hidden, n_out))
+        nn.init.zeros_(self.mlp[-1].weight)
+        nn.init.zeros_(self.mlp[-1].bias)
+
+    def point_features(self, images: Tensor, points: Tensor, raw: Tensor | None = None) -> Tensor:
+        """The standardised map sampled at ``points``, flattened ``(B, L·C)``; ``raw``: the trunk's frozen blocks'
+        output for ``images`` (:meth:`~morphable.nets.encoders.DlibMapTrunk.raw`) when already computed."""
+        raw = self.trunk.raw(images) if raw is None else raw
+        fmap = self.trunk.features(raw).reshape(-1, *self.map_shape)
+        return sample_points(fmap, points, self.size).flatten(1)
+
+    def forward(self, images: Tensor, points: Tensor, estimate: Tensor, raw: Tensor | None = None) -> Tensor:
+        """The correction; ``raw`` as in :meth:`point_features`."""
+        if points.shape[1:] != (self.n_points, 2):
+            raise ValueError(f"PointRefiner: expected points (B, {self.n_points}, 2), got {tuple(points.shape)}")
+        return self.mlp(torch.cat([self.point_features(images, points, raw), estimate], dim=1))

@@ -219,3 +219,60 @@ def test_fit_with_coarse_bad_input(sfm):
         fit_with_coarse(sfm, other, [photo], torch.zeros(1, 68, 2))
     with pytest.raises(ModelFileError, match="no shipped CoarseNet for model 'ict'"):
         shipped_coarse("ict")
+
+
+def test_refining_stage_starts_as_the_first_and_is_saved_and_loaded(tmp_path, sfm):
+    """``refine_blocks``: the second stage samples dlib's map at the first estimate's projected landmarks. It starts
+    as the identity; :meth:`project_landmarks` (landmarks kept as mean + per-coefficient offsets) agrees with the
+    model's own landmarks projected by the decoded camera; the first stage learns from its own output only; the
+    file keeps the refiner without dlib's frozen network and reloads to the same outputs; a refiner needs the dlib
+    trunk and as many points as the model defines."""
+    from morphable.identity import DlibFaceNet
+
+    layout = coarse_layout(sfm.n_identity, sfm.n_expression, 3)
+    n_points = int(sfm.landmark_mask.sum())
+    dlib = DlibFaceNet()
+    net = CoarseNet("sfm", layout, 64, trunk="dlib", hidden=16, blocks=4, tune=2, net=dlib, refine_blocks=2,
+                    refine_tune=1, refine_hidden=8, refine_points=n_points)
+    net.set_landmarks(sfm)
+    g = torch.Generator().manual_seed(3)
+    torch.nn.init.normal_(net.head[-1].weight, std=0.05, generator=g)
+    net.mean[layout.slice("log_scale")] = float(np.log(2.0 * 100 / 64))  # 2 px/mm, the face inside the chip
+    net.mean[layout.slice("translation")] = 0.5
+    x = torch.rand(2, 64, 64, 3, generator=g)
+    first, refined = net.stages(x)
+    assert torch.equal(first, refined)  # the refiner's last layer starts at zero
+    y = net.mean + net.std * first.detach()
+    p = decode(layout, 64, y)
+    full = sfm(identity=p.identity, expression=p.expression).vertices
+    want = p.camera.project(sfm.landmarks(full))[:, sfm.landmark_mask]
+    torch.testing.assert_close(net.project_landmarks(y), want, rtol=0, atol=1e-4)
+    torch.nn.init.normal_(net.refiner.mlp[-1].weight, std=0.1, generator=g)
+    net.stages(x)[1].square().sum().backward()  # the refined output's gradient stops at the first estimate
+    assert all(w.grad is None for w in net.trunk.tuned.weight) and net.head[0].weight.grad is None
+    assert net.refiner.mlp[0].weight.grad.abs().sum() > 0
+    net.eval()
+    round_to_stored(net)
+    save_coarse(net, tmp_path / "r.pt")
+    stored = torch.load(tmp_path / "r.pt", weights_only=True)
+    assert not any(k.startswith(("trunk.net.", "refiner.trunk.net.")) for k in stored["state"])
+    assert (stored["refine_blocks"], stored["refine_tune"], stored["refine_points"]) == (2, 1, n_points)
+    back = load_coarse(tmp_path / "r.pt", precision="float32")
+    assert back.refiner.trunk.net is back.trunk.net  # one dlib network for both stages
+    with torch.no_grad():
+        torch.testing.assert_close(back(x), net(x), rtol=0, atol=0)
+        assert not torch.equal(net(x), net.mean + net.std * net.stages(x)[0])
+    # a refiner reading dlib's map after the same frozen blocks as the first stage reuses their output
+    same = CoarseNet("sfm", layout, 64, trunk="dlib", hidden=16, blocks=4, tune=2, net=dlib, refine_blocks=3,
+                     refine_tune=1, refine_hidden=8, refine_points=n_points)
+    same.set_landmarks(sfm)
+    torch.nn.init.normal_(same.refiner.mlp[-1].weight, std=0.1, generator=g)
+    with torch.no_grad():
+        first, refined = same.stages(x)
+        points = same.project_landmarks(same.mean + same.std * first)
+        torch.testing.assert_close(refined, first + same.refiner(x, points, first), rtol=0, atol=1e-6)
+    with pytest.raises(ValueError, match="needs the dlib trunk"):
+        CoarseNet("sfm", layout, 64, refine_blocks=2)
+    wrong = CoarseNet("sfm", layout, 64, trunk="dlib", blocks=4, tune=2, net=dlib, refine_blocks=2, refine_points=68)
+    with pytest.raises(ValueError, match="reads 68 landmarks"):
+        wrong.set_landmarks(sfm)

@@ -1,0 +1,60 @@
+"""The cascade stage of nets/heads.py (PointRefiner): point sampling against a brute-force bilinear
+interpolation, and the refiner's start (the identity), gradients and bad input."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from morphable.nets.heads import PointRefiner, sample_points
+
+
+def _bilinear(feature_map: np.ndarray, x: float, y: float, size: int) -> np.ndarray:
+    """One point's value by hand: cell (i, j) of an h × w map covering a ``size`` px chip is centred at
+    ((j + ½) size / w, (i + ½) size / h); between centres linear in each axis, beyond the outer centres constant."""
+    C, h, w = feature_map.shape
+    u = min(max(x * w / size - 0.5, 0.0), w - 1.0)
+    v = min(max(y * h / size - 0.5, 0.0), h - 1.0)
+    j0, i0 = int(np.floor(u)), int(np.floor(v))
+    j1, i1 = min(j0 + 1, w - 1), min(i0 + 1, h - 1)
+    a, b = u - j0, v - i0
+    return ((1 - a) * (1 - b) * feature_map[:, i0, j0] + a * (1 - b) * feature_map[:, i0, j1]
+            + (1 - a) * b * feature_map[:, i1, j0] + a * b * feature_map[:, i1, j1])
+
+
+def test_sample_points_matches_a_hand_bilinear_interpolation():
+    g = torch.Generator().manual_seed(0)
+    fmap = torch.randn(2, 3, 7, 9, generator=g, dtype=torch.float64)
+    size = 63
+    # inside, on cell centres, at the chip's edges and beyond them (the border value)
+    points = torch.tensor([[[10.3, 20.7], [3.5, 4.5], [0.0, 0.0], [62.9, 30.0], [70.0, -5.0]],
+                           [[31.5, 31.5], [12.25, 50.0], [5.0, 62.0], [-3.0, 40.0], [44.4, 1.1]]], dtype=torch.float64)
+    got = sample_points(fmap, points, size)
+    assert got.shape == (2, 5, 3)
+    for b in range(2):
+        for k in range(5):
+            want = _bilinear(fmap[b].numpy(), float(points[b, k, 0]), float(points[b, k, 1]), size)
+            np.testing.assert_allclose(got[b, k].numpy(), want, rtol=0, atol=1e-12)
+
+
+def test_refiner_starts_as_the_identity_and_trains_its_own_weights_only():
+    from morphable.identity import DlibFaceNet
+
+    dlib = DlibFaceNet()
+    refiner = PointRefiner(dlib, n_points=5, n_out=4, size=64, blocks=4, tune=2, hidden=8)
+    assert refiner.mlp[0].in_features == 64 * 5 + 4  # 64 channels after 4 blocks, per point, and the estimate
+    x = torch.rand(2, 64, 64, 3)
+    points = 64 * torch.rand(2, 5, 2)
+    estimate = torch.randn(2, 4)
+    out = refiner(x, points, estimate)
+    assert torch.equal(out, torch.zeros(2, 4))  # the last layer starts at zero
+    torch.nn.init.normal_(refiner.mlp[-1].weight, std=0.1)
+    refiner(x, points, estimate).square().sum().backward()
+    assert all(w.grad is not None and w.grad.abs().sum() > 0 for w in refiner.trunk.tuned.weight)
+    assert refiner.mlp[0].weight.grad.abs().sum() > 0
+    assert all(p.grad is None for p in dlib.parameters()) and all(b.grad is None for b in dlib.buffers())
+    # moving the points changes what the stage sees
+    with torch.no_grad():
+        assert not torch.equal(refiner(x, points, estimate), refiner(x, points + 8, estimate))
+    with pytest.raises(ValueError, match="expected points"):
+        refiner(x, points[:, :4], estimate)
