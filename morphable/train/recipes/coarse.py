@@ -13,6 +13,11 @@ inverse-rendered chips (:mod:`morphable.train.inverse_rendered`) with
 * a **shape loss** (model-space vertex distance, mm) and a **landmark reprojection loss** (chip px), both
   geometric: see :class:`LossSection`.
 
+With a refining second stage (``model.refine_blocks``, :class:`~morphable.nets.heads.PointRefiner`), the refined
+output gets all four terms and the first stage its own parameter, shape and landmark terms (one render per step,
+of the refined output); the refiner never moves the first stage (it reads its estimate without the gradient).
+``model.init`` with ``model.freeze_first`` trains a refiner alone on a trained network.
+
 Data: the training variants come from :data:`~morphable.train.inverse_rendered.TRAIN_PHOTOS` except every
 eighth photo, whose variants are the validation set (so validation never sees a training photo); the
 benchmark's held-out photos are never loaded here. First run: about 75 photometric fits (~3–8 s each on
@@ -40,8 +45,10 @@ from torch import Tensor, nn
 
 from morphable.geometry.align import aligned_error
 from morphable.losses.photometric import photometric_loss
-from morphable.nets.coarse import (ALBEDO_MODES, HEADS, TRUNKS, CoarseNet, albedo_basis, coarse_layout, decode,
-                                   encode, project_albedo, round_to_stored, save_coarse)
+from morphable.nets.coarse import (ALBEDO_MODES, FROZEN, HEADS, TRUNKS, CoarseNet, albedo_basis, coarse_layout,
+                                   decode, encode, load_coarse, project_albedo, refine_header, round_to_stored,
+                                   save_coarse)
+from morphable.nets.encoders import DlibMapTrunk
 from morphable.render.renderer import Renderer
 from morphable.train.config import OptimConfig, ScheduleConfig, TrainConfig
 from morphable.train.data.cache import cache_root
@@ -56,7 +63,12 @@ class ModelSection:
     ``docs/coarse.md``); albedo_modes: M, the smooth albedo modes the net regresses; head: how the last
     feature map reaches the output layers (:data:`~morphable.nets.coarse.HEADS`); trunk: the feature extractor
     (:data:`~morphable.nets.coarse.TRUNKS`; ``dlib`` wants ``data.variant.size=150``, its chip side, and reads
-    the map after ``blocks`` residual blocks, the last ``tune`` fine-tuned); hidden: the hidden layer's width."""
+    the map after ``blocks`` residual blocks, the last ``tune`` fine-tuned); hidden: the hidden layer's width.
+    refine_blocks: > 0 adds the second, refining stage (dlib trunk only; :class:`~morphable.nets.heads.PointRefiner`:
+    dlib's map after this many blocks, the last ``refine_tune`` fine-tuned, sampled at the first estimate's
+    projected landmarks, into a ``refine_hidden``-wide perceptron); init: a CoarseNet file (or shipped name)
+    whose weights start the run (a refining run from a trained one-stage network: its first stage, the refiner
+    starting as the identity); freeze_first: the first stage does not train (only the refiner does)."""
 
     name: str = "sfm"
     albedo_modes: int = ALBEDO_MODES
@@ -65,14 +77,23 @@ class ModelSection:
     hidden: int = 256
     blocks: int = 10
     tune: int = 5
+    refine_blocks: int = 0
+    refine_tune: int = 0
+    refine_hidden: int = 256
+    init: str = ""
+    freeze_first: bool = False
 
     def __post_init__(self) -> None:
         if self.head not in HEADS:
             raise ValueError(f"head must be one of {', '.join(HEADS)}, got {self.head!r}")
         if self.trunk not in TRUNKS:
             raise ValueError(f"trunk must be one of {', '.join(TRUNKS)}, got {self.trunk!r}")
-        if self.hidden < 1:
-            raise ValueError(f"hidden must be >= 1, got {self.hidden}")
+        if self.hidden < 1 or self.refine_hidden < 1:
+            raise ValueError(f"hidden and refine_hidden must be >= 1, got {self.hidden}, {self.refine_hidden}")
+        if self.refine_blocks and self.trunk != "dlib":
+            raise ValueError("refine_blocks needs trunk 'dlib'")
+        if self.freeze_first and not self.refine_blocks:
+            raise ValueError("freeze_first leaves nothing to train without refine_blocks")
 
 
 IDENTITY_FROM = ("photo", "any")
@@ -199,21 +220,58 @@ class CoarseRecipe(Recipe):
         self.val_truth = m(identity=v["identity"], expression=v["expression"]).vertices
         mean_face = m.mean[None].expand(len(self.val_truth), -1, -1)
         self.mean_face_err_mm = float(aligned_error(mean_face, self.val_truth).mean())
-        self.net = CoarseNet(cfg.model.name, self.layout, self.size, cfg.model.head, cfg.model.trunk,
-                             cfg.model.hidden, cfg.model.blocks, cfg.model.tune)
-        if cfg.model.trunk == "dlib":
-            self._standardise_features()
-        targets = self.train_set["targets"]
-        self.net.mean.copy_(targets.mean(0))
-        self.net.std.copy_(targets.std(0).clamp_min(1e-3))
+        mc = cfg.model
+        self.net = CoarseNet(mc.name, self.layout, self.size, mc.head, mc.trunk, mc.hidden, mc.blocks, mc.tune,
+                             refine_blocks=mc.refine_blocks, refine_tune=mc.refine_tune,
+                             refine_hidden=mc.refine_hidden, refine_points=int(m.landmark_mask.sum()))
+        if self.net.refiner is not None:
+            self.net.set_landmarks(m)
+            self._standardise_features(self.net.refiner.trunk)
+        if mc.init:
+            self._initialise(mc.init)
+        else:
+            if mc.trunk == "dlib":
+                self._standardise_features(self.net.trunk)
+            targets = self.train_set["targets"]
+            self.net.mean.copy_(targets.mean(0))
+            self.net.std.copy_(targets.std(0).clamp_min(1e-3))
+        if mc.freeze_first:
+            for name, param in self.net.named_parameters():
+                if not name.startswith("refiner."):
+                    param.requires_grad_(False)
 
-    def _standardise_features(self, n: int = 1024) -> None:
-        """The dlib trunk's feature statistics (the head's input standardisation,
+    def _initialise(self, name_or_path: str) -> None:
+        """Start from a CoarseNet file's weights: the same first stage (trunk, widths, layout, chip side), its
+        refiner too where it has one.
+
+        Raises:
+            ValueError: the file's network differs from this run's."""
+        mine, theirs = self.net, load_coarse(name_or_path)
+        same = (theirs.model_name == mine.model_name and theirs.size == mine.size
+                and theirs.trunk_name == mine.trunk_name and theirs.hidden == mine.hidden
+                and theirs.layout.blocks == mine.layout.blocks
+                and (mine.trunk_name != "dlib" or (theirs.trunk.blocks, theirs.trunk.tune)
+                     == (mine.trunk.blocks, mine.trunk.tune)))
+        if not same:
+            raise ValueError(f"model.init {name_or_path}: its first stage differs from this run's model settings")
+        state = {k: v for k, v in theirs.state_dict().items() if not k.startswith(FROZEN)}
+        # a one-stage file starts a refining run's first stage; its refiner starts as the identity
+        allowed = FROZEN if theirs.refiner is not None else FROZEN + ("refiner.", "landmark_")
+        differs = ValueError(f"model.init {name_or_path}: its refiner differs from this run's model settings")
+        try:
+            missing, unexpected = mine.load_state_dict(state, strict=False)
+        except RuntimeError:  # a tensor of another shape
+            raise differs from None
+        if (unexpected or any(not k.startswith(allowed) for k in missing)
+                or (theirs.refiner is not None and refine_header(theirs) != refine_header(mine))):
+            raise differs
+
+    def _standardise_features(self, trunk: DlibMapTrunk, n: int = 1024) -> None:
+        """A dlib trunk's feature statistics (its output's standardisation,
         :meth:`~morphable.nets.encoders.DlibMapTrunk.set_statistics`) over up to ``n`` training chips, through the
         tuned blocks' initial weights."""
         images = self.train_set["images"]
         pick = torch.linspace(0, len(images) - 1, min(n, len(images))).round().long()
-        trunk = self.net.trunk
         with torch.no_grad():
             trunk.set_statistics(torch.cat([trunk.lift(trunk.raw(images[pick[i:i + 64]].float() / 255))
                                             for i in range(0, len(pick), 64)]))
@@ -284,34 +342,39 @@ class CoarseRecipe(Recipe):
 
     def terms(self, images: Tensor, targets: Tensor) -> tuple[dict[str, Tensor], Tensor, object]:
         """Loss terms for chips ``(B, S, S, 3)`` and their flat targets, the flat prediction and its render."""
-        raw = self.net.raw(images)
+        m, defined = self.face_model, self.face_model.landmark_mask
         target = (targets - self.net.mean) / self.net.std
-        sq = (raw - target) ** 2
-        blocks = {name: sq[:, self.layout.slice(name)].mean() for name in self.layout.names}
-        y = self.net.mean + self.net.std * raw
-        p = decode(self.layout, self.size, y)
-        m = self.face_model
-        full = m(identity=p.identity, expression=p.expression).vertices
-        verts = full[:, self.region]
-        albedo = self.basis.to(y) @ p.albedo_coefficients  # (B, V_r, 3)
-        rend = self.renderer(verts, p.camera, colors=albedo, sh=p.light, background=images)
-        photo = photometric_loss(rend.image, images, (rend.alpha > 0).to(images.dtype))
         truth = decode(self.layout, self.size, targets)
         true_full = m(identity=truth.identity, expression=truth.expression).vertices
-        shape = (full - true_full).norm(dim=-1).mean()
-        defined = m.landmark_mask
-        landmarks = (p.camera.project(m.landmarks(full))[:, defined]
-                     - truth.camera.project(m.landmarks(true_full))[:, defined]).norm(dim=-1).mean()
-        terms = {"param": sum(blocks.values()), "photometric": photo, "shape_mm": shape, "landmarks_px": landmarks,
-                 **{f"param_{k}": v for k, v in blocks.items()}}
+        true_landmarks = truth.camera.project(m.landmarks(true_full))[:, defined]
+        terms: dict[str, Tensor] = {}
+        stages = self.net.stages(images)
+        for k, raw in enumerate(stages):  # the last stage's terms unprefixed, a first stage's as first_*
+            sq = (raw - target) ** 2
+            blocks = {name: sq[:, self.layout.slice(name)].mean() for name in self.layout.names}
+            y = self.net.mean + self.net.std * raw
+            p = decode(self.layout, self.size, y)
+            full = m(identity=p.identity, expression=p.expression).vertices
+            shape = (full - true_full).norm(dim=-1).mean()
+            landmarks = (p.camera.project(m.landmarks(full))[:, defined] - true_landmarks).norm(dim=-1).mean()
+            prefix = "first_" if k < len(stages) - 1 else ""
+            terms.update({f"{prefix}param": sum(blocks.values()), f"{prefix}shape_mm": shape,
+                          f"{prefix}landmarks_px": landmarks, **{f"{prefix}param_{n}": v for n, v in blocks.items()}})
+        albedo = self.basis.to(y) @ p.albedo_coefficients  # (B, V_r, 3), the last stage's
+        rend = self.renderer(full[:, self.region], p.camera, colors=albedo, sh=p.light, background=images)
+        terms["photometric"] = photometric_loss(rend.image, images, (rend.alpha > 0).to(images.dtype))
         return terms, y, rend
 
     def loss(self, batch: dict[str, Tensor], step: int) -> dict[str, Tensor]:
         w = self.config.loss
         terms, _, _ = self.terms(*self.chips(batch))
         ramp = min(1.0, max(0.0, (step - w.photometric_start) / max(w.photometric_ramp, 1)))
-        return {"loss": w.param * terms["param"] + ramp * w.photometric * terms["photometric"]
-                + w.shape * terms["shape_mm"] + w.landmarks * terms["landmarks_px"], **terms}
+        loss = (w.param * terms["param"] + ramp * w.photometric * terms["photometric"]
+                + w.shape * terms["shape_mm"] + w.landmarks * terms["landmarks_px"])
+        if "first_param" in terms and not self.config.model.freeze_first:  # a first stage training with a refiner
+            loss = loss + (w.param * terms["first_param"] + w.shape * terms["first_shape_mm"]
+                           + w.landmarks * terms["first_landmarks_px"])
+        return {"loss": loss, **terms}
 
     # ----------------------------------------------------------------------------------- validation
     def predicted_vertices(self, y: Tensor) -> Tensor:
@@ -327,7 +390,12 @@ class CoarseRecipe(Recipe):
             terms, y, _ = self.terms(data["images"].float() / 255, data["targets"])
             err = aligned_error(self.predicted_vertices(y), self.val_truth)
             yaw = (y[:, self.layout.slice("rotation")][:, 0] - data["ypr"][:, 0]).abs().rad2deg()
-        return {**{k: float(v) for k, v in terms.items()}, "vertex_err_mm": float(err.mean()),
+            first = {}
+            if self.net.refiner is not None:
+                y1 = self.net.mean + self.net.std * self.net.stages(data["images"].float() / 255)[0]
+                first_err = aligned_error(self.predicted_vertices(y1), self.val_truth)
+                first = {"first_vertex_err_mm": float(first_err.mean())}
+        return {**{k: float(v) for k, v in terms.items()}, "vertex_err_mm": float(err.mean()), **first,
                 "mean_face_err_mm": self.mean_face_err_mm, "yaw_err_deg": float(yaw.mean())}
 
     def image_grid(self, batch: dict[str, Tensor], step: int) -> Tensor | None:
