@@ -30,7 +30,8 @@ distance (chip px) of CoarseNet's own projected landmarks to the true ones. ``--
 again on the same chips with an occluder each (a rectangle of 20–50 % of the side near the centre, filled with
 another chip's background: the distribution ``data.occlusion`` trains with), adding
 ``coarse_occluded_err_mm= photometric_occluded_err_mm=`` to the last line. ``--decompose`` prints CoarseNet's
-error with its identity or its expression replaced by the truth, and with the training mean identity.
+error with its identity or its expression replaced by the truth, and with the training mean identity. A network
+with a refining stage (``model.refine_blocks``) also prints its first stage's error.
 
 Last line: ``RESULT n= coarse_ms= coarse_err_mm= photometric_err_mm= ratio_err= photometric_s= speedup=
 mean_face_err_mm= precision=``.
@@ -254,6 +255,11 @@ def main() -> None:
               f"{1e3 * times[i]:.2f} ms  photometric {photo_err[-1]:.2f} mm {photo_s[-1]:.2f} s  "
               f"mean face {mean_err[i]:.2f} mm", flush=True)
     photo_err = np.array(photo_err)
+    if net.refiner is not None:
+        with torch.no_grad():
+            first = torch.cat([net.mean + net.std * net.stages(chips[i:i + 64])[0] for i in range(0, n, 64)])
+        first_err = float(aligned_error(coarse_vertices(model, net, first), truth).mean())
+        print(f"first stage alone (before the refiner): {first_err:.3f} mm")
     if args.detected:
         detected_fit(model, chips, truth, coarse_err)
     if args.landmark_sweep:
