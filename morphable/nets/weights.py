@@ -33,10 +33,11 @@ SHIPPED: dict[str, tuple[str, str]] = {
     # busy cores); ringnet-ict (the default): the small trunk, the second command there
     "ringnet-ict-dlib": ("ringnet-ict-dlib.pt", "3c3ef0b60a4292f27c00e0726fbb59b2b00a4281698893b6904192f729bd9165"),
     "ringnet-ict": ("ringnet-ict.pt", "f7e2863f8c630bc41f2babe3e4c7ef78eb2063bd63d03011554a5237f2484b7d"),
-    # coarse-sfm: CoarseNet on dlib's trunk, `morphable train coarse -o RUN --set data.variant.size=150
-    # --set model.trunk=dlib --set model.hidden=128 --set model.tune=9 --set train.threads=2 --set train.steps=9000`
-    # (33 min on 2 cores, + 77 s of data from nothing), docs/coarse.md
-    "coarse-sfm": ("coarse-sfm.pt", "08968cebaf91debd2848b8b451d32788a9c34fca17af0c11fe6ebbd767a739be"),
+    # coarse-sfm: CoarseNet on dlib's trunk with a refining stage, `morphable train coarse -o RUN
+    # --set data.variant.size=150 --set model.trunk=dlib --set model.hidden=128 --set model.tune=9
+    # --set model.refine_blocks=1 --set train.threads=2 --set train.steps=9000` (38 min on 2 cores, + 77 s of data
+    # from nothing), docs/coarse.md
+    "coarse-sfm": ("coarse-sfm.pt", "2f809729dfbe7671a755230044ac632bb4de16676eac1c6c654881ad326a5b66"),
     # sir-ict: the command in docs/sir.md (morphable train sir, 1800 steps, ~10 min on 2 busy cores)
     "sir-ict": ("sir-ict.pt", "6326b306a389dcf2e0ffc27f217110abbcb1f7a59d72eddd00828db4ef5cb4a5"),
 }
