@@ -98,6 +98,7 @@ class IterativeErrorFeedback(nn.Module):
             steps.append(theta)
         return torch.stack(steps) if all_steps else theta
 
+
 def sample_points(feature_map: Tensor, points: Tensor, size: int) -> Tensor:
     """Bilinear samples of a map ``(B, C, h, w)`` covering a ``size`` px chip at ``points`` ``(B, L, 2)`` (chip px,
     (x, y), 0 = the chip's left / top edge) → ``(B, L, C)``; points outside take the border's value."""
