@@ -226,23 +226,24 @@ class CoarseRecipe(Recipe):
                              refine_hidden=mc.refine_hidden, refine_points=int(m.landmark_mask.sum()))
         if self.net.refiner is not None:
             self.net.set_landmarks(m)
-            self._standardise_features(self.net.refiner.trunk)
         if mc.init:
-            self._initialise(mc.init)
+            refiner_loaded = self._initialise(mc.init)
         else:
             if mc.trunk == "dlib":
                 self._standardise_features(self.net.trunk)
             targets = self.train_set["targets"]
             self.net.mean.copy_(targets.mean(0))
             self.net.std.copy_(targets.std(0).clamp_min(1e-3))
+        if self.net.refiner is not None and not (mc.init and refiner_loaded):
+            self._standardise_features(self.net.refiner.trunk)
         if mc.freeze_first:
             for name, param in self.net.named_parameters():
                 if not name.startswith("refiner."):
                     param.requires_grad_(False)
 
-    def _initialise(self, name_or_path: str) -> None:
+    def _initialise(self, name_or_path: str) -> bool:
         """Start from a CoarseNet file's weights: the same first stage (trunk, widths, layout, chip side), its
-        refiner too where it has one.
+        refiner too where it has one (then True).
 
         Raises:
             ValueError: the file's network differs from this run's."""
@@ -265,6 +266,7 @@ class CoarseRecipe(Recipe):
         if (unexpected or any(not k.startswith(allowed) for k in missing)
                 or (theirs.refiner is not None and refine_header(theirs) != refine_header(mine))):
             raise differs
+        return theirs.refiner is not None
 
     def _standardise_features(self, trunk: DlibMapTrunk, n: int = 1024) -> None:
         """A dlib trunk's feature statistics (its output's standardisation,
