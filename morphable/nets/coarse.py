@@ -194,6 +194,8 @@ class CoarseNet(nn.Module):
             after ``refine_blocks`` blocks (the last ``refine_tune`` fine-tuned) sampled at the estimate's
             ``refine_points`` projected landmarks (the model's defined ones, :meth:`project_landmarks`; their
             geometry is set by :meth:`set_landmarks`).
+        refine_stages: the refiner's cascade stages (each samples the map where the previous estimate puts the
+            landmarks and corrects it; :class:`~morphable.nets.heads.PointRefiner`).
     Attributes:
         mean, std: ``(layout.size,)`` buffers: the training targets' statistics (``y = mean + std ⊙ raw``).
         landmark_mean ``(L, 3)``, landmark_identity ``(K, L, 3)``, landmark_expression ``(Ke, L, 3)``: the
@@ -203,7 +205,7 @@ class CoarseNet(nn.Module):
     def __init__(self, model_name: str, layout: ParamLayout, size: int = 96, head: str = "flatten",
                  trunk: str = "small", hidden: int = 256, blocks: int = 10, tune: int = 5,
                  net: DlibFaceNet | None = None, refine_blocks: int = 0, refine_tune: int = 0,
-                 refine_hidden: int = 256, refine_points: int = N_LANDMARKS):
+                 refine_hidden: int = 256, refine_points: int = N_LANDMARKS, refine_stages: int = 1):
         super().__init__()
         if refine_blocks and trunk != "dlib":
             raise ValueError("CoarseNet: the refining stage needs the dlib trunk")
@@ -236,7 +238,7 @@ class CoarseNet(nn.Module):
         self.refiner = None
         if refine_blocks:
             self.refiner = PointRefiner(self.trunk.net, refine_points, layout.size, size, refine_blocks, refine_tune,
-                                        refine_hidden)
+                                        refine_hidden, refine_stages)
             sizes = dict(layout.blocks)
             self.register_buffer("landmark_mean", torch.zeros(refine_points, 3))
             self.register_buffer("landmark_identity", torch.zeros(sizes["identity"], refine_points, 3))
@@ -265,15 +267,20 @@ class CoarseNet(nn.Module):
 
     def project_landmarks(self, y: Tensor) -> Tensor:
         """The model's defined landmarks (:meth:`set_landmarks`) of flat parameters ``y`` ``(B, layout.size)``
-        projected into the chip ``(B, L, 2)`` px."""
-        p = decode(self.layout, self.size, y)
-        points = (self.landmark_mean + torch.einsum("bk,klc->blc", p.identity, self.landmark_identity)
-                  + torch.einsum("bk,klc->blc", p.expression, self.landmark_expression))
-        return p.camera.project(points)
+        projected into the chip ``(B, L, 2)`` px: :func:`decode`'s camera, ``u = s (R X)_x + t_x``,
+        ``v = −s (R X)_y + t_y``, with ``R`` straight from the Euler angles (the camera's axis-angle round trip
+        cost more than the rest of this)."""
+        p = self.layout.split(y)
+        points = (self.landmark_mean + torch.einsum("bk,klc->blc", p["identity"], self.landmark_identity)
+                  + torch.einsum("bk,klc->blc", p["expression"], self.landmark_expression))
+        R = euler_to_matrix(p["rotation"])  # (B, 3, 3)
+        s = p["log_scale"].exp() * self.size / 100  # (B, 1) px / mm
+        xy = points @ R[:, :2].transpose(1, 2)  # (B, L, 2): the view frame's x, y (mm)
+        return xy * torch.cat([s, -s], 1)[:, None] + p["translation"][:, None] * self.size
 
     def stages(self, images: Tensor) -> list[Tensor]:
         """Standardised outputs ``(B, layout.size)`` of chips ``(B, S, S, 3)`` in [0, 1] after each stage: the
-        first stage's, and with a refiner the refined one (the refiner sees the first estimate without its
+        first stage's, and with a refiner each refining stage's (a stage sees the previous estimate without its
         gradient: each stage trains on its own loss, as cascades do)."""
         if images.dim() != 4 or images.shape[1:] != (self.size, self.size, 3):
             raise ValueError(f"CoarseNet: expected chips (B, {self.size}, {self.size}, 3), got {tuple(images.shape)}")
@@ -287,11 +294,15 @@ class CoarseNet(nn.Module):
             first = self.head(self.trunk.features(raw))
         if self.refiner is None:
             return [first]
-        estimate = first.detach()
-        points = self.project_landmarks(self.mean + self.std * estimate)
         second = self.refiner.trunk
         shared = second.blocks - second.tune == self.trunk.blocks - self.trunk.tune  # the same frozen blocks
-        return [first, estimate + self.refiner(images, points, estimate, raw if shared else None)]
+        fmap = self.refiner.feature_map(images, raw if shared else None)
+        outputs = [first]
+        for k in range(self.refiner.stages):
+            estimate = outputs[-1].detach()
+            points = self.project_landmarks(self.mean + self.std * estimate)
+            outputs.append(estimate + self.refiner.correct(k, fmap, points, estimate))
+        return outputs
 
     def set_precision(self, precision: str) -> None:
         """The dlib trunks' inference precision (:class:`~morphable.nets.encoders.DlibMapTrunk`; the small trunk
@@ -311,6 +322,11 @@ class CoarseNet(nn.Module):
         """The flat parameter vector ``(B, layout.size)`` (:func:`decode` names it)."""
         return self.mean + self.std * self.raw(images)
 
+    def stage_outputs(self, images: Tensor) -> list[Tensor]:
+        """The flat parameter vectors ``(B, layout.size)`` after each stage (:meth:`stages`; the last is
+        :meth:`forward`'s)."""
+        return [self.mean + self.std * raw for raw in self.stages(images)]
+
     def predict(self, images: Tensor) -> CoarseParams:
         """:func:`decode` of :meth:`forward`."""
         return decode(self.layout, self.size, self(images))
@@ -323,10 +339,23 @@ def stored_half(name: str, value: Tensor) -> bool:
     return (name.endswith(".weight") or ".weight." in name) and value.dim() > 1
 
 
+INT8_MIN_SIZE = 1 << 18
+"""Linear weights with at least this many entries are stored as int8 (:func:`stored_int8`)."""
+
+
+def stored_int8(name: str, value: Tensor) -> bool:
+    """Whether a state entry is stored as int8 with a scale per row
+    (:func:`~morphable.nets.weights.quantize_rows`): the large linear weights, at least :data:`INT8_MIN_SIZE`
+    entries (the dlib first stage's hidden layer on its flattened map, 128 × 8192, and the refiner's perceptrons'
+    first layers, 256 × 1801: half of the shipped file as float16, which kept it over 5 MB). Their outputs move
+    by well under a percent of their spread; the trained network is scored after this rounding."""
+    return name.endswith(".weight") and value.dim() == 2 and value.numel() >= INT8_MIN_SIZE
+
+
 def round_to_stored(net: CoarseNet) -> None:
-    """Round the weights :func:`stored_half` stores as float16 to float16 in place
-    (:func:`~morphable.nets.weights.round_to_stored`)."""
-    rounded(net, stored_half)
+    """Round the weights to what :func:`save_coarse` stores (:func:`stored_int8`, then :func:`stored_half`) in
+    place (:func:`~morphable.nets.weights.round_to_stored`)."""
+    rounded(net, stored_half, stored_int8)
 
 
 FROZEN = ("trunk.net.", "refiner.trunk.net.")
@@ -339,19 +368,19 @@ def refine_header(net: CoarseNet) -> dict:
         return {}
     trunk = net.refiner.trunk
     return {"refine_blocks": trunk.blocks, "refine_tune": trunk.tune, "refine_hidden": net.refiner.hidden,
-            "refine_points": net.refiner.n_points}
+            "refine_points": net.refiner.n_points, "refine_stages": net.refiner.stages}
 
 
 def save_coarse(net: CoarseNet, path: str | PathLike, meta: dict | None = None) -> None:
-    """Write the weights (:func:`stored_half` as float16), buffers and layout atomically
-    (:func:`~morphable.nets.weights.save_net`)."""
+    """Write the weights (:func:`stored_int8` as int8, :func:`stored_half` as float16), buffers and layout
+    atomically (:func:`~morphable.nets.weights.save_net`)."""
     dlib = net.trunk_name == "dlib"
     save_net(net, path, FORMAT, VERSION, {"model_name": net.model_name, "size": net.size, "head": net.head_kind,
                                           "layout": [[n, int(k)] for n, k in net.layout.blocks],
                                           "trunk": net.trunk_name, "hidden": net.hidden,
                                           "blocks": net.trunk.blocks if dlib else 0,
                                           "tune": net.trunk.tune if dlib else 0, **refine_header(net)}, meta,
-             half=stored_half, skip=FROZEN)
+             half=stored_half, int8=stored_int8, skip=FROZEN)
 
 
 def load_coarse(name_or_path: str | PathLike, precision: str = "float32") -> CoarseNet:
@@ -371,7 +400,8 @@ def load_coarse(name_or_path: str | PathLike, precision: str = "float32") -> Coa
                          str(data.get("trunk", "small")), int(data.get("hidden", 256)), int(data.get("blocks", 10)),
                          int(data.get("tune", 5)), refine_blocks=int(data.get("refine_blocks", 0)),
                          refine_tune=int(data.get("refine_tune", 0)), refine_hidden=int(data.get("refine_hidden", 256)),
-                         refine_points=int(data.get("refine_points", N_LANDMARKS)))
+                         refine_points=int(data.get("refine_points", N_LANDMARKS)),
+                         refine_stages=int(data.get("refine_stages", 1)))
 
     net = load_net(name_or_path, FORMAT, VERSION, "CoarseNet", build, skipped=FROZEN)
     net.set_precision(precision)

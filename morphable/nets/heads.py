@@ -19,7 +19,9 @@ point's feature vector is bilinearly interpolated (``grid_sample``, :func:`sampl
 map after ``blocks`` residual blocks (the last ``tune`` fine-tuned, :class:`~morphable.nets.encoders.DlibMapTrunk`),
 so an estimate that misses a contour by a few pixels sees the edge it missed. A two-layer perceptron maps the
 ``L`` sampled vectors and the standardised estimate to the correction, its last layer initialised to zero (the
-stage starts as the identity).
+stage starts as the identity). A refiner can hold several such stages (``stages``), one perceptron each, all
+reading the same map: each samples it where the previous stage's estimate puts the landmarks (the cascade's
+later regressors, each trained on the residuals its predecessor leaves).
 """
 from __future__ import annotations
 
@@ -108,7 +110,7 @@ def sample_points(feature_map: Tensor, points: Tensor, size: int) -> Tensor:
 
 
 class PointRefiner(nn.Module):
-    """Correction ``(B, n_out)`` of a standardised estimate ``(B, n_out)`` from chips ``(B, S, S, 3)`` in [0, 1]
+    """Corrections ``(B, n_out)`` of a standardised estimate ``(B, n_out)`` from chips ``(B, S, S, 3)`` in [0, 1]
     and the estimate's ``n_points`` projected points ``(B, L, 2)`` (chip px); see the module docstring.
 
     Args:
@@ -117,29 +119,53 @@ class PointRefiner(nn.Module):
         size: chip side S (px).
         blocks, tune: the sampled map is dlib's after ``blocks`` residual blocks, the last ``tune`` of them
             fine-tuned (:class:`~morphable.nets.encoders.DlibMapTrunk`; at 150 px, 7 blocks give 64 × 17 × 17).
-        hidden: the perceptron's hidden width.
+        hidden: the perceptrons' hidden width.
+        stages: the cascade's stages, one perceptron each (``mlps``), all on the same map.
     """
 
     def __init__(self, net: DlibFaceNet, n_points: int, n_out: int, size: int, blocks: int, tune: int,
-                 hidden: int):
+                 hidden: int, stages: int = 1):
         super().__init__()
+        if stages < 1:
+            raise ValueError(f"PointRefiner: stages must be >= 1, got {stages}")
         self.n_points, self.size, self.hidden = int(n_points), int(size), int(hidden)
         self.trunk = DlibMapTrunk(net, blocks, tune, size)
         self.map_shape = feature_map_shape(blocks, size)
-        self.mlp = nn.Sequential(nn.Linear(self.map_shape[0] * self.n_points + n_out, self.hidden),
-                                 nn.ReLU(inplace=True), nn.Linear(self.hidden, n_out))
-        nn.init.zeros_(self.mlp[-1].weight)
-        nn.init.zeros_(self.mlp[-1].bias)
+        self.mlps = nn.ModuleList(nn.Sequential(nn.Linear(self.map_shape[0] * self.n_points + n_out, self.hidden),
+                                                nn.ReLU(inplace=True), nn.Linear(self.hidden, n_out))
+                                  for _ in range(int(stages)))
+        for mlp in self.mlps:
+            nn.init.zeros_(mlp[-1].weight)
+            nn.init.zeros_(mlp[-1].bias)
+        self.register_load_state_dict_pre_hook(_one_stage_keys)
 
-    def point_features(self, images: Tensor, points: Tensor, raw: Tensor | None = None) -> Tensor:
-        """The standardised map sampled at ``points``, flattened ``(B, L·C)``; ``raw``: the trunk's frozen blocks'
-        output for ``images`` (:meth:`~morphable.nets.encoders.DlibMapTrunk.raw`) when already computed."""
+    @property
+    def stages(self) -> int:
+        """The number of cascade stages (perceptrons)."""
+        return len(self.mlps)
+
+    def feature_map(self, images: Tensor, raw: Tensor | None = None) -> Tensor:
+        """The standardised map ``(B, C, h, w)`` every stage samples; ``raw``: the trunk's frozen blocks' output for
+        ``images`` (:meth:`~morphable.nets.encoders.DlibMapTrunk.raw`) when already computed."""
         raw = self.trunk.raw(images) if raw is None else raw
-        fmap = self.trunk.features(raw).reshape(-1, *self.map_shape)
-        return sample_points(fmap, points, self.size).flatten(1)
+        return self.trunk.features(raw).reshape(-1, *self.map_shape)
 
-    def forward(self, images: Tensor, points: Tensor, estimate: Tensor, raw: Tensor | None = None) -> Tensor:
-        """The correction; ``raw`` as in :meth:`point_features`."""
+    def correct(self, stage: int, fmap: Tensor, points: Tensor, estimate: Tensor) -> Tensor:
+        """Stage ``stage``'s (0-based) correction of ``estimate`` from :meth:`feature_map`'s ``fmap`` sampled at
+        ``points``."""
         if points.shape[1:] != (self.n_points, 2):
             raise ValueError(f"PointRefiner: expected points (B, {self.n_points}, 2), got {tuple(points.shape)}")
-        return self.mlp(torch.cat([self.point_features(images, points, raw), estimate], dim=1))
+        features = sample_points(fmap, points, self.size).flatten(1)
+        return self.mlps[stage](torch.cat([features, estimate], dim=1))
+
+    def forward(self, images: Tensor, points: Tensor, estimate: Tensor, raw: Tensor | None = None) -> Tensor:
+        """The first stage's correction; ``raw`` as in :meth:`feature_map`."""
+        return self.correct(0, self.feature_map(images, raw), points, estimate)
+
+
+def _one_stage_keys(module: nn.Module, state: dict, prefix: str, *args) -> None:
+    """Load-state-dict pre-hook: a one-stage refiner's file names its perceptron ``mlp.`` (stop 32's files), the
+    first of :attr:`PointRefiner.mlps` now."""
+    old = prefix + "mlp."
+    for key in [k for k in state if k.startswith(old)]:
+        state[prefix + "mlps.0." + key[len(old):]] = state.pop(key)

@@ -33,11 +33,11 @@ SHIPPED: dict[str, tuple[str, str]] = {
     # busy cores); ringnet-ict (the default): the small trunk, the second command there
     "ringnet-ict-dlib": ("ringnet-ict-dlib.pt", "3c3ef0b60a4292f27c00e0726fbb59b2b00a4281698893b6904192f729bd9165"),
     "ringnet-ict": ("ringnet-ict.pt", "f7e2863f8c630bc41f2babe3e4c7ef78eb2063bd63d03011554a5237f2484b7d"),
-    # coarse-sfm: CoarseNet on dlib's trunk with a refining stage, `morphable train coarse -o RUN
-    # --set data.variant.size=150 --set model.trunk=dlib --set model.hidden=128 --set model.tune=9
-    # --set model.refine_blocks=1 --set train.threads=2 --set train.steps=9000` (38 min on 2 cores, + 77 s of data
-    # from nothing), docs/coarse.md
-    "coarse-sfm": ("coarse-sfm.pt", "2f809729dfbe7671a755230044ac632bb4de16676eac1c6c654881ad326a5b66"),
+    # coarse-sfm: CoarseNet on dlib's trunk with a refining stage on its own two tuned blocks, `morphable train
+    # coarse -o RUN --set data.variant.size=150 --set model.trunk=dlib --set model.hidden=128 --set model.tune=9
+    # --set model.refine_blocks=3 --set model.refine_tune=2 --set train.threads=2 --set train.steps=7000` (48 min on
+    # 2 cores, + 77 s of data from nothing), docs/coarse.md
+    "coarse-sfm": ("coarse-sfm.pt", "f628469dec400e7c0f34d8d4ca593ae413238ee13073ba2a24691328966b1ce3"),
     # sir-ict: the command in docs/sir.md (morphable train sir, 1800 steps, ~10 min on 2 busy cores)
     "sir-ict": ("sir-ict.pt", "6326b306a389dcf2e0ffc27f217110abbcb1f7a59d72eddd00828db4ef5cb4a5"),
 }
@@ -93,31 +93,60 @@ def load_weights(name_or_path: str | PathLike) -> dict:
     return data
 
 
+Selector = Callable[[str, torch.Tensor], bool]
+"""``(state name, tensor) -> bool``: whether :func:`save_net` stores an entry in a smaller type."""
+
+
+def quantize_rows(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Symmetric int8 quantisation with one scale per row (per output unit of a linear layer's ``(out, in)``
+    weight): ``q = round(w / a)`` in [−127, 127] with ``a = max |w_row| / 127``; ``w ≈ a q``, off by at most
+    ``a / 2`` per entry. Returns ``q`` ``(out, in)`` int8 and ``a`` ``(out,)`` float32."""
+    scale = (weight.detach().abs().amax(1).float() / 127).clamp_min(torch.finfo(torch.float32).tiny)
+    return (weight.detach().float() / scale[:, None]).round().clamp(-127, 127).to(torch.int8), scale
+
+
+def dequantize_rows(q: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """Inverse of :func:`quantize_rows`: ``a q`` ``(out, in)`` float32."""
+    return q.float() * scale.float()[:, None]
+
+
 def save_net(net: nn.Module, path: str | PathLike, format: str, version: int, header: dict,
-             meta: dict | None = None, *, half: Callable[[str, torch.Tensor], bool] | None = None,
+             meta: dict | None = None, *, half: Selector | None = None, int8: Selector | None = None,
              skip: tuple[str, ...] = ()) -> None:
     """Write a network's file atomically, ``torch.load(weights_only=True)``-safe.
 
     Args:
         format, version: what :func:`load_net` will require; header: the entries that rebuild the module
             (sizes, layouts); meta: provenance (the command, the resolved config, metrics).
-        half: which state entries to store as float16 (``(name, tensor) -> bool``; package data stays small);
-            the rest is stored as float32.
+        half: which state entries to store as float16 (package data stays small); the rest is stored as float32.
+        int8: which 2-D entries to store as int8 with a scale per row instead (:func:`quantize_rows`; the
+            scales go in the file's ``scales`` entry), before ``half`` is asked.
         skip: state-dict prefixes not written (e.g. a frozen trunk whose weights ship on their own).
     """
-    state = {k: (v.half() if half is not None and half(k, v) else v.float()).contiguous()
-             for k, v in net.state_dict().items() if not k.startswith(skip)}
+    state, scales = {}, {}
+    for k, v in net.state_dict().items():
+        if k.startswith(skip):
+            continue
+        if int8 is not None and v.dim() == 2 and int8(k, v):
+            state[k], scales[k] = quantize_rows(v)
+        else:
+            state[k] = (v.half() if half is not None and half(k, v) else v.float()).contiguous()
     data = {"format": format, "version": version, **header, "state": state, "meta": dict(meta or {})}
+    if scales:
+        data["scales"] = scales
     with atomic_write(path) as f:
         torch.save(data, f)
 
 
-def round_to_stored(net: nn.Module, half: Callable[[str, torch.Tensor], bool]) -> None:
-    """Round the state entries ``half`` selects (what :func:`save_net` stores as float16) to float16 in place, so
-    the network computes what its saved file will (training records its final metrics after this)."""
+def round_to_stored(net: nn.Module, half: Selector, int8: Selector | None = None) -> None:
+    """Round the state entries to what :func:`save_net` stores (``int8``'s selection quantised per row, ``half``'s
+    to float16) in place, so the network computes what its saved file will (training records its final metrics
+    after this)."""
     with torch.no_grad():
         for name, value in net.state_dict().items():
-            if half(name, value):
+            if int8 is not None and value.dim() == 2 and int8(name, value):
+                value.copy_(dequantize_rows(*quantize_rows(value)).to(value.dtype))
+            elif half(name, value):
                 value.copy_(value.half().to(value.dtype))
 
 
@@ -137,8 +166,10 @@ def load_net(name_or_path: str | PathLike, format: str, version: int, label: str
         raise ModelFileError(str(name_or_path), f"not a {label} file (format {data.get('format')!r}, "
                              f"version {data.get('version')!r})")
     try:
+        scales = data.get("scales", {})
         net = build(data)
-        missing, unexpected = net.load_state_dict({k: v.float() for k, v in data["state"].items()}, strict=False)
+        missing, unexpected = net.load_state_dict({k: dequantize_rows(v, scales[k]) if k in scales else v.float()
+                                                   for k, v in data["state"].items()}, strict=False)
         missing = [k for k in missing if not k.startswith(skipped)] if skipped else missing
         if missing or unexpected:
             raise ValueError(f"missing {missing}, unexpected {unexpected}")

@@ -247,10 +247,10 @@ def test_refining_stage_starts_as_the_first_and_is_saved_and_loaded(tmp_path, sf
     full = sfm(identity=p.identity, expression=p.expression).vertices
     want = p.camera.project(sfm.landmarks(full))[:, sfm.landmark_mask]
     torch.testing.assert_close(net.project_landmarks(y), want, rtol=0, atol=1e-4)
-    torch.nn.init.normal_(net.refiner.mlp[-1].weight, std=0.1, generator=g)
+    torch.nn.init.normal_(net.refiner.mlps[0][-1].weight, std=0.1, generator=g)
     net.stages(x)[1].square().sum().backward()  # the refined output's gradient stops at the first estimate
     assert all(w.grad is None for w in net.trunk.tuned.weight) and net.head[0].weight.grad is None
-    assert net.refiner.mlp[0].weight.grad.abs().sum() > 0
+    assert net.refiner.mlps[0][0].weight.grad.abs().sum() > 0
     net.eval()
     round_to_stored(net)
     save_coarse(net, tmp_path / "r.pt")
@@ -266,7 +266,7 @@ def test_refining_stage_starts_as_the_first_and_is_saved_and_loaded(tmp_path, sf
     same = CoarseNet("sfm", layout, 64, trunk="dlib", hidden=16, blocks=4, tune=2, net=dlib, refine_blocks=3,
                      refine_tune=1, refine_hidden=8, refine_points=n_points)
     same.set_landmarks(sfm)
-    torch.nn.init.normal_(same.refiner.mlp[-1].weight, std=0.1, generator=g)
+    torch.nn.init.normal_(same.refiner.mlps[0][-1].weight, std=0.1, generator=g)
     with torch.no_grad():
         first, refined = same.stages(x)
         points = same.project_landmarks(same.mean + same.std * first)
@@ -276,3 +276,91 @@ def test_refining_stage_starts_as_the_first_and_is_saved_and_loaded(tmp_path, sf
     wrong = CoarseNet("sfm", layout, 64, trunk="dlib", blocks=4, tune=2, net=dlib, refine_blocks=2, refine_points=68)
     with pytest.raises(ValueError, match="reads 68 landmarks"):
         wrong.set_landmarks(sfm)
+
+
+def test_refining_cascade_stages_and_stop_32_files(tmp_path, sfm):
+    """``refine_stages=2``: the third output is the second corrected by the second perceptron, sampled where the
+    second estimate puts the landmarks; its loss trains that perceptron alone. The file records the stages and
+    reloads to the same outputs; a one-stage file from stop 32 (perceptron ``refiner.mlp.``, no
+    ``refine_stages``) loads as a one-stage refiner."""
+    from morphable.identity import DlibFaceNet
+
+    layout = coarse_layout(sfm.n_identity, sfm.n_expression, 3)
+    n_points = int(sfm.landmark_mask.sum())
+    g = torch.Generator().manual_seed(5)
+    net = CoarseNet("sfm", layout, 64, trunk="dlib", hidden=16, blocks=4, tune=2, net=DlibFaceNet(), refine_blocks=2,
+                    refine_hidden=8, refine_points=n_points, refine_stages=2)
+    net.set_landmarks(sfm)
+    net.mean[layout.slice("log_scale")] = float(np.log(2.0 * 100 / 64))
+    net.mean[layout.slice("translation")] = 0.5
+    for mlp in net.refiner.mlps:
+        torch.nn.init.normal_(mlp[-1].weight, std=0.1, generator=g)
+    x = torch.rand(2, 64, 64, 3, generator=g)
+    outputs = net.stages(x)
+    assert len(outputs) == 3
+    with torch.no_grad():
+        second = outputs[1].detach()
+        fmap = net.refiner.feature_map(x)
+        want = second + net.refiner.correct(1, fmap, net.project_landmarks(net.mean + net.std * second), second)
+    torch.testing.assert_close(outputs[2].detach(), want, rtol=0, atol=1e-6)
+    outputs[2].square().sum().backward()
+    assert net.refiner.mlps[1][0].weight.grad.abs().sum() > 0
+    assert net.refiner.mlps[0][0].weight.grad is None and net.head[0].weight.grad is None
+    net.eval()
+    round_to_stored(net)
+    save_coarse(net, tmp_path / "two.pt")
+    back = load_coarse(tmp_path / "two.pt", precision="float32")
+    assert back.refiner.stages == 2
+    with torch.no_grad():
+        torch.testing.assert_close(back(x), net(x), rtol=0, atol=0)
+    one = CoarseNet("sfm", layout, 64, trunk="dlib", hidden=16, blocks=4, tune=2, net=net.trunk.net, refine_blocks=2,
+                    refine_hidden=8, refine_points=n_points)
+    one.set_landmarks(sfm)
+    torch.nn.init.normal_(one.refiner.mlps[0][-1].weight, std=0.1, generator=g)
+    one.eval()
+    round_to_stored(one)
+    save_coarse(one, tmp_path / "one.pt")
+    data = torch.load(tmp_path / "one.pt", weights_only=True)
+    del data["refine_stages"]
+    data["state"] = {k.replace("refiner.mlps.0.", "refiner.mlp."): v for k, v in data["state"].items()}
+    torch.save(data, tmp_path / "stop32.pt")
+    old = load_coarse(tmp_path / "stop32.pt", precision="float32")
+    assert old.refiner.stages == 1
+    with torch.no_grad():
+        torch.testing.assert_close(old(x), one(x), rtol=0, atol=0)
+
+
+def test_large_linear_weights_are_stored_as_int8_per_row(tmp_path):
+    """Linear weights of at least INT8_MIN_SIZE entries are written as int8 with a scale per row: each entry is
+    off by at most half its row's step (max |row| / 127), the rounded network is what the file computes, and its
+    output moves by a small fraction of the output's spread."""
+    from morphable.nets.coarse import INT8_MIN_SIZE
+    from morphable.nets.weights import dequantize_rows, quantize_rows
+
+    g = torch.Generator().manual_seed(2)
+    w = torch.randn(6, 50, generator=g) * torch.tensor([1e-3, 0.1, 1.0, 10.0, 0.0, 3.0])[:, None]
+    q, a = quantize_rows(w)
+    assert q.dtype == torch.int8 and int(q.abs().max()) <= 127 and a.shape == (6,)
+    steps = w.abs().amax(1) / 127
+    assert ((dequantize_rows(q, a) - w).abs() <= steps[:, None] / 2 + 1e-7 * w.abs()).all()
+    assert torch.equal(q[4], torch.zeros(50, dtype=torch.int8))  # a zero row stays zero
+    assert (q.abs().amax(1)[[0, 1, 2, 3, 5]] == 127).all()  # each row uses the whole range
+
+    layout = coarse_layout(5, 2, 3)
+    net = CoarseNet("sfm", layout, 96)  # the small trunk's head reads 3 × 3 × 256: 256 × 2304 weights
+    assert net.head[0].weight.numel() >= INT8_MIN_SIZE > net.head[-1].weight.numel()
+    torch.nn.init.normal_(net.head[-1].weight, std=0.1, generator=g)
+    net.eval()
+    x = torch.rand(4, 96, 96, 3, generator=g)
+    with torch.no_grad():
+        before = net(x)
+    round_to_stored(net)
+    save_coarse(net, tmp_path / "q.pt")
+    data = torch.load(tmp_path / "q.pt", weights_only=True)
+    assert data["state"]["head.0.weight"].dtype == torch.int8 and data["scales"]["head.0.weight"].shape == (256,)
+    assert data["state"]["head.2.weight"].dtype == torch.float16 and "head.2.weight" not in data["scales"]
+    back = load_coarse(tmp_path / "q.pt")
+    with torch.no_grad():
+        after = back(x)
+        torch.testing.assert_close(after, net(x), rtol=0, atol=0)
+    assert 0 < float((after - before).abs().max()) < 0.02 * float(before.std())
