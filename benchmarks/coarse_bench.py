@@ -31,7 +31,7 @@ again on the same chips with an occluder each (a rectangle of 20–50 % of the s
 another chip's background: the distribution ``data.occlusion`` trains with), adding
 ``coarse_occluded_err_mm= photometric_occluded_err_mm=`` to the last line. ``--decompose`` prints CoarseNet's
 error with its identity or its expression replaced by the truth, and with the training mean identity. A network
-with a refining stage (``model.refine_blocks``) also prints its first stage's error.
+with a refiner (``model.refine_blocks``) also prints the error after each stage before the last.
 
 Last line: ``RESULT n= coarse_ms= coarse_err_mm= photometric_err_mm= ratio_err= photometric_s= speedup=
 mean_face_err_mm= precision=``.
@@ -257,9 +257,11 @@ def main() -> None:
     photo_err = np.array(photo_err)
     if net.refiner is not None:
         with torch.no_grad():
-            first = torch.cat([net.mean + net.std * net.stages(chips[i:i + 64])[0] for i in range(0, n, 64)])
-        first_err = float(aligned_error(coarse_vertices(model, net, first), truth).mean())
-        print(f"first stage alone (before the refiner): {first_err:.3f} mm")
+            outputs = [net.stage_outputs(chips[i:i + 64]) for i in range(0, n, 64)]
+        for k in range(net.refiner.stages):
+            err = float(aligned_error(coarse_vertices(model, net, torch.cat([o[k] for o in outputs])), truth).mean())
+            print(f"after stage {k + 1} of {1 + net.refiner.stages}"
+                  f"{' (the first, before the refiner)' if k == 0 else ''}: {err:.3f} mm")
     if args.detected:
         detected_fit(model, chips, truth, coarse_err)
     if args.landmark_sweep:

@@ -119,7 +119,9 @@ def test_tiny_refining_run_from_a_trained_first_stage(stand_in_photos):
     """``model.refine_blocks`` with ``model.init`` and ``model.freeze_first``: a tiny dlib-trunk run's export starts a
     refining run. Its first stage stays exactly the export's, the refiner alone trains, and on the training set
     the refined output's geometry loss ends below the first stage's; the export keeps both stages and reproduces
-    the run's validation, which reports both. An init file whose first stage differs is refused in one line."""
+    the run's validation, which reports both. The export starts a two-stage cascade (its stages kept, the new one
+    starting as the identity), which cannot go back into a one-stage run. An init file whose first stage or
+    refiner differs is refused in one line."""
     tmp = stand_in_photos
     torch.manual_seed(0)
     dlib = _overrides(tmp / "cache") + ["data.variant.size=64", "model.trunk=dlib", "model.blocks=4", "model.tune=2",
@@ -157,6 +159,25 @@ def test_tiny_refining_run_from_a_trained_first_stage(stand_in_photos):
     other = dlib + [f"model.init={tmp / 'refined' / 'coarse-sfm.pt'}", "model.refine_blocks=2"]
     with pytest.raises(ValueError, match="model.init .*its refiner differs"):
         recipe_module.CoarseRecipe(load_config(recipe_module.CoarseConfig, None, other), tmp)
+    # the one-stage refiner starts a two-stage cascade: its stages as they were, the new one as the identity; its
+    # own validation reports every stage
+    cascade = refine + [f"model.init={tmp / 'refined' / 'coarse-sfm.pt'}", "model.refine_stages=2"]
+    cascaded = recipe_module.CoarseRecipe(load_config(recipe_module.CoarseConfig, None, cascade), tmp)
+    metrics = cascaded.validate(0)
+    assert metrics["stage2_vertex_err_mm"] == pytest.approx(after["vertex_err_mm"], rel=1e-5)
+    assert metrics["vertex_err_mm"] == pytest.approx(after["vertex_err_mm"], rel=1e-5)
+    assert metrics["first_vertex_err_mm"] == pytest.approx(after["first_vertex_err_mm"], rel=1e-5)
+    fewer = dlib + [f"model.init={_saved(cascaded, tmp)}", "model.refine_blocks=1", "model.refine_hidden=32"]
+    with pytest.raises(ValueError, match="model.init .*its refiner differs"):  # 2 stages into a 1-stage run
+        recipe_module.CoarseRecipe(load_config(recipe_module.CoarseConfig, None, fewer), tmp)
+
+
+def _saved(recipe, tmp) -> str:
+    """``recipe``'s network written to a file (as the run's export would be)."""
+    from morphable.nets.coarse import save_coarse
+
+    save_coarse(recipe.net, tmp / "cascaded.pt")
+    return str(tmp / "cascaded.pt")
 
 
 def test_bad_settings_are_config_errors():

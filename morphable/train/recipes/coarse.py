@@ -66,7 +66,8 @@ class ModelSection:
     the map after ``blocks`` residual blocks, the last ``tune`` fine-tuned); hidden: the hidden layer's width.
     refine_blocks: > 0 adds the second, refining stage (dlib trunk only; :class:`~morphable.nets.heads.PointRefiner`:
     dlib's map after this many blocks, the last ``refine_tune`` fine-tuned, sampled at the first estimate's
-    projected landmarks, into a ``refine_hidden``-wide perceptron); init: a CoarseNet file (or shipped name)
+    projected landmarks, into a ``refine_hidden``-wide perceptron; ``refine_stages`` such perceptrons in cascade,
+    each sampling the map where the previous estimate puts the landmarks); init: a CoarseNet file (or shipped name)
     whose weights start the run (a refining run from a trained one-stage network: its first stage, the refiner
     starting as the identity); freeze_first: the first stage does not train (only the refiner does)."""
 
@@ -80,6 +81,7 @@ class ModelSection:
     refine_blocks: int = 0
     refine_tune: int = 0
     refine_hidden: int = 256
+    refine_stages: int = 1
     init: str = ""
     freeze_first: bool = False
 
@@ -88,8 +90,9 @@ class ModelSection:
             raise ValueError(f"head must be one of {', '.join(HEADS)}, got {self.head!r}")
         if self.trunk not in TRUNKS:
             raise ValueError(f"trunk must be one of {', '.join(TRUNKS)}, got {self.trunk!r}")
-        if self.hidden < 1 or self.refine_hidden < 1:
-            raise ValueError(f"hidden and refine_hidden must be >= 1, got {self.hidden}, {self.refine_hidden}")
+        if self.hidden < 1 or self.refine_hidden < 1 or self.refine_stages < 1:
+            raise ValueError(f"hidden, refine_hidden and refine_stages must be >= 1, got {self.hidden}, "
+                             f"{self.refine_hidden}, {self.refine_stages}")
         if self.refine_blocks and self.trunk != "dlib":
             raise ValueError("refine_blocks needs trunk 'dlib'")
         if self.freeze_first and not self.refine_blocks:
@@ -186,6 +189,12 @@ class CoarseConfig:
     train: TrainConfig = TrainConfig(steps=4000, log_every=25, val_every=500, checkpoint_every=250, image_every=1000)
 
 
+def stage_prefix(k: int, n: int) -> str:
+    """The prefix of stage ``k``'s (0-based) loss terms and metrics among ``n``: none for the last (the network's
+    output), ``first_`` for a refining network's first stage, ``stage<k + 1>_`` for a middle one."""
+    return "" if k == n - 1 else "first_" if k == 0 else f"stage{k + 1}_"
+
+
 def split_photos(photos: tuple[str, ...], every: int, limit: int = 0) -> tuple[list[str], list[str]]:
     """(training, validation) photos: every ``every``-th photo (indices ``every − 1``, ``2 every − 1``, …) is a
     validation photo; ``limit`` > 0 keeps the first ``limit`` photos (tests, quick runs)."""
@@ -223,7 +232,8 @@ class CoarseRecipe(Recipe):
         mc = cfg.model
         self.net = CoarseNet(mc.name, self.layout, self.size, mc.head, mc.trunk, mc.hidden, mc.blocks, mc.tune,
                              refine_blocks=mc.refine_blocks, refine_tune=mc.refine_tune,
-                             refine_hidden=mc.refine_hidden, refine_points=int(m.landmark_mask.sum()))
+                             refine_hidden=mc.refine_hidden, refine_points=int(m.landmark_mask.sum()),
+                             refine_stages=mc.refine_stages)
         if self.net.refiner is not None:
             self.net.set_landmarks(m)
         if mc.init:
@@ -243,7 +253,8 @@ class CoarseRecipe(Recipe):
 
     def _initialise(self, name_or_path: str) -> bool:
         """Start from a CoarseNet file's weights: the same first stage (trunk, widths, layout, chip side), its
-        refiner too where it has one (then True).
+        refiner too where it has one (then True; the same map and widths, and no more stages than this run's:
+        the stages it lacks start as the identity).
 
         Raises:
             ValueError: the file's network differs from this run's."""
@@ -256,16 +267,24 @@ class CoarseRecipe(Recipe):
         if not same:
             raise ValueError(f"model.init {name_or_path}: its first stage differs from this run's model settings")
         state = {k: v for k, v in theirs.state_dict().items() if not k.startswith(FROZEN)}
-        # a one-stage file starts a refining run's first stage; its refiner starts as the identity
-        allowed = FROZEN if theirs.refiner is not None else FROZEN + ("refiner.", "landmark_")
+        # a one-stage file starts a refining run's first stage, its refiner starting as the identity; a refiner
+        # with fewer stages starts the first ones, the others starting as the identity
+        if theirs.refiner is None:
+            allowed = FROZEN + ("refiner.", "landmark_")
+        else:
+            more = range(theirs.refiner.stages, mine.refiner.stages if mine.refiner is not None else 0)
+            allowed = FROZEN + tuple(f"refiner.mlps.{k}." for k in more)
         differs = ValueError(f"model.init {name_or_path}: its refiner differs from this run's model settings")
         try:
             missing, unexpected = mine.load_state_dict(state, strict=False)
         except RuntimeError:  # a tensor of another shape
             raise differs from None
-        if (unexpected or any(not k.startswith(allowed) for k in missing)
-                or (theirs.refiner is not None and refine_header(theirs) != refine_header(mine))):
+        if unexpected or any(not k.startswith(allowed) for k in missing):
             raise differs
+        if theirs.refiner is not None:
+            header = {**refine_header(theirs), "refine_stages": mine.refiner.stages if mine.refiner else 0}
+            if header != refine_header(mine):
+                raise differs
         return theirs.refiner is not None
 
     def _standardise_features(self, trunk: DlibMapTrunk, n: int = 1024) -> None:
@@ -342,30 +361,33 @@ class CoarseRecipe(Recipe):
                          albedo_coefficients=data["albedo_coefficients"][photo], light=batch["light"])
         return (out["images"] * 255).round() / 255, targets
 
-    def terms(self, images: Tensor, targets: Tensor) -> tuple[dict[str, Tensor], Tensor, object]:
-        """Loss terms for chips ``(B, S, S, 3)`` and their flat targets, the flat prediction and its render."""
+    def terms(self, images: Tensor, targets: Tensor) -> tuple[dict[str, Tensor], list[Tensor], object]:
+        """Loss terms for chips ``(B, S, S, 3)`` and their flat targets, the flat prediction after each stage
+        (the last is the network's output) and the last one's render. The last stage's terms are unprefixed, the
+        first stage's of a refining network ``first_*``, a middle refining stage's ``stage<k>_*`` (k from 2)."""
         m, defined = self.face_model, self.face_model.landmark_mask
         target = (targets - self.net.mean) / self.net.std
         truth = decode(self.layout, self.size, targets)
         true_full = m(identity=truth.identity, expression=truth.expression).vertices
         true_landmarks = truth.camera.project(m.landmarks(true_full))[:, defined]
         terms: dict[str, Tensor] = {}
-        stages = self.net.stages(images)
-        for k, raw in enumerate(stages):  # the last stage's terms unprefixed, a first stage's as first_*
+        stages, ys = self.net.stages(images), []
+        for k, raw in enumerate(stages):
             sq = (raw - target) ** 2
             blocks = {name: sq[:, self.layout.slice(name)].mean() for name in self.layout.names}
             y = self.net.mean + self.net.std * raw
+            ys.append(y)
             p = decode(self.layout, self.size, y)
             full = m(identity=p.identity, expression=p.expression).vertices
             shape = (full - true_full).norm(dim=-1).mean()
             landmarks = (p.camera.project(m.landmarks(full))[:, defined] - true_landmarks).norm(dim=-1).mean()
-            prefix = "first_" if k < len(stages) - 1 else ""
+            prefix = stage_prefix(k, len(stages))
             terms.update({f"{prefix}param": sum(blocks.values()), f"{prefix}shape_mm": shape,
                           f"{prefix}landmarks_px": landmarks, **{f"{prefix}param_{n}": v for n, v in blocks.items()}})
         albedo = self.basis.to(y) @ p.albedo_coefficients  # (B, V_r, 3), the last stage's
         rend = self.renderer(full[:, self.region], p.camera, colors=albedo, sh=p.light, background=images)
         terms["photometric"] = photometric_loss(rend.image, images, (rend.alpha > 0).to(images.dtype))
-        return terms, y, rend
+        return terms, ys, rend
 
     def loss(self, batch: dict[str, Tensor], step: int) -> dict[str, Tensor]:
         w = self.config.loss
@@ -373,9 +395,11 @@ class CoarseRecipe(Recipe):
         ramp = min(1.0, max(0.0, (step - w.photometric_start) / max(w.photometric_ramp, 1)))
         loss = (w.param * terms["param"] + ramp * w.photometric * terms["photometric"]
                 + w.shape * terms["shape_mm"] + w.landmarks * terms["landmarks_px"])
-        if "first_param" in terms and not self.config.model.freeze_first:  # a first stage training with a refiner
-            loss = loss + (w.param * terms["first_param"] + w.shape * terms["first_shape_mm"]
-                           + w.landmarks * terms["first_landmarks_px"])
+        n = 1 + self.net.refiner.stages if self.net.refiner is not None else 1
+        for k in range(1 if self.config.model.freeze_first else 0, n - 1):  # the earlier stages, each on its own
+            prefix = stage_prefix(k, n)
+            loss = loss + (w.param * terms[f"{prefix}param"] + w.shape * terms[f"{prefix}shape_mm"]
+                           + w.landmarks * terms[f"{prefix}landmarks_px"])
         return {"loss": loss, **terms}
 
     # ----------------------------------------------------------------------------------- validation
@@ -386,18 +410,15 @@ class CoarseRecipe(Recipe):
 
     def validate(self, step: int) -> dict[str, float]:
         """Held-out validation photos' chips: the loss terms, the vertex error (mm, after a similarity
-        alignment) and the error of the mean face for scale, yaw error (degrees)."""
+        alignment; an earlier stage's prefixed as in :meth:`terms`) and the error of the mean face for scale, yaw
+        error (degrees)."""
         data = self.val_set
         with torch.no_grad(), evaluating(self.net):
-            terms, y, _ = self.terms(data["images"].float() / 255, data["targets"])
-            err = aligned_error(self.predicted_vertices(y), self.val_truth)
-            yaw = (y[:, self.layout.slice("rotation")][:, 0] - data["ypr"][:, 0]).abs().rad2deg()
-            first = {}
-            if self.net.refiner is not None:
-                y1 = self.net.mean + self.net.std * self.net.stages(data["images"].float() / 255)[0]
-                first_err = aligned_error(self.predicted_vertices(y1), self.val_truth)
-                first = {"first_vertex_err_mm": float(first_err.mean())}
-        return {**{k: float(v) for k, v in terms.items()}, "vertex_err_mm": float(err.mean()), **first,
+            terms, ys, _ = self.terms(data["images"].float() / 255, data["targets"])
+            errors = {f"{stage_prefix(k, len(ys))}vertex_err_mm":
+                      float(aligned_error(self.predicted_vertices(y), self.val_truth).mean()) for k, y in enumerate(ys)}
+            yaw = (ys[-1][:, self.layout.slice("rotation")][:, 0] - data["ypr"][:, 0]).abs().rad2deg()
+        return {**{k: float(v) for k, v in terms.items()}, **errors,
                 "mean_face_err_mm": self.mean_face_err_mm, "yaw_err_deg": float(yaw.mean())}
 
     def image_grid(self, batch: dict[str, Tensor], step: int) -> Tensor | None:
