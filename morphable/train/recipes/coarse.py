@@ -69,7 +69,8 @@ class ModelSection:
     projected landmarks, into a ``refine_hidden``-wide perceptron; ``refine_stages`` such perceptrons in cascade,
     each sampling the map where the previous estimate puts the landmarks); init: a CoarseNet file (or shipped name)
     whose weights start the run (a refining run from a trained one-stage network: its first stage, the refiner
-    starting as the identity); freeze_first: the first stage does not train (only the refiner does)."""
+    starting as the identity; or from a refiner with fewer stages, the new ones starting as the identity);
+    freeze_first: the first stage does not train (only the refiner does)."""
 
     name: str = "sfm"
     albedo_modes: int = ALBEDO_MODES
