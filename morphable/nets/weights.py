@@ -110,6 +110,20 @@ def dequantize_rows(q: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     return q.float() * scale.float()[:, None]
 
 
+def stored_entry(name: str, value: torch.Tensor, half: Selector | None,
+                 int8: Selector | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """What :func:`save_net` writes for one state entry: ``(q, scale)`` for a 2-D entry ``int8`` selects
+    (:func:`quantize_rows`), else ``(value as float16 where half selects it, float32 otherwise, None)``."""
+    if int8 is not None and value.dim() == 2 and int8(name, value):
+        return quantize_rows(value)
+    return (value.half() if half is not None and half(name, value) else value.float()).contiguous(), None
+
+
+def restored_entry(stored: torch.Tensor, scale: torch.Tensor | None = None) -> torch.Tensor:
+    """The float32 value :func:`load_net` gives an entry :func:`stored_entry` wrote."""
+    return stored.float() if scale is None else dequantize_rows(stored, scale)
+
+
 def save_net(net: nn.Module, path: str | PathLike, format: str, version: int, header: dict,
              meta: dict | None = None, *, half: Selector | None = None, int8: Selector | None = None,
              skip: tuple[str, ...] = ()) -> None:
@@ -125,12 +139,10 @@ def save_net(net: nn.Module, path: str | PathLike, format: str, version: int, he
     """
     state, scales = {}, {}
     for k, v in net.state_dict().items():
-        if k.startswith(skip):
-            continue
-        if int8 is not None and v.dim() == 2 and int8(k, v):
-            state[k], scales[k] = quantize_rows(v)
-        else:
-            state[k] = (v.half() if half is not None and half(k, v) else v.float()).contiguous()
+        if not k.startswith(skip):
+            state[k], scale = stored_entry(k, v, half, int8)
+            if scale is not None:
+                scales[k] = scale
     data = {"format": format, "version": version, **header, "state": state, "meta": dict(meta or {})}
     if scales:
         data["scales"] = scales
@@ -144,10 +156,7 @@ def round_to_stored(net: nn.Module, half: Selector, int8: Selector | None = None
     after this)."""
     with torch.no_grad():
         for name, value in net.state_dict().items():
-            if int8 is not None and value.dim() == 2 and int8(name, value):
-                value.copy_(dequantize_rows(*quantize_rows(value)).to(value.dtype))
-            elif half(name, value):
-                value.copy_(value.half().to(value.dtype))
+            value.copy_(restored_entry(*stored_entry(name, value, half, int8)).to(value.dtype))
 
 
 def load_net(name_or_path: str | PathLike, format: str, version: int, label: str,
@@ -168,7 +177,7 @@ def load_net(name_or_path: str | PathLike, format: str, version: int, label: str
     try:
         scales = data.get("scales", {})
         net = build(data)
-        missing, unexpected = net.load_state_dict({k: dequantize_rows(v, scales[k]) if k in scales else v.float()
+        missing, unexpected = net.load_state_dict({k: restored_entry(v, scales.get(k))
                                                    for k, v in data["state"].items()}, strict=False)
         missing = [k for k in missing if not k.startswith(skipped)] if skipped else missing
         if missing or unexpected:

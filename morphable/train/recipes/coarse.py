@@ -14,8 +14,9 @@ inverse-rendered chips (:mod:`morphable.train.inverse_rendered`) with
   geometric: see :class:`LossSection`.
 
 With a refining second stage (``model.refine_blocks``, :class:`~morphable.nets.heads.PointRefiner`), the refined
-output gets all four terms and the first stage its own parameter, shape and landmark terms (one render per step,
-of the refined output); the refiner never moves the first stage (it reads its estimate without the gradient).
+output gets all four terms and the first stage (and each middle stage, with ``model.refine_stages`` > 1) its own
+parameter, shape and landmark terms (one render per step, of the last output); a stage never moves the ones before
+it (it reads their estimate without the gradient).
 ``model.init`` with ``model.freeze_first`` trains a refiner alone on a trained network.
 
 Data: the training variants come from :data:`~morphable.train.inverse_rendered.TRAIN_PHOTOS` except every
@@ -237,15 +238,14 @@ class CoarseRecipe(Recipe):
                              refine_stages=mc.refine_stages)
         if self.net.refiner is not None:
             self.net.set_landmarks(m)
-        if mc.init:
-            refiner_loaded = self._initialise(mc.init)
-        else:
+        refiner_loaded = self._initialise(mc.init) if mc.init else False
+        if not mc.init:
             if mc.trunk == "dlib":
                 self._standardise_features(self.net.trunk)
             targets = self.train_set["targets"]
             self.net.mean.copy_(targets.mean(0))
             self.net.std.copy_(targets.std(0).clamp_min(1e-3))
-        if self.net.refiner is not None and not (mc.init and refiner_loaded):
+        if self.net.refiner is not None and not refiner_loaded:
             self._standardise_features(self.net.refiner.trunk)
         if mc.freeze_first:
             for name, param in self.net.named_parameters():
