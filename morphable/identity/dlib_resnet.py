@@ -471,8 +471,10 @@ class DlibBlocks(nn.Module):
     kernels and biases initialised from its folded ones: activations (B, C, h, w) after block ``first`` →
     after block ``last`` (:func:`feature_map_shape`). Plain autograd convolutions (:class:`Layers`) while
     training; without gradients, on CPU in float32, the fused oneDNN ones (:class:`FusedLayers`) with the kernels
-    packed once per input shape (:class:`PackedKernels`; changed weights are packed again), computing in
-    ``forward``'s ``dtype`` (bfloat16: :func:`inference_dtype`) and returning float32."""
+    packed once per input shape (:class:`PackedKernels`; changed weights are packed again). Both compute in
+    ``forward``'s ``dtype`` (bfloat16: :func:`inference_dtype`; while training that is mixed precision, the
+    float32 parameters and their gradients cast at the convolutions as ``torch.autocast`` casts them) and return
+    the input's dtype."""
 
     def __init__(self, net: DlibFaceNet, first: int, last: int):
         super().__init__()
@@ -497,9 +499,15 @@ class DlibBlocks(nn.Module):
             return run_blocks(x.to(dtype), layers, self.first, self.last).float()
 
         specs = conv_specs()
+        # autograd convolutions in the input's dtype, or in bfloat16 (mixed-precision training: the float32
+        # parameters cast on the way in, their gradients cast back, as ``torch.autocast`` does for convolutions)
+        dtype = x.dtype if dtype == torch.float32 else dtype
+        weight = [w.to(dtype) for w in self.weight]
+        bias = [b.to(dtype) for b in self.bias]
 
         def conv(i: int, x: torch.Tensor) -> torch.Tensor:
             stride, padding = specs[i]
-            return F.conv2d(x, self.weight[i - offset], self.bias[i - offset], stride=stride, padding=padding)
+            return F.conv2d(x, weight[i - offset], bias[i - offset], stride=stride, padding=padding)
 
-        return run_blocks(x, Layers(conv), self.first, self.last)
+        x_in = x.to(dtype).contiguous(memory_format=torch.channels_last)  # channels-last: ~8 % faster on CPU
+        return run_blocks(x_in, Layers(conv), self.first, self.last).to(x.dtype)

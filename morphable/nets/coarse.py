@@ -306,8 +306,8 @@ class CoarseNet(nn.Module):
         return outputs
 
     def set_precision(self, precision: str) -> None:
-        """The dlib trunks' inference precision (:class:`~morphable.nets.encoders.DlibMapTrunk`; the small trunk
-        has none)."""
+        """The dlib trunks' precision, in inference and while training (:class:`~morphable.nets.encoders.DlibMapTrunk`;
+        the small trunk has none)."""
         inference_dtype(precision)
         trunks = [self.trunk] if self.trunk_name == "dlib" else []
         if self.refiner is not None:

@@ -85,10 +85,11 @@ class DlibMapTrunk(nn.Module):
     VGG-Faces); the others stay frozen, so training caches their output (:meth:`raw`) and runs only the
     tuned blocks (:meth:`features`).
 
-    ``precision`` (attribute; :data:`~morphable.identity.dlib_resnet.PRECISIONS`) sets the convolutions' dtype
-    when no gradient is needed: ``"float32"`` (the default, what training caches and validates with) or
-    ``"auto"`` (bfloat16 on CPUs that have it natively, :func:`~morphable.identity.dlib_resnet.inference_dtype`;
-    :func:`~morphable.nets.stn_localiser.load_localiser` and :func:`~morphable.nets.coarse.load_coarse` take it).
+    ``precision`` (attribute; :data:`~morphable.identity.dlib_resnet.PRECISIONS`) sets the convolutions' dtype:
+    ``"float32"`` (the default) or ``"auto"`` (bfloat16 on CPUs that have it natively,
+    :func:`~morphable.identity.dlib_resnet.inference_dtype`; :func:`~morphable.nets.stn_localiser.load_localiser`
+    and :func:`~morphable.nets.coarse.load_coarse` take it). The tuned blocks honour it while training too (mixed
+    precision, :class:`~morphable.identity.dlib_resnet.DlibBlocks`; the CoarseNet recipe's ``model.precision``).
     """
 
     def __init__(self, net: DlibFaceNet | None = None, blocks: int = DLIB_BLOCKS, tune: int = 0,

@@ -87,21 +87,26 @@ def test_tiny_run_lowers_the_loss_and_exports(stand_in_photos):
     assert recipe.val_set["images"].shape[0] == 4 and recipe.train_set["images"].shape[0] == 18
 
 
-def test_tiny_dlib_trunk_run_lowers_the_loss_and_exports(stand_in_photos):
+@pytest.mark.parametrize("precision", ["float32", "auto"])
+def test_tiny_dlib_trunk_run_lowers_the_loss_and_exports(stand_in_photos, precision):
     """``model.trunk=dlib`` (dlib's first 4 blocks on 64 px chips, the last 2 fine-tuned): the head's input is
     standardised over the training chips at the start (mean 0, standard deviation at least the median's), a
-    tiny run lowers the training-set loss, and its export reproduces the run's validation."""
+    tiny run lowers the training-set loss, and its export reproduces the run's validation; in float32 and with
+    ``model.precision=auto`` (mixed precision where the CPU has bfloat16 natively, float32 elsewhere)."""
     tmp = stand_in_photos
     torch.manual_seed(0)
     overrides = _overrides(tmp / "cache") + ["data.variant.size=64", "model.trunk=dlib", "model.blocks=4",
-                                             "model.tune=2", "model.hidden=32"]
+                                             "model.tune=2", "model.hidden=32", f"model.precision={precision}"]
     recipe = recipe_module.CoarseRecipe(load_config(recipe_module.CoarseConfig, None, overrides), tmp)
     data = recipe.train_set
+    assert recipe.net.trunk.precision == precision
+    recipe.net.set_precision("float32")  # the statistics are float32's whatever the run's precision
     with torch.no_grad():
         f = recipe.net.trunk(data["images"].float() / 255)
     assert float(f.mean(0).abs().max()) < 1e-3 and float(f.std(0).max()) <= 1 + 1e-3
+    recipe.net.set_precision(precision)
     before_loss = _training_set_loss(recipe)
-    run = tmp / "run"
+    run = tmp / f"run_{precision}"
     train("coarse", run, overrides=overrides, progress=False)
     net = load_coarse(run / "coarse-sfm.pt")
     assert (net.trunk_name, net.trunk.blocks, net.trunk.tune, net.size) == ("dlib", 4, 2, 64)
@@ -191,6 +196,10 @@ def test_bad_settings_are_config_errors():
         load_config(recipe_module.CoarseConfig, None, ["model.refine_blocks=1"])
     with pytest.raises(ConfigError, match="freeze_first"):
         load_config(recipe_module.CoarseConfig, None, ["model.trunk=dlib", "model.freeze_first=true"])
+    with pytest.raises(ConfigError, match="precision must be one of"):
+        load_config(recipe_module.CoarseConfig, None, ["model.trunk=dlib", "model.precision=half"])
+    with pytest.raises(ConfigError, match="precision other than float32 needs trunk 'dlib'"):
+        load_config(recipe_module.CoarseConfig, None, ["model.precision=auto"])
 
 
 def test_online_chips_match_their_targets(stand_in_photos):
