@@ -202,13 +202,17 @@ def test_bad_settings_are_config_errors():
         load_config(recipe_module.CoarseConfig, None, ["model.precision=auto"])
 
 
-def test_online_chips_match_their_targets(stand_in_photos):
+@pytest.mark.parametrize("albedo_mix", [0.0, 0.5])
+def test_online_chips_match_their_targets(stand_in_photos, albedo_mix):
     """Online chips (fresh faces over cached backgrounds) and their flat targets agree: the targets, decoded,
-    render the chip's face again; two steps draw different chips."""
+    render the chip's face again, with the targets' albedo coefficients in the smooth basis where the albedos are
+    blends (``data.albedo_mix``: about that share of the chips blend their photo's albedo with another's); two
+    steps draw different chips."""
     from morphable.nets.coarse import decode
 
     tmp = stand_in_photos
-    overrides = [o for o in _overrides(tmp / "cache") if o != "data.online=false"] + ["data.occlusion=0"]
+    overrides = [o for o in _overrides(tmp / "cache") if o != "data.online=false"] + ["data.occlusion=0",
+                                                                                      f"data.albedo_mix={albedo_mix}"]
     recipe = recipe_module.CoarseRecipe(load_config(recipe_module.CoarseConfig, None, overrides), tmp)
     g = torch.Generator().manual_seed(0)
     batch = recipe.batch(1, g)
@@ -218,8 +222,20 @@ def test_online_chips_match_their_targets(stand_in_photos):
     torch.testing.assert_close(p.identity, batch["identity"])
     data = recipe.train_set
     photo = data["photo"][batch["index"]]
+    albedo = data["albedo"][photo]
+    if albedo_mix:
+        w, other = batch["albedo_weight"], batch["albedo_other"]
+        mixed = (w > 0) & (other != photo)
+        assert mixed.any() and not (w > 0).all() and float(w.max()) <= 1
+        albedo = (1 - w[:, None, None]) * albedo + w[:, None, None] * data["albedo"][other]
+        # the targets' coefficients: the blended albedo's least-squares projection on the basis, not the photo's
+        fitted = torch.linalg.lstsq(recipe.basis.expand(len(albedo), -1, -1), albedo).solution
+        torch.testing.assert_close(p.albedo_coefficients, fitted.to(p.albedo_coefficients), rtol=1e-4, atol=1e-5)
+        assert float((p.albedo_coefficients - data["albedo_coefficients"][photo])[mixed].abs().max()) > 1e-3
+    else:
+        assert "albedo_weight" not in batch
     verts = recipe.face_model(identity=p.identity, expression=p.expression).vertices[:, recipe.region]
-    out = recipe.renderer(verts, p.camera, colors=data["albedo"][photo], sh=p.light)
+    out = recipe.renderer(verts, p.camera, colors=albedo, sh=p.light)
     inside = out.alpha >= 1
     assert inside.sum() > 8 * 1000
     assert float((out.image - images).abs().max(-1).values[inside].max()) < 2.5 / 255

@@ -149,11 +149,16 @@ class DataSection(PhotoSetSection):
     cannot learn the training photos' identities by their look and must read the shape); occlusion: the
     probability that a training chip gets an occluder, a rectangle of 20–50 % of the chip side near its
     centre filled with another chip's background (:func:`~morphable.train.inverse_rendered.draw_occluders`;
-    the seed's "data augmentation ... occlusion")."""
+    the seed's "data augmentation ... occlusion"); albedo_mix: online, the probability that a new face's albedo is
+    a blend of its photo's fitted albedo and a random training photo's, ``(1 − w) A_p + w A_q`` with ``w`` uniform
+    in [0, 1] (per-vertex albedos on one mesh blend feature by feature: new skin, brows and lips over the same
+    background, so that the network sees more textures than the training photos have; its target albedo is the
+    blend's)."""
 
     online: bool = True
     identity_from: str = "any"
     occlusion: float = 0.0
+    albedo_mix: float = 0.0
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -161,6 +166,10 @@ class DataSection(PhotoSetSection):
             raise ValueError(f"identity_from must be one of {', '.join(IDENTITY_FROM)}, got {self.identity_from!r}")
         if not 0 <= self.occlusion <= 1:
             raise ValueError(f"occlusion must be a probability in [0, 1], got {self.occlusion}")
+        if not 0 <= self.albedo_mix <= 1:
+            raise ValueError(f"albedo_mix must be a probability in [0, 1], got {self.albedo_mix}")
+        if self.albedo_mix > 0 and not self.online:
+            raise ValueError("albedo_mix blends online faces' albedos; it needs data.online=true")
 
 
 @dataclass(frozen=True)
@@ -326,8 +335,10 @@ class CoarseRecipe(Recipe):
     def batch(self, step: int, generator: torch.Generator) -> dict[str, Tensor]:
         """``index`` ``(loss.batch,)`` of training chips and, online, each one's new draws
         (:func:`~morphable.train.inverse_rendered.draw_variant`: ``ypr``, ``identity``, ``expression``, ``light``,
-        ``shift``; the identity about the fit of ``data.identity_from``'s photo) and, with ``data.occlusion``,
-        ``occluder_on`` / ``occluder_box`` (:func:`~morphable.train.inverse_rendered.draw_occluders`)."""
+        ``shift``; the identity about the fit of ``data.identity_from``'s photo), with ``data.occlusion``
+        ``occluder_on`` / ``occluder_box`` (:func:`~morphable.train.inverse_rendered.draw_occluders`), and with
+        ``data.albedo_mix`` ``albedo_other`` (a training photo per chip) and ``albedo_weight`` (its albedo's weight
+        ``w``, 0 where the chip keeps its own)."""
         data = self.train_set
         index = torch.randint(len(data["images"]), (self.config.loss.batch,), generator=generator)
         occluders = {}
@@ -343,8 +354,14 @@ class CoarseRecipe(Recipe):
         draws = [draw_variant(self.face_model, {"identity": data["fit_identity"][q], "light": data["fit_light"][p]},
                               generator, self.config.data.variant)
                  for p, q in zip(photos.tolist(), identity_of.tolist())]
-        return {"index": index, **occluders, **{k: torch.stack([d[k] for d in draws])
-                                                for k in ("ypr", "identity", "expression", "light", "shift")}}
+        mix = {}
+        if self.config.data.albedo_mix > 0:  # drawn last: runs without it draw what they always drew
+            B = len(index)
+            on = torch.rand(B, generator=generator) < self.config.data.albedo_mix
+            mix = {"albedo_other": torch.randint(len(data["albedo"]), (B,), generator=generator),
+                   "albedo_weight": torch.rand(B, generator=generator) * on}
+        return {"index": index, **occluders, **mix, **{k: torch.stack([d[k] for d in draws])
+                                                       for k in ("ypr", "identity", "expression", "light", "shift")}}
 
     def chips(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
         """The batch's chips ``(B, S, S, 3)`` in [0, 1] and flat targets ``(B, layout.size)``: cached, or
@@ -363,13 +380,18 @@ class CoarseRecipe(Recipe):
         if not self.config.data.online:
             return data["images"][index].float() / 255, data["targets"][index]
         photo = data["photo"][index]
+        albedo, coefficients = data["albedo"][photo], data["albedo_coefficients"][photo]
+        if "albedo_weight" in batch:  # the blend's coefficients are the coefficients' blend (a linear projection)
+            w, other = batch["albedo_weight"], batch["albedo_other"]
+            albedo = torch.lerp(albedo, data["albedo"][other], w[:, None, None].to(albedo))
+            coefficients = torch.lerp(coefficients, data["albedo_coefficients"][other], w[:, None, None].to(albedo))
         with torch.no_grad():
-            out = place_faces(self.face_model, self.renderer, self.region, data["albedo"][photo],
+            out = place_faces(self.face_model, self.renderer, self.region, albedo,
                               data["backgrounds"][index].float() / 255, data["scale"][index], batch["ypr"],
                               batch["identity"], batch["expression"], batch["light"], batch["shift"])
         targets = encode(self.layout, self.size, ypr=batch["ypr"], translation=out["translation"],
                          scale=data["scale"][index], identity=batch["identity"], expression=batch["expression"],
-                         albedo_coefficients=data["albedo_coefficients"][photo], light=batch["light"])
+                         albedo_coefficients=coefficients, light=batch["light"])
         return (out["images"] * 255).round() / 255, targets
 
     def terms(self, images: Tensor, targets: Tensor) -> tuple[dict[str, Tensor], list[Tensor], object]:
