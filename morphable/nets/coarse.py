@@ -16,7 +16,7 @@ vertex error (``docs/coarse.md`` compares the two). A dlib-trunk network can hav
 (``refine_blocks``; :class:`~morphable.nets.heads.PointRefiner`, cascaded regression): dlib's finer map
 sampled where the first estimate projects the model's landmarks corrects that estimate (``refine_stages`` such
 corrections in turn). The shipped ``coarse-sfm`` has one, on its own two fine-tuned blocks after the shared frozen
-first (about 4 ms per chip on two threads; 8.5 % less benchmark error than the one-stage network: ``docs/coarse.md``).
+first (about 4 ms per chip on two threads; 10 % less benchmark error than the one-stage network: ``docs/coarse.md``).
 
 Output layout (:func:`coarse_layout`, a :class:`~morphable.nets.layout.ParamLayout`, in this order):
 

@@ -33,11 +33,12 @@ SHIPPED: dict[str, tuple[str, str]] = {
     # busy cores); ringnet-ict (the default): the small trunk, the second command there
     "ringnet-ict-dlib": ("ringnet-ict-dlib.pt", "3c3ef0b60a4292f27c00e0726fbb59b2b00a4281698893b6904192f729bd9165"),
     "ringnet-ict": ("ringnet-ict.pt", "f7e2863f8c630bc41f2babe3e4c7ef78eb2063bd63d03011554a5237f2484b7d"),
-    # coarse-sfm: CoarseNet on dlib's trunk with a refining stage on its own two tuned blocks, `morphable train
-    # coarse -o RUN --set data.variant.size=150 --set model.trunk=dlib --set model.hidden=128 --set model.tune=9
-    # --set model.refine_blocks=3 --set model.refine_tune=2 --set train.threads=2 --set train.steps=7000` (48 min on
-    # 2 cores, + 77 s of data from nothing), docs/coarse.md
-    "coarse-sfm": ("coarse-sfm.pt", "f628469dec400e7c0f34d8d4ca593ae413238ee13073ba2a24691328966b1ce3"),
+    # coarse-sfm: CoarseNet on dlib's trunk with a refining stage on its own two tuned blocks, trained in mixed
+    # precision with blended albedos: `morphable train coarse -o RUN --set data.variant.size=150 --set model.trunk=dlib
+    # --set model.hidden=128 --set model.tune=9 --set model.refine_blocks=3 --set model.refine_tune=2 --set
+    # train.threads=2 --set train.steps=9000 --set model.precision=auto --set data.albedo_mix=0.5` (45 min on 2 cores
+    # with bfloat16, + 77 s of data from nothing), docs/coarse.md
+    "coarse-sfm": ("coarse-sfm.pt", "cf527c4c8e8ee715ff09a6f347fffa7fa44c9c09e1243df1051058e9f9d888cc"),
     # sir-ict: the command in docs/sir.md (morphable train sir, 1800 steps, ~10 min on 2 busy cores)
     "sir-ict": ("sir-ict.pt", "6326b306a389dcf2e0ffc27f217110abbcb1f7a59d72eddd00828db4ef5cb4a5"),
 }
