@@ -63,7 +63,8 @@ class DlibEncoder(nn.Module):
 
     @staticmethod
     def chips(images: Tensor, landmarks: Tensor) -> Tensor:
-        """dlib-aligned chips ``(B, 150, 150, 3)`` of photos ``(B, H, W, 3)`` in [0, 1] at 68 landmarks ``(B, 68, 2)`` px."""
+        """dlib-aligned chips ``(B, 150, 150, 3)`` of photos ``(B, H, W, 3)`` in [0, 1] at 68 landmarks
+        ``(B, 68, 2)`` px."""
         return extract_face_chips(images, landmarks, size=CHIP_SIZE, padding=CHIP_PADDING)
 
     def encode_photos(self, images: Tensor, landmarks: Tensor) -> EncoderOutput:
