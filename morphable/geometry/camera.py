@@ -45,6 +45,17 @@ def rescale_pixels(points: Tensor, factor: float | Tensor) -> Tensor:
     return (points + 0.5) * factor - 0.5
 
 
+def orthographic_view(X: Tensor, scale: Tensor, translation: Tensor) -> Tensor:
+    """Scaled orthographic projection of view-frame points ``(B, N, 3)`` (mm) with ``scale`` ``(B,)`` px / mm and
+    ``translation`` ``(B, 2)`` px: ``(B, N, 3)`` of ``(u, v, depth)``, ``u = s X_x + t_x``, ``v = −s X_y + t_y``,
+    depth ``−X_z`` (:meth:`ScaledOrthographic.project_view`; callers holding ``R`` as a matrix rotate the points
+    themselves)."""
+    s = scale[:, None]
+    u = s * X[..., 0] + translation[:, None, 0]
+    v = -s * X[..., 1] + translation[:, None, 1]
+    return torch.stack([u, v, -X[..., 2]], dim=-1)
+
+
 @dataclass(frozen=True)
 class ScaledOrthographic:
     """Scaled orthographic (weak-perspective) camera, the seeds' and eos's affine camera.
@@ -82,10 +93,7 @@ class ScaledOrthographic:
 
     def project_view(self, X: Tensor) -> Tensor:
         """:meth:`project_with_depth` of points already in the view frame (:meth:`transform`'s output)."""
-        s = self.scale[:, None]
-        u = s * X[..., 0] + self.translation[:, None, 0]
-        v = -s * X[..., 1] + self.translation[:, None, 1]
-        return torch.stack([u, v, -X[..., 2]], dim=-1)
+        return orthographic_view(X, self.scale, self.translation)
 
     def project(self, points: Tensor) -> Tensor:
         """``(B, N, 3)`` model points (mm) -> ``(B, N, 2)`` pixel coordinates."""

@@ -50,7 +50,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from morphable.geometry.camera import ScaledOrthographic
+from morphable.geometry.camera import ScaledOrthographic, orthographic_view
 from morphable.geometry.rotation import euler_to_matrix, matrix_to_axis_angle
 from morphable.identity.dlib_resnet import DlibFaceNet, inference_dtype
 from morphable.models.base import N_LANDMARKS, MorphableModel
@@ -268,16 +268,15 @@ class CoarseNet(nn.Module):
 
     def project_landmarks(self, y: Tensor) -> Tensor:
         """The model's defined landmarks (:meth:`set_landmarks`) of flat parameters ``y`` ``(B, layout.size)``
-        projected into the chip ``(B, L, 2)`` px: :func:`decode`'s camera, ``u = s (R X)_x + t_x``,
-        ``v = −s (R X)_y + t_y``, with ``R`` straight from the Euler angles (the camera's axis-angle round trip
-        cost more than the rest of this)."""
+        projected into the chip ``(B, L, 2)`` px: :func:`decode`'s camera
+        (:func:`~morphable.geometry.camera.orthographic_view`), with ``R`` straight from the Euler angles (the
+        camera's axis-angle round trip cost more than the rest of this)."""
         p = self.layout.split(y)
         points = (self.landmark_mean + torch.einsum("bk,klc->blc", p["identity"], self.landmark_identity)
                   + torch.einsum("bk,klc->blc", p["expression"], self.landmark_expression))
-        R = euler_to_matrix(p["rotation"])  # (B, 3, 3)
-        s = p["log_scale"].exp() * self.size / 100  # (B, 1) px / mm
-        xy = points @ R[:, :2].transpose(1, 2)  # (B, L, 2): the view frame's x, y (mm)
-        return xy * torch.cat([s, -s], 1)[:, None] + p["translation"][:, None] * self.size
+        view = points @ euler_to_matrix(p["rotation"]).transpose(1, 2)  # (B, L, 3), mm
+        scale = p["log_scale"][:, 0].exp() * self.size / 100  # (B,) px / mm
+        return orthographic_view(view, scale, p["translation"] * self.size)[..., :2]
 
     def stages(self, images: Tensor) -> list[Tensor]:
         """Standardised outputs ``(B, layout.size)`` of chips ``(B, S, S, 3)`` in [0, 1] after each stage: the

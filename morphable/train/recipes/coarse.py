@@ -382,9 +382,9 @@ class CoarseRecipe(Recipe):
         photo = data["photo"][index]
         albedo, coefficients = data["albedo"][photo], data["albedo_coefficients"][photo]
         if "albedo_weight" in batch:  # the blend's coefficients are the coefficients' blend (a linear projection)
-            w, other = batch["albedo_weight"], batch["albedo_other"]
-            albedo = torch.lerp(albedo, data["albedo"][other], w[:, None, None].to(albedo))
-            coefficients = torch.lerp(coefficients, data["albedo_coefficients"][other], w[:, None, None].to(albedo))
+            w, other = batch["albedo_weight"][:, None, None].to(albedo), batch["albedo_other"]
+            albedo = torch.lerp(albedo, data["albedo"][other], w)
+            coefficients = torch.lerp(coefficients, data["albedo_coefficients"][other], w)
         with torch.no_grad():
             out = place_faces(self.face_model, self.renderer, self.region, albedo,
                               data["backgrounds"][index].float() / 255, data["scale"][index], batch["ypr"],
