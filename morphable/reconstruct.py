@@ -741,7 +741,7 @@ def _landmark_fit(model, model_name: str, faces: Sequence[FaceInput], landmarks,
     if perspective:
         from morphable.fitting.perspective import refine_perspective
 
-        fit = _PerspectiveWithIds(refine_perspective(model, fit, landmarks, faces[0].photo.shape[:2]), fit)
+        fit = _PerspectiveWithIds(refine_perspective(model, fit, landmarks, faces[0].photo.shape[:2], **kwargs), fit)
     return fit, used
 
 

@@ -13,6 +13,7 @@ import morphable
 from morphable.detect.formats import read_landmarks
 from morphable.errors import InputError
 from morphable.fitting.photometric import PhotometricConfig, Stage
+from morphable.geometry.camera import Perspective
 from morphable.io import read_image
 from morphable.reconstruct import Reconstruction
 from tests.conftest import data_file
@@ -146,7 +147,8 @@ def test_arguments(sfm, photo):
 
 def test_regressor_centres_the_identity_prior(sfm, photo, monkeypatch):
     """shape_from="regressor" passes the regressor's identity as the landmark fit's prior mean with its
-    precision: with a strong precision the fitted identity is the prediction. (The regressor here is a
+    precision: with a strong precision the fitted identity is the prediction, with or without the pinhole
+    refinement. (The regressor here is a
     stand-in returning a fixed vector; the trained one is tested in tests/nets/test_genova.py.)"""
     import morphable.nets.genova as genova
 
@@ -168,6 +170,10 @@ def test_regressor_centres_the_identity_prior(sfm, photo, monkeypatch):
     assert rec.shape_from == "regressor" and seen["shapes"][1] == (1, 68, 2) and seen["shapes"][2] == torch.uint8
     assert len(seen["shapes"][0]) == 4 and seen["shapes"][0][0] == 1 and seen["shapes"][0][3] == 3
     np.testing.assert_allclose(rec.identity, target[0].numpy(), atol=1e-3)
+    # the pinhole refinement keeps the prior where the regressor put it (it once re-centred it at 0)
+    pinhole = morphable.reconstruct(image, "sfm", landmarks=pts, perspective=True, **FAST)
+    assert isinstance(pinhole.camera, Perspective)
+    np.testing.assert_allclose(pinhole.identity, target[0].numpy(), atol=1e-3)
     plain = morphable.reconstruct(image, "sfm", landmarks=pts, shape_from="landmarks", **FAST)
     assert plain.shape_from == "landmarks" and np.abs(plain.identity - target[0].numpy()).max() > 0.1
 

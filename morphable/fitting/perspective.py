@@ -47,7 +47,8 @@ class PerspectiveFit:
 
 def perspective_residuals(R: Tensor, t: Tensor, log_focal: Tensor, coeffs: Tensor, mean: Tensor, basis: Tensor,
                           focal0: Tensor, pp: Tensor, landmarks: Tensor, weights: Tensor, scale: Tensor,
-                          sigma_mm: float, prior_sqrt: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+                          sigma_mm: float, prior_sqrt: Tensor,
+                          prior_mean: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
     """Residuals of the objective and their Jacobian (analytic), batched.
 
     Parameters of the step: ``(ω (3), t (3), log f (1), x (P))`` with ``R ← exp([ω]_×) R``. With
@@ -58,7 +59,8 @@ def perspective_residuals(R: Tensor, t: Tensor, log_focal: Tensor, coeffs: Tenso
     Args:
         R ``(B, 3, 3)``, t ``(B, 3)`` mm, log_focal ``(B,)`` (focal = focal0 · exp), coeffs ``(B, P)``,
         mean ``(B, N, 3)``, basis ``(B, N, 3, P)``, pp ``(B, 2)``, landmarks ``(B, N, 2)``,
-        weights ``(B, N)``, scale ``(B,)`` px/mm normalisation, prior_sqrt ``(P,)``.
+        weights ``(B, N)``, scale ``(B,)`` px/mm normalisation, prior_sqrt ``(P,)``, prior_mean ``(B, P)``
+        the prior's centre (default 0).
     Returns:
         residuals ``(B, 2N + P)``, Jacobian ``(B, 2N + P, 7 + P)``, projections ``(B, N, 2)``.
     """
@@ -83,13 +85,14 @@ def perspective_residuals(R: Tensor, t: Tensor, log_focal: Tensor, coeffs: Tenso
     J_data = -(J_pt * k[..., None]).flatten(1, 2)
     B, P = coeffs.shape
     J_prior = torch.cat([coeffs.new_zeros(P, 7), torch.diag(prior_sqrt)], 1).expand(B, -1, -1)
-    return torch.cat([r_data, prior_sqrt * coeffs], 1), torch.cat([J_data, J_prior], 1), proj
+    r_prior = prior_sqrt * (coeffs if prior_mean is None else coeffs - prior_mean)
+    return torch.cat([r_data, r_prior], 1), torch.cat([J_data, J_prior], 1), proj
 
 
 def refine_perspective(model: MorphableModel, fit: LandmarkFit, landmarks: Tensor, image_size: tuple[int, int], *,
                        focal: float | Tensor | None = None, optimise_focal: bool = False, iterations: int = 10,
                        lambda_identity: float = 1.0, lambda_expression: float = 1.0,
-                       sigma_mm: float = SIGMA_MM) -> PerspectiveFit:
+                       sigma_mm: float = SIGMA_MM, identity_prior_mean: Tensor | None = None) -> PerspectiveFit:
     """Refine a scaled-orthographic landmark fit with a perspective camera.
 
     Args:
@@ -100,7 +103,8 @@ def refine_perspective(model: MorphableModel, fit: LandmarkFit, landmarks: Tenso
         focal: focal length in pixels, scalar or ``(B,)``; default ``max(H, W)`` (≈ 53° field of view).
         optimise_focal: also fit the focal length (weakly determined by 68 landmarks; off by default).
         iterations: Levenberg–Marquardt steps.
-        lambda_identity, lambda_expression, sigma_mm: as in :func:`fit_landmarks`.
+        lambda_identity, lambda_expression, sigma_mm, identity_prior_mean: as in :func:`fit_landmarks` (pass
+            the same values as to the fit being refined, or the refinement pulls toward another prior).
     Returns:
         :class:`PerspectiveFit`.
     """
@@ -113,7 +117,8 @@ def refine_perspective(model: MorphableModel, fit: LandmarkFit, landmarks: Tenso
     use_contour = fit.contour_fitted
     problem = _Problem(terms, landmarks.to(dev), contour=use_contour, identity_components=None,
                        expression=model.n_expression > 0, lambda_identity=lambda_identity,
-                       lambda_expression=lambda_expression, sigma_mm=sigma_mm)
+                       lambda_expression=lambda_expression, sigma_mm=sigma_mm,
+                       identity_prior_mean=identity_prior_mean)
     state = _State(coeffs=torch.cat([fit.identity, fit.expression], 1).to(dev, f64), scale=fit.camera.scale.to(f64),
                    R=fit.camera.rotation_matrix.to(f64), t=fit.camera.translation.to(f64))
     if use_contour:
@@ -137,7 +142,8 @@ def refine_perspective(model: MorphableModel, fit: LandmarkFit, landmarks: Tenso
         active[6] = 0
 
     def evaluate(R, t, log_f, coeffs):
-        return perspective_residuals(R, t, log_f, coeffs, mean, basis, f0, pp, problem.y, w, s, sigma_mm, prior_sqrt)
+        return perspective_residuals(R, t, log_f, coeffs, mean, basis, f0, pp, problem.y, w, s, sigma_mm, prior_sqrt,
+                                     problem.prior_mean)
 
     r, J, proj = evaluate(R, t, log_f, coeffs)
     cost = r.square().sum(-1)

@@ -24,7 +24,11 @@ def test_jacobian_matches_autograd():
     s, prior_sqrt = torch.tensor([2.0, 1.5], dtype=D), torch.rand(P, generator=g, dtype=D) + 0.5
     log_f0 = torch.tensor([0.1, -0.2], dtype=D)
 
-    r, J, proj = perspective_residuals(R0, t0, log_f0, coeffs0, mean, basis, f0, pp, y, w, s, 1.5, prior_sqrt)
+    prior_mean = torch.randn(B, P, generator=g, dtype=D)
+
+    r, J, proj = perspective_residuals(R0, t0, log_f0, coeffs0, mean, basis, f0, pp, y, w, s, 1.5, prior_sqrt,
+                                       prior_mean)
+    torch.testing.assert_close(r[:, 2 * N:], prior_sqrt * (coeffs0 - prior_mean))
     cam = Perspective(f0 * torch.exp(log_f0), pp, torch.zeros(B, 3, dtype=D), t0)
     X = mean + (basis @ coeffs0[:, None, :, None])[..., 0]
     torch.testing.assert_close(proj, cam.project(X @ R0.transpose(1, 2)))
@@ -33,7 +37,8 @@ def test_jacobian_matches_autograd():
             Rb = axis_angle_to_matrix(step[:3])[None] @ R0[b:b + 1]
             return perspective_residuals(Rb, t0[b:b + 1] + step[3:6], log_f0[b:b + 1] + step[6],
                                          coeffs0[b:b + 1] + step[7:], mean[b:b + 1], basis[b:b + 1], f0[b:b + 1],
-                                         pp[b:b + 1], y[b:b + 1], w[b:b + 1], s[b:b + 1], 1.5, prior_sqrt)[0][0]
+                                         pp[b:b + 1], y[b:b + 1], w[b:b + 1], s[b:b + 1], 1.5, prior_sqrt,
+                                         prior_mean[b:b + 1])[0][0]
 
         J_ref = torch.autograd.functional.jacobian(residual, torch.zeros(7 + P, dtype=D))
         torch.testing.assert_close(J[b], J_ref, rtol=1e-8, atol=1e-10)
@@ -80,3 +85,19 @@ def test_default_focal_and_contours_improve_on_the_linear_fit():
     assert (ref.rms_px < fit.rms_px).all()
     assert torch.isfinite(ref.landmarks_fitted).all()
     assert (fit.landmark_ids[:, :17] == -1).all()
+
+
+def test_identity_prior_mean_is_the_refinements_prior_centre():
+    """With the prior centred at ``mu`` (as the regressor's fit is), a strong prior holds the identity at ``mu``,
+    not at 0; a weak one still recovers the true identity, so the data term is unchanged."""
+    model, lm, alpha, _, _ = scene(seed=4)
+    mu = alpha + 0.5 * torch.randn(alpha.shape, generator=torch.Generator().manual_seed(5), dtype=D)
+    fit = fit_landmarks(model, lm, contour=False, identity_prior_mean=mu, lambda_identity=1e8)
+    strong = refine_perspective(model, fit, lm, (480, 640), focal=800.0, iterations=15,
+                                identity_prior_mean=mu, lambda_identity=1e8)
+    torch.testing.assert_close(strong.identity, mu, atol=1e-4, rtol=0)
+    zero = refine_perspective(model, fit, lm, (480, 640), focal=800.0, iterations=15, lambda_identity=1e8)
+    assert zero.identity.abs().max() < 1e-3 < (mu - alpha).abs().max()
+    weak = refine_perspective(model, fit, lm, (480, 640), focal=800.0, sigma_mm=0.01, iterations=30,
+                              identity_prior_mean=mu, lambda_identity=1e-6)
+    torch.testing.assert_close(weak.identity, alpha, atol=0.02, rtol=0)
