@@ -11,6 +11,10 @@
 
 The default is ``regressor`` when shipped weights exist for the model (or ``--regressor`` is given), else
 ``landmarks``.
+
+``--perspective`` refines each landmark fit with a pinhole camera (:func:`morphable.fitting.refine_perspective`,
+the identity prior kept where it is centred), as ``morphable fit --perspective`` does: focal ``--focal`` px,
+default the photo's longer side.
 """
 from __future__ import annotations
 
@@ -29,6 +33,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--lambda-identity", type=float, default=None,
                         help="identity prior precision around the regressed identity (default: the regressor's; "
                              "coarse: 1)")
+    parser.add_argument("--perspective", action="store_true",
+                        help="refine each landmark fit with a pinhole camera (as morphable fit --perspective)")
+    parser.add_argument("--focal", type=float, default=None,
+                        help="--perspective's focal length, px (default: the photo's longer side)")
     parser.add_argument("--coarse", default=None,
                         help="CoarseNet weights file for --shape-from coarse (default: the shipped coarse-<model>)")
 
@@ -63,9 +71,14 @@ class ShapeSource:
             if self.lambda_identity is None:
                 self.lambda_identity = 1.0
         self.mode = mode
+        self.perspective, self.focal = args.perspective, args.focal
+        if self.focal is not None and not self.perspective:
+            raise MorphableError("--focal is --perspective's focal length: pass --perspective too")
         weights = args.coarse if mode == "coarse" else args.regressor
         self.label = "landmarks" if mode == "landmarks" else (
             f"{mode} (lambda {self.lambda_identity:g}, weights {weights or 'shipped'})")
+        if self.perspective:
+            self.label += f", perspective (focal {'the longer side' if self.focal is None else f'{self.focal:g} px'})"
 
     def predict(self, image: torch.Tensor, landmarks: torch.Tensor) -> torch.Tensor | None:
         """The regressor's identity ``(1, K)`` for one photo ``(1, H, W, 3)`` in [0, 1] with its landmarks
@@ -81,12 +94,23 @@ class ShapeSource:
         with torch.no_grad():
             return self.regressor.predict_identity(image, landmarks).detach().to(torch.float64)
 
-    def fit(self, landmarks: torch.Tensor, prior_mean: torch.Tensor | None):
-        """The landmark fit of ``(B, 68, 2)`` landmarks, with the identity prior centred at ``prior_mean``
-        ``(B, K)`` in ``regressor`` and ``coarse`` modes."""
-        from morphable.fitting import fit_landmarks
+    def fit_identity(self, landmarks: torch.Tensor, prior_mean: torch.Tensor | None,
+                     image_sizes: list[tuple[int, int]] | None = None) -> torch.Tensor:
+        """The identity ``(B, K)`` of the landmark fit of ``(B, 68, 2)`` landmarks, with the identity prior centred
+        at ``prior_mean`` ``(B, K)`` in ``regressor`` and ``coarse`` modes; with ``--perspective``, each fit refined
+        with a pinhole camera in its photo of size ``image_sizes[b]`` ``(H, W)``."""
+        from morphable.fitting import fit_landmarks, refine_perspective
 
-        if prior_mean is None:
-            return fit_landmarks(self.model, landmarks)
-        return fit_landmarks(self.model, landmarks, identity_prior_mean=prior_mean,
-                             lambda_identity=self.lambda_identity)
+        kwargs = {} if prior_mean is None else {"identity_prior_mean": prior_mean,
+                                                "lambda_identity": self.lambda_identity}
+        if not self.perspective:
+            return fit_landmarks(self.model, landmarks, **kwargs).identity
+        if image_sizes is None or len(image_sizes) != landmarks.shape[0]:
+            raise ValueError("ShapeSource.fit_identity: --perspective needs each photo's size")
+        identities = []
+        for b, size in enumerate(image_sizes):  # one at a time: photos differ in size (principal point, focal)
+            one = {**kwargs, "identity_prior_mean": prior_mean[b:b + 1]} if kwargs else {}
+            fit = fit_landmarks(self.model, landmarks[b:b + 1], **one)
+            identities.append(refine_perspective(self.model, fit, landmarks[b:b + 1], size, focal=self.focal,
+                                                 **one).identity)
+        return torch.cat(identities)

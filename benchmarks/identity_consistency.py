@@ -129,11 +129,11 @@ def main() -> None:
         sys.exit("error: need faces of at least two identities")
     lmk = torch.stack(landmarks)
     prior = torch.cat(predicted) if predicted else None
-    fit = source.fit(lmk, prior)
+    identity = source.fit_identity(lmk, prior, [tuple(img.shape[1:3]) for img in images])
 
     if prior is not None:
         print(report_line(f"{source.mode} alone (mu)", identity_consistency(model, prior, labels, region=args.region)))
-    report = identity_consistency(model, fit.identity, labels, descriptors=descriptors(images, lmk), region=args.region)
+    report = identity_consistency(model, identity, labels, descriptors=descriptors(images, lmk), region=args.region)
     print(report_line(f"fit ({source.mode})", report))
     print(f"{'dlib descriptors (ceiling)':40s} auc {report.auc_descriptor:.3f}")
     print(f"pairs: {report.n_same} same, {report.n_different} different; {time.perf_counter() - t0:.1f} s in all")

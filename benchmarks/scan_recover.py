@@ -89,7 +89,7 @@ def recover(source: ShapeSource, image: np.ndarray, drop_jawline: bool = False) 
     if drop_jawline:
         lmk = lmk.clone()
         lmk[:, :17] = float("nan")
-    return source.fit(lmk, prior).identity[0]
+    return source.fit_identity(lmk, prior, [image.shape[:2]])[0]
 
 
 def scan_views(source: ShapeSource, scored, scan: Scan, out: Path | None, drop_jawline: bool,
