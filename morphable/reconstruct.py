@@ -18,7 +18,8 @@ Pipeline per photo (each stage timed in :attr:`Reconstruction.timings`):
    CVPR 2018) predicts the identity from the photo and centres the landmark fit's identity prior on it,
    so the landmarks refine a recognisable shape; without a regressor for the model (or with
    ``"landmarks"``) the plain landmark fit (:func:`~morphable.fitting.landmarks.fit_landmarks`, eos-style
-   linear alternation with contour landmarks). ``perspective=True`` refines with a pinhole camera.
+   linear alternation with contour landmarks). ``perspective=True`` refines with a pinhole camera, which the
+   photometric step then keeps.
 4. **Photometric** (optional): inverse rendering started from that fit
    (:func:`~morphable.fitting.photometric.fit_photometric`): SH light, albedo, refined geometry.
 5. **Texture**: the photo sampled into the model's UV layout where the surface is seen.
@@ -897,8 +898,6 @@ def reconstruct_faces(faces: Sequence[FaceInput], model: MorphableModel, model_n
 
     if shape_from not in SHAPE_FROM:
         raise ValueError(f"reconstruct: shape_from must be one of {SHAPE_FROM}, got {shape_from!r}")
-    if photometric and perspective:
-        raise ValueError("reconstruct: photometric fitting uses a scaled-orthographic camera (not perspective)")
     if depths is not None and (not photometric or focal is None):
         raise ValueError("reconstruct: depth images need the photometric fit and the sensor's focal length")
     timings = dict(timings or {})
@@ -997,7 +996,9 @@ def reconstruct(image, model: str | MorphableModel = "ict", *, landmarks=None, f
         shape_from: ``"regressor"`` (learned identity prior where one exists for the model, else as
             ``"landmarks"``) or ``"landmarks"``.
         photometric: refine by inverse rendering (adds :attr:`Reconstruction.photometric`).
-        perspective: refine the camera to a pinhole (focal = the working photo's longer side).
+        perspective: refine the camera to a pinhole (focal = the working photo's longer side); with
+            ``photometric``, the inverse rendering starts from that pinhole and keeps its focal length (with
+            ``depth``, the sensor's pinhole replaces it).
         progress: show tqdm progress bars on stderr.
         iterations: contour / pose / shape alternations of the landmark fit.
         texture_size: texels per side of the extracted texture.

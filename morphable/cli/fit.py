@@ -113,7 +113,8 @@ def face_option(value: str) -> str | int:
                    "alone (--model sfm); coarse+fit: the landmark fit with its identity prior at CoarseNet's.")
 @click.option("--multi-view", is_flag=True, help="All photos show one person: fit one shared identity.")
 @click.option("--perspective", is_flag=True,
-              help="Refine each fit with a perspective camera (focal = the photo's longer side).")
+              help="Refine each fit with a perspective camera (focal = the photo's longer side); with "
+                   "--photometric, the inverse rendering keeps that pinhole (its focal fixed).")
 @click.option("--photometric", is_flag=True,
               help="Refine by inverse rendering (SH light, albedo): adds albedo.png, comparison.png, energy.png.")
 @click.option("--depth", "depth_files", multiple=True, type=click.Path(path_type=Path),
@@ -157,8 +158,6 @@ def fit(images: tuple[Path, ...], model_name: str, output: Path, landmark_files:
         raise click.UsageError("--focal and --principal-point describe the depth sensor: give --depth too")
     if multi_view and face == "all":
         raise click.UsageError("--multi-view fits one person: it cannot be combined with --face all / --all-faces")
-    if photometric and perspective:
-        raise click.UsageError("--photometric fits a scaled-orthographic camera: it cannot be combined with --perspective")
     if multi_view and perspective:
         raise click.UsageError("--perspective refines single-view fits: it cannot be combined with --multi-view")
     if method != "fit" and (multi_view or perspective):

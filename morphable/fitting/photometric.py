@@ -18,6 +18,10 @@ Real-time Dense Face Reconstruction with Inverse-rendered Photo-realistic Face I
 * Several photos (``shared_identity=True``): one identity and one albedo, per-photo pose, expression and
   light — Zhang et al.'s E_same taken to its limit (the shared variables are equal).
 
+Camera: ``init``'s. A :class:`ScaledOrthographic` fit moves log-scale, rotation and a 2-D translation (px); a
+:class:`Perspective` one (:func:`~morphable.fitting.perspective.refine_perspective`'s, for close-ups) moves rotation
+and a 3-D translation (mm) with its intrinsics fixed.
+
 Schedule: the sparse landmark fit gives pose/identity/expression; the light and the smooth (low-frequency)
 albedo are solved linearly from the photo, alternately (:func:`solve_light`, :func:`solve_albedo_modes`);
 then one Adam, warmed up and kept across the stages, moves each stage's variables at that stage's image
@@ -475,7 +479,8 @@ def fit_photometric(model: MorphableModel, images: Tensor, landmarks: Tensor, *,
         model: the morphable model (the fit runs on ``config.region``'s vertices when the model has it).
         images: ``(B, H, W, 3)`` photos, RGB in [0, 1] (treated as linear).
         landmarks: ``(B, 68, 2)`` iBUG landmarks (px, nan = missing).
-        init: a sparse fit to start from (default: :func:`fit_landmarks` on ``landmarks``).
+        init: a sparse fit to start from (default: :func:`fit_landmarks` on ``landmarks``); its camera, scaled
+            orthographic or a pinhole (:class:`Perspective`, intrinsics kept), is the one fitted.
         config: weights and schedule.
         shared_identity: the photos show one person: one identity and albedo for all.
         albedo: optional starting per-vertex albedo ``(B, V_r, 3)`` on the region's vertices (models without

@@ -42,7 +42,15 @@ def test_photometric_outputs(tmp_path):
     assert mesh.texture is not None and np.isfinite(mesh.vertices).all()
 
 
-def test_photometric_and_perspective_conflict(tmp_path):
+def test_photometric_with_perspective(tmp_path):
+    """--photometric --perspective: the inverse rendering runs from the pinhole fit and writes that camera (the
+    benefit is measured in tests/test_reconstruct.py::test_photometric_fit_keeps_a_close_up_pinhole)."""
     image = data_file("superviseddescent/examples/data/ibug_lfpw_trainset/image_0001.png")
-    result = CliRunner().invoke(cli, ["fit", str(image), "--photometric", "--perspective", "-o", str(tmp_path)])
-    assert result.exit_code == 2 and "--photometric" in result.output
+    pts = data_file("superviseddescent/examples/data/ibug_lfpw_trainset/image_0001.pts")
+    result = CliRunner().invoke(cli, ["fit", str(image), "--landmarks", str(pts), "--photometric", "--perspective",
+                                      "--model", "sfm", "--texture-size", "64", "-o", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    params = json.loads((tmp_path / "image_0001" / "params.json").read_text())
+    assert params["camera"]["type"] == "perspective" and params["camera"]["focal"] == max(read_image(image).shape[:2])
+    energies = params["photometric"]["energies"]
+    assert energies["photometric"] < energies["initial"]["photometric"]
