@@ -71,13 +71,19 @@ def _overrides(cache) -> list[str]:
             "train.checkpoint_every=80", "train.image_every=0", "schedule.warmup_steps=5"]
 
 
-def test_tiny_run_learns_and_exports(sfm, tmp_path):
-    from morphable.train.config import load_config
+@pytest.mark.parametrize("precision", ["float32", "auto"])
+def test_tiny_run_learns_and_exports(sfm, tmp_path, precision):
+    """Also with ``net.precision=auto``: the tuned dlib blocks train in mixed precision where the CPU has bfloat16
+    natively (float32 elsewhere), and validation runs in the same precision."""
+    from morphable.train.config import ConfigError, load_config
 
     torch.manual_seed(0)
-    before = STNRecipe(load_config(STNConfig, None, _overrides(tmp_path / "cache")), tmp_path).validate(0)
+    overrides = _overrides(tmp_path / "cache") + [f"net.precision={precision}"]
+    start = STNRecipe(load_config(STNConfig, None, overrides), tmp_path)
+    assert start.localiser.trunk.precision == precision
+    before = start.validate(0)
     run = tmp_path / "run"
-    train("stn", run, overrides=_overrides(tmp_path / "cache"), progress=False)
+    train("stn", run, overrides=overrides, progress=False)
     after = json.loads((run / "summary.json").read_text())["metrics"]
     print(f"held-out before/after: nme {before['nme']:.4f} -> {after['nme']:.4f}, "
           f"rotation {before['rotation_deg']:.1f} -> {after['rotation_deg']:.1f} deg")
@@ -86,9 +92,13 @@ def test_tiny_run_learns_and_exports(sfm, tmp_path):
     loc = load_localiser(run / "stn-sfm-dlib.pt")
     assert loc.meta["command"].startswith("morphable train stn") and json.loads(loc.meta["metrics"]) == after
     # the exported weights reproduce the run's validation
-    recipe = STNRecipe(load_config(STNConfig, None, _overrides(tmp_path / "cache")), tmp_path)
+    recipe = STNRecipe(load_config(STNConfig, None, overrides), tmp_path)
     recipe.localiser.load_state_dict(loc.state_dict())
     assert recipe.validate(80)["nme"] == pytest.approx(after["nme"], rel=1e-5)
+    for bad, message in ((["net.precision=half"], "precision must be one of"),
+                         (["net.trunk=small", "net.precision=bfloat16"], "needs trunk 'dlib'")):
+        with pytest.raises(ConfigError, match=message):
+            load_config(STNConfig, None, overrides + bad)
 
 
 def test_real_crops_put_the_landmarks_where_the_photo_shows_them(tmp_path):

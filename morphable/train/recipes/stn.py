@@ -64,6 +64,7 @@ from torch import Tensor, nn
 
 from morphable.geometry.camera import ScaledOrthographic
 from morphable.geometry.rotation import axis_angle_to_matrix, matrix_to_axis_angle
+from morphable.identity.dlib_resnet import PRECISIONS, inference_dtype
 from morphable.losses.consistency import multiview_texture_loss
 from morphable.losses.landmark import landmark_loss
 from morphable.losses.prior import prior_loss
@@ -111,19 +112,27 @@ class NetSection:
     fine-tunes all of VGG-Faces, we tune a few blocks, and a hidden layer gives the head capacity back); blocks:
     the dlib trunk's residual blocks run (14 = all: its 256 × 2 × 2 map; 13: the 256 × 4 × 4 map; 10: the
     128 × 8 × 8 map, see :class:`~morphable.nets.encoders.DlibMapTrunk`); tune: the last this-many of them
-    trained (fine-tuned from dlib's weights; 0 = all frozen). The small trunk ignores both."""
+    trained (fine-tuned from dlib's weights; 0 = all frozen). The small trunk ignores both. precision: the dlib
+    trunk's convolutions in training and validation (:data:`~morphable.identity.dlib_resnet.PRECISIONS`;
+    ``bfloat16``, or ``auto`` where the CPU has it natively: mixed precision, the parameters and the feature
+    statistics stay float32, as the CoarseNet recipe's ``model.precision``)."""
 
     trunk: str = "dlib"
     crop: int = 150
     hidden: int = 256
     blocks: int = 10
     tune: int = 3
+    precision: str = "float32"
 
     def __post_init__(self) -> None:
         if self.trunk not in TRUNKS:
             raise ValueError(f"trunk must be one of {TRUNKS}, got {self.trunk!r}")
         if not 0 <= self.tune < self.blocks:
             raise ValueError(f"tune must be in [0, blocks={self.blocks}), got {self.tune}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+        if self.precision != "float32" and self.trunk != "dlib":
+            raise ValueError("precision other than float32 needs trunk 'dlib' (the small trunk has no other)")
 
     def dlib_depth(self) -> dict[str, int]:
         """``blocks`` and ``tune`` for :class:`~morphable.nets.stn_localiser.STNLocaliser` (the small trunk has none)."""
@@ -375,6 +384,8 @@ class STNRecipe(Recipe):
             trunk = self.localiser.trunk
             with torch.no_grad():  # the head's input at the start (through the tuned blocks' initial weights)
                 trunk.set_statistics(torch.cat([trunk.lift(raw[i:i + 256]) for i in range(0, len(raw), 256)]))
+            inference_dtype(cfg.net.precision)  # bfloat16 where oneDNN cannot run it: refused here, not mid-run
+            trunk.precision = cfg.net.precision  # after the statistics, which are float32's
         self.defined = self.face_model.landmark_mask.clone()
         self.defined[: FIXED_LANDMARKS.start] = False
         self.real_train, self.real_val = self._real()
