@@ -196,7 +196,7 @@ def fit_photo(model: MorphableModel, path: str | Path) -> dict[str, Tensor]:
         raise InputError(path, "no face found")
     dtype = model.mean.dtype
     landmarks = torch.as_tensor(chosen[0][1].landmarks, dtype=dtype)[None]
-    image = torch.from_numpy(photo).to(dtype)[None] / 255
+    image = torch.tensor(photo, dtype=dtype)[None] / 255  # a copy: the working photo may be a read-only view
     fit = fit_photometric(model, image, landmarks, init=fit_landmarks(model, landmarks))
     return {"identity": fit.identity[0], "expression": fit.expression[0], "albedo": fit.albedo[0],
             "region_vertices": fit.region_vertices, "light": fit.light[0], "scale": fit.camera.scale,
