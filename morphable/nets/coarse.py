@@ -312,7 +312,7 @@ class CoarseNet(nn.Module):
         if self.refiner is not None:
             trunks.append(self.refiner.trunk)
         for trunk in trunks:
-            trunk.precision = precision
+            trunk.set_precision(precision)
 
     def raw(self, images: Tensor) -> Tensor:
         """Standardised outputs ``(B, layout.size)`` of chips ``(B, S, S, 3)`` in [0, 1] (the last stage's)."""

@@ -22,6 +22,7 @@ from morphable.identity.alignment import extract_face_chips
 from morphable.identity.dlib_resnet import (
     CHIP_PADDING,
     CHIP_SIZE,
+    PRECISIONS,
     DlibBlocks,
     DlibFaceNet,
     check_side,
@@ -72,6 +73,15 @@ class DlibEncoder(nn.Module):
         return self(self.chips(images, landmarks))
 
 
+def check_trunk_precision(precision: str, trunk: str) -> None:
+    """A recipe's trunk precision setting: one of :data:`~morphable.identity.dlib_resnet.PRECISIONS`, and other than
+    ``float32`` only for the ``dlib`` trunk (the small one has no other). Raises ValueError."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    if precision != "float32" and trunk != "dlib":
+        raise ValueError("precision other than float32 needs trunk 'dlib' (the small trunk has no other)")
+
+
 class DlibMapTrunk(nn.Module):
     """The dlib ResNet cut after ``blocks`` residual blocks, its flattened map the features: crops
     ``(B, S, S, 3)`` → ``(B, F)``, standardised by per-feature statistics of the training crops
@@ -86,11 +96,12 @@ class DlibMapTrunk(nn.Module):
     VGG-Faces); the others stay frozen, so training caches their output (:meth:`raw`) and runs only the
     tuned blocks (:meth:`features`).
 
-    ``precision`` (attribute; :data:`~morphable.identity.dlib_resnet.PRECISIONS`) sets the convolutions' dtype:
-    ``"float32"`` (the default) or ``"auto"`` (bfloat16 on CPUs that have it natively,
+    ``precision`` (:meth:`set_precision`; :data:`~morphable.identity.dlib_resnet.PRECISIONS`) sets the
+    convolutions' dtype: ``"float32"`` (the default) or ``"auto"`` (bfloat16 on CPUs that have it natively,
     :func:`~morphable.identity.dlib_resnet.inference_dtype`; :func:`~morphable.nets.stn_localiser.load_localiser`
     and :func:`~morphable.nets.coarse.load_coarse` take it). The tuned blocks honour it while training too (mixed
-    precision, :class:`~morphable.identity.dlib_resnet.DlibBlocks`; the CoarseNet recipe's ``model.precision``).
+    precision, :class:`~morphable.identity.dlib_resnet.DlibBlocks`; the CoarseNet recipe's ``model.precision``, the
+    STN recipe's ``net.precision``).
     """
 
     def __init__(self, net: DlibFaceNet | None = None, blocks: int = DLIB_BLOCKS, tune: int = 0,
@@ -108,6 +119,11 @@ class DlibMapTrunk(nn.Module):
         self.register_buffer("mean", torch.zeros(self.dim))
         self.register_buffer("std", torch.ones(self.dim))
         self.precision = "float32"
+
+    def set_precision(self, precision: str) -> None:
+        """Set :attr:`precision`, refusing an unknown one or bfloat16 where oneDNN cannot run it (ValueError)."""
+        inference_dtype(precision)
+        self.precision = precision
 
     def raw(self, crops: Tensor) -> Tensor:
         """The frozen blocks' activations, flattened ``(B, C·h·w)`` (what training caches)."""

@@ -323,5 +323,5 @@ def load_localiser(name_or_path: str | PathLike, net: DlibFaceNet | None = None,
                                                    tune=int(data.get("tune", 0))),
                          skipped=("trunk.net.",))
     if isinstance(localiser.trunk, DlibMapTrunk):
-        localiser.trunk.precision = precision
+        localiser.trunk.set_precision(precision)
     return localiser

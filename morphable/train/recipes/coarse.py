@@ -45,12 +45,11 @@ import torch
 from torch import Tensor, nn
 
 from morphable.geometry.align import aligned_error
-from morphable.identity.dlib_resnet import PRECISIONS
 from morphable.losses.photometric import photometric_loss
 from morphable.nets.coarse import (ALBEDO_MODES, FROZEN, HEADS, TRUNKS, CoarseNet, albedo_basis, coarse_layout,
                                    decode, encode, load_coarse, project_albedo, refine_header, round_to_stored,
                                    save_coarse)
-from morphable.nets.encoders import DlibMapTrunk
+from morphable.nets.encoders import DlibMapTrunk, check_trunk_precision
 from morphable.render.renderer import Renderer
 from morphable.train.config import OptimConfig, ScheduleConfig, TrainConfig
 from morphable.train.data.cache import cache_root
@@ -104,10 +103,7 @@ class ModelSection:
             raise ValueError("refine_blocks needs trunk 'dlib'")
         if self.freeze_first and not self.refine_blocks:
             raise ValueError("freeze_first leaves nothing to train without refine_blocks")
-        if self.precision not in PRECISIONS:
-            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
-        if self.precision != "float32" and self.trunk != "dlib":
-            raise ValueError("precision other than float32 needs trunk 'dlib' (the small trunk has no other)")
+        check_trunk_precision(self.precision, self.trunk)
 
 
 IDENTITY_FROM = ("photo", "any")

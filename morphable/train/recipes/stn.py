@@ -64,13 +64,12 @@ from torch import Tensor, nn
 
 from morphable.geometry.camera import ScaledOrthographic
 from morphable.geometry.rotation import axis_angle_to_matrix, matrix_to_axis_angle
-from morphable.identity.dlib_resnet import PRECISIONS, inference_dtype
 from morphable.losses.consistency import multiview_texture_loss
 from morphable.losses.landmark import landmark_loss
 from morphable.losses.prior import prior_loss
 from morphable.losses.symmetry import symmetry_loss
 from morphable.models.base import MorphableModel
-from morphable.nets.encoders import DLIB_BLOCKS
+from morphable.nets.encoders import DLIB_BLOCKS, check_trunk_precision
 from morphable.nets.stn_localiser import (CROP_MARGIN, TRUNKS, STNLocaliser, crop_square, landmark_box, nominal_theta,
                                           round_to_half, save_localiser)
 from morphable.render.renderer import Renderer
@@ -129,10 +128,7 @@ class NetSection:
             raise ValueError(f"trunk must be one of {TRUNKS}, got {self.trunk!r}")
         if not 0 <= self.tune < self.blocks:
             raise ValueError(f"tune must be in [0, blocks={self.blocks}), got {self.tune}")
-        if self.precision not in PRECISIONS:
-            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
-        if self.precision != "float32" and self.trunk != "dlib":
-            raise ValueError("precision other than float32 needs trunk 'dlib' (the small trunk has no other)")
+        check_trunk_precision(self.precision, self.trunk)
 
     def dlib_depth(self) -> dict[str, int]:
         """``blocks`` and ``tune`` for :class:`~morphable.nets.stn_localiser.STNLocaliser` (the small trunk has none)."""
@@ -384,8 +380,7 @@ class STNRecipe(Recipe):
             trunk = self.localiser.trunk
             with torch.no_grad():  # the head's input at the start (through the tuned blocks' initial weights)
                 trunk.set_statistics(torch.cat([trunk.lift(raw[i:i + 256]) for i in range(0, len(raw), 256)]))
-            inference_dtype(cfg.net.precision)  # bfloat16 where oneDNN cannot run it: refused here, not mid-run
-            trunk.precision = cfg.net.precision  # after the statistics, which are float32's
+            trunk.set_precision(cfg.net.precision)  # after the statistics, which are float32's
         self.defined = self.face_model.landmark_mask.clone()
         self.defined[: FIXED_LANDMARKS.start] = False
         self.real_train, self.real_val = self._real()
