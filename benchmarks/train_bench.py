@@ -22,7 +22,10 @@ threads ÷ at 1.
 Last line: ``RESULT recipes=<n run> skipped=<n> <name>_1t=<samples/s> <name>_2t=<samples/s>
 <name>_peak_mb=<MB> ... anchor_gflops_1t=<> anchor_gflops_2t=<>``.
 
-    python benchmarks/train_bench.py [--steps 5] [--warmup 2] [--threads 1 2] [--only genova]
+    python benchmarks/train_bench.py [--steps 5] [--warmup 2] [--threads 1 2] [--only genova] [--set KEY=VALUE ...]
+
+``--set`` adds config overrides after each tiny configuration (with ``--only``, to time one recipe's option:
+``--only stn --set net.tune=5 --set net.precision=auto``); a key a recipe does not have skips that recipe.
 """
 from __future__ import annotations
 
@@ -118,8 +121,9 @@ def anchor_gflops(seconds: float = 0.3) -> float:
     return 3 * 2 * 512 ** 3 * runs / (time.perf_counter() - t0) / 1e9
 
 
-def child(name: str, threads: list[int], warmup: int, steps: int) -> dict:
-    """Build recipe ``name`` tiny, train it at each thread count; the figures as a dict (or a skip reason)."""
+def child(name: str, threads: list[int], warmup: int, steps: int, extra: list[str] = ()) -> dict:
+    """Build recipe ``name`` tiny (then ``extra`` overrides), train it at each thread count; the figures as a dict
+    (or a skip reason)."""
     from morphable.train.config import load_config
     from morphable.train.logging import read_log
     from morphable.train.trainer import Trainer, seed_everything
@@ -132,9 +136,9 @@ def child(name: str, threads: list[int], warmup: int, steps: int) -> dict:
             if tiny is None:
                 return {"skipped": f"no tiny configuration (give {cls.__name__} a tiny_overrides(folder) classmethod)"}
             per_block = warmup + steps
-            overrides = list(tiny(folder)) + [f"train.steps={per_block * len(threads)}", "train.log_every=1",
-                                              "train.val_every=0", "train.image_every=0", "train.checkpoint_every=0",
-                                              "train.threads=0"]
+            overrides = list(tiny(folder)) + list(extra) + [
+                f"train.steps={per_block * len(threads)}", "train.log_every=1", "train.val_every=0",
+                "train.image_every=0", "train.checkpoint_every=0", "train.threads=0"]
             config = load_config(cls.Config, None, overrides)
             seed_everything(config.train.seed)
             trainer = Trainer(cls(config, folder), config, folder / "run", progress=False)
@@ -161,10 +165,12 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps before them")
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--only", nargs="*", default=None, help="these recipes only")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="a config override after each tiny configuration (repeatable)")
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child is not None:
-        print(json.dumps(child(args.child, args.threads, args.warmup, args.steps)))
+        print(json.dumps(child(args.child, args.threads, args.warmup, args.steps, args.overrides)))
         return
     names = sorted(known_recipes()) if args.only is None else args.only
     result = {}
@@ -172,7 +178,7 @@ def main() -> None:
     anchors: dict[int, list[float]] = {n: [] for n in args.threads}
     for name in names:
         cmd = [sys.executable, __file__, "--child", name, "--steps", str(args.steps), "--warmup", str(args.warmup),
-               "--threads", *map(str, args.threads)]
+               "--threads", *map(str, args.threads), *(f"--set={o}" for o in args.overrides)]
         proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYTHONWARNINGS": "ignore"})
         lines = proc.stdout.strip().splitlines()
         try:
